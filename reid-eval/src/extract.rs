@@ -1,0 +1,140 @@
+//! Feature extraction from image folders with a ReidNet (eval mode, BN folded, no autograd graph).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use reid_data::{ImageBatch, Preprocess};
+use reid_model::checkpoint::{
+    arch_from_metadata, load_checkpoint, read_safetensors, write_atomic, META_ARCH,
+};
+use reid_model::hub::infer_backbone_spec;
+use reid_model::ReidNet;
+
+/// Which feature to return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FeatureKind {
+    /// Global-average-pooled backbone output.
+    Pool,
+    /// BNNeck output (equals `pool` when the net has no neck).
+    Neck,
+}
+
+/// Load an eval-only net from a reid checkpoint (architecture in its metadata) or from plain
+/// torchvision/timm weights (architecture inferred from tensor shapes; `fc.*` ignored).
+/// `arch`, when given, must agree with what the file holds.
+pub fn load_model_for_inference(
+    weights: &Path,
+    arch: Option<&str>,
+    last_stride: usize,
+    device: &Device,
+) -> Result<ReidNet> {
+    let file = read_safetensors(weights, device)?;
+    let net = if file.metadata.contains_key(META_ARCH) {
+        arch_from_metadata(weights, &file.metadata)?;
+        load_checkpoint(weights, device, false)?.net
+    } else {
+        let tensors: HashMap<String, Tensor> = file
+            .tensors
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("fc.") && !k.ends_with("num_batches_tracked"))
+            .collect();
+        let spec = infer_backbone_spec(weights, &tensors, last_stride)?;
+        let report = reid_model::checkpoint::MismatchReport::compare(&spec, &tensors, |_| false);
+        if !report.is_empty() {
+            bail!(
+                "{}: not a plain ResNet state dict:\n{report}",
+                weights.display()
+            );
+        }
+        ReidNet::from_tensors_frozen(&spec, &tensors, device)?
+    };
+    if let Some(a) = arch {
+        let want = a.trim().to_ascii_lowercase();
+        if want != net.spec().name() {
+            bail!(
+                "{}: --arch {a} given, but the file holds a {}",
+                weights.display(),
+                net.spec().name()
+            );
+        }
+    }
+    Ok(net)
+}
+
+fn progress(len: usize, msg: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images  {per_sec}  ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(msg.to_string());
+    pb
+}
+
+/// Extract one feature row per image (in `paths` order) → [N, D] f32.
+pub fn extract_features(
+    net: &ReidNet,
+    paths: &[PathBuf],
+    pre: &Preprocess,
+    batch_size: usize,
+    kind: FeatureKind,
+    show_progress: bool,
+) -> Result<Tensor> {
+    if paths.is_empty() {
+        bail!("no images to extract features from");
+    }
+    // Folding BN into the convs is exact up to rounding and saves a pass per layer.
+    let folded;
+    let net = if net.is_folded() {
+        net
+    } else {
+        folded = net.fold_bn()?;
+        &folded
+    };
+    let pb = if show_progress {
+        progress(paths.len(), "extract")
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut rows = Vec::with_capacity(paths.len().div_ceil(batch_size.max(1)));
+    for chunk in paths.chunks(batch_size.max(1)) {
+        let batch = ImageBatch::load(chunk, pre)?;
+        let x = Tensor::from_vec(
+            batch.data,
+            (batch.len, 3, batch.height, batch.width),
+            net.device(),
+        )?;
+        let out = net.forward_t(&x, false)?;
+        rows.push(match kind {
+            FeatureKind::Pool => out.pooled,
+            FeatureKind::Neck => out.neck,
+        });
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    Ok(Tensor::cat(&rows, 0)?.to_device(&Device::Cpu)?)
+}
+
+/// Write `features` [N, D] with the image file names (JSON list) in the metadata; atomic.
+pub fn save_features(
+    path: &Path,
+    features: &Tensor,
+    names: &[String],
+    kind: FeatureKind,
+) -> Result<()> {
+    let mut meta = HashMap::new();
+    meta.insert("files".to_string(), serde_json::to_string(names)?);
+    meta.insert(
+        "reid.feature".to_string(),
+        format!("{kind:?}").to_lowercase(),
+    );
+    let features = features.contiguous()?;
+    let bytes = safetensors::serialize([("features", &features)], Some(meta))
+        .with_context(|| format!("serialising features for {}", path.display()))?;
+    write_atomic(path, &bytes)?;
+    Ok(())
+}

@@ -1,0 +1,538 @@
+//! `ArchSpec`: the complete, serialisable description of a (possibly pruned) ResNet re-ID network.
+//!
+//! Every conv's output width is explicit, so a pruned network is just another spec, and the same
+//! spec rebuilds the network in PyTorch (torchvision tensor names, see [`ArchSpec::expected_tensors`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+
+/// Residual block family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockKind {
+    /// Two 3×3 convs (ResNet-18/34).
+    Basic,
+    /// 1×1 → 3×3 → 1×1 (ResNet-50/101/152, v1.5: the stride sits on the 3×3).
+    Bottleneck,
+}
+
+impl BlockKind {
+    /// Number of convs on the residual branch.
+    pub fn num_convs(self) -> usize {
+        match self {
+            BlockKind::Basic => 2,
+            BlockKind::Bottleneck => 3,
+        }
+    }
+
+    /// Kernel size of conv `k` (0-based) on the residual branch.
+    pub fn kernel(self, k: usize) -> usize {
+        match (self, k) {
+            (BlockKind::Basic, _) => 3,
+            (BlockKind::Bottleneck, 1) => 3,
+            (BlockKind::Bottleneck, _) => 1,
+        }
+    }
+
+    /// Which conv of the branch carries the block's stride (torchvision v1.5).
+    pub fn strided_conv(self) -> usize {
+        match self {
+            BlockKind::Basic => 0,
+            BlockKind::Bottleneck => 1,
+        }
+    }
+
+    /// Output width multiplier of the block (`expansion` in torchvision).
+    pub fn expansion(self) -> usize {
+        match self {
+            BlockKind::Basic => 1,
+            BlockKind::Bottleneck => 4,
+        }
+    }
+}
+
+/// The head after global average pooling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Neck {
+    /// BatchNorm1d between the pooled feature and the classifier (Luo et al., Bag of Tricks).
+    BnNeck,
+    /// Classifier directly on the pooled feature.
+    None,
+}
+
+/// One residual block: the output width of each conv on its branch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockSpec {
+    /// Output channels of conv1..convK (K = 2 basic, 3 bottleneck). The last is the block's output width.
+    pub widths: Vec<usize>,
+    /// Stride of the block (on conv1 for basic, conv2 for bottleneck, and on the downsample).
+    pub stride: usize,
+    /// Whether the shortcut is a 1×1 conv + BN (`downsample.0`, `downsample.1`).
+    pub downsample: bool,
+}
+
+impl BlockSpec {
+    pub fn out_width(&self) -> usize {
+        *self.widths.last().unwrap_or(&0)
+    }
+}
+
+/// Full architecture of a ReidNet.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ArchSpec {
+    /// Nominal depth: 18, 34, 50, 101 or 152.
+    pub depth: usize,
+    pub block: BlockKind,
+    pub stem_width: usize,
+    /// Four stages (`layer1`..`layer4`), each a list of blocks.
+    pub stages: Vec<Vec<BlockSpec>>,
+    /// Stride of the first block of `layer4` (1 = the re-ID "last stride" trick).
+    pub last_stride: usize,
+    pub neck: Neck,
+    /// Width of the pooled feature (= output width of the last block).
+    pub feature_dim: usize,
+    /// Classifier outputs; 0 = no classifier (pure feature extractor).
+    pub num_classes: usize,
+    /// Width multiplier the spec was built with (1.0 for standard nets; informational after pruning).
+    pub width_mult: f64,
+}
+
+/// Block counts per stage of the standard depths.
+pub fn stage_blocks(depth: usize) -> Result<(BlockKind, [usize; 4])> {
+    Ok(match depth {
+        18 => (BlockKind::Basic, [2, 2, 2, 2]),
+        34 => (BlockKind::Basic, [3, 4, 6, 3]),
+        50 => (BlockKind::Bottleneck, [3, 4, 6, 3]),
+        101 => (BlockKind::Bottleneck, [3, 4, 23, 3]),
+        152 => (BlockKind::Bottleneck, [3, 8, 36, 3]),
+        _ => {
+            return Err(ModelError::Arch(format!(
+                "unknown ResNet depth {depth}: expected one of 18, 34, 50, 101, 152"
+            )))
+        }
+    })
+}
+
+/// Location of one conv in the network (used by pruning and complexity).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvInfo {
+    /// torchvision module name, e.g. `layer3.2.conv2` or `layer1.0.downsample.0`.
+    pub name: String,
+    /// Name of the BatchNorm that follows it.
+    pub bn: String,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+/// A conv whose output channels can be removed without touching the residual path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrunableConv {
+    /// The conv whose filters are scored and removed, e.g. `layer2.1.conv1`.
+    pub conv: String,
+    /// The BN after it (its channels go with the filters).
+    pub bn: String,
+    /// The conv that reads this conv's output (its input channels go too).
+    pub consumer: String,
+    pub stage: usize,
+    pub block: usize,
+    /// 0-based index of the conv on the block's branch.
+    pub index: usize,
+    pub width: usize,
+}
+
+impl ArchSpec {
+    /// A standard torchvision-shaped ResNet of `depth` with a BNNeck re-ID head.
+    pub fn resnet(depth: usize, num_classes: usize) -> Result<Self> {
+        Self::resnet_with(depth, num_classes, 1.0, 1, Neck::BnNeck)
+    }
+
+    /// A standard ResNet scaled by `width_mult` (every width rounded, at least 1).
+    pub fn resnet_with(
+        depth: usize,
+        num_classes: usize,
+        width_mult: f64,
+        last_stride: usize,
+        neck: Neck,
+    ) -> Result<Self> {
+        if !(width_mult > 0.0 && width_mult.is_finite()) {
+            return Err(ModelError::Arch(format!(
+                "width_mult must be a positive number, got {width_mult}"
+            )));
+        }
+        if last_stride != 1 && last_stride != 2 {
+            return Err(ModelError::Arch(format!(
+                "last_stride must be 1 or 2, got {last_stride}"
+            )));
+        }
+        let (block, counts) = stage_blocks(depth)?;
+        let scale = |w: usize| ((w as f64 * width_mult).round() as usize).max(1);
+        let stem_width = scale(64);
+        let mut stages = Vec::with_capacity(4);
+        let mut in_w = stem_width;
+        for (s, &n) in counts.iter().enumerate() {
+            let base = scale(64 << s);
+            let out = scale((64 << s) * block.expansion());
+            let mut blocks = Vec::with_capacity(n);
+            for b in 0..n {
+                let stride = match (s, b) {
+                    (0, _) | (_, 1..) => 1,
+                    (3, 0) => last_stride,
+                    _ => 2,
+                };
+                let widths = match block {
+                    BlockKind::Basic => vec![base, out],
+                    BlockKind::Bottleneck => vec![base, base, out],
+                };
+                let downsample = b == 0 && (stride != 1 || in_w != out);
+                blocks.push(BlockSpec {
+                    widths,
+                    stride,
+                    downsample,
+                });
+                in_w = out;
+            }
+            stages.push(blocks);
+        }
+        let spec = ArchSpec {
+            depth,
+            block,
+            stem_width,
+            stages,
+            last_stride,
+            neck,
+            feature_dim: in_w,
+            num_classes,
+            width_mult,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Parse a name such as `resnet50` (or `50`).
+    pub fn from_name(name: &str, num_classes: usize) -> Result<Self> {
+        let digits = name.trim().to_ascii_lowercase();
+        let digits = digits.strip_prefix("resnet").unwrap_or(&digits);
+        let depth: usize = digits.parse().map_err(|_| {
+            ModelError::Arch(format!(
+                "unknown architecture '{name}': expected resnet18, resnet34, resnet50, resnet101 or resnet152"
+            ))
+        })?;
+        Self::resnet(depth, num_classes)
+    }
+
+    /// Short name, e.g. `resnet50`.
+    pub fn name(&self) -> String {
+        format!("resnet{}", self.depth)
+    }
+
+    /// Check internal consistency: widths per block, residual shapes, strides.
+    pub fn validate(&self) -> Result<()> {
+        let err = |m: String| Err(ModelError::Arch(m));
+        let (kind, counts) = stage_blocks(self.depth)?;
+        if kind != self.block {
+            return err(format!(
+                "depth {} uses {:?} blocks, spec says {:?}",
+                self.depth, kind, self.block
+            ));
+        }
+        if self.stages.len() != 4 {
+            return err(format!("expected 4 stages, got {}", self.stages.len()));
+        }
+        if self.stem_width == 0 {
+            return err("stem width is 0".into());
+        }
+        if self.last_stride != 1 && self.last_stride != 2 {
+            return err(format!(
+                "last_stride must be 1 or 2, got {}",
+                self.last_stride
+            ));
+        }
+        let mut in_w = self.stem_width;
+        for (s, blocks) in self.stages.iter().enumerate() {
+            if blocks.len() != counts[s] {
+                return err(format!(
+                    "layer{} has {} blocks, resnet{} has {}",
+                    s + 1,
+                    blocks.len(),
+                    self.depth,
+                    counts[s]
+                ));
+            }
+            for (b, blk) in blocks.iter().enumerate() {
+                let name = format!("layer{}.{}", s + 1, b);
+                if blk.widths.len() != self.block.num_convs() {
+                    return err(format!(
+                        "{name}: {} widths given, a {:?} block has {} convs",
+                        blk.widths.len(),
+                        self.block,
+                        self.block.num_convs()
+                    ));
+                }
+                if blk.widths.contains(&0) {
+                    return err(format!("{name}: a conv has width 0"));
+                }
+                if blk.stride == 0 || blk.stride > 2 {
+                    return err(format!("{name}: stride {} (expected 1 or 2)", blk.stride));
+                }
+                if !blk.downsample && (blk.stride != 1 || in_w != blk.out_width()) {
+                    return err(format!(
+                        "{name}: no downsample but input width {in_w} / stride {} differs from output width {}",
+                        blk.stride,
+                        blk.out_width()
+                    ));
+                }
+                in_w = blk.out_width();
+            }
+        }
+        if self.stages[3][0].stride != self.last_stride {
+            return err(format!(
+                "layer4.0 stride {} differs from last_stride {}",
+                self.stages[3][0].stride, self.last_stride
+            ));
+        }
+        if self.feature_dim != in_w {
+            return err(format!(
+                "feature_dim {} differs from the last block's width {in_w}",
+                self.feature_dim
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every conv of the backbone in forward order, with the BN that follows it.
+    pub fn convs(&self) -> Vec<ConvInfo> {
+        let mut out = vec![ConvInfo {
+            name: "conv1".into(),
+            bn: "bn1".into(),
+            in_channels: 3,
+            out_channels: self.stem_width,
+            kernel: 7,
+            stride: 2,
+            padding: 3,
+        }];
+        let mut in_w = self.stem_width;
+        for (s, blocks) in self.stages.iter().enumerate() {
+            for (b, blk) in blocks.iter().enumerate() {
+                let prefix = format!("layer{}.{}", s + 1, b);
+                let mut c_in = in_w;
+                for (k, &w) in blk.widths.iter().enumerate() {
+                    let kernel = self.block.kernel(k);
+                    let stride = if k == self.block.strided_conv() {
+                        blk.stride
+                    } else {
+                        1
+                    };
+                    out.push(ConvInfo {
+                        name: format!("{prefix}.conv{}", k + 1),
+                        bn: format!("{prefix}.bn{}", k + 1),
+                        in_channels: c_in,
+                        out_channels: w,
+                        kernel,
+                        stride,
+                        padding: kernel / 2,
+                    });
+                    c_in = w;
+                }
+                if blk.downsample {
+                    out.push(ConvInfo {
+                        name: format!("{prefix}.downsample.0"),
+                        bn: format!("{prefix}.downsample.1"),
+                        in_channels: in_w,
+                        out_channels: blk.out_width(),
+                        kernel: 1,
+                        stride: blk.stride,
+                        padding: 0,
+                    });
+                }
+                in_w = blk.out_width();
+            }
+        }
+        out
+    }
+
+    /// The convs the paper prunes: all but the last conv of every block's branch
+    /// (so block output widths, and with them the residual additions, stay intact).
+    pub fn prunable_convs(&self) -> Vec<PrunableConv> {
+        let mut out = Vec::new();
+        for (s, blocks) in self.stages.iter().enumerate() {
+            for (b, blk) in blocks.iter().enumerate() {
+                let prefix = format!("layer{}.{}", s + 1, b);
+                for k in 0..blk.widths.len() - 1 {
+                    out.push(PrunableConv {
+                        conv: format!("{prefix}.conv{}", k + 1),
+                        bn: format!("{prefix}.bn{}", k + 1),
+                        consumer: format!("{prefix}.conv{}", k + 2),
+                        stage: s,
+                        block: b,
+                        index: k,
+                        width: blk.widths[k],
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Name and shape of every tensor a checkpoint of this spec holds (torchvision names plus
+    /// `bnneck.*` and `classifier.weight`).
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out = Vec::new();
+        let bn = |out: &mut Vec<(String, Vec<usize>)>, name: &str, c: usize| {
+            for t in ["weight", "bias", "running_mean", "running_var"] {
+                out.push((format!("{name}.{t}"), vec![c]));
+            }
+        };
+        for c in self.convs() {
+            out.push((
+                format!("{}.weight", c.name),
+                vec![c.out_channels, c.in_channels, c.kernel, c.kernel],
+            ));
+            bn(&mut out, &c.bn, c.out_channels);
+        }
+        if self.neck == Neck::BnNeck {
+            bn(&mut out, "bnneck", self.feature_dim);
+        }
+        if self.num_classes > 0 {
+            out.push((
+                "classifier.weight".into(),
+                vec![self.num_classes, self.feature_dim],
+            ));
+        }
+        out
+    }
+
+    /// Smallest input the network accepts; H and W must also keep equal parity at every
+    /// stride-2 conv (candle's conv backward requires it).
+    pub fn check_input(&self, h: usize, w: usize, for_training: bool) -> Result<()> {
+        if h < 32 || w < 32 {
+            return Err(ModelError::Input(format!(
+                "input {h}x{w} is too small: height and width must be at least 32"
+            )));
+        }
+        if for_training {
+            let (mut ch, mut cw) = (h, w);
+            for c in self.convs() {
+                if c.name.contains("downsample") {
+                    continue;
+                }
+                if c.stride == 2 && ch % 2 != cw % 2 {
+                    return Err(ModelError::Input(format!(
+                        "input {h}x{w}: at {} the feature map is {ch}x{cw}; height and width must have \
+                         the same parity at every stride-2 conv for training (use multiples of 32, e.g. 256x128)",
+                        c.name
+                    )));
+                }
+                ch = (ch + 2 * c.padding - c.kernel) / c.stride + 1;
+                cw = (cw + 2 * c.padding - c.kernel) / c.stride + 1;
+                if c.name == "conv1" {
+                    if ch % 2 != cw % 2 {
+                        return Err(ModelError::Input(format!(
+                            "input {h}x{w}: the stem max-pool sees {ch}x{cw}; height and width must have \
+                             the same parity (use multiples of 32, e.g. 256x128)"
+                        )));
+                    }
+                    ch = (ch - 1) / 2 + 1;
+                    cw = (cw - 1) / 2 + 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Spec in which the listed convs have new output widths (the consumers follow automatically,
+    /// as input widths are derived). Used by channel surgery.
+    pub fn with_conv_widths(&self, widths: &[(String, usize)]) -> Result<Self> {
+        let mut spec = self.clone();
+        for (name, w) in widths {
+            let loc = parse_branch_conv(name).ok_or_else(|| {
+                ModelError::Arch(format!("'{name}' is not a residual-branch conv name"))
+            })?;
+            let blk = spec
+                .stages
+                .get_mut(loc.0)
+                .and_then(|s| s.get_mut(loc.1))
+                .ok_or_else(|| ModelError::Arch(format!("no block for '{name}'")))?;
+            let slot = blk
+                .widths
+                .get_mut(loc.2)
+                .ok_or_else(|| ModelError::Arch(format!("no conv '{name}'")))?;
+            *slot = *w;
+        }
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+/// `layer{s}.{b}.conv{k}` → (stage, block, conv index), all 0-based.
+pub fn parse_branch_conv(name: &str) -> Option<(usize, usize, usize)> {
+    let rest = name.strip_prefix("layer")?;
+    let mut parts = rest.split('.');
+    let s: usize = parts.next()?.parse().ok()?;
+    let b: usize = parts.next()?.parse().ok()?;
+    let k: usize = parts.next()?.strip_prefix("conv")?.parse().ok()?;
+    if parts.next().is_some() || s == 0 || k == 0 {
+        return None;
+    }
+    Some((s - 1, b, k - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_specs_validate() {
+        for d in [18, 34, 50, 101, 152] {
+            let s = ArchSpec::resnet(d, 10).unwrap();
+            assert_eq!(s.feature_dim, if d < 50 { 512 } else { 2048 });
+        }
+        assert!(ArchSpec::resnet(20, 10).is_err());
+    }
+
+    #[test]
+    fn resnet50_conv_count_and_prunables() {
+        let s = ArchSpec::resnet(50, 0).unwrap();
+        assert_eq!(s.convs().len(), 53);
+        // 16 blocks × 2 prunable convs
+        assert_eq!(s.prunable_convs().len(), 32);
+        let r18 = ArchSpec::resnet(18, 0).unwrap();
+        assert_eq!(r18.convs().len(), 20);
+        assert_eq!(r18.prunable_convs().len(), 8);
+        assert!(!r18.stages[0][0].downsample);
+        assert!(r18.stages[1][0].downsample);
+    }
+
+    #[test]
+    fn width_mult_and_json_roundtrip() {
+        let s = ArchSpec::resnet_with(50, 5, 0.25, 2, Neck::None).unwrap();
+        assert_eq!(s.stem_width, 16);
+        assert_eq!(s.feature_dim, 512);
+        let j = serde_json::to_string(&s).unwrap();
+        let back: ArchSpec = serde_json::from_str(&j).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn with_conv_widths_changes_only_named() {
+        let s = ArchSpec::resnet(50, 0).unwrap();
+        let p = s.with_conv_widths(&[("layer2.1.conv2".into(), 7)]).unwrap();
+        assert_eq!(p.stages[1][1].widths, vec![128, 7, 512]);
+        // residual output cannot change without a downsample
+        assert!(s.with_conv_widths(&[("layer2.1.conv3".into(), 7)]).is_err());
+    }
+
+    #[test]
+    fn parity_rule() {
+        let s = ArchSpec::resnet(18, 0).unwrap();
+        assert!(s.check_input(256, 128, true).is_ok());
+        let e = s.check_input(250, 125, true).unwrap_err().to_string();
+        assert!(e.contains("parity"), "{e}");
+        assert!(s.check_input(250, 125, false).is_ok());
+        assert!(s.check_input(16, 128, false).is_err());
+    }
+}

@@ -1,0 +1,428 @@
+//! Self-describing checkpoints: `model.safetensors` with torchvision tensor names and the header
+//! metadata `reid.arch` (the [`ArchSpec`] as JSON) and `reid.provenance` (JSON).
+//!
+//! Loading never half-succeeds: every missing, unexpected or mis-shaped tensor is listed in one error.
+//! Writing is atomic: a temporary file in the same folder, synced, then renamed over the target.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::Load;
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::arch::ArchSpec;
+use crate::error::{ModelError, Result};
+use crate::net::ReidNet;
+
+pub const META_ARCH: &str = "reid.arch";
+pub const META_PROVENANCE: &str = "reid.provenance";
+
+/// Where a checkpoint came from. Every field is optional; unknown fields are kept in `extra`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// sha256 of the parent `model.safetensors`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub criterion: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// Pruning ratio or target, as the pruning step states it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_weights: Option<String>,
+    #[serde(default)]
+    pub tool_version: String,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl Provenance {
+    pub fn new() -> Self {
+        Self {
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Tensors read from a safetensors file, converted to f32, plus the header metadata.
+pub struct TensorFile {
+    pub path: PathBuf,
+    pub tensors: HashMap<String, Tensor>,
+    pub metadata: HashMap<String, String>,
+}
+
+/// Read every tensor of a safetensors file (f32, f16, bf16 and f64 floats become f32; integer
+/// tensors such as `num_batches_tracked` are kept as they are).
+pub fn read_safetensors(path: &Path, device: &Device) -> Result<TensorFile> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| ModelError::file(path, format!("cannot read the weights file: {e}")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+        ModelError::file(
+            path,
+            format!("not a valid safetensors file (truncated or corrupt?): {e}"),
+        )
+    })?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| ModelError::file(path, format!("unreadable safetensors header: {e}")))?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    let mut tensors = HashMap::new();
+    for (name, view) in st.tensors() {
+        let t = view
+            .load(device)
+            .map_err(|e| ModelError::file(path, format!("tensor '{name}': {e}")))?;
+        let t = match t.dtype() {
+            DType::F16 | DType::BF16 | DType::F64 => t.to_dtype(DType::F32)?,
+            _ => t,
+        };
+        tensors.insert(name, t);
+    }
+    Ok(TensorFile {
+        path: path.to_path_buf(),
+        tensors,
+        metadata,
+    })
+}
+
+/// Missing, unexpected and mis-shaped tensors of a file against a spec.
+#[derive(Debug, Default, PartialEq)]
+pub struct MismatchReport {
+    pub missing: Vec<String>,
+    pub unexpected: Vec<String>,
+    /// (name, expected shape, shape in the file)
+    pub misshaped: Vec<(String, Vec<usize>, Vec<usize>)>,
+}
+
+impl MismatchReport {
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.misshaped.is_empty()
+    }
+
+    /// Compare `tensors` with what `spec` expects. Names matching `ignore` are neither expected nor
+    /// unexpected (e.g. `num_batches_tracked`).
+    pub fn compare(
+        spec: &ArchSpec,
+        tensors: &HashMap<String, Tensor>,
+        ignore: impl Fn(&str) -> bool,
+    ) -> Self {
+        let expected = spec.expected_tensors();
+        let mut report = MismatchReport::default();
+        let mut known = std::collections::HashSet::new();
+        for (name, shape) in &expected {
+            known.insert(name.as_str());
+            match tensors.get(name) {
+                None => report.missing.push(name.clone()),
+                Some(t) if t.dims() != shape.as_slice() => {
+                    report
+                        .misshaped
+                        .push((name.clone(), shape.clone(), t.dims().to_vec()))
+                }
+                Some(_) => {}
+            }
+        }
+        let mut unexpected: Vec<String> = tensors
+            .keys()
+            .filter(|k| !known.contains(k.as_str()) && !ignore(k))
+            .cloned()
+            .collect();
+        unexpected.sort();
+        report.unexpected = unexpected;
+        report
+    }
+}
+
+impl std::fmt::Display for MismatchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const SHOW: usize = 20;
+        let list = |f: &mut std::fmt::Formatter<'_>, title: &str, items: &[String]| {
+            if items.is_empty() {
+                return Ok(());
+            }
+            writeln!(f, "  {} {title}:", items.len())?;
+            for i in items.iter().take(SHOW) {
+                writeln!(f, "    {i}")?;
+            }
+            if items.len() > SHOW {
+                writeln!(f, "    ... and {} more", items.len() - SHOW)?;
+            }
+            Ok(())
+        };
+        list(f, "missing tensors", &self.missing)?;
+        list(f, "unexpected tensors", &self.unexpected)?;
+        let shaped: Vec<String> = self
+            .misshaped
+            .iter()
+            .map(|(n, e, g)| format!("{n}: expected {e:?}, file has {g:?}"))
+            .collect();
+        list(f, "mis-shaped tensors", &shaped)
+    }
+}
+
+fn is_ignorable(name: &str) -> bool {
+    name.ends_with("num_batches_tracked")
+}
+
+/// Write `bytes` to `path` atomically (temp file in the same folder, fsync, rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .map_err(|e| ModelError::file(dir, format!("cannot create folder: {e}")))?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| ModelError::file(path, "not a file path"))?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(ModelError::file(
+            path,
+            format!("cannot write (nothing was replaced): {e}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Save the net's weights with its architecture and provenance in the header; atomic.
+pub fn save_checkpoint(net: &ReidNet, path: &Path, provenance: &Provenance) -> Result<()> {
+    let state = net.state_dict()?;
+    let mut meta = HashMap::new();
+    let arch = serde_json::to_string(net.spec())
+        .map_err(|e| ModelError::Arch(format!("cannot serialise the architecture: {e}")))?;
+    let prov = serde_json::to_string(provenance)
+        .map_err(|e| ModelError::Arch(format!("cannot serialise the provenance: {e}")))?;
+    meta.insert(META_ARCH.to_string(), arch);
+    meta.insert(META_PROVENANCE.to_string(), prov);
+    // Tensors must be on the CPU and contiguous for serialisation.
+    let cpu: Vec<(String, Tensor)> = state
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.to_device(&Device::Cpu)?.contiguous()?)))
+        .collect::<Result<_>>()?;
+    let bytes = safetensors::serialize(cpu.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
+        .map_err(|e| ModelError::file(path, format!("cannot serialise tensors: {e}")))?;
+    write_atomic(path, &bytes)
+}
+
+/// A loaded checkpoint.
+pub struct Checkpoint {
+    pub net: ReidNet,
+    pub provenance: Provenance,
+    pub sha256: String,
+}
+
+/// Parse `reid.arch` from a file's metadata.
+pub fn arch_from_metadata(path: &Path, metadata: &HashMap<String, String>) -> Result<ArchSpec> {
+    let arch = metadata.get(META_ARCH).ok_or_else(|| {
+        ModelError::file(
+            path,
+            format!(
+                "no '{META_ARCH}' in the safetensors metadata: this is not a reid-prune checkpoint. \
+                 For torchvision/timm ImageNet weights use the pretrained-weights option instead"
+            ),
+        )
+    })?;
+    let spec: ArchSpec = serde_json::from_str(arch).map_err(|e| {
+        ModelError::file(
+            path,
+            format!("'{META_ARCH}' is not a valid architecture: {e}"),
+        )
+    })?;
+    spec.validate()
+        .map_err(|e| ModelError::file(path, format!("'{META_ARCH}': {e}")))?;
+    Ok(spec)
+}
+
+/// Load a checkpoint written by [`save_checkpoint`] (or any file with `reid.arch` metadata).
+/// `trainable` builds `Var`s for training; otherwise a detached eval-only net.
+pub fn load_checkpoint(path: &Path, device: &Device, trainable: bool) -> Result<Checkpoint> {
+    let file = read_safetensors(path, device)?;
+    let spec = arch_from_metadata(path, &file.metadata)?;
+    let provenance = match file.metadata.get(META_PROVENANCE) {
+        Some(p) => serde_json::from_str(p).map_err(|e| {
+            ModelError::file(path, format!("'{META_PROVENANCE}' is not valid JSON: {e}"))
+        })?,
+        None => Provenance::default(),
+    };
+    let report = MismatchReport::compare(&spec, &file.tensors, is_ignorable);
+    if !report.is_empty() {
+        return Err(ModelError::Mismatch {
+            path: path.to_path_buf(),
+            report: report.to_string(),
+        });
+    }
+    let tensors: HashMap<String, Tensor> = file
+        .tensors
+        .into_iter()
+        .filter(|(k, _)| !is_ignorable(k))
+        .collect();
+    let net = if trainable {
+        ReidNet::from_tensors_trainable(&spec, &tensors, device)?
+    } else {
+        ReidNet::from_tensors_frozen(&spec, &tensors, device)?
+    };
+    Ok(Checkpoint {
+        net,
+        provenance,
+        sha256: file_sha256(path)?,
+    })
+}
+
+/// Hex sha256 of a file (checkpoint identity for provenance and step reuse).
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let bytes =
+        std::fs::read(path).map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
+    let digest = Sha256::digest(&bytes);
+    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::Neck;
+
+    fn tiny_pruned() -> ArchSpec {
+        ArchSpec::resnet_with(50, 7, 0.125, 1, Neck::BnNeck)
+            .unwrap()
+            .with_conv_widths(&[
+                ("layer1.0.conv1".into(), 3),
+                ("layer2.1.conv2".into(), 5),
+                ("layer4.2.conv1".into(), 1),
+            ])
+            .unwrap()
+    }
+
+    #[test]
+    fn roundtrip_is_bit_exact_with_no_side_file() {
+        let dev = Device::Cpu;
+        let spec = tiny_pruned();
+        let net = ReidNet::new(&spec, &dev).unwrap();
+        let x = Tensor::randn(0f32, 1., (2, 3, 64, 32), &dev).unwrap();
+        net.forward_t(&x, true).unwrap(); // move the running stats
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let mut prov = Provenance::new();
+        prov.criterion = Some("l1".into());
+        prov.extra.insert("note".into(), serde_json::json!("hello"));
+        save_checkpoint(&net, &path, &prov).unwrap();
+        let ck = load_checkpoint(&path, &dev, false).unwrap();
+        assert_eq!(ck.net.spec(), &spec);
+        assert_eq!(ck.provenance, prov);
+        let a = net.state_dict().unwrap();
+        let b = ck.net.state_dict().unwrap();
+        assert_eq!(a.len(), b.len());
+        for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+            assert_eq!(na, nb);
+            let va: Vec<f32> = ta.flatten_all().unwrap().to_vec1().unwrap();
+            let vb: Vec<f32> = tb.flatten_all().unwrap().to_vec1().unwrap();
+            assert!(
+                va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{na}"
+            );
+        }
+        // no temp files left behind
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn mismatches_are_listed() {
+        let dev = Device::Cpu;
+        let spec = tiny_pruned();
+        let net = ReidNet::new(&spec, &dev).unwrap();
+        let mut map: HashMap<String, Tensor> = net.state_dict().unwrap().into_iter().collect();
+        map.remove("layer1.0.bn1.running_var");
+        map.insert(
+            "layer9.0.conv1.weight".into(),
+            Tensor::zeros(1, DType::F32, &dev).unwrap(),
+        );
+        map.insert(
+            "layer2.1.conv2.weight".into(),
+            Tensor::zeros((4, 4, 3, 3), DType::F32, &dev).unwrap(),
+        );
+        let r = MismatchReport::compare(&spec, &map, is_ignorable);
+        assert_eq!(r.missing, vec!["layer1.0.bn1.running_var".to_string()]);
+        assert_eq!(r.unexpected, vec!["layer9.0.conv1.weight".to_string()]);
+        assert_eq!(r.misshaped.len(), 1);
+        let text = r.to_string();
+        assert!(
+            text.contains("layer2.1.conv2.weight: expected [5, 16, 3, 3]"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bad_files_get_clear_errors() {
+        let dev = Device::Cpu;
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.safetensors");
+        let e = load_checkpoint(&missing, &dev, false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("nope.safetensors") && e.contains("cannot read"),
+            "{e}"
+        );
+
+        let net = ReidNet::new(&tiny_pruned(), &dev).unwrap();
+        let path = dir.path().join("model.safetensors");
+        save_checkpoint(&net, &path, &Provenance::new()).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let trunc = dir.path().join("trunc.safetensors");
+        std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
+        let e = load_checkpoint(&trunc, &dev, false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("trunc.safetensors") && e.contains("truncated"),
+            "{e}"
+        );
+
+        // a plain safetensors file without reid.arch
+        let plain = dir.path().join("plain.safetensors");
+        let t = Tensor::zeros(3, DType::F32, &dev).unwrap();
+        safetensors::serialize_to_file([("a", &t)], None, &plain).unwrap();
+        let e = load_checkpoint(&plain, &dev, false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("reid.arch"), "{e}");
+
+        // unknown arch in metadata
+        let mut meta = HashMap::new();
+        meta.insert(META_ARCH.to_string(), "{\"depth\": 20}".to_string());
+        let odd = dir.path().join("odd.safetensors");
+        safetensors::serialize_to_file([("a", &t)], Some(meta), &odd).unwrap();
+        let e = load_checkpoint(&odd, &dev, false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("odd.safetensors") && e.contains("reid.arch"),
+            "{e}"
+        );
+    }
+}

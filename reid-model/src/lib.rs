@@ -1,0 +1,24 @@
+//! reid-model: a prunable, self-describing ResNet re-ID network on candle.
+//!
+//! - [`arch::ArchSpec`]: every conv's width, so a pruned net is just another spec;
+//! - [`net::ReidNet`]: stem, four stages, GAP, BNNeck, classifier; train/eval BN; activation hooks;
+//! - [`checkpoint`]: `model.safetensors` with `reid.arch` / `reid.provenance` metadata, atomic writes;
+//! - [`hub`]: torchvision/timm ImageNet weights from a path or a hub id;
+//! - [`complexity`]: MACs / FLOPs / parameters per layer, backbone and head apart.
+
+pub mod arch;
+pub mod checkpoint;
+pub mod complexity;
+pub mod error;
+pub mod hub;
+pub mod net;
+pub mod ops;
+
+pub use arch::{ArchSpec, BlockKind, BlockSpec, Neck, PrunableConv};
+pub use checkpoint::{load_checkpoint, save_checkpoint, Checkpoint, Provenance};
+pub use error::{ModelError, Result};
+pub use net::{ActivationTrace, ReidNet, ReidOutput};
+
+/// ImageNet channel statistics used by torchvision's `Normalize`.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];

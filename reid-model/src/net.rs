@@ -1,0 +1,613 @@
+//! `ReidNet`: a ResNet backbone with explicit per-conv widths, global average pooling, an optional
+//! BNNeck and a bias-free classifier. Tensor names mirror torchvision's state dict.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+
+use crate::arch::{ArchSpec, ConvInfo, Neck, PrunableConv};
+use crate::error::{ModelError, Result};
+use crate::ops::{global_avg_pool, max_pool_3x3_s2_p1, BatchNorm, BatchNormConfig, Conv2d};
+
+/// Standard deviation of the classifier's initial weights (Bag of Tricks).
+const CLASSIFIER_INIT_STD: f64 = 0.001;
+
+/// A conv followed by its BatchNorm; after folding, the BN lives in the conv's bias.
+#[derive(Clone, Debug)]
+pub struct ConvBn {
+    pub name: String,
+    pub bn_name: String,
+    pub conv: Conv2d,
+    pub bn: Option<BatchNorm>,
+}
+
+impl ConvBn {
+    fn new(vb: &VarBuilder, info: &ConvInfo, bn_cfg: BatchNormConfig) -> candle_core::Result<Self> {
+        let conv = Conv2d::new(
+            vb.pp(&info.name),
+            info.in_channels,
+            info.out_channels,
+            info.kernel,
+            info.stride,
+            info.padding,
+        )?;
+        let bn = BatchNorm::new(vb.pp(&info.bn), info.out_channels, bn_cfg)?;
+        Ok(Self {
+            name: info.name.clone(),
+            bn_name: info.bn.clone(),
+            conv,
+            bn: Some(bn),
+        })
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let y = self.conv.forward(x)?;
+        match &self.bn {
+            Some(bn) => bn.forward_t(&y, train),
+            None => Ok(y),
+        }
+    }
+
+    /// Conv with the eval-mode BN folded in: w' = w·γ/σ, b' = β − μ·γ/σ.
+    fn folded(&self) -> candle_core::Result<Self> {
+        let Some(bn) = &self.bn else {
+            return Ok(self.clone());
+        };
+        let (scale, shift) = bn.eval_affine()?;
+        let c = scale.elem_count();
+        let weight = self
+            .conv
+            .weight
+            .detach()
+            .broadcast_mul(&scale.reshape((c, 1, 1, 1))?)?;
+        let bias = match &self.conv.bias {
+            Some(b) => (b.detach().mul(&scale)? + shift)?,
+            None => shift,
+        };
+        Ok(Self {
+            name: self.name.clone(),
+            bn_name: self.bn_name.clone(),
+            conv: Conv2d {
+                weight,
+                bias: Some(bias),
+                stride: self.conv.stride,
+                padding: self.conv.padding,
+            },
+            bn: None,
+        })
+    }
+
+    fn push_state(&self, out: &mut Vec<(String, Tensor)>) {
+        out.push((format!("{}.weight", self.name), self.conv.weight.clone()));
+        if let Some(bn) = &self.bn {
+            out.push((format!("{}.weight", self.bn_name), bn.weight.clone()));
+            out.push((format!("{}.bias", self.bn_name), bn.bias.clone()));
+            out.push((
+                format!("{}.running_mean", self.bn_name),
+                bn.running_mean.as_tensor().clone(),
+            ));
+            out.push((
+                format!("{}.running_var", self.bn_name),
+                bn.running_var.as_tensor().clone(),
+            ));
+        }
+    }
+}
+
+/// One residual block: the branch convs and the optional projection shortcut.
+#[derive(Clone, Debug)]
+pub struct Block {
+    pub convs: Vec<ConvBn>,
+    pub downsample: Option<ConvBn>,
+}
+
+/// What a forward pass returns.
+#[derive(Clone, Debug)]
+pub struct ReidOutput {
+    /// Global-average-pooled backbone feature (N × feature_dim).
+    pub pooled: Tensor,
+    /// The BNNeck output (equals `pooled` without a neck): the feature used for retrieval in BoT.
+    pub neck: Tensor,
+    /// Classifier logits, when the net has a classifier.
+    pub logits: Option<Tensor>,
+}
+
+/// Records intermediate activations during a forward pass and, optionally, makes their gradients
+/// readable after `backward()` (pruning criteria use both).
+///
+/// Names: a prunable conv's name (`layer2.0.conv1`) records H = relu(bn(conv(x))), the tensor
+/// the criteria score; `stem` and `layer1`..`layer4` record the stage outputs.
+#[derive(Debug, Default)]
+pub struct ActivationTrace {
+    wanted: HashSet<String>,
+    with_grad: bool,
+    pub activations: BTreeMap<String, Tensor>,
+    probes: BTreeMap<String, Var>,
+}
+
+impl ActivationTrace {
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(names: I, with_grad: bool) -> Self {
+        Self {
+            wanted: names.into_iter().map(Into::into).collect(),
+            with_grad,
+            ..Default::default()
+        }
+    }
+
+    /// Record `h` under `name` if wanted; returns the tensor to continue the forward with.
+    /// With gradients, a zero `Var` is added so that its gradient is dL/dH (candle drops
+    /// the gradients of intermediate tensors).
+    fn hook(&mut self, name: &str, h: Tensor) -> candle_core::Result<Tensor> {
+        if !self.wanted.contains(name) {
+            return Ok(h);
+        }
+        self.activations.insert(name.to_string(), h.detach());
+        if self.with_grad {
+            let probe = Var::zeros(h.shape(), h.dtype(), h.device())?;
+            let out = h.add(probe.as_tensor())?;
+            self.probes.insert(name.to_string(), probe);
+            Ok(out)
+        } else {
+            Ok(h)
+        }
+    }
+
+    /// dL/dH of a traced activation after `loss.backward()`.
+    pub fn gradient(&self, grads: &GradStore, name: &str) -> Option<Tensor> {
+        self.probes
+            .get(name)
+            .and_then(|p| grads.get(p.as_tensor()).cloned())
+    }
+}
+
+pub struct ReidNet {
+    spec: ArchSpec,
+    stem: ConvBn,
+    stages: Vec<Vec<Block>>,
+    neck: Option<BatchNorm>,
+    classifier: Option<Tensor>,
+    /// Present when the net is trainable: the map of its `Var`s (weights and running stats).
+    varmap: Option<VarMap>,
+    folded: bool,
+    device: Device,
+}
+
+impl ReidNet {
+    /// A freshly initialised, trainable network (torchvision init; `device.set_seed` makes it repeatable).
+    pub fn new(spec: &ArchSpec, device: &Device) -> Result<Self> {
+        spec.validate()?;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        Self::build(spec, &vb, Some(varmap), device)
+    }
+
+    /// A trainable network whose tensors come from `tensors` (names as in [`ArchSpec::expected_tensors`]);
+    /// tensors the map lacks are freshly initialised (used for the re-ID head on ImageNet weights).
+    pub fn from_tensors_trainable(
+        spec: &ArchSpec,
+        tensors: &HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
+        spec.validate()?;
+        let varmap = VarMap::new();
+        {
+            let mut data = varmap
+                .data()
+                .lock()
+                .map_err(|_| ModelError::Arch("var map lock poisoned".into()))?;
+            for (k, t) in tensors {
+                let t = t.to_dtype(DType::F32)?.to_device(device)?;
+                data.insert(k.clone(), Var::from_tensor(&t)?);
+            }
+        }
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        Self::build(spec, &vb, Some(varmap), device)
+    }
+
+    /// An eval-only network over plain (detached) tensors: its forward records no autograd graph.
+    /// Every expected tensor must be present.
+    pub fn from_tensors_frozen(
+        spec: &ArchSpec,
+        tensors: &HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
+        spec.validate()?;
+        let mut map = HashMap::with_capacity(tensors.len());
+        for (k, t) in tensors {
+            map.insert(
+                k.clone(),
+                t.detach().to_dtype(DType::F32)?.to_device(device)?,
+            );
+        }
+        let vb = VarBuilder::from_tensors(map, DType::F32, device);
+        Self::build(spec, &vb, None, device)
+    }
+
+    fn build(
+        spec: &ArchSpec,
+        vb: &VarBuilder,
+        varmap: Option<VarMap>,
+        device: &Device,
+    ) -> Result<Self> {
+        let bn_cfg = BatchNormConfig::default();
+        let convs = spec.convs();
+        let mut by_name: HashMap<&str, &ConvInfo> =
+            convs.iter().map(|c| (c.name.as_str(), c)).collect();
+        let mut take = |name: &str| -> Result<ConvBn> {
+            let info = by_name
+                .remove(name)
+                .ok_or_else(|| ModelError::Arch(format!("no conv named {name}")))?;
+            Ok(ConvBn::new(vb, info, bn_cfg)?)
+        };
+        let stem = take("conv1")?;
+        let mut stages = Vec::with_capacity(4);
+        for (s, blocks) in spec.stages.iter().enumerate() {
+            let mut built = Vec::with_capacity(blocks.len());
+            for (b, blk) in blocks.iter().enumerate() {
+                let prefix = format!("layer{}.{}", s + 1, b);
+                let convs = (0..blk.widths.len())
+                    .map(|k| take(&format!("{prefix}.conv{}", k + 1)))
+                    .collect::<Result<Vec<_>>>()?;
+                let downsample = if blk.downsample {
+                    Some(take(&format!("{prefix}.downsample.0"))?)
+                } else {
+                    None
+                };
+                built.push(Block { convs, downsample });
+            }
+            stages.push(built);
+        }
+        let neck = match spec.neck {
+            Neck::BnNeck => Some(BatchNorm::new(vb.pp("bnneck"), spec.feature_dim, bn_cfg)?),
+            Neck::None => None,
+        };
+        let classifier = if spec.num_classes > 0 {
+            Some(vb.get_with_hints(
+                (spec.num_classes, spec.feature_dim),
+                "classifier.weight",
+                candle_nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: CLASSIFIER_INIT_STD,
+                },
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            spec: spec.clone(),
+            stem,
+            stages,
+            neck,
+            classifier,
+            varmap,
+            folded: false,
+            device: device.clone(),
+        })
+    }
+
+    pub fn spec(&self) -> &ArchSpec {
+        &self.spec
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn is_trainable(&self) -> bool {
+        self.varmap.is_some()
+    }
+
+    pub fn is_folded(&self) -> bool {
+        self.folded
+    }
+
+    /// The convs whose filters the paper prunes, with their BN and consumer conv.
+    pub fn prunable_convs(&self) -> Vec<PrunableConv> {
+        self.spec.prunable_convs()
+    }
+
+    /// Every conv+BN unit in forward order (stem, then block convs and shortcuts).
+    pub fn conv_units(&self) -> Vec<&ConvBn> {
+        let mut out = vec![&self.stem];
+        for blk in self.stages.iter().flatten() {
+            out.extend(blk.convs.iter());
+            out.extend(blk.downsample.iter());
+        }
+        out
+    }
+
+    /// A conv+BN unit by conv name.
+    pub fn conv_unit(&self, name: &str) -> Option<&ConvBn> {
+        self.conv_units().into_iter().find(|u| u.name == name)
+    }
+
+    /// Trainable parameters by name (running statistics excluded), sorted by name.
+    pub fn named_parameters(&self) -> Vec<(String, Var)> {
+        let Some(vm) = &self.varmap else {
+            return Vec::new();
+        };
+        let data = match vm.data().lock() {
+            Ok(d) => d,
+            Err(p) => p.into_inner(),
+        };
+        let mut v: Vec<(String, Var)> = data
+            .iter()
+            .filter(|(k, _)| !k.ends_with("running_mean") && !k.ends_with("running_var"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Every tensor of the checkpoint, in [`ArchSpec::expected_tensors`] order (BN running stats
+    /// included). Folded nets have no BN tensors and cannot be saved as checkpoints.
+    pub fn state_dict(&self) -> Result<Vec<(String, Tensor)>> {
+        if self.folded {
+            return Err(ModelError::Arch(
+                "a BN-folded inference net has no BatchNorm tensors; save the unfolded net".into(),
+            ));
+        }
+        let mut out = Vec::new();
+        for u in self.conv_units() {
+            u.push_state(&mut out);
+        }
+        if let Some(bn) = &self.neck {
+            out.push(("bnneck.weight".into(), bn.weight.clone()));
+            out.push(("bnneck.bias".into(), bn.bias.clone()));
+            out.push((
+                "bnneck.running_mean".into(),
+                bn.running_mean.as_tensor().clone(),
+            ));
+            out.push((
+                "bnneck.running_var".into(),
+                bn.running_var.as_tensor().clone(),
+            ));
+        }
+        if let Some(w) = &self.classifier {
+            out.push(("classifier.weight".into(), w.clone()));
+        }
+        // Order as the spec lists them, so files are stable and diffable.
+        let order: HashMap<String, usize> = self
+            .spec
+            .expected_tensors()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n, i))
+            .collect();
+        out.sort_by_key(|(n, _)| order.get(n).copied().unwrap_or(usize::MAX));
+        Ok(out)
+    }
+
+    /// Detached copy for evaluation: same values, plain tensors, no autograd graph in its forward.
+    pub fn inference_copy(&self) -> Result<Self> {
+        let map: HashMap<String, Tensor> = self
+            .state_dict()?
+            .into_iter()
+            .map(|(n, t)| (n, t.detach()))
+            .collect();
+        Self::from_tensors_frozen(&self.spec, &map, &self.device)
+    }
+
+    /// Eval-only copy with every BatchNorm2d folded into its conv (fewer passes over memory).
+    pub fn fold_bn(&self) -> Result<Self> {
+        let fold_block = |b: &Block| -> candle_core::Result<Block> {
+            Ok(Block {
+                convs: b
+                    .convs
+                    .iter()
+                    .map(ConvBn::folded)
+                    .collect::<candle_core::Result<_>>()?,
+                downsample: b.downsample.as_ref().map(ConvBn::folded).transpose()?,
+            })
+        };
+        let detach_bn = |bn: &BatchNorm| -> candle_core::Result<BatchNorm> {
+            Ok(BatchNorm {
+                weight: bn.weight.detach(),
+                bias: bn.bias.detach(),
+                running_mean: Var::from_tensor(&bn.running_mean.as_tensor().copy()?)?,
+                running_var: Var::from_tensor(&bn.running_var.as_tensor().copy()?)?,
+                config: bn.config,
+            })
+        };
+        Ok(Self {
+            spec: self.spec.clone(),
+            stem: self.stem.folded()?,
+            stages: self
+                .stages
+                .iter()
+                .map(|s| s.iter().map(fold_block).collect::<candle_core::Result<_>>())
+                .collect::<candle_core::Result<_>>()?,
+            neck: self.neck.as_ref().map(detach_bn).transpose()?,
+            classifier: self.classifier.as_ref().map(|c| c.detach()),
+            varmap: None,
+            folded: true,
+            device: self.device.clone(),
+        })
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<ReidOutput> {
+        self.forward_traced(x, train, &mut ActivationTrace::default())
+    }
+
+    /// Forward pass that records the activations named in `trace`.
+    pub fn forward_traced(
+        &self,
+        x: &Tensor,
+        train: bool,
+        trace: &mut ActivationTrace,
+    ) -> Result<ReidOutput> {
+        let (_, c, h, w) = x.dims4().map_err(|_| {
+            ModelError::Input(format!(
+                "expected an N×3×H×W image batch, got shape {:?}",
+                x.dims()
+            ))
+        })?;
+        if c != 3 {
+            return Err(ModelError::Input(format!(
+                "expected 3 input channels, got {c} (shape {:?})",
+                x.dims()
+            )));
+        }
+        if train && self.folded {
+            return Err(ModelError::Arch(
+                "a BN-folded net is inference-only; train the unfolded net".into(),
+            ));
+        }
+        // Backward through a stride-2 conv needs equal H/W parity; check before any work.
+        self.spec.check_input(h, w, train || trace.with_grad)?;
+        let x = x.to_dtype(DType::F32)?;
+        let stem = self.stem.forward_t(&x, train)?.relu()?;
+        let mut y = trace.hook("stem", max_pool_3x3_s2_p1(&stem)?)?;
+        for (s, blocks) in self.stages.iter().enumerate() {
+            for blk in blocks {
+                let mut h = y.clone();
+                let last = blk.convs.len() - 1;
+                for (k, unit) in blk.convs.iter().enumerate() {
+                    h = unit.forward_t(&h, train)?;
+                    if k < last {
+                        h = trace.hook(&unit.name, h.relu()?)?;
+                    }
+                }
+                let shortcut = match &blk.downsample {
+                    Some(ds) => ds.forward_t(&y, train)?,
+                    None => y,
+                };
+                y = (h + shortcut)?.relu()?;
+            }
+            y = trace.hook(&format!("layer{}", s + 1), y)?;
+        }
+        let pooled = global_avg_pool(&y)?;
+        let neck = match &self.neck {
+            Some(bn) => bn.forward_t(&pooled, train)?,
+            None => pooled.clone(),
+        };
+        let logits = match &self.classifier {
+            Some(wc) => Some(neck.matmul(&wc.t()?)?),
+            None => None,
+        };
+        Ok(ReidOutput {
+            pooled,
+            neck,
+            logits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::Neck;
+
+    fn tiny(depth: usize, classes: usize) -> ArchSpec {
+        ArchSpec::resnet_with(depth, classes, 0.125, 1, Neck::BnNeck).unwrap()
+    }
+
+    #[test]
+    fn shapes_and_modes() {
+        let dev = Device::Cpu;
+        let spec = tiny(18, 5);
+        let net = ReidNet::new(&spec, &dev).unwrap();
+        let x = Tensor::randn(0f32, 1., (2, 3, 64, 32), &dev).unwrap();
+        let out = net.forward_t(&x, true).unwrap();
+        assert_eq!(out.pooled.dims(), &[2, spec.feature_dim]);
+        assert_eq!(out.logits.unwrap().dims(), &[2, 5]);
+        // the state dict has exactly the names and shapes the spec expects
+        let sd = net.state_dict().unwrap();
+        let expected = spec.expected_tensors();
+        assert_eq!(sd.len(), expected.len());
+        for ((n, t), (en, es)) in sd.iter().zip(&expected) {
+            assert_eq!(n, en);
+            assert_eq!(t.dims(), es.as_slice(), "{n}");
+        }
+    }
+
+    #[test]
+    fn inference_copy_records_no_graph_and_folding_preserves_output() {
+        let dev = Device::Cpu;
+        let spec = tiny(50, 3);
+        let net = ReidNet::new(&spec, &dev).unwrap();
+        // a few train steps so running stats are not the identity
+        for _ in 0..2 {
+            let x = Tensor::randn(0f32, 1., (4, 3, 64, 32), &dev).unwrap();
+            net.forward_t(&x, true).unwrap();
+        }
+        let eval = net.inference_copy().unwrap();
+        let x = Tensor::randn(0f32, 1., (2, 3, 64, 32), &dev).unwrap();
+        let a = eval.forward_t(&x, false).unwrap();
+        assert!(!a.pooled.track_op(), "inference forward built a graph");
+        let b = net.forward_t(&x, false).unwrap();
+        let diff = (a.pooled.clone() - b.pooled)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        let folded = net.fold_bn().unwrap();
+        let c = folded.forward_t(&x, false).unwrap();
+        let scale = a
+            .pooled
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let diff = (a.pooled - c.pooled)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() <= 1e-5 * scale.max(1.0));
+        assert!(folded.forward_t(&x, true).is_err());
+    }
+
+    #[test]
+    fn trace_gives_activation_and_gradient() {
+        let dev = Device::Cpu;
+        let spec = tiny(18, 4);
+        let net = ReidNet::new(&spec, &dev).unwrap().inference_copy().unwrap();
+        let x = Tensor::randn(0f32, 1., (2, 3, 64, 32), &dev).unwrap();
+        let mut trace = ActivationTrace::new(["layer2.0.conv1", "layer3"], true);
+        let out = net.forward_traced(&x, false, &mut trace).unwrap();
+        let logits = out.logits.unwrap();
+        let loss = logits.sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let h = &trace.activations["layer2.0.conv1"];
+        assert_eq!(h.dims()[1], spec.stages[1][0].widths[0]);
+        let g = trace.gradient(&grads, "layer2.0.conv1").unwrap();
+        assert_eq!(g.dims(), h.dims());
+        // gradient of sum(logits) w.r.t. the layer3 output: nonzero somewhere
+        let g3 = trace.gradient(&grads, "layer3").unwrap();
+        assert!(
+            g3.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0
+        );
+    }
+
+    #[test]
+    fn bad_inputs_are_rejected() {
+        let dev = Device::Cpu;
+        let net = ReidNet::new(&tiny(18, 0), &dev).unwrap();
+        let x = Tensor::zeros((1, 1, 64, 32), DType::F32, &dev).unwrap();
+        assert!(net
+            .forward_t(&x, false)
+            .unwrap_err()
+            .to_string()
+            .contains("3 input channels"));
+        let x = Tensor::zeros((2, 3, 65, 32), DType::F32, &dev).unwrap();
+        assert!(net
+            .forward_t(&x, true)
+            .unwrap_err()
+            .to_string()
+            .contains("parity"));
+    }
+}

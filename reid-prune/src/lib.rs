@@ -1,0 +1,4 @@
+//! reid-prune: pruning criteria, strategies, channel surgery and the experiment runner.
+//! This first part holds the complexity report shared by the `flops` command and the default run.
+
+pub mod flops;

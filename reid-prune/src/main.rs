@@ -1,0 +1,137 @@
+//! `reid-prune`: the command-line entry point.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use clap::{Parser, Subcommand};
+use reid_model::complexity::{complexity, parse_hw};
+use reid_model::{load_checkpoint, ArchSpec, Neck};
+use reid_prune::flops;
+
+#[derive(Parser)]
+#[command(
+    name = "reid-prune",
+    version,
+    about = "Prune ResNet re-ID models and reproduce the paper's tables"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// MACs, FLOPs and parameters of an architecture or checkpoint, per layer and in total.
+    Flops {
+        /// resnet18, resnet34, resnet50, resnet101 or resnet152.
+        #[arg(long, default_value = "resnet50", conflicts_with = "checkpoint")]
+        arch: String,
+        /// A reid-prune checkpoint (its architecture is read from the file).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Input HEIGHTxWIDTH.
+        #[arg(long, default_value = "256x128")]
+        input: String,
+        /// Width multiplier for --arch.
+        #[arg(long, default_value_t = 1.0)]
+        width_mult: f64,
+        /// Classifier outputs for --arch (0 = feature extractor only).
+        #[arg(long, default_value_t = 0)]
+        num_classes: usize,
+        /// Last stride for --arch (1 or 2).
+        #[arg(long, default_value_t = 1)]
+        last_stride: usize,
+        /// Print one row per layer.
+        #[arg(long)]
+        layers: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        None => baseline_costs(),
+        Some(Command::Flops {
+            arch,
+            checkpoint,
+            input,
+            width_mult,
+            num_classes,
+            last_stride,
+            layers,
+            json,
+        }) => {
+            let (h, w) = parse_hw(&input)?;
+            let spec = match &checkpoint {
+                Some(p) => load_checkpoint(p, &Device::Cpu, false)
+                    .with_context(|| format!("reading checkpoint {}", p.display()))?
+                    .net
+                    .spec()
+                    .clone(),
+                None => {
+                    let depth = ArchSpec::from_name(&arch, 0)?.depth;
+                    ArchSpec::resnet_with(
+                        depth,
+                        num_classes,
+                        width_mult,
+                        last_stride,
+                        Neck::BnNeck,
+                    )?
+                }
+            };
+            let c = complexity(&spec, h, w)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&flops::to_json(&c))?);
+            } else {
+                print!("{}", flops::render(&c, layers));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Until the scenario runner lands, the bare command prints the cost side of the paper's
+/// Table 5: the unpruned baselines and the half-width ResNet-50 that pruning targets.
+fn baseline_costs() -> Result<()> {
+    println!(
+        "reid-prune {}: backbone cost at 256x128 (FLOPs = 2 x MACs)",
+        env!("CARGO_PKG_VERSION")
+    );
+    println!("{:<24} {:>10} {:>12}", "model", "GFLOPs", "params (M)");
+    let r50 = ArchSpec::resnet_with(50, 0, 1.0, 2, Neck::None)?;
+    let halves: Vec<(String, usize)> = r50
+        .prunable_convs()
+        .into_iter()
+        .map(|p| (p.conv, p.width / 2))
+        .collect();
+    let rows = [
+        (
+            "resnet18".to_string(),
+            ArchSpec::resnet_with(18, 0, 1.0, 2, Neck::None)?,
+        ),
+        (
+            "resnet34".to_string(),
+            ArchSpec::resnet_with(34, 0, 1.0, 2, Neck::None)?,
+        ),
+        ("resnet50".to_string(), r50.clone()),
+        (
+            "resnet50, half width".to_string(),
+            r50.with_conv_widths(&halves)?,
+        ),
+    ];
+    for (name, spec) in rows {
+        let c = complexity(&spec, 256, 128)?;
+        println!(
+            "{:<24} {:>10.3} {:>12.3}",
+            name,
+            c.backbone.flops() as f64 / 1e9,
+            c.backbone.params as f64 / 1e6
+        );
+    }
+    println!("\nThe pruning experiments (scenarios S1-S4) are not in this build yet; see `reid-prune --help`.");
+    Ok(())
+}
