@@ -279,7 +279,7 @@ pub fn load_checkpoint(path: &Path, device: &Device, trainable: bool) -> Result<
         .filter(|(k, _)| !is_ignorable(k))
         .collect();
     let net = if trainable {
-        ReidNet::from_tensors_trainable(&spec, &tensors, device)?
+        ReidNet::from_tensors_trainable(&spec, &tensors, device, 0)?
     } else {
         ReidNet::from_tensors_frozen(&spec, &tensors, device)?
     };
@@ -318,7 +318,7 @@ mod tests {
     fn roundtrip_is_bit_exact_with_no_side_file() {
         let dev = Device::Cpu;
         let spec = tiny_pruned();
-        let net = ReidNet::new(&spec, &dev).unwrap();
+        let net = ReidNet::new(&spec, &dev, 0).unwrap();
         let x = Tensor::randn(0f32, 1., (2, 3, 64, 32), &dev).unwrap();
         net.forward_t(&x, true).unwrap(); // move the running stats
         let dir = tempfile::tempdir().unwrap();
@@ -350,7 +350,7 @@ mod tests {
     fn mismatches_are_listed() {
         let dev = Device::Cpu;
         let spec = tiny_pruned();
-        let net = ReidNet::new(&spec, &dev).unwrap();
+        let net = ReidNet::new(&spec, &dev, 0).unwrap();
         let mut map: HashMap<String, Tensor> = net.state_dict().unwrap().into_iter().collect();
         map.remove("layer1.0.bn1.running_var");
         map.insert(
@@ -386,7 +386,7 @@ mod tests {
             "{e}"
         );
 
-        let net = ReidNet::new(&tiny_pruned(), &dev).unwrap();
+        let net = ReidNet::new(&tiny_pruned(), &dev, 0).unwrap();
         let path = dir.path().join("model.safetensors");
         save_checkpoint(&net, &path, &Provenance::new()).unwrap();
         let bytes = std::fs::read(&path).unwrap();

@@ -168,6 +168,8 @@ pub struct HeadOptions {
     pub num_classes: usize,
     pub last_stride: usize,
     pub neck: Neck,
+    /// Seed of the head's initialisation.
+    pub seed: u64,
 }
 
 impl Default for HeadOptions {
@@ -176,6 +178,7 @@ impl Default for HeadOptions {
             num_classes: 0,
             last_stride: 1,
             neck: Neck::BnNeck,
+            seed: 0,
         }
     }
 }
@@ -214,7 +217,7 @@ pub fn load_imagenet_file(path: &Path, head: HeadOptions, device: &Device) -> Re
     spec.neck = head.neck;
     // Head tensors are absent from the map, so the builder initialises them.
     tensors.retain(|k, _| !k.starts_with("bnneck.") && !k.starts_with("classifier."));
-    ReidNet::from_tensors_trainable(&spec, &tensors, device)
+    ReidNet::from_tensors_trainable(&spec, &tensors, device, head.seed)
 }
 
 #[cfg(test)]
@@ -226,7 +229,7 @@ mod tests {
     fn infers_tiny_bottleneck_and_rejects_stray_tensors() {
         let dev = Device::Cpu;
         let spec = ArchSpec::resnet_with(50, 0, 0.125, 2, Neck::None).unwrap();
-        let net = ReidNet::new(&spec, &dev).unwrap();
+        let net = ReidNet::new(&spec, &dev, 0).unwrap();
         let mut map: HashMap<String, Tensor> = net.state_dict().unwrap().into_iter().collect();
         let got = infer_backbone_spec(Path::new("x"), &map, 2).unwrap();
         // width_mult is not recorded in weights; everything else is recovered

@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod complexity;
 pub mod error;
 pub mod hub;
+pub mod init;
 pub mod net;
 pub mod ops;
 

@@ -175,29 +175,28 @@ pub struct ReidNet {
 }
 
 impl ReidNet {
-    /// A freshly initialised, trainable network (torchvision init; `device.set_seed` makes it repeatable).
-    pub fn new(spec: &ArchSpec, device: &Device) -> Result<Self> {
-        spec.validate()?;
-        let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
-        Self::build(spec, &vb, Some(varmap), device)
+    /// A freshly initialised, trainable network (torchvision init, repeatable from `seed`).
+    pub fn new(spec: &ArchSpec, device: &Device, seed: u64) -> Result<Self> {
+        Self::from_tensors_trainable(spec, &HashMap::new(), device, seed)
     }
 
     /// A trainable network whose tensors come from `tensors` (names as in [`ArchSpec::expected_tensors`]);
-    /// tensors the map lacks are freshly initialised (used for the re-ID head on ImageNet weights).
+    /// tensors the map lacks are initialised from `seed` (e.g. the re-ID head on ImageNet weights).
     pub fn from_tensors_trainable(
         spec: &ArchSpec,
         tensors: &HashMap<String, Tensor>,
         device: &Device,
+        seed: u64,
     ) -> Result<Self> {
         spec.validate()?;
+        let fresh = crate::init::init_missing(spec, tensors, seed, device)?;
         let varmap = VarMap::new();
         {
             let mut data = varmap
                 .data()
                 .lock()
                 .map_err(|_| ModelError::Arch("var map lock poisoned".into()))?;
-            for (k, t) in tensors {
+            for (k, t) in tensors.iter().chain(fresh.iter()) {
                 let t = t.to_dtype(DType::F32)?.to_device(device)?;
                 data.insert(k.clone(), Var::from_tensor(&t)?);
             }
@@ -508,7 +507,7 @@ mod tests {
     fn shapes_and_modes() {
         let dev = Device::Cpu;
         let spec = tiny(18, 5);
-        let net = ReidNet::new(&spec, &dev).unwrap();
+        let net = ReidNet::new(&spec, &dev, 0).unwrap();
         let x = Tensor::randn(0f32, 1., (2, 3, 64, 32), &dev).unwrap();
         let out = net.forward_t(&x, true).unwrap();
         assert_eq!(out.pooled.dims(), &[2, spec.feature_dim]);
@@ -527,7 +526,7 @@ mod tests {
     fn inference_copy_records_no_graph_and_folding_preserves_output() {
         let dev = Device::Cpu;
         let spec = tiny(50, 3);
-        let net = ReidNet::new(&spec, &dev).unwrap();
+        let net = ReidNet::new(&spec, &dev, 0).unwrap();
         // a few train steps so running stats are not the identity
         for _ in 0..2 {
             let x = Tensor::randn(0f32, 1., (4, 3, 64, 32), &dev).unwrap();
@@ -569,7 +568,7 @@ mod tests {
     fn trace_gives_activation_and_gradient() {
         let dev = Device::Cpu;
         let spec = tiny(18, 4);
-        let net = ReidNet::new(&spec, &dev).unwrap().inference_copy().unwrap();
+        let net = ReidNet::new(&spec, &dev, 0).unwrap().inference_copy().unwrap();
         let x = Tensor::randn(0f32, 1., (2, 3, 64, 32), &dev).unwrap();
         let mut trace = ActivationTrace::new(["layer2.0.conv1", "layer3"], true);
         let out = net.forward_traced(&x, false, &mut trace).unwrap();
@@ -596,7 +595,7 @@ mod tests {
     #[test]
     fn bad_inputs_are_rejected() {
         let dev = Device::Cpu;
-        let net = ReidNet::new(&tiny(18, 0), &dev).unwrap();
+        let net = ReidNet::new(&tiny(18, 0), &dev, 0).unwrap();
         let x = Tensor::zeros((1, 1, 64, 32), DType::F32, &dev).unwrap();
         assert!(net
             .forward_t(&x, false)

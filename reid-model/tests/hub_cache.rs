@@ -11,7 +11,7 @@ use reid_model::{ArchSpec, Neck, ReidNet};
 fn torchvision_file(path: &std::path::Path) -> HashMap<String, Tensor> {
     let dev = Device::Cpu;
     let spec = ArchSpec::resnet_with(18, 0, 0.125, 2, Neck::None).unwrap();
-    let net = ReidNet::new(&spec, &dev).unwrap();
+    let net = ReidNet::new(&spec, &dev, 0).unwrap();
     let mut map: HashMap<String, Tensor> = net.state_dict().unwrap().into_iter().collect();
     map.insert(
         "fc.weight".into(),
@@ -64,6 +64,7 @@ fn hub_id_through_offline_cache_and_local_path() {
         num_classes: 11,
         last_stride: 1,
         neck: Neck::BnNeck,
+        seed: 3,
     };
     let (net, path) = load_imagenet("timm/resnet18.tv_in1k", head, &dev).unwrap();
     assert_eq!(path, resolved);

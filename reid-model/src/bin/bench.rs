@@ -1,0 +1,125 @@
+//! Speed benchmark: `cargo run --release -p reid-model --bin bench [-- --json] [--iters N]`.
+//!
+//! Prints images/s for a ResNet-18 training step (32×3×128×64), ResNet-50 inference at 256×128
+//! (batch 1 and 32, BN folded and not), and a half-width pruned ResNet-50 at batch 32, with the
+//! pruned/unpruned speed ratio. All figures come from this process, on this machine.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use clap::Parser;
+use reid_model::complexity::complexity;
+use reid_model::{ArchSpec, Neck, ReidNet};
+
+#[derive(Parser)]
+#[command(about = "reid-model speed benchmark (images/s)")]
+struct Args {
+    /// Timed iterations per case (after one warm-up); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn median_secs(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?; // warm-up
+    let mut t = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64());
+    }
+    t.sort_by(|a, b| a.total_cmp(b));
+    Ok(t[t.len() / 2])
+}
+
+fn r50(half: bool) -> Result<ArchSpec> {
+    let spec = ArchSpec::resnet_with(50, 0, 1.0, 2, Neck::None)?;
+    if !half {
+        return Ok(spec);
+    }
+    let halves: Vec<(String, usize)> = spec
+        .prunable_convs()
+        .into_iter()
+        .map(|p| (p.conv, p.width / 2))
+        .collect();
+    Ok(spec.with_conv_widths(&halves)?)
+}
+
+fn infer_img_s(net: &ReidNet, batch: usize, iters: usize) -> Result<f64> {
+    let x = Tensor::randn(0f32, 1., (batch, 3, 256, 128), net.device())?;
+    let s = median_secs(iters, || {
+        net.forward_t(&x, false)?;
+        Ok(())
+    })?;
+    Ok(batch as f64 / s)
+}
+
+fn train_r18_img_s(dev: &Device, iters: usize) -> Result<f64> {
+    let spec = ArchSpec::resnet_with(18, 751, 1.0, 1, Neck::BnNeck)?;
+    let net = ReidNet::new(&spec, dev, 0)?;
+    let params = net.named_parameters();
+    let x = Tensor::randn(0f32, 1., (32, 3, 128, 64), dev)?;
+    let labels = Tensor::from_vec((0..32u32).map(|i| i * 23 % 751).collect::<Vec<_>>(), 32, dev)?;
+    let s = median_secs(iters, || {
+        let out = net.forward_t(&x, true)?;
+        let logits = out.logits.expect("classifier");
+        let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+        let grads = loss.backward()?;
+        for (_, v) in &params {
+            if let Some(g) = grads.get(v.as_tensor()) {
+                v.set(&(v.as_tensor() - (g * 0.01)?)?)?;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(32.0 / s)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let dev = Device::Cpu;
+    let full = ReidNet::new(&r50(false)?, &dev, 0)?.inference_copy()?;
+    let full_folded = full.fold_bn()?;
+    let half_spec = r50(true)?;
+    let half_folded = ReidNet::new(&half_spec, &dev, 1)?.fold_bn()?;
+    let macs_ratio = complexity(&half_spec, 256, 128)?.backbone.macs as f64
+        / complexity(&r50(false)?, 256, 128)?.backbone.macs as f64;
+
+    let train_r18 = train_r18_img_s(&dev, args.iters)?;
+    let b1 = infer_img_s(&full_folded, 1, args.iters.max(5))?;
+    let b32_unfolded = infer_img_s(&full, 32, args.iters)?;
+    let b32 = infer_img_s(&full_folded, 32, args.iters)?;
+    let half_b32 = infer_img_s(&half_folded, 32, args.iters)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "train_r18_img_s": train_r18,
+                "infer_r50_b1_img_s": b1,
+                "infer_r50_b32_img_s": b32,
+                "infer_r50_b32_unfolded_img_s": b32_unfolded,
+                "infer_r50_half_b32_img_s": half_b32,
+                "half_over_full_speed": half_b32 / b32,
+                "half_over_full_macs": macs_ratio,
+                "threads": candle_core::utils::get_num_threads(),
+            })
+        );
+    } else {
+        println!("reid-model bench, {} threads, median of {} iterations", candle_core::utils::get_num_threads(), args.iters);
+        println!("{:<44} {:>10}", "case", "img/s");
+        println!("{:<44} {:>10.2}", "train step resnet18 32x3x128x64 (751 ids)", train_r18);
+        println!("{:<44} {:>10.2}", "infer resnet50 256x128 batch 1 (BN folded)", b1);
+        println!("{:<44} {:>10.2}", "infer resnet50 256x128 batch 32 (BN folded)", b32);
+        println!("{:<44} {:>10.2}", "infer resnet50 256x128 batch 32 (BN unfolded)", b32_unfolded);
+        println!("{:<44} {:>10.2}", "infer half-width resnet50 batch 32 (folded)", half_b32);
+        println!(
+            "half-width / full: {:.2}x faster at {:.3}x the MACs",
+            half_b32 / b32,
+            macs_ratio
+        );
+    }
+    Ok(())
+}
