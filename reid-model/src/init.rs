@@ -70,7 +70,12 @@ pub fn init_missing(
             normal_tensor(&shape, 0.001, tensor_seed(seed, &name), device)?
         } else if shape.len() == 4 {
             let fan_out = (shape[0] * shape[2] * shape[3]) as f64;
-            normal_tensor(&shape, (2.0 / fan_out).sqrt(), tensor_seed(seed, &name), device)?
+            normal_tensor(
+                &shape,
+                (2.0 / fan_out).sqrt(),
+                tensor_seed(seed, &name),
+                device,
+            )?
         } else if name.ends_with(".weight") || name.ends_with("running_var") {
             Tensor::ones(shape.as_slice(), candle_core::DType::F32, device)?
         } else {
@@ -91,7 +96,10 @@ mod tests {
         let xs: Vec<f64> = (0..20000).map(|_| r.normal()).collect();
         let mean = xs.iter().sum::<f64>() / xs.len() as f64;
         let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64;
-        assert!(mean.abs() < 0.03 && (var - 1.0).abs() < 0.05, "{mean} {var}");
+        assert!(
+            mean.abs() < 0.03 && (var - 1.0).abs() < 0.05,
+            "{mean} {var}"
+        );
         let mut a = SplitMix64::new(7);
         let mut b = SplitMix64::new(7);
         assert_eq!(a.next_u64(), b.next_u64());

@@ -6,6 +6,7 @@
 //! - [`hub`]: torchvision/timm ImageNet weights from a path or a hub id;
 //! - [`complexity`]: MACs / FLOPs / parameters per layer, backbone and head apart.
 
+pub mod alloc;
 pub mod arch;
 pub mod checkpoint;
 pub mod complexity;

@@ -42,10 +42,11 @@ impl ConvBn {
         })
     }
 
-    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+    fn forward_t(&self, x: &Tensor, train: bool, relu: bool) -> candle_core::Result<Tensor> {
         let y = self.conv.forward(x)?;
         match &self.bn {
-            Some(bn) => bn.forward_t(&y, train),
+            Some(bn) => bn.forward_t_relu(&y, train, relu),
+            None if relu => crate::ops::fused::relu(&y),
             None => Ok(y),
         }
     }
@@ -454,26 +455,28 @@ impl ReidNet {
                 "a BN-folded net is inference-only; train the unfolded net".into(),
             ));
         }
-        // Backward through a stride-2 conv needs equal H/W parity; check before any work.
-        self.spec.check_input(h, w, train || trace.with_grad)?;
+        // candle's stock conv backward (used off the CPU) needs equal H/W parity at stride-2
+        // convs; our CPU gemm conv does not. Check before any work.
+        let stock_backward = !self.device.is_cpu() && (train || trace.with_grad);
+        self.spec.check_input(h, w, stock_backward)?;
         let x = x.to_dtype(DType::F32)?;
-        let stem = self.stem.forward_t(&x, train)?.relu()?;
+        let stem = self.stem.forward_t(&x, train, true)?;
         let mut y = trace.hook("stem", max_pool_3x3_s2_p1(&stem)?)?;
         for (s, blocks) in self.stages.iter().enumerate() {
             for blk in blocks {
                 let mut h = y.clone();
                 let last = blk.convs.len() - 1;
                 for (k, unit) in blk.convs.iter().enumerate() {
-                    h = unit.forward_t(&h, train)?;
+                    h = unit.forward_t(&h, train, k < last)?;
                     if k < last {
-                        h = trace.hook(&unit.name, h.relu()?)?;
+                        h = trace.hook(&unit.name, h)?;
                     }
                 }
                 let shortcut = match &blk.downsample {
-                    Some(ds) => ds.forward_t(&y, train)?,
+                    Some(ds) => ds.forward_t(&y, train, false)?,
                     None => y,
                 };
-                y = (h + shortcut)?.relu()?;
+                y = crate::ops::fused::relu(&(h + shortcut)?)?;
             }
             y = trace.hook(&format!("layer{}", s + 1), y)?;
         }
@@ -568,7 +571,10 @@ mod tests {
     fn trace_gives_activation_and_gradient() {
         let dev = Device::Cpu;
         let spec = tiny(18, 4);
-        let net = ReidNet::new(&spec, &dev, 0).unwrap().inference_copy().unwrap();
+        let net = ReidNet::new(&spec, &dev, 0)
+            .unwrap()
+            .inference_copy()
+            .unwrap();
         let x = Tensor::randn(0f32, 1., (2, 3, 64, 32), &dev).unwrap();
         let mut trace = ActivationTrace::new(["layer2.0.conv1", "layer3"], true);
         let out = net.forward_traced(&x, false, &mut trace).unwrap();
@@ -602,11 +608,17 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("3 input channels"));
-        let x = Tensor::zeros((2, 3, 65, 32), DType::F32, &dev).unwrap();
+        let x = Tensor::zeros((2, 3, 16, 32), DType::F32, &dev).unwrap();
         assert!(net
             .forward_t(&x, true)
             .unwrap_err()
             .to_string()
-            .contains("parity"));
+            .contains("too small"));
+        // sizes of different parity train on the CPU (gemm conv backward)
+        let x = Tensor::randn(0f32, 1., (2, 3, 65, 34), &dev).unwrap();
+        let out = net.forward_t(&x, true).unwrap();
+        let grads = out.pooled.sum_all().unwrap().backward().unwrap();
+        let (_, w) = &net.named_parameters()[0];
+        assert!(grads.get(w.as_tensor()).is_some());
     }
 }

@@ -12,6 +12,8 @@ use clap::Parser;
 use reid_model::complexity::complexity;
 use reid_model::{ArchSpec, Neck, ReidNet};
 
+reid_model::use_fast_allocator!();
+
 #[derive(Parser)]
 #[command(about = "reid-model speed benchmark (images/s)")]
 struct Args {
@@ -62,7 +64,11 @@ fn train_r18_img_s(dev: &Device, iters: usize) -> Result<f64> {
     let net = ReidNet::new(&spec, dev, 0)?;
     let params = net.named_parameters();
     let x = Tensor::randn(0f32, 1., (32, 3, 128, 64), dev)?;
-    let labels = Tensor::from_vec((0..32u32).map(|i| i * 23 % 751).collect::<Vec<_>>(), 32, dev)?;
+    let labels = Tensor::from_vec(
+        (0..32u32).map(|i| i * 23 % 751).collect::<Vec<_>>(),
+        32,
+        dev,
+    )?;
     let s = median_secs(iters, || {
         let out = net.forward_t(&x, true)?;
         let logits = out.logits.expect("classifier");
@@ -79,6 +85,7 @@ fn train_r18_img_s(dev: &Device, iters: usize) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
+    reid_model::alloc::configure();
     let args = Args::parse();
     let dev = Device::Cpu;
     let full = ReidNet::new(&r50(false)?, &dev, 0)?.inference_copy()?;
@@ -108,13 +115,32 @@ fn main() -> Result<()> {
             })
         );
     } else {
-        println!("reid-model bench, {} threads, median of {} iterations", candle_core::utils::get_num_threads(), args.iters);
+        println!(
+            "reid-model bench, {} threads, median of {} iterations",
+            candle_core::utils::get_num_threads(),
+            args.iters
+        );
         println!("{:<44} {:>10}", "case", "img/s");
-        println!("{:<44} {:>10.2}", "train step resnet18 32x3x128x64 (751 ids)", train_r18);
-        println!("{:<44} {:>10.2}", "infer resnet50 256x128 batch 1 (BN folded)", b1);
-        println!("{:<44} {:>10.2}", "infer resnet50 256x128 batch 32 (BN folded)", b32);
-        println!("{:<44} {:>10.2}", "infer resnet50 256x128 batch 32 (BN unfolded)", b32_unfolded);
-        println!("{:<44} {:>10.2}", "infer half-width resnet50 batch 32 (folded)", half_b32);
+        println!(
+            "{:<44} {:>10.2}",
+            "train step resnet18 32x3x128x64 (751 ids)", train_r18
+        );
+        println!(
+            "{:<44} {:>10.2}",
+            "infer resnet50 256x128 batch 1 (BN folded)", b1
+        );
+        println!(
+            "{:<44} {:>10.2}",
+            "infer resnet50 256x128 batch 32 (BN folded)", b32
+        );
+        println!(
+            "{:<44} {:>10.2}",
+            "infer resnet50 256x128 batch 32 (BN unfolded)", b32_unfolded
+        );
+        println!(
+            "{:<44} {:>10.2}",
+            "infer half-width resnet50 batch 32 (folded)", half_b32
+        );
         println!(
             "half-width / full: {:.2}x faster at {:.3}x the MACs",
             half_b32 / b32,

@@ -71,6 +71,11 @@ impl BatchNorm {
 
     /// `train`: batch statistics + running-stat update; otherwise running statistics.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_t_relu(x, train, false)
+    }
+
+    /// As [`BatchNorm::forward_t`], followed by ReLU when `relu` (fused on the CPU).
+    pub fn forward_t_relu(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         if dims.len() < 2 || dims[1] != self.channels() {
             candle_core::bail!(
@@ -79,12 +84,14 @@ impl BatchNorm {
                 dims
             );
         }
+        let relu_after = |y: Tensor| if relu { super::fused::relu(&y) } else { Ok(y) };
         let shape = self.view_shape(x);
         if !train {
             let (scale, shift) = self.eval_affine()?;
-            return x
+            let y = x
                 .broadcast_mul(&scale.reshape(shape.clone())?)?
-                .broadcast_add(&shift.reshape(shape)?);
+                .broadcast_add(&shift.reshape(shape)?)?;
+            return relu_after(y);
         }
         let (n, c) = (dims[0], dims[1]);
         let spatial: usize = dims[2..].iter().product();
@@ -94,6 +101,15 @@ impl BatchNorm {
                 "batch norm in train mode needs more than one value per channel, got input {:?}",
                 dims
             );
+        }
+        if let Some((y, stats)) =
+            super::fused::batch_norm_train(x, &self.weight, &self.bias, self.config.eps, relu)?
+        {
+            let dev = x.device();
+            let mean = Tensor::from_vec(stats.mean, c, dev)?;
+            let var = Tensor::from_vec(stats.var, c, dev)?;
+            self.update_running(&mean, &var, count)?;
+            return Ok(y);
         }
         let xf = x.to_dtype(DType::F32)?;
         // Reduce (N, C, HW) over HW then N: two contiguous reductions, no transpose copy.
@@ -108,15 +124,21 @@ impl BatchNorm {
             .broadcast_add(&self.bias.to_dtype(DType::F32)?.reshape((1, c, 1))?)?
             .reshape(dims)?
             .to_dtype(x.dtype())?;
+        self.update_running(&mean.detach(), &var.detach(), count)?;
+        relu_after(y)
+    }
+
+    /// running = (1 − m)·running + m·batch, with the unbiased variance (PyTorch's convention).
+    fn update_running(&self, mean: &Tensor, var: &Tensor, count: usize) -> Result<()> {
         let m = self.config.momentum;
-        let unbiased = (var.detach() * (count as f64 / (count - 1) as f64))?;
-        let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach() * m)?)?;
+        let unbiased = (var * (count as f64 / (count - 1) as f64))?;
+        let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?;
         let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
         self.running_mean
             .set(&rm.to_dtype(self.running_mean.dtype())?)?;
         self.running_var
             .set(&rv.to_dtype(self.running_var.dtype())?)?;
-        Ok(y)
+        Ok(())
     }
 }
 

@@ -2,6 +2,8 @@
 
 pub mod batch_norm;
 pub mod conv;
+pub mod conv_gemm;
+pub mod fused;
 pub mod pool;
 
 pub use batch_norm::{BatchNorm, BatchNormConfig};
