@@ -43,6 +43,14 @@ impl ConvBn {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool, relu: bool) -> candle_core::Result<Tensor> {
+        if let (None, Some(b)) = (&self.bn, &self.conv.bias) {
+            let c = &self.conv;
+            if let Some(y) = crate::ops::conv_gemm::conv2d_bias_inference(
+                x, &c.weight, b, c.stride, c.padding, relu,
+            )? {
+                return Ok(y);
+            }
+        }
         let y = self.conv.forward(x)?;
         match &self.bn {
             Some(bn) => bn.forward_t_relu(&y, train, relu),

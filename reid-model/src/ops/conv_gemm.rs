@@ -97,9 +97,18 @@ fn threads() -> usize {
     candle_core::utils::get_num_threads().max(1)
 }
 
-/// Split images over threads when there are enough of them, else parallelise inside gemm.
-fn per_image_parallel(g: &Geom) -> bool {
-    g.n >= threads() && threads() > 1
+/// gemm wants wide matrices: late ResNet layers have a handful of output pixels per image
+/// (8×4 or less), so images are grouped until a gemm has at least this many columns.
+const MIN_GEMM_COLUMNS: usize = 256;
+
+/// Images per group.
+fn group_size(g: &Geom) -> usize {
+    MIN_GEMM_COLUMNS.div_ceil(g.hw_out()).clamp(1, g.n.max(1))
+}
+
+/// Split groups over threads when there are enough of them, else parallelise inside gemm.
+fn outer_parallel(g: &Geom) -> bool {
+    threads() > 1 && g.n.div_ceil(group_size(g)) >= threads()
 }
 
 fn inner_parallelism(outer: bool) -> Parallelism {
@@ -110,10 +119,12 @@ fn inner_parallelism(outer: bool) -> Parallelism {
     }
 }
 
-/// col[(c·k + ky)·k + kx, oy·wo + ox] = x[c, oy·s + ky − p, ox·s + kx − p] (0 outside).
-fn im2col(x: &[f32], g: &Geom, col: &mut [f32], parallel: bool) {
+/// col[(c·k + ky)·k + kx][oy·wo + ox] = x[c, oy·s + ky − p, ox·s + kx − p] (0 outside).
+/// Row r of `col` starts at r·ld (ld ≥ ho·wo), so several images can share one column block.
+fn im2col(x: &[f32], g: &Geom, col: &mut [f32], ld: usize, parallel: bool) {
     let hw = g.hw_out();
     let fill = |r: usize, row: &mut [f32]| {
+        let row = &mut row[..hw];
         let c = r / (g.k * g.k);
         let ky = (r / g.k) % g.k;
         let kx = r % g.k;
@@ -139,20 +150,22 @@ fn im2col(x: &[f32], g: &Geom, col: &mut [f32], parallel: bool) {
             }
         }
     };
+    let rows = g.ckk();
     if parallel {
-        col.par_chunks_mut(hw)
+        col.par_chunks_mut(ld)
+            .take(rows)
             .enumerate()
             .for_each(|(r, row)| fill(r, row));
     } else {
-        col.chunks_mut(hw)
+        col.chunks_mut(ld)
+            .take(rows)
             .enumerate()
             .for_each(|(r, row)| fill(r, row));
     }
 }
 
-/// gx[c, iy, ix] += col[r, oy·wo + ox]: the adjoint of [`im2col`].
-fn col2im_add(col: &[f32], g: &Geom, gx: &mut [f32], parallel: bool) {
-    let hw = g.hw_out();
+/// gx[c, iy, ix] += col[r][oy·wo + ox]: the adjoint of [`im2col`] (same `ld`).
+fn col2im_add(col: &[f32], g: &Geom, ld: usize, gx: &mut [f32], parallel: bool) {
     let kk = g.k * g.k;
     // One input channel per task: the k·k rows of a channel write only into its own plane.
     let per_channel = |c: usize, plane: &mut [f32]| {
@@ -163,7 +176,7 @@ fn col2im_add(col: &[f32], g: &Geom, gx: &mut [f32], parallel: bool) {
             if lo >= hi {
                 continue;
             }
-            let row = &col[r * hw..(r + 1) * hw];
+            let row = &col[r * ld..r * ld + g.hw_out()];
             for oy in 0..g.ho {
                 let iy = (oy * g.stride + ky) as isize - g.pad as isize;
                 if iy < 0 || iy >= g.h as isize {
@@ -192,6 +205,30 @@ fn col2im_add(col: &[f32], g: &Geom, gx: &mut [f32], parallel: bool) {
         gx.chunks_mut(g.h * g.w)
             .enumerate()
             .for_each(|(c, p)| per_channel(c, p));
+    }
+}
+
+/// [G images][rows][hw] → [rows][G·hw] (image-major blocks side by side).
+fn interleave(src: &[f32], rows: usize, hw: usize, dst: &mut [f32]) {
+    let imgs = src.len() / (rows * hw);
+    let ld = imgs * hw;
+    for j in 0..imgs {
+        for r in 0..rows {
+            dst[r * ld + j * hw..r * ld + (j + 1) * hw]
+                .copy_from_slice(&src[(j * rows + r) * hw..(j * rows + r + 1) * hw]);
+        }
+    }
+}
+
+/// The inverse of [`interleave`].
+fn deinterleave(src: &[f32], rows: usize, hw: usize, dst: &mut [f32]) {
+    let imgs = dst.len() / (rows * hw);
+    let ld = imgs * hw;
+    for j in 0..imgs {
+        for r in 0..rows {
+            dst[(j * rows + r) * hw..(j * rows + r + 1) * hw]
+                .copy_from_slice(&src[r * ld + j * hw..r * ld + (j + 1) * hw]);
+        }
     }
 }
 
@@ -259,32 +296,114 @@ fn matmul(
     }
 }
 
-fn conv_forward(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
-    let (hw, ckk) = (g.hw_out(), g.ckk());
-    let mut y = vec![0f32; g.n * g.cout * hw];
-    let outer = per_image_parallel(g);
-    let par = inner_parallelism(outer);
-    let one = |xi: &[f32], yi: &mut [f32], col: &mut Vec<f32>| {
-        let rhs = if g.is_pointwise() {
-            Mat::rows(xi, hw)
-        } else {
-            col.resize(ckk * hw, 0.0);
-            im2col(xi, g, col, !outer);
-            Mat::rows(col, hw)
-        };
-        matmul(yi, (g.cout, hw, ckk), Mat::rows(wt, ckk), rhs, false, par);
-    };
-    let img = g.cin * g.h * g.w;
-    if outer {
-        y.par_chunks_mut(g.cout * hw)
-            .zip(x.par_chunks(img))
-            .for_each_init(Vec::new, |col, (yi, xi)| one(xi, yi, col));
+/// Scratch buffers reused across the groups a thread processes.
+#[derive(Default)]
+struct Scratch {
+    col: Vec<f32>,
+    tmp: Vec<f32>,
+}
+
+/// The im2col matrix [ckk × G·hw] of a group of images (`x` holds the group's images).
+/// Pointwise convs of a single image need no copy at all.
+fn group_cols<'a>(x: &'a [f32], g: &Geom, col: &'a mut Vec<f32>, parallel: bool) -> &'a [f32] {
+    let (hw, img) = (g.hw_out(), g.cin * g.h * g.w);
+    let imgs = x.len() / img;
+    if g.is_pointwise() && imgs == 1 {
+        return x;
+    }
+    let ld = imgs * hw;
+    col.resize(g.ckk() * ld, 0.0);
+    if g.is_pointwise() {
+        interleave(x, g.cin, hw, col);
     } else {
-        let mut col = Vec::new();
-        for (yi, xi) in y.chunks_mut(g.cout * hw).zip(x.chunks(img)) {
-            one(xi, yi, &mut col);
+        for (j, xi) in x.chunks(img).enumerate() {
+            im2col(xi, g, &mut col[j * hw..], ld, parallel);
         }
     }
+    col
+}
+
+/// Run `f(group of x, group of y, scratch)` over image groups, in parallel over groups when
+/// there are enough of them (`f` gets `true` then, to keep its inner work sequential).
+fn for_groups<F>(g: &Geom, x: &[f32], x_img: usize, y: &mut [f32], y_img: usize, f: F)
+where
+    F: Fn(&[f32], &mut [f32], &mut Scratch, bool) + Sync,
+{
+    let gs = group_size(g);
+    if outer_parallel(g) {
+        y.par_chunks_mut(gs * y_img)
+            .zip(x.par_chunks(gs * x_img))
+            .for_each_init(Scratch::default, |s, (yg, xg)| f(xg, yg, s, true));
+    } else {
+        let mut s = Scratch::default();
+        for (yg, xg) in y.chunks_mut(gs * y_img).zip(x.chunks(gs * x_img)) {
+            f(xg, yg, &mut s, false);
+        }
+    }
+}
+
+/// What follows the gemm in the forward: a per-channel bias and/or ReLU (inference only).
+#[derive(Clone, Copy, Default)]
+struct Epilogue<'a> {
+    bias: Option<&'a [f32]>,
+    relu: bool,
+}
+
+impl Epilogue<'_> {
+    /// Prefill rows [cout × ld] with the bias, so gemm accumulates on top of it.
+    fn prefill(&self, dst: &mut [f32], ld: usize) -> bool {
+        match self.bias {
+            Some(b) => {
+                for (row, &v) in dst.chunks_mut(ld).zip(b) {
+                    row.fill(v);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn finish(&self, dst: &mut [f32]) {
+        if self.relu {
+            dst.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+    }
+}
+
+fn conv_forward(x: &[f32], wt: &[f32], g: &Geom, epi: Epilogue) -> Vec<f32> {
+    let (hw, ckk) = (g.hw_out(), g.ckk());
+    let mut y = vec![0f32; g.n * g.cout * hw];
+    let img = g.cin * g.h * g.w;
+    for_groups(g, x, img, &mut y, g.cout * hw, |xg, yg, s, outer| {
+        let imgs = xg.len() / img;
+        let ld = imgs * hw;
+        let par = inner_parallelism(outer);
+        let cols = group_cols(xg, g, &mut s.col, !outer);
+        if imgs == 1 {
+            let acc = epi.prefill(yg, ld);
+            matmul(
+                yg,
+                (g.cout, ld, ckk),
+                Mat::rows(wt, ckk),
+                Mat::rows(cols, ld),
+                acc,
+                par,
+            );
+        } else {
+            s.tmp.resize(g.cout * ld, 0.0);
+            let acc = epi.prefill(&mut s.tmp, ld);
+            matmul(
+                &mut s.tmp,
+                (g.cout, ld, ckk),
+                Mat::rows(wt, ckk),
+                Mat::rows(cols, ld),
+                acc,
+                par,
+            );
+            deinterleave(&s.tmp, g.cout, hw, yg);
+        }
+        epi.finish(yg);
+    });
     y
 }
 
@@ -292,79 +411,97 @@ fn conv_input_grad(gy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
     let (hw, ckk) = (g.hw_out(), g.ckk());
     let img = g.cin * g.h * g.w;
     let mut gx = vec![0f32; g.n * img];
-    let outer = per_image_parallel(g);
-    let par = inner_parallelism(outer);
-    let one = |gyi: &[f32], gxi: &mut [f32], col: &mut Vec<f32>| {
+    for_groups(g, gy, g.cout * hw, &mut gx, img, |gyg, gxg, s, outer| {
+        let imgs = gyg.len() / (g.cout * hw);
+        let ld = imgs * hw;
+        let par = inner_parallelism(outer);
         let lhs = Mat::transposed(wt, ckk); // Wᵀ: [ckk × cout]
-        if g.is_pointwise() {
-            matmul(gxi, (ckk, hw, g.cout), lhs, Mat::rows(gyi, hw), false, par);
+        let rhs = if imgs == 1 {
+            gyg
         } else {
-            col.resize(ckk * hw, 0.0);
-            matmul(col, (ckk, hw, g.cout), lhs, Mat::rows(gyi, hw), false, par);
-            col2im_add(col, g, gxi, !outer);
+            s.tmp.resize(g.cout * ld, 0.0);
+            interleave(gyg, g.cout, hw, &mut s.tmp);
+            &s.tmp
+        };
+        if g.is_pointwise() && imgs == 1 {
+            matmul(gxg, (ckk, ld, g.cout), lhs, Mat::rows(rhs, ld), false, par);
+            return;
         }
-    };
-    if outer {
-        gx.par_chunks_mut(img)
-            .zip(gy.par_chunks(g.cout * hw))
-            .for_each_init(Vec::new, |col, (gxi, gyi)| one(gyi, gxi, col));
-    } else {
-        let mut col = Vec::new();
-        for (gxi, gyi) in gx.chunks_mut(img).zip(gy.chunks(g.cout * hw)) {
-            one(gyi, gxi, &mut col);
+        s.col.resize(ckk * ld, 0.0);
+        matmul(
+            &mut s.col,
+            (ckk, ld, g.cout),
+            lhs,
+            Mat::rows(rhs, ld),
+            false,
+            par,
+        );
+        if g.is_pointwise() {
+            deinterleave(&s.col, g.cin, hw, gxg);
+        } else {
+            for (j, gxi) in gxg.chunks_mut(img).enumerate() {
+                col2im_add(&s.col[j * hw..], g, ld, gxi, !outer);
+            }
         }
-    }
+    });
     gx
 }
 
 fn conv_weight_grad(x: &[f32], gy: &[f32], g: &Geom) -> Vec<f32> {
     let (hw, ckk) = (g.hw_out(), g.ckk());
     let img = g.cin * g.h * g.w;
-    // Accumulate gy[n] × colᵀ over a range of images into `acc`.
-    let range = |imgs: std::ops::Range<usize>, acc: &mut [f32], par: Parallelism| {
-        let mut col = Vec::new();
-        for (j, i) in imgs.enumerate() {
-            let xi = &x[i * img..(i + 1) * img];
-            let rhs = if g.is_pointwise() {
-                Mat::transposed(xi, hw)
+    let gs = group_size(g);
+    // acc += Σ over groups of gy_group [cout × G·hw] × cols_groupᵀ [G·hw × ckk]
+    let accumulate = |xs: &[f32], gys: &[f32], acc: &mut [f32], outer: bool| {
+        let mut s = Scratch::default();
+        let par = inner_parallelism(outer);
+        for (j, (xg, gyg)) in xs
+            .chunks(gs * img)
+            .zip(gys.chunks(gs * g.cout * hw))
+            .enumerate()
+        {
+            let ld = (xg.len() / img) * hw;
+            let lhs = if ld == hw {
+                gyg
             } else {
-                col.resize(ckk * hw, 0.0);
-                im2col(xi, g, &mut col, matches!(par, Parallelism::Rayon(_)));
-                Mat::transposed(&col, hw)
+                s.tmp.resize(g.cout * ld, 0.0);
+                interleave(gyg, g.cout, hw, &mut s.tmp);
+                &s.tmp
             };
-            let gyi = &gy[i * g.cout * hw..(i + 1) * g.cout * hw];
-            matmul(acc, (g.cout, ckk, hw), Mat::rows(gyi, hw), rhs, j > 0, par);
+            let cols = group_cols(xg, g, &mut s.col, !outer);
+            matmul(
+                acc,
+                (g.cout, ckk, ld),
+                Mat::rows(lhs, ld),
+                Mat::transposed(cols, ld),
+                j > 0,
+                par,
+            );
         }
     };
-    if per_image_parallel(g) {
-        let t = threads();
-        let per = g.n.div_ceil(t);
-        let partials: Vec<Vec<f32>> = (0..t)
-            .into_par_iter()
-            .filter(|ti| ti * per < g.n)
-            .map(|ti| {
+    let mut total = vec![0f32; g.cout * ckk];
+    if outer_parallel(g) {
+        // contiguous runs of groups per thread, one partial sum each
+        let groups = g.n.div_ceil(gs);
+        let per = groups.div_ceil(threads()) * gs;
+        let partials: Vec<Vec<f32>> = x
+            .par_chunks(per * img)
+            .zip(gy.par_chunks(per * g.cout * hw))
+            .map(|(xs, gys)| {
                 let mut acc = vec![0f32; g.cout * ckk];
-                range(
-                    ti * per..((ti + 1) * per).min(g.n),
-                    &mut acc,
-                    Parallelism::None,
-                );
+                accumulate(xs, gys, &mut acc, true);
                 acc
             })
             .collect();
-        let mut iter = partials.into_iter();
-        let mut total = iter.next().unwrap_or_else(|| vec![0f32; g.cout * ckk]);
-        for p in iter {
+        for p in partials {
             for (a, b) in total.iter_mut().zip(&p) {
                 *a += *b;
             }
         }
-        total
     } else {
-        let mut acc = vec![0f32; g.cout * ckk];
-        range(0..g.n, &mut acc, inner_parallelism(false));
-        acc
+        accumulate(x, gy, &mut total, false);
     }
+    total
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -401,7 +538,7 @@ impl CustomOp2 for Conv2dGemm {
         let g = Geom::new(dims4(l1)?, dims4(l2)?, self.stride, self.padding)?;
         let x = f32_slice(s1, l1, "input")?;
         let w = f32_slice(s2, l2, "weight")?;
-        let y = conv_forward(x, w, &g);
+        let y = conv_forward(x, w, &g, Epilogue::default());
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
     }
 
@@ -515,17 +652,85 @@ impl CustomOp2 for Conv2dWeightGrad {
     }
 }
 
+/// Inference conv with its BN folded in: conv + bias (+ ReLU) in one pass, no backward.
+#[derive(Clone, Debug)]
+pub struct Conv2dBiasInference {
+    pub stride: usize,
+    pub padding: usize,
+    pub bias: Vec<f32>,
+    pub relu: bool,
+}
+
+impl CustomOp2 for Conv2dBiasInference {
+    fn name(&self) -> &'static str {
+        "conv2d-gemm-bias-inference"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(dims4(l1)?, dims4(l2)?, self.stride, self.padding)?;
+        if self.bias.len() != g.cout {
+            candle_core::bail!(
+                "conv2d-gemm: bias of {} for {} channels",
+                self.bias.len(),
+                g.cout
+            );
+        }
+        let x = f32_slice(s1, l1, "input")?;
+        let w = f32_slice(s2, l2, "weight")?;
+        let epi = Epilogue {
+            bias: Some(&self.bias),
+            relu: self.relu,
+        };
+        let y = conv_forward(x, w, &g, epi);
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
+    }
+}
+
+fn cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == candle_core::DType::F32
+}
+
 /// Convolution through [`Conv2dGemm`] (CPU, f32); other devices and dtypes use candle's conv2d.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    if x.device().is_cpu()
-        && x.dtype() == candle_core::DType::F32
-        && w.dtype() == candle_core::DType::F32
-    {
+    if cpu_f32(x) && cpu_f32(w) {
         x.contiguous()?
             .apply_op2(&w.contiguous()?, Conv2dGemm { stride, padding })
     } else {
         x.conv2d(w, padding, stride, 1, 1)
     }
+}
+
+/// conv + bias (+ ReLU) fused when nothing needs a gradient (CPU f32); `None` otherwise.
+pub fn conv2d_bias_inference(
+    x: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    padding: usize,
+    relu: bool,
+) -> Result<Option<Tensor>> {
+    if !(cpu_f32(x) && cpu_f32(w) && cpu_f32(bias))
+        || x.track_op()
+        || w.track_op()
+        || bias.track_op()
+    {
+        return Ok(None);
+    }
+    let op = Conv2dBiasInference {
+        stride,
+        padding,
+        bias: bias.to_vec1()?,
+        relu,
+    };
+    Ok(Some(
+        x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op)?,
+    ))
 }
 
 #[cfg(test)]

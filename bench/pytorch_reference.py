@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Time the shapes of `cargo run --release -p reid-model --bin bench` with PyTorch, on the same
+machine, so the candle/PyTorch ratio can be measured in one sitting. Not part of CI.
+
+    pip install torch torchvision   # CPU build is enough
+    python3 bench/pytorch_reference.py [--iters 3] [--threads 2] [--json]
+
+Prints img/s for: a ResNet-18 training step (32x3x128x64, 751 classes, SGD), ResNet-50 inference at
+256x128 batch 1 and 32 (NCHW and channels_last), and a half-width ResNet-50 (every bottleneck's
+conv1/conv2 at half width = torchvision ResNet(Bottleneck, [3,4,6,3], width_per_group=32)).
+"""
+import argparse
+import json
+import statistics
+import time
+
+
+def median_secs(fn, iters):
+    fn()
+    ts = []
+    for _ in range(max(1, iters)):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    try:
+        import torch
+        import torchvision
+        from torchvision.models.resnet import Bottleneck, ResNet
+    except ImportError:
+        raise SystemExit("PyTorch and torchvision are not installed: pip install torch torchvision")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    r18 = torchvision.models.resnet18(num_classes=751)
+    r18.train()
+    opt = torch.optim.SGD(r18.parameters(), lr=0.01)
+    x = torch.randn(32, 3, 128, 64)
+    y = torch.randint(0, 751, (32,))
+
+    def train_step():
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(r18(x), y).backward()
+        opt.step()
+
+    out = {"train_r18_img_s": 32 / median_secs(train_step, args.iters)}
+
+    def infer(model, batch, channels_last=False):
+        model.eval()
+        inp = torch.randn(batch, 3, 256, 128)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            inp = inp.to(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return batch / median_secs(lambda: model(inp), args.iters)
+
+    r50 = torchvision.models.resnet50()
+    r50.fc = torch.nn.Identity()
+    half = ResNet(Bottleneck, [3, 4, 6, 3], width_per_group=32)
+    half.fc = torch.nn.Identity()
+    out["infer_r50_b1_img_s"] = infer(r50, 1)
+    out["infer_r50_b32_img_s"] = infer(r50, 32)
+    out["infer_r50_b32_channels_last_img_s"] = infer(r50, 32, channels_last=True)
+    out["infer_r50_half_b32_img_s"] = infer(half, 32)
+    out["half_over_full_speed"] = out["infer_r50_half_b32_img_s"] / out["infer_r50_b32_img_s"]
+    out["torch"] = torch.__version__
+    out["threads"] = torch.get_num_threads()
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:<40} {v:.2f}" if isinstance(v, float) else f"{k:<40} {v}")
+
+
+if __name__ == "__main__":
+    main()
