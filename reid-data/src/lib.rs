@@ -1,6 +1,7 @@
 //! reid-data: images to network inputs. This first part holds the image decoding and ImageNet
 //! preprocessing shared by feature extraction and training.
 
+pub mod datasets;
 pub mod error;
 pub mod transforms;
 

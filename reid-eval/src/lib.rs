@@ -1,5 +1,10 @@
-//! reid-eval: feature extraction (this part), distances and re-ID metrics.
+//! reid-eval: feature extraction, distances and re-ID metrics (CMC, mAP, mINP).
 
+pub mod distance;
 pub mod extract;
+pub mod metrics;
+pub mod report;
 
+pub use distance::{distance_matrix, evaluate_features, Metric};
 pub use extract::{extract_features, load_model_for_inference, save_features, FeatureKind};
+pub use metrics::{evaluate_distmat, ApKind, EvalError, Labels, Metrics};

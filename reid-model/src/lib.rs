@@ -10,6 +10,7 @@ pub mod alloc;
 pub mod arch;
 pub mod checkpoint;
 pub mod complexity;
+pub mod device;
 pub mod error;
 pub mod hub;
 pub mod init;
