@@ -311,7 +311,7 @@ fn main() -> Result<()> {
             ids,
         } => {
             let mut rng = reid_model::init::SplitMix64::new(0);
-            let centres: Vec<f32> = (0..ids * dim).map(|_| rng.normal() as f32 * 0.2).collect();
+            let centres: Vec<f32> = (0..ids * dim).map(|_| rng.normal() as f32 * 0.5).collect();
             let centres = Tensor::from_vec(centres, (ids, dim), &Device::Cpu)?;
             let (qf, q_pids, q_camids) = bench_features(&centres, queries, 1)?;
             let (gf, g_pids, g_camids) = bench_features(&centres, gallery, 2)?;

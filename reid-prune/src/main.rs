@@ -21,7 +21,32 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum DataCommand {
+    /// Images, identities and cameras per split of a dataset.
+    Stats {
+        /// market1501, dukemtmc-reid, cuhk03-np[-labeled|-detected], msmt17 or imagefolder.
+        #[arg(long)]
+        dataset: String,
+        #[arg(long)]
+        root: PathBuf,
+        /// Decode every image; fail on the first corrupt one.
+        #[arg(long)]
+        verify: bool,
+        /// With --verify: count corrupt images as skipped instead of failing.
+        #[arg(long, requires = "verify")]
+        skip_bad_images: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
+    /// Dataset utilities.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
     /// MACs, FLOPs and parameters of an architecture or checkpoint, per layer and in total.
     Flops {
         /// resnet18, resnet34, resnet50, resnet101 or resnet152.
@@ -55,6 +80,36 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         None => baseline_costs(),
+        Some(Command::Data {
+            command:
+                DataCommand::Stats {
+                    dataset,
+                    root,
+                    verify,
+                    skip_bad_images,
+                    json,
+                },
+        }) => {
+            let mut ds = reid_data::datasets::load(&dataset, &root)?;
+            let st = reid_data::datasets::stats(&mut ds, verify, skip_bad_images)?;
+            if json {
+                println!("{}", serde_json::to_string(&st)?);
+            } else {
+                println!("{} at {}", ds.name, ds.root.display());
+                println!("{:<8} {:>8} {:>6} {:>6}", "split", "images", "ids", "cams");
+                for (name, s) in [
+                    ("train", st.train),
+                    ("query", st.query),
+                    ("gallery", st.gallery),
+                ] {
+                    println!("{:<8} {:>8} {:>6} {:>6}", name, s.images, s.ids, s.cams);
+                }
+                if verify {
+                    println!("skipped (corrupt): {}", st.skipped);
+                }
+            }
+            Ok(())
+        }
         Some(Command::Flops {
             arch,
             checkpoint,
