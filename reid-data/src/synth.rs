@@ -424,14 +424,14 @@ fn render(person: &Identity, cam: &Camera, cfg: &SynthConfig, r: &mut ChaCha8Rng
         match pattern {
             Pattern::Solid => top,
             Pattern::Stripes(n) => {
-                if ((v * n as f32 * 2.0) as u32) % 2 == 0 {
+                if ((v * n as f32 * 2.0) as u32).is_multiple_of(2) {
                     top
                 } else {
                     pc
                 }
             }
             Pattern::Checks(n) => {
-                if (((u * n as f32) as u32) + ((v * n as f32 * 1.5) as u32)) % 2 == 0 {
+                if (((u * n as f32) as u32) + ((v * n as f32 * 1.5) as u32)).is_multiple_of(2) {
                     top
                 } else {
                     pc
