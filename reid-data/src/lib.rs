@@ -3,6 +3,7 @@
 
 pub mod datasets;
 pub mod error;
+pub mod loader;
 pub mod synth;
 pub mod transforms;
 
