@@ -230,7 +230,8 @@ pub fn load_batch(
     })
 }
 
-/// Batches of one epoch decoded ahead on a background thread (`prefetch` batches in flight).
+/// Batches `first..` of one epoch decoded ahead on a background thread (`prefetch` in flight).
+/// Each batch's augmentation stream depends on (seed, epoch, batch index) only.
 pub struct Prefetcher {
     rx: Receiver<Result<Batch>>,
     handle: Option<JoinHandle<()>>,
@@ -242,6 +243,7 @@ impl Prefetcher {
     pub fn start(
         samples: std::sync::Arc<Vec<Sample>>,
         batches: Vec<Vec<usize>>,
+        first: usize,
         pre: Preprocess,
         aug: Augment,
         seed: u64,
@@ -249,9 +251,9 @@ impl Prefetcher {
         prefetch: usize,
     ) -> Self {
         let (tx, rx) = sync_channel(prefetch.max(1));
-        let num_batches = batches.len();
+        let num_batches = batches.len().saturating_sub(first);
         let handle = std::thread::spawn(move || {
-            for (b, idx) in batches.iter().enumerate() {
+            for (b, idx) in batches.iter().enumerate().skip(first) {
                 let stream = ((epoch as u64) << 32) | b as u64;
                 let batch = load_batch(&samples, idx, &pre, &aug, seed, stream);
                 let failed = batch.is_err();

@@ -201,7 +201,7 @@ fn loader_yields_seeded_augmented_pk_batches() {
     let pre = Preprocess::imagenet(64, 32);
     let run = || {
         let b = epoch_batches(&train, Sampling::IdentityPk { p: 3, k: 2 }, 5, 0).unwrap();
-        Prefetcher::start(train.clone(), b, pre, Augment::default(), 5, 0, 2)
+        Prefetcher::start(train.clone(), b, 0, pre, Augment::default(), 5, 0, 2)
             .map(|b| b.unwrap())
             .collect::<Vec<_>>()
     };

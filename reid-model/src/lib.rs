@@ -16,6 +16,7 @@ pub mod hub;
 pub mod init;
 pub mod net;
 pub mod ops;
+pub mod train;
 
 pub use arch::{ArchSpec, BlockKind, BlockSpec, Neck, PrunableConv};
 pub use checkpoint::{load_checkpoint, save_checkpoint, Checkpoint, Provenance};

@@ -2,3 +2,4 @@
 //! This first part holds the complexity report shared by the `flops` command and the default run.
 
 pub mod flops;
+pub mod training;

@@ -1,6 +1,8 @@
 //! `reid-prune`: the command-line entry point.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use candle_core::Device;
@@ -61,8 +63,51 @@ enum LayoutArg {
     Imagefolder,
 }
 
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
+    /// A TOML run config (every field optional; see `config.toml` in any run folder).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    task: Option<reid_model::train::Task>,
+    #[arg(long)]
+    dataset: Option<String>,
+    #[arg(long)]
+    root: Option<PathBuf>,
+    #[arg(long)]
+    arch: Option<String>,
+    #[arg(long)]
+    width_mult: Option<f64>,
+    /// HEIGHTxWIDTH
+    #[arg(long)]
+    input: Option<String>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// PxK identities x images per batch (re-ID).
+    #[arg(long)]
+    batch_pk: Option<String>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// cpu or cuda:N
+    #[arg(long)]
+    device: Option<String>,
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// ImageNet weights: hub id (timm/resnet50.tv_in1k) or .safetensors path.
+    #[arg(long)]
+    pretrained: Option<String>,
+    /// Start from a reid-prune checkpoint.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Continue from the run folder's last checkpoint.
+    #[arg(long)]
+    resume: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Train a re-ID model (or a source classifier) and write a run folder.
+    Train(TrainArgs),
     /// Generate a synthetic re-ID domain as real JPEG files (Market-1501 layout or imagefolder).
     Synth {
         #[arg(long)]
@@ -130,6 +175,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         None => baseline_costs(),
+        Some(Command::Train(args)) => train(args),
         Some(Command::Synth {
             out,
             domain,
@@ -207,7 +253,7 @@ fn main() -> Result<()> {
             let n: usize = plan.iter().map(Vec::len).sum();
             let start = std::time::Instant::now();
             let pre = reid_data::Preprocess::imagenet(h, w);
-            for b in Prefetcher::start(train, plan, pre, Augment::default(), 0, 0, 4) {
+            for b in Prefetcher::start(train, plan, 0, pre, Augment::default(), 0, 0, 4) {
                 b?;
             }
             let s = start.elapsed().as_secs_f64();
@@ -285,6 +331,63 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    use reid_prune::training::{run_training, RunConfig};
+    let mut cfg: RunConfig = match &a.config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str(&text)
+                .with_context(|| format!("{}: not a valid run config", p.display()))?
+        }
+        None => RunConfig::default(),
+    };
+    if let Some(v) = a.task {
+        cfg.train.task = v;
+    }
+    macro_rules! set {
+        ($($f:ident => $field:expr),*) => { $(if let Some(v) = a.$f { $field = v; })* };
+    }
+    set!(dataset => cfg.dataset, root => cfg.root, arch => cfg.arch, width_mult => cfg.width_mult,
+         input => cfg.input, epochs => cfg.train.epochs, batch_pk => cfg.batch_pk, seed => cfg.seed,
+         device => cfg.device, out => cfg.out);
+    if a.pretrained.is_some() {
+        cfg.pretrained = a.pretrained;
+    }
+    if a.init.is_some() {
+        cfg.init_checkpoint = a.init;
+    }
+    let interrupt = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupt.clone();
+        ctrlc::set_handler(move || {
+            eprintln!(
+                "\ninterrupt: saving a checkpoint at the end of this batch (Ctrl-C again to kill)"
+            );
+            if flag.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        })?;
+    }
+    let outcome = run_training(&cfg, a.resume, interrupt, true)?;
+    if !outcome.completed {
+        println!(
+            "stopped; checkpoint in {} (continue with --resume)",
+            cfg.out.display()
+        );
+        return Ok(());
+    }
+    println!(
+        "trained {} epochs in {:.1} s; final loss {:.4}",
+        outcome.epochs, outcome.wall_s, outcome.final_loss
+    );
+    if let Some(m) = &outcome.metrics {
+        print!("{}", reid_eval::report::table(m));
+    }
+    println!("run folder: {}", cfg.out.display());
+    Ok(())
 }
 
 /// Until the scenario runner lands, the bare command prints the cost side of the paper's

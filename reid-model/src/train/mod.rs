@@ -1,0 +1,179 @@
+//! The training engine: one step of re-ID fine-tuning (ID + triplet loss) or source
+//! classification (cross-entropy) with our checkpointable optimisers. The epoch loop, data and
+//! run folder live with the caller (the `train` command), which hands batches in.
+
+pub mod loss;
+pub mod optim;
+pub mod schedule;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+use crate::net::ReidNet;
+use optim::{default_decay, Optimizer, OptimizerConfig, ParamSlot};
+use schedule::Schedule;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// ID (label-smoothed CE on the BNNeck output) + batch-hard triplet (on the pooled feature).
+    Reid,
+    /// Cross-entropy classification on a source domain (stands in for ImageNet pre-training).
+    Classify,
+}
+
+/// Everything that defines the optimisation (serialised next to every run).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    pub task: Task,
+    pub epochs: usize,
+    pub optimizer: OptimizerConfig,
+    pub schedule: Schedule,
+    pub label_smoothing: f64,
+    /// Triplet margin; `None` = soft margin.
+    pub triplet_margin: Option<f64>,
+    pub triplet_weight: f64,
+    /// Learning-rate multiplier of the backbone (0 freezes it; the head keeps 1).
+    pub backbone_lr_mult: f64,
+}
+
+impl Default for TrainConfig {
+    /// The Bag-of-Tricks re-ID preset.
+    fn default() -> Self {
+        Self {
+            task: Task::Reid,
+            epochs: 120,
+            optimizer: OptimizerConfig::default(),
+            schedule: Schedule::bag_of_tricks(),
+            label_smoothing: 0.1,
+            triplet_margin: Some(0.3),
+            triplet_weight: 1.0,
+            backbone_lr_mult: 1.0,
+        }
+    }
+}
+
+/// An extra loss term computed from the network (e.g. the auto-balanced pruning regulariser).
+pub type Regularizer = dyn Fn(&ReidNet) -> Result<Tensor>;
+
+/// What one step measured.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StepStats {
+    pub loss: f64,
+    pub correct: usize,
+    pub images: usize,
+}
+
+fn is_head(name: &str) -> bool {
+    name.starts_with("bnneck.") || name.starts_with("classifier.")
+}
+
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub optimizer: Optimizer,
+}
+
+impl Trainer {
+    pub fn new(net: &ReidNet, config: TrainConfig) -> Result<Self> {
+        if !net.is_trainable() {
+            return Err(ModelError::Arch(
+                "the network was built for inference; load it trainable".into(),
+            ));
+        }
+        if net.spec().num_classes == 0 {
+            return Err(ModelError::Arch(
+                "training needs a classifier (num_classes > 0)".into(),
+            ));
+        }
+        let params = net
+            .named_parameters()
+            .into_iter()
+            .map(|(name, var)| ParamSlot {
+                lr_mult: if is_head(&name) {
+                    1.0
+                } else {
+                    config.backbone_lr_mult
+                },
+                decay: default_decay(&name),
+                name,
+                var,
+            })
+            .collect();
+        Ok(Self {
+            optimizer: Optimizer::new(config.optimizer, params),
+            config,
+        })
+    }
+
+    /// The loss of a batch, and the number of correct top-1 predictions.
+    pub fn loss(&self, net: &ReidNet, images: &Tensor, pids: &[i64]) -> Result<(Tensor, usize)> {
+        let out = net.forward_t(images, true)?;
+        let logits = out
+            .logits
+            .ok_or_else(|| ModelError::Arch("training needs a classifier".into()))?;
+        let classes = net.spec().num_classes as i64;
+        if let Some(bad) = pids.iter().find(|&&p| p < 0 || p >= classes) {
+            return Err(ModelError::Input(format!(
+                "label {bad} outside 0..{classes}: the classifier has {classes} outputs"
+            )));
+        }
+        let labels = Tensor::from_vec(
+            pids.iter().map(|&p| p as u32).collect::<Vec<_>>(),
+            pids.len(),
+            images.device(),
+        )?;
+        let mut loss = loss::cross_entropy_smooth(&logits, &labels, self.config.label_smoothing)?;
+        if self.config.task == Task::Reid && self.config.triplet_weight > 0.0 {
+            let t = loss::triplet_batch_hard(&out.pooled, pids, self.config.triplet_margin)?;
+            loss = (loss + (t * self.config.triplet_weight)?)?;
+        }
+        let pred: Vec<u32> = logits.argmax(1)?.to_dtype(DType::U32)?.to_vec1()?;
+        let correct = pred
+            .iter()
+            .zip(pids)
+            .filter(|(a, b)| **a as i64 == **b)
+            .count();
+        Ok((loss, correct))
+    }
+
+    /// Forward, backward and update. `extra` adds a regulariser to the loss (e.g. auto-balanced
+    /// pruning). A NaN or infinite loss is an error and leaves the weights untouched.
+    pub fn step(
+        &mut self,
+        net: &ReidNet,
+        images: &Tensor,
+        pids: &[i64],
+        lr: f64,
+        extra: Option<&Regularizer>,
+    ) -> Result<StepStats> {
+        let (mut loss, correct) = self.loss(net, images, pids)?;
+        if let Some(f) = extra {
+            loss = (loss + f(net)?)?;
+        }
+        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !value.is_finite() {
+            return Err(ModelError::Input(format!(
+                "the loss is {value} (diverged): lower the learning rate; weights were not updated"
+            )));
+        }
+        let grads = loss.backward()?;
+        self.optimizer.step(&grads, lr)?;
+        Ok(StepStats {
+            loss: value,
+            correct,
+            images: pids.len(),
+        })
+    }
+
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        self.optimizer.state_tensors()
+    }
+
+    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, steps: usize) -> Result<()> {
+        Ok(self.optimizer.load_state(tensors, steps)?)
+    }
+}

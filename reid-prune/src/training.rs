@@ -1,0 +1,440 @@
+//! A training run on disk: dataset → P×K (or shuffled) batches → [`Trainer`] → run folder
+//! (`model.safetensors`, `trainer_state.safetensors`, `config.toml`, `log.jsonl`, `metrics.json`).
+//! Checkpoints are written atomically after every epoch and on Ctrl-C; `resume` continues from
+//! the last one (same epoch and batch), reaching the same weights as an uninterrupted run.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use reid_data::datasets::{load, ReidDataset};
+use reid_data::loader::{epoch_batches, Augment, Prefetcher, Sampling};
+use reid_data::Preprocess;
+use reid_eval::{
+    evaluate_features, extract_features, ApKind, FeatureKind, Labels, Metric, Metrics,
+};
+use reid_model::checkpoint::{
+    load_checkpoint, read_safetensors, save_checkpoint, write_atomic, Provenance,
+};
+use reid_model::complexity::{complexity, parse_hw};
+use reid_model::hub::{load_imagenet, HeadOptions};
+use reid_model::train::{Task, TrainConfig, Trainer};
+use reid_model::{ArchSpec, Neck, ReidNet};
+use serde::{Deserialize, Serialize};
+
+/// A full, serialisable training run (saved as `config.toml` in the run folder).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunConfig {
+    pub dataset: String,
+    pub root: PathBuf,
+    pub arch: String,
+    pub width_mult: f64,
+    /// HEIGHTxWIDTH
+    pub input: String,
+    /// PxK for re-ID batches.
+    pub batch_pk: String,
+    /// Batch size for classification.
+    pub batch_size: usize,
+    pub last_stride: usize,
+    pub seed: u64,
+    pub device: String,
+    pub out: PathBuf,
+    /// ImageNet weights (hub id or path) to start from.
+    pub pretrained: Option<String>,
+    /// A reid-prune checkpoint to start from (its classifier is replaced when the classes differ).
+    pub init_checkpoint: Option<PathBuf>,
+    pub augment: Augment,
+    /// Evaluate on query/gallery after training (re-ID datasets).
+    pub evaluate: bool,
+    /// Stop (as Ctrl-C would: checkpoint, then exit) after this many batches. For tests.
+    pub stop_after_batches: Option<usize>,
+    pub train: TrainConfig,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            dataset: "market1501".into(),
+            root: PathBuf::from("data"),
+            arch: "resnet50".into(),
+            width_mult: 1.0,
+            input: "256x128".into(),
+            batch_pk: "16x4".into(),
+            batch_size: 64,
+            last_stride: 1,
+            seed: 0,
+            device: "cpu".into(),
+            out: PathBuf::from("runs/train"),
+            pretrained: None,
+            init_checkpoint: None,
+            augment: Augment::default(),
+            evaluate: true,
+            stop_after_batches: None,
+            train: TrainConfig::default(),
+        }
+    }
+}
+
+/// `16x4` → (16, 4).
+pub fn parse_pk(s: &str) -> Result<(usize, usize)> {
+    let (p, k) = s
+        .split_once(['x', 'X'])
+        .with_context(|| format!("batch '{s}': expected PxK, e.g. 16x4"))?;
+    Ok((p.trim().parse()?, k.trim().parse()?))
+}
+
+/// Where a run ended.
+#[derive(Debug)]
+pub struct TrainOutcome {
+    pub model: PathBuf,
+    /// False when stopped early (Ctrl-C or `stop_after_batches`); the checkpoint allows a resume.
+    pub completed: bool,
+    pub epochs: usize,
+    pub final_loss: f64,
+    pub wall_s: f64,
+    pub metrics: Option<Metrics>,
+}
+
+const STATE_FILE: &str = "trainer_state.safetensors";
+
+fn build_net(cfg: &RunConfig, num_classes: usize, device: &Device) -> Result<ReidNet> {
+    if let Some(ck) = &cfg.init_checkpoint {
+        let loaded = load_checkpoint(ck, device, true)
+            .with_context(|| format!("loading {}", ck.display()))?;
+        if loaded.net.spec().num_classes == num_classes {
+            return Ok(loaded.net);
+        }
+        // New task: keep the backbone (and neck), give it a fresh classifier.
+        let mut spec = loaded.net.spec().clone();
+        spec.num_classes = num_classes;
+        let tensors: HashMap<String, Tensor> = loaded
+            .net
+            .state_dict()?
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("classifier."))
+            .collect();
+        return Ok(ReidNet::from_tensors_trainable(
+            &spec, &tensors, device, cfg.seed,
+        )?);
+    }
+    if let Some(src) = &cfg.pretrained {
+        let head = HeadOptions {
+            num_classes,
+            last_stride: cfg.last_stride,
+            neck: Neck::BnNeck,
+            seed: cfg.seed,
+        };
+        return Ok(load_imagenet(src, head, device)?.0);
+    }
+    let depth = ArchSpec::from_name(&cfg.arch, 0)?.depth;
+    let spec = ArchSpec::resnet_with(
+        depth,
+        num_classes,
+        cfg.width_mult,
+        cfg.last_stride,
+        Neck::BnNeck,
+    )?;
+    Ok(ReidNet::new(&spec, device, cfg.seed)?)
+}
+
+fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
+    write_atomic(path, text.as_bytes())?;
+    Ok(())
+}
+
+/// Save model + optimiser state; position = (epoch, next batch).
+fn save_state(
+    out: &Path,
+    net: &ReidNet,
+    trainer: &Trainer,
+    prov: &Provenance,
+    epoch: usize,
+    batch: usize,
+) -> Result<()> {
+    let mut p = prov.clone();
+    p.epoch = Some(epoch);
+    save_checkpoint(net, &out.join("model.safetensors"), &p)?;
+    let mut meta = HashMap::new();
+    meta.insert("epoch".to_string(), epoch.to_string());
+    meta.insert("batch".to_string(), batch.to_string());
+    meta.insert(
+        "steps".to_string(),
+        trainer.optimizer.step_count.to_string(),
+    );
+    let state: Vec<(String, Tensor)> = trainer
+        .state_tensors()
+        .into_iter()
+        .map(|(k, t)| Ok((k, t.to_device(&Device::Cpu)?.contiguous()?)))
+        .collect::<Result<_>>()?;
+    let bytes = safetensors::serialize(state.iter().map(|(k, t)| (k.as_str(), t)), Some(meta))?;
+    write_atomic(&out.join(STATE_FILE), &bytes)?;
+    Ok(())
+}
+
+/// Extract query/gallery features and evaluate.
+pub fn evaluate_on(
+    net: &ReidNet,
+    ds: &ReidDataset,
+    pre: &Preprocess,
+    progress: bool,
+) -> Result<Metrics> {
+    let paths =
+        |s: &[reid_data::datasets::Sample]| s.iter().map(|x| x.path.clone()).collect::<Vec<_>>();
+    let eval_net = net.inference_copy()?;
+    let qf = extract_features(
+        &eval_net,
+        &paths(&ds.query),
+        pre,
+        64,
+        FeatureKind::Neck,
+        progress,
+    )?;
+    let gf = extract_features(
+        &eval_net,
+        &paths(&ds.gallery),
+        pre,
+        64,
+        FeatureKind::Neck,
+        progress,
+    )?;
+    let labels = Labels {
+        q_pids: ds.query.iter().map(|s| s.pid).collect(),
+        q_camids: ds.query.iter().map(|s| s.camid).collect(),
+        g_pids: ds.gallery.iter().map(|s| s.pid).collect(),
+        g_camids: ds.gallery.iter().map(|s| s.camid).collect(),
+    };
+    Ok(evaluate_features(
+        &qf,
+        &gf,
+        &labels,
+        Metric::Cosine,
+        50,
+        ApKind::Exact,
+        512,
+    )?)
+}
+
+/// The `eval` entry of metrics.json for one dataset.
+pub fn eval_json(m: &Metrics) -> serde_json::Value {
+    serde_json::json!({
+        "mAP": m.map, "rank1": m.rank(1), "rank5": m.rank(5), "rank10": m.rank(10),
+        "mINP": m.minp, "cmc": m.cmc, "num_valid_queries": m.num_valid_queries,
+    })
+}
+
+/// Train (or resume) the run described by `cfg`.
+pub fn run_training(
+    cfg: &RunConfig,
+    resume: bool,
+    interrupt: Arc<AtomicBool>,
+    show_progress: bool,
+) -> Result<TrainOutcome> {
+    let device = reid_model::device::parse_device(&cfg.device)?;
+    let (h, w) = parse_hw(&cfg.input)?;
+    let ds = load(&cfg.dataset, &cfg.root).with_context(|| {
+        format!(
+            "loading dataset {} from {}",
+            cfg.dataset,
+            cfg.root.display()
+        )
+    })?;
+    if ds.train.is_empty() {
+        bail!("{}: the training split is empty", ds.root.display());
+    }
+    let num_classes = ds.num_train_pids();
+    let sampling = match cfg.train.task {
+        Task::Reid => {
+            let (p, k) = parse_pk(&cfg.batch_pk)?;
+            Sampling::IdentityPk { p, k }
+        }
+        Task::Classify => Sampling::Shuffled {
+            batch: cfg.batch_size,
+        },
+    };
+    let out = &cfg.out;
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("creating run folder {}", out.display()))?;
+    let state_path = out.join(STATE_FILE);
+    let (net, mut trainer, start_epoch, start_batch) = if resume && state_path.is_file() {
+        let ck = load_checkpoint(&out.join("model.safetensors"), &device, true)
+            .with_context(|| format!("resuming from {}", out.display()))?;
+        let st = read_safetensors(&state_path, &device)?;
+        let field = |k: &str| -> Result<usize> {
+            st.metadata
+                .get(k)
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("{}: no '{k}' in the metadata", state_path.display()))
+        };
+        let mut trainer = Trainer::new(&ck.net, cfg.train.clone())?;
+        trainer.load_state(&st.tensors, field("steps")?)?;
+        let (e, b) = (field("epoch")?, field("batch")?);
+        (ck.net, trainer, e, b)
+    } else {
+        if resume {
+            eprintln!(
+                "no checkpoint in {} to resume from: starting fresh",
+                out.display()
+            );
+        }
+        let net = build_net(cfg, num_classes, &device)?;
+        let trainer = Trainer::new(&net, cfg.train.clone())?;
+        (net, trainer, 0, 0)
+    };
+    let config_text = toml::to_string_pretty(cfg).context("serialising the run config")?;
+    write_text_atomic(&out.join("config.toml"), &config_text)?;
+    let mut prov = Provenance::new();
+    prov.dataset = Some(ds.name.clone());
+    prov.seed = Some(cfg.seed);
+    prov.source_weights = cfg.pretrained.clone();
+    if let Some(ck) = &cfg.init_checkpoint {
+        prov.parent = Some(reid_model::checkpoint::file_sha256(ck)?);
+    }
+
+    let pre = Preprocess::imagenet(h, w);
+    let train = Arc::new(ds.train.clone());
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out.join("log.jsonl"))
+        .with_context(|| format!("opening {}", out.join("log.jsonl").display()))?;
+    let started = Instant::now();
+    let epochs = cfg.train.epochs;
+    let mut batches_done = 0usize;
+    let mut final_loss = f64::NAN;
+    for epoch in start_epoch..epochs {
+        let lr = cfg.train.schedule.lr(epoch, epochs);
+        let plan = epoch_batches(&train, sampling, cfg.seed, epoch)?;
+        let first = if epoch == start_epoch { start_batch } else { 0 };
+        let total = plan.len();
+        let pb = if show_progress {
+            ProgressBar::new(total as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        pb.set_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:25}] {pos}/{len} {msg} ETA {eta}")?
+                .progress_chars("=> "),
+        );
+        pb.set_prefix(format!("{}/{epochs}", epoch + 1));
+        pb.set_position(first as u64);
+        let t0 = Instant::now();
+        let (mut loss_sum, mut correct, mut images, mut steps) = (0.0, 0usize, 0usize, 0usize);
+        // Augmentation streams follow the batch's index in the epoch, so a resumed epoch sees
+        // exactly the pixels an uninterrupted one would.
+        let loader = Prefetcher::start(
+            train.clone(),
+            plan,
+            first,
+            pre,
+            cfg.augment,
+            cfg.seed,
+            epoch,
+            3,
+        );
+        for (i, batch) in loader.enumerate() {
+            let b = first + i;
+            let batch = batch?;
+            let x = Tensor::from_vec(
+                batch.images,
+                (batch.len, 3, batch.height, batch.width),
+                &device,
+            )?;
+            let s = trainer
+                .step(&net, &x, &batch.pids, lr, None)
+                .with_context(|| {
+                    format!(
+                        "epoch {} batch {}: last good checkpoint kept in {}",
+                        epoch + 1,
+                        b + 1,
+                        out.display()
+                    )
+                })?;
+            loss_sum += s.loss;
+            correct += s.correct;
+            images += s.images;
+            steps += 1;
+            batches_done += 1;
+            final_loss = s.loss;
+            pb.set_message(format!(
+                "loss {:.3} acc {:.1}% {:.1} img/s",
+                loss_sum / steps as f64,
+                100.0 * correct as f64 / images.max(1) as f64,
+                images as f64 / t0.elapsed().as_secs_f64()
+            ));
+            pb.inc(1);
+            let stop = interrupt.load(Ordering::SeqCst)
+                || cfg.stop_after_batches.is_some_and(|n| batches_done >= n);
+            if stop && b + 1 < total {
+                pb.abandon();
+                save_state(out, &net, &trainer, &prov, epoch, b + 1)?;
+                return Ok(TrainOutcome {
+                    model: out.join("model.safetensors"),
+                    completed: false,
+                    epochs: epoch,
+                    final_loss,
+                    wall_s: started.elapsed().as_secs_f64(),
+                    metrics: None,
+                });
+            }
+        }
+        pb.finish_and_clear();
+        let wall = t0.elapsed().as_secs_f64();
+        let line = serde_json::json!({
+            "epoch": epoch + 1, "lr": lr, "loss": loss_sum / steps.max(1) as f64,
+            "accuracy": correct as f64 / images.max(1) as f64, "images_per_s": images as f64 / wall, "wall_s": wall,
+        });
+        writeln!(log, "{line}").with_context(|| "writing log.jsonl")?;
+        save_state(out, &net, &trainer, &prov, epoch + 1, 0)?;
+        if show_progress {
+            eprintln!("epoch {}/{epochs}: {line}", epoch + 1);
+        }
+        let stop = interrupt.load(Ordering::SeqCst)
+            || cfg.stop_after_batches.is_some_and(|n| batches_done >= n);
+        if stop && epoch + 1 < epochs {
+            return Ok(TrainOutcome {
+                model: out.join("model.safetensors"),
+                completed: false,
+                epochs: epoch + 1,
+                final_loss,
+                wall_s: started.elapsed().as_secs_f64(),
+                metrics: None,
+            });
+        }
+    }
+    let wall_s = started.elapsed().as_secs_f64();
+    let metrics = if cfg.evaluate && cfg.train.task == Task::Reid && !ds.query.is_empty() {
+        Some(evaluate_on(&net, &ds, &pre, show_progress)?)
+    } else {
+        None
+    };
+    let c = complexity(net.spec(), h, w)?;
+    let mut doc = serde_json::json!({
+        "experiment": out.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "backbone": net.spec().name(),
+        "macs": c.backbone.macs, "params": c.backbone.params,
+        "train": {"epochs": epochs, "wall_s": wall_s, "final_loss": final_loss},
+        "tool_version": env!("CARGO_PKG_VERSION"),
+    });
+    if let Some(m) = &metrics {
+        doc["eval"] = serde_json::json!({ ds.name.clone(): eval_json(m) });
+    }
+    write_text_atomic(
+        &out.join("metrics.json"),
+        &serde_json::to_string_pretty(&doc)?,
+    )?;
+    Ok(TrainOutcome {
+        model: out.join("model.safetensors"),
+        completed: true,
+        epochs,
+        final_loss,
+        wall_s,
+        metrics,
+    })
+}
