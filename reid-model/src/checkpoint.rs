@@ -67,7 +67,7 @@ pub struct TensorFile {
     pub metadata: HashMap<String, String>,
 }
 
-/// Read every tensor of a safetensors file (f32, f16, bf16 and f64 floats become f32; integer
+/// Read every tensor of a safetensors file (f16 and bf16 become f32; f32, f64 and integer
 /// tensors such as `num_batches_tracked` are kept as they are).
 pub fn read_safetensors(path: &Path, device: &Device) -> Result<TensorFile> {
     let bytes = std::fs::read(path)
@@ -87,7 +87,7 @@ pub fn read_safetensors(path: &Path, device: &Device) -> Result<TensorFile> {
             .load(device)
             .map_err(|e| ModelError::file(path, format!("tensor '{name}': {e}")))?;
         let t = match t.dtype() {
-            DType::F16 | DType::BF16 | DType::F64 => t.to_dtype(DType::F32)?,
+            DType::F16 | DType::BF16 => t.to_dtype(DType::F32)?,
             _ => t,
         };
         tensors.insert(name, t);

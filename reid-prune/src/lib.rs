@@ -1,5 +1,7 @@
 //! reid-prune: pruning criteria, strategies, channel surgery and the experiment runner.
 //! This first part holds the complexity report shared by the `flops` command and the default run.
 
+pub mod criterion;
+pub mod error;
 pub mod flops;
 pub mod training;

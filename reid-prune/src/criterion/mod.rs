@@ -1,0 +1,110 @@
+//! Channel-importance criteria (Torch-Pruning style: a criterion only scores; strategies decide
+//! how many and where; surgery removes). Each criterion is one small type; higher = more important.
+
+pub mod entropy;
+pub mod fpgm;
+pub mod magnitude;
+pub mod random;
+pub mod taylor;
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Tensor};
+use reid_model::{PrunableConv, ReidNet};
+
+use crate::error::{PruneError, Result};
+
+/// Per prunable conv (by name), one score per output channel.
+pub type ChannelScores = BTreeMap<String, Vec<f64>>;
+
+/// Data for feature-map criteria: image batches and, for loss-based criteria, their labels
+/// (indices into the network's classifier).
+#[derive(Clone, Debug, Default)]
+pub struct ScoreData {
+    pub batches: Vec<(Tensor, Option<Tensor>)>,
+}
+
+pub trait Criterion: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// Whether [`Criterion::scores`] needs [`ScoreData`].
+    fn needs_data(&self) -> bool {
+        false
+    }
+
+    fn scores(
+        &self,
+        net: &ReidNet,
+        layers: &[PrunableConv],
+        data: Option<&ScoreData>,
+    ) -> Result<ChannelScores>;
+}
+
+/// Criteria by name, with what each one is.
+pub const CRITERIA: [(&str, &str); 9] = [
+    ("l1", "Li et al.: sum of |W_c|"),
+    ("l2", "sqrt(sum W_c^2)"),
+    (
+        "fpgm",
+        "He et al.: summed distance to the layer's other filters",
+    ),
+    (
+        "bn-gamma",
+        "|gamma| of the BN after the conv (network slimming)",
+    ),
+    (
+        "taylor",
+        "Molchanov et al.: |mean_hw(dL/dH * H)| averaged over images (needs data)",
+    ),
+    (
+        "entropy",
+        "Luo & Wu: entropy of the channel's pooled activation over images (needs data)",
+    ),
+    ("random", "seeded random scores (control)"),
+    (
+        "auto-balanced",
+        "Ding et al.: L1 ranking + balanced L2 regulariser while retraining",
+    ),
+    (
+        "psfp",
+        "He et al.: progressive soft filter pruning on the L2 norm",
+    ),
+];
+
+/// The criterion that ranks channels for `name`. For `auto-balanced` and `psfp` this is their
+/// ranking rule (L1 / L2); their training-time strategy is separate.
+pub fn by_name(name: &str, seed: u64) -> Result<Box<dyn Criterion>> {
+    Ok(match name {
+        "l1" | "auto-balanced" => Box::new(magnitude::L1),
+        "l2" | "psfp" => Box::new(magnitude::L2),
+        "fpgm" => Box::new(fpgm::Fpgm),
+        "bn-gamma" => Box::new(magnitude::BnGamma),
+        "taylor" => Box::new(taylor::Taylor),
+        "entropy" => Box::new(entropy::Entropy::default()),
+        "random" => Box::new(random::Random { seed }),
+        _ => {
+            let names: Vec<&str> = CRITERIA.iter().map(|c| c.0).collect();
+            return Err(PruneError::Request(format!(
+                "unknown criterion '{name}': expected one of {}",
+                names.join(", ")
+            )));
+        }
+    })
+}
+
+/// Output filters of a conv as f64 rows [out, in·k·k].
+pub(crate) fn filters(net: &ReidNet, conv: &str) -> Result<(usize, Vec<f64>)> {
+    let unit = net
+        .conv_unit(conv)
+        .ok_or_else(|| PruneError::Request(format!("no conv named '{conv}' in this network")))?;
+    let w = &unit.conv.weight;
+    let out = w.dim(0)?;
+    Ok((out, w.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?))
+}
+
+/// Indices sorted by ascending score; ties by lower index (numpy's stable argsort).
+pub fn rank_ascending(scores: &[f64]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
+    idx
+}
