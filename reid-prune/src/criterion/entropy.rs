@@ -26,7 +26,7 @@ pub fn histogram(values: &[f64], bins: usize) -> Vec<usize> {
             (a.min(v), b.max(v))
         });
     let mut counts = vec![0usize; bins];
-    if !(hi > lo) {
+    if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
         counts[0] = values.len();
         return counts;
     }
