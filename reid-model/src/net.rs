@@ -134,6 +134,8 @@ pub struct ActivationTrace {
     with_grad: bool,
     pub activations: BTreeMap<String, Tensor>,
     probes: BTreeMap<String, Var>,
+    /// Per-channel multipliers applied to H (soft pruning, and checking surgery against masking).
+    masks: HashMap<String, Tensor>,
 }
 
 impl ActivationTrace {
@@ -145,10 +147,22 @@ impl ActivationTrace {
         }
     }
 
+    /// Multiply the activation `name` channel-wise by `mask` ([C], 0 = channel removed).
+    pub fn with_mask(mut self, name: impl Into<String>, mask: Tensor) -> Self {
+        self.masks.insert(name.into(), mask);
+        self
+    }
+
     /// Record `h` under `name` if wanted; returns the tensor to continue the forward with.
     /// With gradients, a zero `Var` is added so that its gradient is dL/dH (candle drops
     /// the gradients of intermediate tensors).
     fn hook(&mut self, name: &str, h: Tensor) -> candle_core::Result<Tensor> {
+        let h = match self.masks.get(name) {
+            Some(m) => {
+                h.broadcast_mul(&m.to_dtype(h.dtype())?.reshape((1, m.elem_count(), 1, 1))?)?
+            }
+            None => h,
+        };
         if !self.wanted.contains(name) {
             return Ok(h);
         }
@@ -181,6 +195,18 @@ pub struct ReidNet {
     varmap: Option<VarMap>,
     folded: bool,
     device: Device,
+}
+
+impl std::fmt::Debug for ReidNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReidNet")
+            .field("arch", &self.spec.name())
+            .field("feature_dim", &self.spec.feature_dim)
+            .field("num_classes", &self.spec.num_classes)
+            .field("trainable", &self.is_trainable())
+            .field("folded", &self.folded)
+            .finish()
+    }
 }
 
 impl ReidNet {

@@ -4,4 +4,6 @@
 pub mod criterion;
 pub mod error;
 pub mod flops;
+pub mod strategy;
+pub mod surgery;
 pub mod training;

@@ -1,0 +1,158 @@
+//! Surgery removes channels for real and computes exactly what masking them computes.
+
+use candle_core::{Device, Tensor};
+use reid_model::complexity::complexity;
+use reid_model::{ActivationTrace, ArchSpec, Neck, ReidNet};
+use reid_prune::criterion::by_name;
+use reid_prune::strategy::{plan, Allocation, PrunePlan, PruneTarget, TargetKind};
+use reid_prune::surgery::apply;
+
+fn trained_tiny(depth: usize) -> ReidNet {
+    let dev = Device::Cpu;
+    let spec = ArchSpec::resnet_with(depth, 5, 0.25, 1, Neck::BnNeck).unwrap();
+    let net = ReidNet::new(&spec, &dev, depth as u64).unwrap();
+    // move BN statistics away from the identity
+    for _ in 0..2 {
+        net.forward_t(
+            &Tensor::randn(0.3f32, 1.0, (4, 3, 64, 32), &dev).unwrap(),
+            true,
+        )
+        .unwrap();
+    }
+    net
+}
+
+#[test]
+fn surgery_equals_masking_for_every_depth() {
+    let dev = Device::Cpu;
+    for depth in [18, 34, 50] {
+        let net = trained_tiny(depth);
+        let scores = by_name("random", 3)
+            .unwrap()
+            .scores(&net, &net.prunable_convs(), None)
+            .unwrap();
+        for allocation in [Allocation::Layerwise, Allocation::Global] {
+            let target = PruneTarget {
+                kind: TargetKind::Channels,
+                level: 0.4,
+                allocation,
+                floor: 1.0 / 16.0,
+                input: (64, 32),
+            };
+            let p = plan(net.spec(), net.spec(), &scores, &target).unwrap();
+            let pruned = apply(&net, &p).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (3, 3, 64, 32), &dev).unwrap();
+            let mut masked = ActivationTrace::default();
+            for l in net.prunable_convs() {
+                let mut m = vec![0f32; l.width];
+                for &c in &p.keep[&l.conv] {
+                    m[c] = 1.0;
+                }
+                masked =
+                    masked.with_mask(l.conv.clone(), Tensor::from_vec(m, l.width, &dev).unwrap());
+            }
+            let a = net.forward_traced(&x, false, &mut masked).unwrap();
+            let b = pruned.forward_t(&x, false).unwrap();
+            for (u, v) in [
+                (&a.pooled, &b.pooled),
+                (&a.neck, &b.neck),
+                (a.logits.as_ref().unwrap(), b.logits.as_ref().unwrap()),
+            ] {
+                let d = (u - v)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                let s = u
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    .max(1.0);
+                assert!(d <= 1e-5 * s, "resnet{depth} {allocation:?}: {d}");
+            }
+            // the pruned spec is smaller and its counts follow from it
+            let before = complexity(net.spec(), 64, 32).unwrap();
+            let after = complexity(pruned.spec(), 64, 32).unwrap();
+            assert!(
+                after.backbone.macs < before.backbone.macs
+                    && after.backbone.params < before.backbone.params
+            );
+            let kept: usize = pruned.spec().prunable_convs().iter().map(|l| l.width).sum();
+            let all: usize = net.spec().prunable_convs().iter().map(|l| l.width).sum();
+            assert!(
+                kept as f64 <= 0.6 * all as f64 + 1.0,
+                "resnet{depth} {allocation:?}: kept {kept} of {all}"
+            );
+        }
+    }
+}
+
+#[test]
+fn resnet50_at_half_the_flops() {
+    let spec = ArchSpec::resnet_with(50, 0, 1.0, 2, Neck::None).unwrap();
+    // weight-free plan: synthetic scores are enough to size the layers
+    let scores = spec
+        .prunable_convs()
+        .into_iter()
+        .map(|l| {
+            (
+                l.conv.clone(),
+                (0..l.width).map(|c| ((c * 7919) % 1000) as f64).collect(),
+            )
+        })
+        .collect();
+    let full = complexity(&spec, 256, 128).unwrap().backbone.macs as f64;
+    for allocation in [Allocation::Layerwise, Allocation::Global] {
+        let target = PruneTarget {
+            kind: TargetKind::Flops,
+            level: 0.5,
+            allocation,
+            floor: 1.0 / 16.0,
+            input: (256, 128),
+        };
+        let p = plan(&spec, &spec, &scores, &target).unwrap();
+        let pruned = spec.with_conv_widths(&p.widths()).unwrap();
+        let ratio = complexity(&pruned, 256, 128).unwrap().backbone.macs as f64 / full;
+        assert!(
+            (ratio - 0.5).abs() <= 0.02,
+            "{allocation:?}: MACs ratio {ratio}"
+        );
+    }
+}
+
+#[test]
+fn bad_requests_are_refused() {
+    let net = trained_tiny(18);
+    let scores = by_name("l1", 0)
+        .unwrap()
+        .scores(&net, &net.prunable_convs(), None)
+        .unwrap();
+    let mut t = PruneTarget {
+        kind: TargetKind::Flops,
+        level: 1.0,
+        allocation: Allocation::Layerwise,
+        floor: 1.0 / 16.0,
+        input: (64, 32),
+    };
+    assert!(plan(net.spec(), net.spec(), &scores, &t)
+        .unwrap_err()
+        .to_string()
+        .contains("must be in (0, 1)"));
+    t.level = 0.99;
+    assert!(plan(net.spec(), net.spec(), &scores, &t)
+        .unwrap_err()
+        .to_string()
+        .contains("out of reach"));
+    let mut bad = PrunePlan::default();
+    bad.keep.insert("layer9.0.conv1".into(), vec![0]);
+    assert!(apply(&net, &bad)
+        .unwrap_err()
+        .to_string()
+        .contains("not a prunable conv"));
+}
