@@ -84,6 +84,20 @@ pub fn extract_features(
     kind: FeatureKind,
     show_progress: bool,
 ) -> Result<Tensor> {
+    extract_features_with(net, paths, pre, batch_size, kind, false, show_progress)
+}
+
+/// As [`extract_features`]; with `flip`, the feature of the horizontally mirrored image is added
+/// (the usual test-time augmentation).
+pub fn extract_features_with(
+    net: &ReidNet,
+    paths: &[PathBuf],
+    pre: &Preprocess,
+    batch_size: usize,
+    kind: FeatureKind,
+    flip: bool,
+    show_progress: bool,
+) -> Result<Tensor> {
     if paths.is_empty() {
         bail!("no images to extract features from");
     }
@@ -108,11 +122,20 @@ pub fn extract_features(
             (batch.len, 3, batch.height, batch.width),
             net.device(),
         )?;
-        let out = net.forward_t(&x, false)?;
-        rows.push(match kind {
-            FeatureKind::Pool => out.pooled,
-            FeatureKind::Neck => out.neck,
-        });
+        let pick = |x: &Tensor| -> Result<Tensor> {
+            let out = net.forward_t(x, false)?;
+            Ok(match kind {
+                FeatureKind::Pool => out.pooled,
+                FeatureKind::Neck => out.neck,
+            })
+        };
+        let mut f = pick(&x)?;
+        if flip {
+            let w = batch.width;
+            let rev = Tensor::from_vec((0..w as u32).rev().collect::<Vec<_>>(), w, net.device())?;
+            f = (f + pick(&x.index_select(&rev, 3)?)?)?;
+        }
+        rows.push(f);
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();

@@ -6,5 +6,7 @@ pub mod metrics;
 pub mod report;
 
 pub use distance::{distance_matrix, evaluate_features, Metric};
-pub use extract::{extract_features, load_model_for_inference, save_features, FeatureKind};
+pub use extract::{
+    extract_features, extract_features_with, load_model_for_inference, save_features, FeatureKind,
+};
 pub use metrics::{evaluate_distmat, ApKind, EvalError, Labels, Metrics};

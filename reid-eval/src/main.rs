@@ -25,9 +25,111 @@ reid_model::use_fast_allocator!();
     version,
     about = "Re-ID feature extraction and evaluation"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    eval: EvalArgs,
+}
+
+/// `reid-eval --checkpoint F --dataset NAME --root DIR`: extract, evaluate, write metrics.json.
+#[derive(clap::Args, Debug)]
+struct EvalArgs {
+    /// A reid-prune checkpoint (or torchvision/timm weights).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Dataset to evaluate on (may differ from the training one: cross-domain).
+    #[arg(long)]
+    dataset: Option<String>,
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Network input HEIGHTxWIDTH.
+    #[arg(long, default_value = "256x128")]
+    input: String,
+    /// Add the features of the horizontally flipped image.
+    #[arg(long)]
+    flip: bool,
+    #[arg(long, value_enum, default_value = "neck")]
+    feature: FeatureKind,
+    #[arg(long, value_enum, default_value = "cosine")]
+    metric: Metric,
+    /// cpu or cuda:N
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Where to write metrics.json (default: beside the checkpoint).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn evaluate_checkpoint(a: EvalArgs) -> Result<()> {
+    let (Some(ck), Some(name), Some(root)) = (a.checkpoint, a.dataset, a.root) else {
+        bail!("give --checkpoint, --dataset and --root (or a subcommand: extract, score, bench; see --help)");
+    };
+    let device = reid_model::device::parse_device(&a.device)?;
+    let (h, w) = parse_hw(&a.input)?;
+    let net = load_model_for_inference(&ck, None, 2, &device)
+        .with_context(|| format!("loading {}", ck.display()))?;
+    let ds = reid_data::datasets::load(&name, &root)?;
+    anyhow::ensure!(
+        !ds.query.is_empty() && !ds.gallery.is_empty(),
+        "{}: no query/gallery split to evaluate on",
+        ds.root.display()
+    );
+    let pre = Preprocess::imagenet(h, w);
+    let paths =
+        |v: &[reid_data::datasets::Sample]| v.iter().map(|s| s.path.clone()).collect::<Vec<_>>();
+    let qf = reid_eval::extract_features_with(
+        &net,
+        &paths(&ds.query),
+        &pre,
+        64,
+        a.feature,
+        a.flip,
+        true,
+    )?;
+    let gf = reid_eval::extract_features_with(
+        &net,
+        &paths(&ds.gallery),
+        &pre,
+        64,
+        a.feature,
+        a.flip,
+        true,
+    )?;
+    let labels = Labels {
+        q_pids: ds.query.iter().map(|s| s.pid).collect(),
+        q_camids: ds.query.iter().map(|s| s.camid).collect(),
+        g_pids: ds.gallery.iter().map(|s| s.pid).collect(),
+        g_camids: ds.gallery.iter().map(|s| s.camid).collect(),
+    };
+    let m = evaluate_features(
+        &qf,
+        &gf,
+        &labels,
+        a.metric,
+        DEFAULT_MAX_RANK,
+        ApKind::Exact,
+        512,
+    )?;
+    let out = a.out.unwrap_or_else(|| ck.with_file_name("metrics.json"));
+    // merge into an existing metrics.json (one entry per evaluated dataset under "eval")
+    let mut doc: serde_json::Value = std::fs::read_to_string(&out)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    doc["eval"][ds.name.as_str()] = serde_json::json!({
+        "mAP": m.map, "rank1": m.rank(1), "rank5": m.rank(5), "rank10": m.rank(10), "mINP": m.minp,
+        "cmc": m.cmc, "num_valid_queries": m.num_valid_queries,
+    });
+    reid_model::checkpoint::write_atomic(&out, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    print_metrics(&m, a.json)?;
+    if !a.json {
+        println!("metrics -> {}", out.display());
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -200,7 +302,10 @@ fn bench_features(centres: &Tensor, n: usize, seed: u64) -> Result<(Tensor, Vec<
 fn main() -> Result<()> {
     reid_model::alloc::configure();
     let cli = Cli::parse();
-    match cli.command {
+    let Some(command) = cli.command else {
+        return evaluate_checkpoint(cli.eval);
+    };
+    match command {
         Command::Extract {
             weights,
             arch,

@@ -88,3 +88,34 @@ fn wrong_arch_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn flip_adds_the_mirrored_image_feature() {
+    let g = golden();
+    let dev = Device::Cpu;
+    let paths = list_images(&g.join("resnet/images")).unwrap();
+    let pre = Preprocess::imagenet(256, 128);
+    let net =
+        load_model_for_inference(&g.join("resnet/resnet18.safetensors"), None, 2, &dev).unwrap();
+    let plain = extract_features(&net, &paths[..1], &pre, 1, FeatureKind::Pool, false).unwrap();
+    let both = reid_eval::extract_features_with(
+        &net,
+        &paths[..1],
+        &pre,
+        1,
+        FeatureKind::Pool,
+        true,
+        false,
+    )
+    .unwrap();
+    // mirror the image by hand and extract it alone
+    let img = image::open(&paths[0]).unwrap().to_rgb8();
+    let dir = tempfile::tempdir().unwrap();
+    let mirrored = dir.path().join("m.png");
+    image::imageops::flip_horizontal(&img)
+        .save(&mirrored)
+        .unwrap();
+    let flipped = extract_features(&net, &[mirrored], &pre, 1, FeatureKind::Pool, false).unwrap();
+    let want = (plain + flipped).unwrap();
+    assert!(max_abs(&both, &want) < 1e-4);
+}

@@ -4,6 +4,7 @@
 pub mod criterion;
 pub mod error;
 pub mod flops;
+pub mod prune_run;
 pub mod strategy;
 pub mod surgery;
 pub mod training;

@@ -104,8 +104,70 @@ struct TrainArgs {
     resume: bool,
 }
 
+#[derive(clap::Args, Debug)]
+struct PruneArgs {
+    /// A reid-prune checkpoint, or torchvision/timm weights with --arch.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(long)]
+    arch: Option<String>,
+    /// l1, l2, fpgm, bn-gamma, taylor, entropy or random.
+    #[arg(long)]
+    criterion: String,
+    /// Fraction of the target to remove, in (0, 1): 0.5 halves the FLOPs.
+    #[arg(long, default_value_t = 0.5)]
+    level: f64,
+    #[arg(long, value_enum, default_value = "flops")]
+    target: reid_prune::strategy::TargetKind,
+    #[arg(long, value_enum, default_value = "layerwise")]
+    allocation: reid_prune::strategy::Allocation,
+    /// Minimum kept fraction of each layer's width.
+    #[arg(long, default_value_t = 1.0 / 16.0)]
+    floor: f64,
+    #[arg(long, default_value = "256x128")]
+    input: String,
+    #[arg(long)]
+    dataset: Option<String>,
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// A batch file (tensors x, labels) for data-driven criteria.
+    #[arg(long)]
+    batch: Option<PathBuf>,
+    /// Iterative pruning: remove the level in steps of this size (e.g. 0.05).
+    #[arg(long)]
+    step: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    retrain_epochs: usize,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    out: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Prune a model's filters for real (prune once or iteratively) and write a run folder.
+    Prune(PruneArgs),
+    /// Per-channel importance scores of the prunable convs.
+    Scores {
+        /// A reid-prune checkpoint or torchvision/timm weights.
+        #[arg(long)]
+        weights: PathBuf,
+        #[arg(long)]
+        arch: Option<String>,
+        #[arg(long)]
+        criterion: String,
+        /// Only this conv (e.g. layer3.2.conv2).
+        #[arg(long)]
+        layer: Option<String>,
+        /// Tensors x (and labels) for data-driven criteria.
+        #[arg(long)]
+        batch: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Train a re-ID model (or a source classifier) and write a run folder.
     Train(TrainArgs),
     /// Generate a synthetic re-ID domain as real JPEG files (Market-1501 layout or imagefolder).
@@ -175,6 +237,94 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         None => baseline_costs(),
+        Some(Command::Prune(a)) => {
+            let cfg = reid_prune::prune_run::PruneConfig {
+                checkpoint: a.checkpoint,
+                arch: a.arch,
+                criterion: a.criterion,
+                level: a.level,
+                target: a.target,
+                allocation: a.allocation,
+                floor: a.floor,
+                input: a.input,
+                dataset: a.dataset,
+                root: a.root,
+                batch: a.batch,
+                step: a.step,
+                retrain_epochs: a.retrain_epochs,
+                device: a.device,
+                seed: a.seed,
+                out: a.out,
+                ..Default::default()
+            };
+            let o = reid_prune::prune_run::run_prune(&cfg, true)?;
+            println!(
+                "backbone GFLOPs {:.3} -> {:.3} ({:.1}%), params {:.2} M -> {:.2} M, {:.1}% of prunable channels kept",
+                2.0 * o.macs_before as f64 / 1e9,
+                2.0 * o.macs_after as f64 / 1e9,
+                100.0 * o.macs_after as f64 / o.macs_before as f64,
+                o.params_before as f64 / 1e6,
+                o.params_after as f64 / 1e6,
+                100.0 * o.kept_channel_fraction
+            );
+            println!("pruned model: {}", o.model.display());
+            Ok(())
+        }
+        Some(Command::Scores {
+            weights,
+            arch,
+            criterion,
+            layer,
+            batch,
+            json,
+        }) => {
+            let (net, _) =
+                reid_prune::prune_run::load_any(&weights, arch.as_deref(), &Device::Cpu)?;
+            let net = net.inference_copy()?;
+            let mut layers = net.prunable_convs();
+            if let Some(l) = &layer {
+                layers.retain(|p| &p.conv == l);
+                anyhow::ensure!(
+                    !layers.is_empty(),
+                    "unknown layer '{l}': give a prunable conv such as layer1.0.conv1"
+                );
+            }
+            let crit = reid_prune::criterion::by_name(&criterion, 0)?;
+            let data = match &batch {
+                Some(b) => {
+                    let f = reid_model::checkpoint::read_safetensors(b, &Device::Cpu)?;
+                    let x = f
+                        .tensors
+                        .get("x")
+                        .with_context(|| format!("{}: no tensor 'x'", b.display()))?
+                        .clone();
+                    Some(reid_prune::criterion::ScoreData {
+                        batches: vec![(x, f.tensors.get("labels").cloned())],
+                    })
+                }
+                None => None,
+            };
+            if crit.needs_data() && data.is_none() {
+                anyhow::bail!("criterion '{criterion}' needs data: give --batch B.safetensors (tensors x and labels)");
+            }
+            let scores = crit.scores(&net, &layers, data.as_ref())?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "criterion": criterion, "layers": scores })
+                );
+            } else {
+                for (l, s) in &scores {
+                    let order = reid_prune::criterion::rank_ascending(s);
+                    println!(
+                        "{l}: {} channels, least important first: {:?}",
+                        s.len(),
+                        &order[..order.len().min(8)]
+                    );
+                }
+            }
+            Ok(())
+        }
         Some(Command::Train(args)) => train(args),
         Some(Command::Synth {
             out,

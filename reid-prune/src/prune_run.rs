@@ -1,0 +1,332 @@
+//! One pruning run on disk: load a model, score its channels, plan, cut, optionally retrain
+//! (prune once, or iteratively in steps), and write a run folder with the pruned checkpoint.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use reid_data::datasets::load as load_dataset;
+use reid_data::loader::{epoch_batches, Augment, Sampling};
+use reid_data::Preprocess;
+use reid_model::checkpoint::{
+    file_sha256, load_checkpoint, read_safetensors, save_checkpoint, write_atomic, Provenance,
+    META_ARCH,
+};
+use reid_model::complexity::{complexity, parse_hw};
+use reid_model::hub::infer_backbone_spec;
+use reid_model::{ArchSpec, ReidNet};
+use serde::{Deserialize, Serialize};
+
+use crate::criterion::{by_name, ScoreData};
+use crate::strategy::{plan, Allocation, PruneTarget, TargetKind};
+use crate::surgery::apply;
+use crate::training::{run_training, RunConfig};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PruneConfig {
+    pub checkpoint: PathBuf,
+    /// For plain torchvision/timm weights: the architecture they hold (checked).
+    pub arch: Option<String>,
+    pub criterion: String,
+    /// Fraction of the target quantity to remove, in (0, 1).
+    pub level: f64,
+    pub target: TargetKind,
+    pub allocation: Allocation,
+    pub floor: f64,
+    pub input: String,
+    /// Data for data-driven criteria and retraining.
+    pub dataset: Option<String>,
+    pub root: Option<PathBuf>,
+    /// Or a batch file with tensors `x` (and `labels`).
+    pub batch: Option<PathBuf>,
+    /// Images used to score channels (data criteria).
+    pub score_images: usize,
+    /// Iterative pruning: remove the level in steps of this fraction (None = prune once).
+    pub step: Option<f64>,
+    /// Retraining epochs after each pruning step (needs a dataset).
+    pub retrain_epochs: usize,
+    /// Base learning rate of retraining.
+    pub retrain_lr: f64,
+    pub batch_pk: String,
+    pub seed: u64,
+    pub device: String,
+    pub out: PathBuf,
+}
+
+impl Default for PruneConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint: PathBuf::new(),
+            arch: None,
+            criterion: "l1".into(),
+            level: 0.5,
+            target: TargetKind::Flops,
+            allocation: Allocation::Layerwise,
+            floor: 1.0 / 16.0,
+            input: "256x128".into(),
+            dataset: None,
+            root: None,
+            batch: None,
+            score_images: 256,
+            step: None,
+            retrain_epochs: 0,
+            retrain_lr: 3.5e-4,
+            batch_pk: "16x4".into(),
+            seed: 0,
+            device: "cpu".into(),
+            out: PathBuf::from("runs/prune"),
+        }
+    }
+}
+
+/// Load a reid checkpoint, or plain torchvision/timm weights (any `fc` size becomes the classifier;
+/// its bias, if any, is dropped).
+pub fn load_any(path: &Path, arch: Option<&str>, device: &Device) -> Result<(ReidNet, Provenance)> {
+    let file = read_safetensors(path, device)?;
+    if file.metadata.contains_key(META_ARCH) {
+        let ck = load_checkpoint(path, device, true)?;
+        return Ok((ck.net, ck.provenance));
+    }
+    let mut t: HashMap<String, Tensor> = file
+        .tensors
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
+        .collect();
+    let fc = t.remove("fc.weight");
+    t.remove("fc.bias");
+    let mut spec = infer_backbone_spec(path, &t, 2)?;
+    if let Some(a) = arch {
+        if a.to_ascii_lowercase() != spec.name() {
+            bail!(
+                "{}: --arch {a} given, but the file holds a {}",
+                path.display(),
+                spec.name()
+            );
+        }
+    }
+    if let Some(w) = fc {
+        spec.num_classes = w.dim(0)?;
+        t.insert("classifier.weight".into(), w);
+    }
+    let net = ReidNet::from_tensors_trainable(&spec, &t, device, 0)?;
+    let mut prov = Provenance::new();
+    prov.source_weights = Some(path.display().to_string());
+    Ok((net, prov))
+}
+
+fn score_data(cfg: &PruneConfig, net: &ReidNet, device: &Device) -> Result<Option<ScoreData>> {
+    if let Some(b) = &cfg.batch {
+        let f = read_safetensors(b, device)?;
+        let x = f
+            .tensors
+            .get("x")
+            .with_context(|| format!("{}: no tensor 'x'", b.display()))?
+            .clone();
+        return Ok(Some(ScoreData {
+            batches: vec![(x, f.tensors.get("labels").cloned())],
+        }));
+    }
+    let (Some(name), Some(root)) = (&cfg.dataset, &cfg.root) else {
+        return Ok(None);
+    };
+    let ds = load_dataset(name, root)?;
+    let (h, w) = parse_hw(&cfg.input)?;
+    let pre = Preprocess::imagenet(h, w);
+    let plan = epoch_batches(
+        &ds.train,
+        Sampling::Shuffled {
+            batch: 32.min(ds.train.len()),
+        },
+        cfg.seed,
+        0,
+    )?;
+    let classes = net.spec().num_classes as i64;
+    let mut batches = Vec::new();
+    for (i, idx) in plan.iter().enumerate() {
+        if i * 32 >= cfg.score_images {
+            break;
+        }
+        let b = reid_data::loader::load_batch(
+            &ds.train,
+            idx,
+            &pre,
+            &Augment::none(),
+            cfg.seed,
+            i as u64,
+        )?;
+        let x = Tensor::from_vec(b.images, (b.len, 3, b.height, b.width), device)?;
+        // labels only make sense when the classifier was trained on this dataset's identities
+        let labels = if b.pids.iter().all(|&p| p < classes) {
+            Some(Tensor::from_vec(
+                b.pids.iter().map(|&p| p as u32).collect::<Vec<_>>(),
+                b.len,
+                device,
+            )?)
+        } else {
+            None
+        };
+        batches.push((x, labels));
+    }
+    Ok(Some(ScoreData { batches }))
+}
+
+/// Outcome of a pruning run.
+#[derive(Debug)]
+pub struct PruneOutcome {
+    pub model: PathBuf,
+    pub macs_before: u64,
+    pub macs_after: u64,
+    pub params_before: u64,
+    pub params_after: u64,
+    pub kept_channel_fraction: f64,
+}
+
+/// Prune `cfg.checkpoint` into `cfg.out`.
+pub fn run_prune(cfg: &PruneConfig, show_progress: bool) -> Result<PruneOutcome> {
+    if matches!(cfg.criterion.as_str(), "psfp" | "auto-balanced") {
+        bail!(
+            "criterion '{}' needs its training-time strategy (soft / regularised pruning), which this version does not have yet; \
+             use l1, l2, fpgm, bn-gamma, taylor, entropy or random",
+            cfg.criterion
+        );
+    }
+    let criterion = by_name(&cfg.criterion, cfg.seed)?;
+    let device = reid_model::device::parse_device(&cfg.device)?;
+    let (h, w) = parse_hw(&cfg.input)?;
+    let (mut net, parent_prov) = load_any(&cfg.checkpoint, cfg.arch.as_deref(), &device)
+        .with_context(|| format!("loading {}", cfg.checkpoint.display()))?;
+    let base: ArchSpec = net.spec().clone();
+    let target = PruneTarget {
+        kind: cfg.target,
+        level: cfg.level,
+        allocation: cfg.allocation,
+        floor: cfg.floor,
+        input: (h, w),
+    };
+    target.validate()?;
+    if cfg.retrain_epochs > 0 && (cfg.dataset.is_none() || cfg.root.is_none()) {
+        bail!("--retrain-epochs needs --dataset and --root");
+    }
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    write_atomic(
+        &cfg.out.join("config.toml"),
+        toml::to_string_pretty(cfg)?.as_bytes(),
+    )?;
+    let mut log = std::fs::File::create(cfg.out.join("log.jsonl"))?;
+    let parent_hash = file_sha256(&cfg.checkpoint)?;
+    let steps = match cfg.step {
+        Some(s) if s > 0.0 && s < cfg.level => (cfg.level / s).ceil() as usize,
+        Some(s) if s <= 0.0 => bail!("--step {s} must be positive"),
+        _ => 1,
+    };
+    let mut current_parent = cfg.checkpoint.clone();
+    for step in 0..steps {
+        let level = cfg.level * (step + 1) as f64 / steps as f64;
+        let data = if criterion.needs_data() {
+            score_data(cfg, &net, &device)?
+        } else {
+            None
+        };
+        if criterion.needs_data() && data.is_none() {
+            bail!(
+                "criterion '{}' needs data: give --dataset and --root, or --batch",
+                cfg.criterion
+            );
+        }
+        let scores = criterion.scores(&net, &net.prunable_convs(), data.as_ref())?;
+        let p = plan(net.spec(), &base, &scores, &PruneTarget { level, ..target })?;
+        net = apply(&net, &p)?;
+        let mut prov = parent_prov.clone();
+        prov.parent = Some(file_sha256(&current_parent)?);
+        prov.criterion = Some(cfg.criterion.clone());
+        prov.ratio = Some(level);
+        prov.target = Some(format!("{:?}", cfg.target).to_lowercase());
+        prov.epoch = None;
+        let step_dir = if steps > 1 {
+            cfg.out.join(format!("step{:02}", step + 1))
+        } else {
+            cfg.out.clone()
+        };
+        std::fs::create_dir_all(&step_dir)?;
+        let pruned_path = step_dir.join("pruned.safetensors");
+        save_checkpoint(&net, &pruned_path, &prov)?;
+        let mut model_path = pruned_path.clone();
+        if cfg.retrain_epochs > 0 {
+            let mut rc = RunConfig {
+                dataset: cfg.dataset.clone().unwrap_or_default(),
+                root: cfg.root.clone().unwrap_or_default(),
+                input: cfg.input.clone(),
+                batch_pk: cfg.batch_pk.clone(),
+                seed: cfg.seed,
+                device: cfg.device.clone(),
+                out: step_dir.join("retrain"),
+                init_checkpoint: Some(pruned_path.clone()),
+                evaluate: false,
+                ..RunConfig::default()
+            };
+            rc.train.epochs = cfg.retrain_epochs;
+            // constant learning rate while retraining (the paper's schedule)
+            rc.train.schedule.base_lr = cfg.retrain_lr;
+            rc.train.schedule.warmup_epochs = 0;
+            rc.train.schedule.decay = reid_model::train::schedule::Decay::Step {
+                milestones: vec![],
+                gamma: 1.0,
+            };
+            let o = run_training(&rc, false, Arc::new(AtomicBool::new(false)), show_progress)?;
+            net = load_checkpoint(&o.model, &device, true)?.net;
+            model_path = o.model;
+        }
+        let c = complexity(net.spec(), h, w)?;
+        writeln!(
+            log,
+            "{}",
+            serde_json::json!({"step": step + 1, "level": level, "macs": c.backbone.macs, "params": c.backbone.params,
+                               "widths": p.widths().into_iter().collect::<std::collections::BTreeMap<_, _>>()})
+        )?;
+        if show_progress {
+            eprintln!(
+                "step {}/{steps}: level {level:.3}, backbone GFLOPs {:.3}",
+                step + 1,
+                2.0 * c.backbone.macs as f64 / 1e9
+            );
+        }
+        current_parent = model_path;
+    }
+    // The final model of the run, with the full provenance.
+    let mut prov = parent_prov;
+    prov.parent = Some(parent_hash.clone());
+    prov.criterion = Some(cfg.criterion.clone());
+    prov.ratio = Some(cfg.level);
+    prov.target = Some(format!("{:?}", cfg.target).to_lowercase());
+    let model = cfg.out.join("model.safetensors");
+    save_checkpoint(&net, &model, &prov)?;
+    let before = complexity(&base, h, w)?;
+    let after = complexity(net.spec(), h, w)?;
+    let kept: usize = net.spec().prunable_convs().iter().map(|l| l.width).sum();
+    let all: usize = base.prunable_convs().iter().map(|l| l.width).sum();
+    let kept_fraction = kept as f64 / all as f64;
+    let metrics = serde_json::json!({
+        "criterion": cfg.criterion, "level": cfg.level, "target": format!("{:?}", cfg.target).to_lowercase(),
+        "backbone": net.spec().name(), "parent": parent_hash,
+        "macs": after.backbone.macs, "params": after.backbone.params, "kept_channel_fraction": kept_fraction,
+        "macs_before": before.backbone.macs, "params_before": before.backbone.params,
+        "tool_version": env!("CARGO_PKG_VERSION"),
+    });
+    write_atomic(
+        &cfg.out.join("metrics.json"),
+        serde_json::to_string_pretty(&metrics)?.as_bytes(),
+    )?;
+    Ok(PruneOutcome {
+        model,
+        macs_before: before.backbone.macs,
+        macs_after: after.backbone.macs,
+        params_before: before.backbone.params,
+        params_after: after.backbone.params,
+        kept_channel_fraction: kept_fraction,
+    })
+}
