@@ -19,9 +19,23 @@ reid_model::use_fast_allocator!();
     version,
     about = "Prune ResNet re-ID models and reproduce the paper's tables"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// With no subcommand: the default experiment on the synthetic benchmark.
+    #[command(flatten)]
+    default: DefaultArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct DefaultArgs {
+    /// The same grid with fewer images and epochs (about 5 minutes on 2 cores).
+    #[arg(long)]
+    quick: bool,
+    /// Where the data and run folders go (default runs/default, or runs/quick with --quick).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -148,6 +162,11 @@ struct PruneArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run an experiment grid (scenarios x criteria x levels, with baselines) from a TOML file.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Prune a model's filters for real (prune once or iteratively) and write a run folder.
     Prune(PruneArgs),
     /// Per-channel importance scores of the prunable convs.
@@ -236,7 +255,24 @@ fn main() -> Result<()> {
     reid_model::alloc::configure();
     let cli = Cli::parse();
     match cli.command {
-        None => baseline_costs(),
+        None => {
+            let out = cli.default.out.unwrap_or_else(|| {
+                PathBuf::from(if cli.default.quick {
+                    "runs/quick"
+                } else {
+                    "runs/default"
+                })
+            });
+            let cfg = reid_prune::default_run::default_experiment(&out, cli.default.quick)?;
+            run_experiment(cfg)
+        }
+        Some(Command::Run { config }) => {
+            let text = std::fs::read_to_string(&config)
+                .with_context(|| format!("reading {}", config.display()))?;
+            let cfg: reid_prune::scenario::ExperimentConfig = toml::from_str(&text)
+                .with_context(|| format!("{}: not a valid experiment config", config.display()))?;
+            run_experiment(cfg)
+        }
         Some(Command::Prune(a)) => {
             let cfg = reid_prune::prune_run::PruneConfig {
                 checkpoint: a.checkpoint,
@@ -540,44 +576,37 @@ fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Until the scenario runner lands, the bare command prints the cost side of the paper's
-/// Table 5: the unpruned baselines and the half-width ResNet-50 that pruning targets.
-fn baseline_costs() -> Result<()> {
+fn run_experiment(cfg: reid_prune::scenario::ExperimentConfig) -> Result<()> {
+    let start = std::time::Instant::now();
+    let cross = cfg.cross.as_ref().map(|c| {
+        c.root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| c.dataset.clone())
+    });
+    let mut runner = reid_prune::scenario::Runner::new(cfg.clone())?;
+    let cells = runner.run()?;
+    let table = reid_prune::scenario::render_table(&cells, cross.as_deref());
+    write_atomic_text(&cfg.out.join("summary.txt"), &table)?;
     println!(
-        "reid-prune {}: backbone cost at 256x128 (FLOPs = 2 x MACs)",
-        env!("CARGO_PKG_VERSION")
+        "\n{} on {} ({}), mAP and R-1 in %{}; speed-up = measured batch-32 latency of the first row / this row:",
+        cfg.name,
+        cfg.target.root.display(),
+        cfg.input,
+        cross.as_deref().map(|c| format!(", cross-domain R-1 on {c}")).unwrap_or_default()
     );
-    println!("{:<24} {:>10} {:>12}", "model", "GFLOPs", "params (M)");
-    let r50 = ArchSpec::resnet_with(50, 0, 1.0, 2, Neck::None)?;
-    let halves: Vec<(String, usize)> = r50
-        .prunable_convs()
-        .into_iter()
-        .map(|p| (p.conv, p.width / 2))
-        .collect();
-    let rows = [
-        (
-            "resnet18".to_string(),
-            ArchSpec::resnet_with(18, 0, 1.0, 2, Neck::None)?,
-        ),
-        (
-            "resnet34".to_string(),
-            ArchSpec::resnet_with(34, 0, 1.0, 2, Neck::None)?,
-        ),
-        ("resnet50".to_string(), r50.clone()),
-        (
-            "resnet50, half width".to_string(),
-            r50.with_conv_widths(&halves)?,
-        ),
-    ];
-    for (name, spec) in rows {
-        let c = complexity(&spec, 256, 128)?;
-        println!(
-            "{:<24} {:>10.3} {:>12.3}",
-            name,
-            c.backbone.flops() as f64 / 1e9,
-            c.backbone.params as f64 / 1e6
-        );
-    }
-    println!("\nThe pruning experiments (scenarios S1-S4) are not in this build yet; see `reid-prune --help`.");
+    print!("{table}");
+    println!(
+        "\n{} steps run, {} reused, {:.0} s. Run folders: {}/<scenario>/<criterion>-<level>/ (summary.txt there too)",
+        runner.steps_run,
+        runner.steps_reused,
+        start.elapsed().as_secs_f64(),
+        cfg.out.display()
+    );
+    Ok(())
+}
+
+fn write_atomic_text(path: &std::path::Path, text: &str) -> Result<()> {
+    reid_model::checkpoint::write_atomic(path, text.as_bytes())?;
     Ok(())
 }

@@ -53,6 +53,10 @@ pub struct PruneConfig {
     /// Base learning rate of retraining.
     pub retrain_lr: f64,
     pub batch_pk: String,
+    /// Retraining task: re-ID on a re-ID dataset, classification on a source (imagefolder) set.
+    pub retrain_task: reid_model::train::Task,
+    /// Batch size of classification retraining.
+    pub batch_size: usize,
     pub seed: u64,
     pub device: String,
     pub out: PathBuf,
@@ -77,6 +81,8 @@ impl Default for PruneConfig {
             retrain_epochs: 0,
             retrain_lr: 3.5e-4,
             batch_pk: "16x4".into(),
+            retrain_task: reid_model::train::Task::Reid,
+            batch_size: 64,
             seed: 0,
             device: "cpu".into(),
             out: PathBuf::from("runs/prune"),
@@ -225,6 +231,21 @@ pub fn run_prune(cfg: &PruneConfig, show_progress: bool) -> Result<PruneOutcome>
         _ => 1,
     };
     let mut current_parent = cfg.checkpoint.clone();
+    if let (Some(name), Some(root)) = (&cfg.dataset, &cfg.root) {
+        // Pruning on a dataset whose classes the classifier was not trained on (e.g. ImageNet
+        // weights pruned on re-ID data): give it a fresh classifier over the dataset's identities.
+        let classes = load_dataset(name, root)?.num_train_pids();
+        if classes != net.spec().num_classes {
+            let mut spec = net.spec().clone();
+            spec.num_classes = classes;
+            let t: HashMap<String, Tensor> = net
+                .state_dict()?
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with("classifier."))
+                .collect();
+            net = ReidNet::from_tensors_trainable(&spec, &t, &device, cfg.seed)?;
+        }
+    }
     for step in 0..steps {
         let level = cfg.level * (step + 1) as f64 / steps as f64;
         let data = if criterion.needs_data() {
@@ -262,6 +283,7 @@ pub fn run_prune(cfg: &PruneConfig, show_progress: bool) -> Result<PruneOutcome>
                 root: cfg.root.clone().unwrap_or_default(),
                 input: cfg.input.clone(),
                 batch_pk: cfg.batch_pk.clone(),
+                batch_size: cfg.batch_size,
                 seed: cfg.seed,
                 device: cfg.device.clone(),
                 out: step_dir.join("retrain"),
@@ -270,6 +292,7 @@ pub fn run_prune(cfg: &PruneConfig, show_progress: bool) -> Result<PruneOutcome>
                 ..RunConfig::default()
             };
             rc.train.epochs = cfg.retrain_epochs;
+            rc.train.task = cfg.retrain_task;
             // constant learning rate while retraining (the paper's schedule)
             rc.train.schedule.base_lr = cfg.retrain_lr;
             rc.train.schedule.warmup_epochs = 0;

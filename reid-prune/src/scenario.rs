@@ -1,0 +1,519 @@
+//! The experiment grid of the paper (Fig. 3): scenarios S1–S4 × criteria × compression levels,
+//! with the unpruned model and shallower baselines, evaluated on the target and cross-domain.
+//!
+//! Every step (pre-train, fine-tune, prune + retrain, evaluate) lives in a folder named by a hash
+//! of what it computes and of its parent, under `<out>/steps/`; a finished step has a `DONE`
+//! marker and is never recomputed, so an interrupted grid resumes where it stopped and steps
+//! shared by scenarios (the source-pruned model of S1 and S2, the fine-tuned model of S3) run once.
+//! Each grid cell gets a run folder `<out>/<scenario>/<criterion>-<level>/` (DESIGN.md).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use reid_model::checkpoint::{file_sha256, load_checkpoint, write_atomic};
+use reid_model::complexity::{complexity, parse_hw};
+use reid_model::train::schedule::{Decay, Schedule};
+
+use reid_model::train::Task;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::prune_run::{run_prune, PruneConfig};
+use crate::strategy::{Allocation, TargetKind};
+use crate::training::{eval_json, evaluate_on, run_training, RunConfig};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataRef {
+    pub dataset: String,
+    pub root: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExperimentConfig {
+    pub name: String,
+    pub out: PathBuf,
+    pub device: String,
+    pub seed: u64,
+    /// HEIGHTxWIDTH of every step.
+    pub input: String,
+    pub arch: String,
+    pub width_mult: f64,
+    /// Shallower baselines trained the same way (e.g. resnet18, resnet34).
+    pub baselines: Vec<String>,
+    /// ImageNet weights (hub id or path) instead of pre-training on `source`.
+    pub pretrained: Option<String>,
+    /// Pre-training / source-pruning data (classification, e.g. an imagefolder).
+    pub source: DataRef,
+    /// The re-ID target.
+    pub target: DataRef,
+    /// A second re-ID set every final model is also tested on.
+    pub cross: Option<DataRef>,
+    pub scenarios: Vec<String>,
+    pub criteria: Vec<String>,
+    /// Compression levels: name → fraction of FLOPs removed.
+    pub levels: BTreeMap<String, f64>,
+    pub allocation: Allocation,
+    /// Iterative pruning step (fraction of the level per step); None = prune once.
+    pub prune_step: Option<f64>,
+    pub pretrain_epochs: usize,
+    pub finetune_epochs: usize,
+    pub retrain_epochs: usize,
+    pub batch_pk: String,
+    pub batch_size: usize,
+    pub lr: f64,
+}
+
+impl Default for ExperimentConfig {
+    fn default() -> Self {
+        Self {
+            name: "experiment".into(),
+            out: PathBuf::from("runs/experiment"),
+            device: "cpu".into(),
+            seed: 0,
+            input: "256x128".into(),
+            arch: "resnet50".into(),
+            width_mult: 1.0,
+            baselines: vec!["resnet18".into(), "resnet34".into()],
+            pretrained: None,
+            source: DataRef {
+                dataset: "imagefolder".into(),
+                root: PathBuf::from("data/source"),
+            },
+            target: DataRef {
+                dataset: "market1501".into(),
+                root: PathBuf::from("data"),
+            },
+            cross: None,
+            scenarios: vec!["S1".into(), "S2".into(), "S3".into(), "S4".into()],
+            criteria: vec!["l1".into(), "taylor".into(), "entropy".into()],
+            levels: BTreeMap::from([("C1".to_string(), 0.5), ("C2".to_string(), 2.0 / 3.0)]),
+            allocation: Allocation::Layerwise,
+            prune_step: None,
+            pretrain_epochs: 30,
+            finetune_epochs: 60,
+            retrain_epochs: 10,
+            batch_pk: "16x4".into(),
+            batch_size: 64,
+            lr: 3.5e-4,
+        }
+    }
+}
+
+/// One grid cell's result.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CellResult {
+    pub scenario: String,
+    pub criterion: String,
+    pub level: String,
+    pub backbone: String,
+    pub macs: u64,
+    pub params: u64,
+    pub target: serde_json::Value,
+    pub cross: Option<serde_json::Value>,
+    pub latency_ms_batch1: f64,
+    pub latency_ms_batch32: f64,
+    pub folder: PathBuf,
+}
+
+pub struct Runner {
+    pub cfg: ExperimentConfig,
+    device: Device,
+    started: Instant,
+    pub steps_run: usize,
+    pub steps_reused: usize,
+}
+
+fn short_hash(v: &serde_json::Value) -> String {
+    let d = Sha256::digest(v.to_string().as_bytes());
+    d.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+impl Runner {
+    pub fn new(cfg: ExperimentConfig) -> Result<Self> {
+        let device = reid_model::device::parse_device(&cfg.device)?;
+        Ok(Self {
+            cfg,
+            device,
+            started: Instant::now(),
+            steps_run: 0,
+            steps_reused: 0,
+        })
+    }
+
+    fn log(&self, msg: &str) {
+        eprintln!("[{:>6.0} s] {msg}", self.started.elapsed().as_secs_f64());
+    }
+
+    /// Run `f` in the step folder for `key` unless it finished before.
+    fn step(
+        &mut self,
+        kind: &str,
+        key: serde_json::Value,
+        f: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<PathBuf> {
+        let dir = self
+            .cfg
+            .out
+            .join("steps")
+            .join(format!("{kind}-{}", short_hash(&key)));
+        if dir.join("DONE").is_file() {
+            self.steps_reused += 1;
+            return Ok(dir);
+        }
+        if dir.exists() {
+            // an interrupted step: start it again from nothing
+            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        write_atomic(
+            &dir.join("step.json"),
+            serde_json::to_string_pretty(&key)?.as_bytes(),
+        )?;
+        self.log(&format!("{kind}: {}", key));
+        f(&dir).with_context(|| format!("step {kind} in {}", dir.display()))?;
+        write_atomic(&dir.join("DONE"), b"")?;
+        self.steps_run += 1;
+        Ok(dir)
+    }
+
+    fn train_config(&self, data: &DataRef, task: Task, epochs: usize, out: &Path) -> RunConfig {
+        let mut rc = RunConfig {
+            dataset: data.dataset.clone(),
+            root: data.root.clone(),
+            arch: self.cfg.arch.clone(),
+            width_mult: self.cfg.width_mult,
+            input: self.cfg.input.clone(),
+            batch_pk: self.cfg.batch_pk.clone(),
+            batch_size: self.cfg.batch_size,
+            seed: self.cfg.seed,
+            device: self.cfg.device.clone(),
+            out: out.to_path_buf(),
+            evaluate: false,
+            ..RunConfig::default()
+        };
+        rc.train.task = task;
+        rc.train.epochs = epochs;
+        rc.train.schedule = Schedule {
+            base_lr: self.cfg.lr,
+            warmup_epochs: (epochs / 5).min(10),
+            warmup_factor: 0.1,
+            decay: Decay::Cosine {
+                min_lr: self.cfg.lr * 0.01,
+            },
+        };
+        if task == Task::Classify {
+            rc.train.label_smoothing = 0.1;
+        }
+        rc
+    }
+
+    fn train(
+        &mut self,
+        kind: &str,
+        rc_key: serde_json::Value,
+        mut rc: RunConfig,
+    ) -> Result<PathBuf> {
+        let dir = self.step(kind, rc_key, |dir| {
+            rc.out = dir.to_path_buf();
+            run_training(&rc, true, Arc::new(AtomicBool::new(false)), true)?;
+            Ok(())
+        })?;
+        Ok(dir.join("model.safetensors"))
+    }
+
+    /// Pre-train `arch` on the source (classification), or load ImageNet weights.
+    pub fn pretrain(&mut self, arch: &str) -> Result<PathBuf> {
+        let mut rc = self.train_config(
+            &self.cfg.source.clone(),
+            Task::Classify,
+            self.cfg.pretrain_epochs,
+            Path::new(""),
+        );
+        rc.arch = arch.to_string();
+        rc.pretrained = self
+            .cfg
+            .pretrained
+            .clone()
+            .filter(|_| arch == self.cfg.arch);
+        let key = serde_json::json!({"arch": arch, "width_mult": rc.width_mult, "data": self.cfg.source, "epochs": rc.train.epochs,
+                                     "input": rc.input, "seed": rc.seed, "lr": self.cfg.lr, "pretrained": rc.pretrained});
+        self.train("pretrain", key, rc)
+    }
+
+    /// Fine-tune `parent` on the target (re-ID).
+    pub fn finetune(&mut self, parent: &Path) -> Result<PathBuf> {
+        let mut rc = self.train_config(
+            &self.cfg.target.clone(),
+            Task::Reid,
+            self.cfg.finetune_epochs,
+            Path::new(""),
+        );
+        rc.init_checkpoint = Some(parent.to_path_buf());
+        let key = serde_json::json!({"parent": file_sha256(parent)?, "data": self.cfg.target, "epochs": rc.train.epochs,
+                                     "input": rc.input, "seed": rc.seed, "lr": self.cfg.lr});
+        self.train("finetune", key, rc)
+    }
+
+    /// Prune `parent` to `level` on the source (classification retraining) or the target.
+    pub fn prune(
+        &mut self,
+        parent: &Path,
+        criterion: &str,
+        level: f64,
+        on_source: bool,
+    ) -> Result<PathBuf> {
+        let data = if on_source {
+            self.cfg.source.clone()
+        } else {
+            self.cfg.target.clone()
+        };
+        let pc = PruneConfig {
+            checkpoint: parent.to_path_buf(),
+            criterion: criterion.to_string(),
+            level,
+            target: TargetKind::Flops,
+            allocation: self.cfg.allocation,
+            input: self.cfg.input.clone(),
+            dataset: Some(data.dataset.clone()),
+            root: Some(data.root.clone()),
+            score_images: 128,
+            step: self.cfg.prune_step,
+            retrain_epochs: self.cfg.retrain_epochs,
+            retrain_lr: self.cfg.lr,
+            batch_pk: self.cfg.batch_pk.clone(),
+            retrain_task: if on_source {
+                Task::Classify
+            } else {
+                Task::Reid
+            },
+            batch_size: self.cfg.batch_size,
+            seed: self.cfg.seed,
+            device: self.cfg.device.clone(),
+            ..PruneConfig::default()
+        };
+        let key = serde_json::json!({"parent": file_sha256(parent)?, "criterion": criterion, "level": level, "data": data,
+                                     "allocation": pc.allocation, "step": pc.step, "retrain": pc.retrain_epochs, "lr": self.cfg.lr,
+                                     "input": pc.input, "seed": pc.seed});
+        let dir = self.step("prune", key, |dir| {
+            run_prune(
+                &PruneConfig {
+                    out: dir.to_path_buf(),
+                    ..pc
+                },
+                true,
+            )?;
+            Ok(())
+        })?;
+        Ok(dir.join("model.safetensors"))
+    }
+
+    /// Evaluate a model on a re-ID set (cached beside the step).
+    pub fn evaluate(&mut self, model: &Path, data: &DataRef) -> Result<serde_json::Value> {
+        let key = serde_json::json!({"model": file_sha256(model)?, "data": data, "input": self.cfg.input});
+        let (h, w) = parse_hw(&self.cfg.input)?;
+        let device = self.device.clone();
+        let model = model.to_path_buf();
+        let data2 = data.clone();
+        let dir = self.step("eval", key, move |dir| {
+            let net = load_checkpoint(&model, &device, false)?.net;
+            let ds = reid_data::datasets::load(&data2.dataset, &data2.root)?;
+            let m = evaluate_on(&net, &ds, &reid_data::Preprocess::imagenet(h, w), false)?;
+            write_atomic(
+                &dir.join("eval.json"),
+                serde_json::to_string_pretty(&eval_json(&m))?.as_bytes(),
+            )?;
+            Ok(())
+        })?;
+        let text = std::fs::read_to_string(dir.join("eval.json"))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// Measured inference latency (ms per batch) with BN folded, batch 1 and 32.
+    fn latency(&self, model: &Path) -> Result<(f64, f64)> {
+        let (h, w) = parse_hw(&self.cfg.input)?;
+        let net = load_checkpoint(model, &self.device, false)?.net.fold_bn()?;
+        let mut out = [0.0; 2];
+        for (i, b) in [1usize, 32].into_iter().enumerate() {
+            let x = Tensor::randn(0f32, 1.0, (b, 3, h, w), &self.device)?;
+            net.forward_t(&x, false)?;
+            let mut t = Vec::new();
+            for _ in 0..3 {
+                let s = Instant::now();
+                net.forward_t(&x, false)?;
+                t.push(s.elapsed().as_secs_f64() * 1e3);
+            }
+            t.sort_by(|a, b| a.total_cmp(b));
+            out[i] = t[1];
+        }
+        Ok((out[0], out[1]))
+    }
+
+    /// Evaluate a final model and write its grid-cell run folder.
+    fn cell(
+        &mut self,
+        scenario: &str,
+        criterion: &str,
+        level: &str,
+        model: &Path,
+    ) -> Result<CellResult> {
+        let target = self.evaluate(model, &self.cfg.target.clone())?;
+        let cross = match self.cfg.cross.clone() {
+            Some(c) => Some(self.evaluate(model, &c)?),
+            None => None,
+        };
+        let ck = load_checkpoint(model, &Device::Cpu, false)?;
+        let (h, w) = parse_hw(&self.cfg.input)?;
+        let c = complexity(ck.net.spec(), h, w)?;
+        let (b1, b32) = self.latency(model)?;
+        let folder = self
+            .cfg
+            .out
+            .join(scenario)
+            .join(format!("{criterion}-{level}"));
+        std::fs::create_dir_all(&folder)?;
+        std::fs::copy(model, folder.join("model.safetensors"))?;
+        let mut eval = serde_json::json!({ self.cfg.target.dataset.clone(): target.clone() });
+        if let (Some(cd), Some(cv)) = (&self.cfg.cross, &cross) {
+            let key = if cd.dataset == self.cfg.target.dataset {
+                format!("{}-cross", cd.dataset)
+            } else {
+                cd.dataset.clone()
+            };
+            eval[key] = cv.clone();
+        }
+        let kept: usize = ck.net.spec().prunable_convs().iter().map(|l| l.width).sum();
+        let base = reid_model::ArchSpec::from_name(&ck.net.spec().name(), 0)?;
+        let base = reid_model::ArchSpec::resnet_with(
+            base.depth,
+            0,
+            ck.net.spec().width_mult,
+            ck.net.spec().last_stride,
+            reid_model::Neck::None,
+        )?;
+        let all: usize = base.prunable_convs().iter().map(|l| l.width).sum();
+        let metrics = serde_json::json!({
+            "experiment": self.cfg.name, "scenario": scenario, "criterion": criterion, "level": level,
+            "backbone": ck.net.spec().name(), "parent": ck.provenance.parent,
+            "macs": c.backbone.macs, "params": c.backbone.params, "kept_channel_fraction": kept as f64 / all as f64,
+            "latency_ms": {self.cfg.device.clone(): {"batch1": b1, "batch32": b32}},
+            "eval": eval,
+            "tool_version": env!("CARGO_PKG_VERSION"),
+        });
+        write_atomic(
+            &folder.join("metrics.json"),
+            serde_json::to_string_pretty(&metrics)?.as_bytes(),
+        )?;
+        write_atomic(
+            &folder.join("config.toml"),
+            toml::to_string_pretty(&self.cfg)?.as_bytes(),
+        )?;
+        Ok(CellResult {
+            scenario: scenario.into(),
+            criterion: criterion.into(),
+            level: level.into(),
+            backbone: ck.net.spec().name(),
+            macs: c.backbone.macs,
+            params: c.backbone.params,
+            target,
+            cross,
+            latency_ms_batch1: b1,
+            latency_ms_batch32: b32,
+            folder,
+        })
+    }
+
+    /// Run the whole grid; returns one result per cell (baselines first).
+    pub fn run(&mut self) -> Result<Vec<CellResult>> {
+        let cfg = self.cfg.clone();
+        std::fs::create_dir_all(&cfg.out)?;
+        write_atomic(
+            &cfg.out.join("experiment.toml"),
+            toml::to_string_pretty(&cfg)?.as_bytes(),
+        )?;
+        let mut cells = Vec::new();
+        let pre = self.pretrain(&cfg.arch)?;
+        let tuned = self.finetune(&pre)?;
+        cells.push(self.cell("baseline", &cfg.arch, "full", &tuned)?);
+        for b in &cfg.baselines {
+            let p = self.pretrain(b)?;
+            let t = self.finetune(&p)?;
+            cells.push(self.cell("baseline", b, "full", &t)?);
+        }
+        for scenario in &cfg.scenarios {
+            for criterion in &cfg.criteria {
+                if matches!(criterion.as_str(), "psfp" | "auto-balanced") {
+                    self.log(&format!("{scenario} {criterion}: skipped (its training-time strategy is not implemented yet)"));
+                    continue;
+                }
+                for (lname, &level) in &cfg.levels {
+                    let model = match scenario.as_str() {
+                        "S1" => {
+                            let p = self.prune(&pre, criterion, level, true)?;
+                            self.finetune(&p)?
+                        }
+                        "S2" => {
+                            // the FLOPs reduction split geometrically: (1 − h)² = 1 − level, h on
+                            // the source, then h of what is left on the target
+                            let half = 1.0 - (1.0 - level).sqrt();
+                            let p = self.prune(&pre, criterion, half, true)?;
+                            let t = self.finetune(&p)?;
+                            self.prune(&t, criterion, half, false)?
+                        }
+                        "S3" => self.prune(&tuned, criterion, level, false)?,
+                        "S4" => self.prune(&pre, criterion, level, false)?,
+                        other => {
+                            anyhow::bail!("unknown scenario '{other}': expected S1, S2, S3 or S4")
+                        }
+                    };
+                    cells.push(self.cell(scenario, criterion, lname, &model)?);
+                }
+            }
+        }
+        Ok(cells)
+    }
+}
+
+/// The summary table (Table 6 layout): one row per cell.
+pub fn render_table(cells: &[CellResult], cross: Option<&str>) -> String {
+    let base = cells.first();
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN) * 100.0;
+    let mut s = format!(
+        "{:<9} {:<10} {:<5} {:>7} {:>8} {:>7} {:>7} {:>9} {:>8}\n",
+        "scenario",
+        "criterion",
+        "level",
+        "GFLOPs",
+        "params M",
+        "mAP",
+        "R-1",
+        if cross.is_some() { "R-1 cross" } else { "" },
+        "speed-up"
+    );
+    for c in cells {
+        let speed = base
+            .map(|b| b.latency_ms_batch32 / c.latency_ms_batch32)
+            .unwrap_or(1.0);
+        s.push_str(&format!(
+            "{:<9} {:<10} {:<5} {:>7.3} {:>8.2} {:>7.2} {:>7.2} {:>9} {:>7.2}x\n",
+            c.scenario,
+            c.criterion,
+            c.level,
+            2.0 * c.macs as f64 / 1e9,
+            c.params as f64 / 1e6,
+            f(&c.target, "mAP"),
+            f(&c.target, "rank1"),
+            c.cross
+                .as_ref()
+                .map(|v| format!("{:.2}", f(v, "rank1")))
+                .unwrap_or_default(),
+            speed
+        ));
+    }
+    s
+}
