@@ -408,6 +408,10 @@ pub fn run_training(
             });
         }
     }
+    if !out.join("model.safetensors").is_file() {
+        // zero epochs (e.g. ImageNet weights used as they are): the run's model is the start
+        save_state(out, &net, &trainer, &prov, epochs, 0)?;
+    }
     let wall_s = started.elapsed().as_secs_f64();
     let metrics = if cfg.evaluate && cfg.train.task == Task::Reid && !ds.query.is_empty() {
         Some(evaluate_on(&net, &ds, &pre, show_progress)?)

@@ -1,0 +1,99 @@
+//! The experiment grid: a tiny grid runs end to end, and a rerun repeats no finished step.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use reid_data::synth::{generate, SynthConfig, SynthLayout};
+use reid_prune::scenario::{DataRef, ExperimentConfig, Runner};
+
+fn synth(dir: &Path, domain: &str, layout: SynthLayout) {
+    let cfg = SynthConfig {
+        domain: domain.into(),
+        ids: 12,
+        cams: 3,
+        per_cam: 3,
+        seed: 2,
+        height: 64,
+        width: 32,
+        difficulty: 0.5,
+        layout,
+    };
+    generate(&cfg, dir, |_| {}).unwrap();
+}
+
+#[test]
+fn tiny_grid_runs_and_resumes_without_repeating_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    synth(
+        &tmp.path().join("source"),
+        "source",
+        SynthLayout::ImageFolder,
+    );
+    synth(&tmp.path().join("target"), "target", SynthLayout::Market);
+    let cfg = ExperimentConfig {
+        name: "tiny".into(),
+        out: tmp.path().join("runs"),
+        input: "64x32".into(),
+        arch: "resnet18".into(),
+        width_mult: 0.125,
+        baselines: vec![],
+        source: DataRef {
+            dataset: "imagefolder".into(),
+            root: tmp.path().join("source"),
+        },
+        target: DataRef {
+            dataset: "market1501".into(),
+            root: tmp.path().join("target"),
+        },
+        cross: None,
+        scenarios: vec!["S1".into(), "S3".into()],
+        criteria: vec!["l1".into()],
+        levels: BTreeMap::from([("C1".to_string(), 0.5)]),
+        pretrain_epochs: 1,
+        finetune_epochs: 1,
+        retrain_epochs: 1,
+        batch_pk: "4x2".into(),
+        batch_size: 16,
+        ..ExperimentConfig::default()
+    };
+    let mut first = Runner::new(cfg.clone()).unwrap();
+    let cells = first.run().unwrap();
+    assert_eq!(cells.len(), 3, "baseline + S1 + S3");
+    assert!(first.steps_run > 0);
+    let base = &cells[0];
+    for c in &cells[1..] {
+        let ratio = c.macs as f64 / base.macs as f64;
+        assert!(
+            (ratio - 0.5).abs() < 0.05,
+            "{} at {ratio} of the FLOPs",
+            c.scenario
+        );
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(c.folder.join("metrics.json")).unwrap())
+                .unwrap();
+        assert_eq!(m["scenario"], c.scenario.as_str());
+        assert!(m["eval"]["market1501"]["rank1"].as_f64().is_some());
+        assert!(m["latency_ms"]["cpu"]["batch32"].as_f64().unwrap() > 0.0);
+    }
+    // a rerun (as after a crash) finds every step done
+    let mut again = Runner::new(cfg).unwrap();
+    let cells2 = again.run().unwrap();
+    assert_eq!(again.steps_run, 0);
+    assert_eq!(cells2.len(), 3);
+}
+
+#[test]
+fn shipped_configs_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let cfg: ExperimentConfig = toml::from_str(&std::fs::read_to_string(&p).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            assert!(!cfg.levels.is_empty());
+            n += 1;
+        }
+    }
+    assert!(n >= 1);
+}
