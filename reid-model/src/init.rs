@@ -54,19 +54,37 @@ fn normal_tensor(shape: &[usize], std: f64, seed: u64, device: &Device) -> Resul
     Ok(Tensor::from_vec(data, shape, device)?)
 }
 
+/// Choices of the initialisation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InitOptions {
+    /// γ = 0 in the last BN of every residual block, so each block starts as the identity
+    /// (Goyal et al.; torchvision's `zero_init_residual`): deep nets trained from scratch converge
+    /// faster.
+    pub zero_init_residual: bool,
+}
+
+/// The BN after the last conv of a residual branch (`layerS.B.bn2` basic, `.bn3` bottleneck).
+fn is_last_branch_bn(spec: &ArchSpec, name: &str) -> bool {
+    let last = format!(".bn{}.weight", spec.block.num_convs());
+    name.starts_with("layer") && name.ends_with(&last)
+}
+
 /// Initial value of every tensor of `spec` that `existing` lacks.
 pub fn init_missing(
     spec: &ArchSpec,
     existing: &HashMap<String, Tensor>,
     seed: u64,
     device: &Device,
+    options: InitOptions,
 ) -> Result<HashMap<String, Tensor>> {
     let mut out = HashMap::new();
     for (name, shape) in spec.expected_tensors() {
         if existing.contains_key(&name) {
             continue;
         }
-        let t = if name == "classifier.weight" {
+        let t = if options.zero_init_residual && is_last_branch_bn(spec, &name) {
+            Tensor::zeros(shape.as_slice(), candle_core::DType::F32, device)?
+        } else if name == "classifier.weight" {
             normal_tensor(&shape, 0.001, tensor_seed(seed, &name), device)?
         } else if shape.len() == 4 {
             let fan_out = (shape[0] * shape[2] * shape[3]) as f64;
@@ -103,5 +121,30 @@ mod tests {
         let mut a = SplitMix64::new(7);
         let mut b = SplitMix64::new(7);
         assert_eq!(a.next_u64(), b.next_u64());
+    }
+}
+
+#[cfg(test)]
+mod zero_residual_tests {
+    use super::*;
+
+    #[test]
+    fn zero_init_residual_zeroes_only_the_last_branch_bn() {
+        let spec = ArchSpec::resnet_with(50, 3, 0.125, 1, crate::arch::Neck::BnNeck).unwrap();
+        let t = init_missing(
+            &spec,
+            &HashMap::new(),
+            0,
+            &Device::Cpu,
+            InitOptions {
+                zero_init_residual: true,
+            },
+        )
+        .unwrap();
+        let sum = |k: &str| t[k].sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(sum("layer2.1.bn3.weight"), 0.0);
+        assert!(sum("layer2.1.bn2.weight") > 0.0);
+        assert!(sum("layer2.0.downsample.1.weight") > 0.0);
+        assert!(sum("bn1.weight") > 0.0);
     }
 }

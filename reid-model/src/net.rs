@@ -215,6 +215,16 @@ impl ReidNet {
         Self::from_tensors_trainable(spec, &HashMap::new(), device, seed)
     }
 
+    /// A freshly initialised, trainable network with initialisation options.
+    pub fn new_with(
+        spec: &ArchSpec,
+        device: &Device,
+        seed: u64,
+        options: crate::init::InitOptions,
+    ) -> Result<Self> {
+        Self::build_trainable(spec, &HashMap::new(), device, seed, options)
+    }
+
     /// A trainable network whose tensors come from `tensors` (names as in [`ArchSpec::expected_tensors`]);
     /// tensors the map lacks are initialised from `seed` (e.g. the re-ID head on ImageNet weights).
     pub fn from_tensors_trainable(
@@ -223,8 +233,18 @@ impl ReidNet {
         device: &Device,
         seed: u64,
     ) -> Result<Self> {
+        Self::build_trainable(spec, tensors, device, seed, Default::default())
+    }
+
+    fn build_trainable(
+        spec: &ArchSpec,
+        tensors: &HashMap<String, Tensor>,
+        device: &Device,
+        seed: u64,
+        options: crate::init::InitOptions,
+    ) -> Result<Self> {
         spec.validate()?;
-        let fresh = crate::init::init_missing(spec, tensors, seed, device)?;
+        let fresh = crate::init::init_missing(spec, tensors, seed, device, options)?;
         let varmap = VarMap::new();
         {
             let mut data = varmap

@@ -242,7 +242,8 @@ impl Runner {
             .clone()
             .filter(|_| arch == self.cfg.arch);
         let key = serde_json::json!({"arch": arch, "width_mult": rc.width_mult, "data": self.cfg.source, "epochs": rc.train.epochs,
-                                     "input": rc.input, "seed": rc.seed, "lr": self.cfg.lr, "pretrained": rc.pretrained});
+                                     "input": rc.input, "seed": rc.seed, "lr": self.cfg.lr, "pretrained": rc.pretrained,
+                                     "zero_init_residual": rc.zero_init_residual});
         self.train("pretrain", key, rc)
     }
 

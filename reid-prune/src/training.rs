@@ -51,6 +51,8 @@ pub struct RunConfig {
     /// A reid-prune checkpoint to start from (its classifier is replaced when the classes differ).
     pub init_checkpoint: Option<PathBuf>,
     pub augment: Augment,
+    /// From-scratch training: start every residual block as the identity (γ = 0 in its last BN).
+    pub zero_init_residual: bool,
     /// Evaluate on query/gallery after training (re-ID datasets).
     pub evaluate: bool,
     /// Stop (as Ctrl-C would: checkpoint, then exit) after this many batches. For tests.
@@ -75,6 +77,7 @@ impl Default for RunConfig {
             pretrained: None,
             init_checkpoint: None,
             augment: Augment::default(),
+            zero_init_residual: true,
             evaluate: true,
             stop_after_batches: None,
             train: TrainConfig::default(),
@@ -141,7 +144,10 @@ fn build_net(cfg: &RunConfig, num_classes: usize, device: &Device) -> Result<Rei
         cfg.last_stride,
         Neck::BnNeck,
     )?;
-    Ok(ReidNet::new(&spec, device, cfg.seed)?)
+    let init = reid_model::init::InitOptions {
+        zero_init_residual: cfg.zero_init_residual,
+    };
+    Ok(ReidNet::new_with(&spec, device, cfg.seed, init)?)
 }
 
 fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
