@@ -67,6 +67,46 @@ pub fn render(c: &Complexity, per_layer: bool) -> String {
     s
 }
 
+/// Kept width of every prunable conv against the unpruned architecture of the same family.
+pub fn render_widths(spec: &reid_model::ArchSpec) -> reid_model::Result<String> {
+    let full = reid_model::ArchSpec::resnet_with(
+        spec.depth,
+        0,
+        spec.width_mult,
+        spec.last_stride,
+        spec.neck,
+    )?;
+    let original: std::collections::BTreeMap<String, usize> = full
+        .prunable_convs()
+        .into_iter()
+        .map(|p| (p.conv, p.width))
+        .collect();
+    let mut s = String::from("kept widths of the prunable convs:\n");
+    let (mut kept, mut all) = (0, 0);
+    for p in spec.prunable_convs() {
+        let o = original.get(&p.conv).copied().unwrap_or(p.width);
+        kept += p.width;
+        all += o;
+        let _ = writeln!(
+            s,
+            "  {:<16} {:>5} / {:<5} {:>5.1}%",
+            p.conv,
+            p.width,
+            o,
+            100.0 * p.width as f64 / o as f64
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  {:<16} {:>5} / {:<5} {:>5.1}%",
+        "all",
+        kept,
+        all,
+        100.0 * kept as f64 / all.max(1) as f64
+    );
+    Ok(s)
+}
+
 /// JSON form: `{"backbone": {"macs", "params", "flops"}, "head": ..., "total": ..., "layers": [...]}`.
 pub fn to_json(c: &Complexity) -> serde_json::Value {
     let part = |t: reid_model::complexity::Totals| serde_json::json!({"macs": t.macs, "flops": t.flops(), "params": t.params});

@@ -509,6 +509,9 @@ fn main() -> Result<()> {
                 }
             };
             let c = complexity(&spec, h, w)?;
+            if checkpoint.is_some() && !json {
+                print!("{}", flops::render_widths(&spec)?);
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&flops::to_json(&c))?);
             } else {
