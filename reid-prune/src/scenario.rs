@@ -429,7 +429,8 @@ impl Runner {
         })
     }
 
-    /// Run the whole grid; returns one result per cell (baselines first).
+    /// Run the whole grid; returns one result per cell (the fine-tuned unpruned model first, then
+    /// the same model before fine-tuning, the shallower baselines, and the scenario cells).
     pub fn run(&mut self) -> Result<Vec<CellResult>> {
         let cfg = self.cfg.clone();
         std::fs::create_dir_all(&cfg.out)?;
@@ -441,6 +442,8 @@ impl Runner {
         let pre = self.pretrain(&cfg.arch)?;
         let tuned = self.finetune(&pre)?;
         cells.push(self.cell("baseline", &cfg.arch, "full", &tuned)?);
+        // the source model before fine-tuning: how much the domain shift costs
+        cells.push(self.cell("source", &cfg.arch, "full", &pre)?);
         for b in &cfg.baselines {
             let p = self.pretrain(b)?;
             let t = self.finetune(&p)?;

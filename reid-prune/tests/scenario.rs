@@ -58,10 +58,11 @@ fn tiny_grid_runs_and_resumes_without_repeating_steps() {
     };
     let mut first = Runner::new(cfg.clone()).unwrap();
     let cells = first.run().unwrap();
-    assert_eq!(cells.len(), 3, "baseline + S1 + S3");
+    assert_eq!(cells.len(), 4, "baseline + source-only + S1 + S3");
+    assert_eq!(cells[1].scenario, "source");
     assert!(first.steps_run > 0);
     let base = &cells[0];
-    for c in &cells[1..] {
+    for c in &cells[2..] {
         let ratio = c.macs as f64 / base.macs as f64;
         assert!(
             (ratio - 0.5).abs() < 0.05,
@@ -79,7 +80,7 @@ fn tiny_grid_runs_and_resumes_without_repeating_steps() {
     let mut again = Runner::new(cfg).unwrap();
     let cells2 = again.run().unwrap();
     assert_eq!(again.steps_run, 0);
-    assert_eq!(cells2.len(), 3);
+    assert_eq!(cells2.len(), 4);
 }
 
 #[test]
