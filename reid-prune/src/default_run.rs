@@ -1,6 +1,6 @@
 //! The default experiment: the paper's grid in miniature on the synthetic benchmark, on CPU.
 //! Generates the source (pre-training) and two target domains if absent, then runs S1–S4 ×
-//! {l1, taylor, entropy} at C1 ≈ ½ and C2 ≈ ⅓ of the FLOPs with the baselines.
+//! {l1, taylor, entropy, auto-balanced, psfp (reported as skipped)} at C1 ≈ ½ and C2 ≈ ⅓ of the FLOPs with the baselines.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -123,7 +123,13 @@ pub fn default_experiment(out: &Path, quick: bool) -> Result<ExperimentConfig> {
             dataset: "market1501".into(),
             root: data.join("target-b"),
         }),
-        criteria: vec!["l1".into(), "taylor".into(), "entropy".into()],
+        criteria: vec![
+            "l1".into(),
+            "taylor".into(),
+            "entropy".into(),
+            "auto-balanced".into(),
+            "psfp".into(),
+        ],
         levels: BTreeMap::from([("C1".to_string(), 0.5), ("C2".to_string(), 2.0 / 3.0)]),
         pretrain_epochs: p.pretrain_epochs,
         finetune_epochs: p.finetune_epochs,

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::criterion::{by_name, ScoreData};
 use crate::strategy::{plan, Allocation, PruneTarget, TargetKind};
 use crate::surgery::apply;
-use crate::training::{run_training, RunConfig};
+use crate::training::{run_training, run_training_with, RunConfig};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -60,6 +60,8 @@ pub struct PruneConfig {
     pub seed: u64,
     pub device: String,
     pub out: PathBuf,
+    /// α of the auto-balanced regulariser.
+    pub balance_alpha: f64,
 }
 
 impl Default for PruneConfig {
@@ -86,6 +88,7 @@ impl Default for PruneConfig {
             seed: 0,
             device: "cpu".into(),
             out: PathBuf::from("runs/prune"),
+            balance_alpha: 1e-3,
         }
     }
 }
@@ -181,6 +184,32 @@ fn score_data(cfg: &PruneConfig, net: &ReidNet, device: &Device) -> Result<Optio
     Ok(Some(ScoreData { batches }))
 }
 
+/// Retraining after (or, for auto-balanced, before) a cut: constant learning rate, as the paper.
+fn retrain_config(cfg: &PruneConfig, start: &Path, out: &Path) -> RunConfig {
+    let mut rc = RunConfig {
+        dataset: cfg.dataset.clone().unwrap_or_default(),
+        root: cfg.root.clone().unwrap_or_default(),
+        input: cfg.input.clone(),
+        batch_pk: cfg.batch_pk.clone(),
+        batch_size: cfg.batch_size,
+        seed: cfg.seed,
+        device: cfg.device.clone(),
+        out: out.to_path_buf(),
+        init_checkpoint: Some(start.to_path_buf()),
+        evaluate: false,
+        ..RunConfig::default()
+    };
+    rc.train.epochs = cfg.retrain_epochs;
+    rc.train.task = cfg.retrain_task;
+    rc.train.schedule.base_lr = cfg.retrain_lr;
+    rc.train.schedule.warmup_epochs = 0;
+    rc.train.schedule.decay = reid_model::train::schedule::Decay::Step {
+        milestones: vec![],
+        gamma: 1.0,
+    };
+    rc
+}
+
 /// Outcome of a pruning run.
 #[derive(Debug)]
 pub struct PruneOutcome {
@@ -194,12 +223,15 @@ pub struct PruneOutcome {
 
 /// Prune `cfg.checkpoint` into `cfg.out`.
 pub fn run_prune(cfg: &PruneConfig, show_progress: bool) -> Result<PruneOutcome> {
-    if matches!(cfg.criterion.as_str(), "psfp" | "auto-balanced") {
+    if cfg.criterion == "psfp" {
         bail!(
-            "criterion '{}' needs its training-time strategy (soft / regularised pruning), which this version does not have yet; \
-             use l1, l2, fpgm, bn-gamma, taylor, entropy or random",
-            cfg.criterion
+            "criterion 'psfp' needs its training-time strategy (progressive soft pruning), which this version does not have yet; \
+             use l1, l2, fpgm, bn-gamma, taylor, entropy, random or auto-balanced"
         );
+    }
+    let balanced = cfg.criterion == "auto-balanced";
+    if balanced && cfg.retrain_epochs == 0 {
+        bail!("auto-balanced prunes after a regularised retraining: give --dataset, --root and --retrain-epochs");
     }
     let criterion = by_name(&cfg.criterion, cfg.seed)?;
     let device = reid_model::device::parse_device(&cfg.device)?;
@@ -261,6 +293,33 @@ pub fn run_prune(cfg: &PruneConfig, show_progress: bool) -> Result<PruneOutcome>
         }
         let scores = criterion.scores(&net, &net.prunable_convs(), data.as_ref())?;
         let p = plan(net.spec(), &base, &scores, &PruneTarget { level, ..target })?;
+        let step_dir = if steps > 1 {
+            cfg.out.join(format!("step{:02}", step + 1))
+        } else {
+            cfg.out.clone()
+        };
+        std::fs::create_dir_all(&step_dir)?;
+        if balanced {
+            // regularised retraining of the unpruned net first, then the cut
+            let start = step_dir.join("unpruned.safetensors");
+            save_checkpoint(&net, &start, &parent_prov)?;
+            let reg = crate::criterion::auto_balanced::BalancedRegularizer::new(
+                &net,
+                &scores,
+                &p,
+                cfg.balance_alpha,
+            )?;
+            let rc = retrain_config(cfg, &start, &step_dir.join("regularised"));
+            let penalty = move |n: &ReidNet| reg.loss(n);
+            let o = run_training_with(
+                &rc,
+                false,
+                Arc::new(AtomicBool::new(false)),
+                show_progress,
+                Some(&penalty),
+            )?;
+            net = load_checkpoint(&o.model, &device, true)?.net;
+        }
         net = apply(&net, &p)?;
         let mut prov = parent_prov.clone();
         prov.parent = Some(file_sha256(&current_parent)?);
@@ -277,29 +336,8 @@ pub fn run_prune(cfg: &PruneConfig, show_progress: bool) -> Result<PruneOutcome>
         let pruned_path = step_dir.join("pruned.safetensors");
         save_checkpoint(&net, &pruned_path, &prov)?;
         let mut model_path = pruned_path.clone();
-        if cfg.retrain_epochs > 0 {
-            let mut rc = RunConfig {
-                dataset: cfg.dataset.clone().unwrap_or_default(),
-                root: cfg.root.clone().unwrap_or_default(),
-                input: cfg.input.clone(),
-                batch_pk: cfg.batch_pk.clone(),
-                batch_size: cfg.batch_size,
-                seed: cfg.seed,
-                device: cfg.device.clone(),
-                out: step_dir.join("retrain"),
-                init_checkpoint: Some(pruned_path.clone()),
-                evaluate: false,
-                ..RunConfig::default()
-            };
-            rc.train.epochs = cfg.retrain_epochs;
-            rc.train.task = cfg.retrain_task;
-            // constant learning rate while retraining (the paper's schedule)
-            rc.train.schedule.base_lr = cfg.retrain_lr;
-            rc.train.schedule.warmup_epochs = 0;
-            rc.train.schedule.decay = reid_model::train::schedule::Decay::Step {
-                milestones: vec![],
-                gamma: 1.0,
-            };
+        if cfg.retrain_epochs > 0 && !balanced {
+            let rc = retrain_config(cfg, &pruned_path, &step_dir.join("retrain"));
             let o = run_training(&rc, false, Arc::new(AtomicBool::new(false)), show_progress)?;
             net = load_checkpoint(&o.model, &device, true)?.net;
             model_path = o.model;

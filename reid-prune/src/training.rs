@@ -242,6 +242,17 @@ pub fn run_training(
     interrupt: Arc<AtomicBool>,
     show_progress: bool,
 ) -> Result<TrainOutcome> {
+    run_training_with(cfg, resume, interrupt, show_progress, None)
+}
+
+/// [`run_training`] with an extra loss term (e.g. the auto-balanced pruning regulariser).
+pub fn run_training_with(
+    cfg: &RunConfig,
+    resume: bool,
+    interrupt: Arc<AtomicBool>,
+    show_progress: bool,
+    regularizer: Option<&reid_model::train::Regularizer>,
+) -> Result<TrainOutcome> {
     let device = reid_model::device::parse_device(&cfg.device)?;
     let (h, w) = parse_hw(&cfg.input)?;
     let ds = load(&cfg.dataset, &cfg.root).with_context(|| {
@@ -353,7 +364,7 @@ pub fn run_training(
                 &device,
             )?;
             let s = trainer
-                .step(&net, &x, &batch.pids, lr, None)
+                .step(&net, &x, &batch.pids, lr, regularizer)
                 .with_context(|| {
                     format!(
                         "epoch {} batch {}: last good checkpoint kept in {}",

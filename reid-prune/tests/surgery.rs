@@ -156,3 +156,69 @@ fn bad_requests_are_refused() {
         .to_string()
         .contains("not a prunable conv"));
 }
+
+#[test]
+fn auto_balanced_regulariser_moves_capacity_from_pruned_to_kept_channels() {
+    use reid_prune::criterion::auto_balanced::BalancedRegularizer;
+    let net = trained_tiny(18);
+    let layers = net.prunable_convs();
+    let l1 = by_name("l1", 0)
+        .unwrap()
+        .scores(&net, &layers, None)
+        .unwrap();
+    let target = PruneTarget {
+        kind: TargetKind::Channels,
+        level: 0.5,
+        allocation: Allocation::Layerwise,
+        floor: 1.0 / 16.0,
+        input: (64, 32),
+    };
+    let p = plan(net.spec(), net.spec(), &l1, &target).unwrap();
+    let reg = BalancedRegularizer::new(&net, &l1, &p, 1e-2).unwrap();
+    let norms = |name: &str| -> Vec<f32> {
+        let w = &net.conv_unit(name).unwrap().conv.weight;
+        let c = w.dim(0).unwrap();
+        w.reshape((c, ()))
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum(1)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let conv = &layers[0].conv;
+    let before = norms(conv);
+    let params = net.named_parameters();
+    for _ in 0..20 {
+        let loss = reg.loss(&net).unwrap();
+        // α·S(P) + τ·S(R) is zero in value by the choice of τ; only its gradient acts
+        assert!(loss.to_scalar::<f32>().unwrap().abs() < 1e-3);
+        let g = loss.backward().unwrap();
+        for (_, v) in &params {
+            if let Some(gr) = g.get(v.as_tensor()) {
+                v.set(&(v.as_tensor() - (gr * 1.0).unwrap()).unwrap())
+                    .unwrap();
+            }
+        }
+    }
+    let after = norms(conv);
+    let keep = &p.keep[conv];
+    for c in 0..before.len() {
+        if keep.contains(&c) {
+            assert!(
+                after[c] > before[c],
+                "kept channel {c} should grow: {} -> {}",
+                before[c],
+                after[c]
+            );
+        } else {
+            assert!(
+                after[c] < before[c],
+                "pruned channel {c} should shrink: {} -> {}",
+                before[c],
+                after[c]
+            );
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Channel-importance criteria (Torch-Pruning style: a criterion only scores; strategies decide
 //! how many and where; surgery removes). Each criterion is one small type; higher = more important.
 
+pub mod auto_balanced;
 pub mod entropy;
 pub mod fpgm;
 pub mod magnitude;
