@@ -342,15 +342,18 @@ impl Runner {
         let mut out = [0.0; 2];
         for (i, b) in [1usize, 32].into_iter().enumerate() {
             let x = Tensor::randn(0f32, 1.0, (b, 3, h, w), &self.device)?;
-            net.forward_t(&x, false)?;
+            // small models run in milliseconds: warm up, then take the median of several runs
+            for _ in 0..2 {
+                net.forward_t(&x, false)?;
+            }
             let mut t = Vec::new();
-            for _ in 0..3 {
+            for _ in 0..9 {
                 let s = Instant::now();
                 net.forward_t(&x, false)?;
                 t.push(s.elapsed().as_secs_f64() * 1e3);
             }
             t.sort_by(|a, b| a.total_cmp(b));
-            out[i] = t[1];
+            out[i] = t[t.len() / 2];
         }
         Ok((out[0], out[1]))
     }
@@ -488,7 +491,7 @@ pub fn render_table(cells: &[CellResult], cross: Option<&str>) -> String {
     let base = cells.first();
     let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN) * 100.0;
     let mut s = format!(
-        "{:<9} {:<10} {:<5} {:>7} {:>8} {:>7} {:>7} {:>9} {:>8}\n",
+        "{:<9} {:<13} {:<5} {:>7} {:>8} {:>7} {:>7} {:>9} {:>8}\n",
         "scenario",
         "criterion",
         "level",
@@ -504,7 +507,7 @@ pub fn render_table(cells: &[CellResult], cross: Option<&str>) -> String {
             .map(|b| b.latency_ms_batch32 / c.latency_ms_batch32)
             .unwrap_or(1.0);
         s.push_str(&format!(
-            "{:<9} {:<10} {:<5} {:>7.3} {:>8.2} {:>7.2} {:>7.2} {:>9} {:>7.2}x\n",
+            "{:<9} {:<13} {:<5} {:>7.3} {:>8.2} {:>7.2} {:>7.2} {:>9} {:>7.2}x\n",
             c.scenario,
             c.criterion,
             c.level,
