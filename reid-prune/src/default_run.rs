@@ -1,6 +1,6 @@
 //! The default experiment: the paper's grid in miniature on the synthetic benchmark, on CPU.
 //! Generates the source (pre-training) and two target domains if absent, then runs S1–S4 ×
-//! {l1, taylor, entropy, auto-balanced, psfp (reported as skipped)} at C1 ≈ ½ and C2 ≈ ⅓ of the FLOPs with the baselines.
+//! {l1, taylor, entropy, auto-balanced, psfp (S1–S3; S4 is N/A for it, as in the paper)} at C1 ≈ ½ and C2 ≈ ⅓ of the FLOPs with the baselines.
 
 use std::collections::BTreeMap;
 use std::path::Path;

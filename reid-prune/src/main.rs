@@ -125,7 +125,7 @@ struct PruneArgs {
     checkpoint: PathBuf,
     #[arg(long)]
     arch: Option<String>,
-    /// l1, l2, fpgm, bn-gamma, taylor, entropy or random.
+    /// l1, l2, fpgm, bn-gamma, taylor, entropy, random, auto-balanced or psfp.
     #[arg(long)]
     criterion: String,
     /// Fraction of the target to remove, in (0, 1): 0.5 halves the FLOPs.

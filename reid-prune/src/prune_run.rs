@@ -21,7 +21,7 @@ use reid_model::hub::infer_backbone_spec;
 use reid_model::{ArchSpec, ReidNet};
 use serde::{Deserialize, Serialize};
 
-use crate::criterion::{by_name, ScoreData};
+use crate::criterion::{by_name, Criterion, ScoreData};
 use crate::strategy::{plan, Allocation, PruneTarget, TargetKind};
 use crate::surgery::apply;
 use crate::training::{run_training, run_training_with, RunConfig};
@@ -223,15 +223,13 @@ pub struct PruneOutcome {
 
 /// Prune `cfg.checkpoint` into `cfg.out`.
 pub fn run_prune(cfg: &PruneConfig, show_progress: bool) -> Result<PruneOutcome> {
-    if cfg.criterion == "psfp" {
-        bail!(
-            "criterion 'psfp' needs its training-time strategy (progressive soft pruning), which this version does not have yet; \
-             use l1, l2, fpgm, bn-gamma, taylor, entropy, random or auto-balanced"
-        );
-    }
     let balanced = cfg.criterion == "auto-balanced";
-    if balanced && cfg.retrain_epochs == 0 {
-        bail!("auto-balanced prunes after a regularised retraining: give --dataset, --root and --retrain-epochs");
+    let soft = cfg.criterion == "psfp";
+    if (balanced || soft) && cfg.retrain_epochs == 0 {
+        bail!(
+            "{} prunes during retraining: give --dataset, --root and --retrain-epochs",
+            cfg.criterion
+        );
     }
     let criterion = by_name(&cfg.criterion, cfg.seed)?;
     let device = reid_model::device::parse_device(&cfg.device)?;
@@ -317,9 +315,56 @@ pub fn run_prune(cfg: &PruneConfig, show_progress: bool) -> Result<PruneOutcome>
                 Arc::new(AtomicBool::new(false)),
                 show_progress,
                 Some(&penalty),
+                None,
             )?;
             net = load_checkpoint(&o.model, &device, true)?.net;
         }
+        let p = if soft {
+            // soft pruning while retraining, then the final ranking on the trained weights
+            let start = step_dir.join("unpruned.safetensors");
+            save_checkpoint(&net, &start, &parent_prov)?;
+            let rates: std::collections::BTreeMap<String, f64> = net
+                .prunable_convs()
+                .iter()
+                .map(|l| {
+                    (
+                        l.conv.clone(),
+                        1.0 - p.keep[&l.conv].len() as f64 / l.width as f64,
+                    )
+                })
+                .collect();
+            let rc = retrain_config(cfg, &start, &step_dir.join("soft"));
+            let epochs = rc.train.epochs;
+            let hook = move |n: &ReidNet, e: usize| -> anyhow::Result<()> {
+                crate::criterion::psfp::soft_prune(n, &rates, e, epochs)?;
+                Ok(())
+            };
+            let o = run_training_with(
+                &rc,
+                false,
+                Arc::new(AtomicBool::new(false)),
+                show_progress,
+                None,
+                Some(&hook),
+            )?;
+            net = load_checkpoint(&o.model, &device, true)?.net;
+            let fresh =
+                crate::criterion::magnitude::L2.scores(&net, &net.prunable_convs(), None)?;
+            crate::strategy::PrunePlan {
+                keep: p
+                    .keep
+                    .iter()
+                    .map(|(conv, k)| {
+                        (
+                            conv.clone(),
+                            crate::strategy::top_channels(&fresh[conv], k.len()),
+                        )
+                    })
+                    .collect(),
+            }
+        } else {
+            p
+        };
         net = apply(&net, &p)?;
         let mut prov = parent_prov.clone();
         prov.parent = Some(file_sha256(&current_parent)?);
@@ -327,16 +372,10 @@ pub fn run_prune(cfg: &PruneConfig, show_progress: bool) -> Result<PruneOutcome>
         prov.ratio = Some(level);
         prov.target = Some(format!("{:?}", cfg.target).to_lowercase());
         prov.epoch = None;
-        let step_dir = if steps > 1 {
-            cfg.out.join(format!("step{:02}", step + 1))
-        } else {
-            cfg.out.clone()
-        };
-        std::fs::create_dir_all(&step_dir)?;
         let pruned_path = step_dir.join("pruned.safetensors");
         save_checkpoint(&net, &pruned_path, &prov)?;
         let mut model_path = pruned_path.clone();
-        if cfg.retrain_epochs > 0 && !balanced {
+        if cfg.retrain_epochs > 0 && !balanced && !soft {
             let rc = retrain_config(cfg, &pruned_path, &step_dir.join("retrain"));
             let o = run_training(&rc, false, Arc::new(AtomicBool::new(false)), show_progress)?;
             net = load_checkpoint(&o.model, &device, true)?.net;

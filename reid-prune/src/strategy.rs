@@ -87,7 +87,7 @@ fn measure(spec: &ArchSpec, kind: TargetKind, input: (usize, usize)) -> Result<f
 
 /// Keep the `n` highest-scored channels (ties: lower index kept first, as a stable ascending rank
 /// removes the lower-scored, lower-index channel first).
-fn top(scores: &[f64], n: usize) -> Vec<usize> {
+pub fn top_channels(scores: &[f64], n: usize) -> Vec<usize> {
     let order = crate::criterion::rank_ascending(scores);
     let mut keep: Vec<usize> = order[order.len() - n..].to_vec();
     keep.sort_unstable();
@@ -211,7 +211,7 @@ pub fn plan(
     let keep = widths
         .into_iter()
         .map(|(conv, n)| {
-            let k = top(&scores[&conv], n);
+            let k = top_channels(&scores[&conv], n);
             (conv, k)
         })
         .collect();

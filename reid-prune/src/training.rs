@@ -242,8 +242,11 @@ pub fn run_training(
     interrupt: Arc<AtomicBool>,
     show_progress: bool,
 ) -> Result<TrainOutcome> {
-    run_training_with(cfg, resume, interrupt, show_progress, None)
+    run_training_with(cfg, resume, interrupt, show_progress, None, None)
 }
+
+/// Called after every finished epoch (0-based) before its checkpoint: soft pruning zeroes filters here.
+pub type EpochHook = dyn Fn(&ReidNet, usize) -> Result<()>;
 
 /// [`run_training`] with an extra loss term (e.g. the auto-balanced pruning regulariser).
 pub fn run_training_with(
@@ -252,6 +255,7 @@ pub fn run_training_with(
     interrupt: Arc<AtomicBool>,
     show_progress: bool,
     regularizer: Option<&reid_model::train::Regularizer>,
+    epoch_hook: Option<&EpochHook>,
 ) -> Result<TrainOutcome> {
     let device = reid_model::device::parse_device(&cfg.device)?;
     let (h, w) = parse_hw(&cfg.input)?;
@@ -408,6 +412,9 @@ pub fn run_training_with(
             "accuracy": correct as f64 / images.max(1) as f64, "images_per_s": images as f64 / wall, "wall_s": wall,
         });
         writeln!(log, "{line}").with_context(|| "writing log.jsonl")?;
+        if let Some(hook) = epoch_hook {
+            hook(&net, epoch)?;
+        }
         save_state(out, &net, &trainer, &prov, epoch + 1, 0)?;
         if show_progress {
             eprintln!("epoch {}/{epochs}: {line}", epoch + 1);

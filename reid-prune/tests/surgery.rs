@@ -222,3 +222,34 @@ fn auto_balanced_regulariser_moves_capacity_from_pruned_to_kept_channels() {
         }
     }
 }
+
+#[test]
+fn psfp_zeroes_the_weakest_filters_on_a_growing_schedule() {
+    use reid_prune::criterion::psfp::{progressive_fraction, soft_prune};
+    let f: Vec<f64> = (0..5).map(|e| progressive_fraction(e, 5)).collect();
+    assert!(
+        f[0] > 0.0 && f.windows(2).all(|w| w[1] > w[0]) && (f[4] - 1.0).abs() < 1e-12,
+        "{f:?}"
+    );
+    let net = trained_tiny(18);
+    let layer = net.prunable_convs()[1].clone();
+    let rates = std::collections::BTreeMap::from([(layer.conv.clone(), 0.5)]);
+    let zero_filters = |net: &ReidNet| -> usize {
+        let w = &net.conv_unit(&layer.conv).unwrap().conv.weight;
+        let n: Vec<f32> = w
+            .reshape((layer.width, ()))
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum(1)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        n.iter().filter(|&&v| v == 0.0).count()
+    };
+    soft_prune(&net, &rates, 0, 5).unwrap();
+    let early = zero_filters(&net);
+    soft_prune(&net, &rates, 4, 5).unwrap();
+    assert_eq!(zero_filters(&net), layer.width / 2);
+    assert!(early > 0 && early < layer.width / 2, "{early}");
+}

@@ -5,6 +5,7 @@ pub mod auto_balanced;
 pub mod entropy;
 pub mod fpgm;
 pub mod magnitude;
+pub mod psfp;
 pub mod random;
 pub mod taylor;
 
