@@ -26,11 +26,11 @@ pub fn preset(quick: bool) -> Preset {
     if quick {
         Preset {
             input: (64, 32),
-            source_ids: 40,
-            target_ids: 40,
-            per_cam: 3,
-            pretrain_epochs: 3,
-            finetune_epochs: 4,
+            source_ids: 32,
+            target_ids: 32,
+            per_cam: 2,
+            pretrain_epochs: 2,
+            finetune_epochs: 3,
             retrain_epochs: 1,
             baselines: vec!["resnet18".into()],
         }
