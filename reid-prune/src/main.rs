@@ -590,7 +590,7 @@ fn run_experiment(cfg: reid_prune::scenario::ExperimentConfig) -> Result<()> {
     let mut runner = reid_prune::scenario::Runner::new(cfg.clone())?;
     let cells = runner.run()?;
     let table = reid_prune::scenario::render_table(&cells, cross.as_deref());
-    write_atomic_text(&cfg.out.join("summary.txt"), &table)?;
+    reid_model::checkpoint::write_atomic(&cfg.out.join("summary.txt"), table.as_bytes())?;
     println!(
         "\n{} on {} ({}), mAP and R-1 in %{}; speed-up = measured batch-32 latency of the first row / this row:",
         cfg.name,
@@ -606,10 +606,5 @@ fn run_experiment(cfg: reid_prune::scenario::ExperimentConfig) -> Result<()> {
         start.elapsed().as_secs_f64(),
         cfg.out.display()
     );
-    Ok(())
-}
-
-fn write_atomic_text(path: &std::path::Path, text: &str) -> Result<()> {
-    reid_model::checkpoint::write_atomic(path, text.as_bytes())?;
     Ok(())
 }
