@@ -1,10 +1,12 @@
 //! reid-eval: feature extraction, distances and re-ID metrics (CMC, mAP, mINP).
 
+pub mod dataset_eval;
 pub mod distance;
 pub mod extract;
 pub mod metrics;
 pub mod report;
 
+pub use dataset_eval::{evaluate_dataset, EvalOptions};
 pub use distance::{distance_matrix, evaluate_features, Metric};
 pub use extract::{
     extract_features, extract_features_with, load_model_for_inference, save_features, FeatureKind,

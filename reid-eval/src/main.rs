@@ -73,47 +73,13 @@ fn evaluate_checkpoint(a: EvalArgs) -> Result<()> {
     let net = load_model_for_inference(&ck, None, 2, &device)
         .with_context(|| format!("loading {}", ck.display()))?;
     let ds = reid_data::datasets::load(&name, &root)?;
-    anyhow::ensure!(
-        !ds.query.is_empty() && !ds.gallery.is_empty(),
-        "{}: no query/gallery split to evaluate on",
-        ds.root.display()
-    );
     let pre = Preprocess::imagenet(h, w);
-    let paths =
-        |v: &[reid_data::datasets::Sample]| v.iter().map(|s| s.path.clone()).collect::<Vec<_>>();
-    let qf = reid_eval::extract_features_with(
-        &net,
-        &paths(&ds.query),
-        &pre,
-        64,
-        a.feature,
-        a.flip,
-        true,
-    )?;
-    let gf = reid_eval::extract_features_with(
-        &net,
-        &paths(&ds.gallery),
-        &pre,
-        64,
-        a.feature,
-        a.flip,
-        true,
-    )?;
-    let labels = Labels {
-        q_pids: ds.query.iter().map(|s| s.pid).collect(),
-        q_camids: ds.query.iter().map(|s| s.camid).collect(),
-        g_pids: ds.gallery.iter().map(|s| s.pid).collect(),
-        g_camids: ds.gallery.iter().map(|s| s.camid).collect(),
+    let opts = reid_eval::EvalOptions {
+        feature: a.feature,
+        flip: a.flip,
+        metric: a.metric,
     };
-    let m = evaluate_features(
-        &qf,
-        &gf,
-        &labels,
-        a.metric,
-        DEFAULT_MAX_RANK,
-        ApKind::Exact,
-        512,
-    )?;
+    let m = reid_eval::evaluate_dataset(&net, &ds, &pre, opts, true)?;
     let out = a.out.unwrap_or_else(|| ck.with_file_name("metrics.json"));
     // merge into an existing metrics.json (one entry per evaluated dataset under "eval")
     let mut doc: serde_json::Value = std::fs::read_to_string(&out)

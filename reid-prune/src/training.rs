@@ -16,9 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use reid_data::datasets::{load, ReidDataset};
 use reid_data::loader::{epoch_batches, Augment, Prefetcher, Sampling};
 use reid_data::Preprocess;
-use reid_eval::{
-    evaluate_features, extract_features, ApKind, FeatureKind, Labels, Metric, Metrics,
-};
+use reid_eval::Metrics;
 use reid_model::checkpoint::{
     load_checkpoint, read_safetensors, save_checkpoint, write_atomic, Provenance,
 };
@@ -184,47 +182,20 @@ fn save_state(
     Ok(())
 }
 
-/// Extract query/gallery features and evaluate.
+/// Extract query/gallery features (BNNeck, cosine) and evaluate.
 pub fn evaluate_on(
     net: &ReidNet,
     ds: &ReidDataset,
     pre: &Preprocess,
     progress: bool,
 ) -> Result<Metrics> {
-    let paths =
-        |s: &[reid_data::datasets::Sample]| s.iter().map(|x| x.path.clone()).collect::<Vec<_>>();
-    let eval_net = net.inference_copy()?;
-    let qf = extract_features(
-        &eval_net,
-        &paths(&ds.query),
+    reid_eval::evaluate_dataset(
+        &net.inference_copy()?,
+        ds,
         pre,
-        64,
-        FeatureKind::Neck,
+        reid_eval::EvalOptions::default(),
         progress,
-    )?;
-    let gf = extract_features(
-        &eval_net,
-        &paths(&ds.gallery),
-        pre,
-        64,
-        FeatureKind::Neck,
-        progress,
-    )?;
-    let labels = Labels {
-        q_pids: ds.query.iter().map(|s| s.pid).collect(),
-        q_camids: ds.query.iter().map(|s| s.camid).collect(),
-        g_pids: ds.gallery.iter().map(|s| s.pid).collect(),
-        g_camids: ds.gallery.iter().map(|s| s.camid).collect(),
-    };
-    Ok(evaluate_features(
-        &qf,
-        &gf,
-        &labels,
-        Metric::Cosine,
-        50,
-        ApKind::Exact,
-        512,
-    )?)
+    )
 }
 
 /// The `eval` entry of metrics.json for one dataset.
