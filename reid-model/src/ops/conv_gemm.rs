@@ -11,6 +11,8 @@
 //! least as many images as threads, otherwise inside gemm.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+use super::f32_slice;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -502,14 +504,6 @@ fn conv_weight_grad(x: &[f32], gy: &[f32], g: &Geom) -> Vec<f32> {
         accumulate(x, gy, &mut total, false);
     }
     total
-}
-
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("conv2d-gemm: {what} must be contiguous"),
-    }
 }
 
 fn dims4(l: &Layout) -> Result<(usize, usize, usize, usize)> {

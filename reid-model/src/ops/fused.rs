@@ -7,13 +7,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("fused op: {what} must be contiguous"),
-    }
-}
+use super::f32_slice as contiguous;
 
 /// (N, C, spatial) of an NC or NCHW tensor.
 fn ncs(dims: &[usize]) -> Result<(usize, usize, usize)> {
