@@ -7,7 +7,8 @@ use reid_model::ReidNet;
 
 use crate::distance::{evaluate_features, Metric};
 use crate::extract::{extract_features_with, FeatureKind};
-use crate::metrics::{ApKind, Labels, Metrics, DEFAULT_MAX_RANK};
+use crate::metrics::{evaluate_distmat, ApKind, Labels, Metrics, DEFAULT_MAX_RANK};
+use crate::rerank::{rerank_features, RerankParams};
 
 /// How features are taken and compared.
 #[derive(Clone, Copy, Debug)]
@@ -15,6 +16,8 @@ pub struct EvalOptions {
     pub feature: FeatureKind,
     pub flip: bool,
     pub metric: Metric,
+    /// k-reciprocal re-ranking of the query × gallery distances.
+    pub rerank: Option<RerankParams>,
 }
 
 impl Default for EvalOptions {
@@ -24,6 +27,7 @@ impl Default for EvalOptions {
             feature: FeatureKind::Neck,
             flip: false,
             metric: Metric::Cosine,
+            rerank: None,
         }
     }
 }
@@ -52,13 +56,41 @@ pub fn evaluate_dataset(
         g_pids: ds.gallery.iter().map(|s| s.pid).collect(),
         g_camids: ds.gallery.iter().map(|s| s.camid).collect(),
     };
-    Ok(evaluate_features(
+    evaluate_query_gallery(
         &qf,
         &gf,
         &labels,
         opts.metric,
+        opts.rerank,
         DEFAULT_MAX_RANK,
         ApKind::Exact,
-        512,
-    )?)
+    )
+}
+
+/// Query/gallery features evaluated blockwise, or through re-ranking when asked.
+pub fn evaluate_query_gallery(
+    qf: &candle_core::Tensor,
+    gf: &candle_core::Tensor,
+    labels: &Labels,
+    metric: Metric,
+    rerank: Option<RerankParams>,
+    max_rank: usize,
+    ap_kind: ApKind,
+) -> Result<Metrics> {
+    labels.validate()?;
+    Ok(match rerank {
+        None => evaluate_features(qf, gf, labels, metric, max_rank, ap_kind, 512)?,
+        Some(p) => {
+            ensure!(
+                qf.dim(0)? == labels.q_pids.len() && gf.dim(0)? == labels.g_pids.len(),
+                "{} query / {} gallery features but {} / {} pids",
+                qf.dim(0)?,
+                gf.dim(0)?,
+                labels.q_pids.len(),
+                labels.g_pids.len()
+            );
+            let dist = rerank_features(qf, gf, metric, p, 1024)?;
+            evaluate_distmat(&dist, labels, max_rank, ap_kind)?.0
+        }
+    })
 }

@@ -114,14 +114,17 @@ pub fn default_experiment(out: &Path, quick: bool) -> Result<ExperimentConfig> {
         source: DataRef {
             dataset: "imagefolder".into(),
             root: data.join("source"),
+            name: Some("synth-source".into()),
         },
         target: DataRef {
             dataset: "market1501".into(),
             root: data.join("target"),
+            name: Some("synth-target".into()),
         },
         cross: Some(DataRef {
             dataset: "market1501".into(),
             root: data.join("target-b"),
+            name: Some("synth-target-b".into()),
         }),
         criteria: vec![
             "l1".into(),

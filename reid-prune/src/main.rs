@@ -116,6 +116,12 @@ struct TrainArgs {
     /// Continue from the run folder's last checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Add the center loss on the pooled feature with this weight (Bag of Tricks: 0.0005).
+    #[arg(long)]
+    center_loss: Option<f64>,
+    /// Train the head only (BNNeck and classifier); the backbone's learning rate is 0.
+    #[arg(long)]
+    freeze_backbone: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -541,7 +547,10 @@ fn train(a: TrainArgs) -> Result<()> {
     }
     set!(dataset => cfg.dataset, root => cfg.root, arch => cfg.arch, width_mult => cfg.width_mult,
          input => cfg.input, epochs => cfg.train.epochs, batch_pk => cfg.batch_pk, seed => cfg.seed,
-         device => cfg.device, out => cfg.out);
+         device => cfg.device, out => cfg.out, center_loss => cfg.train.center_loss_weight);
+    if a.freeze_backbone {
+        cfg.train.backbone_lr_mult = 0.0;
+    }
     if a.pretrained.is_some() {
         cfg.pretrained = a.pretrained;
     }

@@ -31,6 +31,24 @@ use crate::training::{eval_json, evaluate_on, run_training, RunConfig};
 pub struct DataRef {
     pub dataset: String,
     pub root: PathBuf,
+    /// Label of this data in `metrics.json` and the report (default: the dataset's name).
+    /// Synthetic domains use a loader format of a real dataset, and must not be reported
+    /// under that dataset's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl DataRef {
+    pub fn label(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.dataset)
+    }
+    /// What a step's result depends on: the data, not its label.
+    fn identity(&self) -> DataRef {
+        DataRef {
+            name: None,
+            ..self.clone()
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -84,10 +102,12 @@ impl Default for ExperimentConfig {
             source: DataRef {
                 dataset: "imagefolder".into(),
                 root: PathBuf::from("data/source"),
+                name: None,
             },
             target: DataRef {
                 dataset: "market1501".into(),
                 root: PathBuf::from("data"),
+                name: None,
             },
             cross: None,
             scenarios: vec!["S1".into(), "S2".into(), "S3".into(), "S4".into()],
@@ -241,7 +261,7 @@ impl Runner {
             .pretrained
             .clone()
             .filter(|_| arch == self.cfg.arch);
-        let key = serde_json::json!({"arch": arch, "width_mult": rc.width_mult, "data": self.cfg.source, "epochs": rc.train.epochs,
+        let key = serde_json::json!({"arch": arch, "width_mult": rc.width_mult, "data": self.cfg.source.identity(), "epochs": rc.train.epochs,
                                      "input": rc.input, "seed": rc.seed, "lr": self.cfg.lr, "pretrained": rc.pretrained,
                                      "zero_init_residual": rc.zero_init_residual});
         self.train("pretrain", key, rc)
@@ -256,7 +276,7 @@ impl Runner {
             Path::new(""),
         );
         rc.init_checkpoint = Some(parent.to_path_buf());
-        let key = serde_json::json!({"parent": file_sha256(parent)?, "data": self.cfg.target, "epochs": rc.train.epochs,
+        let key = serde_json::json!({"parent": file_sha256(parent)?, "data": self.cfg.target.identity(), "epochs": rc.train.epochs,
                                      "input": rc.input, "seed": rc.seed, "lr": self.cfg.lr});
         self.train("finetune", key, rc)
     }
@@ -298,7 +318,7 @@ impl Runner {
             device: self.cfg.device.clone(),
             ..PruneConfig::default()
         };
-        let key = serde_json::json!({"parent": file_sha256(parent)?, "criterion": criterion, "level": level, "data": data,
+        let key = serde_json::json!({"parent": file_sha256(parent)?, "criterion": criterion, "level": level, "data": data.identity(),
                                      "allocation": pc.allocation, "step": pc.step, "retrain": pc.retrain_epochs, "lr": self.cfg.lr,
                                      "input": pc.input, "seed": pc.seed});
         let dir = self.step("prune", key, |dir| {
@@ -316,7 +336,7 @@ impl Runner {
 
     /// Evaluate a model on a re-ID set (cached beside the step).
     pub fn evaluate(&mut self, model: &Path, data: &DataRef) -> Result<serde_json::Value> {
-        let key = serde_json::json!({"model": file_sha256(model)?, "data": data, "input": self.cfg.input});
+        let key = serde_json::json!({"model": file_sha256(model)?, "data": data.identity(), "input": self.cfg.input});
         let (h, w) = parse_hw(&self.cfg.input)?;
         let device = self.device.clone();
         let model = model.to_path_buf();
@@ -382,12 +402,12 @@ impl Runner {
             .join(format!("{criterion}-{level}"));
         std::fs::create_dir_all(&folder)?;
         std::fs::copy(model, folder.join("model.safetensors"))?;
-        let mut eval = serde_json::json!({ self.cfg.target.dataset.clone(): target.clone() });
+        let mut eval = serde_json::json!({ self.cfg.target.label(): target.clone() });
         if let (Some(cd), Some(cv)) = (&self.cfg.cross, &cross) {
-            let key = if cd.dataset == self.cfg.target.dataset {
-                format!("{}-cross", cd.dataset)
+            let key = if cd.label() == self.cfg.target.label() {
+                format!("{}-cross", cd.label())
             } else {
-                cd.dataset.clone()
+                cd.label().to_string()
             };
             eval[key] = cv.clone();
         }

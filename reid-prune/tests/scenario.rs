@@ -40,10 +40,12 @@ fn tiny_grid_runs_and_resumes_without_repeating_steps() {
         source: DataRef {
             dataset: "imagefolder".into(),
             root: tmp.path().join("source"),
+            name: None,
         },
         target: DataRef {
             dataset: "market1501".into(),
             root: tmp.path().join("target"),
+            name: Some("tiny-target".into()),
         },
         cross: None,
         scenarios: vec!["S1".into(), "S3".into()],
@@ -73,7 +75,7 @@ fn tiny_grid_runs_and_resumes_without_repeating_steps() {
             serde_json::from_str(&std::fs::read_to_string(c.folder.join("metrics.json")).unwrap())
                 .unwrap();
         assert_eq!(m["scenario"], c.scenario.as_str());
-        assert!(m["eval"]["market1501"]["rank1"].as_f64().is_some());
+        assert!(m["eval"]["tiny-target"]["rank1"].as_f64().is_some());
         assert!(m["latency_ms"]["cpu"]["batch32"].as_f64().unwrap() > 0.0);
     }
     // a rerun (as after a crash) finds every step done

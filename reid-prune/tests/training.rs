@@ -93,7 +93,9 @@ fn killed_and_resumed_run_reaches_the_same_weights() {
     let data = tempfile::tempdir().unwrap();
     synth(data.path(), 16);
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let full = config(data.path(), a.path(), 2);
+    // With the center loss on: its centres are state that must survive the restart too.
+    let mut full = config(data.path(), a.path(), 2);
+    full.train.center_loss_weight = 0.0005;
     assert!(
         run_training(&full, false, no_interrupt(), false)
             .unwrap()
@@ -102,6 +104,7 @@ fn killed_and_resumed_run_reaches_the_same_weights() {
 
     // stop mid-epoch (as Ctrl-C does), then resume, twice
     let mut cut = config(data.path(), b.path(), 2);
+    cut.train.center_loss_weight = 0.0005;
     cut.stop_after_batches = Some(1);
     let first = run_training(&cut, false, no_interrupt(), false).unwrap();
     assert!(!first.completed);

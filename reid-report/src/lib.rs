@@ -1,2 +1,154 @@
-//! reid-report: reads run folders (`metrics.json`) and writes the paper's tables and figures.
-//! Not implemented yet (see the reports issue); this crate only reserves its place in the workspace.
+//! reid-report: reads run folders (`metrics.json`, `config.toml`, the `reid.arch` of
+//! `model.safetensors`) and writes the paper's tables and figures. No tensor library: run
+//! folders are the only interface (DESIGN.md).
+
+pub mod figures;
+pub mod frame;
+pub mod html;
+pub mod paper;
+pub mod runs;
+pub mod tables;
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Runs(#[from] runs::RunsError),
+    #[error("no usable metrics.json under {0} ({1} skipped)")]
+    NoRuns(PathBuf, usize),
+    #[error("writing {path}: {message}")]
+    Write { path: PathBuf, message: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct ReportOptions {
+    /// Level of Tables 5 and 6 and of the default CMC curves; `None` = the first level found.
+    pub level: Option<String>,
+    /// Run ids (folders relative to the runs root) for the CMC figure; empty = default choice.
+    pub cmc_runs: Vec<String>,
+    pub title: String,
+}
+
+impl Default for ReportOptions {
+    fn default() -> Self {
+        Self {
+            level: None,
+            cmc_runs: Vec::new(),
+            title: "reid-prune report".into(),
+        }
+    }
+}
+
+/// What was written.
+#[derive(Clone, Debug)]
+pub struct ReportSummary {
+    pub runs: usize,
+    pub problems: Vec<runs::Problem>,
+    pub files: Vec<PathBuf>,
+}
+
+/// Temp file + rename, so that a crash never leaves half a file.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
+    let err = |e: std::io::Error| ReportError::Write {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+pub fn write_report(
+    runs_dir: &Path,
+    out: &Path,
+    opts: &ReportOptions,
+) -> Result<ReportSummary, ReportError> {
+    let (runs, mut problems) = runs::load_runs(runs_dir)?;
+    if runs.is_empty() {
+        return Err(ReportError::NoRuns(runs_dir.to_path_buf(), problems.len()));
+    }
+    let mut files = Vec::new();
+    let mut put = |rel: &str, bytes: &[u8]| -> Result<(), ReportError> {
+        let p = out.join(rel);
+        write_atomic(&p, bytes)?;
+        files.push(p);
+        Ok(())
+    };
+
+    let configs: Vec<Option<frame::RunConfig>> = runs
+        .iter()
+        .map(|r| {
+            frame::read_config(r).unwrap_or_else(|message| {
+                problems.push(runs::Problem {
+                    path: r.dir.join("config.toml"),
+                    message,
+                });
+                None
+            })
+        })
+        .collect();
+    let polars_err = |e: polars::prelude::PolarsError| ReportError::Write {
+        path: out.join("results.*"),
+        message: e.to_string(),
+    };
+    let mut df = frame::results_frame(&runs, &configs).map_err(polars_err)?;
+    put("results.csv", &frame::to_csv(&mut df).map_err(polars_err)?)?;
+    put(
+        "results.parquet",
+        &frame::to_parquet(&mut df).map_err(polars_err)?,
+    )?;
+
+    let level = opts
+        .level
+        .clone()
+        .or_else(|| tables::levels(&runs).into_iter().next())
+        .unwrap_or_else(|| "C1".into());
+    let paper = paper::PaperResults::load();
+    let tables = tables::all_tables(&runs, &paper, &level);
+    let mut all_md = format!("# {}\n\n", opts.title);
+    for t in &tables {
+        put(&format!("tables/{}.md", t.slug), t.to_markdown().as_bytes())?;
+        put(&format!("tables/{}.csv", t.slug), t.to_csv().as_bytes())?;
+        all_md += &t.to_markdown();
+        all_md += "\n";
+    }
+    put("tables.md", all_md.as_bytes())?;
+
+    let figures = figures::all_figures(&runs, &level, &opts.cmc_runs);
+    for f in &figures {
+        let fig_err = |message: String| ReportError::Write {
+            path: out.join("figures").join(&f.slug),
+            message,
+        };
+        put(
+            &format!("figures/{}.svg", f.slug),
+            figures::render_svg(f).map_err(fig_err)?.as_bytes(),
+        )?;
+        put(
+            &format!("figures/{}.png", f.slug),
+            &figures::render_png(f).map_err(fig_err)?,
+        )?;
+    }
+    let page = html::index_html(
+        &opts.title,
+        &runs_dir.display().to_string(),
+        runs.len(),
+        &tables,
+        &figures,
+        &problems,
+    );
+    put("index.html", page.as_bytes())?;
+    Ok(ReportSummary {
+        runs: runs.len(),
+        problems,
+        files,
+    })
+}

@@ -49,6 +49,13 @@ pub fn triplet_batch_hard(feats: &Tensor, pids: &[i64], margin: Option<f64>) -> 
     }
 }
 
+/// Center loss (Wen et al. 2016, as Bag of Tricks uses it): the mean over the batch of
+/// ‖f_i − c_{y_i}‖², pulling each feature towards its identity's learned centre.
+pub fn center_loss(feats: &Tensor, centers: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let c = centers.index_select(&labels.to_dtype(DType::U32)?, 0)?;
+    (feats - c)?.sqr()?.sum(D::Minus1)?.mean_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +121,19 @@ mod tests {
             .sum::<f64>()
             / 4.0;
         assert!((s as f64 - want).abs() < 1e-5, "{s} vs {want}");
+    }
+
+    #[test]
+    fn center_loss_by_hand() {
+        let dev = Device::Cpu;
+        let feats = Tensor::new(&[[1.0f32, 2.0], [0.0, -1.0], [3.0, 0.0]], &dev).unwrap();
+        let centers = Tensor::new(&[[0.0f32, 0.0], [1.0, 1.0]], &dev).unwrap();
+        let labels = Tensor::new(&[1u32, 0, 1], &dev).unwrap();
+        // (0² + 1²) + (0² + 1²) + (2² + 1²) = 7, over 3 images.
+        let v = center_loss(&feats, &centers, &labels)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((v - 7.0 / 3.0).abs() < 1e-6, "{v}");
     }
 }

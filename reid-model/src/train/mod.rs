@@ -37,6 +37,10 @@ pub struct TrainConfig {
     /// Triplet margin; `None` = soft margin.
     pub triplet_margin: Option<f64>,
     pub triplet_weight: f64,
+    /// Weight of the center loss on the pooled feature (0 = off; Bag of Tricks: 0.0005).
+    pub center_loss_weight: f64,
+    /// SGD learning rate of the centres (their gradient is taken without the loss weight).
+    pub center_lr: f64,
     /// Learning-rate multiplier of the backbone (0 freezes it; the head keeps 1).
     pub backbone_lr_mult: f64,
 }
@@ -52,6 +56,8 @@ impl Default for TrainConfig {
             label_smoothing: 0.1,
             triplet_margin: Some(0.3),
             triplet_weight: 1.0,
+            center_loss_weight: 0.0,
+            center_lr: 0.5,
             backbone_lr_mult: 1.0,
         }
     }
@@ -75,7 +81,12 @@ fn is_head(name: &str) -> bool {
 pub struct Trainer {
     pub config: TrainConfig,
     pub optimizer: Optimizer,
+    /// Class centres of the center loss [classes, feature dim], when it is on.
+    centers: Option<candle_core::Var>,
 }
+
+/// Name of the centres among the optimiser state tensors of a checkpoint.
+const CENTERS_KEY: &str = "center_loss.centers";
 
 impl Trainer {
     pub fn new(net: &ReidNet, config: TrainConfig) -> Result<Self> {
@@ -103,9 +114,21 @@ impl Trainer {
                 var,
             })
             .collect();
+        let centers = if config.task == Task::Reid && config.center_loss_weight > 0.0 {
+            // Standard-normal start as in Bag of Tricks, from a fixed stream (reproducible runs).
+            let (classes, dim) = (net.spec().num_classes, net.spec().feature_dim);
+            let mut rng = crate::init::SplitMix64::new(0x5eed_c0de);
+            let v: Vec<f32> = (0..classes * dim).map(|_| rng.normal() as f32).collect();
+            let t = Tensor::from_vec(v, (classes, dim), &candle_core::Device::Cpu)?
+                .to_device(net.device())?;
+            Some(candle_core::Var::from_tensor(&t)?)
+        } else {
+            None
+        };
         Ok(Self {
             optimizer: Optimizer::new(config.optimizer, params),
             config,
+            centers,
         })
     }
 
@@ -130,6 +153,10 @@ impl Trainer {
         if self.config.task == Task::Reid && self.config.triplet_weight > 0.0 {
             let t = loss::triplet_batch_hard(&out.pooled, pids, self.config.triplet_margin)?;
             loss = (loss + (t * self.config.triplet_weight)?)?;
+        }
+        if let Some(c) = &self.centers {
+            let cl = loss::center_loss(&out.pooled, c.as_tensor(), &labels)?;
+            loss = (loss + (cl * self.config.center_loss_weight)?)?;
         }
         let pred: Vec<u32> = logits.argmax(1)?.to_dtype(DType::U32)?.to_vec1()?;
         let correct = pred
@@ -162,6 +189,13 @@ impl Trainer {
         }
         let grads = loss.backward()?;
         self.optimizer.step(&grads, lr)?;
+        if let Some(c) = &self.centers {
+            if let Some(g) = grads.get(c.as_tensor()) {
+                // Plain SGD on the centres with the loss weight divided out (Bag of Tricks).
+                let step = (g * (self.config.center_lr / self.config.center_loss_weight))?;
+                c.set(&(c.as_tensor() - step)?)?;
+            }
+        }
         Ok(StepStats {
             loss: value,
             correct,
@@ -170,10 +204,39 @@ impl Trainer {
     }
 
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        self.optimizer.state_tensors()
+        let mut t = self.optimizer.state_tensors();
+        if let Some(c) = &self.centers {
+            t.push((CENTERS_KEY.to_string(), c.as_tensor().clone()));
+        }
+        t
     }
 
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, steps: usize) -> Result<()> {
-        Ok(self.optimizer.load_state(tensors, steps)?)
+        if let Some(c) = &self.centers {
+            let saved = tensors.get(CENTERS_KEY).ok_or_else(|| {
+                ModelError::Input(format!(
+                    "the checkpoint has no '{CENTERS_KEY}': it was trained without center loss"
+                ))
+            })?;
+            if saved.dims() != c.as_tensor().dims() {
+                return Err(ModelError::Input(format!(
+                    "'{CENTERS_KEY}' is {:?}, expected {:?}",
+                    saved.dims(),
+                    c.as_tensor().dims()
+                )));
+            }
+            c.set(&saved.to_device(c.as_tensor().device())?)?;
+        }
+        let rest: HashMap<String, Tensor> = tensors
+            .iter()
+            .filter(|(k, _)| k.as_str() != CENTERS_KEY)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(self.optimizer.load_state(&rest, steps)?)
+    }
+
+    /// The centre of each class (center loss on), for inspection and tests.
+    pub fn centers(&self) -> Option<&Tensor> {
+        self.centers.as_ref().map(|c| c.as_tensor())
     }
 }

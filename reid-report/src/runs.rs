@@ -1,0 +1,317 @@
+//! Reading run folders: every `metrics.json` under a root, plus the widths stored in the
+//! `reid.arch` metadata of the `model.safetensors` beside it (read from the header only, so
+//! this crate needs no tensor library).
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Accuracy of one model on one dataset (fractions in [0, 1]).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct EvalMetrics {
+    #[serde(rename = "mAP")]
+    pub map: f64,
+    pub rank1: f64,
+    #[serde(default)]
+    pub rank5: Option<f64>,
+    #[serde(default)]
+    pub rank10: Option<f64>,
+    #[serde(rename = "mINP", default)]
+    pub minp: Option<f64>,
+    #[serde(default)]
+    pub cmc: Vec<f64>,
+    #[serde(default)]
+    pub num_valid_queries: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct Latency {
+    pub batch1: Option<f64>,
+    pub batch32: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct TrainSummary {
+    pub epochs: Option<u64>,
+    pub wall_s: Option<f64>,
+    pub final_loss: Option<f64>,
+}
+
+/// `metrics.json` as DESIGN.md defines it. Optional fields may be absent in older runs.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Metrics {
+    #[serde(default)]
+    pub experiment: String,
+    pub scenario: String,
+    pub criterion: String,
+    pub level: String,
+    pub backbone: String,
+    #[serde(default)]
+    pub parent: Option<String>,
+    pub macs: u64,
+    pub params: u64,
+    #[serde(default)]
+    pub kept_channel_fraction: Option<f64>,
+    #[serde(default)]
+    pub latency_ms: BTreeMap<String, Latency>,
+    #[serde(default)]
+    pub eval: BTreeMap<String, EvalMetrics>,
+    #[serde(default)]
+    pub train: Option<TrainSummary>,
+    #[serde(default)]
+    pub tool_version: Option<String>,
+}
+
+/// Widths of one prunable conv: kept and original (unpruned) output channels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerWidth {
+    pub name: String,
+    pub kept: usize,
+    pub original: usize,
+}
+
+/// One run folder.
+#[derive(Clone, Debug)]
+pub struct Run {
+    /// Folder relative to the runs root, `/`-separated (stable across machines).
+    pub id: String,
+    pub dir: PathBuf,
+    pub metrics: Metrics,
+    /// Per prunable conv, when the folder has a readable `model.safetensors`.
+    pub widths: Option<Vec<LayerWidth>>,
+}
+
+impl Run {
+    pub fn is_baseline(&self) -> bool {
+        self.metrics.scenario == "baseline"
+    }
+    /// GFLOPs as the paper counts them: 2 × multiply-adds.
+    pub fn gflops(&self) -> f64 {
+        2.0 * self.metrics.macs as f64 / 1e9
+    }
+    pub fn params_m(&self) -> f64 {
+        self.metrics.params as f64 / 1e6
+    }
+    /// Latency in ms on the first device that has it, for batch 1 or 32.
+    pub fn latency(&self, batch32: bool) -> Option<f64> {
+        self.metrics
+            .latency_ms
+            .values()
+            .find_map(|l| if batch32 { l.batch32 } else { l.batch1 })
+    }
+    /// Display name of the model: a criterion, or the backbone for baselines.
+    pub fn model_name(&self) -> String {
+        if self.is_baseline() || self.metrics.criterion == "none" {
+            self.metrics.backbone.clone()
+        } else {
+            self.metrics.criterion.clone()
+        }
+    }
+}
+
+/// A file that could not be used, with why; the report goes on without it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Problem {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunsError {
+    #[error("runs folder {0} does not exist (run `cargo run --release -p reid-prune` first, or pass --runs DIR)")]
+    Missing(PathBuf),
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Every run under `root` (sorted by id), and the files that were skipped.
+pub fn load_runs(root: &Path) -> Result<(Vec<Run>, Vec<Problem>), RunsError> {
+    if !root.is_dir() {
+        return Err(RunsError::Missing(root.to_path_buf()));
+    }
+    let mut files = Vec::new();
+    collect_metrics(root, &mut files)?;
+    files.sort();
+    let mut runs = Vec::new();
+    let mut problems = Vec::new();
+    for file in files {
+        let dir = file.parent().unwrap_or(root).to_path_buf();
+        let metrics = match read_metrics(&file) {
+            Ok(m) => m,
+            Err(message) => {
+                problems.push(Problem {
+                    path: file,
+                    message,
+                });
+                continue;
+            }
+        };
+        let model = dir.join("model.safetensors");
+        let widths = if model.is_file() {
+            match read_widths(&model) {
+                Ok(w) => Some(w),
+                Err(message) => {
+                    problems.push(Problem {
+                        path: model,
+                        message,
+                    });
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let id = dir
+            .strip_prefix(root)
+            .unwrap_or(&dir)
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("/");
+        runs.push(Run {
+            id,
+            dir,
+            metrics,
+            widths,
+        });
+    }
+    Ok((runs, problems))
+}
+
+fn collect_metrics(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), RunsError> {
+    let io = |source| RunsError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let path = entry.path();
+        let name = entry.file_name();
+        // `steps/` holds the runner's intermediate results and `data/` the generated datasets;
+        // the report is about the published run folders.
+        if path.is_dir() && name != "steps" && name != "data" {
+            collect_metrics(&path, out)?;
+        } else if name == "metrics.json" {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn read_metrics(path: &Path) -> Result<Metrics, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    let m: Metrics = serde_json::from_str(&text)
+        .map_err(|e| format!("not a metrics.json of DESIGN.md's format: {e}"))?;
+    for (name, e) in &m.eval {
+        for (what, v) in [("mAP", e.map), ("rank1", e.rank1)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!(
+                    "eval.{name}.{what} = {v} is not a fraction in [0, 1]"
+                ));
+            }
+        }
+    }
+    Ok(m)
+}
+
+/// The `reid.arch` JSON of a checkpoint, from its header only.
+fn read_arch(path: &Path) -> Result<serde_json::Value, String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| "shorter than a safetensors header".to_string())?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Err(format!(
+            "safetensors header of {len} bytes is not plausible"
+        ));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)
+        .map_err(|_| "truncated safetensors header".to_string())?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| format!("safetensors header: {e}"))?;
+    let arch = header
+        .get("__metadata__")
+        .and_then(|m| m.get("reid.arch"))
+        .and_then(|a| a.as_str())
+        .ok_or("no reid.arch metadata (not a reid-prune checkpoint)")?;
+    serde_json::from_str(arch).map_err(|e| format!("reid.arch: {e}"))
+}
+
+/// Kept and original widths of every prunable conv (the first two of a bottleneck, the
+/// first of a basic block), named as in the state dict. The original width is the
+/// standard ResNet's at the checkpoint's `width_mult`, as the model crate builds it.
+fn read_widths(path: &Path) -> Result<Vec<LayerWidth>, String> {
+    let arch = read_arch(path)?;
+    let bad = |what: &str| format!("reid.arch: {what}");
+    let bottleneck = match arch.get("block").and_then(|b| b.as_str()) {
+        Some("bottleneck") => true,
+        Some("basic") => false,
+        _ => return Err(bad("block is neither bottleneck nor basic")),
+    };
+    let width_mult = arch
+        .get("width_mult")
+        .and_then(|w| w.as_f64())
+        .unwrap_or(1.0);
+    let stages = arch
+        .get("stages")
+        .and_then(|s| s.as_array())
+        .ok_or_else(|| bad("no stages"))?;
+    let mut out = Vec::new();
+    for (si, stage) in stages.iter().enumerate() {
+        let original = ((64.0 * (1u64 << si) as f64 * width_mult).round() as usize).max(1);
+        let blocks = stage.as_array().ok_or_else(|| bad("stage is not a list"))?;
+        for (bi, block) in blocks.iter().enumerate() {
+            let widths: Vec<usize> = block
+                .get("widths")
+                .and_then(|w| w.as_array())
+                .ok_or_else(|| bad("block without widths"))?
+                .iter()
+                .map(|w| w.as_u64().map(|w| w as usize))
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad("width is not an integer"))?;
+            let prunable = if bottleneck { 2 } else { 1 };
+            if widths.len() < prunable + 1 {
+                return Err(bad("block has too few widths"));
+            }
+            for (ci, &kept) in widths.iter().take(prunable).enumerate() {
+                out.push(LayerWidth {
+                    name: format!("layer{}.{}.conv{}", si + 1, bi, ci + 1),
+                    kept,
+                    original,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_with_a_rank_outside_0_1_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.json");
+        std::fs::write(
+            &p,
+            r#"{"scenario":"S1","criterion":"l1","level":"C1","backbone":"resnet50","macs":1,"params":1,
+               "eval":{"m":{"mAP":45.0,"rank1":0.5}}}"#,
+        )
+        .unwrap();
+        let err = read_metrics(&p).unwrap_err();
+        assert!(err.contains("eval.m.mAP = 45"), "{err}");
+    }
+}

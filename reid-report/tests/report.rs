@@ -1,0 +1,453 @@
+//! The report of a fixture runs folder: exact tables (golden Markdown/CSV under
+//! tests/expected), valid figures, results.csv/parquet, skipped bad files, and index.html
+//! rendered in headless Chromium with every image loaded.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use reid_report::{write_report, ReportOptions};
+use serde_json::json;
+
+fn cmc(r1: f64) -> Vec<f64> {
+    (0..50).map(|k| (r1 + 0.02 * k as f64).min(1.0)).collect()
+}
+
+fn eval(map: f64, r1: f64) -> serde_json::Value {
+    json!({"mAP": map, "rank1": r1, "rank5": (r1 + 0.08).min(1.0), "rank10": (r1 + 0.18).min(1.0),
+           "mINP": map * 0.6, "cmc": cmc(r1), "num_valid_queries": 100})
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    root: &Path,
+    folder: &str,
+    scenario: &str,
+    criterion: &str,
+    level: &str,
+    backbone: &str,
+    gmacs: f64,
+    mparams: f64,
+    lat: (f64, f64),
+    evals: serde_json::Value,
+) -> PathBuf {
+    let dir = root.join(folder);
+    std::fs::create_dir_all(&dir).unwrap();
+    let m = json!({"experiment": "fx", "scenario": scenario, "criterion": criterion, "level": level,
+        "backbone": backbone, "parent": "ab", "macs": (gmacs * 1e9) as u64, "params": (mparams * 1e6) as u64,
+        "kept_channel_fraction": 0.5, "latency_ms": {"cpu": {"batch1": lat.0, "batch32": lat.1}},
+        "eval": evals, "train": {"epochs": 3, "wall_s": 12.5, "final_loss": 1.25}, "tool_version": "0.1.0"});
+    std::fs::write(
+        dir.join("metrics.json"),
+        serde_json::to_string_pretty(&m).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        "name = \"fx\"\ninput = \"256x128\"\nseed = 7\nwidth_mult = 1.0\ndevice = \"cpu\"\n",
+    )
+    .unwrap();
+    dir
+}
+
+/// A checkpoint header with `reid.arch` only (no tensors): what the width profile reads.
+fn arch_checkpoint(dir: &Path, inner: [usize; 4]) {
+    let blocks = [3, 4, 6, 3];
+    let stages: Vec<serde_json::Value> = (0..4)
+        .map(|s| {
+            (0..blocks[s])
+                .map(|b| {
+                    json!({"widths": [inner[s], inner[s], 256 << s], "stride": if s > 0 && b == 0 {2} else {1},
+                           "downsample": b == 0})
+                })
+                .collect()
+        })
+        .collect();
+    let arch = json!({"depth": 50, "block": "bottleneck", "stem_width": 64, "stages": stages, "last_stride": 1,
+                      "neck": "bnneck", "feature_dim": 2048, "num_classes": 751, "width_mult": 1.0});
+    let header = json!({"__metadata__": {"reid.arch": arch.to_string()}}).to_string();
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+}
+
+fn fixture(root: &Path) {
+    let both =
+        |a: f64, b: f64, c: f64, d: f64| json!({"market1501": eval(a, b), "synth-b": eval(c, d)});
+    run(
+        root,
+        "baseline/resnet50-full",
+        "baseline",
+        "resnet50",
+        "full",
+        "resnet50",
+        4.05,
+        23.5,
+        (40.0, 800.0),
+        both(0.70, 0.86, 0.40, 0.50),
+    );
+    run(
+        root,
+        "baseline/resnet18-full",
+        "baseline",
+        "resnet18",
+        "full",
+        "resnet18",
+        1.82,
+        11.2,
+        (18.0, 330.0),
+        both(0.61, 0.80, 0.30, 0.41),
+    );
+    let d = run(
+        root,
+        "S1/l1-C1",
+        "S1",
+        "l1",
+        "C1",
+        "resnet50",
+        2.03,
+        11.9,
+        (26.0, 450.0),
+        both(0.675, 0.845, 0.38, 0.49),
+    );
+    arch_checkpoint(&d, [32, 64, 128, 256]);
+    let d = run(
+        root,
+        "S1/taylor-C1",
+        "S1",
+        "taylor",
+        "C1",
+        "resnet50",
+        2.10,
+        12.1,
+        (27.0, 470.0),
+        both(0.66, 0.84, 0.37, 0.47),
+    );
+    arch_checkpoint(&d, [40, 60, 120, 250]);
+    run(
+        root,
+        "S1/l1-C2",
+        "S1",
+        "l1",
+        "C2",
+        "resnet50",
+        1.35,
+        8.9,
+        (20.0, 320.0),
+        both(0.63, 0.82, 0.33, 0.45),
+    );
+    run(
+        root,
+        "S2/l1-C1",
+        "S2",
+        "l1",
+        "C1",
+        "resnet50",
+        2.03,
+        11.9,
+        (26.5, 455.0),
+        both(0.47, 0.69, 0.25, 0.33),
+    );
+    run(
+        root,
+        "S3/psfp-C1",
+        "S3",
+        "psfp",
+        "C1",
+        "resnet50",
+        2.03,
+        11.9,
+        (25.0, 440.0),
+        json!({"market1501": eval(0.66, 0.82)}),
+    );
+    // a run without latency or a cross-domain evaluation
+    let d = root.join("S4/l1-C1");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("metrics.json"),
+        json!({"scenario": "S4", "criterion": "l1", "level": "C1", "backbone": "resnet50", "macs": 2030000000u64,
+               "params": 11900000, "eval": {"market1501": eval(0.31, 0.55)}})
+        .to_string(),
+    )
+    .unwrap();
+    // bad files: reported by path and skipped
+    let bad = root.join("S1/entropy-C1");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("metrics.json"), "{\"scenario\": \"S1\", truncated").unwrap();
+    let bad = root.join("S2/taylor-C1");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(
+        bad.join("metrics.json"),
+        json!({"scenario": "S2", "criterion": "taylor"}).to_string(),
+    )
+    .unwrap();
+    let bad_model = run(
+        root,
+        "S3/l1-C1",
+        "S3",
+        "l1",
+        "C1",
+        "resnet50",
+        2.03,
+        11.9,
+        (26.0, 452.0),
+        json!({"market1501": eval(0.53, 0.72)}),
+    );
+    std::fs::write(bad_model.join("model.safetensors"), b"\x03").unwrap();
+    // the runner's intermediate steps are not runs of the report
+    run(
+        root,
+        "steps/eval-0123",
+        "S1",
+        "l1",
+        "C9",
+        "resnet50",
+        1.0,
+        1.0,
+        (1.0, 1.0),
+        json!({}),
+    );
+}
+
+fn expected(name: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/expected")
+        .join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn report() -> (tempfile::TempDir, PathBuf, reid_report::ReportSummary) {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    fixture(&runs);
+    let out = tmp.path().join("report");
+    let s = write_report(&runs, &out, &ReportOptions::default()).unwrap();
+    (tmp, out, s)
+}
+
+#[test]
+fn tables_equal_the_golden_markdown_and_csv() {
+    let (_tmp, out, summary) = report();
+    assert_eq!(summary.runs, 9);
+    for name in [
+        "table5.md",
+        "table5.csv",
+        "table6.md",
+        "table6.csv",
+        "table7_market1501.md",
+        "table7_market1501.csv",
+        "table8_synth-b.md",
+        "table8_synth-b.csv",
+    ] {
+        let got = std::fs::read_to_string(out.join("tables").join(name)).unwrap();
+        if std::env::var_os("REID_REPORT_BLESS").is_some() {
+            // Rewrites the golden files after a deliberate change (review the diff).
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/expected");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(name), &got).unwrap();
+        }
+        assert_eq!(
+            got,
+            expected(name),
+            "tables/{name} differs from tests/expected/{name}"
+        );
+    }
+}
+
+#[test]
+fn bad_files_are_reported_by_path_and_skipped() {
+    let (_tmp, out, summary) = report();
+    let msgs: Vec<String> = summary.problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(msgs.len(), 3, "{msgs:#?}");
+    assert!(msgs
+        .iter()
+        .any(|m| m.contains("entropy-C1/metrics.json") && m.contains("metrics.json of DESIGN.md")));
+    assert!(msgs
+        .iter()
+        .any(|m| m.contains("taylor-C1/metrics.json") && m.contains("missing field")));
+    assert!(msgs
+        .iter()
+        .any(|m| m.contains("S3/l1-C1/model.safetensors") && m.contains("header")));
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(html.contains("Skipped files") && html.contains("entropy-C1"));
+}
+
+#[test]
+fn results_frame_has_one_row_per_run_and_dataset() {
+    let (_tmp, out, _) = report();
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    for col in [
+        "run",
+        "scenario",
+        "criterion",
+        "level",
+        "dataset",
+        "gflops",
+        "mAP",
+        "rank1",
+        "speedup_b32",
+        "seed",
+    ] {
+        assert!(header.contains(&col), "no column {col} in {header:?}");
+    }
+    // 6 runs on two datasets, 3 on one.
+    assert_eq!(lines.count(), 6 * 2 + 3);
+    let pq = std::fs::read(out.join("results.parquet")).unwrap();
+    assert!(pq.starts_with(b"PAR1") && pq.ends_with(b"PAR1"));
+    let df = polars::prelude::ParquetReader::new(std::io::Cursor::new(pq));
+    use polars::prelude::SerReader;
+    let df = df.finish().unwrap();
+    assert_eq!(df.height(), 15);
+    assert_eq!(df.width(), header.len());
+}
+
+#[test]
+fn every_figure_is_a_valid_png_and_svg() {
+    let (_tmp, out, _) = report();
+    let figs: Vec<PathBuf> = std::fs::read_dir(out.join("figures"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let stems = |ext: &str| {
+        let mut v: Vec<String> = figs
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == ext))
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        stems("png"),
+        [
+            "accuracy_vs_compression_market1501",
+            "accuracy_vs_compression_synth-b",
+            "cmc_market1501",
+            "cmc_synth-b",
+            "fig4_market1501",
+            "fig4_synth-b",
+            "latency_vs_gflops",
+            "width_profile_C1",
+        ]
+    );
+    assert_eq!(stems("png"), stems("svg"));
+    for p in &figs {
+        if p.extension().unwrap() == "png" {
+            let img = image::open(p).unwrap().to_rgb8();
+            assert!(img.width() >= 500 && img.height() >= 400);
+            // Not blank: some dark pixels (axes, text) and some coloured ones (markers).
+            let dark = img.pixels().filter(|q| q.0.iter().all(|&c| c < 80)).count();
+            let colour = img
+                .pixels()
+                .filter(|q| q.0.iter().max().unwrap() - q.0.iter().min().unwrap() > 80)
+                .count();
+            assert!(
+                dark > 500 && colour > 50,
+                "{}: dark {dark}, colour {colour}",
+                p.display()
+            );
+        } else {
+            let s = std::fs::read_to_string(p).unwrap();
+            assert!(
+                s.starts_with("<svg") && s.trim_end().ends_with("</svg>"),
+                "{}",
+                p.display()
+            );
+            assert!(s.contains("<text") && (s.contains("<circle") || s.contains("<polyline")));
+        }
+    }
+    let svg = std::fs::read_to_string(out.join("figures/fig4_market1501.svg")).unwrap();
+    for label in ["GFLOPs", "mAP (%)", "rank-1 (%)", "resnet18", "taylor"] {
+        assert!(svg.contains(label), "fig4 has no '{label}'");
+    }
+}
+
+#[test]
+fn missing_or_empty_runs_folder_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = write_report(
+        &tmp.path().join("nope"),
+        &tmp.path().join("r"),
+        &ReportOptions::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    let e = write_report(tmp.path(), &tmp.path().join("r"), &ReportOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("no usable metrics.json"), "{e}");
+}
+
+fn chromium() -> PathBuf {
+    for c in [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ] {
+        if Path::new(c).exists() {
+            return PathBuf::from(c);
+        }
+    }
+    panic!("no Chromium found: .ci/run installs Debian's `chromium` (apt-get install chromium)");
+}
+
+fn headless(profile: &Path) -> Command {
+    let mut c = Command::new(chromium());
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--allow-file-access-from-files",
+        "--virtual-time-budget=5000",
+    ]);
+    c.arg(format!("--user-data-dir={}", profile.display()));
+    c
+}
+
+#[test]
+fn index_html_renders_in_headless_chromium_with_every_image() {
+    let (tmp, out, _) = report();
+    let url = format!("file://{}", out.join("index.html").display());
+    let dom = headless(&tmp.path().join("profile-dom"))
+        .arg("--dump-dom")
+        .arg(&url)
+        .output()
+        .unwrap();
+    let dom_text = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        dom.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    let attr = |name: &str| -> usize {
+        let key = format!("{name}=\"");
+        let at = dom_text
+            .find(&key)
+            .unwrap_or_else(|| panic!("no {name} in the DOM"))
+            + key.len();
+        dom_text[at..].split('"').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(attr("data-images-total"), 8, "one <img> per figure");
+    assert_eq!(attr("data-images-loaded"), 8, "every figure loaded");
+    assert!(dom_text.contains("<table>") && dom_text.contains("Table 7"));
+
+    let shot = tmp.path().join("shot.png");
+    let s = headless(&tmp.path().join("profile-shot"))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg("--window-size=1280,2000")
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+    let img = image::open(&shot).unwrap().to_rgb8();
+    assert_eq!((img.width(), img.height()), (1280, 2000));
+    let non_white = img.pixels().filter(|p| p.0 != [255, 255, 255]).count();
+    assert!(
+        non_white > 10_000,
+        "screenshot looks blank ({non_white} non-white pixels)"
+    );
+}
