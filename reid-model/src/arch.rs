@@ -145,6 +145,22 @@ pub struct PrunableConv {
     pub width: usize,
 }
 
+/// Channels that flow along one residual stream: every conv writing into it (the stem or a
+/// downsample, and the last conv of each block adding to it) must keep the same channels, and
+/// every conv reading it loses the same input channels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResidualGroup {
+    /// Where the stream starts: `stem`, or the block whose downsample opens it (`layer2.0`).
+    pub name: String,
+    pub width: usize,
+    /// (conv, BN) pairs whose outputs are summed into the stream.
+    pub producers: Vec<(String, String)>,
+    /// Convs that read the stream (their input channels go with it).
+    pub readers: Vec<String>,
+    /// Whether the stream is the network's feature (the neck and classifier read it).
+    pub feeds_head: bool,
+}
+
 impl ArchSpec {
     /// A standard torchvision-shaped ResNet of `depth` with a BNNeck re-ID head.
     pub fn resnet(depth: usize, num_classes: usize) -> Result<Self> {
@@ -378,6 +394,72 @@ impl ArchSpec {
         out
     }
 
+    /// The residual streams, from the stem's to the one the head reads.
+    pub fn residual_groups(&self) -> Vec<ResidualGroup> {
+        let last = self.block.num_convs();
+        let mut groups = Vec::new();
+        let mut cur = ResidualGroup {
+            name: "stem".into(),
+            width: self.stem_width,
+            producers: vec![("conv1".into(), "bn1".into())],
+            readers: Vec::new(),
+            feeds_head: false,
+        };
+        for (s, blocks) in self.stages.iter().enumerate() {
+            for (b, blk) in blocks.iter().enumerate() {
+                let prefix = format!("layer{}.{}", s + 1, b);
+                cur.readers.push(format!("{prefix}.conv1"));
+                if blk.downsample {
+                    cur.readers.push(format!("{prefix}.downsample.0"));
+                    groups.push(cur);
+                    cur = ResidualGroup {
+                        name: prefix.clone(),
+                        width: blk.out_width(),
+                        producers: vec![(
+                            format!("{prefix}.downsample.0"),
+                            format!("{prefix}.downsample.1"),
+                        )],
+                        readers: Vec::new(),
+                        feeds_head: false,
+                    };
+                }
+                cur.producers
+                    .push((format!("{prefix}.conv{last}"), format!("{prefix}.bn{last}")));
+            }
+        }
+        cur.feeds_head = true;
+        groups.push(cur);
+        groups
+    }
+
+    /// This spec with residual streams (by [`ResidualGroup::name`]) set to new widths.
+    pub fn with_group_widths(&self, widths: &[(String, usize)]) -> Result<Self> {
+        let mut spec = self.clone();
+        let groups = self.residual_groups();
+        for (name, w) in widths {
+            let g = groups.iter().find(|g| &g.name == name).ok_or_else(|| {
+                ModelError::Arch(format!(
+                    "no residual group '{name}' in this {}",
+                    self.name()
+                ))
+            })?;
+            for (conv, _) in &g.producers {
+                if conv == "conv1" {
+                    spec.stem_width = *w;
+                } else if let Some((s, b, _)) = parse_branch_conv(conv) {
+                    if let Some(last) = spec.stages[s][b].widths.last_mut() {
+                        *last = *w;
+                    }
+                }
+            }
+            if g.feeds_head {
+                spec.feature_dim = *w;
+            }
+        }
+        spec.validate()?;
+        Ok(spec)
+    }
+
     /// Name and shape of every tensor a checkpoint of this spec holds (torchvision names plus
     /// `bnneck.*` and `classifier.weight`).
     pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
@@ -534,5 +616,43 @@ mod tests {
         assert!(e.contains("parity"), "{e}");
         assert!(s.check_input(250, 125, false).is_ok());
         assert!(s.check_input(16, 128, false).is_err());
+    }
+
+    #[test]
+    fn residual_groups_follow_the_streams() {
+        let r50 = ArchSpec::resnet(50, 10).unwrap();
+        let g = r50.residual_groups();
+        let names: Vec<&str> = g.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["stem", "layer1.0", "layer2.0", "layer3.0", "layer4.0"]
+        );
+        assert_eq!(g[0].readers, ["layer1.0.conv1", "layer1.0.downsample.0"]);
+        assert_eq!(g[1].producers.len(), 1 + 3);
+        assert_eq!(g[1].producers[0].0, "layer1.0.downsample.0");
+        assert_eq!(
+            g[1].readers,
+            [
+                "layer1.1.conv1",
+                "layer1.2.conv1",
+                "layer2.0.conv1",
+                "layer2.0.downsample.0"
+            ]
+        );
+        assert!(g[4].feeds_head && g[4].width == 2048 && g[4].producers.len() == 4);
+        // ResNet-18's first stage has no downsample: the stem's stream runs through it.
+        let r18 = ArchSpec::resnet(18, 10).unwrap();
+        let g = r18.residual_groups();
+        assert_eq!(g.len(), 4);
+        let p: Vec<&str> = g[0].producers.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(p, ["conv1", "layer1.0.conv2", "layer1.1.conv2"]);
+        let s = r18
+            .with_group_widths(&[("stem".into(), 40), ("layer4.0".into(), 300)])
+            .unwrap();
+        assert_eq!(
+            (s.stem_width, s.stages[0][1].widths[1], s.feature_dim),
+            (40, 40, 300)
+        );
+        assert!(r18.with_group_widths(&[("layer9.0".into(), 3)]).is_err());
     }
 }

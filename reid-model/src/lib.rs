@@ -18,7 +18,7 @@ pub mod net;
 pub mod ops;
 pub mod train;
 
-pub use arch::{ArchSpec, BlockKind, BlockSpec, Neck, PrunableConv};
+pub use arch::{ArchSpec, BlockKind, BlockSpec, Neck, PrunableConv, ResidualGroup};
 pub use checkpoint::{load_checkpoint, save_checkpoint, Checkpoint, Provenance};
 pub use error::{ModelError, Result};
 pub use net::{ActivationTrace, ReidNet, ReidOutput};

@@ -144,6 +144,10 @@ struct PruneArgs {
     /// Minimum kept fraction of each layer's width.
     #[arg(long, default_value_t = 1.0 / 16.0)]
     floor: f64,
+    /// Also prune the residual streams (each stage's block outputs with its downsample and
+    /// every reader), not only the convs inside the blocks (weight criteria).
+    #[arg(long)]
+    residual_groups: bool,
     #[arg(long, default_value = "256x128")]
     input: String,
     #[arg(long)]
@@ -288,6 +292,7 @@ fn main() -> Result<()> {
                 target: a.target,
                 allocation: a.allocation,
                 floor: a.floor,
+                residual_groups: a.residual_groups,
                 input: a.input,
                 dataset: a.dataset,
                 root: a.root,

@@ -22,7 +22,7 @@ use reid_model::{ArchSpec, ReidNet};
 use serde::{Deserialize, Serialize};
 
 use crate::criterion::{by_name, Criterion, ScoreData};
-use crate::strategy::{plan, Allocation, PruneTarget, TargetKind};
+use crate::strategy::{plan_with_groups, Allocation, PruneTarget, TargetKind};
 use crate::surgery::apply;
 use crate::training::{run_training, run_training_with, RunConfig};
 
@@ -62,6 +62,8 @@ pub struct PruneConfig {
     pub out: PathBuf,
     /// α of the auto-balanced regulariser.
     pub balance_alpha: f64,
+    /// Also prune residual streams (block outputs, downsamples, their readers, the head).
+    pub residual_groups: bool,
 }
 
 impl Default for PruneConfig {
@@ -89,6 +91,7 @@ impl Default for PruneConfig {
             device: "cpu".into(),
             out: PathBuf::from("runs/prune"),
             balance_alpha: 1e-3,
+            residual_groups: false,
         }
     }
 }
@@ -225,6 +228,13 @@ pub struct PruneOutcome {
 pub fn run_prune(cfg: &PruneConfig, show_progress: bool) -> Result<PruneOutcome> {
     let balanced = cfg.criterion == "auto-balanced";
     let soft = cfg.criterion == "psfp";
+    if cfg.residual_groups && (balanced || soft) {
+        bail!(
+            "--residual-groups is not combined with '{}' (its training-time rule acts on branch convs): \
+             use l1, l2, fpgm, bn-gamma or random",
+            cfg.criterion
+        );
+    }
     if (balanced || soft) && cfg.retrain_epochs == 0 {
         bail!(
             "{} prunes during retraining: give --dataset, --root and --retrain-epochs",
@@ -290,7 +300,18 @@ pub fn run_prune(cfg: &PruneConfig, show_progress: bool) -> Result<PruneOutcome>
             );
         }
         let scores = criterion.scores(&net, &net.prunable_convs(), data.as_ref())?;
-        let p = plan(net.spec(), &base, &scores, &PruneTarget { level, ..target })?;
+        let groups = if cfg.residual_groups {
+            Some(crate::criterion::group_scores(criterion.as_ref(), &net)?)
+        } else {
+            None
+        };
+        let p = plan_with_groups(
+            net.spec(),
+            &base,
+            &scores,
+            groups.as_ref(),
+            &PruneTarget { level, ..target },
+        )?;
         let step_dir = if steps > 1 {
             cfg.out.join(format!("step{:02}", step + 1))
         } else {
@@ -361,6 +382,7 @@ pub fn run_prune(cfg: &PruneConfig, show_progress: bool) -> Result<PruneOutcome>
                         )
                     })
                     .collect(),
+                groups: Default::default(),
             }
         } else {
             p

@@ -318,9 +318,13 @@ impl Runner {
             device: self.cfg.device.clone(),
             ..PruneConfig::default()
         };
-        let key = serde_json::json!({"parent": file_sha256(parent)?, "criterion": criterion, "level": level, "data": data.identity(),
+        let mut key = serde_json::json!({"parent": file_sha256(parent)?, "criterion": criterion, "level": level, "data": data.identity(),
                                      "allocation": pc.allocation, "step": pc.step, "retrain": pc.retrain_epochs, "lr": self.cfg.lr,
                                      "input": pc.input, "seed": pc.seed});
+        if criterion == "psfp" {
+            // the soft schedule is part of what psfp computes (other criteria keep their keys)
+            key["psfp_decay"] = serde_json::json!(crate::criterion::psfp::PSFP_DECAY);
+        }
         let dir = self.step("prune", key, |dir| {
             run_prune(
                 &PruneConfig {

@@ -61,10 +61,14 @@ impl PruneTarget {
     }
 }
 
-/// Channels kept per prunable conv (sorted indices into the current widths).
+/// Channels kept per prunable conv, and per residual group when those are pruned too (sorted
+/// indices into the current widths).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PrunePlan {
     pub keep: BTreeMap<String, Vec<usize>>,
+    /// By [`reid_model::ResidualGroup::name`]; empty in the paper's branch-only mode.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, Vec<usize>>,
 }
 
 impl PrunePlan {
@@ -74,12 +78,32 @@ impl PrunePlan {
             .map(|(k, v)| (k.clone(), v.len()))
             .collect()
     }
+    pub fn group_widths(&self) -> Vec<(String, usize)> {
+        self.groups
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len()))
+            .collect()
+    }
+    /// The spec after this plan.
+    pub fn apply_to(&self, spec: &ArchSpec) -> Result<ArchSpec> {
+        Ok(spec
+            .with_conv_widths(&self.widths())?
+            .with_group_widths(&self.group_widths())?)
+    }
 }
 
 /// The quantity the target counts, for a spec.
-fn measure(spec: &ArchSpec, kind: TargetKind, input: (usize, usize)) -> Result<f64> {
+fn measure(spec: &ArchSpec, kind: TargetKind, input: (usize, usize), groups: bool) -> Result<f64> {
     Ok(match kind {
-        TargetKind::Channels => spec.prunable_convs().iter().map(|p| p.width as f64).sum(),
+        TargetKind::Channels => {
+            let branch: usize = spec.prunable_convs().iter().map(|p| p.width).sum();
+            let residual: usize = if groups {
+                spec.residual_groups().iter().map(|g| g.width).sum()
+            } else {
+                0
+            };
+            (branch + residual) as f64
+        }
         TargetKind::Flops => complexity(spec, input.0, input.1)?.backbone.macs as f64,
         TargetKind::Params => complexity(spec, input.0, input.1)?.backbone.params as f64,
     })
@@ -102,51 +126,106 @@ pub fn plan(
     scores: &ChannelScores,
     target: &PruneTarget,
 ) -> Result<PrunePlan> {
+    plan_with_groups(spec, base, scores, None, target)
+}
+
+/// One thing whose width the plan chooses: a branch conv or a residual group.
+struct Unit {
+    name: String,
+    group: bool,
+    width: usize,
+    base_width: usize,
+}
+
+/// [`plan`], with residual groups pruned too when `group_scores` (one score per channel of
+/// every [`reid_model::ResidualGroup`], by name) is given: the same rate in every group and
+/// layer (layer-wise), or one ranking across all of them (global).
+pub fn plan_with_groups(
+    spec: &ArchSpec,
+    base: &ArchSpec,
+    scores: &ChannelScores,
+    group_scores: Option<&ChannelScores>,
+    target: &PruneTarget,
+) -> Result<PrunePlan> {
     target.validate()?;
-    let layers = spec.prunable_convs();
-    let base_widths: BTreeMap<String, usize> = base
+    let base_branch: BTreeMap<String, usize> = base
         .prunable_convs()
         .into_iter()
         .map(|p| (p.conv, p.width))
         .collect();
-    for l in &layers {
-        match scores.get(&l.conv) {
-            Some(s) if s.len() == l.width => {}
+    let base_groups: BTreeMap<String, usize> = base
+        .residual_groups()
+        .into_iter()
+        .map(|g| (g.name, g.width))
+        .collect();
+    let mut units: Vec<Unit> = spec
+        .prunable_convs()
+        .into_iter()
+        .map(|l| Unit {
+            base_width: base_branch.get(&l.conv).copied().unwrap_or(l.width),
+            name: l.conv,
+            group: false,
+            width: l.width,
+        })
+        .collect();
+    if group_scores.is_some() {
+        units.extend(spec.residual_groups().into_iter().map(|g| Unit {
+            base_width: base_groups.get(&g.name).copied().unwrap_or(g.width),
+            name: g.name,
+            group: true,
+            width: g.width,
+        }));
+    }
+    let empty = ChannelScores::new();
+    let score_of = |u: &Unit| -> Option<&Vec<f64>> {
+        if u.group {
+            group_scores.unwrap_or(&empty).get(&u.name)
+        } else {
+            scores.get(&u.name)
+        }
+    };
+    for u in &units {
+        match score_of(u) {
+            Some(s) if s.len() == u.width => {}
             Some(s) => {
                 return Err(PruneError::Request(format!(
                     "{}: {} scores for {} channels",
-                    l.conv,
+                    u.name,
                     s.len(),
-                    l.width
+                    u.width
                 )))
             }
             None => {
                 return Err(PruneError::Request(format!(
-                    "no scores for layer {}",
-                    l.conv
+                    "no scores for {} {}",
+                    if u.group { "residual group" } else { "layer" },
+                    u.name
                 )))
             }
         }
     }
-    let floor = |conv: &str, w: usize| -> usize {
-        let b = *base_widths.get(conv).unwrap_or(&w);
-        ((b as f64 * target.floor).ceil() as usize).clamp(1, w)
+    let with_groups = group_scores.is_some();
+    let floor = |u: &Unit| -> usize {
+        ((u.base_width as f64 * target.floor).ceil() as usize).clamp(1, u.width)
     };
-    let reference = measure(base, target.kind, target.input)?;
+    let reference = measure(base, target.kind, target.input, with_groups)?;
     let goal = reference * (1.0 - target.level);
-    let eval = |widths: &[(String, usize)]| -> Result<f64> {
-        measure(&spec.with_conv_widths(widths)?, target.kind, target.input)
+    let eval = |widths: &[usize]| -> Result<f64> {
+        let (mut branch, mut groups) = (Vec::new(), Vec::new());
+        for (u, &w) in units.iter().zip(widths) {
+            if u.group { &mut groups } else { &mut branch }.push((u.name.clone(), w));
+        }
+        let s = spec.with_conv_widths(&branch)?.with_group_widths(&groups)?;
+        measure(&s, target.kind, target.input, with_groups)
     };
-    let widths: Vec<(String, usize)> = match target.allocation {
+    let widths: Vec<usize> = match target.allocation {
         Allocation::Layerwise => {
-            let at = |r: f64| -> Vec<(String, usize)> {
-                layers
+            let at = |r: f64| -> Vec<usize> {
+                units
                     .iter()
-                    .map(|l| {
-                        let b = base_widths.get(&l.conv).copied().unwrap_or(l.width) as f64;
-                        let w = ((b * (1.0 - r)).round() as usize)
-                            .clamp(floor(&l.conv, l.width), l.width);
-                        (l.conv.clone(), w)
+                    .map(|u| {
+                        ((u.base_width as f64 * (1.0 - r)).round() as usize)
+                            .clamp(floor(u), u.width)
                     })
                     .collect()
             };
@@ -173,27 +252,33 @@ pub fn plan(
         Allocation::Global => {
             let mut normalised = scores.clone();
             l2_normalise(&mut normalised);
-            let mut all: Vec<(f64, usize, &str)> = layers
+            let mut normalised_groups = group_scores.cloned().unwrap_or_default();
+            l2_normalise(&mut normalised_groups);
+            let mut all: Vec<(f64, usize, usize)> = units
                 .iter()
-                .flat_map(|l| {
-                    normalised[&l.conv]
-                        .iter()
-                        .enumerate()
-                        .map(move |(c, &s)| (s, c, l.conv.as_str()))
+                .enumerate()
+                .flat_map(|(ui, u)| {
+                    let s = if u.group {
+                        &normalised_groups[&u.name]
+                    } else {
+                        &normalised[&u.name]
+                    };
+                    s.iter().enumerate().map(move |(c, &v)| (v, ui, c))
                 })
                 .collect();
-            all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.2.cmp(b.2)).then(a.1.cmp(&b.1)));
-            let mut w: BTreeMap<String, usize> =
-                layers.iter().map(|l| (l.conv.clone(), l.width)).collect();
+            all.sort_by(|a, b| {
+                a.0.total_cmp(&b.0)
+                    .then(units[a.1].name.cmp(&units[b.1].name))
+                    .then(a.2.cmp(&b.2))
+            });
+            let mut w: Vec<usize> = units.iter().map(|u| u.width).collect();
             let mut reached = false;
-            for (_, _, conv) in all {
-                let cur = w[conv];
-                if cur <= floor(conv, spec_width(&layers, conv)) {
+            for (_, ui, _) in all {
+                if w[ui] <= floor(&units[ui]) {
                     continue;
                 }
-                *w.get_mut(conv).expect("layer present") = cur - 1;
-                let v: Vec<(String, usize)> = w.iter().map(|(k, v)| (k.clone(), *v)).collect();
-                if eval(&v)? <= goal {
+                w[ui] -= 1;
+                if eval(&w)? <= goal {
                     reached = true;
                     break;
                 }
@@ -204,24 +289,18 @@ pub fn plan(
                     target.level, target.kind, target.floor
                 )));
             }
-            w.into_iter().collect()
+            w
         }
     };
-    // Within a layer the lowest-scored channels go (global: the same count, by raw score order).
-    let keep = widths
-        .into_iter()
-        .map(|(conv, n)| {
-            let k = top_channels(&scores[&conv], n);
-            (conv, k)
-        })
-        .collect();
-    Ok(PrunePlan { keep })
-}
-
-fn spec_width(layers: &[reid_model::PrunableConv], conv: &str) -> usize {
-    layers
-        .iter()
-        .find(|l| l.conv == conv)
-        .map(|l| l.width)
-        .unwrap_or(1)
+    // Within a layer or group the lowest-scored channels go.
+    let mut plan = PrunePlan::default();
+    for (u, n) in units.iter().zip(widths) {
+        let keep = top_channels(score_of(u).expect("checked above"), n);
+        if u.group {
+            plan.groups.insert(u.name.clone(), keep);
+        } else {
+            plan.keep.insert(u.name.clone(), keep);
+        }
+    }
+    Ok(plan)
 }

@@ -1,5 +1,7 @@
 //! Channel surgery: remove the planned channels for real — the conv's filters, the BN after it and
-//! the consumer conv's input channels — giving a smaller network with a new `ArchSpec`.
+//! the consumer conv's input channels — giving a smaller network with a new `ArchSpec`. With
+//! residual groups, a whole stream goes: every conv adding into it, every reader, and the head
+//! when it is the feature.
 
 use std::collections::HashMap;
 
@@ -51,7 +53,60 @@ pub fn apply(net: &ReidNet, plan: &PrunePlan) -> Result<ReidNet> {
         }
         select(format!("{}.weight", layer.consumer), 1)?;
     }
-    let new_spec = spec.with_conv_widths(&plan.widths())?;
+    let groups = spec.residual_groups();
+    for (name, keep) in &plan.groups {
+        let g = groups.iter().find(|g| &g.name == name).ok_or_else(|| {
+            PruneError::Request(format!(
+                "'{name}' is not a residual group of this {}",
+                spec.name()
+            ))
+        })?;
+        if keep.is_empty()
+            || keep.iter().any(|&c| c >= g.width)
+            || keep.windows(2).any(|w| w[0] >= w[1])
+        {
+            return Err(PruneError::Request(format!(
+                "group {name}: kept channels must be sorted, distinct and below its width {}",
+                g.width
+            )));
+        }
+        let idx = Tensor::from_vec(
+            keep.iter().map(|&c| c as u32).collect::<Vec<_>>(),
+            keep.len(),
+            &device,
+        )?;
+        let mut select = |name: String, dim: usize| -> Result<()> {
+            let t = tensors
+                .get(&name)
+                .ok_or_else(|| PruneError::Request(format!("checkpoint has no tensor {name}")))?;
+            let t = t.index_select(&idx, dim)?;
+            tensors.insert(name, t);
+            Ok(())
+        };
+        // Every conv writing into the stream keeps the same filters, with its BN...
+        for (conv, bn) in &g.producers {
+            select(format!("{conv}.weight"), 0)?;
+            for part in ["weight", "bias", "running_mean", "running_var"] {
+                select(format!("{bn}.{part}"), 0)?;
+            }
+        }
+        // ...every conv reading it keeps the same input channels...
+        for reader in &g.readers {
+            select(format!("{reader}.weight"), 1)?;
+        }
+        // ...and when the stream is the feature, the neck and classifier follow.
+        if g.feeds_head {
+            if spec.neck == reid_model::Neck::BnNeck {
+                for part in ["weight", "bias", "running_mean", "running_var"] {
+                    select(format!("bnneck.{part}"), 0)?;
+                }
+            }
+            if spec.num_classes > 0 {
+                select("classifier.weight".into(), 1)?;
+            }
+        }
+    }
+    let new_spec = plan.apply_to(spec)?;
     let report = MismatchReport::compare(&new_spec, &tensors, |_| false);
     if !report.is_empty() {
         return Err(PruneError::Request(format!(

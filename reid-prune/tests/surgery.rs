@@ -123,6 +123,27 @@ fn resnet50_at_half_the_flops() {
             (ratio - 0.5).abs() <= 0.02,
             "{allocation:?}: MACs ratio {ratio}"
         );
+        // with the residual streams pruned too
+        let groups = spec
+            .residual_groups()
+            .into_iter()
+            .map(|g| {
+                (
+                    g.name,
+                    (0..g.width).map(|c| ((c * 104729) % 997) as f64).collect(),
+                )
+            })
+            .collect();
+        let p =
+            reid_prune::strategy::plan_with_groups(&spec, &spec, &scores, Some(&groups), &target)
+                .unwrap();
+        let pruned = p.apply_to(&spec).unwrap();
+        assert!(pruned.feature_dim < 2048);
+        let ratio = complexity(&pruned, 256, 128).unwrap().backbone.macs as f64 / full;
+        assert!(
+            (ratio - 0.5).abs() <= 0.02,
+            "residual groups, {allocation:?}: MACs ratio {ratio}"
+        );
     }
 }
 
@@ -225,12 +246,26 @@ fn auto_balanced_regulariser_moves_capacity_from_pruned_to_kept_channels() {
 
 #[test]
 fn psfp_zeroes_the_weakest_filters_on_a_growing_schedule() {
-    use reid_prune::criterion::psfp::{progressive_fraction, soft_prune};
+    use reid_prune::criterion::psfp::{
+        progressive_fraction, progressive_fraction_with, soft_prune,
+    };
     let f: Vec<f64> = (0..5).map(|e| progressive_fraction(e, 5)).collect();
     assert!(
         f[0] > 0.0 && f.windows(2).all(|w| w[1] > w[0]) && (f[4] - 1.0).abs() < 1e-12,
         "{f:?}"
     );
+    // the schedule's three conditions (eqs. 16-17): 0 at the start, D·P at T/4, P at T
+    for d in [0.125, 0.2, 0.25, 0.4] {
+        let at = |e: usize| progressive_fraction_with(e, 8, d); // after epoch e+1 of 8
+        assert!((at(1) - d).abs() < 1e-9, "D {d}: {}", at(1));
+        assert!((at(7) - 1.0).abs() < 1e-12);
+        assert!(at(0) > 0.0 && at(0) < at(1));
+    }
+    // D = 1/8: slow start, fast end (convex), as progressive pruning intends
+    let f: Vec<f64> = (0..8)
+        .map(|e| progressive_fraction_with(e, 8, 0.125))
+        .collect();
+    assert!(f[1] - f[0] < f[7] - f[6], "{f:?}");
     let net = trained_tiny(18);
     let layer = net.prunable_convs()[1].clone();
     let rates = std::collections::BTreeMap::from([(layer.conv.clone(), 0.5)]);
@@ -252,4 +287,134 @@ fn psfp_zeroes_the_weakest_filters_on_a_growing_schedule() {
     soft_prune(&net, &rates, 4, 5).unwrap();
     assert_eq!(zero_filters(&net), layer.width / 2);
     assert!(early > 0 && early < layer.width / 2, "{early}");
+}
+
+/// Residual-group mode: removing a stream's channels everywhere equals zeroing them at every
+/// BN that writes into the stream (the stream channel is then 0 all along, so its readers see
+/// nothing from it), output for output on the kept feature channels.
+#[test]
+fn residual_group_surgery_equals_masking_the_streams() {
+    use reid_prune::criterion::group_scores;
+    use reid_prune::strategy::plan_with_groups;
+    let dev = Device::Cpu;
+    for depth in [18, 34, 50] {
+        let net = trained_tiny(depth);
+        let random = by_name("random", 5).unwrap();
+        let scores = random.scores(&net, &net.prunable_convs(), None).unwrap();
+        let gs = group_scores(random.as_ref(), &net).unwrap();
+        for allocation in [Allocation::Layerwise, Allocation::Global] {
+            let target = PruneTarget {
+                kind: TargetKind::Channels,
+                level: 0.4,
+                allocation,
+                floor: 1.0 / 16.0,
+                input: (64, 32),
+            };
+            let p = plan_with_groups(net.spec(), net.spec(), &scores, Some(&gs), &target).unwrap();
+            assert_eq!(p.groups.len(), net.spec().residual_groups().len());
+            let pruned = apply(&net, &p).unwrap();
+
+            // the masked reference: zero γ and β of every producer BN at the removed channels
+            let mut t: std::collections::HashMap<String, Tensor> =
+                net.state_dict().unwrap().into_iter().collect();
+            let groups = net.spec().residual_groups();
+            for g in &groups {
+                let mut m = vec![0f32; g.width];
+                for &c in &p.groups[&g.name] {
+                    m[c] = 1.0;
+                }
+                let m = Tensor::from_vec(m, g.width, &dev).unwrap();
+                for (_, bn) in &g.producers {
+                    for part in ["weight", "bias"] {
+                        let k = format!("{bn}.{part}");
+                        let v = (&t[&k] * &m).unwrap();
+                        t.insert(k, v);
+                    }
+                }
+            }
+            let masked_net = ReidNet::from_tensors_trainable(net.spec(), &t, &dev, 0).unwrap();
+            let mut masked = ActivationTrace::default();
+            for l in net.prunable_convs() {
+                let mut m = vec![0f32; l.width];
+                for &c in &p.keep[&l.conv] {
+                    m[c] = 1.0;
+                }
+                masked =
+                    masked.with_mask(l.conv.clone(), Tensor::from_vec(m, l.width, &dev).unwrap());
+            }
+            let x = Tensor::randn(0f32, 1.0, (3, 3, 64, 32), &dev).unwrap();
+            let a = masked_net.forward_traced(&x, false, &mut masked).unwrap();
+            let b = pruned.forward_t(&x, false).unwrap();
+            let head = groups.last().unwrap();
+            let kept = &p.groups[&head.name];
+            let idx = Tensor::from_vec(
+                kept.iter().map(|&c| c as u32).collect::<Vec<_>>(),
+                kept.len(),
+                &dev,
+            )
+            .unwrap();
+            for (u, v) in [(&a.pooled, &b.pooled), (&a.neck, &b.neck)] {
+                let u = u.index_select(&idx, 1).unwrap();
+                let d = (&u - v)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                let s = u
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    .max(1.0);
+                assert!(d <= 1e-5 * s, "resnet{depth} {allocation:?}: {d}");
+            }
+            // the removed feature channels really were silent in the masked network
+            let total: f32 = a
+                .pooled
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            let kept_sum: f32 = a
+                .pooled
+                .index_select(&idx, 1)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!((total - kept_sum).abs() <= 1e-5 * total.max(1.0));
+            // the network is narrower everywhere: stem, block outputs, feature and classifier
+            let s = pruned.spec();
+            let streams =
+                |spec: &ArchSpec| -> usize { spec.residual_groups().iter().map(|g| g.width).sum() };
+            assert!(streams(s) < streams(net.spec()));
+            assert_eq!(s.feature_dim, kept.len());
+            assert!(s.feature_dim < net.spec().feature_dim);
+            assert_eq!(b.logits.unwrap().dims(), &[3, 5]);
+            let before = complexity(net.spec(), 64, 32).unwrap().backbone.params;
+            let after = complexity(s, 64, 32).unwrap().backbone.params;
+            assert!(
+                (after as f64) < 0.75 * before as f64,
+                "resnet{depth}: {after} of {before}"
+            );
+        }
+    }
+}
+
+#[test]
+fn residual_groups_need_a_weight_criterion() {
+    let net = trained_tiny(18);
+    let e = reid_prune::criterion::group_scores(by_name("taylor", 0).unwrap().as_ref(), &net)
+        .unwrap_err();
+    assert!(e.to_string().contains("weight criteria"), "{e}");
 }

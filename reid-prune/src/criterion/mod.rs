@@ -94,6 +94,45 @@ pub fn by_name(name: &str, seed: u64) -> Result<Box<dyn Criterion>> {
     })
 }
 
+/// Scores of every residual group's channels: each producer conv is scored like a prunable
+/// conv, normalised by its L2 norm, and the group's score is their mean (Torch-Pruning's group
+/// importance). Weight criteria only: a data criterion scores the branch activation after a
+/// conv's BN, which a residual stream does not have on its own.
+pub fn group_scores(criterion: &dyn Criterion, net: &ReidNet) -> Result<ChannelScores> {
+    if criterion.needs_data() {
+        return Err(PruneError::Request(format!(
+            "residual groups are scored by weight criteria (l1, l2, fpgm, bn-gamma, random), not by {}",
+            criterion.name()
+        )));
+    }
+    let mut out = ChannelScores::new();
+    for g in net.spec().residual_groups() {
+        let members: Vec<PrunableConv> = g
+            .producers
+            .iter()
+            .map(|(conv, bn)| PrunableConv {
+                conv: conv.clone(),
+                bn: bn.clone(),
+                consumer: String::new(),
+                stage: 0,
+                block: 0,
+                index: 0,
+                width: g.width,
+            })
+            .collect();
+        let mut per = criterion.scores(net, &members, None)?;
+        taylor::l2_normalise(&mut per);
+        let mut mean = vec![0.0; g.width];
+        for v in per.values() {
+            for (m, x) in mean.iter_mut().zip(v) {
+                *m += x / members.len() as f64;
+            }
+        }
+        out.insert(g.name, mean);
+    }
+    Ok(out)
+}
+
 /// Output filters of a conv as f64 rows [out, in·k·k].
 pub(crate) fn filters(net: &ReidNet, conv: &str) -> Result<(usize, Vec<f64>)> {
     let unit = net

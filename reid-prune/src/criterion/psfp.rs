@@ -1,7 +1,7 @@
 //! Progressive soft filter pruning (He et al. 2018, as used by the paper): while retraining, at
 //! the end of every epoch the filters with the lowest L2 norm are set to zero (with their BN
 //! scale and shift) but keep training, so they may recover; the zeroed fraction grows each epoch
-//! on an exponential schedule from 0 to the layer's final rate. A final ranking removes them for
+//! on the paper's exponential schedule from 0 to the layer's final rate. A final ranking removes them for
 //! real (surgery).
 
 use std::collections::BTreeMap;
@@ -12,12 +12,42 @@ use reid_model::ReidNet;
 use crate::criterion::{rank_ascending, ChannelScores, Criterion};
 use crate::error::{PruneError, Result};
 
-/// Fraction of the final rate reached after `epoch` of `epochs` finished epochs (0-based):
-/// r(e) = (1 − e^{−k(e+1)}) / (1 − e^{−kE}), fast early and flat late (k = 3/E).
+/// PSFP's pruning-rate decay D: at a quarter of the epochs the rate is D times the final one
+/// (He et al. 2018 use 1/8: few filters zeroed early, most late).
+pub const PSFP_DECAY: f64 = 0.125;
+
+/// Fraction of the final rate after `epoch` of `epochs` finished epochs (0-based), on PSFP's
+/// schedule P'(t) = a·e^{−k·t} + b with P'(0) = 0, P'(T/4) = D·P and P'(T) = P (paper eqs.
+/// 16–17). With u = e^{−kT/4} those give 1 + u + u² + u³ = 1/D and
+/// P'(t)/P = (1 − u^{4t/T}) / (1 − u⁴); D = 1/4 is the linear limit.
 pub fn progressive_fraction(epoch: usize, epochs: usize) -> f64 {
-    let e = epochs.max(1) as f64;
-    let k = 3.0 / e;
-    ((1.0 - (-k * (epoch as f64 + 1.0)).exp()) / (1.0 - (-k * e).exp())).min(1.0)
+    progressive_fraction_with(epoch, epochs, PSFP_DECAY)
+}
+
+/// [`progressive_fraction`] with a chosen decay D in (0, 1).
+pub fn progressive_fraction_with(epoch: usize, epochs: usize, decay: f64) -> f64 {
+    let big_t = epochs.max(1) as f64;
+    let t = ((epoch + 1) as f64).min(big_t);
+    let decay = decay.clamp(1e-6, 1.0 - 1e-6);
+    // 1 + u + u² + u³ grows with u ≥ 0: bisection for 1/D.
+    let target = 1.0 / decay;
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    while 1.0 + hi + hi * hi + hi * hi * hi < target {
+        hi *= 2.0;
+    }
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if 1.0 + mid + mid * mid + mid * mid * mid < target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let u = 0.5 * (lo + hi);
+    if (u - 1.0).abs() < 1e-9 {
+        return t / big_t;
+    }
+    ((1.0 - u.powf(4.0 * t / big_t)) / (1.0 - u.powi(4))).clamp(0.0, 1.0)
 }
 
 /// Zero, in every layer of `final_rates` (conv → fraction of its channels to remove at the end),
