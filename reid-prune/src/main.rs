@@ -593,32 +593,35 @@ fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_experiment(cfg: reid_prune::scenario::ExperimentConfig) -> Result<()> {
-    let start = std::time::Instant::now();
-    let cross = cfg.cross.as_ref().map(|c| {
-        c.root
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| c.dataset.clone())
-    });
-    let mut runner = reid_prune::scenario::Runner::new(cfg.clone())?;
-    let cells = runner.run()?;
-    let table = reid_prune::scenario::render_table(&cells, cross.as_deref());
-    reid_model::checkpoint::write_atomic(&cfg.out.join("summary.txt"), table.as_bytes())?;
-    println!(
-        "\n{} on {} ({}), mAP and R-1 in %{}; speed-up = measured batch-32 latency of the first row / this row:",
-        cfg.name,
-        cfg.target.root.display(),
-        cfg.input,
-        cross.as_deref().map(|c| format!(", cross-domain R-1 on {c}")).unwrap_or_default()
-    );
-    print!("{table}");
-    println!(
-        "\n{} steps run, {} reused, {:.0} s. Run folders: {}/<scenario>/<criterion>-<level>/ (summary.txt there too)",
-        runner.steps_run,
-        runner.steps_reused,
-        start.elapsed().as_secs_f64(),
-        cfg.out.display()
-    );
+fn run_experiment(all: reid_prune::scenario::ExperimentConfig) -> Result<()> {
+    let grids = all.per_target();
+    let shared_steps = all.out.join("steps");
+    for cfg in grids {
+        let start = std::time::Instant::now();
+        let cross = cfg.cross.as_ref().map(|c| c.label().to_string());
+        let mut runner =
+            reid_prune::scenario::Runner::new(cfg.clone())?.with_steps_dir(shared_steps.clone());
+        let cells = runner.run()?;
+        let table = reid_prune::scenario::render_table(&cells, cross.as_deref());
+        reid_model::checkpoint::write_atomic(&cfg.out.join("summary.txt"), table.as_bytes())?;
+        println!(
+            "\n{} on {} ({}), mAP and R-1 in %{}; speed-up = measured batch-32 latency of the first row / this row:",
+            cfg.name,
+            cfg.target.label(),
+            cfg.input,
+            cross
+                .as_deref()
+                .map(|c| format!(", cross-domain R-1 on {c}"))
+                .unwrap_or_default()
+        );
+        print!("{table}");
+        println!(
+            "\n{} steps run, {} reused, {:.0} s. Run folders: {}/<scenario>/<criterion>-<level>/ (summary.txt there too)",
+            runner.steps_run,
+            runner.steps_reused,
+            start.elapsed().as_secs_f64(),
+            cfg.out.display()
+        );
+    }
     Ok(())
 }

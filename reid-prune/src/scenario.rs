@@ -72,6 +72,11 @@ pub struct ExperimentConfig {
     pub target: DataRef,
     /// A second re-ID set every final model is also tested on.
     pub cross: Option<DataRef>,
+    /// Several targets (the paper's Market-1501, DukeMTMC-reID, CUHK03-NP): the grid runs once
+    /// per target in `out/<label>/`, sharing the source steps; without `cross`, each target's
+    /// models are also tested on the next target in the list. Empty: `target` alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<DataRef>,
     pub scenarios: Vec<String>,
     pub criteria: Vec<String>,
     /// Compression levels: name → fraction of FLOPs removed.
@@ -110,6 +115,7 @@ impl Default for ExperimentConfig {
                 name: None,
             },
             cross: None,
+            targets: Vec::new(),
             scenarios: vec!["S1".into(), "S2".into(), "S3".into(), "S4".into()],
             criteria: vec!["l1".into(), "taylor".into(), "entropy".into()],
             levels: BTreeMap::from([("C1".to_string(), 0.5), ("C2".to_string(), 2.0 / 3.0)]),
@@ -141,8 +147,35 @@ pub struct CellResult {
     pub folder: PathBuf,
 }
 
+impl ExperimentConfig {
+    /// One grid per target: itself when `targets` is empty.
+    pub fn per_target(&self) -> Vec<ExperimentConfig> {
+        if self.targets.is_empty() {
+            return vec![self.clone()];
+        }
+        let n = self.targets.len();
+        self.targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| ExperimentConfig {
+                name: format!("{}-{}", self.name, t.label()),
+                out: self.out.join(t.label()),
+                target: t.clone(),
+                cross: self
+                    .cross
+                    .clone()
+                    .or_else(|| (n > 1).then(|| self.targets[(i + 1) % n].clone())),
+                targets: Vec::new(),
+                ..self.clone()
+            })
+            .collect()
+    }
+}
+
 pub struct Runner {
     pub cfg: ExperimentConfig,
+    /// Where finished steps are kept (shared by the grids of several targets).
+    steps_dir: PathBuf,
     device: Device,
     started: Instant,
     pub steps_run: usize,
@@ -158,12 +191,19 @@ impl Runner {
     pub fn new(cfg: ExperimentConfig) -> Result<Self> {
         let device = reid_model::device::parse_device(&cfg.device)?;
         Ok(Self {
+            steps_dir: cfg.out.join("steps"),
             cfg,
             device,
             started: Instant::now(),
             steps_run: 0,
             steps_reused: 0,
         })
+    }
+
+    /// Keep finished steps in `dir` instead of `out/steps` (grids of one experiment share it).
+    pub fn with_steps_dir(mut self, dir: PathBuf) -> Self {
+        self.steps_dir = dir;
+        self
     }
 
     fn log(&self, msg: &str) {
@@ -177,11 +217,7 @@ impl Runner {
         key: serde_json::Value,
         f: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<PathBuf> {
-        let dir = self
-            .cfg
-            .out
-            .join("steps")
-            .join(format!("{kind}-{}", short_hash(&key)));
+        let dir = self.steps_dir.join(format!("{kind}-{}", short_hash(&key)));
         if dir.join("DONE").is_file() {
             self.steps_reused += 1;
             return Ok(dir);
@@ -408,12 +444,8 @@ impl Runner {
         std::fs::copy(model, folder.join("model.safetensors"))?;
         let mut eval = serde_json::json!({ self.cfg.target.label(): target.clone() });
         if let (Some(cd), Some(cv)) = (&self.cfg.cross, &cross) {
-            let key = if cd.label() == self.cfg.target.label() {
-                format!("{}-cross", cd.label())
-            } else {
-                cd.label().to_string()
-            };
-            eval[key] = cv.clone();
+            // Marked as cross-domain, so that no report takes it for an in-domain result.
+            eval[format!("{}-cross", cd.label())] = cv.clone();
         }
         let kept: usize = ck.net.spec().prunable_convs().iter().map(|l| l.width).sum();
         let base = reid_model::ArchSpec::from_name(&ck.net.spec().name(), 0)?;
@@ -426,7 +458,7 @@ impl Runner {
         )?;
         let all: usize = base.prunable_convs().iter().map(|l| l.width).sum();
         let metrics = serde_json::json!({
-            "experiment": self.cfg.name, "scenario": scenario, "criterion": criterion, "level": level,
+            "experiment": self.cfg.name, "target": self.cfg.target.label(), "scenario": scenario, "criterion": criterion, "level": level,
             "backbone": ck.net.spec().name(), "parent": ck.provenance.parent,
             "macs": c.backbone.macs, "params": c.backbone.params, "kept_channel_fraction": kept as f64 / all as f64,
             "latency_ms": {self.cfg.device.clone(): {"batch1": b1, "batch32": b32}},

@@ -95,8 +95,80 @@ fn shipped_configs_parse() {
             let cfg: ExperimentConfig = toml::from_str(&std::fs::read_to_string(&p).unwrap())
                 .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             assert!(!cfg.levels.is_empty());
+            if p.file_name().unwrap() == "market-duke-cuhk03.toml" {
+                let grids = cfg.per_target();
+                let labels: Vec<&str> = grids.iter().map(|g| g.target.label()).collect();
+                assert_eq!(labels, ["market1501", "dukemtmc-reid", "cuhk03-np"]);
+                // tested cross-domain on the next target
+                assert_eq!(grids[2].cross.as_ref().unwrap().label(), "market1501");
+                assert!(grids[1].out.ends_with("paper-resnet50/dukemtmc-reid"));
+            }
             n += 1;
         }
     }
     assert!(n >= 1);
+}
+
+#[test]
+fn several_targets_share_the_source_steps_and_test_each_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    synth(
+        &tmp.path().join("source"),
+        "source",
+        SynthLayout::ImageFolder,
+    );
+    synth(&tmp.path().join("ta"), "target", SynthLayout::Market);
+    synth(&tmp.path().join("tb"), "target-b", SynthLayout::Market);
+    let data = |dir: &str, name: &str| DataRef {
+        dataset: "market1501".into(),
+        root: tmp.path().join(dir),
+        name: Some(name.into()),
+    };
+    let cfg = ExperimentConfig {
+        name: "multi".into(),
+        out: tmp.path().join("runs"),
+        input: "64x32".into(),
+        arch: "resnet18".into(),
+        width_mult: 0.125,
+        baselines: vec![],
+        source: DataRef {
+            dataset: "imagefolder".into(),
+            root: tmp.path().join("source"),
+            name: None,
+        },
+        targets: vec![data("ta", "a"), data("tb", "b")],
+        scenarios: vec!["S1".into()],
+        criteria: vec!["l1".into()],
+        levels: BTreeMap::from([("C1".to_string(), 0.5)]),
+        pretrain_epochs: 1,
+        finetune_epochs: 1,
+        retrain_epochs: 1,
+        batch_pk: "4x2".into(),
+        batch_size: 16,
+        ..ExperimentConfig::default()
+    };
+    let shared = cfg.out.join("steps");
+    let mut reused = Vec::new();
+    for g in cfg.per_target() {
+        let mut r = Runner::new(g.clone())
+            .unwrap()
+            .with_steps_dir(shared.clone());
+        let cells = r.run().unwrap();
+        reused.push(r.steps_reused);
+        let other = if g.target.label() == "a" { "b" } else { "a" };
+        let m: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(cells[2].folder.join("metrics.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(m["target"], g.target.label());
+        assert!(m["eval"][g.target.label()]["mAP"].is_number());
+        assert!(
+            m["eval"][format!("{other}-cross")]["mAP"].is_number(),
+            "{m}"
+        );
+        assert!(cells[2].folder.starts_with(cfg.out.join(g.target.label())));
+    }
+    // the second grid found the source pre-training (and the pruned source model) done
+    assert_eq!(reused[0], 0);
+    assert!(reused[1] >= 2, "{reused:?}");
 }

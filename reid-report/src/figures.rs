@@ -308,17 +308,18 @@ pub fn all_figures(runs: &[Run], level: &str, cmc_runs: &[String]) -> Vec<Figure
                     .iter()
                     .find(|r| r.metrics.scenario == s && r.model_name() == sr.name)
                     .map(|r| r.metrics.backbone.clone());
-                if let Some(base) = runs
-                    .iter()
-                    .find(|b| b.is_baseline() && Some(&b.metrics.backbone) == backbone.as_ref())
-                {
+                if let Some(base) = runs.iter().find(|b| {
+                    b.is_baseline()
+                        && Some(&b.metrics.backbone) == backbone.as_ref()
+                        && b.metrics.eval.contains_key(&d)
+                }) {
                     if let Some(e) = eval(base) {
                         sr.points.push((base.gflops(), pct(e.rank1)));
                     }
                 }
             }
             series.extend(series_by_model(
-                tables::baselines(runs).into_iter(),
+                runs.iter().filter(|r| r.is_baseline()),
                 |r| eval(r).map(|e| (r.gflops(), pct(e.rank1))),
                 false,
             ));
@@ -342,10 +343,14 @@ pub fn all_figures(runs: &[Run], level: &str, cmc_runs: &[String]) -> Vec<Figure
         let chosen: Vec<&Run> = if cmc_runs.is_empty() {
             tables::baselines(runs)
                 .into_iter()
+                .filter_map(|b| {
+                    let m = &b.metrics;
+                    tables::find_on(runs, &m.scenario, &m.criterion, &m.level, &d)
+                })
                 .chain(
                     tables::criteria(runs)
                         .iter()
-                        .filter_map(|c| tables::find(runs, "S1", c, level)),
+                        .filter_map(|c| tables::find_on(runs, "S1", c, level, &d)),
                 )
                 .collect()
         } else {

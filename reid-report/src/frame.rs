@@ -33,7 +33,7 @@ pub fn read_config(run: &Run) -> Result<Option<RunConfig>, String> {
 }
 
 pub fn results_frame(runs: &[Run], configs: &[Option<RunConfig>]) -> PolarsResult<DataFrame> {
-    let mut s: Vec<Vec<Option<String>>> = vec![Vec::new(); 9];
+    let mut s: Vec<Vec<Option<String>>> = vec![Vec::new(); 10];
     let mut f: Vec<Vec<Option<f64>>> = vec![Vec::new(); 16];
     let mut i: Vec<Vec<Option<u64>>> = vec![Vec::new(); 4];
     let mut seeds: Vec<Option<i64>> = Vec::new();
@@ -50,6 +50,7 @@ pub fn results_frame(runs: &[Run], configs: &[Option<RunConfig>]) -> PolarsResul
             for (col, v) in s.iter_mut().zip([
                 Some(run.id.clone()),
                 Some(m.experiment.clone()),
+                m.target.clone(),
                 Some(m.scenario.clone()),
                 Some(m.criterion.clone()),
                 Some(m.level.clone()),
@@ -95,6 +96,7 @@ pub fn results_frame(runs: &[Run], configs: &[Option<RunConfig>]) -> PolarsResul
     let s_names = [
         "run",
         "experiment",
+        "target",
         "scenario",
         "criterion",
         "level",

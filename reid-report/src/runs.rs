@@ -42,6 +42,9 @@ pub struct TrainSummary {
 pub struct Metrics {
     #[serde(default)]
     pub experiment: String,
+    /// The re-ID target the run's grid trained on (several-target experiments).
+    #[serde(default)]
+    pub target: Option<String>,
     pub scenario: String,
     pub criterion: String,
     pub level: String,

@@ -122,7 +122,8 @@ pub fn criteria(runs: &[Run]) -> Vec<String> {
     c
 }
 
-/// Baselines, deepest first (ResNet-50, -34, -18 as in the paper).
+/// Baselines, deepest first (ResNet-50, -34, -18 as in the paper); one per backbone (with
+/// several targets, the first target's run stands for the row).
 pub fn baselines(runs: &[Run]) -> Vec<&Run> {
     let mut b: Vec<&Run> = runs.iter().filter(|r| r.is_baseline()).collect();
     b.sort_by_key(|r| {
@@ -134,14 +135,34 @@ pub fn baselines(runs: &[Run]) -> Vec<&Run> {
             .unwrap_or(0);
         (std::cmp::Reverse(depth), r.id.clone())
     });
+    let mut seen = std::collections::BTreeSet::new();
+    b.retain(|r| seen.insert(r.metrics.backbone.clone()));
     b
 }
 
+/// The first run of a grid cell (the one whose costs a table row shows).
 pub fn find<'a>(runs: &'a [Run], scenario: &str, criterion: &str, level: &str) -> Option<&'a Run> {
     runs.iter().find(|r| {
         r.metrics.scenario == scenario
             && r.metrics.criterion == criterion
             && r.metrics.level == level
+    })
+}
+
+/// The run of a grid cell evaluated on `dataset`: with several targets, each target's grid
+/// has its own run of the cell.
+pub fn find_on<'a>(
+    runs: &'a [Run],
+    scenario: &str,
+    criterion: &str,
+    level: &str,
+    dataset: &str,
+) -> Option<&'a Run> {
+    runs.iter().find(|r| {
+        r.metrics.scenario == scenario
+            && r.metrics.criterion == criterion
+            && r.metrics.level == level
+            && r.metrics.eval.contains_key(dataset)
     })
 }
 
@@ -162,9 +183,13 @@ pub fn pruned_backbone(runs: &[Run]) -> Option<String> {
 /// of the run's own backbone when no scenario ran.
 pub fn speedup(runs: &[Run], run: &Run) -> Option<f64> {
     let backbone = pruned_backbone(runs).unwrap_or_else(|| run.metrics.backbone.clone());
+    let is_ref = |b: &&Run| b.is_baseline() && b.metrics.backbone == backbone;
+    // the same experiment's (target's) reference first: latencies are measured per grid
     let base = runs
         .iter()
-        .find(|b| b.is_baseline() && b.metrics.backbone == backbone)?;
+        .filter(is_ref)
+        .find(|b| b.metrics.experiment == run.metrics.experiment)
+        .or_else(|| runs.iter().find(is_ref))?;
     Some(base.latency(true)? / run.latency(true)?)
 }
 
@@ -243,8 +268,10 @@ pub fn table5(runs: &[Run], paper: &PaperResults, level: &str) -> Table {
     for (run, name) in models {
         let mut row = vec![Some(name.clone())];
         row.extend(cost_cells(runs, run, true));
+        let m = &run.metrics;
         for d in &datasets {
-            row.extend(metric_cells(Some(run), d));
+            let on = find_on(runs, &m.scenario, &m.criterion, &m.level, d);
+            row.extend(metric_cells(on, d));
             if paper_dataset(d).is_some() {
                 // The paper's Table 5 is at C1 (about half the FLOPs).
                 let cell = if run.is_baseline() || level == "C1" {
@@ -287,7 +314,7 @@ pub fn table6(runs: &[Run], paper: &PaperResults, level: &str) -> Table {
             let mut row = vec![Some(s.clone()), Some(c.clone())];
             row.extend(cost_cells(runs, run, false));
             for d in &datasets {
-                row.extend(metric_cells(Some(run), d));
+                row.extend(metric_cells(find_on(runs, &s, &c, level, d), d));
                 if paper_dataset(d).is_some() {
                     row.extend(paper_cells(paper.table6(&s, &c, d)));
                 }
@@ -329,12 +356,9 @@ pub fn tables789(runs: &[Run], paper: &PaperResults) -> Vec<Table> {
         for l in levels(runs) {
             for s in scenarios(runs) {
                 for c in criteria(runs) {
-                    let Some(run) = find(runs, &s, &c, &l) else {
+                    let Some(run) = find_on(runs, &s, &c, &l, d) else {
                         continue;
                     };
-                    if !run.metrics.eval.contains_key(d) {
-                        continue;
-                    }
                     let mut row = vec![Some(l.clone()), Some(s.clone()), Some(c.clone())];
                     row.extend(cost_cells(runs, run, true));
                     row.extend(metric_cells(Some(run), d));

@@ -451,3 +451,81 @@ fn index_html_renders_in_headless_chromium_with_every_image() {
         "screenshot looks blank ({non_white} non-white pixels)"
     );
 }
+
+/// An experiment with several targets: each target's grid has its own runs of every cell; a
+/// table row gathers them, each dataset's cells from the run evaluated on it.
+#[test]
+fn several_targets_fill_one_row_per_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("runs");
+    for (t, other, base) in [
+        ("market1501", "dukemtmc-reid", 0.70),
+        ("dukemtmc-reid", "market1501", 0.60),
+    ] {
+        let evals = |m: f64| json!({ t: eval(m, m + 0.1), format!("{other}-cross"): eval(m / 3.0, m / 2.0) });
+        for (folder, sc, cr, lv, bb, g, lat) in [
+            (
+                "baseline/resnet50-full",
+                "baseline",
+                "resnet50",
+                "full",
+                "resnet50",
+                4.0,
+                800.0,
+            ),
+            (
+                "baseline/resnet18-full",
+                "baseline",
+                "resnet18",
+                "full",
+                "resnet18",
+                1.8,
+                330.0,
+            ),
+            ("S1/l1-C1", "S1", "l1", "C1", "resnet50", 2.0, 400.0),
+        ] {
+            let d = run(
+                &root.join(t),
+                folder,
+                sc,
+                cr,
+                lv,
+                bb,
+                g,
+                10.0,
+                (10.0, lat),
+                evals(base - g / 100.0),
+            );
+            // each grid is its own experiment
+            let p = d.join("metrics.json");
+            let mut m: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+            m["experiment"] = json!(format!("paper-{t}"));
+            std::fs::write(&p, m.to_string()).unwrap();
+        }
+    }
+    let out = tmp.path().join("report");
+    let s = write_report(&root, &out, &ReportOptions::default()).unwrap();
+    assert_eq!(s.runs, 6);
+    let t5 = std::fs::read_to_string(out.join("tables/table5.csv")).unwrap();
+    let lines: Vec<&str> = t5.lines().collect();
+    assert_eq!(lines.len(), 1 + 3, "one row per model:\n{t5}");
+    let header: Vec<&str> = lines[0].split(',').collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("{name}"))
+    };
+    let l1: Vec<&str> = lines[3].split(',').collect();
+    assert_eq!(l1[0], "l1");
+    // market from the market grid (0.70 - 0.02), duke from the duke grid (0.60 - 0.02)
+    assert_eq!(l1[col("market1501 mAP")], "68.00");
+    assert_eq!(l1[col("dukemtmc-reid mAP")], "58.00");
+    assert_eq!(l1[col("dukemtmc-reid paper R-1")], "75.00");
+    // cross-domain results are their own columns, with no paper reference
+    assert_eq!(l1[col("market1501-cross mAP")], "19.33");
+    assert!(!header.contains(&"market1501-cross paper mAP"));
+    // speed-up against the same grid's unpruned ResNet-50: 800 / 400
+    assert_eq!(l1[col("Speed-up b32 (×)")], "2.00");
+}
