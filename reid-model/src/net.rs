@@ -59,6 +59,25 @@ impl ConvBn {
         }
     }
 
+    /// relu(self(x) + residual) in one fused op when the BN is folded (inference, CPU f32).
+    fn forward_residual_relu(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        match (&self.bn, &self.conv.bias) {
+            (None, Some(b)) => crate::ops::conv_gemm::conv2d_bias_residual_inference(
+                x,
+                &self.conv.weight,
+                b,
+                residual,
+                self.conv.stride,
+                self.conv.padding,
+            ),
+            _ => Ok(None),
+        }
+    }
+
     /// Conv with the eval-mode BN folded in: w' = w·γ/σ, b' = β − μ·γ/σ.
     fn folded(&self) -> candle_core::Result<Self> {
         let Some(bn) = &self.bn else {
@@ -520,17 +539,22 @@ impl ReidNet {
             for blk in blocks {
                 let mut h = y.clone();
                 let last = blk.convs.len() - 1;
-                for (k, unit) in blk.convs.iter().enumerate() {
-                    h = unit.forward_t(&h, train, k < last)?;
-                    if k < last {
-                        h = trace.hook(&unit.name, h)?;
-                    }
+                for unit in blk.convs.iter().take(last) {
+                    h = unit.forward_t(&h, train, true)?;
+                    h = trace.hook(&unit.name, h)?;
                 }
                 let shortcut = match &blk.downsample {
                     Some(ds) => ds.forward_t(&y, train, false)?,
                     None => y,
                 };
-                y = crate::ops::fused::relu(&(h + shortcut)?)?;
+                let unit = &blk.convs[last];
+                y = match unit.forward_residual_relu(&h, &shortcut)? {
+                    Some(fused) => fused,
+                    None => {
+                        let h = unit.forward_t(&h, train, false)?;
+                        crate::ops::fused::relu(&(h + shortcut)?)?
+                    }
+                };
             }
             y = trace.hook(&format!("layer{}", s + 1), y)?;
         }

@@ -23,6 +23,10 @@ struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also time full re-ID training steps (ID + triplet loss, Adam; 8×4 P×K batches) of
+    /// ResNet-18 and ResNet-50 at 256×128 (slow on CPU: minutes).
+    #[arg(long)]
+    train_256: bool,
 }
 
 fn median_secs(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -84,6 +88,22 @@ fn train_r18_img_s(dev: &Device, iters: usize) -> Result<f64> {
     Ok(32.0 / s)
 }
 
+/// A Bag-of-Tricks re-ID training step (the engine the trainer runs) at full resolution.
+fn train_reid_img_s(depth: usize, dev: &Device, iters: usize) -> Result<f64> {
+    use reid_model::train::{TrainConfig, Trainer};
+    let spec = ArchSpec::resnet_with(depth, 751, 1.0, 1, Neck::BnNeck)?;
+    let net = ReidNet::new(&spec, dev, 0)?;
+    let mut trainer = Trainer::new(&net, TrainConfig::default())?;
+    let batch = 32;
+    let x = Tensor::randn(0f32, 1., (batch, 3, 256, 128), dev)?;
+    let pids: Vec<i64> = (0..batch as i64).map(|i| (i / 4) * 37 % 751).collect();
+    let s = median_secs(iters, || {
+        trainer.step(&net, &x, &pids, 3.5e-4, None)?;
+        Ok(())
+    })?;
+    Ok(batch as f64 / s)
+}
+
 fn main() -> Result<()> {
     reid_model::alloc::configure();
     let args = Args::parse();
@@ -100,6 +120,14 @@ fn main() -> Result<()> {
     let b32_unfolded = infer_img_s(&full, 32, args.iters)?;
     let b32 = infer_img_s(&full_folded, 32, args.iters)?;
     let half_b32 = infer_img_s(&half_folded, 32, args.iters)?;
+    let train_256 = if args.train_256 {
+        Some((
+            train_reid_img_s(18, &dev, args.iters.min(2))?,
+            train_reid_img_s(50, &dev, args.iters.min(2))?,
+        ))
+    } else {
+        None
+    };
     if args.json {
         println!(
             "{}",
@@ -112,6 +140,8 @@ fn main() -> Result<()> {
                 "half_over_full_speed": half_b32 / b32,
                 "half_over_full_macs": macs_ratio,
                 "threads": candle_core::utils::get_num_threads(),
+                "train_reid_r18_256x128_img_s": train_256.map(|t| t.0),
+                "train_reid_r50_256x128_img_s": train_256.map(|t| t.1),
             })
         );
     } else {
@@ -141,6 +171,16 @@ fn main() -> Result<()> {
             "{:<44} {:>10.2}",
             "infer half-width resnet50 batch 32 (folded)", half_b32
         );
+        if let Some((r18, r50)) = train_256 {
+            println!(
+                "{:<44} {:>10.2}",
+                "train re-ID resnet18 32x3x256x128 (ID+tri)", r18
+            );
+            println!(
+                "{:<44} {:>10.2}",
+                "train re-ID resnet50 32x3x256x128 (ID+tri)", r50
+            );
+        }
         println!(
             "half-width / full: {:.2}x faster at {:.3}x the MACs",
             half_b32 / b32,

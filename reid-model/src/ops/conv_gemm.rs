@@ -10,7 +10,7 @@
 //! 1×1 stride-1 convs skip im2col/col2im. Work is split over images when the batch has at
 //! least as many images as threads, otherwise inside gemm.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::f32_slice;
 use gemm::Parallelism;
@@ -344,10 +344,13 @@ where
     }
 }
 
-/// What follows the gemm in the forward: a per-channel bias and/or ReLU (inference only).
+/// What follows the gemm in the forward: a per-channel bias, a residual added (the shortcut of
+/// a block's last conv) and/or ReLU (inference only).
 #[derive(Clone, Copy, Default)]
 struct Epilogue<'a> {
     bias: Option<&'a [f32]>,
+    /// Same shape as the output (NCHW).
+    residual: Option<&'a [f32]>,
     relu: bool,
 }
 
@@ -365,9 +368,18 @@ impl Epilogue<'_> {
         }
     }
 
-    fn finish(&self, dst: &mut [f32]) {
-        if self.relu {
-            dst.iter_mut().for_each(|v| *v = v.max(0.0));
+    /// `offset`: where `dst` starts in the whole output (to find its part of the residual).
+    fn finish(&self, dst: &mut [f32], offset: usize) {
+        match (self.residual, self.relu) {
+            (Some(r), relu) => {
+                let r = &r[offset..offset + dst.len()];
+                for (d, &v) in dst.iter_mut().zip(r) {
+                    let s = *d + v;
+                    *d = if relu { s.max(0.0) } else { s };
+                }
+            }
+            (None, true) => dst.iter_mut().for_each(|v| *v = v.max(0.0)),
+            (None, false) => {}
         }
     }
 }
@@ -376,6 +388,7 @@ fn conv_forward(x: &[f32], wt: &[f32], g: &Geom, epi: Epilogue) -> Vec<f32> {
     let (hw, ckk) = (g.hw_out(), g.ckk());
     let mut y = vec![0f32; g.n * g.cout * hw];
     let img = g.cin * g.h * g.w;
+    let y_base = y.as_ptr() as usize;
     for_groups(g, x, img, &mut y, g.cout * hw, |xg, yg, s, outer| {
         let imgs = xg.len() / img;
         let ld = imgs * hw;
@@ -404,7 +417,8 @@ fn conv_forward(x: &[f32], wt: &[f32], g: &Geom, epi: Epilogue) -> Vec<f32> {
             );
             deinterleave(&s.tmp, g.cout, hw, yg);
         }
-        epi.finish(yg);
+        let offset = (yg.as_ptr() as usize - y_base) / std::mem::size_of::<f32>();
+        epi.finish(yg, offset);
     });
     y
 }
@@ -679,11 +693,96 @@ impl CustomOp2 for Conv2dBiasInference {
         let w = f32_slice(s2, l2, "weight")?;
         let epi = Epilogue {
             bias: Some(&self.bias),
+            residual: None,
             relu: self.relu,
         };
         let y = conv_forward(x, w, &g, epi);
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
     }
+}
+
+/// The last conv of a residual block at inference, BN folded: relu(conv + bias + shortcut) in
+/// one pass over the output (no separate add and ReLU tensors).
+#[derive(Clone, Debug)]
+pub struct Conv2dBiasResidualInference {
+    pub stride: usize,
+    pub padding: usize,
+    pub bias: Vec<f32>,
+}
+
+impl CustomOp3 for Conv2dBiasResidualInference {
+    fn name(&self) -> &'static str {
+        "conv2d-gemm-bias-residual-relu-inference"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(dims4(l1)?, dims4(l2)?, self.stride, self.padding)?;
+        if self.bias.len() != g.cout {
+            candle_core::bail!(
+                "conv2d-gemm: bias of {} for {} channels",
+                self.bias.len(),
+                g.cout
+            );
+        }
+        if dims4(l3)? != (g.n, g.cout, g.ho, g.wo) {
+            candle_core::bail!(
+                "conv2d-gemm: residual {:?} for an output of ({}, {}, {}, {})",
+                l3.dims(),
+                g.n,
+                g.cout,
+                g.ho,
+                g.wo
+            );
+        }
+        let x = f32_slice(s1, l1, "input")?;
+        let w = f32_slice(s2, l2, "weight")?;
+        let r = f32_slice(s3, l3, "residual")?;
+        let epi = Epilogue {
+            bias: Some(&self.bias),
+            residual: Some(r),
+            relu: true,
+        };
+        let y = conv_forward(x, w, &g, epi);
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
+    }
+}
+
+/// relu(conv(x) + bias + residual) fused when nothing needs a gradient (CPU f32); `None`
+/// otherwise.
+pub fn conv2d_bias_residual_inference(
+    x: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+    residual: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Option<Tensor>> {
+    if !(cpu_f32(x) && cpu_f32(w) && cpu_f32(bias) && cpu_f32(residual))
+        || x.track_op()
+        || w.track_op()
+        || bias.track_op()
+        || residual.track_op()
+    {
+        return Ok(None);
+    }
+    let op = Conv2dBiasResidualInference {
+        stride,
+        padding,
+        bias: bias.to_vec1()?,
+    };
+    Ok(Some(x.contiguous()?.apply_op3_no_bwd(
+        &w.contiguous()?,
+        &residual.contiguous()?,
+        &op,
+    )?))
 }
 
 fn cpu_f32(t: &Tensor) -> bool {
@@ -921,5 +1020,48 @@ mod tests {
         let g = y.sum_all().unwrap().backward().unwrap();
         assert!(g.get(&x).is_none());
         assert!(g.get(w.as_tensor()).is_some());
+    }
+
+    #[test]
+    fn fused_residual_equals_conv_bias_add_relu() {
+        let dev = Device::Cpu;
+        // batch 8 of small maps: images are grouped, so every group finds its part of the residual
+        for (n, cin, cout, h, w, k, stride) in [
+            (8, 16, 32, 8, 4, 1, 1),
+            (3, 8, 12, 9, 7, 3, 2),
+            (1, 4, 6, 5, 5, 3, 1),
+        ] {
+            let ho = (h + 2 * (k / 2) - k) / stride + 1;
+            let wo = (w + 2 * (k / 2) - k) / stride + 1;
+            let t = |v: Vec<f64>, shape: &[usize]| {
+                Tensor::from_vec(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), shape, &dev)
+                    .unwrap()
+            };
+            let x = t(rand_vec(n * cin * h * w, 1), &[n, cin, h, w]);
+            let wt = t(rand_vec(cout * cin * k * k, 2), &[cout, cin, k, k]);
+            let b = t(rand_vec(cout, 3), &[cout]);
+            let r = t(rand_vec(n * cout * ho * wo, 4), &[n, cout, ho, wo]);
+            let fused = conv2d_bias_residual_inference(&x, &wt, &b, &r, stride, k / 2)
+                .unwrap()
+                .unwrap();
+            let reference = (x
+                .conv2d(&wt, k / 2, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&b.reshape((1, cout, 1, 1)).unwrap())
+                .unwrap()
+                + &r)
+                .unwrap()
+                .relu()
+                .unwrap();
+            let d: f32 = (fused - reference)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(d < 1e-4, "n {n} cin {cin} k {k}: {d}");
+        }
     }
 }
