@@ -129,6 +129,8 @@ impl ConvBn {
 pub struct Block {
     pub convs: Vec<ConvBn>,
     pub downsample: Option<ConvBn>,
+    /// Trace name of the block's output (`layer2.1.out`).
+    pub out_name: String,
 }
 
 /// What a forward pass returns.
@@ -328,7 +330,11 @@ impl ReidNet {
                 } else {
                     None
                 };
-                built.push(Block { convs, downsample });
+                built.push(Block {
+                    convs,
+                    downsample,
+                    out_name: format!("{prefix}.out"),
+                });
             }
             stages.push(built);
         }
@@ -473,6 +479,7 @@ impl ReidNet {
                     .map(ConvBn::folded)
                     .collect::<candle_core::Result<_>>()?,
                 downsample: b.downsample.as_ref().map(ConvBn::folded).transpose()?,
+                out_name: b.out_name.clone(),
             })
         };
         let detach_bn = |bn: &BatchNorm| -> candle_core::Result<BatchNorm> {
@@ -555,6 +562,8 @@ impl ReidNet {
                         crate::ops::fused::relu(&(h + shortcut)?)?
                     }
                 };
+                // the block's output: what a residual stream carries (`layer2.1.out`)
+                y = trace.hook(&blk.out_name, y)?;
             }
             y = trace.hook(&format!("layer{}", s + 1), y)?;
         }

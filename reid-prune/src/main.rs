@@ -145,7 +145,7 @@ struct PruneArgs {
     #[arg(long, default_value_t = 1.0 / 16.0)]
     floor: f64,
     /// Also prune the residual streams (each stage's block outputs with its downsample and
-    /// every reader), not only the convs inside the blocks (weight criteria).
+    /// every reader), not only the convs inside the blocks.
     #[arg(long)]
     residual_groups: bool,
     #[arg(long, default_value = "256x128")]

@@ -231,7 +231,7 @@ pub fn run_prune(cfg: &PruneConfig, show_progress: bool) -> Result<PruneOutcome>
     if cfg.residual_groups && (balanced || soft) {
         bail!(
             "--residual-groups is not combined with '{}' (its training-time rule acts on branch convs): \
-             use l1, l2, fpgm, bn-gamma or random",
+             use l1, l2, fpgm, bn-gamma, taylor, entropy or random",
             cfg.criterion
         );
     }
@@ -301,7 +301,11 @@ pub fn run_prune(cfg: &PruneConfig, show_progress: bool) -> Result<PruneOutcome>
         }
         let scores = criterion.scores(&net, &net.prunable_convs(), data.as_ref())?;
         let groups = if cfg.residual_groups {
-            Some(crate::criterion::group_scores(criterion.as_ref(), &net)?)
+            Some(crate::criterion::group_scores(
+                criterion.as_ref(),
+                &net,
+                data.as_ref(),
+            )?)
         } else {
             None
         };

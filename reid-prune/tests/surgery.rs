@@ -301,7 +301,7 @@ fn residual_group_surgery_equals_masking_the_streams() {
         let net = trained_tiny(depth);
         let random = by_name("random", 5).unwrap();
         let scores = random.scores(&net, &net.prunable_convs(), None).unwrap();
-        let gs = group_scores(random.as_ref(), &net).unwrap();
+        let gs = group_scores(random.as_ref(), &net, None).unwrap();
         for allocation in [Allocation::Layerwise, Allocation::Global] {
             let target = PruneTarget {
                 kind: TargetKind::Channels,
@@ -412,9 +412,29 @@ fn residual_group_surgery_equals_masking_the_streams() {
 }
 
 #[test]
-fn residual_groups_need_a_weight_criterion() {
+fn data_criteria_score_residual_groups_on_the_stream() {
+    use reid_prune::criterion::{group_scores, ScoreData};
     let net = trained_tiny(18);
-    let e = reid_prune::criterion::group_scores(by_name("taylor", 0).unwrap().as_ref(), &net)
-        .unwrap_err();
-    assert!(e.to_string().contains("weight criteria"), "{e}");
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (6, 3, 64, 32), &dev).unwrap();
+    let labels = Tensor::from_vec(vec![0u32, 1, 2, 3, 4, 0], 6, &dev).unwrap();
+    let data = ScoreData {
+        batches: vec![(x, Some(labels))],
+    };
+    for name in ["taylor", "entropy"] {
+        let c = by_name(name, 0).unwrap();
+        let gs = group_scores(c.as_ref(), &net, Some(&data)).unwrap();
+        for g in net.spec().residual_groups() {
+            let s = &gs[&g.name];
+            assert_eq!(s.len(), g.width, "{name} {}", g.name);
+            assert!(
+                s.iter().all(|v| v.is_finite() && *v >= 0.0),
+                "{name} {}",
+                g.name
+            );
+            assert!(s.iter().any(|v| *v > 0.0), "{name} {}: all zero", g.name);
+        }
+        // without data: the same clear error as for branch convs
+        assert!(group_scores(c.as_ref(), &net, None).is_err());
+    }
 }

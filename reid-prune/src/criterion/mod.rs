@@ -94,33 +94,46 @@ pub fn by_name(name: &str, seed: u64) -> Result<Box<dyn Criterion>> {
     })
 }
 
-/// Scores of every residual group's channels: each producer conv is scored like a prunable
-/// conv, normalised by its L2 norm, and the group's score is their mean (Torch-Pruning's group
-/// importance). Weight criteria only: a data criterion scores the branch activation after a
-/// conv's BN, which a residual stream does not have on its own.
-pub fn group_scores(criterion: &dyn Criterion, net: &ReidNet) -> Result<ChannelScores> {
-    if criterion.needs_data() {
-        return Err(PruneError::Request(format!(
-            "residual groups are scored by weight criteria (l1, l2, fpgm, bn-gamma, random), not by {}",
-            criterion.name()
-        )));
-    }
+/// Scores of every residual group's channels (Torch-Pruning's group importance: the mean of
+/// the members' per-layer L2-normalised scores). Weight criteria score the convs that write
+/// into the stream (the stem or downsample, and each block's last conv); data criteria score
+/// the stream itself where it is read: the output of every block it runs through (and the
+/// stem's pooled output for the first stream), traced as `layerS.B.out` / `stem`.
+pub fn group_scores(
+    criterion: &dyn Criterion,
+    net: &ReidNet,
+    data: Option<&ScoreData>,
+) -> Result<ChannelScores> {
     let mut out = ChannelScores::new();
     for g in net.spec().residual_groups() {
-        let members: Vec<PrunableConv> = g
-            .producers
-            .iter()
-            .map(|(conv, bn)| PrunableConv {
-                conv: conv.clone(),
-                bn: bn.clone(),
-                consumer: String::new(),
-                stage: 0,
-                block: 0,
-                index: 0,
-                width: g.width,
-            })
-            .collect();
-        let mut per = criterion.scores(net, &members, None)?;
+        let member = |conv: String, bn: String| PrunableConv {
+            conv,
+            bn,
+            consumer: String::new(),
+            stage: 0,
+            block: 0,
+            index: 0,
+            width: g.width,
+        };
+        let members: Vec<PrunableConv> = if criterion.needs_data() {
+            g.producers
+                .iter()
+                .filter(|(conv, _)| !conv.contains("downsample"))
+                .map(|(conv, bn)| {
+                    let point = match conv.rsplit_once('.') {
+                        Some((block, _)) => format!("{block}.out"),
+                        None => "stem".to_string(),
+                    };
+                    member(point, bn.clone())
+                })
+                .collect()
+        } else {
+            g.producers
+                .iter()
+                .map(|(conv, bn)| member(conv.clone(), bn.clone()))
+                .collect()
+        };
+        let mut per = criterion.scores(net, &members, data)?;
         taylor::l2_normalise(&mut per);
         let mut mean = vec![0.0; g.width];
         for v in per.values() {
