@@ -359,7 +359,9 @@ impl Runner {
                                      "input": pc.input, "seed": pc.seed});
         if criterion == "psfp" {
             // the soft schedule is part of what psfp computes (other criteria keep their keys)
-            key["psfp_decay"] = serde_json::json!(crate::criterion::psfp::PSFP_DECAY);
+            key["psfp_schedule"] = serde_json::json!({
+                "rate": "P/4 after D·T, P at T", "decay": crate::criterion::psfp::PSFP_DECAY
+            });
         }
         let dir = self.step("prune", key, |dir| {
             run_prune(

@@ -12,14 +12,15 @@ use reid_model::ReidNet;
 use crate::criterion::{rank_ascending, ChannelScores, Criterion};
 use crate::error::{PruneError, Result};
 
-/// PSFP's pruning-rate decay D: at a quarter of the epochs the rate is D times the final one
-/// (He et al. 2018 use 1/8: few filters zeroed early, most late).
+/// PSFP's pruning-rate decay D: the rate reaches a quarter of its final value after a fraction
+/// D of the epochs (He et al. 2018 use 1/8: most of the zeroing happens early, leaving the
+/// rest of the epochs to recover).
 pub const PSFP_DECAY: f64 = 0.125;
 
 /// Fraction of the final rate after `epoch` of `epochs` finished epochs (0-based), on PSFP's
-/// schedule P'(t) = a·e^{−k·t} + b with P'(0) = 0, P'(T/4) = D·P and P'(T) = P (paper eqs.
-/// 16–17). With u = e^{−kT/4} those give 1 + u + u² + u³ = 1/D and
-/// P'(t)/P = (1 − u^{4t/T}) / (1 − u⁴); D = 1/4 is the linear limit.
+/// schedule P'(t) = a·e^{−k·t} + b with P'(0) = 0, P'(D·T) = P/4 and P'(T) = P (paper eqs.
+/// 16–17). With n = 1/D and v = e^{−k·D·T} those give (1 − v) / (1 − vⁿ) = 1/4 and
+/// P'(t)/P = (1 − v^{n·t/T}) / (1 − vⁿ); D = 1/4 is the linear limit.
 pub fn progressive_fraction(epoch: usize, epochs: usize) -> f64 {
     progressive_fraction_with(epoch, epochs, PSFP_DECAY)
 }
@@ -28,26 +29,29 @@ pub fn progressive_fraction(epoch: usize, epochs: usize) -> f64 {
 pub fn progressive_fraction_with(epoch: usize, epochs: usize, decay: f64) -> f64 {
     let big_t = epochs.max(1) as f64;
     let t = ((epoch + 1) as f64).min(big_t);
-    let decay = decay.clamp(1e-6, 1.0 - 1e-6);
-    // 1 + u + u² + u³ grows with u ≥ 0: bisection for 1/D.
-    let target = 1.0 / decay;
-    let (mut lo, mut hi) = (0.0f64, 1.0f64);
-    while 1.0 + hi + hi * hi + hi * hi * hi < target {
-        hi *= 2.0;
-    }
+    let n = 1.0 / decay.clamp(1e-3, 1.0 - 1e-3);
+    // q(v) = (1 − v)/(1 − vⁿ) falls from 1 (v → 0) through 1/n (v = 1) to 0: bisection on ln v.
+    let q = |v: f64| {
+        if (v - 1.0).abs() < 1e-12 {
+            1.0 / n
+        } else {
+            (1.0 - v) / (1.0 - v.powf(n))
+        }
+    };
+    let (mut lo, mut hi) = (-60.0f64, 60.0f64);
     for _ in 0..200 {
         let mid = 0.5 * (lo + hi);
-        if 1.0 + mid + mid * mid + mid * mid * mid < target {
+        if q(mid.exp()) > 0.25 {
             lo = mid;
         } else {
             hi = mid;
         }
     }
-    let u = 0.5 * (lo + hi);
-    if (u - 1.0).abs() < 1e-9 {
+    let v = (0.5 * (lo + hi)).exp();
+    if (v - 1.0).abs() < 1e-9 {
         return t / big_t;
     }
-    ((1.0 - u.powf(4.0 * t / big_t)) / (1.0 - u.powi(4))).clamp(0.0, 1.0)
+    ((1.0 - v.powf(n * t / big_t)) / (1.0 - v.powf(n))).clamp(0.0, 1.0)
 }
 
 /// Zero, in every layer of `final_rates` (conv → fraction of its channels to remove at the end),
