@@ -30,6 +30,9 @@ def main():
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--train-256", action="store_true",
+                    help="also a re-ID training step (CE with label smoothing + batch-hard triplet, Adam) "
+                         "of ResNet-18/50 at 32x3x256x128, as the Rust bench's --train-256")
     args = ap.parse_args()
     try:
         import torch
@@ -71,6 +74,35 @@ def main():
     out["infer_r50_b32_channels_last_img_s"] = infer(r50, 32, channels_last=True)
     out["infer_r50_half_b32_img_s"] = infer(half, 32)
     out["half_over_full_speed"] = out["infer_r50_half_b32_img_s"] / out["infer_r50_b32_img_s"]
+    if args.train_256:
+        def reid_step_img_s(model):
+            # last stride 1 (Bag of Tricks), as the Rust model
+            blk = model.layer4[0]
+            (blk.conv2 if hasattr(blk, "conv3") else blk.conv1).stride = (1, 1)
+            blk.downsample[0].stride = (1, 1)
+            model.fc = torch.nn.Linear(model.fc.in_features, 751, bias=False)
+            model.train()
+            o = torch.optim.Adam(model.parameters(), lr=3.5e-4)
+            xb = torch.randn(32, 3, 256, 128)
+            pids = torch.arange(32) // 4
+            feats = {}
+            model.avgpool.register_forward_hook(lambda m, i, out_: feats.__setitem__("f", out_.flatten(1)))
+
+            def step():
+                o.zero_grad()
+                logits = model(xb)
+                f = feats["f"]
+                d = torch.cdist(f, f)
+                same = pids[:, None] == pids[None, :]
+                ap = (d * same).max(1).values
+                an = (d + same * (d.max() + 1)).min(1).values
+                loss = torch.nn.functional.cross_entropy(logits, pids, label_smoothing=0.1) \
+                    + torch.relu(ap - an + 0.3).mean()
+                loss.backward()
+                o.step()
+            return 32 / median_secs(step, min(args.iters, 2))
+        out["train_reid_r18_256x128_img_s"] = reid_step_img_s(torchvision.models.resnet18())
+        out["train_reid_r50_256x128_img_s"] = reid_step_img_s(torchvision.models.resnet50())
     out["torch"] = torch.__version__
     out["threads"] = torch.get_num_threads()
     if args.json:
