@@ -23,6 +23,9 @@ struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Only the ResNet-18 train step (for profiling it).
+    #[arg(long)]
+    train_only: bool,
     /// Also time full re-ID training steps (ID + triplet loss, Adam; 8×4 P×K batches) of
     /// ResNet-18 and ResNet-50 at 256×128 (slow on CPU: minutes).
     #[arg(long)]
@@ -116,6 +119,10 @@ fn main() -> Result<()> {
         / complexity(&r50(false)?, 256, 128)?.backbone.macs as f64;
 
     let train_r18 = train_r18_img_s(&dev, args.iters)?;
+    if args.train_only {
+        println!("train step resnet18 32x3x128x64 (751 ids): {train_r18:.2} img/s");
+        return Ok(());
+    }
     let b1 = infer_img_s(&full_folded, 1, args.iters.max(5))?;
     let b32_unfolded = infer_img_s(&full, 32, args.iters)?;
     let b32 = infer_img_s(&full_folded, 32, args.iters)?;
