@@ -249,3 +249,28 @@ fn bad_inputs_are_refused_clearly() {
     .unwrap_err();
     assert!(e.to_string().contains("lambda"), "{e}");
 }
+
+/// torchreid 0.2.5's own re-ranking of a stored case (made by bench/rerank_reference.py): the
+/// same matrix, so the same ranking and metrics.
+#[test]
+fn rerank_equals_torchreid_on_a_stored_case() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/rerank_torchreid.safetensors");
+    let f = reid_model::checkpoint::read_safetensors(&path, &Device::Cpu).unwrap();
+    let flat = |k: &str| -> Vec<f32> { f.tensors[k].flatten_all().unwrap().to_vec1().unwrap() };
+    let (nq, ng) = f.tensors["distmat"].dims2().unwrap();
+    let got = rerank_distances(
+        &flat("distmat"),
+        &flat("distmat_qq"),
+        &flat("distmat_gg"),
+        nq,
+        ng,
+        RerankParams::default(),
+    )
+    .unwrap();
+    let want = flat("reranked");
+    assert_close(&got, &want, 1e-5, "torchreid re_ranking");
+    // and re-ranking changes this case: it is not the original distance
+    let orig = flat("distmat");
+    assert!(got.iter().zip(&orig).any(|(a, b)| (a - b).abs() > 0.1));
+}
