@@ -82,6 +82,9 @@ pub struct ExperimentConfig {
     /// Compression levels: name → fraction of FLOPs removed.
     pub levels: BTreeMap<String, f64>,
     pub allocation: Allocation,
+    /// Also prune the residual streams (not with psfp / auto-balanced, which are skipped then).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub residual_groups: bool,
     /// Iterative pruning step (fraction of the level per step); None = prune once.
     pub prune_step: Option<f64>,
     pub pretrain_epochs: usize,
@@ -120,6 +123,7 @@ impl Default for ExperimentConfig {
             criteria: vec!["l1".into(), "taylor".into(), "entropy".into()],
             levels: BTreeMap::from([("C1".to_string(), 0.5), ("C2".to_string(), 2.0 / 3.0)]),
             allocation: Allocation::Layerwise,
+            residual_groups: false,
             prune_step: None,
             pretrain_epochs: 30,
             finetune_epochs: 60,
@@ -336,6 +340,7 @@ impl Runner {
             level,
             target: TargetKind::Flops,
             allocation: self.cfg.allocation,
+            residual_groups: self.cfg.residual_groups,
             input: self.cfg.input.clone(),
             dataset: Some(data.dataset.clone()),
             root: Some(data.root.clone()),
@@ -357,6 +362,9 @@ impl Runner {
         let mut key = serde_json::json!({"parent": file_sha256(parent)?, "criterion": criterion, "level": level, "data": data.identity(),
                                      "allocation": pc.allocation, "step": pc.step, "retrain": pc.retrain_epochs, "lr": self.cfg.lr,
                                      "input": pc.input, "seed": pc.seed});
+        if self.cfg.residual_groups {
+            key["residual_groups"] = serde_json::json!(true);
+        }
         if criterion == "psfp" {
             // the soft schedule is part of what psfp computes (other criteria keep their keys)
             key["psfp_schedule"] = serde_json::json!({
@@ -514,6 +522,12 @@ impl Runner {
             for criterion in &cfg.criteria {
                 if criterion == "psfp" && scenario == "S4" {
                     self.log("S4 psfp: not applicable (the paper's Table 6 marks it N/A)");
+                    continue;
+                }
+                if cfg.residual_groups && (criterion == "psfp" || criterion == "auto-balanced") {
+                    self.log(&format!(
+                        "{scenario} {criterion}: skipped (its training-time rule acts on branch convs, not residual groups)"
+                    ));
                     continue;
                 }
                 for (lname, &level) in &cfg.levels {

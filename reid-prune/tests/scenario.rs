@@ -172,3 +172,60 @@ fn several_targets_share_the_source_steps_and_test_each_other() {
     assert_eq!(reused[0], 0);
     assert!(reused[1] >= 2, "{reused:?}");
 }
+
+#[test]
+fn a_grid_can_prune_the_residual_streams_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    synth(
+        &tmp.path().join("source"),
+        "source",
+        SynthLayout::ImageFolder,
+    );
+    synth(&tmp.path().join("target"), "target", SynthLayout::Market);
+    let cfg = ExperimentConfig {
+        name: "groups".into(),
+        out: tmp.path().join("runs"),
+        input: "64x32".into(),
+        arch: "resnet18".into(),
+        width_mult: 0.125,
+        baselines: vec![],
+        source: DataRef {
+            dataset: "imagefolder".into(),
+            root: tmp.path().join("source"),
+            name: None,
+        },
+        target: DataRef {
+            dataset: "market1501".into(),
+            root: tmp.path().join("target"),
+            name: None,
+        },
+        residual_groups: true,
+        scenarios: vec!["S1".into()],
+        criteria: vec!["l1".into(), "psfp".into()],
+        levels: BTreeMap::from([("C1".to_string(), 0.5)]),
+        pretrain_epochs: 1,
+        finetune_epochs: 1,
+        retrain_epochs: 1,
+        batch_pk: "4x2".into(),
+        batch_size: 16,
+        ..ExperimentConfig::default()
+    };
+    let cells = Runner::new(cfg).unwrap().run().unwrap();
+    // baseline, source, S1 l1 (psfp is skipped with residual groups)
+    assert_eq!(cells.len(), 3);
+    let base = reid_model::load_checkpoint(
+        &cells[0].folder.join("model.safetensors"),
+        &candle_core::Device::Cpu,
+        false,
+    )
+    .unwrap();
+    let pruned = reid_model::load_checkpoint(
+        &cells[2].folder.join("model.safetensors"),
+        &candle_core::Device::Cpu,
+        false,
+    )
+    .unwrap();
+    assert!(pruned.net.spec().feature_dim < base.net.spec().feature_dim);
+    let ratio = cells[2].macs as f64 / cells[0].macs as f64;
+    assert!((ratio - 0.5).abs() < 0.05, "{ratio}");
+}
