@@ -468,7 +468,7 @@ impl Runner {
         )?;
         let all: usize = base.prunable_convs().iter().map(|l| l.width).sum();
         let metrics = serde_json::json!({
-            "experiment": self.cfg.name, "target": self.cfg.target.label(), "scenario": scenario, "criterion": criterion, "level": level,
+            "experiment": self.cfg.name, "target_dataset": self.cfg.target.label(), "scenario": scenario, "criterion": criterion, "level": level,
             "backbone": ck.net.spec().name(), "parent": ck.provenance.parent,
             "macs": c.backbone.macs, "params": c.backbone.params, "kept_channel_fraction": kept as f64 / all as f64,
             "latency_ms": {self.cfg.device.clone(): {"batch1": b1, "batch32": b32}},

@@ -160,7 +160,7 @@ fn several_targets_share_the_source_steps_and_test_each_other() {
             &std::fs::read_to_string(cells[2].folder.join("metrics.json")).unwrap(),
         )
         .unwrap();
-        assert_eq!(m["target"], g.target.label());
+        assert_eq!(m["target_dataset"], g.target.label());
         assert!(m["eval"][g.target.label()]["mAP"].is_number());
         assert!(
             m["eval"][format!("{other}-cross")]["mAP"].is_number(),

@@ -50,7 +50,7 @@ pub fn results_frame(runs: &[Run], configs: &[Option<RunConfig>]) -> PolarsResul
             for (col, v) in s.iter_mut().zip([
                 Some(run.id.clone()),
                 Some(m.experiment.clone()),
-                m.target.clone(),
+                m.target_dataset.clone(),
                 Some(m.scenario.clone()),
                 Some(m.criterion.clone()),
                 Some(m.level.clone()),
@@ -96,7 +96,7 @@ pub fn results_frame(runs: &[Run], configs: &[Option<RunConfig>]) -> PolarsResul
     let s_names = [
         "run",
         "experiment",
-        "target",
+        "target_dataset",
         "scenario",
         "criterion",
         "level",

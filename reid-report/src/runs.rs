@@ -37,16 +37,21 @@ pub struct TrainSummary {
     pub final_loss: Option<f64>,
 }
 
-/// `metrics.json` as DESIGN.md defines it. Optional fields may be absent in older runs.
+/// `metrics.json` as DESIGN.md defines it. The grid's run folders have every field; single
+/// `train` / `prune` runs lack scenario, criterion or level, which [`read_metrics`] fills in.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct Metrics {
     #[serde(default)]
     pub experiment: String,
     /// The re-ID target the run's grid trained on (several-target experiments).
     #[serde(default)]
-    pub target: Option<String>,
+    pub target_dataset: Option<String>,
+    #[serde(default)]
     pub scenario: String,
+    #[serde(default)]
     pub criterion: String,
+    /// `C1`, `full`, or a prune command's numeric level.
+    #[serde(default, deserialize_with = "string_or_number")]
     pub level: String,
     pub backbone: String,
     #[serde(default)]
@@ -63,6 +68,19 @@ pub struct Metrics {
     pub train: Option<TrainSummary>,
     #[serde(default)]
     pub tool_version: Option<String>,
+}
+
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::Null => String::new(),
+        other => {
+            return Err(serde::de::Error::custom(format!(
+                "level must be a string or a number, got {other}"
+            )))
+        }
+    })
 }
 
 /// Widths of one prunable conv: kept and original (unpruned) output channels.
@@ -212,8 +230,23 @@ fn collect_metrics(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), RunsError> 
 
 fn read_metrics(path: &Path) -> Result<Metrics, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
-    let m: Metrics = serde_json::from_str(&text)
+    let mut m: Metrics = serde_json::from_str(&text)
         .map_err(|e| format!("not a metrics.json of DESIGN.md's format: {e}"))?;
+    // Single-step run folders: `train` writes neither scenario nor criterion, `prune` no scenario.
+    if m.scenario.is_empty() {
+        m.scenario = if m.criterion.is_empty() {
+            "train"
+        } else {
+            "prune"
+        }
+        .into();
+    }
+    if m.criterion.is_empty() {
+        m.criterion = m.backbone.clone();
+    }
+    if m.level.is_empty() {
+        m.level = "full".into();
+    }
     for (name, e) in &m.eval {
         for (what, v) in [("mAP", e.map), ("rank1", e.rank1)] {
             if !(0.0..=1.0).contains(&v) {
@@ -316,5 +349,29 @@ mod tests {
         .unwrap();
         let err = read_metrics(&p).unwrap_err();
         assert!(err.contains("eval.m.mAP = 45"), "{err}");
+    }
+
+    #[test]
+    fn single_step_run_folders_are_read_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.json");
+        // what `reid-prune train` and `reid-prune prune` write
+        std::fs::write(
+            &p,
+            r#"{"backbone":"resnet18","macs":10,"params":5,"eval":{"m":{"mAP":0.5,"rank1":0.6}}}"#,
+        )
+        .unwrap();
+        let m = read_metrics(&p).unwrap();
+        assert_eq!(
+            (m.scenario.as_str(), m.criterion.as_str(), m.level.as_str()),
+            ("train", "resnet18", "full")
+        );
+        std::fs::write(
+            &p,
+            r#"{"backbone":"resnet18","criterion":"l1","level":0.5,"target":"flops","macs":10,"params":5}"#,
+        )
+        .unwrap();
+        let m = read_metrics(&p).unwrap();
+        assert_eq!((m.scenario.as_str(), m.level.as_str()), ("prune", "0.5"));
     }
 }
