@@ -23,6 +23,13 @@ struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Time every conv of the full and the half-width ResNet-50 on its own (batch 32, BN folded)
+    /// and print the time by kind of conv: where the half-width model loses its speed-up.
+    #[arg(long)]
+    per_layer: bool,
+    /// Only the half-width ResNet-50 at batch 32 (for profiling it).
+    #[arg(long)]
+    half_only: bool,
     /// Only the ResNet-18 train step (for profiling it).
     #[arg(long)]
     train_only: bool,
@@ -107,6 +114,48 @@ fn train_reid_img_s(depth: usize, dev: &Device, iters: usize) -> Result<f64> {
     Ok(batch as f64 / s)
 }
 
+/// Milliseconds of each conv kind (stem, conv1, conv2, conv3, downsample) and their MACs.
+fn per_kind_ms(
+    spec: &ArchSpec,
+    iters: usize,
+) -> Result<std::collections::BTreeMap<String, (f64, u64)>> {
+    let dev = Device::Cpu;
+    let mut out = std::collections::BTreeMap::new();
+    for l in complexity(spec, 256, 128)?
+        .layers
+        .iter()
+        .filter(|l| l.kind == "conv")
+    {
+        let kind = if l.name == "conv1" {
+            "stem".to_string()
+        } else if l.name.contains("downsample") {
+            "downsample".to_string()
+        } else {
+            l.name.rsplit('.').next().unwrap_or("?").to_string()
+        };
+        let ih = (l.out_hw[0] - 1) * l.stride + l.kernel - 2 * l.padding;
+        let iw = (l.out_hw[1] - 1) * l.stride + l.kernel - 2 * l.padding;
+        let x = Tensor::randn(0f32, 1., (32, l.in_channels, ih, iw), &dev)?;
+        let w = Tensor::randn(
+            0f32,
+            0.1,
+            (l.out_channels, l.in_channels, l.kernel, l.kernel),
+            &dev,
+        )?;
+        let b = Tensor::zeros(l.out_channels, candle_core::DType::F32, &dev)?;
+        let secs = median_secs(iters, || {
+            reid_model::ops::conv_gemm::conv2d_bias_inference(
+                &x, &w, &b, l.stride, l.padding, true,
+            )?;
+            Ok(())
+        })?;
+        let e = out.entry(kind).or_insert((0.0, 0u64));
+        e.0 += secs * 1e3;
+        e.1 += l.macs * 32;
+    }
+    Ok(out)
+}
+
 fn main() -> Result<()> {
     reid_model::alloc::configure();
     let args = Args::parse();
@@ -118,6 +167,39 @@ fn main() -> Result<()> {
     let macs_ratio = complexity(&half_spec, 256, 128)?.backbone.macs as f64
         / complexity(&r50(false)?, 256, 128)?.backbone.macs as f64;
 
+    if args.per_layer {
+        let full = per_kind_ms(&r50(false)?, args.iters)?;
+        let half = per_kind_ms(&r50(true)?, args.iters)?;
+        println!(
+            "{:<12} {:>10} {:>10} {:>8} {:>8} {:>9} {:>9}",
+            "convs", "full ms", "half ms", "speed", "MACs", "full GF/s", "half GF/s"
+        );
+        let (mut tf, mut th) = (0.0, 0.0);
+        for (k, (fm, fmacs)) in &full {
+            let (hm, hmacs) = half[k];
+            tf += fm;
+            th += hm;
+            println!(
+                "{k:<12} {fm:>10.1} {hm:>10.1} {:>7.2}x {:>7.3}x {:>9.1} {:>9.1}",
+                fm / hm,
+                hmacs as f64 / *fmacs as f64,
+                2.0 * *fmacs as f64 / fm / 1e6,
+                2.0 * hmacs as f64 / hm / 1e6
+            );
+        }
+        println!(
+            "{:<12} {tf:>10.1} {th:>10.1} {:>7.2}x (convs only, batch 32 at 256x128)",
+            "all",
+            tf / th
+        );
+        return Ok(());
+    }
+    if args.half_only {
+        let half = ReidNet::new(&r50(true)?, &dev, 1)?.fold_bn()?;
+        let v = infer_img_s(&half, 32, args.iters)?;
+        println!("infer half-width resnet50 batch 32 (folded): {v:.2} img/s");
+        return Ok(());
+    }
     let train_r18 = train_r18_img_s(&dev, args.iters)?;
     if args.train_only {
         println!("train step resnet18 32x3x128x64 (751 ids): {train_r18:.2} img/s");

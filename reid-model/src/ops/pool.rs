@@ -1,7 +1,110 @@
-//! Pooling built from differentiable ops (candle's `max_pool2d` has no backward when
-//! kernel != stride, so the ResNet stem's 3×3/s2/p1 pool is composed here).
+//! Pooling. The ResNet stem's 3×3/s2/p1 max pool is one custom op on the CPU (forward and
+//! backward in one pass each: the composed version made six full-size temporaries of the
+//! largest activation of the network); elsewhere it is composed from differentiable ops
+//! (candle's `max_pool2d` has no backward when kernel != stride).
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+use super::f32_slice;
+
+fn out_len(len: usize) -> usize {
+    (len - 1) / 2 + 1
+}
+
+/// The first maximum (row-major scan of the window, as PyTorch) of window (i, j) of a plane.
+#[inline]
+fn window_argmax(p: &[f32], h: usize, w: usize, i: usize, j: usize) -> (usize, f32) {
+    let (mut best, mut at) = (f32::NEG_INFINITY, usize::MAX);
+    for y in (2 * i).saturating_sub(1)..(2 * i + 2).min(h) {
+        for x in (2 * j).saturating_sub(1)..(2 * j + 2).min(w) {
+            let v = p[y * w + x];
+            // a NaN wins too, so that it propagates
+            if at == usize::MAX || v > best || v.is_nan() {
+                best = v;
+                at = y * w + x;
+            }
+        }
+    }
+    (at, best)
+}
+
+fn dims4(l: &Layout) -> Result<(usize, usize, usize, usize)> {
+    l.shape().dims4()
+}
+
+/// 3×3, stride 2, padding 1 (padding never wins) max pool on NCHW f32.
+struct MaxPool3x3S2P1;
+
+impl CustomOp1 for MaxPool3x3S2P1 {
+    fn name(&self) -> &'static str {
+        "max-pool-3x3-s2-p1"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = dims4(l)?;
+        let x = f32_slice(s, l, "input")?;
+        let (oh, ow) = (out_len(h), out_len(w));
+        let mut y = vec![0f32; n * c * oh * ow];
+        y.par_chunks_mut(oh * ow)
+            .zip(x.par_chunks(h * w))
+            .for_each(|(o, p)| {
+                for i in 0..oh {
+                    for j in 0..ow {
+                        o[i * ow + j] = window_argmax(p, h, w, i, j).1;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &MaxPool3x3S2P1Grad,
+        )?))
+    }
+}
+
+/// dL/dx of [`MaxPool3x3S2P1`]: each output's gradient goes to its window's first maximum.
+struct MaxPool3x3S2P1Grad;
+
+impl CustomOp2 for MaxPool3x3S2P1Grad {
+    fn name(&self) -> &'static str {
+        "max-pool-3x3-s2-p1-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = dims4(l1)?;
+        let x = f32_slice(s1, l1, "input")?;
+        let g = f32_slice(s2, l2, "gradient")?;
+        let (oh, ow) = (out_len(h), out_len(w));
+        if l2.shape().dims() != [n, c, oh, ow] {
+            candle_core::bail!(
+                "max pool gradient {:?} for an input {:?}",
+                l2.dims(),
+                l1.dims()
+            );
+        }
+        let mut gx = vec![0f32; n * c * h * w];
+        gx.par_chunks_mut(h * w)
+            .zip(x.par_chunks(h * w).zip(g.par_chunks(oh * ow)))
+            .for_each(|(d, (p, gp))| {
+                for i in 0..oh {
+                    for j in 0..ow {
+                        d[window_argmax(p, h, w, i, j).0] += gp[i * ow + j];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(gx), Shape::from((n, c, h, w))))
+    }
+}
 
 /// Max over a 3-wide, stride-2, pad-1 window along `dim` of a non-negative tensor.
 /// Zero padding equals -inf padding because the input is post-ReLU.
@@ -27,6 +130,15 @@ fn max3_s2_p1_along(x: &Tensor, dim: usize) -> Result<Tensor> {
 
 /// The ResNet stem pool: 3×3 window, stride 2, padding 1, on an NCHW post-ReLU tensor.
 pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        return x.contiguous()?.apply_op1(MaxPool3x3S2P1);
+    }
+    composed_max_pool_3x3_s2_p1(x)
+}
+
+/// The same pool from differentiable ops (GPU and other dtypes; zero padding is exact for
+/// post-ReLU inputs).
+fn composed_max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
     let w = max3_s2_p1_along(x, 3)?;
     max3_s2_p1_along(&w, 2)
 }
@@ -73,6 +185,10 @@ mod tests {
             let y = max_pool_3x3_s2_p1(&x).unwrap();
             let got: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
             assert_eq!(got, naive(&data, h, w), "{h}x{w}");
+            // the composed fallback (GPU) computes the same
+            let c = composed_max_pool_3x3_s2_p1(&x).unwrap();
+            let got: Vec<f32> = c.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(got, naive(&data, h, w), "composed {h}x{w}");
         }
     }
 
@@ -104,5 +220,32 @@ mod tests {
             }
         }
         assert_eq!(gx, expect);
+        // batch and channels: planes are independent
+        let x = Var::from_vec(
+            (0..2 * 3 * 7 * 5)
+                .map(|i| ((i * 37) % 101) as f32)
+                .collect::<Vec<_>>(),
+            (2, 3, 7, 5),
+            &dev,
+        )
+        .unwrap();
+        let y = max_pool_3x3_s2_p1(x.as_tensor()).unwrap();
+        assert_eq!(y.dims(), &[2, 3, 4, 3]);
+        let g = (y.sqr().unwrap().sum_all().unwrap()).backward().unwrap();
+        let gx = g.get(&x).unwrap();
+        let yc = composed_max_pool_3x3_s2_p1(x.as_tensor()).unwrap();
+        let gc = yc.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let d: f32 = (gx - gc.get(&x).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(
+            d, 0.0,
+            "distinct values: the same gradient as the composed pool"
+        );
     }
 }
