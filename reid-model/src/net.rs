@@ -83,7 +83,10 @@ impl ConvBn {
         let Some(bn) = &self.bn else {
             return Ok(self.clone());
         };
+        // Detached: a folded net is inference-only, and a tracked weight (from a trainable
+        // net's γ, β) would keep it off the fused inference ops.
         let (scale, shift) = bn.eval_affine()?;
+        let (scale, shift) = (scale.detach(), shift.detach());
         let c = scale.elem_count();
         let weight = self
             .conv
@@ -634,8 +637,10 @@ mod tests {
             .max_all()
             .unwrap();
         assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        // folded straight from the trainable net: no graph, so the fused inference ops run
         let folded = net.fold_bn().unwrap();
         let c = folded.forward_t(&x, false).unwrap();
+        assert!(!c.pooled.track_op(), "a folded net built a graph");
         let scale = a
             .pooled
             .abs()
