@@ -186,6 +186,11 @@ pub struct Runner {
     pub steps_reused: usize,
 }
 
+/// Version of what the steps compute: bump it when a change alters a step's result (training
+/// numerics, pruning rules), so that old finished steps are not reused. 2: the stem max pool's
+/// gradient goes to the first maximum (session 2).
+const STEP_ENGINE: u32 = 2;
+
 fn short_hash(v: &serde_json::Value) -> String {
     let d = Sha256::digest(v.to_string().as_bytes());
     d.iter().take(8).map(|b| format!("{b:02x}")).collect()
@@ -218,9 +223,11 @@ impl Runner {
     fn step(
         &mut self,
         kind: &str,
-        key: serde_json::Value,
+        mut key: serde_json::Value,
         f: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<PathBuf> {
+        // A step is reused only if the code that computes it has not changed what it computes.
+        key["engine"] = serde_json::json!(STEP_ENGINE);
         let dir = self.steps_dir.join(format!("{kind}-{}", short_hash(&key)));
         if dir.join("DONE").is_file() {
             self.steps_reused += 1;
