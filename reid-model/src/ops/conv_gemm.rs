@@ -660,13 +660,58 @@ impl CustomOp2 for Conv2dWeightGrad {
     }
 }
 
-/// Inference conv with its BN folded in: conv + bias (+ ReLU) in one pass, no backward.
+/// Inference conv with its BN folded in: conv + bias (+ ReLU) in one pass, no backward. As a
+/// three-input op (x, w, shortcut) it is a block's last conv: relu(conv + bias + shortcut) in
+/// one pass over the output (no separate add and ReLU tensors).
 #[derive(Clone, Debug)]
 pub struct Conv2dBiasInference {
     pub stride: usize,
     pub padding: usize,
     pub bias: Vec<f32>,
     pub relu: bool,
+}
+
+impl Conv2dBiasInference {
+    fn forward(
+        &self,
+        (s1, l1): (&CpuStorage, &Layout),
+        (s2, l2): (&CpuStorage, &Layout),
+        residual: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(dims4(l1)?, dims4(l2)?, self.stride, self.padding)?;
+        if self.bias.len() != g.cout {
+            candle_core::bail!(
+                "conv2d-gemm: bias of {} for {} channels",
+                self.bias.len(),
+                g.cout
+            );
+        }
+        let residual = match residual {
+            Some((s3, l3)) => {
+                if dims4(l3)? != (g.n, g.cout, g.ho, g.wo) {
+                    candle_core::bail!(
+                        "conv2d-gemm: residual {:?} for an output of ({}, {}, {}, {})",
+                        l3.dims(),
+                        g.n,
+                        g.cout,
+                        g.ho,
+                        g.wo
+                    );
+                }
+                Some(f32_slice(s3, l3, "residual")?)
+            }
+            None => None,
+        };
+        let epi = Epilogue {
+            bias: Some(&self.bias),
+            residual,
+            relu: self.relu,
+        };
+        let x = f32_slice(s1, l1, "input")?;
+        let w = f32_slice(s2, l2, "weight")?;
+        let y = conv_forward(x, w, &g, epi);
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
+    }
 }
 
 impl CustomOp2 for Conv2dBiasInference {
@@ -681,38 +726,13 @@ impl CustomOp2 for Conv2dBiasInference {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geom::new(dims4(l1)?, dims4(l2)?, self.stride, self.padding)?;
-        if self.bias.len() != g.cout {
-            candle_core::bail!(
-                "conv2d-gemm: bias of {} for {} channels",
-                self.bias.len(),
-                g.cout
-            );
-        }
-        let x = f32_slice(s1, l1, "input")?;
-        let w = f32_slice(s2, l2, "weight")?;
-        let epi = Epilogue {
-            bias: Some(&self.bias),
-            residual: None,
-            relu: self.relu,
-        };
-        let y = conv_forward(x, w, &g, epi);
-        Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
+        self.forward((s1, l1), (s2, l2), None)
     }
 }
 
-/// The last conv of a residual block at inference, BN folded: relu(conv + bias + shortcut) in
-/// one pass over the output (no separate add and ReLU tensors).
-#[derive(Clone, Debug)]
-pub struct Conv2dBiasResidualInference {
-    pub stride: usize,
-    pub padding: usize,
-    pub bias: Vec<f32>,
-}
-
-impl CustomOp3 for Conv2dBiasResidualInference {
+impl CustomOp3 for Conv2dBiasInference {
     fn name(&self) -> &'static str {
-        "conv2d-gemm-bias-residual-relu-inference"
+        "conv2d-gemm-bias-residual-inference"
     }
 
     fn cpu_fwd(
@@ -724,34 +744,7 @@ impl CustomOp3 for Conv2dBiasResidualInference {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geom::new(dims4(l1)?, dims4(l2)?, self.stride, self.padding)?;
-        if self.bias.len() != g.cout {
-            candle_core::bail!(
-                "conv2d-gemm: bias of {} for {} channels",
-                self.bias.len(),
-                g.cout
-            );
-        }
-        if dims4(l3)? != (g.n, g.cout, g.ho, g.wo) {
-            candle_core::bail!(
-                "conv2d-gemm: residual {:?} for an output of ({}, {}, {}, {})",
-                l3.dims(),
-                g.n,
-                g.cout,
-                g.ho,
-                g.wo
-            );
-        }
-        let x = f32_slice(s1, l1, "input")?;
-        let w = f32_slice(s2, l2, "weight")?;
-        let r = f32_slice(s3, l3, "residual")?;
-        let epi = Epilogue {
-            bias: Some(&self.bias),
-            residual: Some(r),
-            relu: true,
-        };
-        let y = conv_forward(x, w, &g, epi);
-        Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
+        self.forward((s1, l1), (s2, l2), Some((s3, l3)))
     }
 }
 
@@ -773,10 +766,11 @@ pub fn conv2d_bias_residual_inference(
     {
         return Ok(None);
     }
-    let op = Conv2dBiasResidualInference {
+    let op = Conv2dBiasInference {
         stride,
         padding,
         bias: bias.to_vec1()?,
+        relu: true,
     };
     Ok(Some(x.contiguous()?.apply_op3_no_bwd(
         &w.contiguous()?,

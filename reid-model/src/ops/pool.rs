@@ -29,10 +29,6 @@ fn window_argmax(p: &[f32], h: usize, w: usize, i: usize, j: usize) -> (usize, f
     (at, best)
 }
 
-fn dims4(l: &Layout) -> Result<(usize, usize, usize, usize)> {
-    l.shape().dims4()
-}
-
 /// 3×3, stride 2, padding 1 (padding never wins) max pool on NCHW f32.
 struct MaxPool3x3S2P1;
 
@@ -42,7 +38,7 @@ impl CustomOp1 for MaxPool3x3S2P1 {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = dims4(l)?;
+        let (n, c, h, w) = l.shape().dims4()?;
         let x = f32_slice(s, l, "input")?;
         let (oh, ow) = (out_len(h), out_len(w));
         let mut y = vec![0f32; n * c * oh * ow];
@@ -81,7 +77,7 @@ impl CustomOp2 for MaxPool3x3S2P1Grad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = dims4(l1)?;
+        let (n, c, h, w) = l1.shape().dims4()?;
         let x = f32_slice(s1, l1, "input")?;
         let g = f32_slice(s2, l2, "gradient")?;
         let (oh, ow) = (out_len(h), out_len(w));
