@@ -21,31 +21,26 @@ fn synth(dir: &Path, domain: &str, layout: SynthLayout) {
     generate(&cfg, dir, |_| {}).unwrap();
 }
 
-#[test]
-fn tiny_grid_runs_and_resumes_without_repeating_steps() {
-    let tmp = tempfile::tempdir().unwrap();
-    synth(
-        &tmp.path().join("source"),
-        "source",
-        SynthLayout::ImageFolder,
-    );
-    synth(&tmp.path().join("target"), "target", SynthLayout::Market);
-    let cfg = ExperimentConfig {
+/// A tiny grid on generated data under `tmp` (source, and target with label `target_name`).
+fn tiny_config(tmp: &Path, target_name: Option<&str>) -> ExperimentConfig {
+    synth(&tmp.join("source"), "source", SynthLayout::ImageFolder);
+    synth(&tmp.join("target"), "target", SynthLayout::Market);
+    ExperimentConfig {
         name: "tiny".into(),
-        out: tmp.path().join("runs"),
+        out: tmp.join("runs"),
         input: "64x32".into(),
         arch: "resnet18".into(),
         width_mult: 0.125,
         baselines: vec![],
         source: DataRef {
             dataset: "imagefolder".into(),
-            root: tmp.path().join("source"),
+            root: tmp.join("source"),
             name: None,
         },
         target: DataRef {
             dataset: "market1501".into(),
-            root: tmp.path().join("target"),
-            name: Some("tiny-target".into()),
+            root: tmp.join("target"),
+            name: target_name.map(String::from),
         },
         cross: None,
         scenarios: vec!["S1".into(), "S3".into()],
@@ -57,7 +52,13 @@ fn tiny_grid_runs_and_resumes_without_repeating_steps() {
         batch_pk: "4x2".into(),
         batch_size: 16,
         ..ExperimentConfig::default()
-    };
+    }
+}
+
+#[test]
+fn tiny_grid_runs_and_resumes_without_repeating_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), Some("tiny-target"));
     let mut first = Runner::new(cfg.clone()).unwrap();
     let cells = first.run().unwrap();
     assert_eq!(cells.len(), 4, "baseline + source-only + S1 + S3");
@@ -112,11 +113,6 @@ fn shipped_configs_parse() {
 #[test]
 fn several_targets_share_the_source_steps_and_test_each_other() {
     let tmp = tempfile::tempdir().unwrap();
-    synth(
-        &tmp.path().join("source"),
-        "source",
-        SynthLayout::ImageFolder,
-    );
     synth(&tmp.path().join("ta"), "target", SynthLayout::Market);
     synth(&tmp.path().join("tb"), "target-b", SynthLayout::Market);
     let data = |dir: &str, name: &str| DataRef {
@@ -126,26 +122,9 @@ fn several_targets_share_the_source_steps_and_test_each_other() {
     };
     let cfg = ExperimentConfig {
         name: "multi".into(),
-        out: tmp.path().join("runs"),
-        input: "64x32".into(),
-        arch: "resnet18".into(),
-        width_mult: 0.125,
-        baselines: vec![],
-        source: DataRef {
-            dataset: "imagefolder".into(),
-            root: tmp.path().join("source"),
-            name: None,
-        },
         targets: vec![data("ta", "a"), data("tb", "b")],
         scenarios: vec!["S1".into()],
-        criteria: vec!["l1".into()],
-        levels: BTreeMap::from([("C1".to_string(), 0.5)]),
-        pretrain_epochs: 1,
-        finetune_epochs: 1,
-        retrain_epochs: 1,
-        batch_pk: "4x2".into(),
-        batch_size: 16,
-        ..ExperimentConfig::default()
+        ..tiny_config(tmp.path(), None)
     };
     let shared = cfg.out.join("steps");
     let mut reused = Vec::new();
@@ -176,39 +155,12 @@ fn several_targets_share_the_source_steps_and_test_each_other() {
 #[test]
 fn a_grid_can_prune_the_residual_streams_too() {
     let tmp = tempfile::tempdir().unwrap();
-    synth(
-        &tmp.path().join("source"),
-        "source",
-        SynthLayout::ImageFolder,
-    );
-    synth(&tmp.path().join("target"), "target", SynthLayout::Market);
     let cfg = ExperimentConfig {
         name: "groups".into(),
-        out: tmp.path().join("runs"),
-        input: "64x32".into(),
-        arch: "resnet18".into(),
-        width_mult: 0.125,
-        baselines: vec![],
-        source: DataRef {
-            dataset: "imagefolder".into(),
-            root: tmp.path().join("source"),
-            name: None,
-        },
-        target: DataRef {
-            dataset: "market1501".into(),
-            root: tmp.path().join("target"),
-            name: None,
-        },
         residual_groups: true,
         scenarios: vec!["S1".into()],
         criteria: vec!["l1".into(), "psfp".into()],
-        levels: BTreeMap::from([("C1".to_string(), 0.5)]),
-        pretrain_epochs: 1,
-        finetune_epochs: 1,
-        retrain_epochs: 1,
-        batch_pk: "4x2".into(),
-        batch_size: 16,
-        ..ExperimentConfig::default()
+        ..tiny_config(tmp.path(), None)
     };
     let cells = Runner::new(cfg).unwrap().run().unwrap();
     // baseline, source, S1 l1 (psfp is skipped with residual groups)

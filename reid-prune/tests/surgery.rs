@@ -22,6 +22,26 @@ fn trained_tiny(depth: usize) -> ReidNet {
     net
 }
 
+/// Masks keeping, in every prunable conv's post-BN activation, the channels the plan keeps.
+fn branch_masks(net: &ReidNet, p: &PrunePlan) -> ActivationTrace {
+    let mut masked = ActivationTrace::default();
+    for l in net.prunable_convs() {
+        let mut m = vec![0f32; l.width];
+        for &c in &p.keep[&l.conv] {
+            m[c] = 1.0;
+        }
+        masked = masked.with_mask(
+            l.conv.clone(),
+            Tensor::from_vec(m, l.width, net.device()).unwrap(),
+        );
+    }
+    masked
+}
+
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+}
+
 #[test]
 fn surgery_equals_masking_for_every_depth() {
     let dev = Device::Cpu;
@@ -42,15 +62,7 @@ fn surgery_equals_masking_for_every_depth() {
             let p = plan(net.spec(), net.spec(), &scores, &target).unwrap();
             let pruned = apply(&net, &p).unwrap();
             let x = Tensor::randn(0f32, 1.0, (3, 3, 64, 32), &dev).unwrap();
-            let mut masked = ActivationTrace::default();
-            for l in net.prunable_convs() {
-                let mut m = vec![0f32; l.width];
-                for &c in &p.keep[&l.conv] {
-                    m[c] = 1.0;
-                }
-                masked =
-                    masked.with_mask(l.conv.clone(), Tensor::from_vec(m, l.width, &dev).unwrap());
-            }
+            let mut masked = branch_masks(&net, &p);
             let a = net.forward_traced(&x, false, &mut masked).unwrap();
             let b = pruned.forward_t(&x, false).unwrap();
             for (u, v) in [
@@ -58,23 +70,11 @@ fn surgery_equals_masking_for_every_depth() {
                 (&a.neck, &b.neck),
                 (a.logits.as_ref().unwrap(), b.logits.as_ref().unwrap()),
             ] {
-                let d = (u - v)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                let s = u
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-                    .max(1.0);
-                assert!(d <= 1e-5 * s, "resnet{depth} {allocation:?}: {d}");
+                let d = max_abs(&(u - v).unwrap());
+                assert!(
+                    d <= 1e-5 * max_abs(u).max(1.0),
+                    "resnet{depth} {allocation:?}: {d}"
+                );
             }
             // the pruned spec is smaller and its counts follow from it
             let before = complexity(net.spec(), 64, 32).unwrap();
@@ -337,15 +337,7 @@ fn residual_group_surgery_equals_masking_the_streams() {
                 }
             }
             let masked_net = ReidNet::from_tensors_trainable(net.spec(), &t, &dev, 0).unwrap();
-            let mut masked = ActivationTrace::default();
-            for l in net.prunable_convs() {
-                let mut m = vec![0f32; l.width];
-                for &c in &p.keep[&l.conv] {
-                    m[c] = 1.0;
-                }
-                masked =
-                    masked.with_mask(l.conv.clone(), Tensor::from_vec(m, l.width, &dev).unwrap());
-            }
+            let mut masked = branch_masks(&net, &p);
             let x = Tensor::randn(0f32, 1.0, (3, 3, 64, 32), &dev).unwrap();
             let a = masked_net.forward_traced(&x, false, &mut masked).unwrap();
             let b = pruned.forward_t(&x, false).unwrap();
@@ -359,23 +351,11 @@ fn residual_group_surgery_equals_masking_the_streams() {
             .unwrap();
             for (u, v) in [(&a.pooled, &b.pooled), (&a.neck, &b.neck)] {
                 let u = u.index_select(&idx, 1).unwrap();
-                let d = (&u - v)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                let s = u
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-                    .max(1.0);
-                assert!(d <= 1e-5 * s, "resnet{depth} {allocation:?}: {d}");
+                let d = max_abs(&(&u - v).unwrap());
+                assert!(
+                    d <= 1e-5 * max_abs(&u).max(1.0),
+                    "resnet{depth} {allocation:?}: {d}"
+                );
             }
             // the removed feature channels really were silent in the masked network
             let total: f32 = a
