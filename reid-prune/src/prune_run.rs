@@ -299,16 +299,12 @@ pub fn run_prune(cfg: &PruneConfig, show_progress: bool) -> Result<PruneOutcome>
                 cfg.criterion
             );
         }
-        let scores = criterion.scores(&net, &net.prunable_convs(), data.as_ref())?;
-        let groups = if cfg.residual_groups {
-            Some(crate::criterion::group_scores(
-                criterion.as_ref(),
-                &net,
-                data.as_ref(),
-            )?)
-        } else {
-            None
-        };
+        let (scores, groups) = crate::criterion::branch_and_group_scores(
+            criterion.as_ref(),
+            &net,
+            data.as_ref(),
+            cfg.residual_groups,
+        )?;
         let p = plan_with_groups(
             net.spec(),
             &base,

@@ -94,56 +94,104 @@ pub fn by_name(name: &str, seed: u64) -> Result<Box<dyn Criterion>> {
     })
 }
 
-/// Scores of every residual group's channels (Torch-Pruning's group importance: the mean of
-/// the members' per-layer L2-normalised scores). Weight criteria score the convs that write
-/// into the stream (the stem or downsample, and each block's last conv); data criteria score
-/// the stream itself where it is read: the output of every block it runs through (and the
-/// stem's pooled output for the first stream), traced as `layerS.B.out` / `stem`.
+/// What scores each residual group's channels: weight criteria score the convs that write
+/// into the stream (the stem or downsample, and each block's last conv); data criteria score the
+/// stream itself where it is read: the output of every block it runs through (and the stem's
+/// pooled output for the first stream), traced as `layerS.B.out` / `stem`.
+fn group_members(criterion: &dyn Criterion, net: &ReidNet) -> Vec<(String, Vec<PrunableConv>)> {
+    net.spec()
+        .residual_groups()
+        .into_iter()
+        .map(|g| {
+            let member = |conv: String, bn: String| PrunableConv {
+                conv,
+                bn,
+                consumer: String::new(),
+                stage: 0,
+                block: 0,
+                index: 0,
+                width: g.width,
+            };
+            let members = if criterion.needs_data() {
+                g.producers
+                    .iter()
+                    .filter(|(conv, _)| !conv.contains("downsample"))
+                    .map(|(conv, bn)| {
+                        let point = match conv.rsplit_once('.') {
+                            Some((block, _)) => format!("{block}.out"),
+                            None => "stem".to_string(),
+                        };
+                        member(point, bn.clone())
+                    })
+                    .collect()
+            } else {
+                g.producers
+                    .iter()
+                    .map(|(conv, bn)| member(conv.clone(), bn.clone()))
+                    .collect()
+            };
+            (g.name, members)
+        })
+        .collect()
+}
+
+/// Each group's score (Torch-Pruning's group importance): the mean of its members' per-layer
+/// L2-normalised scores, taken out of `scores`.
+fn combine_groups(
+    members: &[(String, Vec<PrunableConv>)],
+    scores: &mut ChannelScores,
+) -> Result<ChannelScores> {
+    let mut out = ChannelScores::new();
+    for (name, m) in members {
+        let mut per = ChannelScores::new();
+        for x in m {
+            let v = scores.remove(&x.conv).ok_or_else(|| {
+                PruneError::Request(format!("no scores for {} of group {name}", x.conv))
+            })?;
+            per.insert(x.conv.clone(), v);
+        }
+        taylor::l2_normalise(&mut per);
+        let width = m.first().map(|x| x.width).unwrap_or(0);
+        let mut mean = vec![0.0; width];
+        for v in per.values() {
+            for (a, x) in mean.iter_mut().zip(v) {
+                *a += x / m.len() as f64;
+            }
+        }
+        out.insert(name.clone(), mean);
+    }
+    Ok(out)
+}
+
+/// Scores of every residual group's channels (see [`group_members`] for what is scored).
 pub fn group_scores(
     criterion: &dyn Criterion,
     net: &ReidNet,
     data: Option<&ScoreData>,
 ) -> Result<ChannelScores> {
-    let mut out = ChannelScores::new();
-    for g in net.spec().residual_groups() {
-        let member = |conv: String, bn: String| PrunableConv {
-            conv,
-            bn,
-            consumer: String::new(),
-            stage: 0,
-            block: 0,
-            index: 0,
-            width: g.width,
-        };
-        let members: Vec<PrunableConv> = if criterion.needs_data() {
-            g.producers
-                .iter()
-                .filter(|(conv, _)| !conv.contains("downsample"))
-                .map(|(conv, bn)| {
-                    let point = match conv.rsplit_once('.') {
-                        Some((block, _)) => format!("{block}.out"),
-                        None => "stem".to_string(),
-                    };
-                    member(point, bn.clone())
-                })
-                .collect()
-        } else {
-            g.producers
-                .iter()
-                .map(|(conv, bn)| member(conv.clone(), bn.clone()))
-                .collect()
-        };
-        let mut per = criterion.scores(net, &members, data)?;
-        taylor::l2_normalise(&mut per);
-        let mut mean = vec![0.0; g.width];
-        for v in per.values() {
-            for (m, x) in mean.iter_mut().zip(v) {
-                *m += x / members.len() as f64;
-            }
-        }
-        out.insert(g.name, mean);
+    let members = group_members(criterion, net);
+    let all: Vec<PrunableConv> = members.iter().flat_map(|(_, m)| m.clone()).collect();
+    let mut scores = criterion.scores(net, &all, data)?;
+    combine_groups(&members, &mut scores)
+}
+
+/// The prunable convs' scores and, with `groups`, the residual groups' scores, from one
+/// criterion call (one pass over the data for data criteria).
+pub fn branch_and_group_scores(
+    criterion: &dyn Criterion,
+    net: &ReidNet,
+    data: Option<&ScoreData>,
+    groups: bool,
+) -> Result<(ChannelScores, Option<ChannelScores>)> {
+    let mut layers = net.prunable_convs();
+    if !groups {
+        return Ok((criterion.scores(net, &layers, data)?, None));
     }
-    Ok(out)
+    let members = group_members(criterion, net);
+    layers.extend(members.iter().flat_map(|(_, m)| m.clone()));
+    let mut scores = criterion.scores(net, &layers, data)?;
+    let g = combine_groups(&members, &mut scores)?;
+    Ok((scores, Some(g)))
 }
 
 /// Output filters of a conv as f64 rows [out, in·k·k].
