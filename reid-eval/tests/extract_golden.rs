@@ -8,7 +8,10 @@ use reid_eval::{extract_features, load_model_for_inference, save_features, Featu
 use reid_model::checkpoint::read_safetensors;
 
 fn golden() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden");
+    let p = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
+    .join("../../shared/golden");
     assert!(p.is_dir(), "golden folder missing: {}", p.display());
     p
 }

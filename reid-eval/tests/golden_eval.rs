@@ -7,7 +7,10 @@ use reid_eval::{distance_matrix, evaluate_distmat, evaluate_features, ApKind, La
 use reid_model::checkpoint::read_safetensors;
 
 fn golden() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden/eval");
+    let p = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
+    .join("../../shared/golden/eval");
     assert!(p.is_dir(), "golden folder missing: {}", p.display());
     p
 }

@@ -254,8 +254,10 @@ fn bad_inputs_are_refused_clearly() {
 /// same matrix, so the same ranking and metrics.
 #[test]
 fn rerank_equals_torchreid_on_a_stored_case() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/rerank_torchreid.safetensors");
+    let path = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
+    .join("tests/data/rerank_torchreid.safetensors");
     let f = reid_model::checkpoint::read_safetensors(&path, &Device::Cpu).unwrap();
     let flat = |k: &str| -> Vec<f32> { f.tensors[k].flatten_all().unwrap().to_vec1().unwrap() };
     let (nq, ng) = f.tensors["distmat"].dims2().unwrap();

@@ -21,7 +21,7 @@ pub mod train;
 pub use arch::{ArchSpec, BlockKind, BlockSpec, Neck, PrunableConv, ResidualGroup};
 pub use checkpoint::{load_checkpoint, save_checkpoint, Checkpoint, Provenance};
 pub use error::{ModelError, Result};
-pub use net::{ActivationTrace, ReidNet, ReidOutput};
+pub use net::{ActivationTrace, InferenceLayout, ReidNet, ReidOutput};
 
 /// ImageNet channel statistics used by torchvision's `Normalize`.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];

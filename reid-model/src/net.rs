@@ -9,6 +9,7 @@ use candle_nn::{VarBuilder, VarMap};
 
 use crate::arch::{ArchSpec, ConvInfo, Neck, PrunableConv};
 use crate::error::{ModelError, Result};
+use crate::ops::channels_last::{ActNhwc, ConvNhwc};
 use crate::ops::{global_avg_pool, max_pool_3x3_s2_p1, BatchNorm, BatchNormConfig, Conv2d};
 
 /// Standard deviation of the classifier's initial weights (Bag of Tricks).
@@ -136,6 +137,95 @@ pub struct Block {
     pub out_name: String,
 }
 
+/// Memory layout of a BN-folded net's inference on the CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InferenceLayout {
+    /// candle's N×C×H×W tensors and the NCHW gemm conv op.
+    Nchw,
+    /// Channels-last buffers: one gemm per block of pixels (`ops::channels_last`).
+    #[default]
+    Nhwc,
+}
+
+impl std::str::FromStr for InferenceLayout {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "nchw" => Ok(Self::Nchw),
+            "nhwc" | "channels-last" => Ok(Self::Nhwc),
+            other => Err(format!("unknown layout {other:?} (expected nchw or nhwc)")),
+        }
+    }
+}
+
+/// The folded backbone's convs in channels-last layout (CPU inference).
+#[derive(Debug)]
+struct ChannelsLastBackbone {
+    stem: ConvNhwc,
+    /// Per stage, per block: the block's convs and its downsample.
+    stages: Vec<Vec<(Vec<ConvNhwc>, Option<ConvNhwc>)>>,
+}
+
+impl ChannelsLastBackbone {
+    fn new(stem: &ConvBn, stages: &[Vec<Block>]) -> candle_core::Result<Self> {
+        let conv = |u: &ConvBn| -> candle_core::Result<ConvNhwc> {
+            match (&u.bn, &u.conv.bias) {
+                (None, Some(b)) => ConvNhwc::new(&u.conv.weight, b, u.conv.stride, u.conv.padding),
+                _ => candle_core::bail!("{}: channels-last inference needs a folded BN", u.name),
+            }
+        };
+        Ok(Self {
+            stem: conv(stem)?,
+            stages: stages
+                .iter()
+                .map(|blocks| {
+                    blocks
+                        .iter()
+                        .map(|b| {
+                            Ok((
+                                b.convs
+                                    .iter()
+                                    .map(conv)
+                                    .collect::<candle_core::Result<_>>()?,
+                                b.downsample.as_ref().map(conv).transpose()?,
+                            ))
+                        })
+                        .collect::<candle_core::Result<_>>()
+                })
+                .collect::<candle_core::Result<_>>()?,
+        })
+    }
+
+    /// The global-average-pooled feature (N × C) of an N×3×H×W batch.
+    fn pooled(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let device = x.device().clone();
+        let a = ActNhwc::from_nchw(x)?;
+        let mut y = self.stem.forward(&a, None, true)?.max_pool_3x3_s2_p1();
+        for (convs, downsample) in self.stages.iter().flatten() {
+            let Some((last, inner)) = convs.split_last() else {
+                continue;
+            };
+            let mut h: Option<ActNhwc> = None;
+            for c in inner {
+                h = Some(c.forward(h.as_ref().unwrap_or(&y), None, true)?);
+            }
+            let shortcut = match downsample {
+                Some(ds) => Some(ds.forward(&y, None, false)?),
+                None => None,
+            };
+            let out = last.forward(
+                h.as_ref().unwrap_or(&y),
+                Some(shortcut.as_ref().unwrap_or(&y)),
+                true,
+            )?;
+            y = out;
+        }
+        let pooled = y.global_avg_pool();
+        Tensor::from_vec(pooled, (y.n, y.c), &Device::Cpu)?.to_device(&device)
+    }
+}
+
 /// What a forward pass returns.
 #[derive(Clone, Debug)]
 pub struct ReidOutput {
@@ -175,6 +265,11 @@ impl ActivationTrace {
     pub fn with_mask(mut self, name: impl Into<String>, mask: Tensor) -> Self {
         self.masks.insert(name.into(), mask);
         self
+    }
+
+    /// Nothing to record, mask or differentiate: any forward path will do.
+    fn is_idle(&self) -> bool {
+        self.wanted.is_empty() && self.masks.is_empty() && !self.with_grad
     }
 
     /// Record `h` under `name` if wanted; returns the tensor to continue the forward with.
@@ -218,6 +313,9 @@ pub struct ReidNet {
     /// Present when the net is trainable: the map of its `Var`s (weights and running stats).
     varmap: Option<VarMap>,
     folded: bool,
+    /// Set on folded CPU nets: the same convs in channels-last layout.
+    channels_last: Option<std::sync::Arc<ChannelsLastBackbone>>,
+    layout: InferenceLayout,
     device: Device,
 }
 
@@ -229,6 +327,7 @@ impl std::fmt::Debug for ReidNet {
             .field("num_classes", &self.spec.num_classes)
             .field("trainable", &self.is_trainable())
             .field("folded", &self.folded)
+            .field("layout", &self.layout)
             .finish()
     }
 }
@@ -365,6 +464,8 @@ impl ReidNet {
             classifier,
             varmap,
             folded: false,
+            channels_last: None,
+            layout: InferenceLayout::default(),
             device: device.clone(),
         })
     }
@@ -494,20 +595,41 @@ impl ReidNet {
                 config: bn.config,
             })
         };
+        let stem = self.stem.folded()?;
+        let stages: Vec<Vec<Block>> = self
+            .stages
+            .iter()
+            .map(|s| s.iter().map(fold_block).collect::<candle_core::Result<_>>())
+            .collect::<candle_core::Result<_>>()?;
+        let channels_last = if self.device.is_cpu() {
+            Some(std::sync::Arc::new(ChannelsLastBackbone::new(
+                &stem, &stages,
+            )?))
+        } else {
+            None
+        };
         Ok(Self {
             spec: self.spec.clone(),
-            stem: self.stem.folded()?,
-            stages: self
-                .stages
-                .iter()
-                .map(|s| s.iter().map(fold_block).collect::<candle_core::Result<_>>())
-                .collect::<candle_core::Result<_>>()?,
+            stem,
+            stages,
             neck: self.neck.as_ref().map(detach_bn).transpose()?,
             classifier: self.classifier.as_ref().map(|c| c.detach()),
             varmap: None,
             folded: true,
+            channels_last,
+            layout: self.layout,
             device: self.device.clone(),
         })
+    }
+
+    /// Memory layout a folded CPU net runs inference in (others always run NCHW).
+    pub fn with_inference_layout(mut self, layout: InferenceLayout) -> Self {
+        self.layout = layout;
+        self
+    }
+
+    pub fn inference_layout(&self) -> InferenceLayout {
+        self.layout
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<ReidOutput> {
@@ -543,7 +665,35 @@ impl ReidNet {
         let stock_backward = !self.device.is_cpu() && (train || trace.with_grad);
         self.spec.check_input(h, w, stock_backward)?;
         let x = x.to_dtype(DType::F32)?;
-        let stem = self.stem.forward_t(&x, train, true)?;
+        let pooled = match &self.channels_last {
+            Some(cl) if self.layout == InferenceLayout::Nhwc && !train && trace.is_idle() => {
+                cl.pooled(&x)?
+            }
+            _ => self.backbone_nchw(&x, train, trace)?,
+        };
+        let neck = match &self.neck {
+            Some(bn) => bn.forward_t(&pooled, train)?,
+            None => pooled.clone(),
+        };
+        let logits = match &self.classifier {
+            Some(wc) => Some(neck.matmul(&wc.t()?)?),
+            None => None,
+        };
+        Ok(ReidOutput {
+            pooled,
+            neck,
+            logits,
+        })
+    }
+
+    /// The pooled backbone feature in candle's NCHW ops (training, tracing, other devices).
+    fn backbone_nchw(
+        &self,
+        x: &Tensor,
+        train: bool,
+        trace: &mut ActivationTrace,
+    ) -> Result<Tensor> {
+        let stem = self.stem.forward_t(x, train, true)?;
         let mut y = trace.hook("stem", max_pool_3x3_s2_p1(&stem)?)?;
         for (s, blocks) in self.stages.iter().enumerate() {
             for blk in blocks {
@@ -570,20 +720,7 @@ impl ReidNet {
             }
             y = trace.hook(&format!("layer{}", s + 1), y)?;
         }
-        let pooled = global_avg_pool(&y)?;
-        let neck = match &self.neck {
-            Some(bn) => bn.forward_t(&pooled, train)?,
-            None => pooled.clone(),
-        };
-        let logits = match &self.classifier {
-            Some(wc) => Some(neck.matmul(&wc.t()?)?),
-            None => None,
-        };
-        Ok(ReidOutput {
-            pooled,
-            neck,
-            logits,
-        })
+        Ok(global_avg_pool(&y)?)
     }
 }
 
@@ -649,7 +786,7 @@ mod tests {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
-        let diff = (a.pooled - c.pooled)
+        let diff = (a.pooled - &c.pooled)
             .unwrap()
             .abs()
             .unwrap()
@@ -657,6 +794,50 @@ mod tests {
             .unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() <= 1e-5 * scale.max(1.0));
         assert!(folded.forward_t(&x, true).is_err());
+        // both inference layouts of the folded net give the same feature
+        assert_eq!(folded.inference_layout(), InferenceLayout::Nhwc);
+        let nchw = folded
+            .fold_bn()
+            .unwrap()
+            .with_inference_layout(InferenceLayout::Nchw);
+        let d = nchw.forward_t(&x, false).unwrap();
+        let diff = (c.pooled - d.pooled)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() <= 1e-5 * scale.max(1.0));
+    }
+
+    #[test]
+    fn both_layouts_agree_on_basic_and_bottleneck_nets() {
+        let dev = Device::Cpu;
+        for depth in [18, 50] {
+            let net = ReidNet::new(&tiny(depth, 4), &dev, 3).unwrap();
+            for _ in 0..2 {
+                let x = Tensor::randn(0f32, 1., (4, 3, 64, 32), &dev).unwrap();
+                net.forward_t(&x, true).unwrap();
+            }
+            // odd sizes: every stride-2 conv and the max pool meet odd H and W
+            let x = Tensor::randn(0f32, 1., (3, 3, 67, 35), &dev).unwrap();
+            let run = |layout| {
+                let folded = net.fold_bn().unwrap().with_inference_layout(layout);
+                folded.forward_t(&x, false).unwrap()
+            };
+            let (a, b) = (run(InferenceLayout::Nhwc), run(InferenceLayout::Nchw));
+            for (u, v) in [(a.pooled, b.pooled), (a.neck, b.neck)] {
+                let scale = v
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                let diff = (u - v).unwrap().abs().unwrap().max_all().unwrap();
+                assert!(diff.to_scalar::<f32>().unwrap() <= 1e-5 * scale.max(1.0));
+            }
+        }
     }
 
     #[test]

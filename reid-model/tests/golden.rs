@@ -10,7 +10,10 @@ use reid_model::hub::infer_backbone_spec;
 use reid_model::{ActivationTrace, ArchSpec, Neck, ReidNet};
 
 fn golden() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden");
+    let p = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
+    .join("../../shared/golden");
     assert!(p.is_dir(), "golden folder missing: {}", p.display());
     p
 }

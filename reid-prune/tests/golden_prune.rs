@@ -14,7 +14,10 @@ use reid_prune::criterion::{by_name, Criterion, ScoreData};
 const LAYERS: [&str; 2] = ["layer1.0.conv1", "layer3.2.conv2"];
 
 fn golden() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden");
+    let p = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
+    .join("../../shared/golden");
     assert!(p.is_dir(), "golden folder missing: {}", p.display());
     p
 }

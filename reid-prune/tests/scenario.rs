@@ -88,7 +88,10 @@ fn tiny_grid_runs_and_resumes_without_repeating_steps() {
 
 #[test]
 fn shipped_configs_parse() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let dir = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
+    .join("../configs");
     let mut n = 0;
     for e in std::fs::read_dir(&dir).unwrap() {
         let p = e.unwrap().path();

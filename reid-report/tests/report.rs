@@ -209,9 +209,11 @@ fn fixture(root: &Path) {
 }
 
 fn expected(name: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/expected")
-        .join(name);
+    let p = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
+    .join("tests/expected")
+    .join(name);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -241,7 +243,10 @@ fn tables_equal_the_golden_markdown_and_csv() {
         let got = std::fs::read_to_string(out.join("tables").join(name)).unwrap();
         if std::env::var_os("REID_REPORT_BLESS").is_some() {
             // Rewrites the golden files after a deliberate change (review the diff).
-            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/expected");
+            let dir = std::path::PathBuf::from(
+                std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+            )
+            .join("tests/expected");
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join(name), &got).unwrap();
         }

@@ -30,6 +30,9 @@ struct Args {
     /// Only the half-width ResNet-50 at batch 32 (for profiling it).
     #[arg(long)]
     half_only: bool,
+    /// Memory layout of the folded nets' inference (the default is the library's).
+    #[arg(long)]
+    layout: Option<reid_model::InferenceLayout>,
     /// Only the ResNet-18 train step (for profiling it).
     #[arg(long)]
     train_only: bool,
@@ -37,6 +40,16 @@ struct Args {
     /// ResNet-18 and ResNet-50 at 256×128 (slow on CPU: minutes).
     #[arg(long)]
     train_256: bool,
+}
+
+/// Inference img/s of the folded nets in one memory layout.
+struct LayoutTimes {
+    layout: reid_model::InferenceLayout,
+    b1: f64,
+    b32: f64,
+    half_b32: f64,
+    /// Median over alternating (full, half) pairs of the per-pair speed ratio.
+    half_over_full: f64,
 }
 
 fn median_secs(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -71,6 +84,32 @@ fn infer_img_s(net: &ReidNet, batch: usize, iters: usize) -> Result<f64> {
         Ok(())
     })?;
     Ok(batch as f64 / s)
+}
+
+/// img/s of `a` and `b` timed alternately (so both see the same machine load), and the median
+/// of the per-pair ratios b/a: the honest speed-up on a machine with ±15 % run-to-run noise.
+fn paired_img_s(a: &ReidNet, b: &ReidNet, batch: usize, iters: usize) -> Result<(f64, f64, f64)> {
+    let x = Tensor::randn(0f32, 1., (batch, 3, 256, 128), a.device())?;
+    let time = |net: &ReidNet| -> Result<f64> {
+        let s = Instant::now();
+        net.forward_t(&x, false)?;
+        Ok(s.elapsed().as_secs_f64())
+    };
+    time(a)?;
+    time(b)?; // warm-up
+    let (mut ta, mut tb, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..iters.max(1) {
+        let (sa, sb) = (time(a)?, time(b)?);
+        ta.push(sa);
+        tb.push(sb);
+        ratio.push(sa / sb);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|p, q| p.total_cmp(q));
+        v[v.len() / 2]
+    };
+    let n = batch as f64;
+    Ok((n / median(ta), n / median(tb), median(ratio)))
 }
 
 fn train_r18_img_s(dev: &Device, iters: usize) -> Result<f64> {
@@ -118,6 +157,7 @@ fn train_reid_img_s(depth: usize, dev: &Device, iters: usize) -> Result<f64> {
 fn per_kind_ms(
     spec: &ArchSpec,
     iters: usize,
+    layout: reid_model::InferenceLayout,
 ) -> Result<std::collections::BTreeMap<String, (f64, u64)>> {
     let dev = Device::Cpu;
     let mut out = std::collections::BTreeMap::new();
@@ -143,12 +183,23 @@ fn per_kind_ms(
             &dev,
         )?;
         let b = Tensor::zeros(l.out_channels, candle_core::DType::F32, &dev)?;
-        let secs = median_secs(iters, || {
-            reid_model::ops::conv_gemm::conv2d_bias_inference(
-                &x, &w, &b, l.stride, l.padding, true,
-            )?;
-            Ok(())
-        })?;
+        let secs = match layout {
+            reid_model::InferenceLayout::Nchw => median_secs(iters, || {
+                reid_model::ops::conv_gemm::conv2d_bias_inference(
+                    &x, &w, &b, l.stride, l.padding, true,
+                )?;
+                Ok(())
+            })?,
+            reid_model::InferenceLayout::Nhwc => {
+                use reid_model::ops::channels_last::{ActNhwc, ConvNhwc};
+                let conv = ConvNhwc::new(&w, &b, l.stride, l.padding)?;
+                let x = ActNhwc::from_nchw(&x)?;
+                median_secs(iters, || {
+                    conv.forward(&x, None, true)?;
+                    Ok(())
+                })?
+            }
+        };
         let e = out.entry(kind).or_insert((0.0, 0u64));
         e.0 += secs * 1e3;
         e.1 += l.macs * 32;
@@ -168,8 +219,10 @@ fn main() -> Result<()> {
         / complexity(&r50(false)?, 256, 128)?.backbone.macs as f64;
 
     if args.per_layer {
-        let full = per_kind_ms(&r50(false)?, args.iters)?;
-        let half = per_kind_ms(&r50(true)?, args.iters)?;
+        let layout = args.layout.unwrap_or_default();
+        println!("layout {layout:?}");
+        let full = per_kind_ms(&r50(false)?, args.iters, layout)?;
+        let half = per_kind_ms(&r50(true)?, args.iters, layout)?;
         println!(
             "{:<12} {:>10} {:>10} {:>8} {:>8} {:>9} {:>9}",
             "convs", "full ms", "half ms", "speed", "MACs", "full GF/s", "half GF/s"
@@ -195,9 +248,15 @@ fn main() -> Result<()> {
         return Ok(());
     }
     if args.half_only {
-        let half = ReidNet::new(&r50(true)?, &dev, 1)?.fold_bn()?;
+        let layout = args.layout.unwrap_or_default();
+        let half = ReidNet::new(&r50(true)?, &dev, 1)?
+            .fold_bn()?
+            .with_inference_layout(layout);
         let v = infer_img_s(&half, 32, args.iters)?;
-        println!("infer half-width resnet50 batch 32 (folded): {v:.2} img/s");
+        println!("infer half-width resnet50 batch 32 (folded, {layout:?}): {v:.2} img/s");
+        let full = full_folded.with_inference_layout(layout);
+        let v = infer_img_s(&full, 32, args.iters)?;
+        println!("infer resnet50 batch 32 (folded, {layout:?}): {v:.2} img/s");
         return Ok(());
     }
     let train_r18 = train_r18_img_s(&dev, args.iters)?;
@@ -205,10 +264,28 @@ fn main() -> Result<()> {
         println!("train step resnet18 32x3x128x64 (751 ids): {train_r18:.2} img/s");
         return Ok(());
     }
-    let b1 = infer_img_s(&full_folded, 1, args.iters.max(5))?;
+    // The library's default layout, and the other one for comparison.
+    let default_layout = reid_model::InferenceLayout::default();
+    let other_layout = match default_layout {
+        reid_model::InferenceLayout::Nhwc => reid_model::InferenceLayout::Nchw,
+        reid_model::InferenceLayout::Nchw => reid_model::InferenceLayout::Nhwc,
+    };
+    let mut by_layout = Vec::new();
+    for layout in [default_layout, other_layout] {
+        let full = full_folded.fold_bn()?.with_inference_layout(layout);
+        let half = half_folded.fold_bn()?.with_inference_layout(layout);
+        let b1 = infer_img_s(&full, 1, args.iters.max(5))?;
+        let (b32, half_b32, half_over_full) = paired_img_s(&full, &half, 32, args.iters)?;
+        by_layout.push(LayoutTimes {
+            layout,
+            b1,
+            b32,
+            half_b32,
+            half_over_full,
+        });
+    }
     let b32_unfolded = infer_img_s(&full, 32, args.iters)?;
-    let b32 = infer_img_s(&full_folded, 32, args.iters)?;
-    let half_b32 = infer_img_s(&half_folded, 32, args.iters)?;
+    let (b1, b32, half_b32) = (by_layout[0].b1, by_layout[0].b32, by_layout[0].half_b32);
     let train_256 = if args.train_256 {
         Some((
             train_reid_img_s(18, &dev, args.iters.min(2))?,
@@ -226,11 +303,19 @@ fn main() -> Result<()> {
                 "infer_r50_b32_img_s": b32,
                 "infer_r50_b32_unfolded_img_s": b32_unfolded,
                 "infer_r50_half_b32_img_s": half_b32,
-                "half_over_full_speed": half_b32 / b32,
+                "half_over_full_speed": by_layout[0].half_over_full,
                 "half_over_full_macs": macs_ratio,
                 "threads": candle_core::utils::get_num_threads(),
                 "train_reid_r18_256x128_img_s": train_256.map(|t| t.0),
                 "train_reid_r50_256x128_img_s": train_256.map(|t| t.1),
+                "layout": by_layout[0].layout,
+                "layouts": by_layout.iter().map(|t| serde_json::json!({
+                    "layout": t.layout,
+                    "infer_r50_b1_img_s": t.b1,
+                    "infer_r50_b32_img_s": t.b32,
+                    "infer_r50_half_b32_img_s": t.half_b32,
+                    "half_over_full_speed": t.half_over_full,
+                })).collect::<Vec<_>>(),
             })
         );
     } else {
@@ -239,42 +324,65 @@ fn main() -> Result<()> {
             candle_core::utils::get_num_threads(),
             args.iters
         );
-        println!("{:<44} {:>10}", "case", "img/s");
+        println!("{:<52} {:>10}", "case", "img/s");
         println!(
-            "{:<44} {:>10.2}",
+            "{:<52} {:>10.2}",
             "train step resnet18 32x3x128x64 (751 ids)", train_r18
         );
         println!(
-            "{:<44} {:>10.2}",
-            "infer resnet50 256x128 batch 1 (BN folded)", b1
+            "{:<52} {:>10.2}",
+            format!(
+                "infer resnet50 256x128 batch 1 (folded, {:?})",
+                default_layout
+            ),
+            b1
         );
         println!(
-            "{:<44} {:>10.2}",
-            "infer resnet50 256x128 batch 32 (BN folded)", b32
+            "{:<52} {:>10.2}",
+            format!(
+                "infer resnet50 256x128 batch 32 (folded, {:?})",
+                default_layout
+            ),
+            b32
         );
         println!(
-            "{:<44} {:>10.2}",
-            "infer resnet50 256x128 batch 32 (BN unfolded)", b32_unfolded
+            "{:<52} {:>10.2}",
+            "infer resnet50 256x128 batch 32 (BN unfolded, nchw)", b32_unfolded
         );
         println!(
-            "{:<44} {:>10.2}",
-            "infer half-width resnet50 batch 32 (folded)", half_b32
+            "{:<52} {:>10.2}",
+            format!("infer half-width resnet50 batch 32 ({:?})", default_layout),
+            half_b32
         );
         if let Some((r18, r50)) = train_256 {
             println!(
-                "{:<44} {:>10.2}",
+                "{:<52} {:>10.2}",
                 "train re-ID resnet18 32x3x256x128 (ID+tri)", r18
             );
             println!(
-                "{:<44} {:>10.2}",
+                "{:<52} {:>10.2}",
                 "train re-ID resnet50 32x3x256x128 (ID+tri)", r50
             );
         }
         println!(
-            "half-width / full: {:.2}x faster at {:.3}x the MACs",
-            half_b32 / b32,
-            macs_ratio
+            "half-width / full: {:.2}x faster at {:.3}x the MACs (median of paired runs)",
+            by_layout[0].half_over_full, macs_ratio
         );
+        println!();
+        println!(
+            "{:<8} {:>12} {:>12} {:>14} {:>10}",
+            "layout", "r50 b1", "r50 b32", "half r50 b32", "half/full"
+        );
+        for t in &by_layout {
+            println!(
+                "{:<8} {:>12.2} {:>12.2} {:>14.2} {:>9.2}x",
+                format!("{:?}", t.layout).to_lowercase(),
+                t.b1,
+                t.b32,
+                t.half_b32,
+                t.half_over_full
+            );
+        }
     }
     Ok(())
 }

@@ -18,21 +18,21 @@ use rayon::prelude::*;
 
 /// Shape of one convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Geom {
-    n: usize,
-    cin: usize,
-    h: usize,
-    w: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    ho: usize,
-    wo: usize,
+pub(crate) struct Geom {
+    pub(crate) n: usize,
+    pub(crate) cin: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) cout: usize,
+    pub(crate) k: usize,
+    pub(crate) stride: usize,
+    pub(crate) pad: usize,
+    pub(crate) ho: usize,
+    pub(crate) wo: usize,
 }
 
 impl Geom {
-    fn new(
+    pub(crate) fn new(
         (n, cin, h, w): (usize, usize, usize, usize),
         (cout, cin_w, kh, kw): (usize, usize, usize, usize),
         stride: usize,
@@ -62,20 +62,20 @@ impl Geom {
         })
     }
 
-    fn ckk(&self) -> usize {
+    pub(crate) fn ckk(&self) -> usize {
         self.cin * self.k * self.k
     }
 
-    fn hw_out(&self) -> usize {
+    pub(crate) fn hw_out(&self) -> usize {
         self.ho * self.wo
     }
 
-    fn is_pointwise(&self) -> bool {
+    pub(crate) fn is_pointwise(&self) -> bool {
         self.k == 1 && self.stride == 1 && self.pad == 0
     }
 
     /// Output columns `ox` whose input column `ox·s + kx − p` lies inside [0, w).
-    fn valid_ox(&self, kx: usize) -> (usize, usize) {
+    pub(crate) fn valid_ox(&self, kx: usize) -> (usize, usize) {
         let (s, p) = (self.stride as isize, self.pad as isize);
         let lo = {
             let need = p - kx as isize; // ox·s ≥ p − kx
@@ -95,7 +95,7 @@ impl Geom {
     }
 }
 
-fn threads() -> usize {
+pub(crate) fn threads() -> usize {
     candle_core::utils::get_num_threads().max(1)
 }
 
@@ -236,14 +236,14 @@ fn deinterleave(src: &[f32], rows: usize, hw: usize, dst: &mut [f32]) {
 
 /// A row-major view: pointer, row stride, column stride.
 #[derive(Clone, Copy)]
-struct Mat {
+pub(crate) struct Mat {
     ptr: *const f32,
     rs: isize,
     cs: isize,
 }
 
 impl Mat {
-    fn rows(s: &[f32], cols: usize) -> Self {
+    pub(crate) fn rows(s: &[f32], cols: usize) -> Self {
         Self {
             ptr: s.as_ptr(),
             rs: cols as isize,
@@ -262,7 +262,7 @@ impl Mat {
 }
 
 /// dst[m × n] (row-major) = lhs[m × k] × rhs[k × n], or += when `accumulate`.
-fn matmul(
+pub(crate) fn matmul(
     dst: &mut [f32],
     (m, n, k): (usize, usize, usize),
     lhs: Mat,

@@ -1,6 +1,7 @@
 //! Layer families of the ResNet, one file each (as in candle-nn).
 
 pub mod batch_norm;
+pub mod channels_last;
 pub mod conv;
 pub mod conv_gemm;
 pub mod fused;
