@@ -33,6 +33,8 @@ def main():
     ap.add_argument("--train-256", action="store_true",
                     help="also a re-ID training step (CE with label smoothing + batch-hard triplet, Adam) "
                          "of ResNet-18/50 at 32x3x256x128, as the Rust bench's --train-256")
+    ap.add_argument("--train-only", action="store_true",
+                    help="only the ResNet-18 training step (as the Rust bench's --train-only)")
     args = ap.parse_args()
     try:
         import torch
@@ -55,6 +57,9 @@ def main():
         opt.step()
 
     out = {"train_r18_img_s": 32 / median_secs(train_step, args.iters)}
+    if args.train_only:
+        print(json.dumps(out) if args.json else f"{'train_r18_img_s':<40} {out['train_r18_img_s']:.2f}")
+        return
 
     def infer(model, batch, channels_last=False):
         model.eval()
@@ -73,7 +78,29 @@ def main():
     out["infer_r50_b32_img_s"] = infer(r50, 32)
     out["infer_r50_b32_channels_last_img_s"] = infer(r50, 32, channels_last=True)
     out["infer_r50_half_b32_img_s"] = infer(half, 32)
-    out["half_over_full_speed"] = out["infer_r50_half_b32_img_s"] / out["infer_r50_b32_img_s"]
+
+    def paired_ratio(channels_last):
+        # full and half timed alternately, median of per-pair ratios (as the Rust bench)
+        inp = torch.randn(32, 3, 256, 128)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        models = [m.eval().to(memory_format=fmt) for m in (r50, half)]
+        inp = inp.to(memory_format=fmt)
+        ratios = []
+        with torch.inference_mode():
+            for m in models:
+                m(inp)
+            for _ in range(max(1, args.iters)):
+                t = []
+                for m in models:
+                    s = time.perf_counter()
+                    m(inp)
+                    t.append(time.perf_counter() - s)
+                ratios.append(t[0] / t[1])
+        return statistics.median(ratios)
+
+    out["half_over_full_speed"] = paired_ratio(False)
+    out["infer_r50_half_b32_channels_last_img_s"] = infer(half, 32, channels_last=True)
+    out["half_over_full_speed_channels_last"] = paired_ratio(True)
     if args.train_256:
         def reid_step_img_s(model):
             # last stride 1 (Bag of Tricks), as the Rust model

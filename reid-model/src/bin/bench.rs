@@ -211,6 +211,11 @@ fn main() -> Result<()> {
     reid_model::alloc::configure();
     let args = Args::parse();
     let dev = Device::Cpu;
+    let train_r18 = train_r18_img_s(&dev, args.iters)?;
+    if args.train_only {
+        println!("train step resnet18 32x3x128x64 (751 ids): {train_r18:.2} img/s");
+        return Ok(());
+    }
     let full = ReidNet::new(&r50(false)?, &dev, 0)?.inference_copy()?;
     let full_folded = full.fold_bn()?;
     let half_spec = r50(true)?;
@@ -257,11 +262,6 @@ fn main() -> Result<()> {
         let full = full_folded.with_inference_layout(layout);
         let v = infer_img_s(&full, 32, args.iters)?;
         println!("infer resnet50 batch 32 (folded, {layout:?}): {v:.2} img/s");
-        return Ok(());
-    }
-    let train_r18 = train_r18_img_s(&dev, args.iters)?;
-    if args.train_only {
-        println!("train step resnet18 32x3x128x64 (751 ids): {train_r18:.2} img/s");
         return Ok(());
     }
     // The library's default layout, and the other one for comparison.

@@ -308,13 +308,19 @@ struct Scratch {
 /// The im2col matrix [ckk × G·hw] of a group of images (`x` holds the group's images).
 /// Pointwise convs of a single image need no copy at all.
 fn group_cols<'a>(x: &'a [f32], g: &Geom, col: &'a mut Vec<f32>, parallel: bool) -> &'a [f32] {
-    let (hw, img) = (g.hw_out(), g.cin * g.h * g.w);
-    let imgs = x.len() / img;
+    let imgs = x.len() / (g.cin * g.h * g.w);
     if g.is_pointwise() && imgs == 1 {
         return x;
     }
-    let ld = imgs * hw;
-    col.resize(g.ckk() * ld, 0.0);
+    col.resize(g.ckk() * imgs * g.hw_out(), 0.0);
+    fill_group_cols(x, g, col, parallel);
+    col
+}
+
+/// Write the im2col matrix [ckk × G·hw] of the group of images in `x` into `col`.
+fn fill_group_cols(x: &[f32], g: &Geom, col: &mut [f32], parallel: bool) {
+    let (hw, img) = (g.hw_out(), g.cin * g.h * g.w);
+    let ld = (x.len() / img) * hw;
     if g.is_pointwise() {
         interleave(x, g.cin, hw, col);
     } else {
@@ -322,7 +328,6 @@ fn group_cols<'a>(x: &'a [f32], g: &Geom, col: &'a mut Vec<f32>, parallel: bool)
             im2col(xi, g, &mut col[j * hw..], ld, parallel);
         }
     }
-    col
 }
 
 /// Run `f(group of x, group of y, scratch)` over image groups, in parallel over groups when
@@ -385,15 +390,51 @@ impl Epilogue<'_> {
 }
 
 fn conv_forward(x: &[f32], wt: &[f32], g: &Geom, epi: Epilogue) -> Vec<f32> {
+    conv_forward_keep(x, wt, g, epi, false).0
+}
+
+/// The forward, and with `keep_cols` (non-pointwise convs) the im2col of every image group,
+/// stored group after group (group j at ckk·hw·(first image of j)), for the weight gradient.
+fn conv_forward_keep(
+    x: &[f32],
+    wt: &[f32],
+    g: &Geom,
+    epi: Epilogue,
+    keep_cols: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
     let (hw, ckk) = (g.hw_out(), g.ckk());
     let mut y = vec![0f32; g.n * g.cout * hw];
     let img = g.cin * g.h * g.w;
-    let y_base = y.as_ptr() as usize;
+    let keep = keep_cols && !g.is_pointwise();
+    let mut kept = if keep {
+        vec![0f32; ckk * hw * g.n]
+    } else {
+        Vec::new()
+    };
+    let (y_base, x_base, kept_base) = (
+        y.as_ptr() as usize,
+        x.as_ptr() as usize,
+        kept.as_mut_ptr() as usize,
+    );
+    let f32s = std::mem::size_of::<f32>();
+    let kept_len = kept.len();
     for_groups(g, x, img, &mut y, g.cout * hw, |xg, yg, s, outer| {
         let imgs = xg.len() / img;
         let ld = imgs * hw;
         let par = inner_parallelism(outer);
-        let cols = group_cols(xg, g, &mut s.col, !outer);
+        let cols: &[f32] = if keep {
+            let first = (xg.as_ptr() as usize - x_base) / f32s / img;
+            let (at, len) = (ckk * hw * first, ckk * ld);
+            assert!(at + len <= kept_len);
+            // SAFETY: groups cover disjoint image ranges, so each writes its own region
+            // [at, at + len) of `kept`, which outlives this loop and is not otherwise accessed.
+            let region =
+                unsafe { std::slice::from_raw_parts_mut((kept_base as *mut f32).add(at), len) };
+            fill_group_cols(xg, g, region, !outer);
+            region
+        } else {
+            group_cols(xg, g, &mut s.col, !outer)
+        };
         if imgs == 1 {
             let acc = epi.prefill(yg, ld);
             matmul(
@@ -417,13 +458,16 @@ fn conv_forward(x: &[f32], wt: &[f32], g: &Geom, epi: Epilogue) -> Vec<f32> {
             );
             deinterleave(&s.tmp, g.cout, hw, yg);
         }
-        let offset = (yg.as_ptr() as usize - y_base) / std::mem::size_of::<f32>();
+        let offset = (yg.as_ptr() as usize - y_base) / f32s;
         epi.finish(yg, offset);
     });
-    y
+    (y, keep.then_some(kept))
 }
 
 fn conv_input_grad(gy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
+    if g.stride == 1 && !g.is_pointwise() && g.pad < g.k {
+        return conv_input_grad_stride1(gy, wt, g);
+    }
     let (hw, ckk) = (g.hw_out(), g.ckk());
     let img = g.cin * g.h * g.w;
     let mut gx = vec![0f32; g.n * img];
@@ -463,12 +507,48 @@ fn conv_input_grad(gy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
     gx
 }
 
-fn conv_weight_grad(x: &[f32], gy: &[f32], g: &Geom) -> Vec<f32> {
+/// At stride 1 the input gradient is itself a convolution: gy convolved with the kernel flipped
+/// in space and with in/out channels swapped, padding k − 1 − p. That runs through the forward
+/// path (im2col writes, one gemm) instead of col2im's scattered read-modify-writes.
+fn conv_input_grad_stride1(gy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
+    let (k, kk) = (g.k, g.k * g.k);
+    let mut flipped = vec![0f32; wt.len()];
+    for o in 0..g.cout {
+        for c in 0..g.cin {
+            let src = &wt[(o * g.cin + c) * kk..(o * g.cin + c + 1) * kk];
+            let dst = &mut flipped[(c * g.cout + o) * kk..(c * g.cout + o + 1) * kk];
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = src[kk - 1 - i]; // (ky, kx) -> (k-1-ky, k-1-kx)
+            }
+        }
+    }
+    let gt = Geom {
+        n: g.n,
+        cin: g.cout,
+        h: g.ho,
+        w: g.wo,
+        cout: g.cin,
+        k,
+        stride: 1,
+        pad: k - 1 - g.pad,
+        ho: g.h,
+        wo: g.w,
+    };
+    debug_assert_eq!(
+        (gt.h + 2 * gt.pad + 1 - k, gt.w + 2 * gt.pad + 1 - k),
+        (g.h, g.w)
+    );
+    conv_forward(gy, &flipped, &gt, Epilogue::default())
+}
+
+/// `cols`: the forward's im2col of all images (see [`conv_forward_keep`]), when kept.
+fn conv_weight_grad(x: &[f32], gy: &[f32], g: &Geom, cols: Option<&[f32]>) -> Vec<f32> {
     let (hw, ckk) = (g.hw_out(), g.ckk());
     let img = g.cin * g.h * g.w;
     let gs = group_size(g);
-    // acc += Σ over groups of gy_group [cout × G·hw] × cols_groupᵀ [G·hw × ckk]
-    let accumulate = |xs: &[f32], gys: &[f32], acc: &mut [f32], outer: bool| {
+    // acc += Σ over groups of gy_group [cout × G·hw] × cols_groupᵀ [G·hw × ckk];
+    // `kept`: the im2col of these images, when the forward kept it.
+    let accumulate = |xs: &[f32], gys: &[f32], kept: Option<&[f32]>, acc: &mut [f32], outer| {
         let mut s = Scratch::default();
         let par = inner_parallelism(outer);
         for (j, (xg, gyg)) in xs
@@ -484,7 +564,10 @@ fn conv_weight_grad(x: &[f32], gy: &[f32], g: &Geom) -> Vec<f32> {
                 interleave(gyg, g.cout, hw, &mut s.tmp);
                 &s.tmp
             };
-            let cols = group_cols(xg, g, &mut s.col, !outer);
+            let cols = match kept {
+                Some(k) => &k[ckk * hw * j * gs..ckk * hw * j * gs + ckk * ld],
+                None => group_cols(xg, g, &mut s.col, !outer),
+            };
             matmul(
                 acc,
                 (g.cout, ckk, ld),
@@ -503,9 +586,12 @@ fn conv_weight_grad(x: &[f32], gy: &[f32], g: &Geom) -> Vec<f32> {
         let partials: Vec<Vec<f32>> = x
             .par_chunks(per * img)
             .zip(gy.par_chunks(per * g.cout * hw))
-            .map(|(xs, gys)| {
+            .enumerate()
+            .map(|(t, (xs, gys))| {
                 let mut acc = vec![0f32; g.cout * ckk];
-                accumulate(xs, gys, &mut acc, true);
+                let n_here = xs.len() / img;
+                let kept = cols.map(|c| &c[ckk * hw * t * per..ckk * hw * (t * per + n_here)]);
+                accumulate(xs, gys, kept, &mut acc, true);
                 acc
             })
             .collect();
@@ -515,7 +601,7 @@ fn conv_weight_grad(x: &[f32], gy: &[f32], g: &Geom) -> Vec<f32> {
             }
         }
     } else {
-        accumulate(x, gy, &mut total, false);
+        accumulate(x, gy, cols, &mut total, false);
     }
     total
 }
@@ -525,10 +611,29 @@ fn dims4(l: &Layout) -> Result<(usize, usize, usize, usize)> {
 }
 
 /// The forward op `(x, w) → y`, with a gemm-based backward.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug, Default)]
 pub struct Conv2dGemm {
     pub stride: usize,
     pub padding: usize,
+    /// When set, the forward keeps its im2col here and the weight gradient takes it instead of
+    /// building it again (memory: k·k·Cin·Ho·Wo floats per image until the backward).
+    saved_cols: Option<std::sync::Mutex<Option<Vec<f32>>>>,
+}
+
+impl Conv2dGemm {
+    pub fn new(stride: usize, padding: usize) -> Self {
+        Self {
+            stride,
+            padding,
+            saved_cols: None,
+        }
+    }
+
+    /// Keep the forward's im2col for the weight gradient.
+    pub fn keeping_cols(mut self) -> Self {
+        self.saved_cols = Some(std::sync::Mutex::new(None));
+        self
+    }
 }
 
 impl CustomOp2 for Conv2dGemm {
@@ -546,7 +651,11 @@ impl CustomOp2 for Conv2dGemm {
         let g = Geom::new(dims4(l1)?, dims4(l2)?, self.stride, self.padding)?;
         let x = f32_slice(s1, l1, "input")?;
         let w = f32_slice(s2, l2, "weight")?;
-        let y = conv_forward(x, w, &g, Epilogue::default());
+        let keep = self.saved_cols.is_some();
+        let (y, cols) = conv_forward_keep(x, w, &g, Epilogue::default(), keep);
+        if let (Some(slot), Some(cols)) = (&self.saved_cols, cols) {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(cols);
+        }
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
     }
 
@@ -574,12 +683,18 @@ impl CustomOp2 for Conv2dGemm {
             None
         };
         let gw = if w.track_op() {
+            // taken, not cloned: a second backward over the same graph builds it again
+            let cols = self
+                .saved_cols
+                .as_ref()
+                .and_then(|s| s.lock().unwrap_or_else(|e| e.into_inner()).take());
             Some(x.apply_op2_no_bwd(
                 &grad,
                 &Conv2dWeightGrad {
                     stride: self.stride,
                     padding: self.padding,
                     k: w.dim(2)?,
+                    cols,
                 },
             )?)
         } else {
@@ -630,6 +745,8 @@ struct Conv2dWeightGrad {
     stride: usize,
     padding: usize,
     k: usize,
+    /// The forward's im2col of x, when it kept it.
+    cols: Option<Vec<f32>>,
 }
 
 impl CustomOp2 for Conv2dWeightGrad {
@@ -655,7 +772,11 @@ impl CustomOp2 for Conv2dWeightGrad {
         }
         let x = f32_slice(s1, l1, "input")?;
         let gy = f32_slice(s2, l2, "gradient")?;
-        let gw = conv_weight_grad(x, gy, &g);
+        let cols = self
+            .cols
+            .as_deref()
+            .filter(|c| c.len() == g.ckk() * g.hw_out() * g.n);
+        let gw = conv_weight_grad(x, gy, &g, cols);
         Ok((CpuStorage::F32(gw), Shape::from((g.cout, g.cin, g.k, g.k))))
     }
 }
@@ -786,8 +907,14 @@ fn cpu_f32(t: &Tensor) -> bool {
 /// Convolution through [`Conv2dGemm`] (CPU, f32); other devices and dtypes use candle's conv2d.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     if cpu_f32(x) && cpu_f32(w) {
-        x.contiguous()?
-            .apply_op2(&w.contiguous()?, Conv2dGemm { stride, padding })
+        x.contiguous()?.apply_op2(&w.contiguous()?, {
+            let op = Conv2dGemm::new(stride, padding);
+            if w.track_op() {
+                op.keeping_cols()
+            } else {
+                op
+            }
+        })
     } else {
         x.conv2d(w, padding, stride, 1, 1)
     }
