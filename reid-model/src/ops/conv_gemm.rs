@@ -131,6 +131,10 @@ fn im2col(x: &[f32], g: &Geom, col: &mut [f32], ld: usize, parallel: bool) {
         let ky = (r / g.k) % g.k;
         let kx = r % g.k;
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        if g.stride == 1 && g.ho == g.h && g.wo == g.w {
+            same_size_shift(plane, g, ky, kx, row);
+            return;
+        }
         let (lo, hi) = g.valid_ox(kx);
         for oy in 0..g.ho {
             let out = &mut row[oy * g.wo..(oy + 1) * g.wo];
@@ -163,6 +167,30 @@ fn im2col(x: &[f32], g: &Geom, col: &mut [f32], ld: usize, parallel: bool) {
             .take(rows)
             .enumerate()
             .for_each(|(r, row)| fill(r, row));
+    }
+}
+
+/// One im2col row of a stride-1 conv whose output has the input's size: out[i] = plane[i + d]
+/// with d = (ky − p)·w + (kx − p), so one block copy, then zeros where the column wrapped
+/// around a row edge or the row fell outside the image (instead of one short copy per row).
+fn same_size_shift(plane: &[f32], g: &Geom, ky: usize, kx: usize, out: &mut [f32]) {
+    let (h, w) = (g.h as isize, g.w as isize);
+    let (dy, dx) = (ky as isize - g.pad as isize, kx as isize - g.pad as isize);
+    let hw = h * w;
+    let d = dy * w + dx;
+    let (lo, hi) = ((-d).clamp(0, hw), (hw - d).clamp(0, hw));
+    out[..lo as usize].fill(0.0);
+    out[hi as usize..].fill(0.0);
+    if lo < hi {
+        out[lo as usize..hi as usize].copy_from_slice(&plane[(lo + d) as usize..(hi + d) as usize]);
+    }
+    if dx != 0 {
+        // columns whose source ox + dx lies outside [0, w)
+        let n = dx.unsigned_abs().min(g.w);
+        let first = if dx > 0 { g.w - n } else { 0 };
+        for row in out[..g.h * g.w].chunks_mut(g.w) {
+            row[first..first + n].fill(0.0);
+        }
     }
 }
 
