@@ -188,8 +188,9 @@ pub struct Runner {
 
 /// Version of what the steps compute: bump it when a change alters a step's result (training
 /// numerics, pruning rules), so that old finished steps are not reused. 2: the stem max pool's
-/// gradient goes to the first maximum (session 2).
-const STEP_ENGINE: u32 = 2;
+/// gradient goes to the first maximum (session 2). 3: stride-1 conv input gradients as a
+/// flipped-kernel conv, lane-wise BN reductions (float rounding), channels-last latency (session 3).
+const STEP_ENGINE: u32 = 3;
 
 fn short_hash(v: &serde_json::Value) -> String {
     let d = Sha256::digest(v.to_string().as_bytes());

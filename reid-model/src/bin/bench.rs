@@ -214,6 +214,12 @@ fn main() -> Result<()> {
     let train_r18 = train_r18_img_s(&dev, args.iters)?;
     if args.train_only {
         println!("train step resnet18 32x3x128x64 (751 ids): {train_r18:.2} img/s");
+        if args.train_256 {
+            for depth in [18, 50] {
+                let v = train_reid_img_s(depth, &dev, args.iters.min(2))?;
+                println!("train re-ID resnet{depth} 32x3x256x128 (ID+tri): {v:.2} img/s");
+            }
+        }
         return Ok(());
     }
     let full = ReidNet::new(&r50(false)?, &dev, 0)?.inference_copy()?;
