@@ -95,8 +95,11 @@ impl Geom {
     }
 }
 
+/// candle's thread count, read once: `get_num_threads` parses /proc/cpuinfo on every call
+/// (~100 times per forward pass; a measurable share of a small model's latency).
 pub(crate) fn threads() -> usize {
-    candle_core::utils::get_num_threads().max(1)
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| candle_core::utils::get_num_threads().max(1))
 }
 
 /// gemm wants wide matrices: late ResNet layers have a handful of output pixels per image
