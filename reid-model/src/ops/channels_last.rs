@@ -27,12 +27,23 @@ impl ActNhwc {
     /// From an N×C×H×W tensor (any dtype, any device; copied to the CPU as f32).
     pub fn from_nchw(x: &Tensor) -> Result<Self> {
         let (n, c, h, w) = x.dims4()?;
-        let data = x
+        let nchw = x
             .to_device(&Device::Cpu)?
             .to_dtype(DType::F32)?
-            .permute((0, 2, 3, 1))?
             .flatten_all()?
             .to_vec1::<f32>()?;
+        // transpose image by image on all threads (candle's strided copy is single-threaded)
+        let (hw, img) = (h * w, c * h * w);
+        let mut data = vec![0f32; nchw.len()];
+        data.par_chunks_mut(img.max(1))
+            .zip(nchw.par_chunks(img.max(1)))
+            .for_each(|(dst, src)| {
+                for (ch, plane) in src.chunks(hw.max(1)).enumerate() {
+                    for (p, &v) in plane.iter().enumerate() {
+                        dst[p * c + ch] = v;
+                    }
+                }
+            });
         Ok(Self { n, h, w, c, data })
     }
 
@@ -111,8 +122,11 @@ impl ConvNhwc {
     /// From a Cout×Cin×k×k weight and a Cout bias (any device; kept on the CPU as f32).
     pub fn new(weight: &Tensor, bias: &Tensor, stride: usize, pad: usize) -> Result<Self> {
         let (cout, cin, kh, kw) = weight.dims4()?;
-        if kh != kw {
-            candle_core::bail!("channels-last conv: kernel {kh}x{kw} is not square");
+        if kh != kw || kh == 0 {
+            candle_core::bail!("channels-last conv: kernel {kh}x{kw} is not square and non-empty");
+        }
+        if cout == 0 || cin == 0 {
+            candle_core::bail!("channels-last conv: weight {cout}x{cin}x{kh}x{kw} has no channels");
         }
         if bias.dims() != [cout] {
             candle_core::bail!(
@@ -390,6 +404,9 @@ mod tests {
         let wt = randn(&[6, 4, 3, 3], 1);
         let b = randn(&[5], 2);
         assert!(ConvNhwc::new(&wt, &b, 1, 1).is_err());
+        let empty = Tensor::zeros((0, 4, 3, 3), DType::F32, &Device::Cpu).unwrap();
+        let no_bias = Tensor::zeros(0, DType::F32, &Device::Cpu).unwrap();
+        assert!(ConvNhwc::new(&empty, &no_bias, 1, 1).is_err(), "no filters");
         let conv = ConvNhwc::new(&wt, &randn(&[6], 3), 1, 1).unwrap();
         let x = ActNhwc::from_nchw(&randn(&[1, 3, 5, 5], 4)).unwrap();
         assert!(conv.forward(&x, None, true).is_err(), "wrong channel count");
