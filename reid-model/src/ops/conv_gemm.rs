@@ -329,6 +329,29 @@ pub(crate) fn matmul(
     }
 }
 
+/// dst[m × n] (row-major) = lhs[m × k] × rhs[k × n] into memory that need not be initialised;
+/// returns it initialised.
+pub(crate) fn matmul_uninit<'a>(
+    dst: &'a mut [std::mem::MaybeUninit<f32>],
+    (m, n, k): (usize, usize, usize),
+    lhs: Mat,
+    rhs: Mat,
+    par: Parallelism,
+) -> &'a mut [f32] {
+    assert_eq!(dst.len(), m * n);
+    let ptr = dst.as_mut_ptr().cast::<f32>();
+    // SAFETY: as in `matmul` for the operands. With read_dst = false (and alpha 0) gemm never
+    // reads dst: its first pass over k stores beta·lhs·rhs, later passes add to what it stored,
+    // and k = 0 stores zeros. So all m·n elements are initialised when it returns.
+    unsafe {
+        gemm::gemm(
+            m, n, k, ptr, 1, n as isize, false, lhs.ptr, lhs.cs, lhs.rs, rhs.ptr, rhs.cs, rhs.rs,
+            0.0, 1.0, false, false, false, par,
+        );
+        std::slice::from_raw_parts_mut(ptr, m * n)
+    }
+}
+
 /// Scratch buffers reused across the groups a thread processes.
 #[derive(Default)]
 struct Scratch {
