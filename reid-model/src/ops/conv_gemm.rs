@@ -331,13 +331,13 @@ pub(crate) fn matmul(
 
 /// dst[m × n] (row-major) = lhs[m × k] × rhs[k × n] into memory that need not be initialised;
 /// returns it initialised.
-pub(crate) fn matmul_uninit<'a>(
-    dst: &'a mut [std::mem::MaybeUninit<f32>],
+pub(crate) fn matmul_uninit(
+    dst: &mut [std::mem::MaybeUninit<f32>],
     (m, n, k): (usize, usize, usize),
     lhs: Mat,
     rhs: Mat,
     par: Parallelism,
-) -> &'a mut [f32] {
+) -> &mut [f32] {
     assert_eq!(dst.len(), m * n);
     let ptr = dst.as_mut_ptr().cast::<f32>();
     // SAFETY: as in `matmul` for the operands. With read_dst = false (and alpha 0) gemm never
