@@ -10,6 +10,8 @@
 //! 1×1 stride-1 convs skip im2col/col2im. Work is split over images when the batch has at
 //! least as many images as threads, otherwise inside gemm.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::f32_slice;
@@ -126,9 +128,9 @@ fn inner_parallelism(outer: bool) -> Parallelism {
 
 /// col[(c·k + ky)·k + kx][oy·wo + ox] = x[c, oy·s + ky − p, ox·s + kx − p] (0 outside).
 /// Row r of `col` starts at r·ld (ld ≥ ho·wo), so several images can share one column block.
-fn im2col(x: &[f32], g: &Geom, col: &mut [f32], ld: usize, parallel: bool) {
+fn im2col(x: &[f32], g: &Geom, col: &mut [MaybeUninit<f32>], ld: usize, parallel: bool) {
     let hw = g.hw_out();
-    let fill = |r: usize, row: &mut [f32]| {
+    let fill = |r: usize, row: &mut [MaybeUninit<f32>]| {
         let row = &mut row[..hw];
         let c = r / (g.k * g.k);
         let ky = (r / g.k) % g.k;
@@ -143,18 +145,18 @@ fn im2col(x: &[f32], g: &Geom, col: &mut [f32], ld: usize, parallel: bool) {
             let out = &mut row[oy * g.wo..(oy + 1) * g.wo];
             let iy = (oy * g.stride + ky) as isize - g.pad as isize;
             if iy < 0 || iy >= g.h as isize || lo >= hi {
-                out.fill(0.0);
+                fill_u(out, 0.0);
                 continue;
             }
-            out[..lo].fill(0.0);
-            out[hi..].fill(0.0);
+            fill_u(&mut out[..lo], 0.0);
+            fill_u(&mut out[hi..], 0.0);
             let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
             let ix0 = lo * g.stride + kx - g.pad;
             if g.stride == 1 {
-                out[lo..hi].copy_from_slice(&src[ix0..ix0 + (hi - lo)]);
+                copy_u(&mut out[lo..hi], &src[ix0..ix0 + (hi - lo)]);
             } else {
                 for (j, o) in out[lo..hi].iter_mut().enumerate() {
-                    *o = src[ix0 + j * g.stride];
+                    o.write(src[ix0 + j * g.stride]);
                 }
             }
         }
@@ -176,23 +178,26 @@ fn im2col(x: &[f32], g: &Geom, col: &mut [f32], ld: usize, parallel: bool) {
 /// One im2col row of a stride-1 conv whose output has the input's size: out[i] = plane[i + d]
 /// with d = (ky − p)·w + (kx − p), so one block copy, then zeros where the column wrapped
 /// around a row edge or the row fell outside the image (instead of one short copy per row).
-fn same_size_shift(plane: &[f32], g: &Geom, ky: usize, kx: usize, out: &mut [f32]) {
+fn same_size_shift(plane: &[f32], g: &Geom, ky: usize, kx: usize, out: &mut [MaybeUninit<f32>]) {
     let (h, w) = (g.h as isize, g.w as isize);
     let (dy, dx) = (ky as isize - g.pad as isize, kx as isize - g.pad as isize);
     let hw = h * w;
     let d = dy * w + dx;
     let (lo, hi) = ((-d).clamp(0, hw), (hw - d).clamp(0, hw));
-    out[..lo as usize].fill(0.0);
-    out[hi as usize..].fill(0.0);
+    fill_u(&mut out[..lo as usize], 0.0);
+    fill_u(&mut out[hi as usize..], 0.0);
     if lo < hi {
-        out[lo as usize..hi as usize].copy_from_slice(&plane[(lo + d) as usize..(hi + d) as usize]);
+        copy_u(
+            &mut out[lo as usize..hi as usize],
+            &plane[(lo + d) as usize..(hi + d) as usize],
+        );
     }
     if dx != 0 {
         // columns whose source ox + dx lies outside [0, w)
         let n = dx.unsigned_abs().min(g.w);
         let first = if dx > 0 { g.w - n } else { 0 };
         for row in out[..g.h * g.w].chunks_mut(g.w) {
-            row[first..first + n].fill(0.0);
+            fill_u(&mut row[first..first + n], 0.0);
         }
     }
 }
@@ -242,15 +247,39 @@ fn col2im_add(col: &[f32], g: &Geom, ld: usize, gx: &mut [f32], parallel: bool) 
 }
 
 /// [G images][rows][hw] → [rows][G·hw] (image-major blocks side by side).
-fn interleave(src: &[f32], rows: usize, hw: usize, dst: &mut [f32]) {
+fn interleave(src: &[f32], rows: usize, hw: usize, dst: &mut [MaybeUninit<f32>]) {
     let imgs = src.len() / (rows * hw);
     let ld = imgs * hw;
     for j in 0..imgs {
         for r in 0..rows {
-            dst[r * ld + j * hw..r * ld + (j + 1) * hw]
-                .copy_from_slice(&src[(j * rows + r) * hw..(j * rows + r + 1) * hw]);
+            copy_u(
+                &mut dst[r * ld + j * hw..r * ld + (j + 1) * hw],
+                &src[(j * rows + r) * hw..(j * rows + r + 1) * hw],
+            );
         }
     }
+}
+
+/// Write `v` to every element.
+fn fill_u(dst: &mut [MaybeUninit<f32>], v: f32) {
+    dst.iter_mut().for_each(|d| {
+        d.write(v);
+    });
+}
+
+/// Write `src` into `dst` (same length).
+fn copy_u(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    assert_eq!(dst.len(), src.len());
+    for (d, &v) in dst.iter_mut().zip(src) {
+        d.write(v);
+    }
+}
+
+/// Initialised f32s as a write-only target for the functions above (they only ever write
+/// initialised values through it, so the slice stays initialised).
+fn as_uninit(s: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: same layout; nothing writes an uninitialised value through the returned slice.
+    unsafe { &mut *(s as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
 /// The inverse of [`interleave`].
@@ -263,6 +292,50 @@ fn deinterleave(src: &[f32], rows: usize, hw: usize, dst: &mut [f32]) {
                 .copy_from_slice(&src[r * ld + j * hw..r * ld + (j + 1) * hw]);
         }
     }
+}
+
+/// Rows [len / v.len() × ld]: row r filled with v[r]; returns the block initialised.
+fn fill_rows<'a>(dst: &'a mut [MaybeUninit<f32>], ld: usize, v: &[f32]) -> &'a mut [f32] {
+    assert_eq!(dst.len(), v.len() * ld);
+    for (row, &x) in dst.chunks_mut(ld.max(1)).zip(v) {
+        row.iter_mut().for_each(|d| {
+            d.write(x);
+        });
+    }
+    // SAFETY: the rows cover dst whole (asserted) and each element was written above.
+    unsafe { assume_init(dst) }
+}
+
+/// [`deinterleave`] into memory that need not be initialised; returns it initialised.
+fn deinterleave_uninit<'a>(
+    src: &[f32],
+    rows: usize,
+    hw: usize,
+    dst: &'a mut [MaybeUninit<f32>],
+) -> &'a mut [f32] {
+    let imgs = dst.len() / (rows * hw);
+    assert_eq!(dst.len(), imgs * rows * hw);
+    let ld = imgs * hw;
+    for j in 0..imgs {
+        for r in 0..rows {
+            let s = &src[r * ld + j * hw..r * ld + (j + 1) * hw];
+            for (d, &x) in dst[(j * rows + r) * hw..(j * rows + r + 1) * hw]
+                .iter_mut()
+                .zip(s)
+            {
+                d.write(x);
+            }
+        }
+    }
+    // SAFETY: (j, r) runs over every hw-long block of dst (asserted length), each written above.
+    unsafe { assume_init(dst) }
+}
+
+/// # Safety
+/// Every element of `s` must have been written.
+unsafe fn assume_init(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: MaybeUninit<f32> has f32's layout; the caller guarantees initialisation.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<f32>(), s.len()) }
 }
 
 /// A row-major view: pointer, row stride, column stride.
@@ -367,12 +440,12 @@ fn group_cols<'a>(x: &'a [f32], g: &Geom, col: &'a mut Vec<f32>, parallel: bool)
         return x;
     }
     col.resize(g.ckk() * imgs * g.hw_out(), 0.0);
-    fill_group_cols(x, g, col, parallel);
+    fill_group_cols(x, g, as_uninit(col), parallel);
     col
 }
 
 /// Write the im2col matrix [ckk × G·hw] of the group of images in `x` into `col`.
-fn fill_group_cols(x: &[f32], g: &Geom, col: &mut [f32], parallel: bool) {
+fn fill_group_cols(x: &[f32], g: &Geom, col: &mut [MaybeUninit<f32>], parallel: bool) {
     let (hw, img) = (g.hw_out(), g.cin * g.h * g.w);
     let ld = (x.len() / img) * hw;
     if g.is_pointwise() {
@@ -386,9 +459,9 @@ fn fill_group_cols(x: &[f32], g: &Geom, col: &mut [f32], parallel: bool) {
 
 /// Run `f(group of x, group of y, scratch)` over image groups, in parallel over groups when
 /// there are enough of them (`f` gets `true` then, to keep its inner work sequential).
-fn for_groups<F>(g: &Geom, x: &[f32], x_img: usize, y: &mut [f32], y_img: usize, f: F)
+fn for_groups<T: Send, F>(g: &Geom, x: &[f32], x_img: usize, y: &mut [T], y_img: usize, f: F)
 where
-    F: Fn(&[f32], &mut [f32], &mut Scratch, bool) + Sync,
+    F: Fn(&[f32], &mut [T], &mut Scratch, bool) + Sync,
 {
     let gs = group_size(g);
     if outer_parallel(g) {
@@ -457,22 +530,23 @@ fn conv_forward_keep(
     keep_cols: bool,
 ) -> (Vec<f32>, Option<Vec<f32>>) {
     let (hw, ckk) = (g.hw_out(), g.ckk());
-    let mut y = vec![0f32; g.n * g.cout * hw];
+    // Not zeroed first: every group's block is written whole (bias rows, gemm or deinterleave).
+    let total = g.n * g.cout * hw;
+    let mut y: Vec<f32> = Vec::with_capacity(total);
     let img = g.cin * g.h * g.w;
     let keep = keep_cols && !g.is_pointwise();
-    let mut kept = if keep {
-        vec![0f32; ckk * hw * g.n]
-    } else {
-        Vec::new()
-    };
+    // written whole by the groups' im2col (no zeroing pass)
+    let kept_total = if keep { ckk * hw * g.n } else { 0 };
+    let mut kept: Vec<f32> = Vec::with_capacity(kept_total);
+    let out = &mut y.spare_capacity_mut()[..total];
     let (y_base, x_base, kept_base) = (
-        y.as_ptr() as usize,
+        out.as_ptr() as usize,
         x.as_ptr() as usize,
         kept.as_mut_ptr() as usize,
     );
     let f32s = std::mem::size_of::<f32>();
-    let kept_len = kept.len();
-    for_groups(g, x, img, &mut y, g.cout * hw, |xg, yg, s, outer| {
+    let kept_len = kept_total;
+    for_groups(g, x, img, out, g.cout * hw, |xg, yg, s, outer| {
         let imgs = xg.len() / img;
         let ld = imgs * hw;
         let par = inner_parallelism(outer);
@@ -481,24 +555,29 @@ fn conv_forward_keep(
             let (at, len) = (ckk * hw * first, ckk * ld);
             assert!(at + len <= kept_len);
             // SAFETY: groups cover disjoint image ranges, so each writes its own region
-            // [at, at + len) of `kept`, which outlives this loop and is not otherwise accessed.
-            let region =
-                unsafe { std::slice::from_raw_parts_mut((kept_base as *mut f32).add(at), len) };
+            // [at, at + len) of `kept`'s capacity, which outlives this loop and is not otherwise
+            // accessed; im2col writes the whole region before it is read.
+            let region = unsafe {
+                std::slice::from_raw_parts_mut((kept_base as *mut MaybeUninit<f32>).add(at), len)
+            };
             fill_group_cols(xg, g, region, !outer);
-            region
+            // SAFETY: just written whole.
+            unsafe { assume_init(region) }
         } else {
             group_cols(xg, g, &mut s.col, !outer)
         };
-        if imgs == 1 {
-            let acc = epi.prefill(yg, ld);
-            matmul(
-                yg,
-                (g.cout, ld, ckk),
-                Mat::rows(wt, ckk),
-                Mat::rows(cols, ld),
-                acc,
-                par,
-            );
+        let offset = (yg.as_ptr() as usize - y_base) / f32s;
+        let yg: &mut [f32] = if imgs == 1 {
+            let dims = (g.cout, ld, ckk);
+            let (lhs, rhs) = (Mat::rows(wt, ckk), Mat::rows(cols, ld));
+            match epi.bias {
+                Some(b) => {
+                    let yg = fill_rows(yg, ld, b);
+                    matmul(yg, dims, lhs, rhs, true, par);
+                    yg
+                }
+                None => matmul_uninit(yg, dims, lhs, rhs, par),
+            }
         } else {
             s.tmp.resize(g.cout * ld, 0.0);
             let acc = epi.prefill(&mut s.tmp, ld);
@@ -510,11 +589,16 @@ fn conv_forward_keep(
                 acc,
                 par,
             );
-            deinterleave(&s.tmp, g.cout, hw, yg);
-        }
-        let offset = (yg.as_ptr() as usize - y_base) / f32s;
+            deinterleave_uninit(&s.tmp, g.cout, hw, yg)
+        };
         epi.finish(yg, offset);
     });
+    // SAFETY: the groups cover all `total` elements of y (and of `kept`, when kept) and each
+    // group's block was written whole.
+    unsafe {
+        y.set_len(total);
+        kept.set_len(kept_total);
+    }
     (y, keep.then_some(kept))
 }
 
@@ -534,7 +618,7 @@ fn conv_input_grad(gy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
             gyg
         } else {
             s.tmp.resize(g.cout * ld, 0.0);
-            interleave(gyg, g.cout, hw, &mut s.tmp);
+            interleave(gyg, g.cout, hw, as_uninit(&mut s.tmp));
             &s.tmp
         };
         if g.is_pointwise() && imgs == 1 {
@@ -615,7 +699,7 @@ fn conv_weight_grad(x: &[f32], gy: &[f32], g: &Geom, cols: Option<&[f32]>) -> Ve
                 gyg
             } else {
                 s.tmp.resize(g.cout * ld, 0.0);
-                interleave(gyg, g.cout, hw, &mut s.tmp);
+                interleave(gyg, g.cout, hw, as_uninit(&mut s.tmp));
                 &s.tmp
             };
             let cols = match kept {
