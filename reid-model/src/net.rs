@@ -778,21 +778,8 @@ mod tests {
         let folded = net.fold_bn().unwrap();
         let c = folded.forward_t(&x, false).unwrap();
         assert!(!c.pooled.track_op(), "a folded net built a graph");
-        let scale = a
-            .pooled
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let diff = (a.pooled - &c.pooled)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap();
-        assert!(diff.to_scalar::<f32>().unwrap() <= 1e-5 * scale.max(1.0));
+        let scale = max_abs(&a.pooled);
+        assert!(max_abs(&(a.pooled - &c.pooled).unwrap()) <= 1e-5 * scale.max(1.0));
         assert!(folded.forward_t(&x, true).is_err());
         // both inference layouts of the folded net give the same feature
         assert_eq!(folded.inference_layout(), InferenceLayout::Nhwc);
@@ -801,13 +788,17 @@ mod tests {
             .unwrap()
             .with_inference_layout(InferenceLayout::Nchw);
         let d = nchw.forward_t(&x, false).unwrap();
-        let diff = (c.pooled - d.pooled)
-            .unwrap()
-            .abs()
+        assert!(max_abs(&(c.pooled - d.pooled).unwrap()) <= 1e-5 * scale.max(1.0));
+    }
+
+    /// max |t| over all elements.
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
             .unwrap()
             .max_all()
-            .unwrap();
-        assert!(diff.to_scalar::<f32>().unwrap() <= 1e-5 * scale.max(1.0));
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     #[test]
@@ -827,15 +818,8 @@ mod tests {
             };
             let (a, b) = (run(InferenceLayout::Nhwc), run(InferenceLayout::Nchw));
             for (u, v) in [(a.pooled, b.pooled), (a.neck, b.neck)] {
-                let scale = v
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                let diff = (u - v).unwrap().abs().unwrap().max_all().unwrap();
-                assert!(diff.to_scalar::<f32>().unwrap() <= 1e-5 * scale.max(1.0));
+                let scale = max_abs(&v);
+                assert!(max_abs(&(u - v).unwrap()) <= 1e-5 * scale.max(1.0));
             }
         }
     }

@@ -282,18 +282,6 @@ fn as_uninit(s: &mut [f32]) -> &mut [MaybeUninit<f32>] {
     unsafe { &mut *(s as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
-/// The inverse of [`interleave`].
-fn deinterleave(src: &[f32], rows: usize, hw: usize, dst: &mut [f32]) {
-    let imgs = dst.len() / (rows * hw);
-    let ld = imgs * hw;
-    for j in 0..imgs {
-        for r in 0..rows {
-            dst[(j * rows + r) * hw..(j * rows + r + 1) * hw]
-                .copy_from_slice(&src[r * ld + j * hw..r * ld + (j + 1) * hw]);
-        }
-    }
-}
-
 /// Rows [len / v.len() × ld]: row r filled with v[r]; returns the block initialised.
 fn fill_rows<'a>(dst: &'a mut [MaybeUninit<f32>], ld: usize, v: &[f32]) -> &'a mut [f32] {
     assert_eq!(dst.len(), v.len() * ld);
@@ -306,8 +294,9 @@ fn fill_rows<'a>(dst: &'a mut [MaybeUninit<f32>], ld: usize, v: &[f32]) -> &'a m
     unsafe { assume_init(dst) }
 }
 
-/// [`deinterleave`] into memory that need not be initialised; returns it initialised.
-fn deinterleave_uninit<'a>(
+/// The inverse of [`interleave`], into memory that need not be initialised; returns it
+/// initialised.
+fn deinterleave<'a>(
     src: &[f32],
     rows: usize,
     hw: usize,
@@ -368,21 +357,57 @@ impl Mat {
 /// dst[m × n] (row-major) = lhs[m × k] × rhs[k × n], or += when `accumulate`.
 pub(crate) fn matmul(
     dst: &mut [f32],
+    dims: (usize, usize, usize),
+    lhs: Mat,
+    rhs: Mat,
+    accumulate: bool,
+    par: Parallelism,
+) {
+    assert!(dst.len() >= dims.0 * dims.1);
+    // SAFETY: dst holds m×n initialised elements.
+    unsafe { gemm_into(dst.as_mut_ptr(), dims, lhs, rhs, accumulate, par) }
+}
+
+/// dst[m × n] (row-major) = lhs[m × k] × rhs[k × n] into memory that need not be initialised;
+/// returns it initialised.
+pub(crate) fn matmul_uninit(
+    dst: &mut [MaybeUninit<f32>],
+    (m, n, k): (usize, usize, usize),
+    lhs: Mat,
+    rhs: Mat,
+    par: Parallelism,
+) -> &mut [f32] {
+    assert_eq!(dst.len(), m * n);
+    let ptr = dst.as_mut_ptr().cast::<f32>();
+    // SAFETY: dst holds m×n elements. With read_dst = false (and alpha 0) gemm never reads dst:
+    // its first pass over k stores beta·lhs·rhs, later passes add to what it stored, and k = 0
+    // stores zeros. So all m·n elements are initialised when it returns.
+    unsafe {
+        gemm_into(ptr, (m, n, k), lhs, rhs, false, par);
+        std::slice::from_raw_parts_mut(ptr, m * n)
+    }
+}
+
+/// The one gemm call behind [`matmul`] and [`matmul_uninit`].
+///
+/// # Safety
+/// `dst` must be valid for m×n writes (and initialised when `accumulate`); the views must hold
+/// m×k and k×n elements with their strides (the callers' geometry checks this).
+unsafe fn gemm_into(
+    dst: *mut f32,
     (m, n, k): (usize, usize, usize),
     lhs: Mat,
     rhs: Mat,
     accumulate: bool,
     par: Parallelism,
 ) {
-    assert!(dst.len() >= m * n);
-    // SAFETY: the views were built from slices that hold at least m×k and k×n elements with
-    // these strides (checked by the callers' geometry), and dst holds m×n.
+    // SAFETY: the caller's contract above.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             accumulate,
@@ -399,29 +424,6 @@ pub(crate) fn matmul(
             false,
             par,
         )
-    }
-}
-
-/// dst[m × n] (row-major) = lhs[m × k] × rhs[k × n] into memory that need not be initialised;
-/// returns it initialised.
-pub(crate) fn matmul_uninit(
-    dst: &mut [std::mem::MaybeUninit<f32>],
-    (m, n, k): (usize, usize, usize),
-    lhs: Mat,
-    rhs: Mat,
-    par: Parallelism,
-) -> &mut [f32] {
-    assert_eq!(dst.len(), m * n);
-    let ptr = dst.as_mut_ptr().cast::<f32>();
-    // SAFETY: as in `matmul` for the operands. With read_dst = false (and alpha 0) gemm never
-    // reads dst: its first pass over k stores beta·lhs·rhs, later passes add to what it stored,
-    // and k = 0 stores zeros. So all m·n elements are initialised when it returns.
-    unsafe {
-        gemm::gemm(
-            m, n, k, ptr, 1, n as isize, false, lhs.ptr, lhs.cs, lhs.rs, rhs.ptr, rhs.cs, rhs.rs,
-            0.0, 1.0, false, false, false, par,
-        );
-        std::slice::from_raw_parts_mut(ptr, m * n)
     }
 }
 
@@ -491,9 +493,7 @@ impl Epilogue<'_> {
     fn prefill(&self, dst: &mut [f32], ld: usize) -> bool {
         match self.bias {
             Some(b) => {
-                for (row, &v) in dst.chunks_mut(ld).zip(b) {
-                    row.fill(v);
-                }
+                fill_rows(as_uninit(dst), ld, b);
                 true
             }
             None => false,
@@ -589,7 +589,7 @@ fn conv_forward_keep(
                 acc,
                 par,
             );
-            deinterleave_uninit(&s.tmp, g.cout, hw, yg)
+            deinterleave(&s.tmp, g.cout, hw, yg)
         };
         epi.finish(yg, offset);
     });
@@ -635,7 +635,7 @@ fn conv_input_grad(gy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
             par,
         );
         if g.is_pointwise() {
-            deinterleave(&s.col, g.cin, hw, gxg);
+            deinterleave(&s.col, g.cin, hw, as_uninit(gxg));
         } else {
             for (j, gxi) in gxg.chunks_mut(img).enumerate() {
                 col2im_add(&s.col[j * hw..], g, ld, gxi, !outer);
