@@ -179,6 +179,7 @@ fn is_ignorable(name: &str) -> bool {
 
 /// Write `bytes` to `path` atomically (temp file in the same folder, fsync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -189,12 +190,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .ok_or_else(|| ModelError::file(path, "not a file path"))?
         .to_string_lossy();
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    // Unique per process and call: two threads writing the same file never share a temp file.
+    let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(
+        ".{file_name}{TEMP_MARK}{}-{serial}",
+        std::process::id()
+    ));
     let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        // the rename itself is durable once the folder is synced
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
@@ -206,23 +220,71 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Save the net's weights with its architecture and provenance in the header; atomic.
-pub fn save_checkpoint(net: &ReidNet, path: &Path, provenance: &Provenance) -> Result<()> {
-    let state = net.state_dict()?;
-    let mut meta = HashMap::new();
+/// What [`write_atomic`]'s temporary names carry before the writer's pid.
+const TEMP_MARK: &str = ".tmp-";
+
+/// Remove the temporary files [`write_atomic`] left in `dir` when its process was killed (the
+/// pid in the name no longer runs on this host). Returns how many were removed.
+pub fn remove_stale_temp_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix('.')
+            .and_then(|n| n.rsplit_once(TEMP_MARK))
+            .and_then(|(_, tail)| tail.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !pid_alive(pid) && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Whether a process with this pid runs on this host (always true where `/proc` is absent).
+pub fn pid_alive(pid: u32) -> bool {
+    if !Path::new("/proc/self").exists() {
+        return true;
+    }
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// The bytes of a checkpoint file: the net's tensors with its architecture and provenance in
+/// the header, plus `extra` tensors (named apart from the net's, e.g. `optim.…`) and `meta`.
+pub fn checkpoint_bytes(
+    net: &ReidNet,
+    provenance: &Provenance,
+    extra: &[(String, Tensor)],
+    meta: HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    let mut state = net.state_dict()?;
+    let mut meta = meta;
     let arch = serde_json::to_string(net.spec())
         .map_err(|e| ModelError::Arch(format!("cannot serialise the architecture: {e}")))?;
     let prov = serde_json::to_string(provenance)
         .map_err(|e| ModelError::Arch(format!("cannot serialise the provenance: {e}")))?;
     meta.insert(META_ARCH.to_string(), arch);
     meta.insert(META_PROVENANCE.to_string(), prov);
+    state.extend(extra.iter().cloned());
     // Tensors must be on the CPU and contiguous for serialisation.
     let cpu: Vec<(String, Tensor)> = state
         .into_iter()
         .map(|(n, t)| Ok((n, t.to_device(&Device::Cpu)?.contiguous()?)))
         .collect::<Result<_>>()?;
-    let bytes = safetensors::serialize(cpu.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
-        .map_err(|e| ModelError::file(path, format!("cannot serialise tensors: {e}")))?;
+    safetensors::serialize(cpu.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
+        .map_err(|e| ModelError::Arch(format!("cannot serialise tensors: {e}")))
+}
+
+/// Save the net's weights with its architecture and provenance in the header; atomic.
+pub fn save_checkpoint(net: &ReidNet, path: &Path, provenance: &Provenance) -> Result<()> {
+    let bytes = checkpoint_bytes(net, provenance, &[], HashMap::new())
+        .map_err(|e| ModelError::file(path, e.to_string()))?;
     write_atomic(path, &bytes)
 }
 
@@ -259,6 +321,43 @@ pub fn arch_from_metadata(path: &Path, metadata: &HashMap<String, String>) -> Re
 /// `trainable` builds `Var`s for training; otherwise a detached eval-only net.
 pub fn load_checkpoint(path: &Path, device: &Device, trainable: bool) -> Result<Checkpoint> {
     let file = read_safetensors(path, device)?;
+    Ok(checkpoint_from_file(file, device, trainable, None)?.0)
+}
+
+/// A checkpoint read with the other tensors of its file.
+pub struct CheckpointWithExtra {
+    pub checkpoint: Checkpoint,
+    /// The tensors named under the prefix, prefix removed.
+    pub extra: HashMap<String, Tensor>,
+    /// The whole header metadata.
+    pub metadata: HashMap<String, String>,
+}
+
+/// A checkpoint file that also holds other tensors, written by [`checkpoint_bytes`] with
+/// `extra` names under `extra_prefix` (e.g. a training state).
+pub fn load_checkpoint_with_extra(
+    path: &Path,
+    device: &Device,
+    trainable: bool,
+    extra_prefix: &str,
+) -> Result<CheckpointWithExtra> {
+    let file = read_safetensors(path, device)?;
+    let metadata = file.metadata.clone();
+    let (checkpoint, extra) = checkpoint_from_file(file, device, trainable, Some(extra_prefix))?;
+    Ok(CheckpointWithExtra {
+        checkpoint,
+        extra,
+        metadata,
+    })
+}
+
+fn checkpoint_from_file(
+    file: TensorFile,
+    device: &Device,
+    trainable: bool,
+    extra_prefix: Option<&str>,
+) -> Result<(Checkpoint, HashMap<String, Tensor>)> {
+    let path = file.path.as_path();
     let spec = arch_from_metadata(path, &file.metadata)?;
     let provenance = match file.metadata.get(META_PROVENANCE) {
         Some(p) => serde_json::from_str(p).map_err(|e| {
@@ -266,28 +365,36 @@ pub fn load_checkpoint(path: &Path, device: &Device, trainable: bool) -> Result<
         })?,
         None => Provenance::default(),
     };
-    let report = MismatchReport::compare(&spec, &file.tensors, is_ignorable);
+    let (mut tensors, mut extra) = (HashMap::new(), HashMap::new());
+    for (k, t) in file.tensors {
+        match extra_prefix.and_then(|p| k.strip_prefix(p)) {
+            Some(rest) => {
+                extra.insert(rest.to_string(), t);
+            }
+            None => {
+                tensors.insert(k, t);
+            }
+        }
+    }
+    let report = MismatchReport::compare(&spec, &tensors, is_ignorable);
     if !report.is_empty() {
         return Err(ModelError::Mismatch {
             path: path.to_path_buf(),
             report: report.to_string(),
         });
     }
-    let tensors: HashMap<String, Tensor> = file
-        .tensors
-        .into_iter()
-        .filter(|(k, _)| !is_ignorable(k))
-        .collect();
+    tensors.retain(|k, _| !is_ignorable(k));
     let net = if trainable {
         ReidNet::from_tensors_trainable(&spec, &tensors, device, 0)?
     } else {
         ReidNet::from_tensors_frozen(&spec, &tensors, device)?
     };
-    Ok(Checkpoint {
+    let ck = Checkpoint {
         net,
         provenance,
         sha256: file_sha256(path)?,
-    })
+    };
+    Ok((ck, extra))
 }
 
 /// Hex sha256 of a file (checkpoint identity for provenance and step reuse).

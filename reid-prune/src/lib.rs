@@ -7,6 +7,7 @@ pub mod error;
 pub mod flops;
 pub mod prune_run;
 pub mod scenario;
+pub mod step_lock;
 pub mod strategy;
 pub mod surgery;
 pub mod training;

@@ -64,6 +64,8 @@ pub struct PruneConfig {
     pub balance_alpha: f64,
     /// Also prune residual streams (block outputs, downsamples, their readers, the head).
     pub residual_groups: bool,
+    /// Checkpoint retraining inside its epochs at least this often (seconds).
+    pub checkpoint_interval_s: f64,
 }
 
 impl Default for PruneConfig {
@@ -90,6 +92,7 @@ impl Default for PruneConfig {
             seed: 0,
             device: "cpu".into(),
             out: PathBuf::from("runs/prune"),
+            checkpoint_interval_s: 300.0,
             balance_alpha: 1e-3,
             residual_groups: false,
         }
@@ -200,6 +203,7 @@ fn retrain_config(cfg: &PruneConfig, start: &Path, out: &Path) -> RunConfig {
         out: out.to_path_buf(),
         init_checkpoint: Some(start.to_path_buf()),
         evaluate: false,
+        checkpoint_interval_s: cfg.checkpoint_interval_s,
         ..RunConfig::default()
     };
     rc.train.epochs = cfg.retrain_epochs;
@@ -226,6 +230,17 @@ pub struct PruneOutcome {
 
 /// Prune `cfg.checkpoint` into `cfg.out`.
 pub fn run_prune(cfg: &PruneConfig, show_progress: bool) -> Result<PruneOutcome> {
+    run_prune_resumable(cfg, show_progress, false)
+}
+
+/// [`run_prune`]; with `resume`, the retraining runs of an interrupted run of the same config
+/// in `cfg.out` continue from their last checkpoints (scoring and cuts are recomputed: they are
+/// deterministic), so the result equals an uninterrupted run's.
+pub fn run_prune_resumable(
+    cfg: &PruneConfig,
+    show_progress: bool,
+    resume: bool,
+) -> Result<PruneOutcome> {
     let balanced = cfg.criterion == "auto-balanced";
     let soft = cfg.criterion == "psfp";
     if cfg.residual_groups && (balanced || soft) {
@@ -332,7 +347,7 @@ pub fn run_prune(cfg: &PruneConfig, show_progress: bool) -> Result<PruneOutcome>
             let penalty = move |n: &ReidNet| reg.loss(n);
             let o = run_training_with(
                 &rc,
-                false,
+                resume,
                 Arc::new(AtomicBool::new(false)),
                 show_progress,
                 Some(&penalty),
@@ -362,7 +377,7 @@ pub fn run_prune(cfg: &PruneConfig, show_progress: bool) -> Result<PruneOutcome>
             };
             let o = run_training_with(
                 &rc,
-                false,
+                resume,
                 Arc::new(AtomicBool::new(false)),
                 show_progress,
                 None,
@@ -399,7 +414,7 @@ pub fn run_prune(cfg: &PruneConfig, show_progress: bool) -> Result<PruneOutcome>
         let mut model_path = pruned_path.clone();
         if cfg.retrain_epochs > 0 && !balanced && !soft {
             let rc = retrain_config(cfg, &pruned_path, &step_dir.join("retrain"));
-            let o = run_training(&rc, false, Arc::new(AtomicBool::new(false)), show_progress)?;
+            let o = run_training(&rc, resume, Arc::new(AtomicBool::new(false)), show_progress)?;
             net = load_checkpoint(&o.model, &device, true)?.net;
             model_path = o.model;
         }

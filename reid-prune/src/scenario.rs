@@ -23,7 +23,8 @@ use reid_model::train::Task;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::prune_run::{run_prune, PruneConfig};
+use crate::prune_run::{run_prune_resumable, PruneConfig};
+use crate::step_lock::{try_claim, Claim};
 use crate::strategy::{Allocation, TargetKind};
 use crate::training::{eval_json, evaluate_on, run_training, RunConfig};
 
@@ -93,6 +94,9 @@ pub struct ExperimentConfig {
     pub batch_pk: String,
     pub batch_size: usize,
     pub lr: f64,
+    /// Checkpoint a training step inside its epochs at least this often (seconds), so that a
+    /// killed grid loses at most this much of a long step. Does not change any result.
+    pub checkpoint_interval_s: f64,
 }
 
 impl Default for ExperimentConfig {
@@ -131,6 +135,7 @@ impl Default for ExperimentConfig {
             batch_pk: "16x4".into(),
             batch_size: 64,
             lr: 3.5e-4,
+            checkpoint_interval_s: 300.0,
         }
     }
 }
@@ -184,7 +189,20 @@ pub struct Runner {
     started: Instant,
     pub steps_run: usize,
     pub steps_reused: usize,
+    /// Wait for steps another process is computing (otherwise [`StepBusy`] is returned).
+    wait_for_others: bool,
 }
+
+/// A step another process is computing (see [`Runner::step`]).
+#[derive(Debug, thiserror::Error)]
+#[error("step {step} is being computed by {holder}")]
+pub struct StepBusy {
+    pub step: String,
+    pub holder: String,
+}
+
+/// How often a waiting process looks at a step another one is computing.
+const BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Version of what the steps compute: bump it when a change alters a step's result (training
 /// numerics, pruning rules), so that old finished steps are not reused. 2: the stem max pool's
@@ -207,6 +225,7 @@ impl Runner {
             started: Instant::now(),
             steps_run: 0,
             steps_reused: 0,
+            wait_for_others: true,
         })
     }
 
@@ -220,7 +239,10 @@ impl Runner {
         eprintln!("[{:>6.0} s] {msg}", self.started.elapsed().as_secs_f64());
     }
 
-    /// Run `f` in the step folder for `key` unless it finished before.
+    /// Run `f` in the step folder for `key` unless it finished before. The folder is claimed
+    /// first ([`crate::step_lock`]): while another process holds it, this waits for it (or, when
+    /// `wait_for_others` is off, returns [`StepBusy`] so that the caller can do other work). An
+    /// unfinished folder (a killed run) is not cleared: `f` resumes from its last checkpoint.
     fn step(
         &mut self,
         kind: &str,
@@ -229,21 +251,53 @@ impl Runner {
     ) -> Result<PathBuf> {
         // A step is reused only if the code that computes it has not changed what it computes.
         key["engine"] = serde_json::json!(STEP_ENGINE);
-        let dir = self.steps_dir.join(format!("{kind}-{}", short_hash(&key)));
+        let name = format!("{kind}-{}", short_hash(&key));
+        let dir = self.steps_dir.join(&name);
+        let mut announced = false;
+        let _lock = loop {
+            if dir.join("DONE").is_file() {
+                self.steps_reused += 1;
+                return Ok(dir);
+            }
+            match try_claim(&dir)? {
+                Claim::Held(lock) => break lock,
+                Claim::Busy(holder) => {
+                    let who = holder
+                        .map(|h| h.to_string())
+                        .unwrap_or_else(|| "another process".into());
+                    if !self.wait_for_others {
+                        return Err(StepBusy {
+                            step: name,
+                            holder: who,
+                        }
+                        .into());
+                    }
+                    if !announced {
+                        self.log(&format!("{name}: waiting for {who}, which computes it"));
+                        announced = true;
+                    }
+                    std::thread::sleep(BUSY_POLL);
+                }
+            }
+        };
+        // Finished by another process between the check and the claim.
         if dir.join("DONE").is_file() {
             self.steps_reused += 1;
             return Ok(dir);
         }
-        if dir.exists() {
-            // an interrupted step: start it again from nothing
-            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
-        }
-        std::fs::create_dir_all(&dir)?;
+        let resuming = dir.join("step.json").is_file();
         write_atomic(
             &dir.join("step.json"),
             serde_json::to_string_pretty(&key)?.as_bytes(),
         )?;
-        self.log(&format!("{kind}: {}", key));
+        if resuming {
+            self.log(&format!(
+                "{kind}: resuming the unfinished step in {}",
+                dir.display()
+            ));
+        } else {
+            self.log(&format!("{kind}: {}", key));
+        }
         f(&dir).with_context(|| format!("step {kind} in {}", dir.display()))?;
         write_atomic(&dir.join("DONE"), b"")?;
         self.steps_run += 1;
@@ -263,6 +317,7 @@ impl Runner {
             device: self.cfg.device.clone(),
             out: out.to_path_buf(),
             evaluate: false,
+            checkpoint_interval_s: self.cfg.checkpoint_interval_s,
             ..RunConfig::default()
         };
         rc.train.task = task;
@@ -365,6 +420,7 @@ impl Runner {
             batch_size: self.cfg.batch_size,
             seed: self.cfg.seed,
             device: self.cfg.device.clone(),
+            checkpoint_interval_s: self.cfg.checkpoint_interval_s,
             ..PruneConfig::default()
         };
         let mut key = serde_json::json!({"parent": file_sha256(parent)?, "criterion": criterion, "level": level, "data": data.identity(),
@@ -380,11 +436,12 @@ impl Runner {
             });
         }
         let dir = self.step("prune", key, |dir| {
-            run_prune(
+            run_prune_resumable(
                 &PruneConfig {
                     out: dir.to_path_buf(),
                     ..pc
                 },
+                true,
                 true,
             )?;
             Ok(())
@@ -459,7 +516,9 @@ impl Runner {
             .join(scenario)
             .join(format!("{criterion}-{level}"));
         std::fs::create_dir_all(&folder)?;
-        std::fs::copy(model, folder.join("model.safetensors"))?;
+        // atomic: two grid processes may write the same cell folder
+        let bytes = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
+        write_atomic(&folder.join("model.safetensors"), &bytes)?;
         let mut eval = serde_json::json!({ self.cfg.target.label(): target.clone() });
         if let (Some(cd), Some(cv)) = (&self.cfg.cross, &cross) {
             // Marked as cross-domain, so that no report takes it for an in-domain result.
@@ -508,24 +567,28 @@ impl Runner {
 
     /// Run the whole grid; returns one result per cell (the fine-tuned unpruned model first, then
     /// the same model before fine-tuning, the shallower baselines, and the scenario cells).
+    ///
+    /// Several processes may run one grid together: a cell whose step another process is
+    /// computing is put off, and this process goes on with the next cell; put-off cells are
+    /// taken up again at the end (waiting for the steps still in progress).
     pub fn run(&mut self) -> Result<Vec<CellResult>> {
         let cfg = self.cfg.clone();
+        // Every name must be known before the first step runs.
+        for scenario in &cfg.scenarios {
+            if !["S1", "S2", "S3", "S4"].contains(&scenario.as_str()) {
+                anyhow::bail!("unknown scenario '{scenario}': expected S1, S2, S3 or S4");
+            }
+        }
         std::fs::create_dir_all(&cfg.out)?;
         write_atomic(
             &cfg.out.join("experiment.toml"),
             toml::to_string_pretty(&cfg)?.as_bytes(),
         )?;
-        let mut cells = Vec::new();
+        self.wait_for_others = true;
         let pre = self.pretrain(&cfg.arch)?;
         let tuned = self.finetune(&pre)?;
-        cells.push(self.cell("baseline", &cfg.arch, "full", &tuned)?);
-        // the source model before fine-tuning: how much the domain shift costs
-        cells.push(self.cell("source", &cfg.arch, "full", &pre)?);
-        for b in &cfg.baselines {
-            let p = self.pretrain(b)?;
-            let t = self.finetune(&p)?;
-            cells.push(self.cell("baseline", b, "full", &t)?);
-        }
+        let mut jobs = vec![Job::Source];
+        jobs.extend(cfg.baselines.iter().cloned().map(Job::Baseline));
         for scenario in &cfg.scenarios {
             for criterion in &cfg.criteria {
                 if criterion == "psfp" && scenario == "S4" {
@@ -539,31 +602,89 @@ impl Runner {
                     continue;
                 }
                 for (lname, &level) in &cfg.levels {
-                    let model = match scenario.as_str() {
-                        "S1" => {
-                            let p = self.prune(&pre, criterion, level, true)?;
-                            self.finetune(&p)?
-                        }
-                        "S2" => {
-                            // the FLOPs reduction split geometrically: (1 − h)² = 1 − level, h on
-                            // the source, then h of what is left on the target
-                            let half = 1.0 - (1.0 - level).sqrt();
-                            let p = self.prune(&pre, criterion, half, true)?;
-                            let t = self.finetune(&p)?;
-                            self.prune(&t, criterion, half, false)?
-                        }
-                        "S3" => self.prune(&tuned, criterion, level, false)?,
-                        "S4" => self.prune(&pre, criterion, level, false)?,
-                        other => {
-                            anyhow::bail!("unknown scenario '{other}': expected S1, S2, S3 or S4")
-                        }
-                    };
-                    cells.push(self.cell(scenario, criterion, lname, &model)?);
+                    jobs.push(Job::Cell {
+                        scenario: scenario.clone(),
+                        criterion: criterion.clone(),
+                        level_name: lname.clone(),
+                        level,
+                    });
                 }
             }
         }
+        let mut cells = vec![self.cell("baseline", &cfg.arch, "full", &tuned)?];
+        let mut done: Vec<Option<CellResult>> = vec![None; jobs.len()];
+        for wait in [false, true] {
+            self.wait_for_others = wait;
+            for (i, job) in jobs.iter().enumerate() {
+                if done[i].is_some() {
+                    continue;
+                }
+                match self.job(job, &pre, &tuned) {
+                    Ok(c) => done[i] = Some(c),
+                    Err(e) if !wait && e.downcast_ref::<StepBusy>().is_some() => {
+                        self.log(&format!("{e}: put off, going on with other cells"));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.wait_for_others = true;
+        cells.extend(done.into_iter().flatten());
         Ok(cells)
     }
+
+    fn job(&mut self, job: &Job, pre: &Path, tuned: &Path) -> Result<CellResult> {
+        let arch = self.cfg.arch.clone();
+        match job {
+            // the source model before fine-tuning: how much the domain shift costs
+            Job::Source => self.cell("source", &arch, "full", pre),
+            Job::Baseline(b) => {
+                let p = self.pretrain(b)?;
+                let t = self.finetune(&p)?;
+                self.cell("baseline", b, "full", &t)
+            }
+            Job::Cell {
+                scenario,
+                criterion,
+                level_name,
+                level,
+            } => {
+                let level = *level;
+                let model = match scenario.as_str() {
+                    "S1" => {
+                        let p = self.prune(pre, criterion, level, true)?;
+                        self.finetune(&p)?
+                    }
+                    "S2" => {
+                        // the FLOPs reduction split geometrically: (1 − h)² = 1 − level, h on
+                        // the source, then h of what is left on the target
+                        let half = 1.0 - (1.0 - level).sqrt();
+                        let p = self.prune(pre, criterion, half, true)?;
+                        let t = self.finetune(&p)?;
+                        self.prune(&t, criterion, half, false)?
+                    }
+                    "S3" => self.prune(tuned, criterion, level, false)?,
+                    "S4" => self.prune(pre, criterion, level, false)?,
+                    other => {
+                        anyhow::bail!("unknown scenario '{other}': expected S1, S2, S3 or S4")
+                    }
+                };
+                self.cell(scenario, criterion, level_name, &model)
+            }
+        }
+    }
+}
+
+/// One row of the grid after the unpruned model.
+enum Job {
+    Source,
+    Baseline(String),
+    Cell {
+        scenario: String,
+        criterion: String,
+        level_name: String,
+        level: f64,
+    },
 }
 
 /// The summary table (Table 6 layout): one row per cell.

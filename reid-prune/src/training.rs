@@ -18,7 +18,8 @@ use reid_data::loader::{epoch_batches, Augment, Prefetcher, Sampling};
 use reid_data::Preprocess;
 use reid_eval::Metrics;
 use reid_model::checkpoint::{
-    load_checkpoint, read_safetensors, save_checkpoint, write_atomic, Provenance,
+    checkpoint_bytes, load_checkpoint, load_checkpoint_with_extra, read_safetensors,
+    remove_stale_temp_files, save_checkpoint, write_atomic, Provenance, META_ARCH,
 };
 use reid_model::complexity::{complexity, parse_hw};
 use reid_model::hub::{load_imagenet, HeadOptions};
@@ -55,6 +56,9 @@ pub struct RunConfig {
     pub evaluate: bool,
     /// Stop (as Ctrl-C would: checkpoint, then exit) after this many batches. For tests.
     pub stop_after_batches: Option<usize>,
+    /// Also checkpoint inside an epoch once this many seconds passed since the last checkpoint,
+    /// so a crash in a long epoch loses minutes, not the epoch.
+    pub checkpoint_interval_s: f64,
     pub train: TrainConfig,
 }
 
@@ -78,6 +82,7 @@ impl Default for RunConfig {
             zero_init_residual: true,
             evaluate: true,
             stop_after_batches: None,
+            checkpoint_interval_s: 300.0,
             train: TrainConfig::default(),
         }
     }
@@ -101,6 +106,8 @@ pub struct TrainOutcome {
     pub final_loss: f64,
     pub wall_s: f64,
     pub metrics: Option<Metrics>,
+    /// Optimiser steps taken by this call (a resumed run counts only its own).
+    pub batches: usize,
 }
 
 const STATE_FILE: &str = "trainer_state.safetensors";
@@ -153,32 +160,152 @@ fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// Save model + optimiser state; position = (epoch, next batch).
+/// Where a checkpoint stands: the next batch to run, and the running sums of its epoch (so the
+/// epoch's log line after a resume equals an uninterrupted run's).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Position {
+    epoch: usize,
+    batch: usize,
+    loss_sum: f64,
+    correct: usize,
+    images: usize,
+    steps: usize,
+}
+
+impl Position {
+    fn start_of(epoch: usize) -> Self {
+        Self {
+            epoch,
+            ..Self::default()
+        }
+    }
+
+    fn to_meta(self, optimizer_steps: usize) -> HashMap<String, String> {
+        HashMap::from([
+            ("epoch".to_string(), self.epoch.to_string()),
+            ("batch".to_string(), self.batch.to_string()),
+            ("steps".to_string(), optimizer_steps.to_string()),
+            // f64's Display round-trips exactly
+            ("epoch_loss_sum".to_string(), self.loss_sum.to_string()),
+            ("epoch_correct".to_string(), self.correct.to_string()),
+            ("epoch_images".to_string(), self.images.to_string()),
+            ("epoch_steps".to_string(), self.steps.to_string()),
+        ])
+    }
+
+    /// From a state file's metadata; the epoch sums are absent in older files (then 0).
+    fn from_meta(path: &Path, meta: &HashMap<String, String>) -> Result<(Self, usize)> {
+        fn field<T: std::str::FromStr + Default>(
+            path: &Path,
+            meta: &HashMap<String, String>,
+            k: &str,
+            required: bool,
+        ) -> Result<T> {
+            match meta.get(k) {
+                Some(v) => v.parse().map_err(|_| {
+                    anyhow::anyhow!("{}: metadata '{k}' = '{v}' is not a number", path.display())
+                }),
+                None if required => bail!("{}: no '{k}' in the metadata", path.display()),
+                None => Ok(T::default()),
+            }
+        }
+        let loss_sum: f64 = field(path, meta, "epoch_loss_sum", false)?;
+        if !loss_sum.is_finite() {
+            bail!(
+                "{}: metadata 'epoch_loss_sum' is {loss_sum}",
+                path.display()
+            );
+        }
+        Ok((
+            Self {
+                epoch: field(path, meta, "epoch", true)?,
+                batch: field(path, meta, "batch", true)?,
+                loss_sum,
+                correct: field(path, meta, "epoch_correct", false)?,
+                images: field(path, meta, "epoch_images", false)?,
+                steps: field(path, meta, "epoch_steps", false)?,
+            },
+            field(path, meta, "steps", true)?,
+        ))
+    }
+}
+
+/// Prefix of the optimiser's tensors in the state file (the net's tensors keep their names).
+const OPTIM_PREFIX: &str = "optim.";
+
+/// Save a resumable checkpoint. `trainer_state.safetensors` holds the weights *and* the
+/// optimiser state in one atomically written file, so a crash between two writes can never
+/// pair a model of one step with the optimiser of another; `model.safetensors` (the run's
+/// result) is written after it.
 fn save_state(
     out: &Path,
     net: &ReidNet,
     trainer: &Trainer,
     prov: &Provenance,
-    epoch: usize,
-    batch: usize,
+    pos: Position,
 ) -> Result<()> {
     let mut p = prov.clone();
-    p.epoch = Some(epoch);
-    save_checkpoint(net, &out.join("model.safetensors"), &p)?;
-    let mut meta = HashMap::new();
-    meta.insert("epoch".to_string(), epoch.to_string());
-    meta.insert("batch".to_string(), batch.to_string());
-    meta.insert(
-        "steps".to_string(),
-        trainer.optimizer.step_count.to_string(),
-    );
-    let state: Vec<(String, Tensor)> = trainer
+    p.epoch = Some(pos.epoch);
+    let optim: Vec<(String, Tensor)> = trainer
         .state_tensors()
         .into_iter()
-        .map(|(k, t)| Ok((k, t.to_device(&Device::Cpu)?.contiguous()?)))
-        .collect::<Result<_>>()?;
-    let bytes = safetensors::serialize(state.iter().map(|(k, t)| (k.as_str(), t)), Some(meta))?;
+        .map(|(k, t)| (format!("{OPTIM_PREFIX}{k}"), t))
+        .collect();
+    let bytes = checkpoint_bytes(net, &p, &optim, pos.to_meta(trainer.optimizer.step_count))?;
     write_atomic(&out.join(STATE_FILE), &bytes)?;
+    save_checkpoint(net, &out.join("model.safetensors"), &p)?;
+    Ok(())
+}
+
+/// The net, optimiser and position saved by [`save_state`] (or, for state files written before
+/// the weights moved into them, the net from `model.safetensors`).
+fn load_state(
+    out: &Path,
+    cfg: &TrainConfig,
+    device: &Device,
+) -> Result<(ReidNet, Trainer, Position)> {
+    let state_path = out.join(STATE_FILE);
+    let st = read_safetensors(&state_path, device)?;
+    let (net, optim, meta) = if st.metadata.contains_key(META_ARCH) {
+        drop(st);
+        let ck = load_checkpoint_with_extra(&state_path, device, true, OPTIM_PREFIX)
+            .with_context(|| format!("resuming from {}", state_path.display()))?;
+        (ck.checkpoint.net, ck.extra, ck.metadata)
+    } else {
+        let ck = load_checkpoint(&out.join("model.safetensors"), device, true)
+            .with_context(|| format!("resuming from {}", out.display()))?;
+        (ck.net, st.tensors, st.metadata)
+    };
+    let (pos, steps) = Position::from_meta(&state_path, &meta)?;
+    let mut trainer = Trainer::new(&net, cfg.clone())?;
+    trainer
+        .load_state(&optim, steps)
+        .with_context(|| format!("{}: optimiser state", state_path.display()))?;
+    Ok((net, trainer, pos))
+}
+
+/// After a resume at the start of `epoch` (0-based), keep the log lines of the epochs before it:
+/// lines of epochs that were logged but not checkpointed are run again and logged again.
+fn trim_log(path: &Path, epoch: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["epoch"].as_u64())
+                .is_some_and(|e| e as usize <= epoch)
+        })
+        .collect();
+    if kept.len() != text.lines().count() {
+        let mut body = kept.join("\n");
+        if !body.is_empty() {
+            body.push('\n');
+        }
+        write_atomic(path, body.as_bytes())?;
+    }
     Ok(())
 }
 
@@ -253,23 +380,35 @@ pub fn run_training_with(
     let out = &cfg.out;
     std::fs::create_dir_all(out)
         .with_context(|| format!("creating run folder {}", out.display()))?;
+    if cfg.checkpoint_interval_s.is_nan() || cfg.checkpoint_interval_s <= 0.0 {
+        bail!(
+            "checkpoint_interval_s = {}: expected a positive number of seconds",
+            cfg.checkpoint_interval_s
+        );
+    }
+    let removed = remove_stale_temp_files(out);
+    if removed > 0 {
+        eprintln!(
+            "{}: removed {removed} temporary file(s) left by a killed run",
+            out.display()
+        );
+    }
     let state_path = out.join(STATE_FILE);
-    let (net, mut trainer, start_epoch, start_batch) = if resume && state_path.is_file() {
-        let ck = load_checkpoint(&out.join("model.safetensors"), &device, true)
-            .with_context(|| format!("resuming from {}", out.display()))?;
-        let st = read_safetensors(&state_path, &device)?;
-        let field = |k: &str| -> Result<usize> {
-            st.metadata
-                .get(k)
-                .and_then(|v| v.parse().ok())
-                .with_context(|| format!("{}: no '{k}' in the metadata", state_path.display()))
-        };
-        let mut trainer = Trainer::new(&ck.net, cfg.train.clone())?;
-        trainer.load_state(&st.tensors, field("steps")?)?;
-        let (e, b) = (field("epoch")?, field("batch")?);
-        (ck.net, trainer, e, b)
+    let (net, mut trainer, resumed) = if resume && state_path.is_file() {
+        let (net, trainer, pos) = load_state(out, &cfg.train, &device)?;
+        eprintln!(
+            "resuming {}: epoch {}/{} at batch {} ({} optimiser steps done)",
+            out.display(),
+            (pos.epoch + 1).min(cfg.train.epochs.max(1)),
+            cfg.train.epochs,
+            pos.batch,
+            trainer.optimizer.step_count
+        );
+        trim_log(&out.join("log.jsonl"), pos.epoch)?;
+        (net, trainer, pos)
     } else {
-        if resume {
+        // (a new folder is no news: a grid resumes every step it starts)
+        if resume && out.join("log.jsonl").is_file() {
             eprintln!(
                 "no checkpoint in {} to resume from: starting fresh",
                 out.display()
@@ -277,8 +416,9 @@ pub fn run_training_with(
         }
         let net = build_net(cfg, num_classes, &device)?;
         let trainer = Trainer::new(&net, cfg.train.clone())?;
-        (net, trainer, 0, 0)
+        (net, trainer, Position::start_of(0))
     };
+    let (start_epoch, start_batch) = (resumed.epoch, resumed.batch);
     let config_text = toml::to_string_pretty(cfg).context("serialising the run config")?;
     write_text_atomic(&out.join("config.toml"), &config_text)?;
     let mut prov = Provenance::new();
@@ -297,6 +437,7 @@ pub fn run_training_with(
         .open(out.join("log.jsonl"))
         .with_context(|| format!("opening {}", out.join("log.jsonl").display()))?;
     let started = Instant::now();
+    let mut last_save = Instant::now();
     let epochs = cfg.train.epochs;
     let mut batches_done = 0usize;
     let mut final_loss = f64::NAN;
@@ -317,7 +458,16 @@ pub fn run_training_with(
         pb.set_prefix(format!("{}/{epochs}", epoch + 1));
         pb.set_position(first as u64);
         let t0 = Instant::now();
-        let (mut loss_sum, mut correct, mut images, mut steps) = (0.0, 0usize, 0usize, 0usize);
+        let (mut loss_sum, mut correct, mut images, mut steps) = if epoch == start_epoch {
+            (
+                resumed.loss_sum,
+                resumed.correct,
+                resumed.images,
+                resumed.steps,
+            )
+        } else {
+            (0.0, 0usize, 0usize, 0usize)
+        };
         // Augmentation streams follow the batch's index in the epoch, so a resumed epoch sees
         // exactly the pixels an uninterrupted one would.
         let loader = Prefetcher::start(
@@ -361,11 +511,26 @@ pub fn run_training_with(
                 images as f64 / t0.elapsed().as_secs_f64()
             ));
             pb.inc(1);
+            let position = Position {
+                epoch,
+                batch: b + 1,
+                loss_sum,
+                correct,
+                images,
+                steps,
+            };
             let stop = interrupt.load(Ordering::SeqCst)
                 || cfg.stop_after_batches.is_some_and(|n| batches_done >= n);
+            if !stop
+                && b + 1 < total
+                && last_save.elapsed().as_secs_f64() >= cfg.checkpoint_interval_s
+            {
+                save_state(out, &net, &trainer, &prov, position)?;
+                last_save = Instant::now();
+            }
             if stop && b + 1 < total {
                 pb.abandon();
-                save_state(out, &net, &trainer, &prov, epoch, b + 1)?;
+                save_state(out, &net, &trainer, &prov, position)?;
                 return Ok(TrainOutcome {
                     model: out.join("model.safetensors"),
                     completed: false,
@@ -373,6 +538,7 @@ pub fn run_training_with(
                     final_loss,
                     wall_s: started.elapsed().as_secs_f64(),
                     metrics: None,
+                    batches: batches_done,
                 });
             }
         }
@@ -386,7 +552,8 @@ pub fn run_training_with(
         if let Some(hook) = epoch_hook {
             hook(&net, epoch)?;
         }
-        save_state(out, &net, &trainer, &prov, epoch + 1, 0)?;
+        save_state(out, &net, &trainer, &prov, Position::start_of(epoch + 1))?;
+        last_save = Instant::now();
         if show_progress {
             eprintln!("epoch {}/{epochs}: {line}", epoch + 1);
         }
@@ -400,12 +567,13 @@ pub fn run_training_with(
                 final_loss,
                 wall_s: started.elapsed().as_secs_f64(),
                 metrics: None,
+                batches: batches_done,
             });
         }
     }
     if !out.join("model.safetensors").is_file() {
         // zero epochs (e.g. ImageNet weights used as they are): the run's model is the start
-        save_state(out, &net, &trainer, &prov, epochs, 0)?;
+        save_state(out, &net, &trainer, &prov, Position::start_of(epochs))?;
     }
     let wall_s = started.elapsed().as_secs_f64();
     let metrics = if cfg.evaluate && cfg.train.task == Task::Reid && !ds.query.is_empty() {
@@ -435,5 +603,6 @@ pub fn run_training_with(
         final_loss,
         wall_s,
         metrics,
+        batches: batches_done,
     })
 }

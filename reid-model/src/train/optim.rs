@@ -97,7 +97,11 @@ impl Optimizer {
                 continue;
             };
             let lr = lr * p.lr_mult;
-            let w = p.var.as_tensor();
+            // Detached: arithmetic on a `Var`'s own tensor records an autograd node, and a
+            // momentum or moment buffer built from it would chain every earlier step's
+            // gradients and temporaries into the optimiser state (memory growing per step).
+            let w = &p.var.as_tensor().detach();
+            let g = &g.detach();
             let decay = if p.decay { wd } else { 0.0 };
             let next = match self.config.kind {
                 OptimizerKind::Sgd { momentum, nesterov } => {
@@ -111,7 +115,7 @@ impl Optimizer {
                             Some(b) => ((b * momentum)? + &g)?,
                             None => g.clone(),
                         };
-                        self.m.insert(p.name.clone(), buf.clone());
+                        self.m.insert(p.name.clone(), buf.detach());
                         if nesterov {
                             (g + (buf * momentum)?)?
                         } else {
@@ -140,8 +144,8 @@ impl Optimizer {
                     };
                     let mhat = (&m / (1.0 - beta1.powi(t)))?;
                     let vhat = (&v / (1.0 - beta2.powi(t)))?;
-                    self.m.insert(p.name.clone(), m);
-                    self.v.insert(p.name.clone(), v);
+                    self.m.insert(p.name.clone(), m.detach());
+                    self.v.insert(p.name.clone(), v.detach());
                     let w = if decay > 0.0 && decoupled {
                         (w * (1.0 - lr * decay))?
                     } else {
@@ -226,6 +230,56 @@ mod tests {
             opt.step(&g, 0.1).unwrap();
         }
         w.as_tensor().to_vec1().unwrap()
+    }
+
+    /// Regression: with weight decay, the buffers were built from the `Var`'s tracked tensor
+    /// and carried an autograd graph that grew by one step each update (training memory grew
+    /// without bound). The state must hold plain values.
+    #[test]
+    fn optimiser_state_carries_no_autograd_history() {
+        let kinds = [
+            OptimizerKind::Sgd {
+                momentum: 0.9,
+                nesterov: true,
+            },
+            OptimizerKind::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+            OptimizerKind::AdamW {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+        ];
+        for kind in kinds {
+            let w = Var::new(&[1.0f32, -2.0, 0.5], &Device::Cpu).unwrap();
+            let mut opt = Optimizer::new(
+                OptimizerConfig {
+                    kind,
+                    weight_decay: 5e-4,
+                },
+                vec![ParamSlot {
+                    name: "w".into(),
+                    var: w.clone(),
+                    lr_mult: 1.0,
+                    decay: true,
+                }],
+            );
+            for _ in 0..3 {
+                let g = w.as_tensor().sqr().unwrap().sum_all().unwrap();
+                opt.step(&g.backward().unwrap(), 0.01).unwrap();
+            }
+            let state = opt.state_tensors();
+            assert!(!state.is_empty(), "{kind:?}: no state kept");
+            for (name, t) in state {
+                assert!(
+                    !t.track_op(),
+                    "{kind:?}: state '{name}' records an autograd graph"
+                );
+            }
+        }
     }
 
     #[test]

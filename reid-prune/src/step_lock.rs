@@ -1,0 +1,233 @@
+//! One writer per grid step: a step folder is claimed with an exclusive lock on `<step>/.lock`.
+//!
+//! The lock is an advisory `flock` (released by the kernel when its holder dies, kill -9 and OOM
+//! included), and the file says who holds it (pid, host, start time) with its modification time
+//! as a heartbeat refreshed every few seconds. On file systems where `flock` is local to each
+//! machine (NFS mounted `nolock`), the heartbeat still keeps two hosts apart: a claim naming
+//! another host whose heartbeat is fresh is respected, a stale one is taken over with a message.
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// How often a held lock's heartbeat is refreshed.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+/// A claim from another host whose heartbeat is older than this is stale.
+pub const STALE_AFTER: Duration = Duration::from_secs(120);
+
+/// Who holds a step (the lock file's content).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub pid: u32,
+    pub host: String,
+    /// Unix seconds when the claim was made.
+    pub started: u64,
+}
+
+impl Holder {
+    fn me() -> Self {
+        Self {
+            pid: std::process::id(),
+            host: host_name(),
+            started: unix_now(),
+        }
+    }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let age = unix_now().saturating_sub(self.started);
+        write!(f, "pid {} on {} (claimed {age} s ago)", self.pid, self.host)
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// This machine's name (`/proc/sys/kernel/hostname`, else `HOSTNAME`, else "localhost").
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// A held claim; dropping it releases the step.
+pub struct StepLock {
+    file: File,
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    heartbeat: Option<JoinHandle<()>>,
+}
+
+/// The outcome of [`try_claim`].
+pub enum Claim {
+    Held(StepLock),
+    /// Another live process holds the step.
+    Busy(Option<Holder>),
+}
+
+/// Try to claim the step folder `dir` (created if needed) without waiting.
+pub fn try_claim(dir: &Path) -> Result<Claim> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(".lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening the step lock {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Ok(Claim::Busy(read_holder(&path))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+    // We hold the kernel lock. A claim left in the file is either released (empty), from a dead
+    // process of this host (the kernel lock would still be held otherwise), or from another host
+    // that the lock does not reach: respect the latter while its heartbeat is fresh.
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if let Ok(prev) = serde_json::from_str::<Holder>(&text) {
+        let me = Holder::me();
+        let age = file
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or(Duration::MAX);
+        if prev.host != me.host && age < STALE_AFTER {
+            return Ok(Claim::Busy(Some(prev)));
+        }
+        eprintln!(
+            "{}: taking over a stale claim by {prev} (last heartbeat {} s ago{})",
+            dir.display(),
+            age.as_secs(),
+            if prev.host == me.host {
+                ", process gone"
+            } else {
+                ""
+            }
+        );
+    }
+    let holder = serde_json::to_string(&Holder::me())?;
+    file.set_len(0)?;
+    file.rewind()?;
+    file.write_all(holder.as_bytes())?;
+    file.sync_all()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let heartbeat = {
+        let stop = stop.clone();
+        let beat = file.try_clone()?;
+        std::thread::Builder::new()
+            .name("step-lock-heartbeat".into())
+            .spawn(move || {
+                let tick = Duration::from_millis(200);
+                let mut since = Duration::ZERO;
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    since += tick;
+                    if since >= HEARTBEAT {
+                        since = Duration::ZERO;
+                        let _ = beat.set_modified(SystemTime::now());
+                    }
+                }
+            })?
+    };
+    Ok(Claim::Held(StepLock {
+        file,
+        path,
+        stop,
+        heartbeat: Some(heartbeat),
+    }))
+}
+
+/// The claim written in a lock file, if it is readable.
+pub fn read_holder(path: &Path) -> Option<Holder> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+impl StepLock {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for StepLock {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.heartbeat.take() {
+            let _ = h.join();
+        }
+        // An empty file is a released claim; the file stays (removing a lock file races with a
+        // process that has opened it and waits to lock it).
+        let _ = self.file.set_len(0);
+        let _ = self.file.unlock();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_claim_is_busy_until_the_first_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let step = dir.path().join("train-abc");
+        let Claim::Held(first) = try_claim(&step).unwrap() else {
+            panic!("the first claim must hold");
+        };
+        match try_claim(&step).unwrap() {
+            Claim::Busy(Some(h)) => assert_eq!(h.pid, std::process::id()),
+            Claim::Busy(None) => panic!("the holder must be named"),
+            Claim::Held(_) => panic!("two holders of one step"),
+        }
+        drop(first);
+        assert!(matches!(try_claim(&step).unwrap(), Claim::Held(_)));
+    }
+
+    #[test]
+    fn fresh_claim_of_another_host_is_respected_and_a_stale_one_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let step = dir.path().join("prune-abc");
+        std::fs::create_dir_all(&step).unwrap();
+        let other = Holder {
+            pid: 1,
+            host: format!("{}-elsewhere", host_name()),
+            started: unix_now(),
+        };
+        let lock = step.join(".lock");
+        std::fs::write(&lock, serde_json::to_string(&other).unwrap()).unwrap();
+        match try_claim(&step).unwrap() {
+            Claim::Busy(Some(h)) => assert_eq!(h, other),
+            _ => panic!("a fresh claim of another host must be respected"),
+        }
+        let old = SystemTime::now() - STALE_AFTER - Duration::from_secs(5);
+        File::options()
+            .write(true)
+            .open(&lock)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let Claim::Held(held) = try_claim(&step).unwrap() else {
+            panic!("a stale claim must be taken over");
+        };
+        assert_eq!(read_holder(held.path()).unwrap().pid, std::process::id());
+    }
+}

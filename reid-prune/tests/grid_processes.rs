@@ -1,0 +1,234 @@
+//! The grid as real processes: kill -9 during a long training step and rerun (the step resumes
+//! from its last checkpoint and the final weights equal an uninterrupted grid's), and two
+//! processes on one output folder (both finish, every step is computed exactly once).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use reid_data::synth::{generate, SynthConfig, SynthLayout};
+use reid_model::checkpoint::read_safetensors;
+use reid_prune::scenario::{DataRef, ExperimentConfig};
+
+fn synth(dir: &Path, domain: &str, layout: SynthLayout) {
+    let cfg = SynthConfig {
+        domain: domain.into(),
+        ids: 12,
+        cams: 3,
+        per_cam: 3,
+        seed: 2,
+        height: 64,
+        width: 32,
+        difficulty: 0.5,
+        layout,
+    };
+    generate(&cfg, dir, |_| {}).unwrap();
+}
+
+/// A tiny grid config written to `<tmp>/<name>.toml` with its output in `<tmp>/<name>`.
+fn write_config(tmp: &Path, name: &str, finetune_epochs: usize) -> (PathBuf, ExperimentConfig) {
+    if !tmp.join("target").is_dir() {
+        synth(&tmp.join("source"), "source", SynthLayout::ImageFolder);
+        synth(&tmp.join("target"), "target", SynthLayout::Market);
+    }
+    let cfg = ExperimentConfig {
+        name: name.into(),
+        out: tmp.join(name),
+        input: "64x32".into(),
+        arch: "resnet18".into(),
+        width_mult: 0.125,
+        baselines: vec![],
+        source: DataRef {
+            dataset: "imagefolder".into(),
+            root: tmp.join("source"),
+            name: None,
+        },
+        target: DataRef {
+            dataset: "market1501".into(),
+            root: tmp.join("target"),
+            name: None,
+        },
+        scenarios: vec!["S3".into(), "S4".into()],
+        criteria: vec!["l1".into()],
+        levels: BTreeMap::from([("C1".to_string(), 0.5)]),
+        pretrain_epochs: 1,
+        finetune_epochs,
+        retrain_epochs: 1,
+        // several batches an epoch (6 training identities)
+        batch_pk: "2x2".into(),
+        batch_size: 16,
+        // a checkpoint after every batch: the kill lands inside an epoch
+        checkpoint_interval_s: 0.001,
+        ..ExperimentConfig::default()
+    };
+    let path = tmp.join(format!("{name}.toml"));
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    (path, cfg)
+}
+
+fn grid(config: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_reid-prune"));
+    c.arg("run").arg("--config").arg(config);
+    c.stdin(Stdio::null());
+    c
+}
+
+fn finished(o: Output) -> (String, String) {
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "grid failed:\n{out}\n{err}");
+    (out, err)
+}
+
+/// "N steps run, M reused" from a grid's stdout.
+fn steps_run(stdout: &str) -> (usize, usize) {
+    let line = stdout
+        .lines()
+        .find(|l| l.contains(" steps run, "))
+        .unwrap_or_else(|| panic!("no step count in:\n{stdout}"));
+    let n: Vec<usize> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(2)
+        .map(|s| s.parse().unwrap())
+        .collect();
+    (n[0], n[1])
+}
+
+fn step_dirs(out: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(out.join("steps"))
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn tensors_bits(path: &Path) -> BTreeMap<String, Vec<u32>> {
+    read_safetensors(path, &candle_core::Device::Cpu)
+        .unwrap()
+        .tensors
+        .into_iter()
+        .filter(|(_, t)| t.dtype() == candle_core::DType::F32)
+        .map(|(k, t)| {
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            (k, v.into_iter().map(f32::to_bits).collect())
+        })
+        .collect()
+}
+
+#[test]
+fn killed_grid_resumes_its_training_step_and_matches_an_uninterrupted_grid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (whole_cfg, whole) = write_config(tmp.path(), "whole", 6);
+    let (killed_cfg, killed) = write_config(tmp.path(), "killed", 6);
+    finished(grid(&whole_cfg).output().unwrap());
+
+    // Kill -9 once the fine-tuning step has checkpointed inside an epoch after the first.
+    let mut child = grid(&killed_cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let finetune = loop {
+        let found = step_dirs(&killed.out, "finetune-").into_iter().find(|d| {
+            let st = d.join("trainer_state.safetensors");
+            // read while the grid writes it: every version on disk is whole (atomic rename)
+            st.is_file()
+                && read_safetensors(&st, &candle_core::Device::Cpu).is_ok_and(|f| {
+                    f.metadata.get("epoch").is_some_and(|e| e != "0")
+                        && f.metadata.get("batch").is_some_and(|b| b != "0")
+                })
+        });
+        if let Some(d) = found {
+            break d;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "no fine-tuning checkpoint"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the grid ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !finetune.join("DONE").exists(),
+        "the step finished before the kill: nothing to resume (make it longer)"
+    );
+
+    let (out, err) = finished(grid(&killed_cfg).output().unwrap());
+    assert!(
+        err.contains("finetune: resuming the unfinished step"),
+        "the grid does not say it resumed:\n{err}"
+    );
+    assert!(
+        err.contains("optimiser steps done"),
+        "the training run does not say where it resumed:\n{err}"
+    );
+    assert!(!err.contains("starting fresh"), "{err}");
+    let (run, reused) = steps_run(&out);
+    assert!(
+        reused >= 1 && run >= 1,
+        "pretraining reused, the rest run: {run} run, {reused} reused"
+    );
+    // no temporary file survives the kill and the rerun
+    for d in step_dirs(&killed.out, "") {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            assert!(!n.contains(".tmp-"), "{} left in {}", n, d.display());
+        }
+    }
+    for cell in ["baseline/resnet18-full", "S3/l1-C1", "S4/l1-C1"] {
+        let a = tensors_bits(&whole.out.join(cell).join("model.safetensors"));
+        let b = tensors_bits(&killed.out.join(cell).join("model.safetensors"));
+        assert_eq!(a.len(), b.len(), "{cell}");
+        for (k, va) in &a {
+            assert!(va == &b[k], "{cell}: {k} differs after kill and resume");
+        }
+    }
+}
+
+#[test]
+fn two_grid_processes_share_one_folder_and_compute_each_step_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg_path, cfg) = write_config(tmp.path(), "shared", 2);
+    let a = grid(&cfg_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b = grid(&cfg_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (out_a, _) = finished(a.wait_with_output().unwrap());
+    let (out_b, err_b) = finished(b.wait_with_output().unwrap());
+    let (run_a, _) = steps_run(&out_a);
+    let (run_b, _) = steps_run(&out_b);
+    let done = step_dirs(&cfg.out, "")
+        .into_iter()
+        .filter(|d| d.join("DONE").is_file())
+        .count();
+    assert!(done > 0);
+    eprintln!("{done} steps: process a ran {run_a}, process b ran {run_b}");
+    assert_eq!(
+        run_a + run_b,
+        done,
+        "each of the {done} steps computed exactly once (a ran {run_a}, b ran {run_b}):\n{err_b}"
+    );
+    // both printed the whole table
+    for out in [&out_a, &out_b] {
+        assert!(out.contains("S3") && out.contains("S4"), "{out}");
+    }
+}
