@@ -122,6 +122,10 @@ struct TrainArgs {
     /// Train the head only (BNNeck and classifier); the backbone's learning rate is 0.
     #[arg(long)]
     freeze_backbone: bool,
+    /// Checkpoint inside an epoch when this many seconds passed since the last checkpoint
+    /// (default 300): a crash in a long epoch loses minutes, not the epoch.
+    #[arg(long)]
+    checkpoint_interval: Option<f64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -552,7 +556,8 @@ fn train(a: TrainArgs) -> Result<()> {
     }
     set!(dataset => cfg.dataset, root => cfg.root, arch => cfg.arch, width_mult => cfg.width_mult,
          input => cfg.input, epochs => cfg.train.epochs, batch_pk => cfg.batch_pk, seed => cfg.seed,
-         device => cfg.device, out => cfg.out, center_loss => cfg.train.center_loss_weight);
+         device => cfg.device, out => cfg.out, center_loss => cfg.train.center_loss_weight,
+         checkpoint_interval => cfg.checkpoint_interval_s);
     if a.freeze_backbone {
         cfg.train.backbone_lr_mult = 0.0;
     }

@@ -208,7 +208,8 @@ const BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 /// numerics, pruning rules), so that old finished steps are not reused. 2: the stem max pool's
 /// gradient goes to the first maximum (session 2). 3: stride-1 conv input gradients as a
 /// flipped-kernel conv, lane-wise BN reductions (float rounding), channels-last latency (session 3).
-const STEP_ENGINE: u32 = 3;
+/// 4: Taylor scores from chunks of 8 images (float rounding can reorder near-ties; session 4).
+const STEP_ENGINE: u32 = 4;
 
 fn short_hash(v: &serde_json::Value) -> String {
     let d = Sha256::digest(v.to_string().as_bytes());

@@ -4,14 +4,19 @@
 //! retraining steps, and evaluation. Prints each stage's time and peak resident memory
 //! (BENCHMARKS.md).
 //!
+//! Every stage runs in a process of its own (this binary with `--stage`), reading the files the
+//! earlier stages wrote: the allocator keeps freed memory for reuse, so within one process each
+//! stage's peak would include what the largest earlier stage left.
+//!
 //! `cargo run --release -p reid-prune --bin fullsize [-- --steps 3 --batch-pk 4x4 --out DIR]`
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Parser;
 use reid_data::synth::{generate, SynthConfig, SynthLayout};
 use reid_model::train::Task;
@@ -20,7 +25,7 @@ use reid_prune::training::{evaluate_on, run_training, RunConfig};
 
 reid_model::use_fast_allocator!();
 
-#[derive(Parser)]
+#[derive(Parser, Clone)]
 #[command(about = "Full-width ResNet-50 at 256x128: time and peak memory of every stage")]
 struct Args {
     /// torchvision-layout ResNet-50 weights (default: the golden file beside the checkout).
@@ -41,85 +46,71 @@ struct Args {
     /// Work folder; a temporary folder when absent.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Run one stage in this process (what the driver does for each stage).
+    #[arg(long, hide = true)]
+    stage: Option<String>,
 }
 
-/// Peak resident memory (VmHWM) in MB.
-fn peak_mb() -> f64 {
+/// A field of `/proc/self/status` in MB.
+fn status_mb(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(key))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-/// Start a new peak: Linux resets VmHWM to the current RSS on "5" in clear_refs.
-fn reset_peak() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+/// The stages in order, by name.
+fn stage_names(a: &Args) -> Vec<String> {
+    let mut v = vec!["generate".to_string(), "classify".into(), "reid".into()];
+    v.extend(criteria(a).into_iter().map(|c| format!("prune-{c}")));
+    v.push("evaluate".into());
+    v
 }
 
-struct Stages {
-    rows: Vec<(String, f64, f64)>,
-}
-
-impl Stages {
-    fn run<T>(&mut self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        reset_peak();
-        let t = Instant::now();
-        eprintln!("stage: {name}");
-        let v = f().with_context(|| format!("stage {name}"))?;
-        let row = (name.to_string(), t.elapsed().as_secs_f64(), peak_mb());
-        eprintln!("  {:.1} s, peak {:.0} MB", row.1, row.2);
-        self.rows.push(row);
-        Ok(v)
+fn criteria(a: &Args) -> Vec<String> {
+    if a.criteria.is_empty() {
+        reid_prune::criterion::CRITERIA
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect()
+    } else {
+        a.criteria.clone()
     }
 }
 
-fn main() -> Result<()> {
-    reid_model::alloc::configure();
-    let a = Args::parse();
+/// Training-time criteria prune while retraining; they and l1 get one retraining epoch.
+fn retrains(criterion: &str) -> bool {
+    matches!(criterion, "auto-balanced" | "psfp" | "l1")
+}
+
+fn describe(a: &Args, stage: &str) -> String {
+    let (p, k) = reid_prune::training::parse_pk(&a.batch_pk).unwrap_or((0, 0));
+    match stage {
+        "generate" => "generate 256x128 data".into(),
+        "classify" => format!("train classify, {} steps of {}", a.steps, p * k),
+        "reid" => format!("train re-ID, {} steps of {}", a.steps, a.batch_pk),
+        "evaluate" => "evaluate the last pruned model (query/gallery)".into(),
+        s => {
+            let c = s.trim_start_matches("prune-");
+            if retrains(c) {
+                format!("prune {c} (½ FLOPs) + 1 retraining epoch")
+            } else {
+                format!("prune {c} (½ FLOPs)")
+            }
+        }
+    }
+}
+
+fn run_stage(a: &Args, work: &Path, stage: &str) -> Result<()> {
     let weights = a.weights.clone().unwrap_or_else(|| {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../../shared/golden/resnet/resnet50.safetensors")
     });
-    if !weights.is_file() {
-        anyhow::bail!(
-            "{}: no ResNet-50 weights there (give --weights FILE)",
-            weights.display()
-        );
-    }
-    let tmp;
-    let work = match &a.out {
-        Some(p) => p.clone(),
-        None => {
-            tmp = tempfile::tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
     let (p, k) = reid_prune::training::parse_pk(&a.batch_pk)?;
-    let mut stages = Stages { rows: Vec::new() };
     let (target, source) = (work.join("market"), work.join("source"));
-    stages.run("generate 256x128 data", || {
-        for (dir, domain, layout) in [
-            (&target, "target", SynthLayout::Market),
-            (&source, "source", SynthLayout::ImageFolder),
-        ] {
-            let cfg = SynthConfig {
-                domain: domain.into(),
-                ids: a.ids,
-                cams: 4,
-                per_cam: 2,
-                seed: 0,
-                height: 256,
-                width: 128,
-                difficulty: 0.5,
-                layout,
-            };
-            generate(&cfg, dir, |_| {})?;
-        }
-        Ok(())
-    })?;
     let train_cfg = |task: Task, root: &PathBuf, out: &str| {
         let mut c = RunConfig {
             dataset: if task == Task::Reid {
@@ -144,72 +135,157 @@ fn main() -> Result<()> {
         c
     };
     let no_stop = || Arc::new(AtomicBool::new(false));
-    stages.run(
-        &format!("train classify, {} steps of {}", a.steps, p * k),
-        || {
+    match stage {
+        "generate" => {
+            if !weights.is_file() {
+                bail!(
+                    "{}: no ResNet-50 weights there (give --weights FILE)",
+                    weights.display()
+                );
+            }
+            for (dir, domain, layout) in [
+                (&target, "target", SynthLayout::Market),
+                (&source, "source", SynthLayout::ImageFolder),
+            ] {
+                let cfg = SynthConfig {
+                    domain: domain.into(),
+                    ids: a.ids,
+                    cams: 4,
+                    per_cam: 2,
+                    seed: 0,
+                    height: 256,
+                    width: 128,
+                    difficulty: 0.5,
+                    layout,
+                };
+                generate(&cfg, dir, |_| {})?;
+            }
+        }
+        "classify" => {
             run_training(
                 &train_cfg(Task::Classify, &source, "classify"),
                 false,
                 no_stop(),
                 false,
-            )
-        },
-    )?;
-    let reid = stages.run(
-        &format!("train re-ID, {} steps of {}", a.steps, a.batch_pk),
-        || {
+            )?;
+        }
+        "reid" => {
             run_training(
                 &train_cfg(Task::Reid, &target, "reid"),
                 false,
                 no_stop(),
                 false,
-            )
-        },
-    )?;
-    let criteria: Vec<String> = if a.criteria.is_empty() {
-        reid_prune::criterion::CRITERIA
-            .iter()
-            .map(|(n, _)| n.to_string())
-            .collect()
-    } else {
-        a.criteria.clone()
-    };
-    let mut last = None;
-    for c in &criteria {
-        // training-time criteria prune while retraining; one retraining epoch for them and l1
-        let retrain = matches!(c.as_str(), "auto-balanced" | "psfp" | "l1");
-        let cfg = PruneConfig {
-            checkpoint: reid.model.clone(),
-            criterion: c.clone(),
-            level: 0.5,
-            input: "256x128".into(),
-            dataset: Some("market1501".into()),
-            root: Some(target.clone()),
-            score_images: 32,
-            retrain_epochs: usize::from(retrain),
-            batch_pk: a.batch_pk.clone(),
-            out: work.join(format!("prune-{c}")),
-            ..PruneConfig::default()
-        };
-        let label = if retrain {
-            format!("prune {c} (½ FLOPs) + 1 retraining epoch")
-        } else {
-            format!("prune {c} (½ FLOPs)")
-        };
-        last = Some(stages.run(&label, || run_prune(&cfg, false))?);
-    }
-    if let Some(o) = last {
-        stages.run("evaluate the last pruned model (query/gallery)", || {
-            let net = reid_model::load_checkpoint(&o.model, &candle_core::Device::Cpu, false)?.net;
+            )?;
+        }
+        "evaluate" => {
+            let last = criteria(a)
+                .last()
+                .cloned()
+                .context("no criterion was given")?;
+            let model = work.join(format!("prune-{last}/model.safetensors"));
+            let net = reid_model::load_checkpoint(&model, &candle_core::Device::Cpu, false)?.net;
             let ds = reid_data::datasets::load("market1501", &target)?;
             let m = evaluate_on(&net, &ds, &reid_data::Preprocess::imagenet(256, 128), false)?;
             eprintln!("  mAP {:.3} rank-1 {:.3}", m.map, m.rank(1));
-            Ok(())
-        })?;
+        }
+        s => {
+            let c = s
+                .strip_prefix("prune-")
+                .with_context(|| format!("unknown stage '{s}'"))?;
+            let cfg = PruneConfig {
+                checkpoint: work.join("reid/model.safetensors"),
+                criterion: c.to_string(),
+                level: 0.5,
+                input: "256x128".into(),
+                dataset: Some("market1501".into()),
+                root: Some(target.clone()),
+                score_images: 32,
+                retrain_epochs: usize::from(retrains(c)),
+                batch_pk: a.batch_pk.clone(),
+                out: work.join(s),
+                ..PruneConfig::default()
+            };
+            run_prune(&cfg, false)?;
+        }
     }
-    println!("{:<58} {:>8} {:>12}", "stage", "s", "peak RSS MB");
-    for (name, s, mb) in &stages.rows {
-        println!("{name:<58} {s:>8.1} {mb:>12.0}");
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    reid_model::alloc::configure();
+    let a = Args::parse();
+    if let Some(stage) = &a.stage {
+        let work = a.out.clone().context("--stage needs --out")?;
+        let t = Instant::now();
+        run_stage(&a, &work, stage).with_context(|| format!("stage {stage}"))?;
+        // the driver reads this line
+        println!(
+            "STAGE {} {} {}",
+            t.elapsed().as_secs_f64(),
+            status_mb("VmHWM:"),
+            status_mb("VmRSS:")
+        );
+        return Ok(());
+    }
+    let tmp;
+    let work = match &a.out {
+        Some(p) => p.clone(),
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let exe = std::env::current_exe()?;
+    let mut rows = Vec::new();
+    for stage in stage_names(&a) {
+        let label = describe(&a, &stage);
+        eprintln!("stage: {label}");
+        let mut cmd = Command::new(&exe);
+        cmd.arg("--stage")
+            .arg(&stage)
+            .arg("--out")
+            .arg(&work)
+            .arg("--steps")
+            .arg(a.steps.to_string())
+            .arg("--batch-pk")
+            .arg(&a.batch_pk)
+            .arg("--ids")
+            .arg(a.ids.to_string());
+        if let Some(w) = &a.weights {
+            cmd.arg("--weights").arg(w);
+        }
+        if !a.criteria.is_empty() {
+            cmd.arg("--criteria").arg(a.criteria.join(","));
+        }
+        let out = cmd
+            .output()
+            .with_context(|| format!("starting stage {stage}"))?;
+        if !out.status.success() {
+            bail!(
+                "stage {stage} failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let nums: Vec<f64> = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("STAGE "))
+            .context("a stage printed no result line")?
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let [s, peak, end] = nums[..] else {
+            bail!("stage {stage}: unreadable result line");
+        };
+        eprintln!("  {s:.1} s, peak {peak:.0} MB");
+        rows.push((label, s, peak, end));
+    }
+    println!(
+        "{:<52} {:>8} {:>12} {:>11}",
+        "stage (one process each)", "s", "peak RSS MB", "end RSS MB"
+    );
+    for (name, s, peak, end) in &rows {
+        println!("{name:<52} {s:>8.1} {peak:>12.0} {end:>11.0}");
     }
     Ok(())
 }
