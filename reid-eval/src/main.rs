@@ -318,6 +318,7 @@ fn peak_rss_gib() -> Option<f64> {
 }
 
 fn main() -> Result<()> {
+    reid_model::process::default_sigpipe();
     reid_model::alloc::configure();
     let cli = Cli::parse();
     let Some(command) = cli.command else {

@@ -70,6 +70,16 @@ pub struct TensorFile {
 /// Read every tensor of a safetensors file (f16 and bf16 become f32; f32, f64 and integer
 /// tensors such as `num_batches_tracked` are kept as they are).
 pub fn read_safetensors(path: &Path, device: &Device) -> Result<TensorFile> {
+    // A FIFO or device would block or never end: only regular files are read.
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => {
+            return Err(ModelError::file(
+                path,
+                "not a regular file (a folder, FIFO or device): expected a .safetensors file",
+            ))
+        }
+        _ => {}
+    }
     let bytes = std::fs::read(path)
         .map_err(|e| ModelError::file(path, format!("cannot read the weights file: {e}")))?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
@@ -90,6 +100,7 @@ pub fn read_safetensors(path: &Path, device: &Device) -> Result<TensorFile> {
             DType::F16 | DType::BF16 => t.to_dtype(DType::F32)?,
             _ => t,
         };
+        check_finite(path, &name, &t)?;
         tensors.insert(name, t);
     }
     Ok(TensorFile {
@@ -97,6 +108,37 @@ pub fn read_safetensors(path: &Path, device: &Device) -> Result<TensorFile> {
         tensors,
         metadata,
     })
+}
+
+/// Non-finite values are an error where they enter (a NaN weight evaluates to a plausible but
+/// meaningless mAP otherwise).
+fn check_finite(path: &Path, name: &str, t: &Tensor) -> Result<()> {
+    let bad = match t.dtype() {
+        DType::F32 => t
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .filter(|v| !v.is_finite())
+            .count(),
+        DType::F64 => t
+            .flatten_all()?
+            .to_vec1::<f64>()?
+            .iter()
+            .filter(|v| !v.is_finite())
+            .count(),
+        _ => 0,
+    };
+    if bad > 0 {
+        return Err(ModelError::file(
+            path,
+            format!(
+                "tensor '{name}' has {bad} NaN or infinite value(s) of {}: the file is corrupt or \
+                 was written by a diverged run",
+                t.elem_count()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Missing, unexpected and mis-shaped tensors of a file against a spec.
@@ -517,6 +559,38 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("reid.arch"), "{e}");
+
+        // a NaN weight is named, not evaluated
+        let mut map: HashMap<String, Tensor> = net.state_dict().unwrap().into_iter().collect();
+        let w = map["conv1.weight"].clone();
+        let mut v: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+        v[3] = f32::NAN;
+        map.insert(
+            "conv1.weight".into(),
+            Tensor::from_vec(v, w.dims(), &dev).unwrap(),
+        );
+        let nan = dir.path().join("nan.safetensors");
+        let mut meta = HashMap::new();
+        meta.insert(
+            META_ARCH.to_string(),
+            serde_json::to_string(net.spec()).unwrap(),
+        );
+        safetensors::serialize_to_file(map.iter().map(|(k, t)| (k.as_str(), t)), Some(meta), &nan)
+            .unwrap();
+        let e = load_checkpoint(&nan, &dev, false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("nan.safetensors") && e.contains("conv1.weight") && e.contains("NaN"),
+            "{e}"
+        );
+        // a folder (or FIFO) is refused, not read
+        let e = load_checkpoint(dir.path(), &dev, false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("not a regular file"), "{e}");
 
         // unknown arch in metadata
         let mut meta = HashMap::new();

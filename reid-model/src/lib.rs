@@ -16,6 +16,7 @@ pub mod hub;
 pub mod init;
 pub mod net;
 pub mod ops;
+pub mod process;
 pub mod train;
 
 pub use arch::{ArchSpec, BlockKind, BlockSpec, Neck, PrunableConv, ResidualGroup};

@@ -266,6 +266,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    reid_model::process::default_sigpipe();
     reid_model::alloc::configure();
     let cli = Cli::parse();
     match cli.command {
@@ -599,6 +600,8 @@ fn train(a: TrainArgs) -> Result<()> {
 }
 
 fn run_experiment(all: reid_prune::scenario::ExperimentConfig) -> Result<()> {
+    all.validate()
+        .with_context(|| format!("experiment '{}'", all.name))?;
     let grids = all.per_target();
     let shared_steps = all.out.join("steps");
     for cfg in grids {

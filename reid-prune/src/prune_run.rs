@@ -273,6 +273,33 @@ pub fn run_prune_resumable(
     if cfg.retrain_epochs > 0 && (cfg.dataset.is_none() || cfg.root.is_none()) {
         bail!("--retrain-epochs needs --dataset and --root");
     }
+    let has_data = (cfg.dataset.is_some() && cfg.root.is_some()) || cfg.batch.is_some();
+    if criterion.needs_data() && !has_data {
+        bail!(
+            "criterion '{}' needs data: give --dataset and --root, or --batch",
+            cfg.criterion
+        );
+    }
+    // Never write into the folder the input model lives in: its model.safetensors would go.
+    if let (Ok(out), Some(Ok(src))) = (
+        cfg.out.canonicalize(),
+        cfg.checkpoint.parent().map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".").canonicalize()
+            } else {
+                p.canonicalize()
+            }
+        }),
+    ) {
+        if out == src {
+            bail!(
+                "--out {} is the folder of the checkpoint being pruned ({}): its model would be \
+                 replaced; give another output folder",
+                cfg.out.display(),
+                cfg.checkpoint.display()
+            );
+        }
+    }
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
     write_atomic(
         &cfg.out.join("config.toml"),

@@ -156,7 +156,77 @@ pub struct CellResult {
     pub folder: PathBuf,
 }
 
+/// A name that becomes a folder or file name: one plain path component, so that nothing is
+/// written outside the output folder.
+pub fn check_path_name(field: &str, name: &str) -> Result<()> {
+    let bad = name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.starts_with('.')
+        || name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control());
+    if bad {
+        anyhow::bail!(
+            "{field} = '{name}': it names a folder, so it must be a plain name (letters, digits, \
+             '-', '_'; no '/', '\\', leading '.' or control characters)"
+        );
+    }
+    Ok(())
+}
+
 impl ExperimentConfig {
+    /// Everything checked before the first step runs; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        check_path_name("name", &self.name)?;
+        crate::training::positive("width_mult", self.width_mult)?;
+        crate::training::positive("lr", self.lr)?;
+        crate::training::positive("checkpoint_interval_s", self.checkpoint_interval_s)?;
+        parse_hw(&self.input).with_context(|| format!("input = '{}'", self.input))?;
+        crate::training::parse_pk(&self.batch_pk).context("batch_pk")?;
+        if self.batch_size == 0 {
+            anyhow::bail!("batch_size = 0: expected at least 1");
+        }
+        for arch in std::iter::once(&self.arch).chain(&self.baselines) {
+            reid_model::ArchSpec::from_name(arch, 0)
+                .with_context(|| format!("arch/baselines: '{arch}'"))?;
+            check_path_name("baselines", arch)?;
+        }
+        for s in &self.scenarios {
+            if !["S1", "S2", "S3", "S4"].contains(&s.as_str()) {
+                anyhow::bail!("scenarios: unknown scenario '{s}': expected S1, S2, S3 or S4");
+            }
+        }
+        for c in &self.criteria {
+            crate::criterion::by_name(c, self.seed).with_context(|| format!("criteria: '{c}'"))?;
+            check_path_name("criteria", c)?;
+        }
+        if self.levels.is_empty() {
+            anyhow::bail!("levels: empty; expected e.g. C1 = 0.5");
+        }
+        for (name, &v) in &self.levels {
+            check_path_name("levels", name)?;
+            if !(v > 0.0 && v < 1.0) {
+                anyhow::bail!(
+                    "levels.{name} = {v}: expected the fraction of FLOPs to remove, in (0, 1)"
+                );
+            }
+        }
+        if let Some(s) = self.prune_step {
+            if !(s > 0.0 && s < 1.0) {
+                anyhow::bail!("prune_step = {s}: expected a fraction in (0, 1)");
+            }
+        }
+        for d in std::iter::once(&self.source)
+            .chain(std::iter::once(&self.target))
+            .chain(&self.cross)
+            .chain(&self.targets)
+        {
+            check_path_name("dataset label", d.label())?;
+        }
+        Ok(())
+    }
+
     /// One grid per target: itself when `targets` is empty.
     pub fn per_target(&self) -> Vec<ExperimentConfig> {
         if self.targets.is_empty() {
@@ -574,12 +644,9 @@ impl Runner {
     /// taken up again at the end (waiting for the steps still in progress).
     pub fn run(&mut self) -> Result<Vec<CellResult>> {
         let cfg = self.cfg.clone();
-        // Every name must be known before the first step runs.
-        for scenario in &cfg.scenarios {
-            if !["S1", "S2", "S3", "S4"].contains(&scenario.as_str()) {
-                anyhow::bail!("unknown scenario '{scenario}': expected S1, S2, S3 or S4");
-            }
-        }
+        // Every name and number is checked before the first step runs.
+        cfg.validate()
+            .with_context(|| format!("experiment '{}'", cfg.name))?;
         std::fs::create_dir_all(&cfg.out)?;
         write_atomic(
             &cfg.out.join("experiment.toml"),

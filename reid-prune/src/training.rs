@@ -88,12 +88,59 @@ impl Default for RunConfig {
     }
 }
 
-/// `16x4` → (16, 4).
+/// `16x4` → (16, 4); both at least 1.
 pub fn parse_pk(s: &str) -> Result<(usize, usize)> {
-    let (p, k) = s
-        .split_once(['x', 'X'])
-        .with_context(|| format!("batch '{s}': expected PxK, e.g. 16x4"))?;
-    Ok((p.trim().parse()?, k.trim().parse()?))
+    let parsed = s.split_once(['x', 'X']).and_then(|(p, k)| {
+        Some((
+            p.trim().parse::<usize>().ok()?,
+            k.trim().parse::<usize>().ok()?,
+        ))
+    });
+    match parsed {
+        Some((p, k)) if p >= 1 && k >= 1 => Ok((p, k)),
+        _ => bail!("batch '{s}': expected PxK with P, K ≥ 1 identities × images, e.g. 16x4"),
+    }
+}
+
+impl RunConfig {
+    /// Every number and size checked before anything is written (errors name the field).
+    pub fn validate(&self) -> Result<()> {
+        positive("width_mult", self.width_mult)?;
+        positive("train.schedule.base_lr", self.train.schedule.base_lr)?;
+        positive("checkpoint_interval_s", self.checkpoint_interval_s)?;
+        parse_hw(&self.input).with_context(|| format!("input = '{}'", self.input))?;
+        parse_pk(&self.batch_pk).context("batch_pk")?;
+        if self.batch_size == 0 {
+            bail!("batch_size = 0: expected at least 1 image a batch");
+        }
+        let t = &self.train;
+        for (name, v) in [
+            ("train.label_smoothing", t.label_smoothing),
+            ("train.triplet_weight", t.triplet_weight),
+            ("train.center_loss_weight", t.center_loss_weight),
+            ("train.backbone_lr_mult", t.backbone_lr_mult),
+            ("train.optimizer.weight_decay", t.optimizer.weight_decay),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                bail!("{name} = {v}: expected a finite number ≥ 0");
+            }
+        }
+        if !(0.0..1.0).contains(&t.label_smoothing) {
+            bail!(
+                "train.label_smoothing = {}: expected a value in [0, 1)",
+                t.label_smoothing
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A field that must be a finite number > 0.
+pub fn positive(name: &str, v: f64) -> Result<()> {
+    if !v.is_finite() || v <= 0.0 {
+        bail!("{name} = {v}: expected a finite number > 0");
+    }
+    Ok(())
 }
 
 /// Where a run ended.
@@ -355,6 +402,8 @@ pub fn run_training_with(
     regularizer: Option<&reid_model::train::Regularizer>,
     epoch_hook: Option<&EpochHook>,
 ) -> Result<TrainOutcome> {
+    cfg.validate()
+        .with_context(|| format!("run config for {}", cfg.out.display()))?;
     let device = reid_model::device::parse_device(&cfg.device)?;
     let (h, w) = parse_hw(&cfg.input)?;
     let ds = load(&cfg.dataset, &cfg.root).with_context(|| {
@@ -380,12 +429,6 @@ pub fn run_training_with(
     let out = &cfg.out;
     std::fs::create_dir_all(out)
         .with_context(|| format!("creating run folder {}", out.display()))?;
-    if cfg.checkpoint_interval_s.is_nan() || cfg.checkpoint_interval_s <= 0.0 {
-        bail!(
-            "checkpoint_interval_s = {}: expected a positive number of seconds",
-            cfg.checkpoint_interval_s
-        );
-    }
     let removed = remove_stale_temp_files(out);
     if removed > 0 {
         eprintln!(

@@ -99,6 +99,8 @@ fn shipped_configs_parse() {
             let cfg: ExperimentConfig = toml::from_str(&std::fs::read_to_string(&p).unwrap())
                 .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             assert!(!cfg.levels.is_empty());
+            cfg.validate()
+                .unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
             if p.file_name().unwrap() == "market-duke-cuhk03.toml" {
                 let grids = cfg.per_target();
                 let labels: Vec<&str> = grids.iter().map(|g| g.target.label()).collect();
@@ -183,4 +185,80 @@ fn a_grid_can_prune_the_residual_streams_too() {
     assert!(pruned.net.spec().feature_dim < base.net.spec().feature_dim);
     let ratio = cells[2].macs as f64 / cells[0].macs as f64;
     assert!((ratio - 0.5).abs() < 0.05, "{ratio}");
+}
+
+/// Names that become folders cannot leave the output folder, and bad numbers or names are
+/// refused before the first step writes anything.
+#[test]
+fn hostile_names_and_numbers_are_refused_before_any_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tiny_config(tmp.path(), None);
+    let cases: Vec<(ExperimentConfig, &str)> = vec![
+        (
+            ExperimentConfig {
+                levels: BTreeMap::from([("../../../../x".to_string(), 0.5)]),
+                ..base.clone()
+            },
+            "levels",
+        ),
+        (
+            ExperimentConfig {
+                levels: BTreeMap::from([("C1".to_string(), 1.5)]),
+                ..base.clone()
+            },
+            "levels.C1",
+        ),
+        (
+            ExperimentConfig {
+                target: DataRef {
+                    name: Some("../x".into()),
+                    ..base.target.clone()
+                },
+                ..base.clone()
+            },
+            "dataset label",
+        ),
+        (
+            ExperimentConfig {
+                criteria: vec!["l7".into()],
+                ..base.clone()
+            },
+            "criteria",
+        ),
+        (
+            ExperimentConfig {
+                scenarios: vec!["S5".into()],
+                ..base.clone()
+            },
+            "S5",
+        ),
+        (
+            ExperimentConfig {
+                width_mult: -3.0,
+                ..base.clone()
+            },
+            "width_mult",
+        ),
+        (
+            ExperimentConfig {
+                lr: f64::NAN,
+                ..base.clone()
+            },
+            "lr",
+        ),
+        (
+            ExperimentConfig {
+                batch_pk: "4x0".into(),
+                ..base.clone()
+            },
+            "batch_pk",
+        ),
+    ];
+    for (cfg, field) in cases {
+        let e = format!("{:#}", Runner::new(cfg).unwrap().run().unwrap_err());
+        assert!(e.contains(field), "expected an error naming {field}: {e}");
+    }
+    // nothing was computed or written outside the data
+    assert!(!base.out.join("steps").exists(), "a step ran");
+    assert!(!tmp.path().parent().unwrap().join("x").exists());
 }

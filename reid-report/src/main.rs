@@ -25,6 +25,12 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    // A closed stdout ends the program quietly (Rust ignores SIGPIPE, so println! would panic).
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default disposition before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = Args::parse();
     let opts = ReportOptions {
         level: args.level,

@@ -208,6 +208,7 @@ fn per_kind_ms(
 }
 
 fn main() -> Result<()> {
+    reid_model::process::default_sigpipe();
     reid_model::alloc::configure();
     let args = Args::parse();
     let dev = Device::Cpu;

@@ -212,6 +212,7 @@ fn run_stage(a: &Args, work: &Path, stage: &str) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    reid_model::process::default_sigpipe();
     reid_model::alloc::configure();
     let a = Args::parse();
     if let Some(stage) = &a.stage {

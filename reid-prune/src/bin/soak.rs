@@ -56,6 +56,7 @@ fn memory_mb() -> (f64, f64) {
 }
 
 fn main() -> Result<()> {
+    reid_model::process::default_sigpipe();
     reid_model::alloc::configure();
     let a = Args::parse();
     let tmp;

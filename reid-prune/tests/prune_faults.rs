@@ -1,0 +1,85 @@
+//! A pruning run that cannot succeed changes nothing on disk, and never writes over its input.
+
+use reid_model::checkpoint::{save_checkpoint, Provenance};
+use reid_model::{ArchSpec, Neck, ReidNet};
+use reid_prune::prune_run::{run_prune, PruneConfig};
+
+fn tiny_checkpoint(dir: &std::path::Path) -> std::path::PathBuf {
+    let spec = ArchSpec::resnet_with(18, 4, 0.125, 1, Neck::BnNeck).unwrap();
+    let net = ReidNet::new(&spec, &candle_core::Device::Cpu, 0).unwrap();
+    let path = dir.join("model.safetensors");
+    save_checkpoint(&net, &path, &Provenance::new()).unwrap();
+    path
+}
+
+#[test]
+fn failing_prune_into_an_existing_run_folder_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(tmp.path());
+    let out = tmp.path().join("pruned");
+    std::fs::create_dir_all(&out).unwrap();
+    let files = [
+        ("log.jsonl", "{\"step\": 1}\n"),
+        ("config.toml", "kept = true\n"),
+    ];
+    for (f, text) in files {
+        std::fs::write(out.join(f), text).unwrap();
+    }
+    let cfg = PruneConfig {
+        checkpoint: ck,
+        criterion: "taylor".into(), // needs data, none given
+        input: "64x32".into(),
+        out: out.clone(),
+        ..PruneConfig::default()
+    };
+    let e = format!("{:#}", run_prune(&cfg, false).unwrap_err());
+    assert!(e.contains("taylor") && e.contains("needs data"), "{e}");
+    for (f, text) in files {
+        assert_eq!(std::fs::read_to_string(out.join(f)).unwrap(), text, "{f}");
+    }
+}
+
+#[test]
+fn prune_into_the_checkpoints_own_folder_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(tmp.path());
+    let before = std::fs::read(&ck).unwrap();
+    let cfg = PruneConfig {
+        checkpoint: ck.clone(),
+        criterion: "l1".into(),
+        input: "64x32".into(),
+        out: tmp.path().to_path_buf(),
+        ..PruneConfig::default()
+    };
+    let e = format!("{:#}", run_prune(&cfg, false).unwrap_err());
+    assert!(e.contains("folder of the checkpoint"), "{e}");
+    assert_eq!(
+        std::fs::read(&ck).unwrap(),
+        before,
+        "the input model changed"
+    );
+}
+
+/// `reid-prune scores … | head -n1`: a closed stdout ends the program quietly, no panic.
+#[test]
+fn closed_stdout_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(tmp.path());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_reid-prune"))
+        .args(["scores", "--criterion", "l1", "--weights"])
+        .arg(&ck)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before the first line
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        out.status.success() || out.status.signal() == Some(13),
+        "{:?}: {err}",
+        out.status
+    );
+}
