@@ -100,7 +100,6 @@ pub fn read_safetensors(path: &Path, device: &Device) -> Result<TensorFile> {
             DType::F16 | DType::BF16 => t.to_dtype(DType::F32)?,
             _ => t,
         };
-        check_finite(path, &name, &t)?;
         tensors.insert(name, t);
     }
     Ok(TensorFile {
@@ -110,9 +109,9 @@ pub fn read_safetensors(path: &Path, device: &Device) -> Result<TensorFile> {
     })
 }
 
-/// Non-finite values are an error where they enter (a NaN weight evaluates to a plausible but
-/// meaningless mAP otherwise).
-fn check_finite(path: &Path, name: &str, t: &Tensor) -> Result<()> {
+/// Weights must be finite: checked where they enter (a NaN weight evaluates to a plausible but
+/// meaningless mAP otherwise). Not in [`read_safetensors`]: other files may hold NaN on purpose.
+pub fn check_finite(path: &Path, name: &str, t: &Tensor) -> Result<()> {
     let bad = match t.dtype() {
         DType::F32 => t
             .flatten_all()?
@@ -401,6 +400,11 @@ fn checkpoint_from_file(
 ) -> Result<(Checkpoint, HashMap<String, Tensor>)> {
     let path = file.path.as_path();
     let spec = arch_from_metadata(path, &file.metadata)?;
+    let mut names: Vec<&String> = file.tensors.keys().collect();
+    names.sort();
+    for name in names {
+        check_finite(path, name, &file.tensors[name])?;
+    }
     let provenance = match file.metadata.get(META_PROVENANCE) {
         Some(p) => serde_json::from_str(p).map_err(|e| {
             ModelError::file(path, format!("'{META_PROVENANCE}' is not valid JSON: {e}"))

@@ -205,6 +205,9 @@ pub fn load_imagenet_file(path: &Path, head: HeadOptions, device: &Device) -> Re
         .into_iter()
         .filter(|(k, _)| !k.starts_with("fc.") && !k.ends_with("num_batches_tracked"))
         .collect();
+    for (name, t) in &tensors {
+        crate::checkpoint::check_finite(&path, name, t)?;
+    }
     let mut spec = infer_backbone_spec(&path, &tensors, head.last_stride)?;
     let report = MismatchReport::compare(&spec, &tensors, |_| false);
     if !report.is_empty() {
