@@ -122,6 +122,10 @@ struct TrainArgs {
     /// Train the head only (BNNeck and classifier); the backbone's learning rate is 0.
     #[arg(long)]
     freeze_backbone: bool,
+    /// With --resume: continue although the config differs from the run folder's config.toml
+    /// (refused otherwise, naming the changed fields).
+    #[arg(long)]
+    allow_config_change: bool,
     /// Checkpoint inside an epoch when this many seconds passed since the last checkpoint
     /// (default 300): a crash in a long epoch loses minutes, not the epoch.
     #[arg(long)]
@@ -562,6 +566,7 @@ fn train(a: TrainArgs) -> Result<()> {
     if a.freeze_backbone {
         cfg.train.backbone_lr_mult = 0.0;
     }
+    cfg.allow_config_change = a.allow_config_change;
     if a.pretrained.is_some() {
         cfg.pretrained = a.pretrained;
     }

@@ -3,7 +3,7 @@
 //! Checkpoints are written atomically after every epoch and on Ctrl-C; `resume` continues from
 //! the last one (same epoch and batch), reaching the same weights as an uninterrupted run.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +59,10 @@ pub struct RunConfig {
     /// Also checkpoint inside an epoch once this many seconds passed since the last checkpoint,
     /// so a crash in a long epoch loses minutes, not the epoch.
     pub checkpoint_interval_s: f64,
+    /// Resume even when this config differs from the run folder's `config.toml` (which is
+    /// then replaced). Not saved.
+    #[serde(skip)]
+    pub allow_config_change: bool,
     pub train: TrainConfig,
 }
 
@@ -83,6 +87,7 @@ impl Default for RunConfig {
             evaluate: true,
             stop_after_batches: None,
             checkpoint_interval_s: 300.0,
+            allow_config_change: false,
             train: TrainConfig::default(),
         }
     }
@@ -331,6 +336,77 @@ fn load_state(
     Ok((net, trainer, pos))
 }
 
+/// Fields that do not change what a run computes (how often it checkpoints, where it stops).
+const CONFIG_FIELDS_FREE_ON_RESUME: [&str; 4] = [
+    "stop_after_batches",
+    "checkpoint_interval_s",
+    "out",
+    "evaluate",
+];
+
+/// Resuming under another config would continue a run that did not happen (and its config.toml
+/// and metrics would describe neither): refuse, naming every changed field.
+fn check_same_config(out: &Path, cfg: &RunConfig) -> Result<()> {
+    let path = out.join("config.toml");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(()); // a state without a config (older runs): nothing to compare
+    };
+    let stored: RunConfig = toml::from_str(&text)
+        .with_context(|| format!("{}: not a valid run config", path.display()))?;
+    let flat = |c: &RunConfig| -> Result<BTreeMap<String, String>> {
+        let mut m = BTreeMap::new();
+        flatten_json("", &serde_json::to_value(c)?, &mut m);
+        m.retain(|k, _| {
+            !CONFIG_FIELDS_FREE_ON_RESUME
+                .iter()
+                .any(|f| k == f || k.starts_with(&format!("{f}.")))
+        });
+        Ok(m)
+    };
+    let (a, b) = (flat(&stored)?, flat(cfg)?);
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let none = "(unset)".to_string();
+    let changed: Vec<String> = keys
+        .into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| {
+            format!(
+                "{k}: {} -> {}",
+                a.get(k).unwrap_or(&none),
+                b.get(k).unwrap_or(&none)
+            )
+        })
+        .collect();
+    if !changed.is_empty() {
+        bail!(
+            "cannot resume {}: this run's config differs from its config.toml in {}. Resume \
+             with the stored settings, or allow the change explicitly (train \
+             --allow-config-change) to continue under the new ones",
+            out.display(),
+            changed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn flatten_json(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten_json(&key, x, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
+}
+
 /// After a resume at the start of `epoch` (0-based), keep the log lines of the epochs before it:
 /// lines of epochs that were logged but not checkpointed are run again and logged again.
 fn trim_log(path: &Path, epoch: usize) -> Result<()> {
@@ -438,6 +514,9 @@ pub fn run_training_with(
     }
     let state_path = out.join(STATE_FILE);
     let (net, mut trainer, resumed) = if resume && state_path.is_file() {
+        if !cfg.allow_config_change {
+            check_same_config(out, cfg)?;
+        }
         let (net, trainer, pos) = load_state(out, &cfg.train, &device)?;
         eprintln!(
             "resuming {}: epoch {}/{} at batch {} ({} optimiser steps done)",

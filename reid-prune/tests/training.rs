@@ -148,6 +148,16 @@ fn diverging_loss_stops_and_keeps_the_last_good_checkpoint() {
     let mut bad = config(data.path(), out.path(), 3);
     bad.train.schedule.base_lr = 1e30;
     bad.train.schedule.warmup_epochs = 0;
+    // the changed config is refused on resume, naming the fields, unless allowed explicitly
+    let e = format!(
+        "{:#}",
+        run_training(&bad, true, no_interrupt(), false).unwrap_err()
+    );
+    assert!(
+        e.contains("train.epochs: 1 -> 3") && e.contains("train.schedule.base_lr"),
+        "{e}"
+    );
+    bad.allow_config_change = true;
     let e = format!(
         "{:#}",
         run_training(&bad, true, no_interrupt(), false).unwrap_err()
