@@ -19,6 +19,7 @@ use crate::transforms::{to_chw, Preprocess};
 
 /// Training-time augmentation (Bag of Tricks defaults).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Augment {
     pub flip_p: f32,
     /// Zero padding before the random crop back to the input size (0 = off).

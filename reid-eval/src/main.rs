@@ -91,6 +91,30 @@ impl RerankArgs {
     }
 }
 
+/// The metrics.json to merge into: `{}` when absent; an object whose `eval` (if any) is an
+/// object; otherwise an error naming the file.
+fn existing_metrics(path: &std::path::Path) -> Result<serde_json::Value> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(serde_json::json!({})),
+        Err(e) => bail!("{}: cannot read it to merge into: {e}", path.display()),
+    };
+    let doc: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not valid JSON; fix or move it (results are merged into it)",
+            path.display()
+        )
+    })?;
+    if !doc.is_object() || doc.get("eval").is_some_and(|e| !e.is_object()) {
+        bail!(
+            "{}: expected a JSON object with an \"eval\" object; fix or move it (results are \
+             merged into it)",
+            path.display()
+        );
+    }
+    Ok(doc)
+}
+
 fn evaluate_checkpoint(a: EvalArgs) -> Result<()> {
     let (Some(ck), Some(name), Some(root)) = (a.checkpoint, a.dataset, a.root) else {
         bail!("give --checkpoint, --dataset and --root (or a subcommand: extract, score, bench; see --help)");
@@ -107,13 +131,11 @@ fn evaluate_checkpoint(a: EvalArgs) -> Result<()> {
         metric: a.metric,
         rerank: a.rerank.params(),
     };
-    let m = reid_eval::evaluate_dataset(&net, &ds, &pre, opts, true)?;
+    // An existing metrics.json is merged into, so it must be one we can merge into: checked
+    // before the (long) extraction, and never silently replaced.
     let out = a.out.unwrap_or_else(|| ck.with_file_name("metrics.json"));
-    // merge into an existing metrics.json (one entry per evaluated dataset under "eval")
-    let mut doc: serde_json::Value = std::fs::read_to_string(&out)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_else(|| serde_json::json!({}));
+    let mut doc = existing_metrics(&out)?;
+    let m = reid_eval::evaluate_dataset(&net, &ds, &pre, opts, true)?;
     // Re-ranked results sit beside the plain ones, under their own key.
     let key = if a.rerank.rerank {
         format!("{}+rerank", ds.name)

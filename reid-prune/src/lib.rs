@@ -1,6 +1,7 @@
 //! reid-prune: pruning criteria, strategies, channel surgery and the experiment runner.
 //! This first part holds the complexity report shared by the `flops` command and the default run.
 
+pub mod config_file;
 pub mod criterion;
 pub mod default_run;
 pub mod error;

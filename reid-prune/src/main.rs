@@ -286,10 +286,8 @@ fn main() -> Result<()> {
             run_experiment(cfg)
         }
         Some(Command::Run { config }) => {
-            let text = std::fs::read_to_string(&config)
-                .with_context(|| format!("reading {}", config.display()))?;
-            let cfg: reid_prune::scenario::ExperimentConfig = toml::from_str(&text)
-                .with_context(|| format!("{}: not a valid experiment config", config.display()))?;
+            let cfg: reid_prune::scenario::ExperimentConfig =
+                reid_prune::config_file::read_toml(&config, "experiment config")?;
             run_experiment(cfg)
         }
         Some(Command::Prune(a)) => {
@@ -545,12 +543,7 @@ fn main() -> Result<()> {
 fn train(a: TrainArgs) -> Result<()> {
     use reid_prune::training::{run_training, RunConfig};
     let mut cfg: RunConfig = match &a.config {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            toml::from_str(&text)
-                .with_context(|| format!("{}: not a valid run config", p.display()))?
-        }
+        Some(p) => reid_prune::config_file::read_toml(p, "run config")?,
         None => RunConfig::default(),
     };
     if let Some(v) = a.task {

@@ -29,6 +29,7 @@ use crate::strategy::{Allocation, TargetKind};
 use crate::training::{eval_json, evaluate_on, run_training, RunConfig};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DataRef {
     pub dataset: String,
     pub root: PathBuf,
@@ -53,7 +54,7 @@ impl DataRef {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ExperimentConfig {
     pub name: String,
     pub out: PathBuf,

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 /// A full, serialisable training run (saved as `config.toml` in the run folder).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct RunConfig {
     pub dataset: String,
     pub root: PathBuf,
@@ -492,6 +492,18 @@ pub fn run_training_with(
     if ds.train.is_empty() {
         bail!("{}: the training split is empty", ds.root.display());
     }
+    if cfg.evaluate && cfg.train.task == Task::Reid {
+        // named before any training, not after hours of it
+        for (split, items) in [("query", &ds.query), ("gallery", &ds.gallery)] {
+            if items.is_empty() {
+                bail!(
+                    "{}: the {split} split is empty, so the run could not be evaluated after \
+                     training (set evaluate = false to train without evaluation)",
+                    ds.root.display()
+                );
+            }
+        }
+    }
     let num_classes = ds.num_train_pids();
     let sampling = match cfg.train.task {
         Task::Reid => {
@@ -698,7 +710,7 @@ pub fn run_training_with(
         save_state(out, &net, &trainer, &prov, Position::start_of(epochs))?;
     }
     let wall_s = started.elapsed().as_secs_f64();
-    let metrics = if cfg.evaluate && cfg.train.task == Task::Reid && !ds.query.is_empty() {
+    let metrics = if cfg.evaluate && cfg.train.task == Task::Reid {
         Some(evaluate_on(&net, &ds, &pre, show_progress)?)
     } else {
         None

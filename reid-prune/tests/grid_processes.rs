@@ -7,24 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use reid_data::synth::{generate, SynthConfig, SynthLayout};
+use common::{assert_same_weights, synth};
+use reid_data::synth::SynthLayout;
 use reid_model::checkpoint::read_safetensors;
 use reid_prune::scenario::{DataRef, ExperimentConfig};
 
-fn synth(dir: &Path, domain: &str, layout: SynthLayout) {
-    let cfg = SynthConfig {
-        domain: domain.into(),
-        ids: 12,
-        cams: 3,
-        per_cam: 3,
-        seed: 2,
-        height: 64,
-        width: 32,
-        difficulty: 0.5,
-        layout,
-    };
-    generate(&cfg, dir, |_| {}).unwrap();
-}
+mod common;
 
 /// A tiny grid config written to `<tmp>/<name>.toml` with its output in `<tmp>/<name>`.
 fn write_config(tmp: &Path, name: &str, finetune_epochs: usize) -> (PathBuf, ExperimentConfig) {
@@ -112,19 +100,6 @@ fn step_dirs(out: &Path, prefix: &str) -> Vec<PathBuf> {
     v
 }
 
-fn tensors_bits(path: &Path) -> BTreeMap<String, Vec<u32>> {
-    read_safetensors(path, &candle_core::Device::Cpu)
-        .unwrap()
-        .tensors
-        .into_iter()
-        .filter(|(_, t)| t.dtype() == candle_core::DType::F32)
-        .map(|(k, t)| {
-            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-            (k, v.into_iter().map(f32::to_bits).collect())
-        })
-        .collect()
-}
-
 #[test]
 fn killed_grid_resumes_its_training_step_and_matches_an_uninterrupted_grid() {
     let tmp = tempfile::tempdir().unwrap();
@@ -189,12 +164,11 @@ fn killed_grid_resumes_its_training_step_and_matches_an_uninterrupted_grid() {
         }
     }
     for cell in ["baseline/resnet18-full", "S3/l1-C1", "S4/l1-C1"] {
-        let a = tensors_bits(&whole.out.join(cell).join("model.safetensors"));
-        let b = tensors_bits(&killed.out.join(cell).join("model.safetensors"));
-        assert_eq!(a.len(), b.len(), "{cell}");
-        for (k, va) in &a {
-            assert!(va == &b[k], "{cell}: {k} differs after kill and resume");
-        }
+        assert_same_weights(
+            &whole.out.join(cell).join("model.safetensors"),
+            &killed.out.join(cell).join("model.safetensors"),
+            &format!("{cell} after kill and resume"),
+        );
     }
 }
 

@@ -3,23 +3,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use reid_data::synth::{generate, SynthConfig, SynthLayout};
+use common::synth;
+use reid_data::synth::SynthLayout;
 use reid_prune::scenario::{DataRef, ExperimentConfig, Runner};
 
-fn synth(dir: &Path, domain: &str, layout: SynthLayout) {
-    let cfg = SynthConfig {
-        domain: domain.into(),
-        ids: 12,
-        cams: 3,
-        per_cam: 3,
-        seed: 2,
-        height: 64,
-        width: 32,
-        difficulty: 0.5,
-        layout,
-    };
-    generate(&cfg, dir, |_| {}).unwrap();
-}
+mod common;
 
 /// A tiny grid on generated data under `tmp` (source, and target with label `target_name`).
 fn tiny_config(tmp: &Path, target_name: Option<&str>) -> ExperimentConfig {

@@ -5,10 +5,13 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use common::assert_same_weights;
 use reid_data::synth::{generate, SynthConfig, SynthLayout};
-use reid_model::checkpoint::{load_checkpoint, read_safetensors};
+use reid_model::checkpoint::load_checkpoint;
 use reid_model::train::schedule::{Decay, Schedule};
 use reid_prune::training::{run_training, RunConfig};
+
+mod common;
 
 fn synth(dir: &Path, ids: usize) {
     let cfg = SynthConfig {
@@ -117,25 +120,11 @@ fn killed_and_resumed_run_reaches_the_same_weights() {
             .completed
     );
 
-    let wa = read_safetensors(
+    assert_same_weights(
         &a.path().join("model.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    let wb = read_safetensors(
         &b.path().join("model.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    assert_eq!(wa.tensors.len(), wb.tensors.len());
-    for (k, ta) in &wa.tensors {
-        let x: Vec<f32> = ta.flatten_all().unwrap().to_vec1().unwrap();
-        let y: Vec<f32> = wb.tensors[k].flatten_all().unwrap().to_vec1().unwrap();
-        assert!(
-            x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
-            "{k} differs after resume"
-        );
-    }
+        "after resume",
+    );
 }
 
 #[test]
@@ -238,24 +227,11 @@ fn resume_uses_one_consistent_checkpoint_and_logs_each_epoch_once() {
             .unwrap()
             .completed
     );
-    let wa = read_safetensors(
+    assert_same_weights(
         &a.path().join("model.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    let wb = read_safetensors(
         &b.path().join("model.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    for (k, ta) in &wa.tensors {
-        let x: Vec<f32> = ta.flatten_all().unwrap().to_vec1().unwrap();
-        let y: Vec<f32> = wb.tensors[k].flatten_all().unwrap().to_vec1().unwrap();
-        assert!(
-            x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
-            "{k} differs after resume"
-        );
-    }
+        "after resume",
+    );
     // one line per epoch, with the uninterrupted run's losses (the resumed epoch's running
     // sums were checkpointed with it)
     assert_eq!(log_losses(b.path()), log_losses(a.path()));

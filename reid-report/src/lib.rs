@@ -48,8 +48,12 @@ pub struct ReportSummary {
     pub files: Vec<PathBuf>,
 }
 
-/// Temp file + rename, so that a crash never leaves half a file.
+/// Temp file + rename, so that a crash never leaves half a file: the temp name is unique and
+/// created exclusively (a planted file or symlink of that name is never followed), synced before
+/// the rename, and removed when anything fails.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
+    use std::io::Write;
+    static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let err = |e: std::io::Error| ReportError::Write {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -61,9 +65,42 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    std::fs::write(&tmp, bytes).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}-{serial}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
+    Ok(())
+}
+
+/// One path component made safe: names in reports come from run folders' metrics (dataset keys,
+/// levels), so anything but letters, digits, '-', '_' and '.' becomes '_', and no component is
+/// empty or starts with '.' (no "..", no hidden files).
+pub fn safe_component(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() || out.starts_with('.') {
+        out.insert(0, '_');
+    }
+    out
 }
 
 pub fn write_report(
@@ -77,7 +114,10 @@ pub fn write_report(
     }
     let mut files = Vec::new();
     let mut put = |rel: &str, bytes: &[u8]| -> Result<(), ReportError> {
-        let p = out.join(rel);
+        // every component sanitised: nothing lands outside `out`
+        let p = rel
+            .split('/')
+            .fold(out.to_path_buf(), |p, c| p.join(safe_component(c)));
         write_atomic(&p, bytes)?;
         files.push(p);
         Ok(())
@@ -112,7 +152,11 @@ pub fn write_report(
         .or_else(|| tables::levels(&runs).into_iter().next())
         .unwrap_or_else(|| "C1".into());
     let paper = paper::PaperResults::load();
-    let tables = tables::all_tables(&runs, &paper, &level);
+    let mut tables = tables::all_tables(&runs, &paper, &level);
+    // slugs name files and anchors: made safe once here, so files and links agree
+    for t in &mut tables {
+        t.slug = safe_component(&t.slug);
+    }
     let mut all_md = format!("# {}\n\n", opts.title);
     for t in &tables {
         put(&format!("tables/{}.md", t.slug), t.to_markdown().as_bytes())?;
@@ -122,7 +166,10 @@ pub fn write_report(
     }
     put("tables.md", all_md.as_bytes())?;
 
-    let figures = figures::all_figures(&runs, &level, &opts.cmc_runs);
+    let mut figures = figures::all_figures(&runs, &level, &opts.cmc_runs);
+    for f in &mut figures {
+        f.slug = safe_component(&f.slug);
+    }
     for f in &figures {
         let fig_err = |message: String| ReportError::Write {
             path: out.join("figures").join(&f.slug),

@@ -382,6 +382,61 @@ fn missing_or_empty_runs_folder_is_a_clear_error() {
     assert!(e.to_string().contains("no usable metrics.json"), "{e}");
 }
 
+/// Names read from metrics.json become file names: a hostile dataset key or level cannot place a
+/// file outside the report folder, and a planted symlink at a temp name is not followed.
+#[test]
+fn hostile_names_in_metrics_stay_inside_the_report_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("a/b/runs");
+    let mut evals = serde_json::Map::new();
+    evals.insert("../../../../escaped".into(), eval(0.5, 0.6));
+    run(
+        &runs,
+        "S1/l1-C1",
+        "S1",
+        "l1",
+        "../../../../lvl",
+        "resnet50",
+        2.0,
+        12.0,
+        (5.0, 50.0),
+        serde_json::Value::Object(evals.clone()),
+    );
+    run(
+        &runs,
+        "baseline",
+        "baseline",
+        "resnet50",
+        "full",
+        "resnet50",
+        4.1,
+        23.5,
+        (8.0, 90.0),
+        serde_json::Value::Object(evals),
+    );
+    let out = tmp.path().join("a/b/report");
+    std::fs::create_dir_all(&out).unwrap();
+    let victim = tmp.path().join("victim.txt");
+    std::fs::write(&victim, "keep").unwrap();
+    std::os::unix::fs::symlink(&victim, out.join(".index.html.tmp")).unwrap();
+    write_report(&runs, &out, &ReportOptions::default()).unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+    // every file written is under `out`; nothing new appeared above it
+    let mut above: Vec<String> = Vec::new();
+    for dir in [tmp.path(), &tmp.path().join("a"), &tmp.path().join("a/b")] {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            above.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    above.sort();
+    assert_eq!(
+        above,
+        ["a", "b", "report", "runs", "victim.txt"],
+        "{above:?}"
+    );
+    assert!(out.join("index.html").is_file());
+}
+
 fn chromium() -> PathBuf {
     for c in [
         "/usr/bin/chromium",

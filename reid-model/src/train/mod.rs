@@ -27,7 +27,7 @@ pub enum Task {
 
 /// Everything that defines the optimisation (serialised next to every run).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     pub task: Task,
     pub epochs: usize,
