@@ -103,8 +103,24 @@ impl Default for PruneConfig {
 /// its bias, if any, is dropped).
 pub fn load_any(path: &Path, arch: Option<&str>, device: &Device) -> Result<(ReidNet, Provenance)> {
     let file = read_safetensors(path, device)?;
+    // An --arch that contradicts the file is an error, never silently ignored.
+    let check_arch = |held: &ArchSpec| -> Result<()> {
+        if let Some(a) = arch {
+            let want = ArchSpec::from_name(a, 0).with_context(|| format!("--arch {a}"))?;
+            if want.depth != held.depth {
+                bail!(
+                    "{}: --arch {a} given, but the file holds a {}",
+                    path.display(),
+                    held.name()
+                );
+            }
+        }
+        Ok(())
+    };
     if file.metadata.contains_key(META_ARCH) {
+        drop(file);
         let ck = load_checkpoint(path, device, true)?;
+        check_arch(ck.net.spec())?;
         return Ok((ck.net, ck.provenance));
     }
     let mut t: HashMap<String, Tensor> = file
@@ -115,15 +131,7 @@ pub fn load_any(path: &Path, arch: Option<&str>, device: &Device) -> Result<(Rei
     let fc = t.remove("fc.weight");
     t.remove("fc.bias");
     let mut spec = infer_backbone_spec(path, &t, 2)?;
-    if let Some(a) = arch {
-        if a.to_ascii_lowercase() != spec.name() {
-            bail!(
-                "{}: --arch {a} given, but the file holds a {}",
-                path.display(),
-                spec.name()
-            );
-        }
-    }
+    check_arch(&spec)?;
     if let Some(w) = fc {
         spec.num_classes = w.dim(0)?;
         t.insert("classifier.weight".into(), w);

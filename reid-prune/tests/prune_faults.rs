@@ -83,3 +83,27 @@ fn closed_stdout_ends_quietly() {
         out.status
     );
 }
+
+/// `--arch` that contradicts the checkpoint is an error, not ignored.
+#[test]
+fn arch_flag_contradicting_the_checkpoint_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(tmp.path()); // a ResNet-18
+    let cfg = PruneConfig {
+        checkpoint: ck,
+        arch: Some("resnet50".into()),
+        criterion: "l1".into(),
+        input: "64x32".into(),
+        out: tmp.path().join("out"),
+        ..PruneConfig::default()
+    };
+    let e = format!("{:#}", run_prune(&cfg, false).unwrap_err());
+    assert!(
+        e.contains("--arch resnet50") && e.contains("resnet18"),
+        "{e}"
+    );
+    assert!(
+        !tmp.path().join("out").exists(),
+        "the run folder was created"
+    );
+}

@@ -218,8 +218,10 @@ fn collect_metrics(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), RunsError> 
         let path = entry.path();
         let name = entry.file_name();
         // `steps/` holds the runner's intermediate results and `data/` the generated datasets;
-        // the report is about the published run folders.
-        if path.is_dir() && name != "steps" && name != "data" {
+        // the report is about the published run folders. Symlinked folders are not followed
+        // (a link loop would repeat runs without end, a link out of the tree report foreign ones).
+        let is_dir = entry.file_type().map_err(io)?.is_dir();
+        if is_dir && name != "steps" && name != "data" {
             collect_metrics(&path, out)?;
         } else if name == "metrics.json" {
             out.push(path);
@@ -248,13 +250,40 @@ fn read_metrics(path: &Path) -> Result<Metrics, String> {
         m.level = "full".into();
     }
     for (name, e) in &m.eval {
-        for (what, v) in [("mAP", e.map), ("rank1", e.rank1)] {
-            if !(0.0..=1.0).contains(&v) {
+        let optional = [("rank5", e.rank5), ("rank10", e.rank10), ("mINP", e.minp)];
+        let all = [("mAP", Some(e.map)), ("rank1", Some(e.rank1))]
+            .into_iter()
+            .chain(optional);
+        for (what, v) in all {
+            if let Some(v) = v.filter(|v| !(0.0..=1.0).contains(v)) {
                 return Err(format!(
                     "eval.{name}.{what} = {v} is not a fraction in [0, 1]"
                 ));
             }
         }
+        if let Some((k, v)) = e
+            .cmc
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !(0.0..=1.0).contains(*v))
+        {
+            return Err(format!(
+                "eval.{name}.cmc[{k}] = {v} is not a fraction in [0, 1]"
+            ));
+        }
+        if let Some(k) = (1..e.cmc.len()).find(|&k| e.cmc[k] < e.cmc[k - 1]) {
+            return Err(format!(
+                "eval.{name}.cmc decreases at rank {}: a CMC curve never does",
+                k + 1
+            ));
+        }
+    }
+    // Beyond any ResNet this tool builds (ResNet-152 at 2048×1024 is ~1e12 MACs, 6e7 parameters).
+    if m.macs == 0 || m.macs > 10_000_000_000_000 {
+        return Err(format!("macs = {} is not a plausible count", m.macs));
+    }
+    if m.params == 0 || m.params > 10_000_000_000 {
+        return Err(format!("params = {} is not a plausible count", m.params));
     }
     Ok(m)
 }
@@ -300,6 +329,9 @@ fn read_widths(path: &Path) -> Result<Vec<LayerWidth>, String> {
         .get("width_mult")
         .and_then(|w| w.as_f64())
         .unwrap_or(1.0);
+    if !(width_mult > 0.0 && width_mult <= 64.0) {
+        return Err(bad(&format!("width_mult {width_mult} is not in (0, 64]")));
+    }
     let stages = arch
         .get("stages")
         .and_then(|s| s.as_array())
@@ -322,6 +354,14 @@ fn read_widths(path: &Path) -> Result<Vec<LayerWidth>, String> {
                 return Err(bad("block has too few widths"));
             }
             for (ci, &kept) in widths.iter().take(prunable).enumerate() {
+                // pruning only removes channels: a width beyond the architecture's is corrupt
+                if kept == 0 || kept > original {
+                    return Err(bad(&format!(
+                        "layer{}.{bi}.conv{} keeps {kept} channels of {original}",
+                        si + 1,
+                        ci + 1
+                    )));
+                }
                 out.push(LayerWidth {
                     name: format!("layer{}.{}.conv{}", si + 1, bi, ci + 1),
                     kept,
@@ -336,6 +376,52 @@ fn read_widths(path: &Path) -> Result<Vec<LayerWidth>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn impossible_metrics_are_rejected_by_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.json");
+        let base = r#""scenario":"S1","criterion":"l1","level":"C1","backbone":"resnet50""#;
+        for (body, field) in [
+            (
+                r#""macs":1,"params":1,"eval":{"m":{"mAP":0.4,"rank1":0.5,"cmc":[0.5,5.0]}}"#,
+                "cmc[1] = 5",
+            ),
+            (
+                r#""macs":1,"params":1,"eval":{"m":{"mAP":0.4,"rank1":0.5,"rank5":-3}}"#,
+                "rank5 = -3",
+            ),
+            (
+                r#""macs":1,"params":1,"eval":{"m":{"mAP":0.4,"rank1":0.5,"mINP":7}}"#,
+                "mINP = 7",
+            ),
+            (
+                r#""macs":1,"params":1,"eval":{"m":{"mAP":0.4,"rank1":0.5,"cmc":[0.6,0.5]}}"#,
+                "decreases",
+            ),
+            (r#""macs":18446744073709551615,"params":1"#, "macs"),
+            (r#""macs":1,"params":0"#, "params"),
+        ] {
+            std::fs::write(&p, format!("{{{base},{body}}}")).unwrap();
+            let err = read_metrics(&p).unwrap_err();
+            assert!(err.contains(field), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_symlink_loop_in_the_runs_folder_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("S1/l1-C1");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(
+            run.join("metrics.json"),
+            r#"{"scenario":"S1","criterion":"l1","level":"C1","backbone":"resnet50","macs":1,"params":1}"#,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(dir.path(), run.join("loop")).unwrap();
+        let (runs, _) = load_runs(dir.path()).unwrap();
+        assert_eq!(runs.len(), 1);
+    }
 
     #[test]
     fn metrics_with_a_rank_outside_0_1_is_rejected() {
