@@ -248,6 +248,26 @@ fn int_vec(path: &Path, tensors: &HashMap<String, Tensor>, key: &str) -> Result<
     let t = tensors
         .get(key)
         .with_context(|| format!("{}: no tensor '{key}'", path.display()))?;
+    if t.dtype().is_float() {
+        // identities and cameras are integers: 0.7 must not quietly become 0
+        let v: Vec<f64> = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+        if let Some((i, x)) = v
+            .iter()
+            .enumerate()
+            .find(|(_, x)| !x.is_finite() || x.fract() != 0.0)
+        {
+            // shown as stored (an f32 0.7 is not printed as 0.699999988…)
+            let shown = if t.dtype() == DType::F64 {
+                x.to_string()
+            } else {
+                (*x as f32).to_string()
+            };
+            bail!(
+                "{}: tensor '{key}' holds {shown} at index {i}: expected integer labels",
+                path.display()
+            );
+        }
+    }
     Ok(t.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?)
 }
 
@@ -264,6 +284,7 @@ fn load_feature_file(path: &Path) -> Result<(Tensor, Vec<i64>, Vec<i64>)> {
             )
         })?
         .clone();
+    reid_model::checkpoint::check_finite(path, "features", &feats)?;
     let n = feats.dim(0)?;
     let (pids, cams) = if f.tensors.contains_key("pids") {
         (
@@ -449,7 +470,15 @@ fn main() -> Result<()> {
                         );
                     }
                     let to_vec = |t: &Tensor| -> Result<Vec<f32>> {
-                        Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+                        let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                            bail!(
+                                "{}: a distance is {} at flat index {i}: expected finite distances",
+                                d.display(),
+                                v[i]
+                            );
+                        }
+                        Ok(v)
                     };
                     let mut flat = to_vec(dm)?;
                     if let Some(p) = rerank.params() {
