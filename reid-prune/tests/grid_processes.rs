@@ -2,53 +2,26 @@
 //! from its last checkpoint and the final weights equal an uninterrupted grid's), and two
 //! processes on one output folder (both finish, every step is computed exactly once).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_same_weights, synth};
-use reid_data::synth::SynthLayout;
+use common::{assert_same_weights, tiny_experiment};
 use reid_model::checkpoint::read_safetensors;
-use reid_prune::scenario::{DataRef, ExperimentConfig};
+use reid_prune::scenario::ExperimentConfig;
 
 mod common;
 
 /// A tiny grid config written to `<tmp>/<name>.toml` with its output in `<tmp>/<name>`.
 fn write_config(tmp: &Path, name: &str, finetune_epochs: usize) -> (PathBuf, ExperimentConfig) {
-    if !tmp.join("target").is_dir() {
-        synth(&tmp.join("source"), "source", SynthLayout::ImageFolder);
-        synth(&tmp.join("target"), "target", SynthLayout::Market);
-    }
     let cfg = ExperimentConfig {
-        name: name.into(),
-        out: tmp.join(name),
-        input: "64x32".into(),
-        arch: "resnet18".into(),
-        width_mult: 0.125,
-        baselines: vec![],
-        source: DataRef {
-            dataset: "imagefolder".into(),
-            root: tmp.join("source"),
-            name: None,
-        },
-        target: DataRef {
-            dataset: "market1501".into(),
-            root: tmp.join("target"),
-            name: None,
-        },
         scenarios: vec!["S3".into(), "S4".into()],
-        criteria: vec!["l1".into()],
-        levels: BTreeMap::from([("C1".to_string(), 0.5)]),
-        pretrain_epochs: 1,
         finetune_epochs,
-        retrain_epochs: 1,
         // several batches an epoch (6 training identities)
         batch_pk: "2x2".into(),
-        batch_size: 16,
         // a checkpoint after every batch: the kill lands inside an epoch
         checkpoint_interval_s: 0.001,
-        ..ExperimentConfig::default()
+        ..tiny_experiment(tmp, name, &tmp.join(name))
     };
     let path = tmp.join(format!("{name}.toml"));
     std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::synth;
+use common::{synth, tiny_experiment};
 use reid_data::synth::SynthLayout;
 use reid_prune::scenario::{DataRef, ExperimentConfig, Runner};
 
@@ -11,35 +11,15 @@ mod common;
 
 /// A tiny grid on generated data under `tmp` (source, and target with label `target_name`).
 fn tiny_config(tmp: &Path, target_name: Option<&str>) -> ExperimentConfig {
-    synth(&tmp.join("source"), "source", SynthLayout::ImageFolder);
-    synth(&tmp.join("target"), "target", SynthLayout::Market);
+    let base = tiny_experiment(tmp, "tiny", &tmp.join("runs"));
     ExperimentConfig {
-        name: "tiny".into(),
-        out: tmp.join("runs"),
-        input: "64x32".into(),
-        arch: "resnet18".into(),
-        width_mult: 0.125,
-        baselines: vec![],
-        source: DataRef {
-            dataset: "imagefolder".into(),
-            root: tmp.join("source"),
-            name: None,
-        },
         target: DataRef {
-            dataset: "market1501".into(),
-            root: tmp.join("target"),
             name: target_name.map(String::from),
+            ..base.target.clone()
         },
-        cross: None,
         scenarios: vec!["S1".into(), "S3".into()],
-        criteria: vec!["l1".into()],
-        levels: BTreeMap::from([("C1".to_string(), 0.5)]),
-        pretrain_epochs: 1,
-        finetune_epochs: 1,
-        retrain_epochs: 1,
         batch_pk: "4x2".into(),
-        batch_size: 16,
-        ..ExperimentConfig::default()
+        ..base
     }
 }
 

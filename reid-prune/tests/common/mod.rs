@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use reid_data::synth::{generate, SynthConfig, SynthLayout};
+use reid_prune::scenario::{DataRef, ExperimentConfig};
 
 /// A tiny synthetic domain (12 identities, 3 cameras, 64×32) in `dir`.
 #[allow(dead_code)] // each test binary includes this module and uses part of it
@@ -38,5 +39,41 @@ pub fn assert_same_weights(a: &Path, b: &Path, what: &str) {
             x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
             "{what}: {k} differs"
         );
+    }
+}
+
+/// A tiny grid (ResNet-18/8 at 64×32, one epoch a step, l1 at C1) on domains generated under
+/// `tmp` (once), writing to `out`; callers change the rest with struct update syntax.
+#[allow(dead_code)]
+pub fn tiny_experiment(tmp: &Path, name: &str, out: &Path) -> ExperimentConfig {
+    if !tmp.join("target").is_dir() {
+        synth(&tmp.join("source"), "source", SynthLayout::ImageFolder);
+        synth(&tmp.join("target"), "target", SynthLayout::Market);
+    }
+    ExperimentConfig {
+        name: name.into(),
+        out: out.to_path_buf(),
+        input: "64x32".into(),
+        arch: "resnet18".into(),
+        width_mult: 0.125,
+        baselines: vec![],
+        source: DataRef {
+            dataset: "imagefolder".into(),
+            root: tmp.join("source"),
+            name: None,
+        },
+        target: DataRef {
+            dataset: "market1501".into(),
+            root: tmp.join("target"),
+            name: None,
+        },
+        cross: None,
+        criteria: vec!["l1".into()],
+        levels: std::collections::BTreeMap::from([("C1".to_string(), 0.5)]),
+        pretrain_epochs: 1,
+        finetune_epochs: 1,
+        retrain_epochs: 1,
+        batch_size: 16,
+        ..ExperimentConfig::default()
     }
 }
