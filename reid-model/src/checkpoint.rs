@@ -358,6 +358,34 @@ pub fn arch_from_metadata(path: &Path, metadata: &HashMap<String, String>) -> Re
     Ok(spec)
 }
 
+/// The architecture of a checkpoint from its header alone (no tensor is read).
+pub fn read_arch_spec(path: &Path) -> Result<ArchSpec> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|e| ModelError::file(path, format!("not a safetensors file: {e}")))?;
+    let len = u64::from_le_bytes(len);
+    // safetensors caps headers at 100 MB
+    if len > 100_000_000 {
+        return Err(ModelError::file(
+            path,
+            format!("safetensors header of {len} bytes: corrupt"),
+        ));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| ModelError::file(path, format!("truncated safetensors header: {e}")))?;
+    let json: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| ModelError::file(path, format!("unreadable safetensors header: {e}")))?;
+    let metadata: HashMap<String, String> = json
+        .get("__metadata__")
+        .and_then(|m| serde_json::from_value(m.clone()).ok())
+        .unwrap_or_default();
+    arch_from_metadata(path, &metadata)
+}
+
 /// Load a checkpoint written by [`save_checkpoint`] (or any file with `reid.arch` metadata).
 /// `trainable` builds `Var`s for training; otherwise a detached eval-only net.
 pub fn load_checkpoint(path: &Path, device: &Device, trainable: bool) -> Result<Checkpoint> {

@@ -549,6 +549,19 @@ fn train(a: TrainArgs) -> Result<()> {
     if let Some(v) = a.task {
         cfg.train.task = v;
     }
+    if let (Some(init), Some(arch)) = (&a.init, &a.arch) {
+        // an explicit --arch must agree with the checkpoint it starts from
+        let held = reid_model::checkpoint::read_arch_spec(init)
+            .with_context(|| format!("--init {}", init.display()))?;
+        let want = reid_model::ArchSpec::from_name(arch, 0)?;
+        if want.depth != held.depth {
+            anyhow::bail!(
+                "--arch {arch} given, but --init {} holds a {}",
+                init.display(),
+                held.name()
+            );
+        }
+    }
     macro_rules! set {
         ($($f:ident => $field:expr),*) => { $(if let Some(v) = a.$f { $field = v; })* };
     }

@@ -336,6 +336,19 @@ fn load_state(
     Ok((net, trainer, pos))
 }
 
+/// With a starting checkpoint, the run trains that checkpoint's architecture whatever `arch`
+/// says (the grid passes its main arch to every fine-tune): record that one.
+fn effective_config(cfg: &RunConfig) -> Result<RunConfig> {
+    let mut c = cfg.clone();
+    if let Some(ck) = &cfg.init_checkpoint {
+        let spec = reid_model::checkpoint::read_arch_spec(ck)
+            .with_context(|| format!("init checkpoint {}", ck.display()))?;
+        c.arch = spec.name();
+        c.width_mult = spec.width_mult;
+    }
+    Ok(c)
+}
+
 /// Fields that do not change what a run computes (how often it checkpoints, where it stops).
 const CONFIG_FIELDS_FREE_ON_RESUME: [&str; 4] = [
     "stop_after_batches",
@@ -480,6 +493,8 @@ pub fn run_training_with(
 ) -> Result<TrainOutcome> {
     cfg.validate()
         .with_context(|| format!("run config for {}", cfg.out.display()))?;
+    // What is recorded (config.toml) and compared on resume is the run as it happens.
+    let cfg = &effective_config(cfg)?;
     let device = reid_model::device::parse_device(&cfg.device)?;
     let (h, w) = parse_hw(&cfg.input)?;
     let ds = load(&cfg.dataset, &cfg.root).with_context(|| {

@@ -242,3 +242,26 @@ fn resume_uses_one_consistent_checkpoint_and_logs_each_epoch_once() {
         "a dead process's temp file was left"
     );
 }
+
+/// A run started from a checkpoint records that checkpoint's architecture, not the `arch` field
+/// it was given (the grid passes its main arch to every fine-tune), and resumes under it.
+#[test]
+fn a_run_from_a_checkpoint_records_the_architecture_it_trains() {
+    let data = tempfile::tempdir().unwrap();
+    synth(data.path(), 12);
+    let out = tempfile::tempdir().unwrap();
+    let start = config(data.path(), &out.path().join("start"), 0);
+    run_training(&start, false, no_interrupt(), false).unwrap();
+    let mut next = config(data.path(), &out.path().join("next"), 1);
+    next.arch = "resnet50".into();
+    next.width_mult = 1.0;
+    next.init_checkpoint = Some(out.path().join("start/model.safetensors"));
+    run_training(&next, false, no_interrupt(), false).unwrap();
+    let recorded: RunConfig =
+        toml::from_str(&std::fs::read_to_string(out.path().join("next/config.toml")).unwrap())
+            .unwrap();
+    assert_eq!(recorded.arch, "resnet18");
+    assert_eq!(recorded.width_mult, 0.125);
+    // and a resume with the same (unresolved) config is the same run
+    assert!(run_training(&next, true, no_interrupt(), false).is_ok());
+}
