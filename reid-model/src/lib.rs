@@ -4,7 +4,9 @@
 //! - [`net::ReidNet`]: stem, four stages, GAP, BNNeck, classifier; train/eval BN; activation hooks;
 //! - [`checkpoint`]: `model.safetensors` with `reid.arch` / `reid.provenance` metadata, atomic writes;
 //! - [`hub`]: torchvision/timm ImageNet weights from a path or a hub id;
-//! - [`complexity`]: MACs / FLOPs / parameters per layer, backbone and head apart.
+//! - [`complexity`]: MACs / FLOPs / parameters per layer, backbone and head apart;
+//! - [`train`]: losses, checkpointable optimisers, schedules; [`alloc`] / [`process`]: what the
+//!   binaries share (allocator with a 1 s purge delay, default SIGPIPE).
 
 pub mod alloc;
 pub mod arch;

@@ -1,5 +1,7 @@
-//! reid-prune: pruning criteria, strategies, channel surgery and the experiment runner.
-//! This first part holds the complexity report shared by the `flops` command and the default run.
+//! reid-prune: pruning criteria, strategies, channel surgery, resumable training and pruning
+//! runs, and the experiment grid (steps cached by key, resumed mid-step after a crash, claimed
+//! by one process at a time through `step_lock`). Config files are parsed and checked at the edge
+//! (`config_file`, `ExperimentConfig::validate`, `RunConfig::validate`).
 
 pub mod config_file;
 pub mod criterion;
