@@ -70,16 +70,7 @@ pub struct TensorFile {
 /// Read every tensor of a safetensors file (f16 and bf16 become f32; f32, f64 and integer
 /// tensors such as `num_batches_tracked` are kept as they are).
 pub fn read_safetensors(path: &Path, device: &Device) -> Result<TensorFile> {
-    // A FIFO or device would block or never end: only regular files are read.
-    match std::fs::metadata(path) {
-        Ok(m) if !m.is_file() => {
-            return Err(ModelError::file(
-                path,
-                "not a regular file (a folder, FIFO or device): expected a .safetensors file",
-            ))
-        }
-        _ => {}
-    }
+    refuse_non_regular(path)?;
     let bytes = std::fs::read(path)
         .map_err(|e| ModelError::file(path, format!("cannot read the weights file: {e}")))?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
@@ -107,6 +98,17 @@ pub fn read_safetensors(path: &Path, device: &Device) -> Result<TensorFile> {
         tensors,
         metadata,
     })
+}
+
+/// A FIFO or device would block or never end: only regular files are read as weights.
+fn refuse_non_regular(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => Err(ModelError::file(
+            path,
+            "not a regular file (a folder, FIFO or device): expected a .safetensors file",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Weights must be finite: checked where they enter (a NaN weight evaluates to a plausible but
@@ -289,7 +291,7 @@ pub fn remove_stale_temp_files(dir: &Path) -> usize {
 }
 
 /// Whether a process with this pid runs on this host (always true where `/proc` is absent).
-pub fn pid_alive(pid: u32) -> bool {
+fn pid_alive(pid: u32) -> bool {
     if !Path::new("/proc/self").exists() {
         return true;
     }
@@ -361,6 +363,7 @@ pub fn arch_from_metadata(path: &Path, metadata: &HashMap<String, String>) -> Re
 /// The architecture of a checkpoint from its header alone (no tensor is read).
 pub fn read_arch_spec(path: &Path) -> Result<ArchSpec> {
     use std::io::Read;
+    refuse_non_regular(path)?;
     let mut f = std::fs::File::open(path)
         .map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
     let mut len = [0u8; 8];
@@ -402,15 +405,15 @@ pub struct CheckpointWithExtra {
     pub metadata: HashMap<String, String>,
 }
 
-/// A checkpoint file that also holds other tensors, written by [`checkpoint_bytes`] with
-/// `extra` names under `extra_prefix` (e.g. a training state).
-pub fn load_checkpoint_with_extra(
-    path: &Path,
+/// A checkpoint from a file read with [`read_safetensors`] that also holds other tensors,
+/// written by [`checkpoint_bytes`] with `extra` names under `extra_prefix` (e.g. a training
+/// state). Takes the file already read, so a caller that looked at its metadata reads it once.
+pub fn checkpoint_with_extra(
+    file: TensorFile,
     device: &Device,
     trainable: bool,
     extra_prefix: &str,
 ) -> Result<CheckpointWithExtra> {
-    let file = read_safetensors(path, device)?;
     let metadata = file.metadata.clone();
     let (checkpoint, extra) = checkpoint_from_file(file, device, trainable, Some(extra_prefix))?;
     Ok(CheckpointWithExtra {

@@ -9,3 +9,15 @@ pub fn default_sigpipe() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
+
+/// A memory field of `/proc/self/status` in MB (`"VmRSS:"` resident now, `"VmHWM:"` its peak);
+/// NaN where it cannot be read. For the memory benchmarks.
+pub fn status_mb(key: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}

@@ -18,7 +18,7 @@ use reid_data::loader::{epoch_batches, Augment, Prefetcher, Sampling};
 use reid_data::Preprocess;
 use reid_eval::Metrics;
 use reid_model::checkpoint::{
-    checkpoint_bytes, load_checkpoint, load_checkpoint_with_extra, read_safetensors,
+    checkpoint_bytes, checkpoint_with_extra, load_checkpoint, read_safetensors,
     remove_stale_temp_files, save_checkpoint, write_atomic, Provenance, META_ARCH,
 };
 use reid_model::complexity::{complexity, parse_hw};
@@ -319,8 +319,7 @@ fn load_state(
     let state_path = out.join(STATE_FILE);
     let st = read_safetensors(&state_path, device)?;
     let (net, optim, meta) = if st.metadata.contains_key(META_ARCH) {
-        drop(st);
-        let ck = load_checkpoint_with_extra(&state_path, device, true, OPTIM_PREFIX)
+        let ck = checkpoint_with_extra(st, device, true, OPTIM_PREFIX)
             .with_context(|| format!("resuming from {}", state_path.display()))?;
         (ck.checkpoint.net, ck.extra, ck.metadata)
     } else {

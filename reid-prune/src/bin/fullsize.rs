@@ -19,6 +19,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use reid_data::synth::{generate, SynthConfig, SynthLayout};
+use reid_model::process::status_mb;
 use reid_model::train::Task;
 use reid_prune::prune_run::{run_prune, PruneConfig};
 use reid_prune::training::{evaluate_on, run_training, RunConfig};
@@ -49,17 +50,6 @@ struct Args {
     /// Run one stage in this process (what the driver does for each stage).
     #[arg(long, hide = true)]
     stage: Option<String>,
-}
-
-/// A field of `/proc/self/status` in MB.
-fn status_mb(key: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// The stages in order, by name.

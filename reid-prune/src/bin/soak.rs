@@ -40,19 +40,10 @@ struct Args {
     out: Option<PathBuf>,
 }
 
-/// Resident and peak resident memory of this process in MB (`/proc/self/status`).
+/// Resident and peak resident memory of this process in MB.
 fn memory_mb() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |k: &str| -> f64 {
-        status
-            .lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(|kb| kb / 1024.0)
-            .unwrap_or(f64::NAN)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    use reid_model::process::status_mb;
+    (status_mb("VmRSS:"), status_mb("VmHWM:"))
 }
 
 fn main() -> Result<()> {
