@@ -226,7 +226,20 @@ fn hostile_names_and_numbers_are_refused_before_any_step() {
         let e = format!("{:#}", Runner::new(cfg).unwrap().run().unwrap_err());
         assert!(e.contains(field), "expected an error naming {field}: {e}");
     }
-    // nothing was computed or written outside the data
+    // nothing was computed, and no folder named by a hostile key exists anywhere in the tree
     assert!(!base.out.join("steps").exists(), "a step ran");
-    assert!(!tmp.path().parent().unwrap().join("x").exists());
+    fn names(dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            out.push(e.file_name().to_string_lossy().into_owned());
+            if e.file_type().unwrap().is_dir() {
+                names(&e.path(), out);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    names(tmp.path(), &mut all);
+    assert!(
+        !all.iter().any(|n| n == "x"),
+        "a hostile name became a folder"
+    );
 }
