@@ -10,6 +10,7 @@ pub mod error;
 pub mod flops;
 pub mod prune_run;
 pub mod scenario;
+pub mod step_key;
 pub mod step_lock;
 pub mod strategy;
 pub mod surgery;

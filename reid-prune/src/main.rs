@@ -1,5 +1,6 @@
 //! `reid-prune`: the command-line entry point.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -185,6 +186,14 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// List an experiment grid's steps (key, parents, state) without running anything.
+    Plan {
+        #[arg(long)]
+        config: PathBuf,
+        /// One JSON object a step, one per line, instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Prune a model's filters for real (prune once or iteratively) and write a run folder.
     Prune(PruneArgs),
     /// Per-channel importance scores of the prunable convs.
@@ -289,6 +298,11 @@ fn main() -> Result<()> {
             let cfg: reid_prune::scenario::ExperimentConfig =
                 reid_prune::config_file::read_toml(&config, "experiment config")?;
             run_experiment(cfg)
+        }
+        Some(Command::Plan { config, json }) => {
+            let cfg: reid_prune::scenario::ExperimentConfig =
+                reid_prune::config_file::read_toml(&config, "experiment config")?;
+            plan_experiment(cfg, json)
         }
         Some(Command::Prune(a)) => {
             let cfg = reid_prune::prune_run::PruneConfig {
@@ -610,8 +624,54 @@ fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+fn plan_experiment(all: reid_prune::scenario::ExperimentConfig, json: bool) -> Result<()> {
+    use reid_prune::scenario::{Runner, StepState};
+    all.validate()
+        .with_context(|| format!("experiment '{}'", all.name))?;
+    let shared_steps = all.out.join("steps");
+    let mut seen = std::collections::HashSet::new();
+    let mut steps = Vec::new();
+    for cfg in all.per_target() {
+        let plan = Runner::new(cfg)?
+            .with_steps_dir(shared_steps.clone())
+            .plan()?;
+        steps.extend(plan.into_iter().filter(|s| seen.insert(s.name.clone())));
+    }
+    let mut out = std::io::stdout().lock();
+    for s in &steps {
+        if json {
+            writeln!(out, "{}", serde_json::to_string(s)?)?;
+        } else {
+            writeln!(
+                out,
+                "{:<8} {:<25} {:<32} {}",
+                format!("{:?}", s.state).to_lowercase(),
+                s.name,
+                s.what,
+                s.parents.join(" ")
+            )?;
+        }
+    }
+    if !json {
+        let n = |st: StepState| steps.iter().filter(|s| s.state == st).count();
+        writeln!(
+            out,
+            "{} steps: {} done, {} started, {} pending (folders under {})",
+            steps.len(),
+            n(StepState::Done),
+            n(StepState::Started),
+            n(StepState::Pending),
+            shared_steps.display()
+        )?;
+    }
+    Ok(())
+}
+
 fn run_experiment(all: reid_prune::scenario::ExperimentConfig) -> Result<()> {
     all.validate()
+        .with_context(|| format!("experiment '{}'", all.name))?;
+    // every target's data before the first grid runs, not after it
+    all.check_inputs()
         .with_context(|| format!("experiment '{}'", all.name))?;
     let grids = all.per_target();
     let shared_steps = all.out.join("steps");

@@ -68,6 +68,26 @@ pub struct PruneConfig {
     pub checkpoint_interval_s: f64,
 }
 
+impl PruneConfig {
+    /// Fields that do not change what a prune computes.
+    pub const FREE_FIELDS: [&'static str; 2] = ["out", "checkpoint_interval_s"];
+
+    /// What this prune computes (see [`crate::step_key`]): the config without
+    /// [`Self::FREE_FIELDS`], the device as its kind, and without the batch setting its
+    /// retraining task does not read.
+    pub fn result_view(&self) -> Result<serde_json::Value> {
+        let unused = match self.retrain_task {
+            reid_model::train::Task::Classify => "batch_pk",
+            reid_model::train::Task::Reid => "batch_size",
+        };
+        let mut drop = Self::FREE_FIELDS.to_vec();
+        drop.push(unused);
+        let mut v = crate::step_key::view_without(self, &drop)?;
+        v["device"] = crate::step_key::device_kind(&self.device).into();
+        Ok(v)
+    }
+}
+
 impl Default for PruneConfig {
     fn default() -> Self {
         Self {

@@ -21,7 +21,6 @@ use reid_model::train::schedule::{Decay, Schedule};
 
 use reid_model::train::Task;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::prune_run::{run_prune_resumable, PruneConfig};
 use crate::step_lock::{try_claim, Claim};
@@ -228,6 +227,65 @@ impl ExperimentConfig {
         Ok(())
     }
 
+    /// The checks that read the disk, run before the first step (in well under a second for
+    /// re-ID sets): every dataset the grid reads loads, with the splits it uses non-empty; the
+    /// P×K batch fits each target's training identities; the output folder can be written.
+    pub fn check_inputs(&self) -> Result<()> {
+        let load = |what: &str, d: &DataRef| {
+            reid_data::datasets::load(&d.dataset, &d.root).with_context(|| {
+                format!(
+                    "{what}: dataset = \"{}\", root = {}",
+                    d.dataset,
+                    d.root.display()
+                )
+            })
+        };
+        // (pre-training reads the source even from ImageNet weights: its classes size the head)
+        let ds = load("source", &self.source)?;
+        if ds.train.is_empty() {
+            anyhow::bail!("source {}: no training images", ds.root.display());
+        }
+        let (p, k) = crate::training::parse_pk(&self.batch_pk).context("batch_pk")?;
+        let targets: Vec<&DataRef> = if self.targets.is_empty() {
+            vec![&self.target]
+        } else {
+            self.targets.iter().collect()
+        };
+        for t in targets {
+            let ds = load("target", t)?;
+            let ids = ds.num_train_pids();
+            if ids < p {
+                anyhow::bail!(
+                    "batch_pk = \"{p}x{k}\": P = {p} identities a batch, but the target {} has {ids} \
+                     training identities; use P ≤ {ids}",
+                    ds.root.display()
+                );
+            }
+            for (split, items) in [("query", &ds.query), ("gallery", &ds.gallery)] {
+                if items.is_empty() {
+                    anyhow::bail!("target {}: the {split} split is empty", ds.root.display());
+                }
+            }
+        }
+        if let Some(c) = &self.cross {
+            let ds = load("cross", c)?;
+            for (split, items) in [("query", &ds.query), ("gallery", &ds.gallery)] {
+                if items.is_empty() {
+                    anyhow::bail!("cross {}: the {split} split is empty", ds.root.display());
+                }
+            }
+        }
+        std::fs::create_dir_all(&self.out)
+            .with_context(|| format!("out = {}: cannot create it", self.out.display()))?;
+        let probe = self
+            .out
+            .join(format!(".write-probe-{}", std::process::id()));
+        std::fs::write(&probe, b"")
+            .with_context(|| format!("out = {}: cannot write in it", self.out.display()))?;
+        std::fs::remove_file(&probe).ok();
+        Ok(())
+    }
+
     /// One grid per target: itself when `targets` is empty.
     pub fn per_target(&self) -> Vec<ExperimentConfig> {
         if self.targets.is_empty() {
@@ -256,12 +314,54 @@ pub struct Runner {
     pub cfg: ExperimentConfig,
     /// Where finished steps are kept (shared by the grids of several targets).
     steps_dir: PathBuf,
-    device: Device,
+    /// Opened when the grid runs (planning needs no device).
+    device: Option<Device>,
     started: Instant,
     pub steps_run: usize,
     pub steps_reused: usize,
     /// Wait for steps another process is computing (otherwise [`StepBusy`] is returned).
     wait_for_others: bool,
+    /// Planning: steps are listed here instead of being run.
+    plan: Option<Vec<PlannedStep>>,
+}
+
+/// A step's folder and key (the hash in its folder name).
+#[derive(Clone, Debug)]
+pub struct StepOut {
+    pub dir: PathBuf,
+    pub key: String,
+}
+
+impl StepOut {
+    /// The model a training or pruning step writes.
+    pub fn model(&self) -> PathBuf {
+        self.dir.join("model.safetensors")
+    }
+}
+
+/// Where a step stands, as `plan` sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepState {
+    /// Finished (`DONE`): reused.
+    Done,
+    /// Started by a run that did not finish (or is running now): resumed from its checkpoint.
+    Started,
+    /// Not started.
+    Pending,
+}
+
+/// One step of a grid, listed without running it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlannedStep {
+    /// Folder name under `steps/`: `<kind>-<key>`.
+    pub name: String,
+    pub kind: String,
+    /// What it computes, in words (`prune l1 0.500 on source`).
+    pub what: String,
+    /// Folder names of the steps whose models it starts from.
+    pub parents: Vec<String>,
+    pub state: StepState,
 }
 
 /// A step another process is computing (see [`Runner::step`]).
@@ -280,25 +380,36 @@ const BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 /// gradient goes to the first maximum (session 2). 3: stride-1 conv input gradients as a
 /// flipped-kernel conv, lane-wise BN reductions (float rounding), channels-last latency (session 3).
 /// 4: Taylor scores from chunks of 8 images (float rounding can reorder near-ties; session 4).
-const STEP_ENGINE: u32 = 4;
-
-fn short_hash(v: &serde_json::Value) -> String {
-    let d = Sha256::digest(v.to_string().as_bytes());
-    d.iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
+/// 5: keys are the hash of each step's full resolved config and its parents' keys (session 5).
+const STEP_ENGINE: u32 = 5;
 
 impl Runner {
     pub fn new(cfg: ExperimentConfig) -> Result<Self> {
-        let device = reid_model::device::parse_device(&cfg.device)?;
         Ok(Self {
             steps_dir: cfg.out.join("steps"),
             cfg,
-            device,
+            device: None,
             started: Instant::now(),
             steps_run: 0,
             steps_reused: 0,
             wait_for_others: true,
+            plan: None,
         })
+    }
+
+    /// The grid's steps with their keys, parents and state, without running anything (the
+    /// same walk as [`Runner::run`]; nothing is written).
+    pub fn plan(&mut self) -> Result<Vec<PlannedStep>> {
+        self.plan = Some(Vec::new());
+        let r = self.run();
+        let plan = self.plan.take().unwrap_or_default();
+        r?;
+        // a step shared by several cells is listed once
+        let mut seen = std::collections::HashSet::new();
+        Ok(plan
+            .into_iter()
+            .filter(|s| seen.insert(s.name.clone()))
+            .collect())
     }
 
     /// Keep finished steps in `dir` instead of `out/steps` (grids of one experiment share it).
@@ -307,29 +418,69 @@ impl Runner {
         self
     }
 
+    fn device(&self) -> Result<Device> {
+        self.device
+            .clone()
+            .context("the grid's device is opened when it runs, not when it is planned")
+    }
+
     fn log(&self, msg: &str) {
         eprintln!("[{:>6.0} s] {msg}", self.started.elapsed().as_secs_f64());
     }
 
-    /// Run `f` in the step folder for `key` unless it finished before. The folder is claimed
-    /// first ([`crate::step_lock`]): while another process holds it, this waits for it (or, when
-    /// `wait_for_others` is off, returns [`StepBusy`] so that the caller can do other work). An
-    /// unfinished folder (a killed run) is not cleared: `f` resumes from its last checkpoint.
+    /// Run `f` in the folder of the step that computes `work` from `parents` unless it finished
+    /// before. Its key is the hash of `work` (a result view, [`crate::step_key`]), the parents'
+    /// keys and [`STEP_ENGINE`]. The folder is claimed first ([`crate::step_lock`]): while
+    /// another process holds it, this waits for it (or, when `wait_for_others` is off, returns
+    /// [`StepBusy`] so that the caller can do other work). An unfinished folder (a killed run) is
+    /// not cleared: `f` resumes from its last checkpoint.
     fn step(
         &mut self,
         kind: &str,
-        mut key: serde_json::Value,
+        what: String,
+        work: serde_json::Value,
+        parents: &[&StepOut],
         f: impl FnOnce(&Path) -> Result<()>,
-    ) -> Result<PathBuf> {
-        // A step is reused only if the code that computes it has not changed what it computes.
-        key["engine"] = serde_json::json!(STEP_ENGINE);
-        let name = format!("{kind}-{}", short_hash(&key));
+    ) -> Result<StepOut> {
+        let key = serde_json::json!({
+            "kind": kind,
+            "work": work,
+            "parents": parents.iter().map(|p| p.key.clone()).collect::<Vec<_>>(),
+            "engine": STEP_ENGINE,
+        });
+        let hash = crate::step_key::key_hash(&key);
+        let name = format!("{kind}-{hash}");
         let dir = self.steps_dir.join(&name);
+        let out = StepOut {
+            dir: dir.clone(),
+            key: hash,
+        };
+        if let Some(plan) = &mut self.plan {
+            let state = if dir.join("DONE").is_file() {
+                StepState::Done
+            } else if dir.join("step.json").is_file() {
+                StepState::Started
+            } else {
+                StepState::Pending
+            };
+            plan.push(PlannedStep {
+                name,
+                kind: kind.to_string(),
+                what,
+                parents: parents
+                    .iter()
+                    .filter_map(|p| p.dir.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .collect(),
+                state,
+            });
+            return Ok(out);
+        }
         let mut announced = false;
         let _lock = loop {
             if dir.join("DONE").is_file() {
                 self.steps_reused += 1;
-                return Ok(dir);
+                return Ok(out);
             }
             match try_claim(&dir)? {
                 Claim::Held(lock) => break lock,
@@ -355,7 +506,7 @@ impl Runner {
         // Finished by another process between the check and the claim.
         if dir.join("DONE").is_file() {
             self.steps_reused += 1;
-            return Ok(dir);
+            return Ok(out);
         }
         let resuming = dir.join("step.json").is_file();
         write_atomic(
@@ -364,16 +515,16 @@ impl Runner {
         )?;
         if resuming {
             self.log(&format!(
-                "{kind}: resuming the unfinished step in {}",
+                "{what}: resuming the unfinished step in {}",
                 dir.display()
             ));
         } else {
-            self.log(&format!("{kind}: {}", key));
+            self.log(&format!("{what} ({name})"));
         }
-        f(&dir).with_context(|| format!("step {kind} in {}", dir.display()))?;
+        f(&dir).with_context(|| format!("step {what} in {}", dir.display()))?;
         write_atomic(&dir.join("DONE"), b"")?;
         self.steps_run += 1;
-        Ok(dir)
+        Ok(out)
     }
 
     fn train_config(&self, data: &DataRef, task: Task, epochs: usize, out: &Path) -> RunConfig {
@@ -408,22 +559,34 @@ impl Runner {
         rc
     }
 
+    /// A training step: `rc` resolved, its starting model (if any) the parent's.
     fn train(
         &mut self,
         kind: &str,
-        rc_key: serde_json::Value,
+        what: String,
         mut rc: RunConfig,
-    ) -> Result<PathBuf> {
-        let dir = self.step(kind, rc_key, |dir| {
+        parent: Option<&StepOut>,
+        extra: Option<serde_json::Value>,
+    ) -> Result<StepOut> {
+        rc.init_checkpoint = parent.map(StepOut::model);
+        let mut work = rc.result_view()?;
+        if let serde_json::Value::Object(m) = &mut work {
+            // the starting model is known by its parent's key (its path is where the steps live)
+            m.remove("init_checkpoint");
+            if let Some(e) = extra {
+                m.insert("inputs".into(), e);
+            }
+        }
+        let parents: Vec<&StepOut> = parent.into_iter().collect();
+        self.step(kind, what, work, &parents, |dir| {
             rc.out = dir.to_path_buf();
             run_training(&rc, true, Arc::new(AtomicBool::new(false)), true)?;
             Ok(())
-        })?;
-        Ok(dir.join("model.safetensors"))
+        })
     }
 
     /// Pre-train `arch` on the source (classification), or load ImageNet weights.
-    pub fn pretrain(&mut self, arch: &str) -> Result<PathBuf> {
+    pub fn pretrain(&mut self, arch: &str) -> Result<StepOut> {
         let mut rc = self.train_config(
             &self.cfg.source.clone(),
             Task::Classify,
@@ -436,41 +599,43 @@ impl Runner {
             .pretrained
             .clone()
             .filter(|_| arch == self.cfg.arch);
-        let key = serde_json::json!({"arch": arch, "width_mult": rc.width_mult, "data": self.cfg.source.identity(), "epochs": rc.train.epochs,
-                                     "input": rc.input, "seed": rc.seed, "lr": self.cfg.lr, "pretrained": rc.pretrained,
-                                     "zero_init_residual": rc.zero_init_residual});
-        self.train("pretrain", key, rc)
+        // weights given as a file are known by their content, not their path
+        let extra = match rc.pretrained.as_deref().map(Path::new) {
+            Some(p) if p.is_file() => {
+                Some(serde_json::json!({"pretrained_sha256": file_sha256(p)?}))
+            }
+            _ => None,
+        };
+        self.train("pretrain", format!("pretrain {arch}"), rc, None, extra)
     }
 
     /// Fine-tune `parent` on the target (re-ID).
-    pub fn finetune(&mut self, parent: &Path) -> Result<PathBuf> {
-        let mut rc = self.train_config(
+    pub fn finetune(&mut self, parent: &StepOut) -> Result<StepOut> {
+        let rc = self.train_config(
             &self.cfg.target.clone(),
             Task::Reid,
             self.cfg.finetune_epochs,
             Path::new(""),
         );
-        rc.init_checkpoint = Some(parent.to_path_buf());
-        let key = serde_json::json!({"parent": file_sha256(parent)?, "data": self.cfg.target.identity(), "epochs": rc.train.epochs,
-                                     "input": rc.input, "seed": rc.seed, "lr": self.cfg.lr});
-        self.train("finetune", key, rc)
+        let what = format!("finetune on {}", self.cfg.target.label());
+        self.train("finetune", what, rc, Some(parent), None)
     }
 
     /// Prune `parent` to `level` on the source (classification retraining) or the target.
     pub fn prune(
         &mut self,
-        parent: &Path,
+        parent: &StepOut,
         criterion: &str,
         level: f64,
         on_source: bool,
-    ) -> Result<PathBuf> {
+    ) -> Result<StepOut> {
         let data = if on_source {
             self.cfg.source.clone()
         } else {
             self.cfg.target.clone()
         };
         let pc = PruneConfig {
-            checkpoint: parent.to_path_buf(),
+            checkpoint: parent.model(),
             criterion: criterion.to_string(),
             level,
             target: TargetKind::Flops,
@@ -495,19 +660,22 @@ impl Runner {
             checkpoint_interval_s: self.cfg.checkpoint_interval_s,
             ..PruneConfig::default()
         };
-        let mut key = serde_json::json!({"parent": file_sha256(parent)?, "criterion": criterion, "level": level, "data": data.identity(),
-                                     "allocation": pc.allocation, "step": pc.step, "retrain": pc.retrain_epochs, "lr": self.cfg.lr,
-                                     "input": pc.input, "seed": pc.seed});
-        if self.cfg.residual_groups {
-            key["residual_groups"] = serde_json::json!(true);
+        let mut work = pc.result_view()?;
+        if let serde_json::Value::Object(m) = &mut work {
+            m.remove("checkpoint"); // the parent's key stands for it
+            if criterion == "psfp" {
+                // the soft schedule is part of what psfp computes
+                m.insert(
+                    "psfp_schedule".into(),
+                    serde_json::json!({"rate": "P/4 after D·T, P at T", "decay": crate::criterion::psfp::PSFP_DECAY}),
+                );
+            }
         }
-        if criterion == "psfp" {
-            // the soft schedule is part of what psfp computes (other criteria keep their keys)
-            key["psfp_schedule"] = serde_json::json!({
-                "rate": "P/4 after D·T, P at T", "decay": crate::criterion::psfp::PSFP_DECAY
-            });
-        }
-        let dir = self.step("prune", key, |dir| {
+        let what = format!(
+            "prune {criterion} {level:.3} on {}",
+            if on_source { "source" } else { "target" }
+        );
+        self.step("prune", what, work, &[parent], |dir| {
             run_prune_resumable(
                 &PruneConfig {
                     out: dir.to_path_buf(),
@@ -517,19 +685,20 @@ impl Runner {
                 true,
             )?;
             Ok(())
-        })?;
-        Ok(dir.join("model.safetensors"))
+        })
     }
 
     /// Evaluate a model on a re-ID set (cached beside the step).
-    pub fn evaluate(&mut self, model: &Path, data: &DataRef) -> Result<serde_json::Value> {
-        let key = serde_json::json!({"model": file_sha256(model)?, "data": data.identity(), "input": self.cfg.input});
+    pub fn evaluate(&mut self, model: &StepOut, data: &DataRef) -> Result<serde_json::Value> {
+        let work = serde_json::json!({"data": data.identity(), "input": self.cfg.input});
         let (h, w) = parse_hw(&self.cfg.input)?;
         let device = self.device.clone();
-        let model = model.to_path_buf();
+        let path = model.model();
         let data2 = data.clone();
-        let dir = self.step("eval", key, move |dir| {
-            let net = load_checkpoint(&model, &device, false)?.net;
+        let what = format!("evaluate on {}", data.label());
+        let dir = self.step("eval", what, work, &[model], move |dir| {
+            let device = device.context("the grid's device is not open")?;
+            let net = load_checkpoint(&path, &device, false)?.net;
             let ds = reid_data::datasets::load(&data2.dataset, &data2.root)?;
             let m = evaluate_on(&net, &ds, &reid_data::Preprocess::imagenet(h, w), false)?;
             write_atomic(
@@ -538,17 +707,21 @@ impl Runner {
             )?;
             Ok(())
         })?;
-        let text = std::fs::read_to_string(dir.join("eval.json"))?;
+        if self.plan.is_some() {
+            return Ok(serde_json::Value::Null);
+        }
+        let text = std::fs::read_to_string(dir.dir.join("eval.json"))?;
         Ok(serde_json::from_str(&text)?)
     }
 
     /// Measured inference latency (ms per batch) with BN folded, batch 1 and 32.
     fn latency(&self, model: &Path) -> Result<(f64, f64)> {
         let (h, w) = parse_hw(&self.cfg.input)?;
-        let net = load_checkpoint(model, &self.device, false)?.net.fold_bn()?;
+        let device = self.device()?;
+        let net = load_checkpoint(model, &device, false)?.net.fold_bn()?;
         let mut out = [0.0; 2];
         for (i, b) in [1usize, 32].into_iter().enumerate() {
-            let x = Tensor::randn(0f32, 1.0, (b, 3, h, w), &self.device)?;
+            let x = Tensor::randn(0f32, 1.0, (b, 3, h, w), &device)?;
             // small models run in milliseconds: warm up, then take the median of several runs
             for _ in 0..2 {
                 net.forward_t(&x, false)?;
@@ -571,22 +744,38 @@ impl Runner {
         scenario: &str,
         criterion: &str,
         level: &str,
-        model: &Path,
+        step: &StepOut,
     ) -> Result<CellResult> {
-        let target = self.evaluate(model, &self.cfg.target.clone())?;
+        let target = self.evaluate(step, &self.cfg.target.clone())?;
         let cross = match self.cfg.cross.clone() {
-            Some(c) => Some(self.evaluate(model, &c)?),
+            Some(c) => Some(self.evaluate(step, &c)?),
             None => None,
         };
-        let ck = load_checkpoint(model, &Device::Cpu, false)?;
-        let (h, w) = parse_hw(&self.cfg.input)?;
-        let c = complexity(ck.net.spec(), h, w)?;
-        let (b1, b32) = self.latency(model)?;
         let folder = self
             .cfg
             .out
             .join(scenario)
             .join(format!("{criterion}-{level}"));
+        if self.plan.is_some() {
+            return Ok(CellResult {
+                scenario: scenario.into(),
+                criterion: criterion.into(),
+                level: level.into(),
+                backbone: String::new(),
+                macs: 0,
+                params: 0,
+                target,
+                cross,
+                latency_ms_batch1: f64::NAN,
+                latency_ms_batch32: f64::NAN,
+                folder,
+            });
+        }
+        let model = &step.model();
+        let ck = load_checkpoint(model, &Device::Cpu, false)?;
+        let (h, w) = parse_hw(&self.cfg.input)?;
+        let c = complexity(ck.net.spec(), h, w)?;
+        let (b1, b32) = self.latency(model)?;
         std::fs::create_dir_all(&folder)?;
         // atomic: two grid processes may write the same cell folder
         let bytes = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
@@ -648,11 +837,19 @@ impl Runner {
         // Every name and number is checked before the first step runs.
         cfg.validate()
             .with_context(|| format!("experiment '{}'", cfg.name))?;
-        std::fs::create_dir_all(&cfg.out)?;
-        write_atomic(
-            &cfg.out.join("experiment.toml"),
-            toml::to_string_pretty(&cfg)?.as_bytes(),
-        )?;
+        if self.plan.is_none() {
+            self.device = Some(
+                reid_model::device::parse_device(&cfg.device)
+                    .with_context(|| format!("device = \"{}\"", cfg.device))?,
+            );
+            cfg.check_inputs()
+                .with_context(|| format!("experiment '{}'", cfg.name))?;
+            std::fs::create_dir_all(&cfg.out)?;
+            write_atomic(
+                &cfg.out.join("experiment.toml"),
+                toml::to_string_pretty(&cfg)?.as_bytes(),
+            )?;
+        }
         self.wait_for_others = true;
         let pre = self.pretrain(&cfg.arch)?;
         let tuned = self.finetune(&pre)?;
@@ -702,7 +899,7 @@ impl Runner {
         Ok(cells)
     }
 
-    fn job(&mut self, job: &Job, pre: &Path, tuned: &Path) -> Result<CellResult> {
+    fn job(&mut self, job: &Job, pre: &StepOut, tuned: &StepOut) -> Result<CellResult> {
         let arch = self.cfg.arch.clone();
         match job {
             // the source model before fine-tuning: how much the domain shift costs

@@ -3,7 +3,7 @@
 //! Checkpoints are written atomically after every epoch and on Ctrl-C; `resume` continues from
 //! the last one (same epoch and batch), reaching the same weights as an uninterrupted run.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -108,6 +108,43 @@ pub fn parse_pk(s: &str) -> Result<(usize, usize)> {
 }
 
 impl RunConfig {
+    /// Fields that do not change what a run computes (where it writes, how often it
+    /// checkpoints, where a test stops it, whether it evaluates after training).
+    pub const FREE_FIELDS: [&'static str; 4] = [
+        "out",
+        "checkpoint_interval_s",
+        "stop_after_batches",
+        "evaluate",
+    ];
+
+    /// Fields a run from `init_checkpoint` does not read: the network comes from the file.
+    pub const FROM_CHECKPOINT_UNREAD: [&'static str; 5] = [
+        "arch",
+        "width_mult",
+        "last_stride",
+        "pretrained",
+        "zero_init_residual",
+    ];
+
+    /// What this run computes (see [`crate::step_key`]): the config without
+    /// [`Self::FREE_FIELDS`], the device as its kind, without the batch setting its task does
+    /// not read (`batch_pk` for classification, `batch_size` for re-ID) and, when it starts from
+    /// a checkpoint, without [`Self::FROM_CHECKPOINT_UNREAD`].
+    pub fn result_view(&self) -> Result<serde_json::Value> {
+        let unused = match self.train.task {
+            Task::Classify => "batch_pk",
+            Task::Reid => "batch_size",
+        };
+        let mut drop = Self::FREE_FIELDS.to_vec();
+        drop.push(unused);
+        if self.init_checkpoint.is_some() {
+            drop.extend(Self::FROM_CHECKPOINT_UNREAD);
+        }
+        let mut v = crate::step_key::view_without(self, &drop)?;
+        v["device"] = crate::step_key::device_kind(&self.device).into();
+        Ok(v)
+    }
+
     /// Every number and size checked before anything is written (errors name the field).
     pub fn validate(&self) -> Result<()> {
         positive("width_mult", self.width_mult)?;
@@ -348,14 +385,6 @@ fn effective_config(cfg: &RunConfig) -> Result<RunConfig> {
     Ok(c)
 }
 
-/// Fields that do not change what a run computes (how often it checkpoints, where it stops).
-const CONFIG_FIELDS_FREE_ON_RESUME: [&str; 4] = [
-    "stop_after_batches",
-    "checkpoint_interval_s",
-    "out",
-    "evaluate",
-];
-
 /// Resuming under another config would continue a run that did not happen (and its config.toml
 /// and metrics would describe neither): refuse, naming every changed field.
 fn check_same_config(out: &Path, cfg: &RunConfig) -> Result<()> {
@@ -365,30 +394,7 @@ fn check_same_config(out: &Path, cfg: &RunConfig) -> Result<()> {
     };
     let stored: RunConfig = toml::from_str(&text)
         .with_context(|| format!("{}: not a valid run config", path.display()))?;
-    let flat = |c: &RunConfig| -> Result<BTreeMap<String, String>> {
-        let mut m = BTreeMap::new();
-        flatten_json("", &serde_json::to_value(c)?, &mut m);
-        m.retain(|k, _| {
-            !CONFIG_FIELDS_FREE_ON_RESUME
-                .iter()
-                .any(|f| k == f || k.starts_with(&format!("{f}.")))
-        });
-        Ok(m)
-    };
-    let (a, b) = (flat(&stored)?, flat(cfg)?);
-    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-    let none = "(unset)".to_string();
-    let changed: Vec<String> = keys
-        .into_iter()
-        .filter(|k| a.get(*k) != b.get(*k))
-        .map(|k| {
-            format!(
-                "{k}: {} -> {}",
-                a.get(k).unwrap_or(&none),
-                b.get(k).unwrap_or(&none)
-            )
-        })
-        .collect();
+    let changed = crate::step_key::changed_fields(&stored.result_view()?, &cfg.result_view()?);
     if !changed.is_empty() {
         bail!(
             "cannot resume {}: this run's config differs from its config.toml in {}. Resume \
@@ -399,24 +405,6 @@ fn check_same_config(out: &Path, cfg: &RunConfig) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn flatten_json(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, String>) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, x) in m {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten_json(&key, x, out);
-            }
-        }
-        other => {
-            out.insert(prefix.to_string(), other.to_string());
-        }
-    }
 }
 
 /// After a resume at the start of `epoch` (0-based), keep the log lines of the epochs before it:

@@ -116,7 +116,7 @@ fn killed_grid_resumes_its_training_step_and_matches_an_uninterrupted_grid() {
 
     let (out, err) = finished(grid(&killed_cfg).output().unwrap());
     assert!(
-        err.contains("finetune: resuming the unfinished step"),
+        err.contains("finetune on market1501: resuming the unfinished step"),
         "the grid does not say it resumed:\n{err}"
     );
     assert!(

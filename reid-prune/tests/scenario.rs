@@ -221,10 +221,44 @@ fn hostile_names_and_numbers_are_refused_before_any_step() {
             },
             "batch_pk",
         ),
+        // checks that read the disk: before any step too
+        (
+            ExperimentConfig {
+                target: DataRef {
+                    root: tmp.path().join("no-such-root"),
+                    ..base.target.clone()
+                },
+                ..base.clone()
+            },
+            "no-such-root",
+        ),
+        (
+            ExperimentConfig {
+                cross: Some(DataRef {
+                    root: tmp.path().join("no-cross-root"),
+                    ..base.target.clone()
+                }),
+                ..base.clone()
+            },
+            "cross: dataset = \"market1501\"",
+        ),
+        (
+            ExperimentConfig {
+                batch_pk: "99x4".into(),
+                ..base.clone()
+            },
+            "P = 99 identities",
+        ),
     ];
     for (cfg, field) in cases {
+        let t = std::time::Instant::now();
         let e = format!("{:#}", Runner::new(cfg).unwrap().run().unwrap_err());
         assert!(e.contains(field), "expected an error naming {field}: {e}");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(1),
+            "{field}: refused after {:?}",
+            t.elapsed()
+        );
     }
     // nothing was computed, and no folder named by a hostile key exists anywhere in the tree
     assert!(!base.out.join("steps").exists(), "a step ran");
