@@ -8,6 +8,7 @@ pub mod criterion;
 pub mod default_run;
 pub mod error;
 pub mod flops;
+pub mod method;
 pub mod prune_run;
 pub mod scenario;
 pub mod step_key;

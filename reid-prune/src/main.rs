@@ -140,8 +140,8 @@ struct PruneArgs {
     checkpoint: PathBuf,
     #[arg(long)]
     arch: Option<String>,
-    /// l1, l2, fpgm, bn-gamma, taylor, entropy, random, auto-balanced or psfp.
-    #[arg(long)]
+    /// The pruning method: a criterion (cut, then retrain) or a training-time method.
+    #[arg(long, value_parser = method_values())]
     criterion: String,
     /// Fraction of the target to remove, in (0, 1): 0.5 halves the FLOPs.
     #[arg(long, default_value_t = 0.5)]
@@ -203,7 +203,8 @@ enum Command {
         weights: PathBuf,
         #[arg(long)]
         arch: Option<String>,
-        #[arg(long)]
+        /// A criterion, or a training-time method (its ranking criterion is scored).
+        #[arg(long, value_parser = method_values())]
         criterion: String,
         /// Only this conv (e.g. layer3.2.conv2).
         #[arg(long)]
@@ -357,7 +358,14 @@ fn main() -> Result<()> {
                     "unknown layer '{l}': give a prunable conv such as layer1.0.conv1"
                 );
             }
-            let crit = reid_prune::criterion::by_name(&criterion, 0)?;
+            let method = reid_prune::method::method(&criterion)?;
+            let crit = (method.criterion().build)(0);
+            if method.ranks_by != method.name {
+                eprintln!(
+                    "{criterion} acts while retraining; these are the scores it ranks channels by: {}",
+                    method.ranks_by
+                );
+            }
             let data = match &batch {
                 Some(b) => {
                     let f = reid_model::checkpoint::read_safetensors(b, &Device::Cpu)?;
@@ -379,7 +387,7 @@ fn main() -> Result<()> {
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({ "criterion": criterion, "layers": scores })
+                    serde_json::json!({ "criterion": criterion, "scored_by": method.ranks_by, "layers": scores })
                 );
             } else {
                 for (l, s) in &scores {
@@ -622,6 +630,15 @@ fn train(a: TrainArgs) -> Result<()> {
     }
     println!("run folder: {}", cfg.out.display());
     Ok(())
+}
+
+/// The pruning methods of the registry, with their descriptions, as the CLI's values.
+fn method_values() -> clap::builder::PossibleValuesParser {
+    reid_prune::method::methods()
+        .into_iter()
+        .map(|m| clap::builder::PossibleValue::new(m.name).help(m.about))
+        .collect::<Vec<_>>()
+        .into()
 }
 
 fn plan_experiment(all: reid_prune::scenario::ExperimentConfig, json: bool) -> Result<()> {

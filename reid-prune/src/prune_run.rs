@@ -21,7 +21,7 @@ use reid_model::hub::infer_backbone_spec;
 use reid_model::{ArchSpec, ReidNet};
 use serde::{Deserialize, Serialize};
 
-use crate::criterion::{by_name, Criterion, ScoreData};
+use crate::criterion::ScoreData;
 use crate::strategy::{plan_with_groups, Allocation, PruneTarget, TargetKind};
 use crate::surgery::apply;
 use crate::training::{run_training, run_training_with, RunConfig};
@@ -269,22 +269,28 @@ pub fn run_prune_resumable(
     show_progress: bool,
     resume: bool,
 ) -> Result<PruneOutcome> {
-    let balanced = cfg.criterion == "auto-balanced";
-    let soft = cfg.criterion == "psfp";
-    if cfg.residual_groups && (balanced || soft) {
+    let method = crate::method::method(&cfg.criterion)?;
+    if cfg.residual_groups && !method.residual_groups {
+        let ok: Vec<&str> = crate::method::methods()
+            .iter()
+            .filter(|m| m.residual_groups)
+            .map(|m| m.name)
+            .collect();
         bail!(
             "--residual-groups is not combined with '{}' (its training-time rule acts on branch convs): \
-             use l1, l2, fpgm, bn-gamma, taylor, entropy or random",
-            cfg.criterion
+             use {}",
+            cfg.criterion,
+            ok.join(", ")
         );
     }
-    if (balanced || soft) && cfg.retrain_epochs == 0 {
+    if method.training_time && cfg.retrain_epochs == 0 {
         bail!(
             "{} prunes during retraining: give --dataset, --root and --retrain-epochs",
             cfg.criterion
         );
     }
-    let criterion = by_name(&cfg.criterion, cfg.seed)?;
+    let rule = (method.rule)(cfg);
+    let criterion = (method.criterion().build)(cfg.seed);
     let device = reid_model::device::parse_device(&cfg.device)?;
     let (h, w) = parse_hw(&cfg.input)?;
     let (mut net, parent_prov) = load_any(&cfg.checkpoint, cfg.arch.as_deref(), &device)
@@ -388,75 +394,27 @@ pub fn run_prune_resumable(
             cfg.out.clone()
         };
         std::fs::create_dir_all(&step_dir)?;
-        if balanced {
-            // regularised retraining of the unpruned net first, then the cut
-            let start = step_dir.join("unpruned.safetensors");
-            save_checkpoint(&net, &start, &parent_prov)?;
-            let reg = crate::criterion::auto_balanced::BalancedRegularizer::new(
-                &net,
-                &scores,
-                &p,
-                cfg.balance_alpha,
-            )?;
-            let rc = retrain_config(cfg, &start, &step_dir.join("regularised"));
-            let penalty = move |n: &ReidNet| reg.loss(n);
+        // the method's rule before the cut (training-time methods retrain here)
+        let mut retrain = |start: &ReidNet,
+                           folder: &str,
+                           penalty: Option<&reid_model::train::Regularizer>,
+                           hook: Option<&crate::training::EpochHook>|
+         -> Result<ReidNet> {
+            let path = step_dir.join("unpruned.safetensors");
+            save_checkpoint(start, &path, &parent_prov)?;
+            let rc = retrain_config(cfg, &path, &step_dir.join(folder));
             let o = run_training_with(
                 &rc,
                 resume,
                 Arc::new(AtomicBool::new(false)),
                 show_progress,
-                Some(&penalty),
-                None,
+                penalty,
+                hook,
             )?;
-            net = load_checkpoint(&o.model, &device, true)?.net;
-        }
-        let p = if soft {
-            // soft pruning while retraining, then the final ranking on the trained weights
-            let start = step_dir.join("unpruned.safetensors");
-            save_checkpoint(&net, &start, &parent_prov)?;
-            let rates: std::collections::BTreeMap<String, f64> = net
-                .prunable_convs()
-                .iter()
-                .map(|l| {
-                    (
-                        l.conv.clone(),
-                        1.0 - p.keep[&l.conv].len() as f64 / l.width as f64,
-                    )
-                })
-                .collect();
-            let rc = retrain_config(cfg, &start, &step_dir.join("soft"));
-            let epochs = rc.train.epochs;
-            let hook = move |n: &ReidNet, e: usize| -> anyhow::Result<()> {
-                crate::criterion::psfp::soft_prune(n, &rates, e, epochs)?;
-                Ok(())
-            };
-            let o = run_training_with(
-                &rc,
-                resume,
-                Arc::new(AtomicBool::new(false)),
-                show_progress,
-                None,
-                Some(&hook),
-            )?;
-            net = load_checkpoint(&o.model, &device, true)?.net;
-            let fresh =
-                crate::criterion::magnitude::L2.scores(&net, &net.prunable_convs(), None)?;
-            crate::strategy::PrunePlan {
-                keep: p
-                    .keep
-                    .iter()
-                    .map(|(conv, k)| {
-                        (
-                            conv.clone(),
-                            crate::strategy::top_channels(&fresh[conv], k.len()),
-                        )
-                    })
-                    .collect(),
-                groups: Default::default(),
-            }
-        } else {
-            p
+            Ok(load_checkpoint(&o.model, &device, true)?.net)
         };
+        let (before, p) = rule.before_cut(net, &scores, p, &mut retrain)?;
+        net = before;
         net = apply(&net, &p)?;
         let mut prov = parent_prov.clone();
         prov.parent = Some(file_sha256(&current_parent)?);
@@ -467,7 +425,7 @@ pub fn run_prune_resumable(
         let pruned_path = step_dir.join("pruned.safetensors");
         save_checkpoint(&net, &pruned_path, &prov)?;
         let mut model_path = pruned_path.clone();
-        if cfg.retrain_epochs > 0 && !balanced && !soft {
+        if cfg.retrain_epochs > 0 && rule.retrains_after_cut() {
             let rc = retrain_config(cfg, &pruned_path, &step_dir.join("retrain"));
             let o = run_training(&rc, resume, Arc::new(AtomicBool::new(false)), show_progress)?;
             net = load_checkpoint(&o.model, &device, true)?.net;

@@ -198,7 +198,7 @@ impl ExperimentConfig {
             }
         }
         for c in &self.criteria {
-            crate::criterion::by_name(c, self.seed).with_context(|| format!("criteria: '{c}'"))?;
+            crate::method::method(c).with_context(|| format!("criteria: '{c}'"))?;
             check_path_name("criteria", c)?;
         }
         if self.levels.is_empty() {
@@ -663,12 +663,8 @@ impl Runner {
         let mut work = pc.result_view()?;
         if let serde_json::Value::Object(m) = &mut work {
             m.remove("checkpoint"); // the parent's key stands for it
-            if criterion == "psfp" {
-                // the soft schedule is part of what psfp computes
-                m.insert(
-                    "psfp_schedule".into(),
-                    serde_json::json!({"rate": "P/4 after D·T, P at T", "decay": crate::criterion::psfp::PSFP_DECAY}),
-                );
+            if let Some(fixed) = (crate::method::method(criterion)?.rule)(&pc).fixed_settings() {
+                m.insert("method_settings".into(), fixed);
             }
         }
         let what = format!(
@@ -857,11 +853,14 @@ impl Runner {
         jobs.extend(cfg.baselines.iter().cloned().map(Job::Baseline));
         for scenario in &cfg.scenarios {
             for criterion in &cfg.criteria {
-                if criterion == "psfp" && scenario == "S4" {
-                    self.log("S4 psfp: not applicable (the paper's Table 6 marks it N/A)");
+                let method = crate::method::method(criterion)?;
+                if !method.in_s4 && scenario == "S4" {
+                    self.log(&format!(
+                        "S4 {criterion}: not applicable (the paper's Table 6 marks it N/A)"
+                    ));
                     continue;
                 }
-                if cfg.residual_groups && (criterion == "psfp" || criterion == "auto-balanced") {
+                if cfg.residual_groups && !method.residual_groups {
                     self.log(&format!(
                         "{scenario} {criterion}: skipped (its training-time rule acts on branch convs, not residual groups)"
                     ));

@@ -180,7 +180,7 @@ fn bad_requests_are_refused() {
 
 #[test]
 fn auto_balanced_regulariser_moves_capacity_from_pruned_to_kept_channels() {
-    use reid_prune::criterion::auto_balanced::BalancedRegularizer;
+    use reid_prune::method::auto_balanced::BalancedRegularizer;
     let net = trained_tiny(18);
     let layers = net.prunable_convs();
     let l1 = by_name("l1", 0)
@@ -246,9 +246,7 @@ fn auto_balanced_regulariser_moves_capacity_from_pruned_to_kept_channels() {
 
 #[test]
 fn psfp_zeroes_the_weakest_filters_on_a_growing_schedule() {
-    use reid_prune::criterion::psfp::{
-        progressive_fraction, progressive_fraction_with, soft_prune,
-    };
+    use reid_prune::method::psfp::{progressive_fraction, progressive_fraction_with, soft_prune};
     let f: Vec<f64> = (0..5).map(|e| progressive_fraction(e, 5)).collect();
     assert!(
         f[0] > 0.0 && f.windows(2).all(|w| w[1] > w[0]) && (f[4] - 1.0).abs() < 1e-12,

@@ -62,9 +62,9 @@ fn stage_names(a: &Args) -> Vec<String> {
 
 fn criteria(a: &Args) -> Vec<String> {
     if a.criteria.is_empty() {
-        reid_prune::criterion::CRITERIA
-            .iter()
-            .map(|(n, _)| n.to_string())
+        reid_prune::method::method_names()
+            .into_iter()
+            .map(str::to_string)
             .collect()
     } else {
         a.criteria.clone()
@@ -73,7 +73,7 @@ fn criteria(a: &Args) -> Vec<String> {
 
 /// Training-time criteria prune while retraining; they and l1 get one retraining epoch.
 fn retrains(criterion: &str) -> bool {
-    matches!(criterion, "auto-balanced" | "psfp" | "l1")
+    criterion == "l1" || reid_prune::method::method(criterion).is_ok_and(|m| m.training_time)
 }
 
 fn describe(a: &Args, stage: &str) -> String {

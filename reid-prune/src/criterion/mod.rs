@@ -1,11 +1,10 @@
 //! Channel-importance criteria (Torch-Pruning style: a criterion only scores; strategies decide
 //! how many and where; surgery removes). Each criterion is one small type; higher = more important.
 
-pub mod auto_balanced;
 pub mod entropy;
 pub mod fpgm;
+pub mod lamp;
 pub mod magnitude;
-pub mod psfp;
 pub mod random;
 pub mod taylor;
 
@@ -42,56 +41,74 @@ pub trait Criterion: Send + Sync {
     ) -> Result<ChannelScores>;
 }
 
-/// Criteria by name, with what each one is.
-pub const CRITERIA: [(&str, &str); 9] = [
-    ("l1", "Li et al.: sum of |W_c|"),
-    ("l2", "sqrt(sum W_c^2)"),
-    (
-        "fpgm",
-        "He et al.: summed distance to the layer's other filters",
-    ),
-    (
-        "bn-gamma",
-        "|gamma| of the BN after the conv (network slimming)",
-    ),
-    (
-        "taylor",
-        "Molchanov et al.: |mean_hw(dL/dH * H)| averaged over images (needs data)",
-    ),
-    (
-        "entropy",
-        "Luo & Wu: entropy of the channel's pooled activation over images (needs data)",
-    ),
-    ("random", "seeded random scores (control)"),
-    (
-        "auto-balanced",
-        "Ding et al.: L1 ranking + balanced L2 regulariser while retraining",
-    ),
-    (
-        "psfp",
-        "He et al.: progressive soft filter pruning on the L2 norm",
-    ),
+/// A registered criterion: its name, what it is, and how it is built.
+pub struct CriterionEntry {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub build: fn(seed: u64) -> Box<dyn Criterion>,
+}
+
+impl CriterionEntry {
+    pub fn needs_data(&self) -> bool {
+        (self.build)(0).needs_data()
+    }
+}
+
+/// Every criterion. A new criterion is one file with its type and one line here; it is then a
+/// pruning method too ([`crate::method::methods`]).
+pub const CRITERIA: &[CriterionEntry] = &[
+    CriterionEntry {
+        name: "l1",
+        about: "Li et al.: sum of |W_c|",
+        build: |_| Box::new(magnitude::L1),
+    },
+    CriterionEntry {
+        name: "l2",
+        about: "sqrt(sum W_c^2)",
+        build: |_| Box::new(magnitude::L2),
+    },
+    CriterionEntry {
+        name: "fpgm",
+        about: "He et al.: summed distance to the layer's other filters",
+        build: |_| Box::new(fpgm::Fpgm),
+    },
+    CriterionEntry {
+        name: "bn-gamma",
+        about: "|gamma| of the BN after the conv (network slimming)",
+        build: |_| Box::new(magnitude::BnGamma),
+    },
+    CriterionEntry {
+        name: "taylor",
+        about: "Molchanov et al.: |mean_hw(dL/dH * H)| averaged over images (needs data)",
+        build: |_| Box::new(taylor::Taylor),
+    },
+    CriterionEntry {
+        name: "entropy",
+        about: "Luo & Wu: entropy of the channel's pooled activation over images (needs data)",
+        build: |_| Box::new(entropy::Entropy::default()),
+    },
+    CriterionEntry {
+        name: "random",
+        about: "seeded random scores (control)",
+        build: |seed| Box::new(random::Random { seed }),
+    },
+    CriterionEntry {
+        name: "lamp",
+        about: "Lee et al.: layer-adaptive magnitude, |W_c|^2 over the sum for the filters at least as large",
+        build: |_| Box::new(lamp::Lamp),
+    },
 ];
 
-/// The criterion that ranks channels for `name`. For `auto-balanced` and `psfp` this is their
-/// ranking rule (L1 / L2); their training-time strategy is separate.
+/// A criterion's registry entry by name.
+pub fn criterion_entry(name: &str) -> Option<&'static CriterionEntry> {
+    CRITERIA.iter().find(|c| c.name == name)
+}
+
+/// The criterion that ranks channels for the method `name` (for a training-time method, its
+/// ranking rule: L1 for auto-balanced, L2 for psfp; see [`crate::method`]).
 pub fn by_name(name: &str, seed: u64) -> Result<Box<dyn Criterion>> {
-    Ok(match name {
-        "l1" | "auto-balanced" => Box::new(magnitude::L1),
-        "l2" | "psfp" => Box::new(magnitude::L2),
-        "fpgm" => Box::new(fpgm::Fpgm),
-        "bn-gamma" => Box::new(magnitude::BnGamma),
-        "taylor" => Box::new(taylor::Taylor),
-        "entropy" => Box::new(entropy::Entropy::default()),
-        "random" => Box::new(random::Random { seed }),
-        _ => {
-            let names: Vec<&str> = CRITERIA.iter().map(|c| c.0).collect();
-            return Err(PruneError::Request(format!(
-                "unknown criterion '{name}': expected one of {}",
-                names.join(", ")
-            )));
-        }
-    })
+    let m = crate::method::method(name).map_err(|e| PruneError::Request(e.to_string()))?;
+    Ok((m.criterion().build)(seed))
 }
 
 /// What scores each residual group's channels: weight criteria score the convs that write

@@ -63,7 +63,7 @@ pub fn soft_prune(
     epochs: usize,
 ) -> Result<()> {
     let layers = net.prunable_convs();
-    let scores: ChannelScores = super::magnitude::L2.scores(net, &layers, None)?;
+    let scores: ChannelScores = crate::criterion::magnitude::L2.scores(net, &layers, None)?;
     let frac = progressive_fraction(epoch, epochs);
     let params: BTreeMap<String, candle_core::Var> = net.named_parameters().into_iter().collect();
     for (conv, &rate) in final_rates {
@@ -100,4 +100,68 @@ pub fn soft_prune(
         }
     }
     Ok(())
+}
+
+/// The method's rule: retrain the unpruned network while soft-zeroing each layer's weakest
+/// filters on the schedule (up to the plan's rate), then rank again by L2 on the trained
+/// weights and cut (no retraining after the cut).
+pub struct Psfp {
+    pub epochs: usize,
+}
+
+pub(crate) fn rule(cfg: &crate::prune_run::PruneConfig) -> Box<dyn super::TrainingRule> {
+    Box::new(Psfp {
+        epochs: cfg.retrain_epochs,
+    })
+}
+
+impl super::TrainingRule for Psfp {
+    fn before_cut(
+        &self,
+        net: ReidNet,
+        _scores: &ChannelScores,
+        plan: crate::strategy::PrunePlan,
+        retrain: &mut super::Retrain<'_>,
+    ) -> anyhow::Result<(ReidNet, crate::strategy::PrunePlan)> {
+        let rates: BTreeMap<String, f64> = net
+            .prunable_convs()
+            .iter()
+            .map(|l| {
+                let kept = plan.keep.get(&l.conv).map_or(l.width, Vec::len);
+                (l.conv.clone(), 1.0 - kept as f64 / l.width as f64)
+            })
+            .collect();
+        let epochs = self.epochs;
+        let hook = move |n: &ReidNet, e: usize| -> anyhow::Result<()> {
+            soft_prune(n, &rates, e, epochs)?;
+            Ok(())
+        };
+        let net = retrain(&net, "soft", None, Some(&hook))?;
+        let fresh = crate::criterion::magnitude::L2.scores(&net, &net.prunable_convs(), None)?;
+        let keep = plan
+            .keep
+            .iter()
+            .map(|(conv, k)| {
+                let s = fresh
+                    .get(conv)
+                    .ok_or_else(|| PruneError::Request(format!("no L2 scores for {conv}")))?;
+                Ok((conv.clone(), crate::strategy::top_channels(s, k.len())))
+            })
+            .collect::<Result<_>>()?;
+        Ok((
+            net,
+            crate::strategy::PrunePlan {
+                keep,
+                groups: Default::default(),
+            },
+        ))
+    }
+
+    fn retrains_after_cut(&self) -> bool {
+        false
+    }
+
+    fn fixed_settings(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({"rate": "P/4 after D·T, P at T", "decay": PSFP_DECAY}))
+    }
 }

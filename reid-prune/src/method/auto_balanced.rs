@@ -8,7 +8,7 @@
 use candle_core::{Tensor, D};
 use reid_model::ReidNet;
 
-use super::ChannelScores;
+use crate::criterion::ChannelScores;
 use crate::error::{PruneError, Result};
 use crate::strategy::PrunePlan;
 
@@ -96,5 +96,36 @@ impl BalancedRegularizer {
             0.0
         };
         Ok(((sp * self.alpha)? + (sr * tau)?)?)
+    }
+}
+
+/// The method's rule: retrain the unpruned network with the balanced regulariser of the plan,
+/// then cut (no retraining after the cut).
+pub struct AutoBalanced {
+    pub alpha: f64,
+}
+
+pub(crate) fn rule(cfg: &crate::prune_run::PruneConfig) -> Box<dyn super::TrainingRule> {
+    Box::new(AutoBalanced {
+        alpha: cfg.balance_alpha,
+    })
+}
+
+impl super::TrainingRule for AutoBalanced {
+    fn before_cut(
+        &self,
+        net: ReidNet,
+        scores: &ChannelScores,
+        plan: PrunePlan,
+        retrain: &mut super::Retrain<'_>,
+    ) -> anyhow::Result<(ReidNet, PrunePlan)> {
+        let reg = BalancedRegularizer::new(&net, scores, &plan, self.alpha)?;
+        let penalty = move |n: &ReidNet| reg.loss(n);
+        let net = retrain(&net, "regularised", Some(&penalty), None)?;
+        Ok((net, plan))
+    }
+
+    fn retrains_after_cut(&self) -> bool {
+        false
     }
 }

@@ -1,0 +1,176 @@
+//! Pruning methods (Torch-Pruning's `pruner/algorithms` beside `importance`): a method names
+//! the criterion that ranks channels and the training rule around the cut. Every criterion of
+//! [`crate::criterion::CRITERIA`] is a method that cuts and then retrains; the training-time
+//! methods of [`TRAINING_METHODS`] retrain the unpruned model under their own rule first
+//! (a regulariser, a soft zeroing schedule) and cut after. How many channels and where is the
+//! strategy's ([`crate::strategy`]); whether in one cut or several is the run's `step`.
+//!
+//! One registry ([`methods`]) gives the names the CLI accepts, its help and the grid's checks.
+
+pub mod auto_balanced;
+pub mod psfp;
+
+use anyhow::Result;
+use reid_model::ReidNet;
+
+use crate::criterion::{criterion_entry, ChannelScores, CriterionEntry, CRITERIA};
+use crate::prune_run::PruneConfig;
+use crate::strategy::PrunePlan;
+use crate::training::EpochHook;
+
+/// Retrains a network before the cut: `(start, folder, regulariser, epoch hook)` → the
+/// retrained network. `folder` names the run's subfolder (`regularised`, `soft`).
+pub type Retrain<'a> = dyn FnMut(
+        &ReidNet,
+        &str,
+        Option<&reid_model::train::Regularizer>,
+        Option<&EpochHook>,
+    ) -> Result<ReidNet>
+    + 'a;
+
+/// What a method does around the cut of one pruning step.
+pub trait TrainingRule {
+    /// Retrain the unpruned `net` under this rule (through `retrain`) and return the network
+    /// to cut with the plan to apply. The default: nothing before the cut.
+    fn before_cut(
+        &self,
+        net: ReidNet,
+        _scores: &ChannelScores,
+        plan: PrunePlan,
+        _retrain: &mut Retrain<'_>,
+    ) -> Result<(ReidNet, PrunePlan)> {
+        Ok((net, plan))
+    }
+
+    /// Whether the run's ordinary retraining follows the cut (a rule that retrained before
+    /// the cut does not retrain again).
+    fn retrains_after_cut(&self) -> bool {
+        true
+    }
+
+    /// Settings of the rule that are not in the run's config but change its result (they go
+    /// into the grid's step keys).
+    fn fixed_settings(&self) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+/// Cut, then retrain (the paper's one-shot and iterative pruning with any criterion).
+pub struct CutThenRetrain;
+
+impl TrainingRule for CutThenRetrain {}
+
+/// A registered method.
+#[derive(Clone, Copy)]
+pub struct MethodEntry {
+    pub name: &'static str,
+    pub about: &'static str,
+    /// The criterion (by name) whose scores rank the channels and make the plan.
+    pub ranks_by: &'static str,
+    /// Whether it acts while retraining (it then needs retraining epochs and data).
+    pub training_time: bool,
+    /// Whether it applies to the paper's S4 (pruning the source model on the target without
+    /// fine-tuning first); the paper's Table 6 marks PSFP N/A there.
+    pub in_s4: bool,
+    /// Whether it can also prune residual groups (training-time rules act on branch convs).
+    pub residual_groups: bool,
+    /// Its rule for a run's settings.
+    pub rule: fn(&PruneConfig) -> Box<dyn TrainingRule>,
+}
+
+impl MethodEntry {
+    /// The criterion that ranks channels for this method.
+    pub fn criterion(&self) -> &'static CriterionEntry {
+        criterion_entry(self.ranks_by).expect("a training method ranks by a registered criterion")
+    }
+}
+
+fn cut_then_retrain(_: &PruneConfig) -> Box<dyn TrainingRule> {
+    Box::new(CutThenRetrain)
+}
+
+/// Methods with a training-time rule; a new one is a file with its rule and a line here.
+pub const TRAINING_METHODS: &[MethodEntry] = &[
+    MethodEntry {
+        name: "auto-balanced",
+        about: "Ding et al.: L1 ranking + balanced L2 regulariser while retraining",
+        ranks_by: "l1",
+        training_time: true,
+        in_s4: true,
+        residual_groups: false,
+        rule: auto_balanced::rule,
+    },
+    MethodEntry {
+        name: "psfp",
+        about: "He et al.: progressive soft filter pruning on the L2 norm",
+        ranks_by: "l2",
+        training_time: true,
+        in_s4: false,
+        residual_groups: false,
+        rule: psfp::rule,
+    },
+];
+
+/// Every method: each criterion as cut-then-retrain, then the training-time methods.
+pub fn methods() -> Vec<MethodEntry> {
+    CRITERIA
+        .iter()
+        .map(|c| MethodEntry {
+            name: c.name,
+            about: c.about,
+            ranks_by: c.name,
+            training_time: false,
+            in_s4: true,
+            residual_groups: true,
+            rule: cut_then_retrain,
+        })
+        .chain(TRAINING_METHODS.iter().copied())
+        .collect()
+}
+
+/// The names users give (`--criterion`, the grid's `criteria`).
+pub fn method_names() -> Vec<&'static str> {
+    methods().iter().map(|m| m.name).collect()
+}
+
+/// A method by name; the error lists every name.
+pub fn method(name: &str) -> Result<MethodEntry> {
+    methods()
+        .into_iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown criterion '{name}': expected one of {}",
+                method_names().join(", ")
+            )
+        })
+}
+
+/// `name: what it is` lines for help texts.
+pub fn method_help() -> String {
+    methods()
+        .iter()
+        .map(|m| format!("{}: {}", m.name, m.about))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_names_are_unique_and_training_methods_rank_by_criteria() {
+        let names = method_names();
+        let set: std::collections::HashSet<_> = names.iter().collect();
+        assert_eq!(set.len(), names.len(), "{names:?}");
+        for m in TRAINING_METHODS {
+            assert_eq!(m.criterion().name, m.ranks_by);
+        }
+        let e = method("l7").err().unwrap().to_string();
+        assert!(
+            e.contains("l7") && e.contains("psfp") && e.contains("lamp"),
+            "{e}"
+        );
+    }
+}
