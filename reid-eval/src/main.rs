@@ -91,28 +91,15 @@ impl RerankArgs {
     }
 }
 
-/// The metrics.json to merge into: `{}` when absent; an object whose `eval` (if any) is an
-/// object; otherwise an error naming the file.
-fn existing_metrics(path: &std::path::Path) -> Result<serde_json::Value> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(serde_json::json!({})),
-        Err(e) => bail!("{}: cannot read it to merge into: {e}", path.display()),
-    };
-    let doc: serde_json::Value = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{}: not valid JSON; fix or move it (results are merged into it)",
-            path.display()
-        )
-    })?;
-    if !doc.is_object() || doc.get("eval").is_some_and(|e| !e.is_object()) {
-        bail!(
-            "{}: expected a JSON object with an \"eval\" object; fix or move it (results are \
-             merged into it)",
-            path.display()
-        );
+/// The metrics.json to merge into, if there is one: it must be a valid one (checked before the
+/// long extraction, and never silently replaced); otherwise the error names it.
+fn existing_metrics(path: &std::path::Path) -> Result<Option<reid_run::RunMetrics>> {
+    if !path.exists() {
+        return Ok(None);
     }
-    Ok(doc)
+    let m = reid_run::metrics::read_metrics(path)
+        .context("fix or move it (results are merged into it)")?;
+    Ok(Some(m))
 }
 
 fn evaluate_checkpoint(a: EvalArgs) -> Result<()> {
@@ -134,7 +121,7 @@ fn evaluate_checkpoint(a: EvalArgs) -> Result<()> {
     // An existing metrics.json is merged into, so it must be one we can merge into: checked
     // before the (long) extraction, and never silently replaced.
     let out = a.out.unwrap_or_else(|| ck.with_file_name("metrics.json"));
-    let mut doc = existing_metrics(&out)?;
+    let existing = existing_metrics(&out)?;
     let m = reid_eval::evaluate_dataset(&net, &ds, &pre, opts, true)?;
     // Re-ranked results sit beside the plain ones, under their own key.
     let key = if a.rerank.rerank {
@@ -142,11 +129,22 @@ fn evaluate_checkpoint(a: EvalArgs) -> Result<()> {
     } else {
         ds.name.clone()
     };
-    doc["eval"][key.as_str()] = serde_json::json!({
-        "mAP": m.map, "rank1": m.rank(1), "rank5": m.rank(5), "rank10": m.rank(10), "mINP": m.minp,
-        "cmc": m.cmc, "num_valid_queries": m.num_valid_queries,
-    });
-    reid_model::checkpoint::write_atomic(&out, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    let mut doc = match existing {
+        Some(doc) => doc,
+        None => {
+            // a new run folder's metrics: the model's complexity at this input
+            let c = reid_model::complexity::complexity(net.spec(), h, w)?;
+            reid_run::RunMetrics {
+                backbone: net.spec().name(),
+                macs: c.backbone.macs,
+                params: c.backbone.params,
+                tool_version: Some(env!("CARGO_PKG_VERSION").into()),
+                ..Default::default()
+            }
+        }
+    };
+    doc.eval.insert(key, m.eval_entry());
+    reid_run::metrics::write_metrics(&out, &doc)?;
     print_metrics(&m, a.json)?;
     if !a.json {
         println!("metrics -> {}", out.display());

@@ -188,6 +188,19 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// This result as a run folder's `eval` entry (metrics.json).
+    pub fn eval_entry(&self) -> reid_run::EvalEntry {
+        reid_run::EvalEntry {
+            map: self.map,
+            rank1: self.rank(1),
+            rank5: Some(self.rank(5)),
+            rank10: Some(self.rank(10)),
+            minp: Some(self.minp),
+            cmc: self.cmc.clone(),
+            num_valid_queries: Some(self.num_valid_queries as u64),
+        }
+    }
+
     pub fn rank(&self, k: usize) -> f64 {
         if k == 0 || self.cmc.is_empty() {
             return 0.0;

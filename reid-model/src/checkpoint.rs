@@ -5,7 +5,6 @@
 //! Writing is atomic: a temporary file in the same folder, synced, then renamed over the target.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::Load;
@@ -220,83 +219,19 @@ fn is_ignorable(name: &str) -> bool {
     name.ends_with("num_batches_tracked")
 }
 
-/// Write `bytes` to `path` atomically (temp file in the same folder, fsync, rename).
+/// Write `bytes` to `path` atomically ([`reid_run::write_atomic`]: a unique temp file in the
+/// same folder, fsync, rename; a failure replaces nothing).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
-        .map_err(|e| ModelError::file(dir, format!("cannot create folder: {e}")))?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| ModelError::file(path, "not a file path"))?
-        .to_string_lossy();
-    // Unique per process and call: two threads writing the same file never share a temp file.
-    let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(
-        ".{file_name}{TEMP_MARK}{}-{serial}",
-        std::process::id()
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // the rename itself is durable once the folder is synced
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(ModelError::file(
-            path,
-            format!("cannot write (nothing was replaced): {e}"),
-        ));
-    }
-    Ok(())
+    reid_run::write_atomic(path, bytes).map_err(|e| match e {
+        reid_run::RunFileError::Write { path, source } => ModelError::file(
+            &path,
+            format!("cannot write (nothing was replaced): {source}"),
+        ),
+        other => ModelError::file(path, other.to_string()),
+    })
 }
 
-/// What [`write_atomic`]'s temporary names carry before the writer's pid.
-const TEMP_MARK: &str = ".tmp-";
-
-/// Remove the temporary files [`write_atomic`] left in `dir` when its process was killed (the
-/// pid in the name no longer runs on this host). Returns how many were removed.
-pub fn remove_stale_temp_files(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut removed = 0;
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix('.')
-            .and_then(|n| n.rsplit_once(TEMP_MARK))
-            .and_then(|(_, tail)| tail.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !pid_alive(pid) && std::fs::remove_file(e.path()).is_ok() {
-            removed += 1;
-        }
-    }
-    removed
-}
-
-/// Whether a process with this pid runs on this host (always true where `/proc` is absent).
-fn pid_alive(pid: u32) -> bool {
-    if !Path::new("/proc/self").exists() {
-        return true;
-    }
-    Path::new("/proc").join(pid.to_string()).exists()
-}
+pub use reid_run::remove_stale_temp_files;
 
 /// The bytes of a checkpoint file: the net's tensors with its architecture and provenance in
 /// the header, plus `extra` tensors (named apart from the net's, e.g. `optim.…`) and `meta`.

@@ -13,8 +13,7 @@ use reid_data::datasets::load as load_dataset;
 use reid_data::loader::{epoch_batches, Augment, Sampling};
 use reid_data::Preprocess;
 use reid_model::checkpoint::{
-    file_sha256, load_checkpoint, read_safetensors, save_checkpoint, write_atomic, Provenance,
-    META_ARCH,
+    file_sha256, load_checkpoint, read_safetensors, save_checkpoint, Provenance, META_ARCH,
 };
 use reid_model::complexity::{complexity, parse_hw};
 use reid_model::hub::infer_backbone_spec;
@@ -245,6 +244,24 @@ fn retrain_config(cfg: &PruneConfig, start: &Path, out: &Path) -> RunConfig {
     rc
 }
 
+/// Fraction of `of`'s prunable-conv channels that `spec` keeps.
+pub fn channel_fraction(spec: &ArchSpec, of: &ArchSpec) -> f64 {
+    let count = |a: &ArchSpec| a.prunable_convs().iter().map(|l| l.width).sum::<usize>();
+    count(spec) as f64 / count(of).max(1) as f64
+}
+
+/// The unpruned architecture of `spec`'s depth, width multiplier and last stride.
+pub fn unpruned_arch(spec: &ArchSpec) -> Result<ArchSpec> {
+    let depth = ArchSpec::from_name(&spec.name(), 0)?.depth;
+    Ok(ArchSpec::resnet_with(
+        depth,
+        0,
+        spec.width_mult,
+        spec.last_stride,
+        reid_model::Neck::None,
+    )?)
+}
+
 /// Outcome of a pruning run.
 #[derive(Debug)]
 pub struct PruneOutcome {
@@ -335,10 +352,7 @@ pub fn run_prune_resumable(
         }
     }
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
-    write_atomic(
-        &cfg.out.join("config.toml"),
-        toml::to_string_pretty(cfg)?.as_bytes(),
-    )?;
+    reid_run::RunFolder::new(&cfg.out).write_config(cfg)?;
     let mut log = std::fs::File::create(cfg.out.join("log.jsonl"))?;
     let parent_hash = file_sha256(&cfg.checkpoint)?;
     let steps = match cfg.step {
@@ -457,20 +471,23 @@ pub fn run_prune_resumable(
     save_checkpoint(&net, &model, &prov)?;
     let before = complexity(&base, h, w)?;
     let after = complexity(net.spec(), h, w)?;
-    let kept: usize = net.spec().prunable_convs().iter().map(|l| l.width).sum();
-    let all: usize = base.prunable_convs().iter().map(|l| l.width).sum();
-    let kept_fraction = kept as f64 / all as f64;
-    let metrics = serde_json::json!({
-        "criterion": cfg.criterion, "level": cfg.level, "target": format!("{:?}", cfg.target).to_lowercase(),
-        "backbone": net.spec().name(), "parent": parent_hash,
-        "macs": after.backbone.macs, "params": after.backbone.params, "kept_channel_fraction": kept_fraction,
-        "macs_before": before.backbone.macs, "params_before": before.backbone.params,
-        "tool_version": env!("CARGO_PKG_VERSION"),
-    });
-    write_atomic(
-        &cfg.out.join("metrics.json"),
-        serde_json::to_string_pretty(&metrics)?.as_bytes(),
-    )?;
+    // of the model this run started from (this run's own cut)
+    let kept_fraction = channel_fraction(net.spec(), &base);
+    let run = reid_run::RunFolder::new(&cfg.out);
+    run.write_metrics(&reid_run::RunMetrics {
+        criterion: cfg.criterion.clone(),
+        level: cfg.level.to_string(),
+        target: Some(format!("{:?}", cfg.target).to_lowercase()),
+        backbone: net.spec().name(),
+        parent: Some(parent_hash),
+        macs: after.backbone.macs,
+        params: after.backbone.params,
+        macs_before: Some(before.backbone.macs),
+        params_before: Some(before.backbone.params),
+        kept_channel_fraction: Some(kept_fraction),
+        tool_version: Some(env!("CARGO_PKG_VERSION").into()),
+        ..Default::default()
+    })?;
     Ok(PruneOutcome {
         model,
         macs_before: before.backbone.macs,

@@ -5,7 +5,7 @@
 //! of what it computes and of its parent, under `<out>/steps/`; a finished step has a `DONE`
 //! marker and is never recomputed, so an interrupted grid resumes where it stopped and steps
 //! shared by scenarios (the source-pruned model of S1 and S2, the fine-tuned model of S3) run once.
-//! Each grid cell gets a run folder `<out>/<scenario>/<criterion>-<level>/` (DESIGN.md).
+//! Each grid cell gets a run folder `<out>/<scenario>/<criterion>-<level>/` (its format: the `reid-run` crate).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::prune_run::{run_prune_resumable, PruneConfig};
 use crate::step_lock::{try_claim, Claim};
 use crate::strategy::{Allocation, TargetKind};
-use crate::training::{eval_json, evaluate_on, run_training, RunConfig};
+use crate::training::{evaluate_on, run_training, RunConfig};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -149,8 +149,8 @@ pub struct CellResult {
     pub backbone: String,
     pub macs: u64,
     pub params: u64,
-    pub target: serde_json::Value,
-    pub cross: Option<serde_json::Value>,
+    pub target: reid_run::EvalEntry,
+    pub cross: Option<reid_run::EvalEntry>,
     pub latency_ms_batch1: f64,
     pub latency_ms_batch32: f64,
     pub folder: PathBuf,
@@ -685,7 +685,7 @@ impl Runner {
     }
 
     /// Evaluate a model on a re-ID set (cached beside the step).
-    pub fn evaluate(&mut self, model: &StepOut, data: &DataRef) -> Result<serde_json::Value> {
+    pub fn evaluate(&mut self, model: &StepOut, data: &DataRef) -> Result<reid_run::EvalEntry> {
         let work = serde_json::json!({"data": data.identity(), "input": self.cfg.input});
         let (h, w) = parse_hw(&self.cfg.input)?;
         let device = self.device.clone();
@@ -699,15 +699,18 @@ impl Runner {
             let m = evaluate_on(&net, &ds, &reid_data::Preprocess::imagenet(h, w), false)?;
             write_atomic(
                 &dir.join("eval.json"),
-                serde_json::to_string_pretty(&eval_json(&m))?.as_bytes(),
+                serde_json::to_string_pretty(&m.eval_entry())?.as_bytes(),
             )?;
             Ok(())
         })?;
         if self.plan.is_some() {
-            return Ok(serde_json::Value::Null);
+            return Ok(reid_run::EvalEntry::default());
         }
-        let text = std::fs::read_to_string(dir.dir.join("eval.json"))?;
-        Ok(serde_json::from_str(&text)?)
+        let path = dir.dir.join("eval.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: not an eval entry", path.display()))
     }
 
     /// Measured inference latency (ms per batch) with BN folded, batch 1 and 32.
@@ -776,37 +779,38 @@ impl Runner {
         // atomic: two grid processes may write the same cell folder
         let bytes = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
         write_atomic(&folder.join("model.safetensors"), &bytes)?;
-        let mut eval = serde_json::json!({ self.cfg.target.label(): target.clone() });
+        let mut eval = BTreeMap::from([(self.cfg.target.label().to_string(), target.clone())]);
         if let (Some(cd), Some(cv)) = (&self.cfg.cross, &cross) {
             // Marked as cross-domain, so that no report takes it for an in-domain result.
-            eval[format!("{}-cross", cd.label())] = cv.clone();
+            eval.insert(format!("{}-cross", cd.label()), cv.clone());
         }
-        let kept: usize = ck.net.spec().prunable_convs().iter().map(|l| l.width).sum();
-        let base = reid_model::ArchSpec::from_name(&ck.net.spec().name(), 0)?;
-        let base = reid_model::ArchSpec::resnet_with(
-            base.depth,
-            0,
-            ck.net.spec().width_mult,
-            ck.net.spec().last_stride,
-            reid_model::Neck::None,
-        )?;
-        let all: usize = base.prunable_convs().iter().map(|l| l.width).sum();
-        let metrics = serde_json::json!({
-            "experiment": self.cfg.name, "target_dataset": self.cfg.target.label(), "scenario": scenario, "criterion": criterion, "level": level,
-            "backbone": ck.net.spec().name(), "parent": ck.provenance.parent,
-            "macs": c.backbone.macs, "params": c.backbone.params, "kept_channel_fraction": kept as f64 / all as f64,
-            "latency_ms": {self.cfg.device.clone(): {"batch1": b1, "batch32": b32}},
-            "eval": eval,
-            "tool_version": env!("CARGO_PKG_VERSION"),
-        });
-        write_atomic(
-            &folder.join("metrics.json"),
-            serde_json::to_string_pretty(&metrics)?.as_bytes(),
-        )?;
-        write_atomic(
-            &folder.join("config.toml"),
-            toml::to_string_pretty(&self.cfg)?.as_bytes(),
-        )?;
+        let run = reid_run::RunFolder::new(&folder);
+        run.write_metrics(&reid_run::RunMetrics {
+            experiment: self.cfg.name.clone(),
+            target_dataset: Some(self.cfg.target.label().to_string()),
+            scenario: scenario.into(),
+            criterion: criterion.into(),
+            level: level.into(),
+            backbone: ck.net.spec().name(),
+            parent: ck.provenance.parent.clone(),
+            macs: c.backbone.macs,
+            params: c.backbone.params,
+            kept_channel_fraction: Some(crate::prune_run::channel_fraction(
+                ck.net.spec(),
+                &crate::prune_run::unpruned_arch(ck.net.spec())?,
+            )),
+            latency_ms: BTreeMap::from([(
+                self.cfg.device.clone(),
+                reid_run::Latency {
+                    batch1: Some(b1),
+                    batch32: Some(b32),
+                },
+            )]),
+            eval,
+            tool_version: Some(env!("CARGO_PKG_VERSION").into()),
+            ..Default::default()
+        })?;
+        run.write_config(&self.cfg)?;
         Ok(CellResult {
             scenario: scenario.into(),
             criterion: criterion.into(),
@@ -955,7 +959,7 @@ enum Job {
 /// The summary table (Table 6 layout): one row per cell.
 pub fn render_table(cells: &[CellResult], cross: Option<&str>) -> String {
     let base = cells.first();
-    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN) * 100.0;
+    let pct = |v: f64| v * 100.0;
     let mut s = format!(
         "{:<9} {:<13} {:<5} {:>7} {:>8} {:>7} {:>7} {:>9} {:>8}\n",
         "scenario",
@@ -979,11 +983,11 @@ pub fn render_table(cells: &[CellResult], cross: Option<&str>) -> String {
             c.level,
             2.0 * c.macs as f64 / 1e9,
             c.params as f64 / 1e6,
-            f(&c.target, "mAP"),
-            f(&c.target, "rank1"),
+            pct(c.target.map),
+            pct(c.target.rank1),
             c.cross
                 .as_ref()
-                .map(|v| format!("{:.2}", f(v, "rank1")))
+                .map(|v| format!("{:.2}", pct(v.rank1)))
                 .unwrap_or_default(),
             speed
         ));

@@ -448,14 +448,6 @@ pub fn evaluate_on(
     )
 }
 
-/// The `eval` entry of metrics.json for one dataset.
-pub fn eval_json(m: &Metrics) -> serde_json::Value {
-    serde_json::json!({
-        "mAP": m.map, "rank1": m.rank(1), "rank5": m.rank(5), "rank10": m.rank(10),
-        "mINP": m.minp, "cmc": m.cmc, "num_valid_queries": m.num_valid_queries,
-    })
-}
-
 /// Train (or resume) the run described by `cfg`.
 pub fn run_training(
     cfg: &RunConfig,
@@ -718,20 +710,26 @@ pub fn run_training_with(
         None
     };
     let c = complexity(net.spec(), h, w)?;
-    let mut doc = serde_json::json!({
-        "experiment": out.file_name().map(|n| n.to_string_lossy().into_owned()),
-        "backbone": net.spec().name(),
-        "macs": c.backbone.macs, "params": c.backbone.params,
-        "train": {"epochs": epochs, "wall_s": wall_s, "final_loss": final_loss},
-        "tool_version": env!("CARGO_PKG_VERSION"),
-    });
-    if let Some(m) = &metrics {
-        doc["eval"] = serde_json::json!({ ds.name.clone(): eval_json(m) });
-    }
-    write_text_atomic(
-        &out.join("metrics.json"),
-        &serde_json::to_string_pretty(&doc)?,
-    )?;
+    reid_run::RunFolder::new(out).write_metrics(&reid_run::RunMetrics {
+        experiment: out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        backbone: net.spec().name(),
+        macs: c.backbone.macs,
+        params: c.backbone.params,
+        train: Some(reid_run::TrainSummary {
+            epochs: Some(epochs as u64),
+            wall_s: Some(wall_s),
+            final_loss: Some(final_loss).filter(|l| l.is_finite()),
+        }),
+        eval: metrics
+            .iter()
+            .map(|m| (ds.name.clone(), m.eval_entry()))
+            .collect(),
+        tool_version: Some(env!("CARGO_PKG_VERSION").into()),
+        ..Default::default()
+    })?;
     Ok(TrainOutcome {
         model: out.join("model.safetensors"),
         completed: true,

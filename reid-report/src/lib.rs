@@ -1,6 +1,6 @@
 //! reid-report: reads run folders (`metrics.json`, `config.toml`, the `reid.arch` of
 //! `model.safetensors`) and writes the paper's tables and figures. No tensor library: run
-//! folders are the only interface (DESIGN.md).
+//! folders are the only interface (their format and types: the `reid-run` crate).
 
 pub mod figures;
 pub mod frame;
@@ -48,39 +48,12 @@ pub struct ReportSummary {
     pub files: Vec<PathBuf>,
 }
 
-/// Temp file + rename, so that a crash never leaves half a file: the temp name is unique and
-/// created exclusively (a planted file or symlink of that name is never followed), synced before
-/// the rename, and removed when anything fails.
+/// [`reid_run::write_atomic`], with the report's error.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
-    use std::io::Write;
-    static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let err = |e: std::io::Error| ReportError::Write {
+    reid_run::write_atomic(path, bytes).map_err(|e| ReportError::Write {
         path: path.to_path_buf(),
         message: e.to_string(),
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}-{serial}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err(e));
-    }
-    Ok(())
+    })
 }
 
 /// One path component made safe: names in reports come from run folders' metrics (dataset keys,

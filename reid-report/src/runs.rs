@@ -2,86 +2,10 @@
 //! `reid.arch` metadata of the `model.safetensors` beside it (read from the header only, so
 //! this crate needs no tensor library).
 
-use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Accuracy of one model on one dataset (fractions in [0, 1]).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-pub struct EvalMetrics {
-    #[serde(rename = "mAP")]
-    pub map: f64,
-    pub rank1: f64,
-    #[serde(default)]
-    pub rank5: Option<f64>,
-    #[serde(default)]
-    pub rank10: Option<f64>,
-    #[serde(rename = "mINP", default)]
-    pub minp: Option<f64>,
-    #[serde(default)]
-    pub cmc: Vec<f64>,
-    #[serde(default)]
-    pub num_valid_queries: Option<u64>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-pub struct Latency {
-    pub batch1: Option<f64>,
-    pub batch32: Option<f64>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-pub struct TrainSummary {
-    pub epochs: Option<u64>,
-    pub wall_s: Option<f64>,
-    pub final_loss: Option<f64>,
-}
-
-/// `metrics.json` as DESIGN.md defines it. The grid's run folders have every field; single
-/// `train` / `prune` runs lack scenario, criterion or level, which [`read_metrics`] fills in.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-pub struct Metrics {
-    #[serde(default)]
-    pub experiment: String,
-    /// The re-ID target the run's grid trained on (several-target experiments).
-    #[serde(default)]
-    pub target_dataset: Option<String>,
-    #[serde(default)]
-    pub scenario: String,
-    #[serde(default)]
-    pub criterion: String,
-    /// `C1`, `full`, or a prune command's numeric level.
-    #[serde(default, deserialize_with = "string_or_number")]
-    pub level: String,
-    pub backbone: String,
-    #[serde(default)]
-    pub parent: Option<String>,
-    pub macs: u64,
-    pub params: u64,
-    #[serde(default)]
-    pub kept_channel_fraction: Option<f64>,
-    #[serde(default)]
-    pub latency_ms: BTreeMap<String, Latency>,
-    #[serde(default)]
-    pub eval: BTreeMap<String, EvalMetrics>,
-    #[serde(default)]
-    pub train: Option<TrainSummary>,
-    #[serde(default)]
-    pub tool_version: Option<String>,
-}
-
-fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    Ok(match serde_json::Value::deserialize(d)? {
-        serde_json::Value::String(s) => s,
-        serde_json::Value::Number(n) => n.to_string(),
-        serde_json::Value::Null => String::new(),
-        other => {
-            return Err(serde::de::Error::custom(format!(
-                "level must be a string or a number, got {other}"
-            )))
-        }
-    })
-}
+/// `metrics.json`, with the types the tools write it with ([`reid_run`]).
+pub use reid_run::{EvalEntry as EvalMetrics, Latency, RunMetrics as Metrics, TrainSummary};
 
 /// Widths of one prunable conv: kept and original (unpruned) output channels.
 #[derive(Clone, Debug, PartialEq)]
@@ -231,9 +155,10 @@ fn collect_metrics(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), RunsError> 
 }
 
 fn read_metrics(path: &Path) -> Result<Metrics, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
-    let mut m: Metrics = serde_json::from_str(&text)
-        .map_err(|e| format!("not a metrics.json of DESIGN.md's format: {e}"))?;
+    let mut m = reid_run::metrics::read_metrics(path).map_err(|e| match e {
+        reid_run::RunFileError::Invalid { message, .. } => message,
+        other => other.to_string(),
+    })?;
     // Single-step run folders: `train` writes neither scenario nor criterion, `prune` no scenario.
     if m.scenario.is_empty() {
         m.scenario = if m.criterion.is_empty() {
@@ -248,42 +173,6 @@ fn read_metrics(path: &Path) -> Result<Metrics, String> {
     }
     if m.level.is_empty() {
         m.level = "full".into();
-    }
-    for (name, e) in &m.eval {
-        let optional = [("rank5", e.rank5), ("rank10", e.rank10), ("mINP", e.minp)];
-        let all = [("mAP", Some(e.map)), ("rank1", Some(e.rank1))]
-            .into_iter()
-            .chain(optional);
-        for (what, v) in all {
-            if let Some(v) = v.filter(|v| !(0.0..=1.0).contains(v)) {
-                return Err(format!(
-                    "eval.{name}.{what} = {v} is not a fraction in [0, 1]"
-                ));
-            }
-        }
-        if let Some((k, v)) = e
-            .cmc
-            .iter()
-            .enumerate()
-            .find(|(_, v)| !(0.0..=1.0).contains(*v))
-        {
-            return Err(format!(
-                "eval.{name}.cmc[{k}] = {v} is not a fraction in [0, 1]"
-            ));
-        }
-        if let Some(k) = (1..e.cmc.len()).find(|&k| e.cmc[k] < e.cmc[k - 1]) {
-            return Err(format!(
-                "eval.{name}.cmc decreases at rank {}: a CMC curve never does",
-                k + 1
-            ));
-        }
-    }
-    // Beyond any ResNet this tool builds (ResNet-152 at 2048×1024 is ~1e12 MACs, 6e7 parameters).
-    if m.macs == 0 || m.macs > 10_000_000_000_000 {
-        return Err(format!("macs = {} is not a plausible count", m.macs));
-    }
-    if m.params == 0 || m.params > 10_000_000_000 {
-        return Err(format!("params = {} is not a plausible count", m.params));
     }
     Ok(m)
 }

@@ -263,9 +263,8 @@ fn bad_files_are_reported_by_path_and_skipped() {
     let (_tmp, out, summary) = report();
     let msgs: Vec<String> = summary.problems.iter().map(|p| p.to_string()).collect();
     assert_eq!(msgs.len(), 3, "{msgs:#?}");
-    assert!(msgs
-        .iter()
-        .any(|m| m.contains("entropy-C1/metrics.json") && m.contains("metrics.json of DESIGN.md")));
+    assert!(msgs.iter().any(|m| m.contains("entropy-C1/metrics.json")
+        && m.contains("metrics.json of reid-run's format")));
     assert!(msgs
         .iter()
         .any(|m| m.contains("taylor-C1/metrics.json") && m.contains("missing field")));

@@ -1,0 +1,47 @@
+//! reid-run: the run-folder contract shared by every crate of the workspace, with no tensor
+//! library (the report reads it with the same types the tools write).
+//!
+//! # A run folder
+//!
+//! | file | written by | what |
+//! |---|---|---|
+//! | `model.safetensors` | train, prune, the grid | the network; its header holds `reid.arch` (every conv's width) and `reid.provenance` |
+//! | `trainer_state.safetensors` | train (while it runs) | network + optimiser state + position, one file committed atomically; resume reads it |
+//! | `config.toml` | train, prune, the grid | the resolved config the run used (serde of its config type) |
+//! | `metrics.json` | train, prune, the grid, reid-eval | [`RunMetrics`]: complexity, latency, one [`EvalEntry`] per dataset |
+//! | `log.jsonl` | train, prune | one JSON object per epoch (train) or pruning step (prune) |
+//!
+//! A grid writes one run folder per cell at `<out>/<scenario>/<criterion>-<level>/` and keeps
+//! its steps under `<out>/steps/<kind>-<key>/` (each with `step.json`, the resolved work it
+//! computes, and `DONE` once finished); the report reads run folders and skips `steps/`.
+//!
+//! Every file is written with [`write_atomic`]: a uniquely named temporary file in the same
+//! folder, created exclusively, synced, renamed over the target, the folder synced; a failing
+//! write leaves the old file as it was. Metrics are checked ([`RunMetrics::validate`]) before
+//! they are written and when they are read.
+
+pub mod atomic;
+pub mod metrics;
+
+pub use atomic::{remove_stale_temp_files, write_atomic, TEMP_MARK};
+pub use metrics::{EvalEntry, Latency, RunFolder, RunMetrics, TrainSummary};
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunFileError {
+    #[error("{path}: cannot write (nothing was replaced): {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+pub type Result<T> = std::result::Result<T, RunFileError>;

@@ -1,0 +1,340 @@
+//! `metrics.json`, typed: what every tool writes and the report reads.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{write_atomic, Result, RunFileError};
+
+/// Accuracy of one model on one dataset (fractions in [0, 1]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvalEntry {
+    #[serde(rename = "mAP")]
+    pub map: f64,
+    pub rank1: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank5: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank10: Option<f64>,
+    #[serde(rename = "mINP", default, skip_serializing_if = "Option::is_none")]
+    pub minp: Option<f64>,
+    /// CMC curve: rank-k accuracy at k = 1, 2, …
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmc: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_valid_queries: Option<u64>,
+}
+
+/// Measured inference time of one batch, in ms.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch1: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch32: Option<f64>,
+}
+
+/// What a training run did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainSummary {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_loss: Option<f64>,
+}
+
+/// `metrics.json`. A grid cell has every field; a single `train` run has no scenario,
+/// criterion or level, a `prune` run no scenario (readers fill them in, see the report).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunMetrics {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub experiment: String,
+    /// The re-ID target the run's grid trained on (several-target experiments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_dataset: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scenario: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub criterion: String,
+    /// `C1`, `full`, or a prune command's numeric level (written as a string; older files
+    /// with a number are read too).
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub level: String,
+    /// What the level is a fraction of (`flops`, `params`, `channels`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    pub backbone: String,
+    /// SHA-256 of the model this one was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Backbone multiply-adds at the run's input size, and parameters.
+    pub macs: u64,
+    pub params: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macs_before: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params_before: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_channel_fraction: Option<f64>,
+    /// Per device (`cpu`, `cuda:0`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub latency_ms: BTreeMap<String, Latency>,
+    /// Per dataset label; cross-domain results are keyed `<label>-cross`, re-ranked ones
+    /// `<label>+rerank`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub eval: BTreeMap<String, EvalEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<TrainSummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_version: Option<String>,
+}
+
+fn string_or_number<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<String, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::Null => String::new(),
+        other => {
+            return Err(serde::de::Error::custom(format!(
+                "level must be a string or a number, got {other}"
+            )))
+        }
+    })
+}
+
+/// Beyond any ResNet these tools build (ResNet-152 at 2048×1024 is ~1e12 MACs, 6e7 parameters).
+const MAX_MACS: u64 = 10_000_000_000_000;
+const MAX_PARAMS: u64 = 10_000_000_000;
+
+impl RunMetrics {
+    /// Every number where it can be: fractions in [0, 1], CMC never decreasing, counts
+    /// plausible, times finite and positive. The message names the field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let fraction = |what: String, v: f64| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{what} = {v} is not a fraction in [0, 1]"))
+            }
+        };
+        for (name, e) in &self.eval {
+            let optional = [("rank5", e.rank5), ("rank10", e.rank10), ("mINP", e.minp)];
+            for (what, v) in [("mAP", Some(e.map)), ("rank1", Some(e.rank1))]
+                .into_iter()
+                .chain(optional)
+            {
+                if let Some(v) = v {
+                    fraction(format!("eval.{name}.{what}"), v)?;
+                }
+            }
+            for (k, &v) in e.cmc.iter().enumerate() {
+                fraction(format!("eval.{name}.cmc[{k}]"), v)?;
+            }
+            if let Some(k) = (1..e.cmc.len()).find(|&k| e.cmc[k] < e.cmc[k - 1]) {
+                return Err(format!(
+                    "eval.{name}.cmc decreases at rank {}: a CMC curve never does",
+                    k + 1
+                ));
+            }
+        }
+        if let Some(f) = self.kept_channel_fraction {
+            fraction("kept_channel_fraction".into(), f)?;
+        }
+        for (what, v) in [("macs", Some(self.macs)), ("macs_before", self.macs_before)] {
+            if let Some(v) = v.filter(|&v| v == 0 || v > MAX_MACS) {
+                return Err(format!("{what} = {v} is not a plausible count"));
+            }
+        }
+        for (what, v) in [
+            ("params", Some(self.params)),
+            ("params_before", self.params_before),
+        ] {
+            if let Some(v) = v.filter(|&v| v == 0 || v > MAX_PARAMS) {
+                return Err(format!("{what} = {v} is not a plausible count"));
+            }
+        }
+        for (device, l) in &self.latency_ms {
+            for (what, v) in [("batch1", l.batch1), ("batch32", l.batch32)] {
+                if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
+                    return Err(format!(
+                        "latency_ms.{device}.{what} = {v} is not a positive time"
+                    ));
+                }
+            }
+        }
+        if self.backbone.is_empty() {
+            return Err("backbone is empty".into());
+        }
+        Ok(())
+    }
+}
+
+/// Read and check a `metrics.json`.
+pub fn read_metrics(path: &Path) -> Result<RunMetrics> {
+    let text = std::fs::read_to_string(path).map_err(|source| RunFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let invalid = |message: String| RunFileError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    let m: RunMetrics = serde_json::from_str(&text)
+        .map_err(|e| invalid(format!("not a metrics.json of reid-run's format: {e}")))?;
+    m.validate().map_err(invalid)?;
+    Ok(m)
+}
+
+/// Check and write a `metrics.json` atomically.
+pub fn write_metrics(path: &Path, m: &RunMetrics) -> Result<()> {
+    let invalid = |message: String| RunFileError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    m.validate()
+        .map_err(|e| invalid(format!("refusing to write metrics: {e}")))?;
+    let text = serde_json::to_string_pretty(m).map_err(|e| invalid(e.to_string()))?;
+    write_atomic(path, text.as_bytes())
+}
+
+/// A run folder: where its files are and how they are written.
+#[derive(Clone, Debug)]
+pub struct RunFolder {
+    dir: PathBuf,
+}
+
+impl RunFolder {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn metrics_path(&self) -> PathBuf {
+        self.dir.join("metrics.json")
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+    /// The resolved config, as TOML.
+    pub fn write_config<T: Serialize>(&self, config: &T) -> Result<()> {
+        let path = self.config_path();
+        let text = toml::to_string_pretty(config).map_err(|e| RunFileError::Invalid {
+            path: path.clone(),
+            message: format!("cannot serialise the config: {e}"),
+        })?;
+        write_atomic(&path, text.as_bytes())
+    }
+    pub fn write_metrics(&self, m: &RunMetrics) -> Result<()> {
+        write_metrics(&self.metrics_path(), m)
+    }
+    /// The folder's metrics, `None` when it has none yet.
+    pub fn read_metrics(&self) -> Result<Option<RunMetrics>> {
+        let path = self.metrics_path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        read_metrics(&path).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> RunMetrics {
+        RunMetrics {
+            scenario: "S1".into(),
+            criterion: "l1".into(),
+            level: "C1".into(),
+            backbone: "resnet50".into(),
+            macs: 10,
+            params: 5,
+            latency_ms: BTreeMap::from([(
+                "cpu".to_string(),
+                Latency {
+                    batch1: Some(1.0),
+                    batch32: Some(20.0),
+                },
+            )]),
+            eval: BTreeMap::from([(
+                "market1501".to_string(),
+                EvalEntry {
+                    map: 0.5,
+                    rank1: 0.7,
+                    cmc: vec![0.7, 0.8],
+                    ..Default::default()
+                },
+            )]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn round_trip_and_older_numeric_levels() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = RunFolder::new(dir.path());
+        assert_eq!(f.read_metrics().unwrap(), None);
+        f.write_metrics(&sample()).unwrap();
+        assert_eq!(f.read_metrics().unwrap(), Some(sample()));
+        let old: RunMetrics =
+            serde_json::from_str(r#"{"backbone":"resnet18","level":0.5,"macs":1,"params":1}"#)
+                .unwrap();
+        assert_eq!(old.level, "0.5");
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_refused_on_write_and_read_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = RunFolder::new(dir.path());
+        type Change = Box<dyn Fn(&mut RunMetrics)>;
+        let cases: Vec<(Change, &str)> = vec![
+            (
+                Box::new(|m| m.eval.get_mut("market1501").unwrap().map = f64::NAN),
+                "eval.market1501.mAP",
+            ),
+            (
+                Box::new(|m| m.eval.get_mut("market1501").unwrap().rank5 = Some(-3.0)),
+                "rank5",
+            ),
+            (
+                Box::new(|m| m.eval.get_mut("market1501").unwrap().cmc = vec![0.9, 0.8]),
+                "decreases",
+            ),
+            (Box::new(|m| m.macs = u64::MAX), "macs"),
+            (Box::new(|m| m.params = 0), "params"),
+            (
+                Box::new(|m| m.latency_ms.get_mut("cpu").unwrap().batch32 = Some(f64::INFINITY)),
+                "batch32",
+            ),
+        ];
+        f.write_metrics(&sample()).unwrap();
+        for (change, field) in cases {
+            let mut m = sample();
+            change(&mut m);
+            let e = f.write_metrics(&m).unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+            // the good file is still there
+            assert_eq!(f.read_metrics().unwrap(), Some(sample()));
+        }
+        std::fs::write(
+            f.metrics_path(),
+            r#"{"backbone":"r","macs":1,"params":1,"eval":{"x":{"mAP":7,"rank1":0.1}}}"#,
+        )
+        .unwrap();
+        let e = f.read_metrics().unwrap_err().to_string();
+        assert!(
+            e.contains("metrics.json") && e.contains("eval.x.mAP = 7"),
+            "{e}"
+        );
+    }
+}
