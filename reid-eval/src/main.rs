@@ -16,7 +16,6 @@ use reid_eval::{
     save_features, ApKind, FeatureKind, Labels, Metric, Metrics,
 };
 use reid_model::checkpoint::read_safetensors;
-use reid_model::complexity::parse_hw;
 
 reid_model::use_fast_allocator!();
 
@@ -47,7 +46,7 @@ struct EvalArgs {
     root: Option<PathBuf>,
     /// Network input HEIGHTxWIDTH.
     #[arg(long, default_value = "256x128")]
-    input: String,
+    input: reid_run::InputSize,
     /// Add the features of the horizontally flipped image.
     #[arg(long)]
     flip: bool,
@@ -107,7 +106,7 @@ fn evaluate_checkpoint(a: EvalArgs) -> Result<()> {
         bail!("give --checkpoint, --dataset and --root (or a subcommand: extract, score, bench; see --help)");
     };
     let device = reid_model::device::parse_device(&a.device)?;
-    let (h, w) = parse_hw(&a.input)?;
+    let (h, w) = a.input.hw();
     let net = load_model_for_inference(&ck, None, 2, &device)
         .with_context(|| format!("loading {}", ck.display()))?;
     let ds = reid_data::datasets::load(&name, &root)?;
@@ -172,7 +171,7 @@ enum Command {
         feature: FeatureKind,
         /// Network input HEIGHTxWIDTH; other image sizes are resized.
         #[arg(long, default_value = "256x128")]
-        input: String,
+        input: reid_run::InputSize,
         /// Last stride of plain ImageNet weights (their files do not record it).
         #[arg(long, default_value_t = 2)]
         last_stride: usize,
@@ -378,7 +377,7 @@ fn main() -> Result<()> {
             device,
         } => {
             let device = reid_model::device::parse_device(&device)?;
-            let (h, w) = parse_hw(&input)?;
+            let (h, w) = input.hw();
             let net = load_model_for_inference(&weights, arch.as_deref(), last_stride, &device)
                 .with_context(|| format!("loading weights {}", weights.display()))?;
             let paths = list_images(&images)?;

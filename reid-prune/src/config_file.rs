@@ -184,7 +184,7 @@ mod tests {
         .unwrap();
         let c: ExperimentConfig = read_toml(&dir.join("sub/exp.toml"), "experiment").unwrap();
         assert_eq!(c.seed, 4);
-        assert_eq!(c.batch_pk, "8x4");
+        assert_eq!(c.batch_pk.to_string(), "8x4");
         assert_eq!(c.levels.len(), 2, "tables merge key by key");
         assert_eq!(c.target.root, std::path::PathBuf::from("t"));
         // a typo in the base is named with the file chain

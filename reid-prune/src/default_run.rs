@@ -107,7 +107,7 @@ pub fn default_experiment(out: &Path, quick: bool) -> Result<ExperimentConfig> {
             "default".into()
         },
         out: out.to_path_buf(),
-        input: format!("{}x{}", p.input.0, p.input.1),
+        input: reid_run::InputSize::new(p.input.0 as usize, p.input.1 as usize),
         arch: "resnet50".into(),
         width_mult: 0.25,
         baselines: p.baselines,
@@ -137,7 +137,7 @@ pub fn default_experiment(out: &Path, quick: bool) -> Result<ExperimentConfig> {
         pretrain_epochs: p.pretrain_epochs,
         finetune_epochs: p.finetune_epochs,
         retrain_epochs: p.retrain_epochs,
-        batch_pk: "8x4".into(),
+        batch_pk: reid_run::PkBatch::new(8, 4),
         batch_size: 32,
         lr: 1e-3,
         ..ExperimentConfig::default()

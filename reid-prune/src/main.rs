@@ -49,7 +49,7 @@ enum DataCommand {
         root: PathBuf,
         /// Network input HEIGHTxWIDTH.
         #[arg(long, default_value = "256x128")]
-        input: String,
+        input: reid_run::InputSize,
         /// Batches to time.
         #[arg(long, default_value_t = 40)]
         batches: usize,
@@ -95,12 +95,12 @@ struct TrainArgs {
     width_mult: Option<f64>,
     /// HEIGHTxWIDTH
     #[arg(long)]
-    input: Option<String>,
+    input: Option<reid_run::InputSize>,
     #[arg(long)]
     epochs: Option<usize>,
     /// PxK identities x images per batch (re-ID).
     #[arg(long)]
-    batch_pk: Option<String>,
+    batch_pk: Option<reid_run::PkBatch>,
     #[arg(long)]
     seed: Option<u64>,
     /// cpu or cuda:N
@@ -158,7 +158,7 @@ struct PruneArgs {
     #[arg(long)]
     residual_groups: bool,
     #[arg(long, default_value = "256x128")]
-    input: String,
+    input: reid_run::InputSize,
     #[arg(long)]
     dataset: Option<String>,
     #[arg(long)]
@@ -260,7 +260,7 @@ enum Command {
         checkpoint: Option<PathBuf>,
         /// Input HEIGHTxWIDTH.
         #[arg(long, default_value = "256x128")]
-        input: String,
+        input: reid_run::InputSize,
         /// Width multiplier for --arch.
         #[arg(long, default_value_t = 1.0)]
         width_mult: f64,
@@ -471,7 +471,7 @@ fn main() -> Result<()> {
                 },
         }) => {
             use reid_data::loader::{epoch_batches, Augment, Prefetcher, Sampling};
-            let (h, w) = parse_hw(&input)?;
+            let (h, w) = input.hw();
             let ds = reid_data::datasets::load(&dataset, &root)?;
             let train = std::sync::Arc::new(ds.train);
             let mut plan = epoch_batches(&train, Sampling::IdentityPk { p: 16, k: 4 }, 0, 0)?;
@@ -530,7 +530,7 @@ fn main() -> Result<()> {
             layers,
             json,
         }) => {
-            let (h, w) = parse_hw(&input)?;
+            let (h, w) = input.hw();
             let spec = match &checkpoint {
                 Some(p) => load_checkpoint(p, &Device::Cpu, false)
                     .with_context(|| format!("reading checkpoint {}", p.display()))?

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use reid_data::datasets::load as load_dataset;
 use reid_data::loader::{epoch_batches, Augment, Sampling};
@@ -15,7 +15,7 @@ use reid_data::Preprocess;
 use reid_model::checkpoint::{
     file_sha256, load_checkpoint, read_safetensors, save_checkpoint, Provenance, META_ARCH,
 };
-use reid_model::complexity::{complexity, parse_hw};
+use reid_model::complexity::complexity;
 use reid_model::hub::infer_backbone_spec;
 use reid_model::{ArchSpec, ReidNet};
 use serde::{Deserialize, Serialize};
@@ -37,7 +37,7 @@ pub struct PruneConfig {
     pub target: TargetKind,
     pub allocation: Allocation,
     pub floor: f64,
-    pub input: String,
+    pub input: reid_run::InputSize,
     /// Data for data-driven criteria and retraining.
     pub dataset: Option<String>,
     pub root: Option<PathBuf>,
@@ -51,7 +51,7 @@ pub struct PruneConfig {
     pub retrain_epochs: usize,
     /// Base learning rate of retraining.
     pub retrain_lr: f64,
-    pub batch_pk: String,
+    pub batch_pk: reid_run::PkBatch,
     /// Retraining task: re-ID on a re-ID dataset, classification on a source (imagefolder) set.
     pub retrain_task: reid_model::train::Task,
     /// Batch size of classification retraining.
@@ -97,7 +97,7 @@ impl Default for PruneConfig {
             target: TargetKind::Flops,
             allocation: Allocation::Layerwise,
             floor: 1.0 / 16.0,
-            input: "256x128".into(),
+            input: reid_run::InputSize::new(256, 128),
             dataset: None,
             root: None,
             batch: None,
@@ -105,7 +105,7 @@ impl Default for PruneConfig {
             step: None,
             retrain_epochs: 0,
             retrain_lr: 3.5e-4,
-            batch_pk: "16x4".into(),
+            batch_pk: reid_run::PkBatch::new(16, 4),
             retrain_task: reid_model::train::Task::Reid,
             batch_size: 64,
             seed: 0,
@@ -177,7 +177,7 @@ fn score_data(cfg: &PruneConfig, net: &ReidNet, device: &Device) -> Result<Optio
         return Ok(None);
     };
     let ds = load_dataset(name, root)?;
-    let (h, w) = parse_hw(&cfg.input)?;
+    let (h, w) = cfg.input.hw();
     let pre = Preprocess::imagenet(h, w);
     let plan = epoch_batches(
         &ds.train,
@@ -222,8 +222,8 @@ fn retrain_config(cfg: &PruneConfig, start: &Path, out: &Path) -> RunConfig {
     let mut rc = RunConfig {
         dataset: cfg.dataset.clone().unwrap_or_default(),
         root: cfg.root.clone().unwrap_or_default(),
-        input: cfg.input.clone(),
-        batch_pk: cfg.batch_pk.clone(),
+        input: cfg.input,
+        batch_pk: cfg.batch_pk,
         batch_size: cfg.batch_size,
         seed: cfg.seed,
         device: cfg.device.clone(),
@@ -287,6 +287,10 @@ pub fn run_prune_resumable(
     resume: bool,
 ) -> Result<PruneOutcome> {
     let method = crate::method::method(&cfg.criterion)?;
+    cfg.input.validate().map_err(|e| anyhow!("--input: {e}"))?;
+    cfg.batch_pk
+        .validate()
+        .map_err(|e| anyhow!("batch_pk: {e}"))?;
     if cfg.residual_groups && !method.residual_groups {
         let ok: Vec<&str> = crate::method::methods()
             .iter()
@@ -309,7 +313,7 @@ pub fn run_prune_resumable(
     let rule = (method.rule)(cfg);
     let criterion = (method.criterion().build)(cfg.seed);
     let device = reid_model::device::parse_device(&cfg.device)?;
-    let (h, w) = parse_hw(&cfg.input)?;
+    let (h, w) = cfg.input.hw();
     let (mut net, parent_prov) = load_any(&cfg.checkpoint, cfg.arch.as_deref(), &device)
         .with_context(|| format!("loading {}", cfg.checkpoint.display()))?;
     let base: ArchSpec = net.spec().clone();

@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use reid_model::checkpoint::{file_sha256, load_checkpoint, write_atomic};
-use reid_model::complexity::{complexity, parse_hw};
+use reid_model::complexity::complexity;
 use reid_model::train::schedule::{Decay, Schedule};
 
 use reid_model::train::Task;
@@ -60,7 +60,7 @@ pub struct ExperimentConfig {
     pub device: String,
     pub seed: u64,
     /// HEIGHTxWIDTH of every step.
-    pub input: String,
+    pub input: reid_run::InputSize,
     pub arch: String,
     pub width_mult: f64,
     /// Shallower baselines trained the same way (e.g. resnet18, resnet34).
@@ -78,7 +78,7 @@ pub struct ExperimentConfig {
     /// models are also tested on the next target in the list. Empty: `target` alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<DataRef>,
-    pub scenarios: Vec<String>,
+    pub scenarios: Vec<Scenario>,
     pub criteria: Vec<String>,
     /// Compression levels: name → fraction of FLOPs removed.
     pub levels: BTreeMap<String, f64>,
@@ -91,7 +91,7 @@ pub struct ExperimentConfig {
     pub pretrain_epochs: usize,
     pub finetune_epochs: usize,
     pub retrain_epochs: usize,
-    pub batch_pk: String,
+    pub batch_pk: reid_run::PkBatch,
     pub batch_size: usize,
     pub lr: f64,
     /// Checkpoint a training step inside its epochs at least this often (seconds), so that a
@@ -106,7 +106,7 @@ impl Default for ExperimentConfig {
             out: PathBuf::from("runs/experiment"),
             device: "cpu".into(),
             seed: 0,
-            input: "256x128".into(),
+            input: reid_run::InputSize::new(256, 128),
             arch: "resnet50".into(),
             width_mult: 1.0,
             baselines: vec!["resnet18".into(), "resnet34".into()],
@@ -123,7 +123,7 @@ impl Default for ExperimentConfig {
             },
             cross: None,
             targets: Vec::new(),
-            scenarios: vec!["S1".into(), "S2".into(), "S3".into(), "S4".into()],
+            scenarios: Scenario::ALL.to_vec(),
             criteria: vec!["l1".into(), "taylor".into(), "entropy".into()],
             levels: BTreeMap::from([("C1".to_string(), 0.5), ("C2".to_string(), 2.0 / 3.0)]),
             allocation: Allocation::Layerwise,
@@ -132,11 +132,42 @@ impl Default for ExperimentConfig {
             pretrain_epochs: 30,
             finetune_epochs: 60,
             retrain_epochs: 10,
-            batch_pk: "16x4".into(),
+            batch_pk: reid_run::PkBatch::new(16, 4),
             batch_size: 64,
             lr: 3.5e-4,
             checkpoint_interval_s: 300.0,
         }
+    }
+}
+
+/// The paper's scenarios (Fig. 3): where pruning happens relative to the domain transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Scenario {
+    /// Prune on the source, then fine-tune on the target.
+    S1,
+    /// Half the reduction on the source, fine-tune, the other half on the target.
+    S2,
+    /// Fine-tune, then prune on the target.
+    S3,
+    /// Prune the source model on the target (retraining there), without fine-tuning first.
+    S4,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 4] = [Scenario::S1, Scenario::S2, Scenario::S3, Scenario::S4];
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scenario::S1 => "S1",
+            Scenario::S2 => "S2",
+            Scenario::S3 => "S3",
+            Scenario::S4 => "S4",
+        }
+    }
+}
+
+impl std::fmt::Display for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -182,8 +213,12 @@ impl ExperimentConfig {
         crate::training::positive("width_mult", self.width_mult)?;
         crate::training::positive("lr", self.lr)?;
         crate::training::positive("checkpoint_interval_s", self.checkpoint_interval_s)?;
-        parse_hw(&self.input).with_context(|| format!("input = '{}'", self.input))?;
-        crate::training::parse_pk(&self.batch_pk).context("batch_pk")?;
+        self.input
+            .validate()
+            .map_err(|e| anyhow::anyhow!("input: {e}"))?;
+        self.batch_pk
+            .validate()
+            .map_err(|e| anyhow::anyhow!("batch_pk: {e}"))?;
         if self.batch_size == 0 {
             anyhow::bail!("batch_size = 0: expected at least 1");
         }
@@ -191,11 +226,6 @@ impl ExperimentConfig {
             reid_model::ArchSpec::from_name(arch, 0)
                 .with_context(|| format!("arch/baselines: '{arch}'"))?;
             check_path_name("baselines", arch)?;
-        }
-        for s in &self.scenarios {
-            if !["S1", "S2", "S3", "S4"].contains(&s.as_str()) {
-                anyhow::bail!("scenarios: unknown scenario '{s}': expected S1, S2, S3 or S4");
-            }
         }
         for c in &self.criteria {
             crate::method::method(c).with_context(|| format!("criteria: '{c}'"))?;
@@ -245,7 +275,7 @@ impl ExperimentConfig {
         if ds.train.is_empty() {
             anyhow::bail!("source {}: no training images", ds.root.display());
         }
-        let (p, k) = crate::training::parse_pk(&self.batch_pk).context("batch_pk")?;
+        let (p, k) = (self.batch_pk.p, self.batch_pk.k);
         let targets: Vec<&DataRef> = if self.targets.is_empty() {
             vec![&self.target]
         } else {
@@ -533,8 +563,8 @@ impl Runner {
             root: data.root.clone(),
             arch: self.cfg.arch.clone(),
             width_mult: self.cfg.width_mult,
-            input: self.cfg.input.clone(),
-            batch_pk: self.cfg.batch_pk.clone(),
+            input: self.cfg.input,
+            batch_pk: self.cfg.batch_pk,
             batch_size: self.cfg.batch_size,
             seed: self.cfg.seed,
             device: self.cfg.device.clone(),
@@ -641,14 +671,14 @@ impl Runner {
             target: TargetKind::Flops,
             allocation: self.cfg.allocation,
             residual_groups: self.cfg.residual_groups,
-            input: self.cfg.input.clone(),
+            input: self.cfg.input,
             dataset: Some(data.dataset.clone()),
             root: Some(data.root.clone()),
             score_images: 128,
             step: self.cfg.prune_step,
             retrain_epochs: self.cfg.retrain_epochs,
             retrain_lr: self.cfg.lr,
-            batch_pk: self.cfg.batch_pk.clone(),
+            batch_pk: self.cfg.batch_pk,
             retrain_task: if on_source {
                 Task::Classify
             } else {
@@ -687,7 +717,7 @@ impl Runner {
     /// Evaluate a model on a re-ID set (cached beside the step).
     pub fn evaluate(&mut self, model: &StepOut, data: &DataRef) -> Result<reid_run::EvalEntry> {
         let work = serde_json::json!({"data": data.identity(), "input": self.cfg.input});
-        let (h, w) = parse_hw(&self.cfg.input)?;
+        let (h, w) = self.cfg.input.hw();
         let device = self.device.clone();
         let path = model.model();
         let data2 = data.clone();
@@ -715,7 +745,7 @@ impl Runner {
 
     /// Measured inference latency (ms per batch) with BN folded, batch 1 and 32.
     fn latency(&self, model: &Path) -> Result<(f64, f64)> {
-        let (h, w) = parse_hw(&self.cfg.input)?;
+        let (h, w) = self.cfg.input.hw();
         let device = self.device()?;
         let net = load_checkpoint(model, &device, false)?.net.fold_bn()?;
         let mut out = [0.0; 2];
@@ -772,7 +802,7 @@ impl Runner {
         }
         let model = &step.model();
         let ck = load_checkpoint(model, &Device::Cpu, false)?;
-        let (h, w) = parse_hw(&self.cfg.input)?;
+        let (h, w) = self.cfg.input.hw();
         let c = complexity(ck.net.spec(), h, w)?;
         let (b1, b32) = self.latency(model)?;
         std::fs::create_dir_all(&folder)?;
@@ -858,7 +888,7 @@ impl Runner {
         for scenario in &cfg.scenarios {
             for criterion in &cfg.criteria {
                 let method = crate::method::method(criterion)?;
-                if !method.in_s4 && scenario == "S4" {
+                if !method.in_s4 && *scenario == Scenario::S4 {
                     self.log(&format!(
                         "S4 {criterion}: not applicable (the paper's Table 6 marks it N/A)"
                     ));
@@ -872,7 +902,7 @@ impl Runner {
                 }
                 for (lname, &level) in &cfg.levels {
                     jobs.push(Job::Cell {
-                        scenario: scenario.clone(),
+                        scenario: *scenario,
                         criterion: criterion.clone(),
                         level_name: lname.clone(),
                         level,
@@ -919,12 +949,12 @@ impl Runner {
                 level,
             } => {
                 let level = *level;
-                let model = match scenario.as_str() {
-                    "S1" => {
+                let model = match scenario {
+                    Scenario::S1 => {
                         let p = self.prune(pre, criterion, level, true)?;
                         self.finetune(&p)?
                     }
-                    "S2" => {
+                    Scenario::S2 => {
                         // the FLOPs reduction split geometrically: (1 − h)² = 1 − level, h on
                         // the source, then h of what is left on the target
                         let half = 1.0 - (1.0 - level).sqrt();
@@ -932,13 +962,10 @@ impl Runner {
                         let t = self.finetune(&p)?;
                         self.prune(&t, criterion, half, false)?
                     }
-                    "S3" => self.prune(tuned, criterion, level, false)?,
-                    "S4" => self.prune(pre, criterion, level, false)?,
-                    other => {
-                        anyhow::bail!("unknown scenario '{other}': expected S1, S2, S3 or S4")
-                    }
+                    Scenario::S3 => self.prune(tuned, criterion, level, false)?,
+                    Scenario::S4 => self.prune(pre, criterion, level, false)?,
                 };
-                self.cell(scenario, criterion, level_name, &model)
+                self.cell(scenario.name(), criterion, level_name, &model)
             }
         }
     }
@@ -949,7 +976,7 @@ enum Job {
     Source,
     Baseline(String),
     Cell {
-        scenario: String,
+        scenario: Scenario,
         criterion: String,
         level_name: String,
         level: f64,

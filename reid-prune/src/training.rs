@@ -21,7 +21,7 @@ use reid_model::checkpoint::{
     checkpoint_bytes, checkpoint_with_extra, load_checkpoint, read_safetensors,
     remove_stale_temp_files, save_checkpoint, write_atomic, Provenance, META_ARCH,
 };
-use reid_model::complexity::{complexity, parse_hw};
+use reid_model::complexity::complexity;
 use reid_model::hub::{load_imagenet, HeadOptions};
 use reid_model::train::{Task, TrainConfig, Trainer};
 use reid_model::{ArchSpec, Neck, ReidNet};
@@ -36,9 +36,9 @@ pub struct RunConfig {
     pub arch: String,
     pub width_mult: f64,
     /// HEIGHTxWIDTH
-    pub input: String,
+    pub input: reid_run::InputSize,
     /// PxK for re-ID batches.
-    pub batch_pk: String,
+    pub batch_pk: reid_run::PkBatch,
     /// Batch size for classification.
     pub batch_size: usize,
     pub last_stride: usize,
@@ -73,8 +73,8 @@ impl Default for RunConfig {
             root: PathBuf::from("data"),
             arch: "resnet50".into(),
             width_mult: 1.0,
-            input: "256x128".into(),
-            batch_pk: "16x4".into(),
+            input: reid_run::InputSize::new(256, 128),
+            batch_pk: reid_run::PkBatch::new(16, 4),
             batch_size: 64,
             last_stride: 1,
             seed: 0,
@@ -90,20 +90,6 @@ impl Default for RunConfig {
             allow_config_change: false,
             train: TrainConfig::default(),
         }
-    }
-}
-
-/// `16x4` → (16, 4); both at least 1.
-pub fn parse_pk(s: &str) -> Result<(usize, usize)> {
-    let parsed = s.split_once(['x', 'X']).and_then(|(p, k)| {
-        Some((
-            p.trim().parse::<usize>().ok()?,
-            k.trim().parse::<usize>().ok()?,
-        ))
-    });
-    match parsed {
-        Some((p, k)) if p >= 1 && k >= 1 => Ok((p, k)),
-        _ => bail!("batch '{s}': expected PxK with P, K ≥ 1 identities × images, e.g. 16x4"),
     }
 }
 
@@ -150,8 +136,12 @@ impl RunConfig {
         positive("width_mult", self.width_mult)?;
         positive("train.schedule.base_lr", self.train.schedule.base_lr)?;
         positive("checkpoint_interval_s", self.checkpoint_interval_s)?;
-        parse_hw(&self.input).with_context(|| format!("input = '{}'", self.input))?;
-        parse_pk(&self.batch_pk).context("batch_pk")?;
+        self.input
+            .validate()
+            .map_err(|e| anyhow::anyhow!("input: {e}"))?;
+        self.batch_pk
+            .validate()
+            .map_err(|e| anyhow::anyhow!("batch_pk: {e}"))?;
         if self.batch_size == 0 {
             bail!("batch_size = 0: expected at least 1 image a batch");
         }
@@ -475,7 +465,7 @@ pub fn run_training_with(
     // What is recorded (config.toml) and compared on resume is the run as it happens.
     let cfg = &effective_config(cfg)?;
     let device = reid_model::device::parse_device(&cfg.device)?;
-    let (h, w) = parse_hw(&cfg.input)?;
+    let (h, w) = cfg.input.hw();
     let ds = load(&cfg.dataset, &cfg.root).with_context(|| {
         format!(
             "loading dataset {} from {}",
@@ -501,7 +491,7 @@ pub fn run_training_with(
     let num_classes = ds.num_train_pids();
     let sampling = match cfg.train.task {
         Task::Reid => {
-            let (p, k) = parse_pk(&cfg.batch_pk)?;
+            let (p, k) = (cfg.batch_pk.p, cfg.batch_pk.k);
             Sampling::IdentityPk { p, k }
         }
         Task::Classify => Sampling::Shuffled {

@@ -8,17 +8,17 @@ use std::time::{Duration, Instant};
 
 use common::{assert_same_weights, tiny_experiment};
 use reid_model::checkpoint::read_safetensors;
-use reid_prune::scenario::ExperimentConfig;
+use reid_prune::scenario::{ExperimentConfig, Scenario};
 
 mod common;
 
 /// A tiny grid config written to `<tmp>/<name>.toml` with its output in `<tmp>/<name>`.
 fn write_config(tmp: &Path, name: &str, finetune_epochs: usize) -> (PathBuf, ExperimentConfig) {
     let cfg = ExperimentConfig {
-        scenarios: vec!["S3".into(), "S4".into()],
+        scenarios: vec![Scenario::S3, Scenario::S4],
         finetune_epochs,
         // several batches an epoch (6 training identities)
-        batch_pk: "2x2".into(),
+        batch_pk: reid_run::PkBatch::new(2, 2),
         // a checkpoint after every batch: the kill lands inside an epoch
         checkpoint_interval_s: 0.001,
         ..tiny_experiment(tmp, name, &tmp.join(name))

@@ -28,7 +28,7 @@ fn failing_prune_into_an_existing_run_folder_changes_nothing() {
     let cfg = PruneConfig {
         checkpoint: ck,
         criterion: "taylor".into(), // needs data, none given
-        input: "64x32".into(),
+        input: reid_run::InputSize::new(64, 32),
         out: out.clone(),
         ..PruneConfig::default()
     };
@@ -47,7 +47,7 @@ fn prune_into_the_checkpoints_own_folder_is_refused() {
     let cfg = PruneConfig {
         checkpoint: ck.clone(),
         criterion: "l1".into(),
-        input: "64x32".into(),
+        input: reid_run::InputSize::new(64, 32),
         out: tmp.path().to_path_buf(),
         ..PruneConfig::default()
     };
@@ -93,7 +93,7 @@ fn arch_flag_contradicting_the_checkpoint_is_refused() {
         checkpoint: ck,
         arch: Some("resnet50".into()),
         criterion: "l1".into(),
-        input: "64x32".into(),
+        input: reid_run::InputSize::new(64, 32),
         out: tmp.path().join("out"),
         ..PruneConfig::default()
     };

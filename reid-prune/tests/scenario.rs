@@ -5,7 +5,7 @@ use std::path::Path;
 
 use common::{synth, tiny_experiment};
 use reid_data::synth::SynthLayout;
-use reid_prune::scenario::{DataRef, ExperimentConfig, Runner};
+use reid_prune::scenario::{DataRef, ExperimentConfig, Runner, Scenario};
 
 mod common;
 
@@ -17,8 +17,8 @@ fn tiny_config(tmp: &Path, target_name: Option<&str>) -> ExperimentConfig {
             name: target_name.map(String::from),
             ..base.target.clone()
         },
-        scenarios: vec!["S1".into(), "S3".into()],
-        batch_pk: "4x2".into(),
+        scenarios: vec![Scenario::S1, Scenario::S3],
+        batch_pk: reid_run::PkBatch::new(4, 2),
         ..base
     }
 }
@@ -96,7 +96,7 @@ fn several_targets_share_the_source_steps_and_test_each_other() {
     let cfg = ExperimentConfig {
         name: "multi".into(),
         targets: vec![data("ta", "a"), data("tb", "b")],
-        scenarios: vec!["S1".into()],
+        scenarios: vec![Scenario::S1],
         ..tiny_config(tmp.path(), None)
     };
     let shared = cfg.out.join("steps");
@@ -131,7 +131,7 @@ fn a_grid_can_prune_the_residual_streams_too() {
     let cfg = ExperimentConfig {
         name: "groups".into(),
         residual_groups: true,
-        scenarios: vec!["S1".into()],
+        scenarios: vec![Scenario::S1],
         criteria: vec!["l1".into(), "psfp".into()],
         ..tiny_config(tmp.path(), None)
     };
@@ -195,13 +195,6 @@ fn hostile_names_and_numbers_are_refused_before_any_step() {
         ),
         (
             ExperimentConfig {
-                scenarios: vec!["S5".into()],
-                ..base.clone()
-            },
-            "S5",
-        ),
-        (
-            ExperimentConfig {
                 width_mult: -3.0,
                 ..base.clone()
             },
@@ -216,7 +209,7 @@ fn hostile_names_and_numbers_are_refused_before_any_step() {
         ),
         (
             ExperimentConfig {
-                batch_pk: "4x0".into(),
+                batch_pk: reid_run::PkBatch::new(4, 0),
                 ..base.clone()
             },
             "batch_pk",
@@ -244,7 +237,7 @@ fn hostile_names_and_numbers_are_refused_before_any_step() {
         ),
         (
             ExperimentConfig {
-                batch_pk: "99x4".into(),
+                batch_pk: reid_run::PkBatch::new(99, 4),
                 ..base.clone()
             },
             "P = 99 identities",
@@ -260,6 +253,13 @@ fn hostile_names_and_numbers_are_refused_before_any_step() {
             t.elapsed()
         );
     }
+    // an unknown scenario is refused where the config is read, naming it and the valid ones
+    let e = format!(
+        "{:#}",
+        reid_prune::config_file::parse_toml::<ExperimentConfig>("scenarios = [\"S1\", \"S5\"]\n")
+            .unwrap_err()
+    );
+    assert!(e.contains("S5") && e.contains("S4"), "{e}");
     // nothing was computed, and no folder named by a hostile key exists anywhere in the tree
     assert!(!base.out.join("steps").exists(), "a step ran");
     fn names(dir: &Path, out: &mut Vec<String>) {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
 use reid_prune::prune_run::PruneConfig;
-use reid_prune::scenario::{DataRef, ExperimentConfig, PlannedStep, Runner};
+use reid_prune::scenario::{DataRef, ExperimentConfig, PlannedStep, Runner, Scenario};
 use reid_prune::strategy::Allocation;
 use reid_prune::training::RunConfig;
 use serde_json::Value;
@@ -24,7 +24,7 @@ fn base() -> ExperimentConfig {
     ExperimentConfig {
         name: "keys".into(),
         out: PathBuf::from("/nonexistent/keys"),
-        input: "64x32".into(),
+        input: reid_run::InputSize::new(64, 32),
         arch: "resnet18".into(),
         width_mult: 0.125,
         baselines: vec!["resnet34".into()],
@@ -33,7 +33,7 @@ fn base() -> ExperimentConfig {
         cross: Some(data("market1501", "/data/cross", Some("crs"))),
         criteria: vec!["l1".into(), "psfp".into()],
         levels: BTreeMap::from([("C1".to_string(), 0.5)]),
-        batch_pk: "8x4".into(),
+        batch_pk: reid_run::PkBatch::new(8, 4),
         ..ExperimentConfig::default()
     }
 }
@@ -100,7 +100,7 @@ fn changing_a_field_reruns_the_steps_that_read_it_and_those_below_nothing_else()
         ("seed", Box::new(|c| c.seed = 1), Expect::Reruns(not_eval)),
         (
             "input",
-            Box::new(|c| c.input = "32x16".into()),
+            Box::new(|c| c.input = reid_run::InputSize::new(32, 16)),
             Expect::Reruns(all),
         ),
         (
@@ -171,7 +171,7 @@ fn changing_a_field_reruns_the_steps_that_read_it_and_those_below_nothing_else()
         // retrained on the source (classification)
         (
             "batch_pk",
-            Box::new(|c| c.batch_pk = "4x8".into()),
+            Box::new(|c| c.batch_pk = reid_run::PkBatch::new(4, 8)),
             Expect::Reruns(|w| w.starts_with("finetune") || w.ends_with("on target")),
         ),
         (
@@ -198,7 +198,7 @@ fn changing_a_field_reruns_the_steps_that_read_it_and_those_below_nothing_else()
         ),
         (
             "scenarios",
-            Box::new(|c| c.scenarios.retain(|s| s != "S4")),
+            Box::new(|c| c.scenarios.retain(|s| *s != Scenario::S4)),
             Expect::Removes,
         ),
     ];

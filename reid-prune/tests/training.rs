@@ -34,8 +34,8 @@ fn config(data: &Path, out: &Path, epochs: usize) -> RunConfig {
         root: data.to_path_buf(),
         arch: "resnet18".into(),
         width_mult: 0.125,
-        input: "64x32".into(),
-        batch_pk: "6x4".into(),
+        input: reid_run::InputSize::new(64, 32),
+        batch_pk: reid_run::PkBatch::new(6, 4),
         out: out.to_path_buf(),
         evaluate: false,
         ..RunConfig::default()
@@ -190,7 +190,7 @@ fn resume_uses_one_consistent_checkpoint_and_logs_each_epoch_once() {
     synth(data.path(), 16);
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut full = config(data.path(), a.path(), 3);
-    full.batch_pk = "2x4".into(); // several batches an epoch
+    full.batch_pk = reid_run::PkBatch::new(2, 4); // several batches an epoch
     let whole = run_training(&full, false, no_interrupt(), false).unwrap();
     let per_epoch = whole.batches / 3;
     assert!(per_epoch >= 2, "{per_epoch} batches an epoch");
@@ -198,7 +198,7 @@ fn resume_uses_one_consistent_checkpoint_and_logs_each_epoch_once() {
 
     // stop inside epoch 2 (after epoch 1's line is logged)
     let mut cut = config(data.path(), b.path(), 3);
-    cut.batch_pk = full.batch_pk.clone();
+    cut.batch_pk = full.batch_pk;
     cut.stop_after_batches = Some(per_epoch + 1);
     let first = run_training(&cut, false, no_interrupt(), false).unwrap();
     assert!(!first.completed);

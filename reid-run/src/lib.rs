@@ -22,9 +22,11 @@
 
 pub mod atomic;
 pub mod metrics;
+pub mod types;
 
 pub use atomic::{remove_stale_temp_files, write_atomic, TEMP_MARK};
 pub use metrics::{EvalEntry, Latency, RunFolder, RunMetrics, TrainSummary};
+pub use types::{InputSize, PkBatch};
 
 use std::path::PathBuf;
 

@@ -37,7 +37,7 @@ struct Args {
     steps: usize,
     /// P×K of the re-ID steps (and P·K = the classification batch).
     #[arg(long, default_value = "4x4")]
-    batch_pk: String,
+    batch_pk: reid_run::PkBatch,
     /// Identities of the generated tree (half train, half test).
     #[arg(long, default_value_t = 24)]
     ids: usize,
@@ -77,7 +77,7 @@ fn retrains(criterion: &str) -> bool {
 }
 
 fn describe(a: &Args, stage: &str) -> String {
-    let (p, k) = reid_prune::training::parse_pk(&a.batch_pk).unwrap_or((0, 0));
+    let (p, k) = (a.batch_pk.p, a.batch_pk.k);
     match stage {
         "generate" => "generate 256x128 data".into(),
         "classify" => format!("train classify, {} steps of {}", a.steps, p * k),
@@ -99,7 +99,7 @@ fn run_stage(a: &Args, work: &Path, stage: &str) -> Result<()> {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../../shared/golden/resnet/resnet50.safetensors")
     });
-    let (p, k) = reid_prune::training::parse_pk(&a.batch_pk)?;
+    let (p, k) = (a.batch_pk.p, a.batch_pk.k);
     let (target, source) = (work.join("market"), work.join("source"));
     let train_cfg = |task: Task, root: &PathBuf, out: &str| {
         let mut c = RunConfig {
@@ -111,8 +111,8 @@ fn run_stage(a: &Args, work: &Path, stage: &str) -> Result<()> {
             root: root.clone(),
             arch: "resnet50".into(),
             width_mult: 1.0,
-            input: "256x128".into(),
-            batch_pk: a.batch_pk.clone(),
+            input: reid_run::InputSize::new(256, 128),
+            batch_pk: a.batch_pk,
             batch_size: p * k,
             out: work.join(out),
             pretrained: Some(weights.to_string_lossy().into_owned()),
@@ -186,12 +186,12 @@ fn run_stage(a: &Args, work: &Path, stage: &str) -> Result<()> {
                 checkpoint: work.join("reid/model.safetensors"),
                 criterion: c.to_string(),
                 level: 0.5,
-                input: "256x128".into(),
+                input: reid_run::InputSize::new(256, 128),
                 dataset: Some("market1501".into()),
                 root: Some(target.clone()),
                 score_images: 32,
                 retrain_epochs: usize::from(retrains(c)),
-                batch_pk: a.batch_pk.clone(),
+                batch_pk: a.batch_pk,
                 out: work.join(s),
                 ..PruneConfig::default()
             };
@@ -239,7 +239,7 @@ fn main() -> Result<()> {
             .arg("--steps")
             .arg(a.steps.to_string())
             .arg("--batch-pk")
-            .arg(&a.batch_pk)
+            .arg(a.batch_pk.to_string())
             .arg("--ids")
             .arg(a.ids.to_string());
         if let Some(w) = &a.weights {

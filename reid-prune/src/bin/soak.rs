@@ -29,9 +29,9 @@ struct Args {
     width_mult: f64,
     /// HEIGHTxWIDTH
     #[arg(long, default_value = "64x32")]
-    input: String,
+    input: reid_run::InputSize,
     #[arg(long, default_value = "8x4")]
-    batch_pk: String,
+    batch_pk: reid_run::PkBatch,
     /// Synthetic identities of the training data.
     #[arg(long, default_value_t = 60)]
     ids: usize,
@@ -58,7 +58,7 @@ fn main() -> Result<()> {
             tmp.path().to_path_buf()
         }
     };
-    let (h, w) = reid_model::complexity::parse_hw(&a.input)?;
+    let (h, w) = a.input.hw();
     let data = work.join("data");
     if !data.join("bounding_box_train").is_dir() {
         let synth = SynthConfig {
@@ -81,8 +81,8 @@ fn main() -> Result<()> {
         root: data,
         arch: a.arch.clone(),
         width_mult: a.width_mult,
-        input: a.input.clone(),
-        batch_pk: a.batch_pk.clone(),
+        input: a.input,
+        batch_pk: a.batch_pk,
         out: run,
         evaluate: false,
         ..RunConfig::default()

@@ -53,7 +53,7 @@ pub fn tiny_experiment(tmp: &Path, name: &str, out: &Path) -> ExperimentConfig {
     ExperimentConfig {
         name: name.into(),
         out: out.to_path_buf(),
-        input: "64x32".into(),
+        input: reid_run::InputSize::new(64, 32),
         arch: "resnet18".into(),
         width_mult: 0.125,
         baselines: vec![],

@@ -1,0 +1,174 @@
+//! Typed config values that users write as strings (`input = "256x128"`, `batch_pk = "16x4"`):
+//! parsed once where they enter (TOML, CLI), written back as the same strings.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Split `AxB` into two integers ≥ 1.
+fn two_counts(s: &str) -> Option<(usize, usize)> {
+    let (a, b) = s.trim().split_once(['x', 'X'])?;
+    let a: usize = a.trim().parse().ok()?;
+    let b: usize = b.trim().parse().ok()?;
+    (a >= 1 && b >= 1).then_some((a, b))
+}
+
+/// A network input size, `HEIGHTxWIDTH`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct InputSize {
+    pub height: usize,
+    pub width: usize,
+}
+
+impl InputSize {
+    pub const fn new(height: usize, width: usize) -> Self {
+        Self { height, width }
+    }
+    /// `(height, width)`.
+    pub fn hw(&self) -> (usize, usize) {
+        (self.height, self.width)
+    }
+}
+
+/// Larger than any input a re-ID network takes (and small enough that H·W·C fits anywhere).
+const MAX_SIDE: usize = 8192;
+
+impl InputSize {
+    /// The rules a parsed size obeys, for sizes built in code.
+    pub fn validate(&self) -> Result<(), String> {
+        let side = 1..=MAX_SIDE;
+        if side.contains(&self.height) && side.contains(&self.width) {
+            Ok(())
+        } else {
+            Err(format!(
+                "input size '{self}': expected HEIGHTxWIDTH with sides in 1..={MAX_SIDE}, e.g. 256x128"
+            ))
+        }
+    }
+}
+
+impl FromStr for InputSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let v = two_counts(s).map(|(h, w)| Self::new(h, w)).ok_or_else(|| {
+            format!("input size '{s}': expected HEIGHTxWIDTH with sides in 1..={MAX_SIDE}, e.g. 256x128")
+        })?;
+        v.validate()?;
+        Ok(v)
+    }
+}
+
+impl fmt::Display for InputSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}", self.height, self.width)
+    }
+}
+
+impl TryFrom<String> for InputSize {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<InputSize> for String {
+    fn from(v: InputSize) -> String {
+        v.to_string()
+    }
+}
+
+/// A re-ID batch of P identities × K images each, `PxK`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PkBatch {
+    pub p: usize,
+    pub k: usize,
+}
+
+impl PkBatch {
+    pub const fn new(p: usize, k: usize) -> Self {
+        Self { p, k }
+    }
+    /// Images a batch.
+    pub fn size(&self) -> usize {
+        self.p * self.k
+    }
+}
+
+impl PkBatch {
+    /// The rules a parsed batch obeys, for batches built in code.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.p >= 1 && self.k >= 1 {
+            Ok(())
+        } else {
+            Err(format!(
+                "batch '{self}': expected PxK with P, K ≥ 1 identities × images, e.g. 16x4"
+            ))
+        }
+    }
+}
+
+impl FromStr for PkBatch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        two_counts(s).map(|(p, k)| Self::new(p, k)).ok_or_else(|| {
+            format!("batch '{s}': expected PxK with P, K ≥ 1 identities × images, e.g. 16x4")
+        })
+    }
+}
+
+impl fmt::Display for PkBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}", self.p, self.k)
+    }
+}
+
+impl TryFrom<String> for PkBatch {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<PkBatch> for String {
+    fn from(v: PkBatch) -> String {
+        v.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_print_and_refuse() {
+        let i: InputSize = " 256 X 128".parse().unwrap();
+        assert_eq!((i.hw(), i.to_string()), ((256, 128), "256x128".to_string()));
+        let p: PkBatch = "16x4".parse().unwrap();
+        assert_eq!((p.size(), p.to_string()), (64, "16x4".to_string()));
+        for bad in ["", "256", "0x128", "256x", "x", "-1x2", "1.5x2", "99999x2"] {
+            assert!(bad.parse::<InputSize>().is_err(), "{bad}");
+        }
+        for bad in ["4x0", "4", "ax4"] {
+            let e = bad.parse::<PkBatch>().unwrap_err();
+            assert!(e.contains(bad) && e.contains("PxK"), "{e}");
+        }
+        // as TOML strings, both ways, with the error naming the value
+        #[derive(Serialize, Deserialize, Debug, PartialEq)]
+        struct C {
+            input: InputSize,
+            batch_pk: PkBatch,
+        }
+        let c: C = toml::from_str("input = \"64x32\"\nbatch_pk = \"8x4\"\n").unwrap();
+        assert_eq!(
+            toml::to_string(&c).unwrap(),
+            "input = \"64x32\"\nbatch_pk = \"8x4\"\n"
+        );
+        let e = toml::from_str::<C>("input = \"64y32\"\nbatch_pk = \"8x4\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("64y32") && e.contains("input"), "{e}");
+    }
+}
