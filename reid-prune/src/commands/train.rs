@@ -1,0 +1,147 @@
+//! `reid-prune train`: a training run (re-ID or source classification) into a run folder.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A TOML run config (every field optional; see `config.toml` in any run folder).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// reid (ID + triplet on P×K batches) or classify (source pre-training).
+    #[arg(long, value_enum)]
+    task: Option<reid_model::train::Task>,
+    /// Dataset name (market1501, dukemtmc-reid, cuhk03-np, msmt17, imagefolder).
+    #[arg(long)]
+    dataset: Option<String>,
+    /// The dataset's folder.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// resnet18, resnet34 or resnet50 (from scratch or with --pretrained).
+    #[arg(long)]
+    arch: Option<String>,
+    /// Width multiplier of every conv (0.25: a quarter-width network).
+    #[arg(long)]
+    width_mult: Option<f64>,
+    /// HEIGHTxWIDTH
+    #[arg(long)]
+    input: Option<reid_run::InputSize>,
+    /// Training epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Base learning rate (train.schedule.base_lr).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Images a batch for classification (re-ID batches are --batch-pk).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// PxK identities x images per batch (re-ID).
+    #[arg(long)]
+    batch_pk: Option<reid_run::PkBatch>,
+    /// Seed of initialisation, sampling and augmentation.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// cpu or cuda:N
+    #[arg(long)]
+    device: Option<String>,
+    /// The run folder to write.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// ImageNet weights: hub id (timm/resnet50.tv_in1k) or .safetensors path.
+    #[arg(long)]
+    pretrained: Option<String>,
+    /// Start from a reid-prune checkpoint.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Continue from the run folder's last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Add the center loss on the pooled feature with this weight (Bag of Tricks: 0.0005).
+    #[arg(long)]
+    center_loss: Option<f64>,
+    /// Train the head only (BNNeck and classifier); the backbone's learning rate is 0.
+    #[arg(long)]
+    freeze_backbone: bool,
+    /// With --resume: continue although the config differs from the run folder's config.toml
+    /// (refused otherwise, naming the changed fields).
+    #[arg(long)]
+    allow_config_change: bool,
+    /// Checkpoint inside an epoch when this many seconds passed since the last checkpoint
+    /// (default 300): a crash in a long epoch loses minutes, not the epoch.
+    #[arg(long)]
+    checkpoint_interval: Option<f64>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    use reid_prune::training::{run_training, RunConfig};
+    let mut cfg: RunConfig = match &a.config {
+        Some(p) => reid_prune::config_file::read_toml(p, "run config")?,
+        None => RunConfig::default(),
+    };
+    if let Some(v) = a.task {
+        cfg.train.task = v;
+    }
+    if let (Some(init), Some(arch)) = (&a.init, &a.arch) {
+        // an explicit --arch must agree with the checkpoint it starts from
+        let held = reid_model::checkpoint::read_arch_spec(init)
+            .with_context(|| format!("--init {}", init.display()))?;
+        let want = reid_model::ArchSpec::from_name(arch, 0)?;
+        if want.depth != held.depth {
+            anyhow::bail!(
+                "--arch {arch} given, but --init {} holds a {}",
+                init.display(),
+                held.name()
+            );
+        }
+    }
+    macro_rules! set {
+        ($($f:ident => $field:expr),*) => { $(if let Some(v) = a.$f { $field = v; })* };
+    }
+    set!(dataset => cfg.dataset, root => cfg.root, arch => cfg.arch, width_mult => cfg.width_mult,
+         input => cfg.input, epochs => cfg.train.epochs, batch_pk => cfg.batch_pk, seed => cfg.seed,
+         device => cfg.device, out => cfg.out, center_loss => cfg.train.center_loss_weight,
+         lr => cfg.train.schedule.base_lr, batch_size => cfg.batch_size,
+         checkpoint_interval => cfg.checkpoint_interval_s);
+    if a.freeze_backbone {
+        cfg.train.backbone_lr_mult = 0.0;
+    }
+    cfg.allow_config_change = a.allow_config_change;
+    if a.pretrained.is_some() {
+        cfg.pretrained = a.pretrained;
+    }
+    if a.init.is_some() {
+        cfg.init_checkpoint = a.init;
+    }
+    let interrupt = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupt.clone();
+        ctrlc::set_handler(move || {
+            eprintln!(
+                "\ninterrupt: saving a checkpoint at the end of this batch (Ctrl-C again to kill)"
+            );
+            if flag.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        })?;
+    }
+    let outcome = run_training(&cfg, a.resume, interrupt, true)?;
+    if !outcome.completed {
+        println!(
+            "stopped; checkpoint in {} (continue with --resume)",
+            cfg.out.display()
+        );
+        return Ok(());
+    }
+    println!(
+        "trained {} epochs in {:.1} s; final loss {:.4}",
+        outcome.epochs, outcome.wall_s, outcome.final_loss
+    );
+    if let Some(m) = &outcome.metrics {
+        print!("{}", reid_eval::report::table(m));
+    }
+    println!("run folder: {}", cfg.out.display());
+    Ok(())
+}
