@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+#[cfg(feature = "hub")]
 use hf_hub::{Cache, Repo, RepoType};
 
 use crate::arch::{stage_blocks, ArchSpec, BlockKind, BlockSpec, Neck};
@@ -18,6 +19,7 @@ use crate::net::ReidNet;
 /// File fetched from a hub repo.
 pub const HUB_WEIGHTS_FILE: &str = "model.safetensors";
 
+#[cfg(feature = "hub")]
 fn hub_cache() -> Cache {
     match std::env::var_os("HF_HUB_CACHE") {
         Some(p) if !p.is_empty() => Cache::new(PathBuf::from(p)),
@@ -25,6 +27,7 @@ fn hub_cache() -> Cache {
     }
 }
 
+#[cfg(feature = "hub")]
 fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
         .map(|v| {
@@ -39,14 +42,24 @@ fn offline() -> bool {
 /// Resolve a weights source to a local file: an existing path is used as is; otherwise it is a hub
 /// repo id (`owner/name`, optionally `owner/name@revision`).
 pub fn resolve_weights(source: &str) -> Result<PathBuf> {
-    resolve_weights_in(source, &hub_cache(), offline())
+    #[cfg(feature = "hub")]
+    return resolve_weights_in(source, &hub_cache(), offline());
+    #[cfg(not(feature = "hub"))]
+    {
+        local_weights(source)?;
+        Err(ModelError::Hub(format!(
+            "'{source}' is not a file, and this build has no hub support (reid-model's `hub` \
+             feature): pass a local .safetensors path"
+        )))
+    }
 }
 
-/// [`resolve_weights`] with an explicit hub cache and offline flag.
-pub fn resolve_weights_in(source: &str, cache: &Cache, offline: bool) -> Result<PathBuf> {
+/// An existing file is used as is (`Some`); a source that looks like a path but is not a
+/// file is an error; anything else may be a hub id (`None`).
+fn local_weights(source: &str) -> Result<Option<PathBuf>> {
     let path = Path::new(source);
     if path.is_file() {
-        return Ok(path.to_path_buf());
+        return Ok(Some(path.to_path_buf()));
     }
     let looks_like_path = source.ends_with(".safetensors")
         || source.starts_with('.')
@@ -57,6 +70,15 @@ pub fn resolve_weights_in(source: &str, cache: &Cache, offline: bool) -> Result<
             path,
             "weights file not found (give an existing .safetensors file or a hub id such as timm/resnet50.tv_in1k)",
         ));
+    }
+    Ok(None)
+}
+
+/// [`resolve_weights`] with an explicit hub cache and offline flag.
+#[cfg(feature = "hub")]
+pub fn resolve_weights_in(source: &str, cache: &Cache, offline: bool) -> Result<PathBuf> {
+    if let Some(p) = local_weights(source)? {
+        return Ok(p);
     }
     let (id, revision) = match source.split_once('@') {
         Some((id, rev)) => (id.to_string(), rev.to_string()),

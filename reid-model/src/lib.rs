@@ -5,9 +5,14 @@
 //! - [`checkpoint`]: `model.safetensors` with `reid.arch` / `reid.provenance` metadata, atomic writes;
 //! - [`hub`]: torchvision/timm ImageNet weights from a path or a hub id;
 //! - [`complexity`]: MACs / FLOPs / parameters per layer, backbone and head apart;
-//! - [`train`]: losses, checkpointable optimisers, schedules; [`alloc`] / [`process`]: what the
+//! - [`train`]: losses, checkpointable optimisers, schedules; `alloc` / [`process`]: what the
 //!   binaries share (allocator with a 1 s purge delay, default SIGPIPE).
+//!
+//! Features: `hub` (default; hub ids through hf-hub, otherwise local files only), `cli`
+//! (clap value enums for front ends), `fast-alloc` (mimalloc for binaries; the `bench` binary
+//! needs `cli` and `fast-alloc`), `cuda` / `cudnn`.
 
+#[cfg(feature = "fast-alloc")]
 pub mod alloc;
 pub mod arch;
 pub mod checkpoint;

@@ -1,4 +1,4 @@
-//! Speed benchmark: `cargo run --release -p reid-model --bin bench [-- --json] [--iters N]`.
+//! Speed benchmark: `cargo run --release -p reid-model --features cli,fast-alloc --bin bench [-- --json] [--iters N]`.
 //!
 //! Prints images/s for a ResNet-18 training step (32×3×128×64), ResNet-50 inference at 256×128
 //! (batch 1 and 32, BN folded and not), and a half-width pruned ResNet-50 at batch 32, with the

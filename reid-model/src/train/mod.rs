@@ -16,7 +16,8 @@ use crate::net::ReidNet;
 use optim::{default_decay, Optimizer, OptimizerConfig, ParamSlot};
 use schedule::Schedule;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Task {
     /// ID (label-smoothed CE on the BNNeck output) + batch-hard triplet (on the pooled feature).
