@@ -65,6 +65,9 @@ pub struct PruneConfig {
     pub residual_groups: bool,
     /// Checkpoint retraining inside its epochs at least this often (seconds).
     pub checkpoint_interval_s: f64,
+    /// Replace a run that `out` already holds (refused otherwise). Not saved.
+    #[serde(skip)]
+    pub overwrite: bool,
 }
 
 impl PruneConfig {
@@ -114,6 +117,7 @@ impl Default for PruneConfig {
             checkpoint_interval_s: 300.0,
             balance_alpha: 1e-3,
             residual_groups: false,
+            overwrite: false,
         }
     }
 }
@@ -355,7 +359,18 @@ pub fn run_prune_resumable(
             );
         }
     }
+    let holds_run = ["config.toml", "model.safetensors", "metrics.json"]
+        .iter()
+        .any(|f| cfg.out.join(f).exists());
+    if holds_run && !resume && !cfg.overwrite {
+        bail!(
+            "--out {} holds another run (config.toml, model or metrics): pass --overwrite to \
+             replace it, or give another --out",
+            cfg.out.display()
+        );
+    }
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    reid_run::remove_stale_temp_files(&cfg.out);
     reid_run::RunFolder::new(&cfg.out).write_config(cfg)?;
     let mut log = std::fs::File::create(cfg.out.join("log.jsonl"))?;
     let parent_hash = file_sha256(&cfg.checkpoint)?;
@@ -412,6 +427,7 @@ pub fn run_prune_resumable(
             cfg.out.clone()
         };
         std::fs::create_dir_all(&step_dir)?;
+        reid_run::remove_stale_temp_files(&step_dir);
         // the method's rule before the cut (training-time methods retrain here)
         let mut retrain = |start: &ReidNet,
                            folder: &str,

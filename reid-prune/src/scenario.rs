@@ -538,6 +538,7 @@ impl Runner {
             self.steps_reused += 1;
             return Ok(out);
         }
+        reid_run::remove_stale_temp_files(&dir);
         let resuming = dir.join("step.json").is_file();
         write_atomic(
             &dir.join("step.json"),
@@ -806,6 +807,8 @@ impl Runner {
         let c = complexity(ck.net.spec(), h, w)?;
         let (b1, b32) = self.latency(model)?;
         std::fs::create_dir_all(&folder)?;
+        // a killed process's half-written temp files (the pid in their names is gone)
+        reid_run::remove_stale_temp_files(&folder);
         // atomic: two grid processes may write the same cell folder
         let bytes = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
         write_atomic(&folder.join("model.safetensors"), &bytes)?;
@@ -875,6 +878,7 @@ impl Runner {
             cfg.check_inputs()
                 .with_context(|| format!("experiment '{}'", cfg.name))?;
             std::fs::create_dir_all(&cfg.out)?;
+            reid_run::remove_stale_temp_files(&cfg.out);
             write_atomic(
                 &cfg.out.join("experiment.toml"),
                 toml::to_string_pretty(&cfg)?.as_bytes(),

@@ -63,6 +63,9 @@ pub struct RunConfig {
     /// then replaced). Not saved.
     #[serde(skip)]
     pub allow_config_change: bool,
+    /// Start afresh in an output folder that holds another run (refused otherwise). Not saved.
+    #[serde(skip)]
+    pub overwrite: bool,
     pub train: TrainConfig,
 }
 
@@ -88,6 +91,7 @@ impl Default for RunConfig {
             stop_after_batches: None,
             checkpoint_interval_s: 300.0,
             allow_config_change: false,
+            overwrite: false,
             train: TrainConfig::default(),
         }
     }
@@ -509,7 +513,8 @@ pub fn run_training_with(
         );
     }
     let state_path = out.join(STATE_FILE);
-    let (net, mut trainer, resumed) = if resume && state_path.is_file() {
+    let from_state = resume && state_path.is_file();
+    let (net, mut trainer, resumed) = if from_state {
         if !cfg.allow_config_change {
             check_same_config(out, cfg)?;
         }
@@ -525,6 +530,21 @@ pub fn run_training_with(
         trim_log(&out.join("log.jsonl"), pos.epoch)?;
         (net, trainer, pos)
     } else {
+        let holds_run = [
+            "config.toml",
+            STATE_FILE,
+            "model.safetensors",
+            "metrics.json",
+        ]
+        .iter()
+        .any(|f| out.join(f).exists());
+        if holds_run && !resume && !cfg.overwrite {
+            bail!(
+                "{} holds another run (config.toml, model or metrics): pass --resume to continue \
+                 it, --overwrite to replace it, or give another --out",
+                out.display()
+            );
+        }
         // (a new folder is no news: a grid resumes every step it starts)
         if resume && out.join("log.jsonl").is_file() {
             eprintln!(
@@ -532,6 +552,8 @@ pub fn run_training_with(
                 out.display()
             );
         }
+        // a fresh start: lines of an earlier (replaced or never checkpointed) run go
+        trim_log(&out.join("log.jsonl"), 0)?;
         let net = build_net(cfg, num_classes, &device)?;
         let trainer = Trainer::new(&net, cfg.train.clone())?;
         (net, trainer, Position::start_of(0))
@@ -545,6 +567,13 @@ pub fn run_training_with(
     prov.source_weights = cfg.pretrained.clone();
     if let Some(ck) = &cfg.init_checkpoint {
         prov.parent = Some(reid_model::checkpoint::file_sha256(ck)?);
+    }
+    if from_state {
+        // model.safetensors is written after the trainer state: a run that died between the
+        // two left an older model. It is the state's network, so it is written again from it.
+        let mut p = prov.clone();
+        p.epoch = Some(resumed.epoch);
+        save_checkpoint(&net, &out.join("model.safetensors"), &p)?;
     }
 
     let pre = Preprocess::imagenet(h, w);

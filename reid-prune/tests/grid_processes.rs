@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_same_weights, tiny_experiment};
+use common::{assert_same_weights, temp_files_under, tiny_experiment};
 use reid_model::checkpoint::read_safetensors;
 use reid_prune::scenario::{ExperimentConfig, Scenario};
 
@@ -130,12 +130,7 @@ fn killed_grid_resumes_its_training_step_and_matches_an_uninterrupted_grid() {
         "pretraining reused, the rest run: {run} run, {reused} reused"
     );
     // no temporary file survives the kill and the rerun
-    for d in step_dirs(&killed.out, "") {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            assert!(!n.contains(".tmp-"), "{} left in {}", n, d.display());
-        }
-    }
+    assert_eq!(temp_files_under(&killed.out), Vec::<PathBuf>::new());
     for cell in ["baseline/resnet18-full", "S3/l1-C1", "S4/l1-C1"] {
         assert_same_weights(
             &whole.out.join(cell).join("model.safetensors"),

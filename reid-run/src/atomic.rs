@@ -42,8 +42,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             .write(true)
             .create_new(true)
             .open(&tmp)?;
+        fault::check("write")?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        fault::check("rename")?;
         std::fs::rename(&tmp, path)?;
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
@@ -55,6 +57,42 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         return Err(err(e));
     }
     Ok(())
+}
+
+/// Test-only fault injection (the `fault-injection` feature, enabled by the test suites'
+/// dev-dependencies): `REID_FAULT=rename:N` makes this process's N-th rename of
+/// [`write_atomic`] and every later one fail with an I/O error (`write:N` the same for writes),
+/// as a disk that went bad would. Without the feature this is a no-op.
+mod fault {
+    #[cfg(feature = "fault-injection")]
+    pub fn check(stage: &str) -> std::io::Result<()> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        static RENAMES: AtomicU64 = AtomicU64::new(0);
+        let Ok(spec) = std::env::var("REID_FAULT") else {
+            return Ok(());
+        };
+        let Some((what, n)) = spec.split_once(':') else {
+            return Ok(());
+        };
+        if what != stage {
+            return Ok(());
+        }
+        let counter = if stage == "write" { &WRITES } else { &RENAMES };
+        let count = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        match n.parse::<u64>() {
+            Ok(n) if count >= n => Err(std::io::Error::other(format!(
+                "injected fault: {stage} #{count} (REID_FAULT={spec})"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    #[inline(always)]
+    pub fn check(_stage: &str) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Remove the temporary files [`write_atomic`] left in `dir` when its process was killed (the

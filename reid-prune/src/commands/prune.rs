@@ -58,6 +58,9 @@ pub struct Args {
     /// The run folder to write (not the checkpoint's own folder).
     #[arg(long)]
     out: PathBuf,
+    /// Replace the run `--out` already holds (refused otherwise).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -79,6 +82,7 @@ pub fn run(a: Args) -> Result<()> {
         device: a.device,
         seed: a.seed,
         out: a.out,
+        overwrite: a.overwrite,
         ..Default::default()
     };
     let o = reid_prune::prune_run::run_prune(&cfg, true)?;

@@ -59,6 +59,9 @@ pub struct Args {
     /// Continue from the run folder's last checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Start afresh in a run folder that holds another run (refused otherwise).
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     /// Add the center loss on the pooled feature with this weight (Bag of Tricks: 0.0005).
     #[arg(long)]
     center_loss: Option<f64>,
@@ -109,6 +112,7 @@ pub fn run(a: Args) -> Result<()> {
         cfg.train.backbone_lr_mult = 0.0;
     }
     cfg.allow_config_change = a.allow_config_change;
+    cfg.overwrite = a.overwrite;
     if a.pretrained.is_some() {
         cfg.pretrained = a.pretrained;
     }

@@ -77,3 +77,25 @@ pub fn tiny_experiment(tmp: &Path, name: &str, out: &Path) -> ExperimentConfig {
         ..ExperimentConfig::default()
     }
 }
+
+/// Every file under `dir` whose name marks it as a temporary file of an atomic write.
+#[allow(dead_code)]
+pub fn temp_files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(temp_files_under(&p));
+        } else if e
+            .file_name()
+            .to_string_lossy()
+            .contains(reid_run::TEMP_MARK)
+        {
+            out.push(p);
+        }
+    }
+    out
+}
