@@ -330,3 +330,49 @@ fn a_full_disk_is_a_clear_error_that_leaves_no_half_file() {
         .unwrap_or("");
     assert!(!listed.contains(".tmp-"), "temporary files left:\n{out}");
 }
+
+/// The same on the default run's `--quick` grid (minutes: `cargo test --release -p reid-prune
+/// --test faults -- --ignored`; numbers in BENCHMARKS.md).
+#[test]
+#[ignore]
+fn thirty_kills_at_random_moments_of_the_quick_grid_end_in_the_same_models() {
+    let tmp = tempfile::tempdir().unwrap();
+    let quick = |out: &Path| {
+        let mut c = Command::new(BIN);
+        c.arg("--quick")
+            .arg("--out")
+            .arg(out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+    let whole = tmp.path().join("whole");
+    let t = Instant::now();
+    ok(quick(&whole).output().unwrap(), "uninterrupted --quick");
+    let length = t.elapsed();
+    let killed = tmp.path().join("killed");
+    // kills spread over the whole run: a rerun reuses finished steps and resumes the open one
+    let landed = kill_rounds(|| quick(&killed), 30, length / 10, 13);
+    ok(quick(&killed).output().unwrap(), "final --quick");
+    eprintln!("{landed} kills landed while --quick ran (uninterrupted: {length:?})");
+    assert_eq!(landed, 30);
+    let mut compared = 0;
+    for scenario in std::fs::read_dir(&whole).unwrap().flatten() {
+        for cell in std::fs::read_dir(scenario.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let model = cell.path().join("model.safetensors");
+            if !model.is_file() || scenario.file_name() == "steps" {
+                continue;
+            }
+            let rel = model.strip_prefix(&whole).unwrap();
+            assert_same_weights(&model, &killed.join(rel), &format!("{}", rel.display()));
+            compared += 1;
+        }
+    }
+    assert!(compared > 10, "{compared} cells compared");
+    assert_eq!(temp_files_under(&killed), Vec::<PathBuf>::new());
+}
