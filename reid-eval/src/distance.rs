@@ -143,5 +143,9 @@ pub fn evaluate_features(
         results.extend(evaluate_rows(&flat, first, labels, ap_kind)?);
         first += rows;
     }
-    Metrics::from_queries(&results, effective_max_rank(&labels.g_pids, max_rank))
+    Metrics::from_queries(
+        &results,
+        &labels.q_pids,
+        effective_max_rank(&labels.g_pids, max_rank),
+    )
 }

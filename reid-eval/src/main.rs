@@ -142,8 +142,14 @@ fn evaluate_checkpoint(a: EvalArgs) -> Result<()> {
             }
         }
     };
-    doc.eval.insert(key, m.eval_entry());
+    doc.eval.insert(key.clone(), m.eval_entry());
     reid_run::metrics::write_metrics(&out, &doc)?;
+    // per-query results beside it: any interval can be recomputed without the model
+    let folder = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    reid_run::RunFolder::new(folder).write_per_query(&key, &m.per_query)?;
     print_metrics(&m, a.json)?;
     if !a.json {
         println!("metrics -> {}", out.display());

@@ -185,11 +185,20 @@ pub struct Metrics {
     pub cmc: Vec<f64>,
     pub num_valid_queries: usize,
     pub num_queries: usize,
+    /// The valid queries' own results, for confidence intervals ([`reid_run::stats`]).
+    #[serde(skip)]
+    pub per_query: reid_run::stats::PerQuery,
 }
 
 impl Metrics {
-    /// This result as a run folder's `eval` entry (metrics.json).
+    /// This result as a run folder's `eval` entry (metrics.json), with 95 % bootstrap
+    /// intervals over query identities (seeded: the same results give the same intervals).
     pub fn eval_entry(&self) -> reid_run::EvalEntry {
+        use reid_run::stats::{bootstrap, RESAMPLES};
+        let ci95 = ["mAP", "rank1", "rank5", "mINP"]
+            .into_iter()
+            .filter_map(|m| Some((m.to_string(), bootstrap(&self.per_query, m, RESAMPLES, 0)?)))
+            .collect();
         reid_run::EvalEntry {
             map: self.map,
             rank1: self.rank(1),
@@ -198,6 +207,7 @@ impl Metrics {
             minp: Some(self.minp),
             cmc: self.cmc.clone(),
             num_valid_queries: Some(self.num_valid_queries as u64),
+            ci95,
         }
     }
 
@@ -208,9 +218,10 @@ impl Metrics {
         self.cmc[(k - 1).min(self.cmc.len() - 1)]
     }
 
-    /// Combine per-query results (None = skipped query).
+    /// Combine per-query results (None = skipped query) of the queries with identities `q_pids`.
     pub fn from_queries(
         results: &[Option<QueryResult>],
+        q_pids: &[i64],
         max_rank: usize,
     ) -> Result<Self, EvalError> {
         let valid: Vec<&QueryResult> = results.iter().flatten().collect();
@@ -230,12 +241,24 @@ impl Metrics {
             acc += h;
             cmc.push(acc as f64 / n);
         }
+        let mut per_query = reid_run::stats::PerQuery::default();
+        for (r, &pid) in results.iter().zip(q_pids) {
+            if let Some(q) = r {
+                per_query.pid.push(pid);
+                per_query.ap.push(q.ap);
+                per_query
+                    .first_rank
+                    .push(q.first_rank.min(u32::MAX as usize) as u32);
+                per_query.inp.push(q.inp);
+            }
+        }
         Ok(Metrics {
             map: valid.iter().map(|q| q.ap).sum::<f64>() / n,
             minp: valid.iter().map(|q| q.inp).sum::<f64>() / n,
             cmc,
             num_valid_queries: valid.len(),
             num_queries: results.len(),
+            per_query,
         })
     }
 }
@@ -262,7 +285,11 @@ pub fn evaluate_distmat(
         });
     }
     let per_query = evaluate_rows(distmat, 0, labels, ap_kind)?;
-    let metrics = Metrics::from_queries(&per_query, effective_max_rank(&labels.g_pids, max_rank))?;
+    let metrics = Metrics::from_queries(
+        &per_query,
+        &labels.q_pids,
+        effective_max_rank(&labels.g_pids, max_rank),
+    )?;
     Ok((metrics, per_query))
 }
 

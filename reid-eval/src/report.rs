@@ -4,8 +4,15 @@ use crate::metrics::Metrics;
 
 /// `mAP  R-1  R-5  R-10  mINP  valid queries`, in percent.
 pub fn table(m: &Metrics) -> String {
+    let e = m.eval_entry();
+    let ci = |name: &str| {
+        e.ci95
+            .get(name)
+            .map(|i| format!("±{:.2}", 100.0 * i.half_width()))
+            .unwrap_or_default()
+    };
     format!(
-        "{:>7} {:>7} {:>7} {:>7} {:>7} {:>15}\n{:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>15}\n",
+        "{:>7} {:>7} {:>7} {:>7} {:>7} {:>15}\n{:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>15}\n{:>7} {:>7} {:>7} {:>7} {:>7} {:>15}\n",
         "mAP",
         "R-1",
         "R-5",
@@ -18,6 +25,12 @@ pub fn table(m: &Metrics) -> String {
         100.0 * m.rank(10),
         100.0 * m.minp,
         format!("{}/{}", m.num_valid_queries, m.num_queries),
+        ci("mAP"),
+        ci("rank1"),
+        ci("rank5"),
+        "",
+        ci("mINP"),
+        "95% CI (ids)",
     )
 }
 

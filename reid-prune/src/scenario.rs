@@ -182,6 +182,9 @@ pub struct CellResult {
     pub params: u64,
     pub target: reid_run::EvalEntry,
     pub cross: Option<reid_run::EvalEntry>,
+    /// Per-query results on the target (for paired intervals between cells).
+    #[serde(skip)]
+    pub target_queries: reid_run::stats::PerQuery,
     pub latency_ms_batch1: f64,
     pub latency_ms_batch32: f64,
     pub folder: PathBuf,
@@ -393,6 +396,9 @@ pub struct PlannedStep {
     pub parents: Vec<String>,
     pub state: StepState,
 }
+
+/// Label of the per-query results in an eval step's folder.
+const EVAL_QUERIES: &str = "queries";
 
 /// A step another process is computing (see [`Runner::step`]).
 #[derive(Debug, thiserror::Error)]
@@ -716,7 +722,11 @@ impl Runner {
     }
 
     /// Evaluate a model on a re-ID set (cached beside the step).
-    pub fn evaluate(&mut self, model: &StepOut, data: &DataRef) -> Result<reid_run::EvalEntry> {
+    pub fn evaluate(
+        &mut self,
+        model: &StepOut,
+        data: &DataRef,
+    ) -> Result<(reid_run::EvalEntry, reid_run::stats::PerQuery)> {
         let work = serde_json::json!({"data": data.identity(), "input": self.cfg.input});
         let (h, w) = self.cfg.input.hw();
         let device = self.device.clone();
@@ -728,6 +738,7 @@ impl Runner {
             let net = load_checkpoint(&path, &device, false)?.net;
             let ds = reid_data::datasets::load(&data2.dataset, &data2.root)?;
             let m = evaluate_on(&net, &ds, &reid_data::Preprocess::imagenet(h, w), false)?;
+            reid_run::RunFolder::new(dir).write_per_query(EVAL_QUERIES, &m.per_query)?;
             write_atomic(
                 &dir.join("eval.json"),
                 serde_json::to_string_pretty(&m.eval_entry())?.as_bytes(),
@@ -735,13 +746,18 @@ impl Runner {
             Ok(())
         })?;
         if self.plan.is_some() {
-            return Ok(reid_run::EvalEntry::default());
+            return Ok(Default::default());
         }
         let path = dir.dir.join("eval.json");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{}: not an eval entry", path.display()))
+        let entry = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not an eval entry", path.display()))?;
+        let queries = reid_run::RunFolder::new(&dir.dir)
+            .read_per_query()?
+            .remove(EVAL_QUERIES)
+            .with_context(|| format!("{}: no per-query results", dir.dir.display()))?;
+        Ok((entry, queries))
     }
 
     /// Measured inference latency (ms per batch) with BN folded, batch 1 and 32.
@@ -776,10 +792,13 @@ impl Runner {
         level: &str,
         step: &StepOut,
     ) -> Result<CellResult> {
-        let target = self.evaluate(step, &self.cfg.target.clone())?;
-        let cross = match self.cfg.cross.clone() {
-            Some(c) => Some(self.evaluate(step, &c)?),
-            None => None,
+        let (target, target_queries) = self.evaluate(step, &self.cfg.target.clone())?;
+        let (cross, cross_queries) = match self.cfg.cross.clone() {
+            Some(c) => {
+                let (e, q) = self.evaluate(step, &c)?;
+                (Some(e), Some(q))
+            }
+            None => (None, None),
         };
         let folder = self
             .cfg
@@ -796,6 +815,7 @@ impl Runner {
                 params: 0,
                 target,
                 cross,
+                target_queries,
                 latency_ms_batch1: f64::NAN,
                 latency_ms_batch32: f64::NAN,
                 folder,
@@ -844,6 +864,10 @@ impl Runner {
             ..Default::default()
         })?;
         run.write_config(&self.cfg)?;
+        run.write_per_query(self.cfg.target.label(), &target_queries)?;
+        if let (Some(cd), Some(q)) = (&self.cfg.cross, &cross_queries) {
+            run.write_per_query(&format!("{}-cross", cd.label()), q)?;
+        }
         Ok(CellResult {
             scenario: scenario.into(),
             criterion: criterion.into(),
@@ -853,6 +877,7 @@ impl Runner {
             params: c.backbone.params,
             target,
             cross,
+            target_queries,
             latency_ms_batch1: b1,
             latency_ms_batch32: b32,
             folder,
@@ -987,12 +1012,21 @@ enum Job {
     },
 }
 
-/// The summary table (Table 6 layout): one row per cell.
+/// The summary table (Table 6 layout): one row per cell, rank-1 with its 95 % interval over
+/// query identities, and the paired difference to the first row (the unpruned model) with its
+/// own interval: a cell whose interval holds 0 is not distinguishable from it at this size.
 pub fn render_table(cells: &[CellResult], cross: Option<&str>) -> String {
+    use reid_run::stats::{paired_bootstrap, RESAMPLES};
     let base = cells.first();
     let pct = |v: f64| v * 100.0;
+    let ci = |e: &reid_run::EvalEntry, m: &str| {
+        e.ci95
+            .get(m)
+            .map(|i| format!("[{:.1}, {:.1}]", pct(i.lo), pct(i.hi)))
+            .unwrap_or_default()
+    };
     let mut s = format!(
-        "{:<9} {:<13} {:<5} {:>7} {:>8} {:>7} {:>7} {:>9} {:>8}\n",
+        "{:<9} {:<13} {:<5} {:>7} {:>8} {:>7} {:>7} {:>14} {:>22} {:>9} {:>8}\n",
         "scenario",
         "criterion",
         "level",
@@ -1000,15 +1034,32 @@ pub fn render_table(cells: &[CellResult], cross: Option<&str>) -> String {
         "params M",
         "mAP",
         "R-1",
+        "R-1 95% CI",
+        "ΔR-1 vs row 1 [95%]",
         if cross.is_some() { "R-1 cross" } else { "" },
         "speed-up"
     );
-    for c in cells {
+    for (i, c) in cells.iter().enumerate() {
         let speed = base
             .map(|b| b.latency_ms_batch32 / c.latency_ms_batch32)
             .unwrap_or(1.0);
+        let delta = match base {
+            Some(b) if i > 0 => {
+                match paired_bootstrap(&c.target_queries, &b.target_queries, "rank1", RESAMPLES, 0)
+                {
+                    Ok(d) => format!(
+                        "{:+.1} [{:+.1}, {:+.1}]",
+                        pct(c.target.rank1 - b.target.rank1),
+                        pct(d.lo),
+                        pct(d.hi)
+                    ),
+                    Err(_) => String::new(),
+                }
+            }
+            _ => String::new(),
+        };
         s.push_str(&format!(
-            "{:<9} {:<13} {:<5} {:>7.3} {:>8.2} {:>7.2} {:>7.2} {:>9} {:>7.2}x\n",
+            "{:<9} {:<13} {:<5} {:>7.3} {:>8.2} {:>7.2} {:>7.2} {:>14} {:>22} {:>9} {:>7.2}x\n",
             c.scenario,
             c.criterion,
             c.level,
@@ -1016,6 +1067,8 @@ pub fn render_table(cells: &[CellResult], cross: Option<&str>) -> String {
             c.params as f64 / 1e6,
             pct(c.target.map),
             pct(c.target.rank1),
+            ci(&c.target, "rank1"),
+            delta,
             c.cross
                 .as_ref()
                 .map(|v| format!("{:.2}", pct(v.rank1)))

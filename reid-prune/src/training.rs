@@ -749,6 +749,9 @@ pub fn run_training_with(
         tool_version: Some(env!("CARGO_PKG_VERSION").into()),
         ..Default::default()
     })?;
+    if let Some(m) = &metrics {
+        reid_run::RunFolder::new(out).write_per_query(&ds.name, &m.per_query)?;
+    }
     Ok(TrainOutcome {
         model: out.join("model.safetensors"),
         completed: true,

@@ -181,7 +181,7 @@ fn thirty_kills_at_random_moments_of_a_training_run_end_in_the_same_weights() {
     let whole = t.elapsed();
     let out = tmp.path().join("killed");
     // kills spread over the run's length (a rerun redoes the part after its last checkpoint)
-    let landed = kill_rounds(|| train(&data, &out, epochs), 30, whole / 10, 11);
+    let landed = kill_rounds(|| train(&data, &out, epochs), 30, whole / 20, 11);
     ok(train(&data, &out, epochs).output().unwrap(), "final run");
     eprintln!("{landed} kills landed while training ran (uninterrupted: {whole:?})");
     assert_eq!(landed, 30, "kills that landed while the run was alive");

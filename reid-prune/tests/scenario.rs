@@ -46,6 +46,29 @@ fn tiny_grid_runs_and_resumes_without_repeating_steps() {
         assert_eq!(m["scenario"], c.scenario.as_str());
         assert!(m["eval"]["tiny-target"]["rank1"].as_f64().is_some());
         assert!(m["latency_ms"]["cpu"]["batch32"].as_f64().unwrap() > 0.0);
+        // rank-1 with its interval, and the per-query results it can be recomputed from
+        let r1 = m["eval"]["tiny-target"]["rank1"].as_f64().unwrap();
+        let ci = &m["eval"]["tiny-target"]["ci95"]["rank1"];
+        let (lo, hi) = (ci["lo"].as_f64().unwrap(), ci["hi"].as_f64().unwrap());
+        assert!(lo <= r1 && r1 <= hi, "{r1} outside [{lo}, {hi}]");
+        let q = reid_run::RunFolder::new(&c.folder)
+            .read_per_query()
+            .unwrap();
+        let q = &q["tiny-target"];
+        assert_eq!(q.mean("rank1").unwrap(), r1);
+        assert_eq!(
+            reid_run::stats::bootstrap(q, "rank1", reid_run::stats::RESAMPLES, 0).unwrap(),
+            reid_run::stats::Interval { lo, hi }
+        );
+    }
+    // the table: every pruned row's paired difference to the unpruned model, with its interval
+    let table = reid_prune::scenario::render_table(&cells, None);
+    assert!(table.contains("ΔR-1 vs row 1"), "{table}");
+    for line in table.lines().skip(2) {
+        assert!(
+            line.contains(", "),
+            "a row without its difference interval: {line}"
+        );
     }
     // a rerun (as after a crash) finds every step done
     let mut again = Runner::new(cfg).unwrap();

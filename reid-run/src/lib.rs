@@ -22,6 +22,7 @@
 
 pub mod atomic;
 pub mod metrics;
+pub mod stats;
 pub mod types;
 
 pub use atomic::{remove_stale_temp_files, write_atomic, TEMP_MARK};

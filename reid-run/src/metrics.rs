@@ -24,6 +24,9 @@ pub struct EvalEntry {
     pub cmc: Vec<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_valid_queries: Option<u64>,
+    /// 95 % bootstrap intervals over query identities, by metric name (`mAP`, `rank1`, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ci95: BTreeMap<String, crate::stats::Interval>,
 }
 
 /// Measured inference time of one batch, in ms.
@@ -136,6 +139,13 @@ impl RunMetrics {
                     fraction(format!("eval.{name}.{what}"), v)?;
                 }
             }
+            for (m, ci) in &e.ci95 {
+                fraction(format!("eval.{name}.ci95.{m}.lo"), ci.lo)?;
+                fraction(format!("eval.{name}.ci95.{m}.hi"), ci.hi)?;
+                if ci.lo > ci.hi {
+                    return Err(format!("eval.{name}.ci95.{m}: lo > hi"));
+                }
+            }
             for (k, &v) in e.cmc.iter().enumerate() {
                 fraction(format!("eval.{name}.cmc[{k}]"), v)?;
             }
@@ -237,6 +247,47 @@ impl RunFolder {
     pub fn write_metrics(&self, m: &RunMetrics) -> Result<()> {
         write_metrics(&self.metrics_path(), m)
     }
+    /// Per-query results by evaluation label ([`crate::stats::PER_QUERY_FILE`]); empty when
+    /// the folder has none.
+    pub fn read_per_query(&self) -> Result<BTreeMap<String, crate::stats::PerQuery>> {
+        let path = self.dir.join(crate::stats::PER_QUERY_FILE);
+        if !path.exists() {
+            return Ok(BTreeMap::new());
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| RunFileError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let m: BTreeMap<String, crate::stats::PerQuery> =
+            serde_json::from_str(&text).map_err(|e| RunFileError::Invalid {
+                path: path.clone(),
+                message: format!("not per-query results: {e}"),
+            })?;
+        for (label, q) in &m {
+            q.validate().map_err(|e| RunFileError::Invalid {
+                path: path.clone(),
+                message: format!("{label}: {e}"),
+            })?;
+        }
+        Ok(m)
+    }
+
+    /// Store per-query results under `label`, keeping the other labels'.
+    pub fn write_per_query(&self, label: &str, q: &crate::stats::PerQuery) -> Result<()> {
+        let path = self.dir.join(crate::stats::PER_QUERY_FILE);
+        q.validate().map_err(|e| RunFileError::Invalid {
+            path: path.clone(),
+            message: format!("refusing to write {label}: {e}"),
+        })?;
+        let mut all = self.read_per_query()?;
+        all.insert(label.to_string(), q.clone());
+        let text = serde_json::to_string(&all).map_err(|e| RunFileError::Invalid {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        write_atomic(&path, text.as_bytes())
+    }
+
     /// The folder's metrics, `None` when it has none yet.
     pub fn read_metrics(&self) -> Result<Option<RunMetrics>> {
         let path = self.metrics_path();
