@@ -588,3 +588,51 @@ fn several_targets_fill_one_row_per_model() {
     // speed-up against the same grid's unpruned ResNet-50: 800 / 400
     assert_eq!(l1[col("Speed-up b32 (×)")], "2.00");
 }
+
+/// A full disk (a small tmpfs in a private mount namespace, where the machine allows it): the
+/// report fails naming the file and the cause, and leaves no half-written figure or temp file.
+#[test]
+fn a_full_disk_is_a_clear_error_that_leaves_no_half_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    fixture(&runs);
+    let disk = tmp.path().join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=64k tmpfs '{d}' || exit 97\n\
+         '{bin}' --runs '{runs}' --out '{d}/report'; echo \"exit=$?\"\n\
+         find '{d}' -name '.*.tmp-*'; echo listed",
+        d = disk.display(),
+        bin = env!("CARGO_BIN_EXE_reid-report"),
+        runs = runs.display(),
+    );
+    let Ok(o) = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+    else {
+        eprintln!("skipped: no unshare");
+        return;
+    };
+    if o.status.code() == Some(97) || (!o.status.success() && o.stdout.is_empty()) {
+        eprintln!(
+            "skipped: cannot mount a tmpfs here ({})",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+        return;
+    }
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !out.contains("exit=0"),
+        "the report fitted in 64 kB:\n{out}"
+    );
+    assert!(
+        out.contains("No space left") && out.contains(&*disk.to_string_lossy()),
+        "the error names neither the cause nor the file:\n{out}"
+    );
+    let listed = out
+        .split("exit=")
+        .nth(1)
+        .and_then(|t| t.split("listed").next())
+        .unwrap_or("");
+    assert!(!listed.contains(".tmp-"), "temporary files left:\n{out}");
+}
