@@ -43,6 +43,14 @@ pub struct SynthConfig {
     /// 0 = easy, 1 = hard (look-alikes, occlusion, pose, noise).
     pub difficulty: f32,
     pub layout: SynthLayout,
+    /// Market layout: identities seen only at test time, beyond the `ids / 2` test half; each
+    /// gives one query per camera it appears in and the rest of its images to the gallery (a
+    /// test side large enough to resolve small differences, as Market-1501's 3 368 queries).
+    #[serde(default)]
+    pub extra_test_ids: usize,
+    /// Market layout: gallery distractors (pid 0000), people who match no query.
+    #[serde(default)]
+    pub distractors: usize,
 }
 
 impl SynthConfig {
@@ -57,6 +65,13 @@ impl SynthConfig {
         if self.layout == SynthLayout::Market && self.ids < 4 {
             return bad(
                 "a Market-layout domain needs at least 4 identities (half train, half test)".into(),
+            );
+        }
+        if self.layout == SynthLayout::ImageFolder
+            && (self.extra_test_ids > 0 || self.distractors > 0)
+        {
+            return bad(
+                "extra test identities and distractors need the Market layout (an imagefolder has no test split)".into(),
             );
         }
         if self.cams < 2 || self.cams > 9 {
@@ -517,10 +532,16 @@ fn cameras_of(cfg: &SynthConfig, domain: &Domain, id: usize) -> Vec<usize> {
     cams
 }
 
+/// Everyone rendered: the identities, the extra test identities, then one person per distractor.
+fn people_count(cfg: &SynthConfig) -> usize {
+    cfg.ids + cfg.extra_test_ids + cfg.distractors
+}
+
 fn plan(cfg: &SynthConfig, domain: &Domain, out: &Path) -> Vec<Job> {
     let mut jobs = Vec::new();
     let train_ids = cfg.ids / 2;
-    for id in 0..cfg.ids {
+    for id in 0..cfg.ids + cfg.extra_test_ids {
+        let extra = id >= cfg.ids;
         let cams = cameras_of(cfg, domain, id);
         // one query camera per test identity (plus a second when it has many cameras)
         let mut r = stream(&[cfg.seed, domain.key, 0x0E, id as u64]);
@@ -542,7 +563,7 @@ fn plan(cfg: &SynthConfig, domain: &Domain, out: &Path) -> Vec<Job> {
                         let name = format!("{pid:04}_c{}s1_{:06}_{k:02}.jpg", cam + 1, index * 25);
                         let split = if id < train_ids {
                             "bounding_box_train"
-                        } else if k == 0 && (cam == q1 || Some(cam) == q2) {
+                        } else if k == 0 && (extra || cam == q1 || Some(cam) == q2) {
                             "query"
                         } else {
                             "bounding_box_test"
@@ -559,15 +580,29 @@ fn plan(cfg: &SynthConfig, domain: &Domain, out: &Path) -> Vec<Job> {
             }
         }
     }
+    // distractors: one image each, of someone no query shows, labelled 0000 as in Market-1501
+    for j in 0..cfg.distractors {
+        let id = cfg.ids + cfg.extra_test_ids + j;
+        let mut r = stream(&[cfg.seed, domain.key, 0xD1, id as u64]);
+        let cam = r.random_range(0..cfg.cams);
+        let name = format!("0000_c{}s1_{:06}_00.jpg", cam + 1, j);
+        jobs.push(Job {
+            path: out.join("bounding_box_test").join(name),
+            id,
+            cam,
+            index: j,
+        });
+    }
     jobs
 }
 
 /// Number of images [`generate`] will write.
 pub fn planned_images(cfg: &SynthConfig) -> usize {
     let domain = Domain::new(&cfg.domain, cfg.seed, cfg.difficulty);
-    (0..cfg.ids)
+    (0..cfg.ids + cfg.extra_test_ids)
         .map(|id| cameras_of(cfg, &domain, id).len() * cfg.per_cam)
-        .sum()
+        .sum::<usize>()
+        + cfg.distractors
 }
 
 /// What [`generate`] wrote.
@@ -585,7 +620,7 @@ pub fn generate(
 ) -> Result<SynthSummary> {
     cfg.validate()?;
     let domain = Domain::new(&cfg.domain, cfg.seed, cfg.difficulty);
-    let people: Vec<Identity> = (0..cfg.ids)
+    let people: Vec<Identity> = (0..people_count(cfg))
         .map(|i| Identity::new(&domain, cfg.seed, i))
         .collect();
     let cams: Vec<Camera> = (0..cfg.cams)

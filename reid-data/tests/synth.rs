@@ -1,10 +1,10 @@
 //! The synthetic benchmark: determinism, layout, identity signal and domain shift.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use reid_data::datasets::{load, stats, SplitStats};
-use reid_data::synth::{generate, SynthConfig, SynthLayout};
+use reid_data::synth::{generate, planned_images, SynthConfig, SynthLayout};
 
 fn cfg(domain: &str, layout: SynthLayout) -> SynthConfig {
     SynthConfig {
@@ -17,6 +17,8 @@ fn cfg(domain: &str, layout: SynthLayout) -> SynthConfig {
         width: 32,
         difficulty: 0.5,
         layout,
+        extra_test_ids: 0,
+        distractors: 0,
     }
 }
 
@@ -213,4 +215,59 @@ fn loader_yields_seeded_augmented_pk_batches() {
         assert_eq!(x.images, y.images, "same seed, same augmented pixels");
         assert_eq!(x.pids, y.pids);
     }
+}
+
+#[test]
+fn extra_test_identities_and_distractors_grow_only_the_test_side() {
+    let base = SynthConfig {
+        ids: 8,
+        cams: 4,
+        per_cam: 2,
+        ..cfg("t", SynthLayout::Market)
+    };
+    let big = SynthConfig {
+        extra_test_ids: 20,
+        distractors: 30,
+        ..base.clone()
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let na = generate(&base, a.path(), |_| {}).unwrap().images;
+    let nb = generate(&big, b.path(), |_| {}).unwrap().images;
+    assert_eq!(nb, planned_images(&big));
+    let (da, db) = (
+        reid_data::datasets::load("market1501", a.path()).unwrap(),
+        reid_data::datasets::load("market1501", b.path()).unwrap(),
+    );
+    // the same training set; more queries; the distractors in the gallery as pid 0
+    let train = |d: &reid_data::datasets::ReidDataset, root: &Path| -> Vec<(PathBuf, i64, i64)> {
+        d.train
+            .iter()
+            .map(|s| {
+                (
+                    s.path.strip_prefix(root).unwrap().to_path_buf(),
+                    s.pid,
+                    s.camid,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(train(&da, a.path()), train(&db, b.path()));
+    assert!(
+        db.query.len() >= da.query.len() + 40,
+        "{} queries",
+        db.query.len()
+    );
+    assert_eq!(db.gallery.iter().filter(|s| s.pid == 0).count(), 30);
+    assert!(nb > na + 30);
+    // every extra identity has one query per camera it appears in, and gallery images in them
+    let qpids: std::collections::BTreeSet<i64> = db.query.iter().map(|s| s.pid).collect();
+    let gpids: std::collections::BTreeSet<i64> = db.gallery.iter().map(|s| s.pid).collect();
+    assert!(qpids.is_subset(&gpids));
+    // an imagefolder has no test side to grow
+    assert!(SynthConfig {
+        extra_test_ids: 1,
+        ..cfg("t", SynthLayout::ImageFolder)
+    }
+    .validate()
+    .is_err());
 }

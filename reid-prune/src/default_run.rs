@@ -16,6 +16,10 @@ pub struct Preset {
     pub source_ids: usize,
     pub target_ids: usize,
     pub per_cam: usize,
+    /// Test-only identities and gallery distractors of each re-ID target (statistics: enough
+    /// queries that a rank-1 interval is a few points wide, not ±10).
+    pub extra_test_ids: usize,
+    pub distractors: usize,
     pub pretrain_epochs: usize,
     pub finetune_epochs: usize,
     pub retrain_epochs: usize,
@@ -29,6 +33,8 @@ pub fn preset(quick: bool) -> Preset {
             source_ids: 32,
             target_ids: 32,
             per_cam: 2,
+            extra_test_ids: 100,
+            distractors: 500,
             pretrain_epochs: 2,
             finetune_epochs: 3,
             retrain_epochs: 1,
@@ -42,6 +48,9 @@ pub fn preset(quick: bool) -> Preset {
             source_ids: 100,
             target_ids: 60,
             per_cam: 3,
+            // ~1 300 valid queries and a gallery of ~5 300 images on each target
+            extra_test_ids: 300,
+            distractors: 2500,
             pretrain_epochs: 8,
             finetune_epochs: 10,
             retrain_epochs: 2,
@@ -81,7 +90,14 @@ pub fn default_experiment(out: &Path, quick: bool) -> Result<ExperimentConfig> {
             width: p.input.1,
             difficulty: 0.6,
             layout,
+            extra_test_ids: 0,
+            distractors: 0,
         };
+    let test_side = |c: SynthConfig| SynthConfig {
+        extra_test_ids: p.extra_test_ids,
+        distractors: p.distractors,
+        ..c
+    };
     ensure_domain(
         &data.join("source"),
         &synth(
@@ -94,11 +110,23 @@ pub fn default_experiment(out: &Path, quick: bool) -> Result<ExperimentConfig> {
     )?;
     ensure_domain(
         &data.join("target"),
-        &synth("target", p.target_ids, 6, SynthLayout::Market, p.per_cam),
+        &test_side(synth(
+            "target",
+            p.target_ids,
+            6,
+            SynthLayout::Market,
+            p.per_cam,
+        )),
     )?;
     ensure_domain(
         &data.join("target-b"),
-        &synth("target-b", p.target_ids, 6, SynthLayout::Market, p.per_cam),
+        &test_side(synth(
+            "target-b",
+            p.target_ids,
+            6,
+            SynthLayout::Market,
+            p.per_cam,
+        )),
     )?;
     Ok(ExperimentConfig {
         name: if quick {

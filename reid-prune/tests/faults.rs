@@ -274,28 +274,6 @@ fn a_folder_holding_another_run_is_refused_unless_overwrite() {
     assert_eq!(log_epochs(&out), vec![1, 2]);
 }
 
-/// Run `script` (sh) in a private mount namespace with a `size` tmpfs at `dir`; `None` when this
-/// machine does not allow it (not root, no unshare).
-fn in_small_tmpfs(dir: &Path, size: &str, script: &str) -> Option<String> {
-    std::fs::create_dir_all(dir).unwrap();
-    let full = format!(
-        "mount -t tmpfs -o size={size} tmpfs '{}' || exit 97\n{script}",
-        dir.display()
-    );
-    let o = Command::new("unshare")
-        .args(["-m", "sh", "-c", &full])
-        .output()
-        .ok()?;
-    if o.status.code() == Some(97) || (!o.status.success() && o.stdout.is_empty()) {
-        eprintln!(
-            "skipped: cannot mount a tmpfs here ({})",
-            String::from_utf8_lossy(&o.stderr).trim()
-        );
-        return None;
-    }
-    Some(String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
-}
-
 #[test]
 fn a_full_disk_is_a_clear_error_that_leaves_no_half_file() {
     let tmp = tempfile::tempdir().unwrap();
@@ -312,22 +290,15 @@ fn a_full_disk_is_a_clear_error_that_leaves_no_half_file() {
         args.join(" "),
         disk.display()
     );
-    let Some(out) = in_small_tmpfs(&disk, "300k", &script) else {
+    let Some(out) = reid_run::testing::in_small_tmpfs(&disk, "300k", &script) else {
         return;
     };
-    assert!(
-        !out.contains("exit=0"),
-        "the run fitted on the small disk:\n{out}"
-    );
+    let (failed, listed) = reid_run::testing::exit_and_listing(&out);
+    assert!(failed, "the run fitted on the small disk:\n{out}");
     assert!(
         out.contains("No space left") && out.contains(&*disk.to_string_lossy()),
         "the error names neither the cause nor the file:\n{out}"
     );
-    let listed = out
-        .split("exit=")
-        .nth(1)
-        .and_then(|t| t.split("listed").next())
-        .unwrap_or("");
     assert!(!listed.contains(".tmp-"), "temporary files left:\n{out}");
 }
 

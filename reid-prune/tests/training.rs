@@ -24,6 +24,8 @@ fn synth(dir: &Path, ids: usize) {
         width: 32,
         difficulty: 0.5,
         layout: SynthLayout::Market,
+        extra_test_ids: 0,
+        distractors: 0,
     };
     generate(&cfg, dir, |_| {}).unwrap();
 }

@@ -597,42 +597,21 @@ fn a_full_disk_is_a_clear_error_that_leaves_no_half_file() {
     let runs = tmp.path().join("runs");
     fixture(&runs);
     let disk = tmp.path().join("disk");
-    std::fs::create_dir_all(&disk).unwrap();
     let script = format!(
-        "mount -t tmpfs -o size=64k tmpfs '{d}' || exit 97\n\
-         '{bin}' --runs '{runs}' --out '{d}/report'; echo \"exit=$?\"\n\
+        "'{bin}' --runs '{runs}' --out '{d}/report'; echo \"exit=$?\"\n\
          find '{d}' -name '.*.tmp-*'; echo listed",
         d = disk.display(),
         bin = env!("CARGO_BIN_EXE_reid-report"),
         runs = runs.display(),
     );
-    let Ok(o) = Command::new("unshare")
-        .args(["-m", "sh", "-c", &script])
-        .output()
-    else {
-        eprintln!("skipped: no unshare");
+    let Some(out) = reid_run::testing::in_small_tmpfs(&disk, "64k", &script) else {
         return;
     };
-    if o.status.code() == Some(97) || (!o.status.success() && o.stdout.is_empty()) {
-        eprintln!(
-            "skipped: cannot mount a tmpfs here ({})",
-            String::from_utf8_lossy(&o.stderr).trim()
-        );
-        return;
-    }
-    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !out.contains("exit=0"),
-        "the report fitted in 64 kB:\n{out}"
-    );
+    let (failed, listed) = reid_run::testing::exit_and_listing(&out);
+    assert!(failed, "the report fitted in 64 kB:\n{out}");
     assert!(
         out.contains("No space left") && out.contains(&*disk.to_string_lossy()),
         "the error names neither the cause nor the file:\n{out}"
     );
-    let listed = out
-        .split("exit=")
-        .nth(1)
-        .and_then(|t| t.split("listed").next())
-        .unwrap_or("");
     assert!(!listed.contains(".tmp-"), "temporary files left:\n{out}");
 }

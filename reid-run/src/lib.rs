@@ -23,6 +23,8 @@
 pub mod atomic;
 pub mod metrics;
 pub mod stats;
+#[cfg(feature = "fault-injection")]
+pub mod testing;
 pub mod types;
 
 pub use atomic::{remove_stale_temp_files, write_atomic, TEMP_MARK};

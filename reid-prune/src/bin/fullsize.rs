@@ -147,6 +147,8 @@ fn run_stage(a: &Args, work: &Path, stage: &str) -> Result<()> {
                     width: 128,
                     difficulty: 0.5,
                     layout,
+                    extra_test_ids: 0,
+                    distractors: 0,
                 };
                 generate(&cfg, dir, |_| {})?;
             }

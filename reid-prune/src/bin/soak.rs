@@ -71,6 +71,8 @@ fn main() -> Result<()> {
             width: w as u32,
             difficulty: 0.5,
             layout: SynthLayout::Market,
+            extra_test_ids: 0,
+            distractors: 0,
         };
         generate(&synth, &data, |_| {}).context("generating the soak data")?;
     }

@@ -43,6 +43,13 @@ pub struct Args {
     /// Also write a sample grid (identities x cameras) to this PNG.
     #[arg(long)]
     grid: Option<PathBuf>,
+    /// Market layout: identities only in query/gallery (one query per camera each), beyond
+    /// the test half of --ids: a test side large enough to resolve small differences.
+    #[arg(long, default_value_t = 0)]
+    extra_test_ids: usize,
+    /// Market layout: gallery distractors (pid 0000) that match no query.
+    #[arg(long, default_value_t = 0)]
+    distractors: usize,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -57,6 +64,8 @@ pub fn run(a: Args) -> Result<()> {
         size,
         difficulty,
         grid,
+        extra_test_ids,
+        distractors,
     } = a;
     let (h, w) = size.hw();
     let cfg = reid_data::synth::SynthConfig {
@@ -72,6 +81,8 @@ pub fn run(a: Args) -> Result<()> {
             LayoutArg::Market => reid_data::synth::SynthLayout::Market,
             LayoutArg::Imagefolder => reid_data::synth::SynthLayout::ImageFolder,
         },
+        extra_test_ids,
+        distractors,
     };
     cfg.validate()?;
     let pb = indicatif::ProgressBar::new(0);

@@ -18,6 +18,8 @@ pub fn synth(dir: &Path, domain: &str, layout: SynthLayout) {
         width: 32,
         difficulty: 0.5,
         layout,
+        extra_test_ids: 0,
+        distractors: 0,
     };
     generate(&cfg, dir, |_| {}).unwrap();
 }
