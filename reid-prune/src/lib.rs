@@ -1,7 +1,11 @@
-//! reid-prune: pruning criteria, strategies, channel surgery, resumable training and pruning
-//! runs, and the experiment grid (steps cached by key, resumed mid-step after a crash, claimed
-//! by one process at a time through `step_lock`). Config files are parsed and checked at the edge
-//! (`config_file`, `ExperimentConfig::validate`, `RunConfig::validate`).
+//! reid-prune: pruning criteria (`criterion`, a registry: one file and one line a criterion) and
+//! methods (`method`: each criterion as cut-then-retrain, plus training-time rules that own their
+//! retraining hooks), strategies, channel surgery, resumable training and pruning runs, and the
+//! experiment grid (`scenario`: steps keyed by the hash of their resolved config and parents'
+//! keys — `step_key` —, resumed mid-step after a crash, claimed by one process at a time through
+//! `step_lock`). Config files are parsed and checked at the edge (`config_file`,
+//! `ExperimentConfig::validate` / `check_inputs`, `RunConfig::validate`); run folders are written
+//! through `reid-run`.
 
 pub mod config_file;
 pub mod criterion;
