@@ -1,0 +1,89 @@
+//! `reid-eval extract`: one feature per image of a folder into a safetensors file.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use reid_data::{list_images, Preprocess};
+use reid_eval::{extract_features, load_model_for_inference, save_features, FeatureKind};
+
+/// Extract one feature per image of a folder into a safetensors file.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Weights: a reid-prune checkpoint, or torchvision/timm ResNet weights (.safetensors).
+    #[arg(long)]
+    weights: PathBuf,
+    /// Expected architecture (checked against the file), e.g. resnet50.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Folder of images (sorted by file name).
+    #[arg(long)]
+    images: PathBuf,
+    /// Output file (tensor `features`, N × D f32; file names in the metadata).
+    #[arg(long)]
+    out: PathBuf,
+    /// The feature: pool (before BNNeck) or neck.
+    #[arg(long, value_enum, default_value = "pool")]
+    feature: FeatureKind,
+    /// Network input HEIGHTxWIDTH; other image sizes are resized.
+    #[arg(long, default_value = "256x128")]
+    input: reid_run::InputSize,
+    /// Last stride of plain ImageNet weights (their files do not record it).
+    #[arg(long, default_value_t = 2)]
+    last_stride: usize,
+    /// Images a batch.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// cpu or cuda:N
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let Args {
+        weights,
+        arch,
+        images,
+        out,
+        feature,
+        input,
+        last_stride,
+        batch_size,
+        device,
+    } = a;
+    let device = reid_model::device::parse_device(&device)?;
+    let (h, w) = input.hw();
+    let net = load_model_for_inference(&weights, arch.as_deref(), last_stride, &device)
+        .with_context(|| format!("loading weights {}", weights.display()))?;
+    let paths = list_images(&images)?;
+    anyhow::ensure!(
+        !paths.is_empty(),
+        "{}: no images found (jpg, png, bmp, webp)",
+        images.display()
+    );
+    let feats = extract_features(
+        &net,
+        &paths,
+        &Preprocess::imagenet(h, w),
+        batch_size,
+        feature,
+        true,
+    )?;
+    let names: Vec<String> = paths
+        .iter()
+        .map(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+    save_features(&out, &feats, &names, feature)?;
+    println!(
+        "{} features of dim {} ({:?}, {}) -> {}",
+        names.len(),
+        feats.dim(1)?,
+        feature,
+        net.spec().name(),
+        out.display()
+    );
+    Ok(())
+}

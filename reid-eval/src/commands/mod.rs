@@ -1,0 +1,47 @@
+//! The subcommands of `reid-eval`, one module each (`Args` + `run`); with no subcommand,
+//! `evaluate` (extract + score a checkpoint on a dataset).
+
+pub mod bench;
+pub mod evaluate;
+pub mod extract;
+pub mod score;
+
+use anyhow::Result;
+use reid_eval::rerank::RerankParams;
+use reid_eval::{report, Metrics};
+
+/// k-reciprocal re-ranking (Zhong et al. 2017).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct RerankArgs {
+    /// Re-rank the query × gallery distances (k-reciprocal encoding).
+    #[arg(long)]
+    pub rerank: bool,
+    /// k1 of the k-reciprocal neighbours.
+    #[arg(long, default_value_t = 20)]
+    k1: usize,
+    /// k2 of the local query expansion.
+    #[arg(long, default_value_t = 6)]
+    k2: usize,
+    /// Weight of the original distance in the final one.
+    #[arg(long, default_value_t = 0.3)]
+    lambda: f32,
+}
+
+impl RerankArgs {
+    pub fn params(self) -> Option<RerankParams> {
+        self.rerank.then_some(RerankParams {
+            k1: self.k1,
+            k2: self.k2,
+            lambda: self.lambda,
+        })
+    }
+}
+
+pub fn print_metrics(m: &Metrics, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(&report::json(m))?);
+    } else {
+        print!("{}", report::table(m));
+    }
+    Ok(())
+}
