@@ -2,6 +2,7 @@
 //! `model.safetensors`) and writes the paper's tables and figures. No tensor library: run
 //! folders are the only interface (their format and types: the `reid-run` crate).
 
+pub mod claims;
 pub mod figures;
 pub mod frame;
 pub mod html;
@@ -126,6 +127,10 @@ pub fn write_report(
         .unwrap_or_else(|| "C1".into());
     let paper = paper::PaperResults::load();
     let mut tables = tables::all_tables(&runs, &paper, &level);
+    // the claims open the report
+    if let Some(c) = claims::claims_table(&runs, &level) {
+        tables.insert(0, c);
+    }
     // slugs name files and anchors: made safe once here, so files and links agree
     for t in &mut tables {
         t.slug = safe_component(&t.slug);
