@@ -5,15 +5,19 @@ use candle_core::Device;
 use crate::error::{ModelError, Result};
 
 pub fn parse_device(s: &str) -> Result<Device> {
-    let s = s.trim();
-    if s == "cpu" {
-        return Ok(Device::Cpu);
-    }
-    let ordinal = s
-        .strip_prefix("cuda:")
-        .or_else(|| (s == "cuda").then_some("0"))
-        .and_then(|o| o.parse::<usize>().ok())
-        .ok_or_else(|| ModelError::Input(format!("device '{s}': expected cpu, cuda or cuda:N")))?;
+    open_device(
+        s.parse::<reid_run::DeviceSpec>()
+            .map_err(ModelError::Input)?,
+    )
+}
+
+/// The candle device of a typed device (a config's `device`).
+pub fn open_device(spec: reid_run::DeviceSpec) -> Result<Device> {
+    let ordinal = match spec {
+        reid_run::DeviceSpec::Cpu => return Ok(Device::Cpu),
+        reid_run::DeviceSpec::Cuda(n) => n,
+    };
+    let s = spec.to_string();
     Device::new_cuda(ordinal).map_err(|e| {
         ModelError::Input(format!(
             "device '{s}': CUDA is not available ({e}); build with `--features cuda` on a machine with an NVIDIA GPU, or use --device cpu"

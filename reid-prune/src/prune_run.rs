@@ -57,7 +57,7 @@ pub struct PruneConfig {
     /// Batch size of classification retraining.
     pub batch_size: usize,
     pub seed: u64,
-    pub device: String,
+    pub device: reid_run::DeviceSpec,
     pub out: PathBuf,
     /// α of the auto-balanced regulariser.
     pub balance_alpha: f64,
@@ -85,7 +85,7 @@ impl PruneConfig {
         let mut drop = Self::FREE_FIELDS.to_vec();
         drop.push(unused);
         let mut v = crate::step_key::view_without(self, &drop)?;
-        v["device"] = crate::step_key::device_kind(&self.device).into();
+        v["device"] = self.device.kind().into();
         Ok(v)
     }
 }
@@ -112,7 +112,7 @@ impl Default for PruneConfig {
             retrain_task: reid_model::train::Task::Reid,
             batch_size: 64,
             seed: 0,
-            device: "cpu".into(),
+            device: reid_run::DeviceSpec::Cpu,
             out: PathBuf::from("runs/prune"),
             checkpoint_interval_s: 300.0,
             balance_alpha: 1e-3,
@@ -230,7 +230,7 @@ fn retrain_config(cfg: &PruneConfig, start: &Path, out: &Path) -> RunConfig {
         batch_pk: cfg.batch_pk,
         batch_size: cfg.batch_size,
         seed: cfg.seed,
-        device: cfg.device.clone(),
+        device: cfg.device,
         out: out.to_path_buf(),
         init_checkpoint: Some(start.to_path_buf()),
         evaluate: false,
@@ -316,7 +316,7 @@ pub fn run_prune_resumable(
     }
     let rule = (method.rule)(cfg);
     let criterion = (method.criterion().build)(cfg.seed);
-    let device = reid_model::device::parse_device(&cfg.device)?;
+    let device = reid_model::device::open_device(cfg.device)?;
     let (h, w) = cfg.input.hw();
     let (mut net, parent_prov) = load_any(&cfg.checkpoint, cfg.arch.as_deref(), &device)
         .with_context(|| format!("loading {}", cfg.checkpoint.display()))?;

@@ -57,7 +57,7 @@ impl DataRef {
 pub struct ExperimentConfig {
     pub name: String,
     pub out: PathBuf,
-    pub device: String,
+    pub device: reid_run::DeviceSpec,
     pub seed: u64,
     /// HEIGHTxWIDTH of every step.
     pub input: reid_run::InputSize,
@@ -104,7 +104,7 @@ impl Default for ExperimentConfig {
         Self {
             name: "experiment".into(),
             out: PathBuf::from("runs/experiment"),
-            device: "cpu".into(),
+            device: reid_run::DeviceSpec::Cpu,
             seed: 0,
             input: reid_run::InputSize::new(256, 128),
             arch: "resnet50".into(),
@@ -574,7 +574,7 @@ impl Runner {
             batch_pk: self.cfg.batch_pk,
             batch_size: self.cfg.batch_size,
             seed: self.cfg.seed,
-            device: self.cfg.device.clone(),
+            device: self.cfg.device,
             out: out.to_path_buf(),
             evaluate: false,
             checkpoint_interval_s: self.cfg.checkpoint_interval_s,
@@ -693,7 +693,7 @@ impl Runner {
             },
             batch_size: self.cfg.batch_size,
             seed: self.cfg.seed,
-            device: self.cfg.device.clone(),
+            device: self.cfg.device,
             checkpoint_interval_s: self.cfg.checkpoint_interval_s,
             ..PruneConfig::default()
         };
@@ -853,7 +853,7 @@ impl Runner {
                 &crate::prune_run::unpruned_arch(ck.net.spec())?,
             )),
             latency_ms: BTreeMap::from([(
-                self.cfg.device.clone(),
+                self.cfg.device.to_string(),
                 reid_run::Latency {
                     batch1: Some(b1),
                     batch32: Some(b32),
@@ -897,7 +897,7 @@ impl Runner {
             .with_context(|| format!("experiment '{}'", cfg.name))?;
         if self.plan.is_none() {
             self.device = Some(
-                reid_model::device::parse_device(&cfg.device)
+                reid_model::device::open_device(cfg.device)
                     .with_context(|| format!("device = \"{}\"", cfg.device))?,
             );
             cfg.check_inputs()

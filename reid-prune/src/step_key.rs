@@ -1,6 +1,7 @@
 //! What a run computes, as data: a config's *result view* is its serialised form with the fields
 //! that cannot change the result removed (where it writes, how often it checkpoints) and the ones
-//! the run does not read reduced away (the batch setting of the other task, the device's ordinal).
+//! the run does not read reduced away (the batch setting of the other task, the device's ordinal:
+//! `DeviceSpec::kind`).
 //! A grid step's key hashes that view with its parents' keys, so no field is left out by hand;
 //! resuming compares the same views.
 
@@ -19,13 +20,6 @@ pub fn view_without<T: Serialize>(c: &T, drop: &[&str]) -> serde_json::Result<Va
         }
     }
     Ok(v)
-}
-
-/// `cpu` / `cuda` for `cpu` / `cuda:N`: results depend on the kind of device (its kernels round
-/// differently), not on which of several equal GPUs ran them.
-pub fn device_kind(device: &str) -> String {
-    let d = device.trim();
-    d.split_once(':').map(|(k, _)| k).unwrap_or(d).to_string()
 }
 
 /// The first 8 bytes of SHA-256 of the value's canonical JSON (object keys sorted), in hex.
@@ -87,7 +81,5 @@ mod tests {
         assert_eq!(key_hash(&a), key_hash(&b));
         assert_ne!(key_hash(&a), key_hash(&c));
         assert_eq!(changed_fields(&a, &c), vec!["b.c: [1,2] -> [1,3]"]);
-        assert_eq!(device_kind("cuda:3"), "cuda");
-        assert_eq!(device_kind("cpu"), "cpu");
     }
 }

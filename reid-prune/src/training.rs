@@ -43,7 +43,7 @@ pub struct RunConfig {
     pub batch_size: usize,
     pub last_stride: usize,
     pub seed: u64,
-    pub device: String,
+    pub device: reid_run::DeviceSpec,
     pub out: PathBuf,
     /// ImageNet weights (hub id or path) to start from.
     pub pretrained: Option<String>,
@@ -81,7 +81,7 @@ impl Default for RunConfig {
             batch_size: 64,
             last_stride: 1,
             seed: 0,
-            device: "cpu".into(),
+            device: reid_run::DeviceSpec::Cpu,
             out: PathBuf::from("runs/train"),
             pretrained: None,
             init_checkpoint: None,
@@ -131,7 +131,7 @@ impl RunConfig {
             drop.extend(Self::FROM_CHECKPOINT_UNREAD);
         }
         let mut v = crate::step_key::view_without(self, &drop)?;
-        v["device"] = crate::step_key::device_kind(&self.device).into();
+        v["device"] = self.device.kind().into();
         Ok(v)
     }
 
@@ -468,7 +468,7 @@ pub fn run_training_with(
         .with_context(|| format!("run config for {}", cfg.out.display()))?;
     // What is recorded (config.toml) and compared on resume is the run as it happens.
     let cfg = &effective_config(cfg)?;
-    let device = reid_model::device::parse_device(&cfg.device)?;
+    let device = reid_model::device::open_device(cfg.device)?;
     let (h, w) = cfg.input.hw();
     let ds = load(&cfg.dataset, &cfg.root).with_context(|| {
         format!(

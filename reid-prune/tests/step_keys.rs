@@ -289,7 +289,15 @@ fn mutate<T: serde::de::DeserializeOwned>(v: &Value, path: &[String]) -> Option<
     };
     if let Value::String(s) = leaf {
         // enum-like strings: any other variant
-        for alt in ["classify", "reid", "global", "layerwise", "params", "flops"] {
+        for alt in [
+            "classify",
+            "reid",
+            "global",
+            "layerwise",
+            "params",
+            "flops",
+            "cuda",
+        ] {
             if alt != s {
                 candidates.push(alt.into());
             }
@@ -418,7 +426,7 @@ fn every_field_of_a_training_config_is_in_its_key_except_where_it_writes() {
     // which of two equal GPUs ran a step does not change it; the kind of device does
     let on = |d: &str| {
         RunConfig {
-            device: d.into(),
+            device: d.parse().unwrap(),
             ..cfg.clone()
         }
         .result_view()

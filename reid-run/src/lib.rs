@@ -29,7 +29,7 @@ pub mod types;
 
 pub use atomic::{remove_stale_temp_files, write_atomic, TEMP_MARK};
 pub use metrics::{EvalEntry, Latency, RunFolder, RunMetrics, TrainSummary};
-pub use types::{InputSize, PkBatch};
+pub use types::{DeviceSpec, InputSize, PkBatch};
 
 use std::path::PathBuf;
 

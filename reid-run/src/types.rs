@@ -138,6 +138,63 @@ impl From<PkBatch> for String {
     }
 }
 
+/// Where a run computes: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceSpec {
+    #[default]
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceSpec {
+    /// `cpu` or `cuda`: results depend on the kind of device (its kernels round differently),
+    /// not on which of several equal GPUs ran them.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DeviceSpec::Cpu => "cpu",
+            DeviceSpec::Cuda(_) => "cuda",
+        }
+    }
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        if t == "cpu" {
+            return Ok(DeviceSpec::Cpu);
+        }
+        t.strip_prefix("cuda:")
+            .or_else(|| (t == "cuda").then_some("0"))
+            .and_then(|o| o.parse::<usize>().ok())
+            .map(DeviceSpec::Cuda)
+            .ok_or_else(|| format!("device '{s}': expected cpu, cuda or cuda:N"))
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(v: DeviceSpec) -> String {
+        v.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +207,20 @@ mod tests {
         assert_eq!((p.size(), p.to_string()), (64, "16x4".to_string()));
         for bad in ["", "256", "0x128", "256x", "x", "-1x2", "1.5x2", "99999x2"] {
             assert!(bad.parse::<InputSize>().is_err(), "{bad}");
+        }
+        assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        assert_eq!(
+            "cuda:3".parse::<DeviceSpec>().unwrap().to_string(),
+            "cuda:3"
+        );
+        assert_eq!("cpu".parse::<DeviceSpec>().unwrap().kind(), "cpu");
+        for bad in ["gpu0", "cuda:", "cuda:-1", ""] {
+            assert!(
+                bad.parse::<DeviceSpec>()
+                    .unwrap_err()
+                    .contains("expected cpu"),
+                "{bad}"
+            );
         }
         for bad in ["4x0", "4", "ax4"] {
             let e = bad.parse::<PkBatch>().unwrap_err();

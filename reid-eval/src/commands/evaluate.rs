@@ -34,7 +34,7 @@ pub struct Args {
     metric: Metric,
     /// cpu or cuda:N
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: reid_run::DeviceSpec,
     /// Where to write metrics.json (default: beside the checkpoint).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -60,7 +60,7 @@ pub fn run(a: Args) -> Result<()> {
     let (Some(ck), Some(name), Some(root)) = (a.checkpoint, a.dataset, a.root) else {
         bail!("give --checkpoint, --dataset and --root (or a subcommand: extract, score, bench; see --help)");
     };
-    let device = reid_model::device::parse_device(&a.device)?;
+    let device = reid_model::device::open_device(a.device)?;
     let (h, w) = a.input.hw();
     let net = load_model_for_inference(&ck, None, 2, &device)
         .with_context(|| format!("loading {}", ck.display()))?;

@@ -35,7 +35,7 @@ pub struct Args {
     batch_size: usize,
     /// cpu or cuda:N
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: reid_run::DeviceSpec,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -50,7 +50,7 @@ pub fn run(a: Args) -> Result<()> {
         batch_size,
         device,
     } = a;
-    let device = reid_model::device::parse_device(&device)?;
+    let device = reid_model::device::open_device(device)?;
     let (h, w) = input.hw();
     let net = load_model_for_inference(&weights, arch.as_deref(), last_stride, &device)
         .with_context(|| format!("loading weights {}", weights.display()))?;

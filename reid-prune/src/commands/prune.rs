@@ -51,7 +51,7 @@ pub struct Args {
     retrain_epochs: usize,
     /// cpu or cuda:N
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: reid_run::DeviceSpec,
     /// Seed of the random criterion, scoring images and retraining.
     #[arg(long, default_value_t = 0)]
     seed: u64,

@@ -46,7 +46,7 @@ pub struct Args {
     seed: Option<u64>,
     /// cpu or cuda:N
     #[arg(long)]
-    device: Option<String>,
+    device: Option<reid_run::DeviceSpec>,
     /// The run folder to write.
     #[arg(long)]
     out: Option<PathBuf>,
