@@ -155,7 +155,7 @@ fn a_grid_can_prune_the_residual_streams_too() {
         name: "groups".into(),
         residual_groups: true,
         scenarios: vec![Scenario::S1],
-        criteria: vec!["l1".into(), "psfp".into()],
+        criteria: reid_prune::method::MethodName::list(&["l1", "psfp"]),
         ..tiny_config(tmp.path(), None)
     };
     let cells = Runner::new(cfg).unwrap().run().unwrap();
@@ -208,13 +208,6 @@ fn hostile_names_and_numbers_are_refused_before_any_step() {
                 ..base.clone()
             },
             "dataset label",
-        ),
-        (
-            ExperimentConfig {
-                criteria: vec!["l7".into()],
-                ..base.clone()
-            },
-            "criteria",
         ),
         (
             ExperimentConfig {
@@ -283,6 +276,16 @@ fn hostile_names_and_numbers_are_refused_before_any_step() {
             .unwrap_err()
     );
     assert!(e.contains("S5") && e.contains("S4"), "{e}");
+    // so is an unknown criterion, naming the key and every registered method
+    let e = format!(
+        "{:#}",
+        reid_prune::config_file::parse_toml::<ExperimentConfig>("criteria = [\"l1\", \"l7\"]\n")
+            .unwrap_err()
+    );
+    assert!(
+        e.contains("criteria") && e.contains("l7") && e.contains("lamp"),
+        "{e}"
+    );
     // nothing was computed, and no folder named by a hostile key exists anywhere in the tree
     assert!(!base.out.join("steps").exists(), "a step ran");
     fn names(dir: &Path, out: &mut Vec<String>) {

@@ -31,7 +31,7 @@ fn base() -> ExperimentConfig {
         source: data("imagefolder", "/data/source", None),
         target: data("market1501", "/data/target", Some("tgt")),
         cross: Some(data("market1501", "/data/cross", Some("crs"))),
-        criteria: vec!["l1".into(), "psfp".into()],
+        criteria: reid_prune::method::MethodName::list(&["l1", "psfp"]),
         levels: BTreeMap::from([("C1".to_string(), 0.5)]),
         batch_pk: reid_run::PkBatch::new(8, 4),
         ..ExperimentConfig::default()
@@ -186,7 +186,7 @@ fn changing_a_field_reruns_the_steps_that_read_it_and_those_below_nothing_else()
         ),
         (
             "criteria",
-            Box::new(|c| c.criteria.push("taylor".into())),
+            Box::new(|c| c.criteria.push("taylor".parse().unwrap())),
             Expect::Adds,
         ),
         (

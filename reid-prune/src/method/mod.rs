@@ -146,6 +146,67 @@ pub fn method(name: &str) -> Result<MethodEntry> {
         })
 }
 
+/// A registered method's name, checked where a config is read (an unknown one is a parse
+/// error listing every name); serialised as the plain string.
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
+pub struct MethodName(String);
+
+impl MethodName {
+    /// Names written in code (defaults, tests); each must be registered (a programming error
+    /// otherwise, caught by the tests that use them).
+    pub fn list(names: &[&str]) -> Vec<MethodName> {
+        names
+            .iter()
+            .map(|n| n.parse().unwrap_or_else(|e| panic!("{e}")))
+            .collect()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The registry entry it names.
+    pub fn entry(&self) -> MethodEntry {
+        method(&self.0).expect("a MethodName is checked against the registry when made")
+    }
+}
+
+impl std::str::FromStr for MethodName {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        method(s).map_err(|e| e.to_string())?;
+        Ok(MethodName(s.to_string()))
+    }
+}
+
+impl TryFrom<String> for MethodName {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<MethodName> for String {
+    fn from(m: MethodName) -> String {
+        m.0
+    }
+}
+
+impl std::ops::Deref for MethodName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for MethodName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// `name: what it is` lines for help texts.
 pub fn method_help() -> String {
     methods()

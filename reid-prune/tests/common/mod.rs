@@ -70,7 +70,7 @@ pub fn tiny_experiment(tmp: &Path, name: &str, out: &Path) -> ExperimentConfig {
             name: None,
         },
         cross: None,
-        criteria: vec!["l1".into()],
+        criteria: reid_prune::method::MethodName::list(&["l1"]),
         levels: std::collections::BTreeMap::from([("C1".to_string(), 0.5)]),
         pretrain_epochs: 1,
         finetune_epochs: 1,
