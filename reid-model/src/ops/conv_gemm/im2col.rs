@@ -1,0 +1,219 @@
+//! Columns of an image for a conv as a matrix product (im2col), their scatter-add back
+//! (col2im), and the layout helpers of the gemm operands.
+
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+use super::*;
+
+/// col[(c·k + ky)·k + kx][oy·wo + ox] = x[c, oy·s + ky − p, ox·s + kx − p] (0 outside).
+/// Row r of `col` starts at r·ld (ld ≥ ho·wo), so several images can share one column block.
+pub(crate) fn im2col(x: &[f32], g: &Geom, col: &mut [MaybeUninit<f32>], ld: usize, parallel: bool) {
+    let hw = g.hw_out();
+    let fill = |r: usize, row: &mut [MaybeUninit<f32>]| {
+        let row = &mut row[..hw];
+        let c = r / (g.k * g.k);
+        let ky = (r / g.k) % g.k;
+        let kx = r % g.k;
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        if g.stride == 1 && g.ho == g.h && g.wo == g.w {
+            same_size_shift(plane, g, ky, kx, row);
+            return;
+        }
+        let (lo, hi) = g.valid_ox(kx);
+        for oy in 0..g.ho {
+            let out = &mut row[oy * g.wo..(oy + 1) * g.wo];
+            let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+            if iy < 0 || iy >= g.h as isize || lo >= hi {
+                fill_u(out, 0.0);
+                continue;
+            }
+            fill_u(&mut out[..lo], 0.0);
+            fill_u(&mut out[hi..], 0.0);
+            let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+            let ix0 = lo * g.stride + kx - g.pad;
+            if g.stride == 1 {
+                copy_u(&mut out[lo..hi], &src[ix0..ix0 + (hi - lo)]);
+            } else {
+                for (j, o) in out[lo..hi].iter_mut().enumerate() {
+                    o.write(src[ix0 + j * g.stride]);
+                }
+            }
+        }
+    };
+    let rows = g.ckk();
+    if parallel {
+        col.par_chunks_mut(ld)
+            .take(rows)
+            .enumerate()
+            .for_each(|(r, row)| fill(r, row));
+    } else {
+        col.chunks_mut(ld)
+            .take(rows)
+            .enumerate()
+            .for_each(|(r, row)| fill(r, row));
+    }
+}
+
+/// One im2col row of a stride-1 conv whose output has the input's size: out[i] = plane[i + d]
+/// with d = (ky − p)·w + (kx − p), so one block copy, then zeros where the column wrapped
+/// around a row edge or the row fell outside the image (instead of one short copy per row).
+pub(crate) fn same_size_shift(
+    plane: &[f32],
+    g: &Geom,
+    ky: usize,
+    kx: usize,
+    out: &mut [MaybeUninit<f32>],
+) {
+    let (h, w) = (g.h as isize, g.w as isize);
+    let (dy, dx) = (ky as isize - g.pad as isize, kx as isize - g.pad as isize);
+    let hw = h * w;
+    let d = dy * w + dx;
+    let (lo, hi) = ((-d).clamp(0, hw), (hw - d).clamp(0, hw));
+    fill_u(&mut out[..lo as usize], 0.0);
+    fill_u(&mut out[hi as usize..], 0.0);
+    if lo < hi {
+        copy_u(
+            &mut out[lo as usize..hi as usize],
+            &plane[(lo + d) as usize..(hi + d) as usize],
+        );
+    }
+    if dx != 0 {
+        // columns whose source ox + dx lies outside [0, w)
+        let n = dx.unsigned_abs().min(g.w);
+        let first = if dx > 0 { g.w - n } else { 0 };
+        for row in out[..g.h * g.w].chunks_mut(g.w) {
+            fill_u(&mut row[first..first + n], 0.0);
+        }
+    }
+}
+
+/// gx[c, iy, ix] += col[r][oy·wo + ox]: the adjoint of [`im2col`] (same `ld`).
+pub(crate) fn col2im_add(col: &[f32], g: &Geom, ld: usize, gx: &mut [f32], parallel: bool) {
+    let kk = g.k * g.k;
+    // One input channel per task: the k·k rows of a channel write only into its own plane.
+    let per_channel = |c: usize, plane: &mut [f32]| {
+        for r in c * kk..(c + 1) * kk {
+            let ky = (r / g.k) % g.k;
+            let kx = r % g.k;
+            let (lo, hi) = g.valid_ox(kx);
+            if lo >= hi {
+                continue;
+            }
+            let row = &col[r * ld..r * ld + g.hw_out()];
+            for oy in 0..g.ho {
+                let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                if iy < 0 || iy >= g.h as isize {
+                    continue;
+                }
+                let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                let src = &row[oy * g.wo + lo..oy * g.wo + hi];
+                let ix0 = lo * g.stride + kx - g.pad;
+                if g.stride == 1 {
+                    for (d, s) in dst[ix0..ix0 + (hi - lo)].iter_mut().zip(src) {
+                        *d += *s;
+                    }
+                } else {
+                    for (j, s) in src.iter().enumerate() {
+                        dst[ix0 + j * g.stride] += *s;
+                    }
+                }
+            }
+        }
+    };
+    if parallel {
+        gx.par_chunks_mut(g.h * g.w)
+            .enumerate()
+            .for_each(|(c, p)| per_channel(c, p));
+    } else {
+        gx.chunks_mut(g.h * g.w)
+            .enumerate()
+            .for_each(|(c, p)| per_channel(c, p));
+    }
+}
+
+/// [G images][rows][hw] → [rows][G·hw] (image-major blocks side by side).
+pub(crate) fn interleave(src: &[f32], rows: usize, hw: usize, dst: &mut [MaybeUninit<f32>]) {
+    let imgs = src.len() / (rows * hw);
+    let ld = imgs * hw;
+    for j in 0..imgs {
+        for r in 0..rows {
+            copy_u(
+                &mut dst[r * ld + j * hw..r * ld + (j + 1) * hw],
+                &src[(j * rows + r) * hw..(j * rows + r + 1) * hw],
+            );
+        }
+    }
+}
+
+/// Write `v` to every element.
+pub(crate) fn fill_u(dst: &mut [MaybeUninit<f32>], v: f32) {
+    dst.iter_mut().for_each(|d| {
+        d.write(v);
+    });
+}
+
+/// Write `src` into `dst` (same length).
+pub(crate) fn copy_u(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    assert_eq!(dst.len(), src.len());
+    for (d, &v) in dst.iter_mut().zip(src) {
+        d.write(v);
+    }
+}
+
+/// Initialised f32s as a write-only target for the functions above (they only ever write
+/// initialised values through it, so the slice stays initialised).
+pub(crate) fn as_uninit(s: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: same layout; nothing writes an uninitialised value through the returned slice.
+    unsafe { &mut *(s as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// Rows [len / v.len() × ld]: row r filled with v[r]; returns the block initialised.
+pub(crate) fn fill_rows<'a>(
+    dst: &'a mut [MaybeUninit<f32>],
+    ld: usize,
+    v: &[f32],
+) -> &'a mut [f32] {
+    assert_eq!(dst.len(), v.len() * ld);
+    for (row, &x) in dst.chunks_mut(ld.max(1)).zip(v) {
+        row.iter_mut().for_each(|d| {
+            d.write(x);
+        });
+    }
+    // SAFETY: the rows cover dst whole (asserted) and each element was written above.
+    unsafe { assume_init(dst) }
+}
+
+/// The inverse of [`interleave`], into memory that need not be initialised; returns it
+/// initialised.
+pub(crate) fn deinterleave<'a>(
+    src: &[f32],
+    rows: usize,
+    hw: usize,
+    dst: &'a mut [MaybeUninit<f32>],
+) -> &'a mut [f32] {
+    let imgs = dst.len() / (rows * hw);
+    assert_eq!(dst.len(), imgs * rows * hw);
+    let ld = imgs * hw;
+    for j in 0..imgs {
+        for r in 0..rows {
+            let s = &src[r * ld + j * hw..r * ld + (j + 1) * hw];
+            for (d, &x) in dst[(j * rows + r) * hw..(j * rows + r + 1) * hw]
+                .iter_mut()
+                .zip(s)
+            {
+                d.write(x);
+            }
+        }
+    }
+    // SAFETY: (j, r) runs over every hw-long block of dst (asserted length), each written above.
+    unsafe { assume_init(dst) }
+}
+
+/// # Safety
+/// Every element of `s` must have been written.
+pub(crate) unsafe fn assume_init(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: MaybeUninit<f32> has f32's layout; the caller guarantees initialisation.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<f32>(), s.len()) }
+}

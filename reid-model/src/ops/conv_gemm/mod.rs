@@ -1,0 +1,425 @@
+//! CPU f32 convolution whose forward, input gradient and weight gradient all run through gemm.
+//!
+//! candle's stock CPU conv backward sends every input gradient through a direct
+//! `conv_transpose2d` loop (~16 GFLOP/s against 100–200 for gemm) and fails when H and W have
+//! different parity at a stride-2 conv. Here:
+//! - forward:      y[n]  = W[Cout, Cin·k·k] × im2col(x[n])
+//! - input grad:   gx[n] = col2im(Wᵀ × gy[n])          (any stride, padding, parity)
+//! - weight grad:  gW    = Σₙ gy[n] × im2col(x[n])ᵀ
+//!
+//! 1×1 stride-1 convs skip im2col/col2im. Work is split over images when the batch has at
+//! least as many images as threads, otherwise inside gemm.
+
+use candle_core::{Result, Tensor};
+
+use ::gemm::Parallelism;
+
+mod custom_ops;
+mod im2col;
+mod matmul;
+mod nchw;
+
+#[allow(unused_imports)] // each file uses part of the others'
+pub(crate) use custom_ops::*;
+pub use custom_ops::{Conv2dBiasInference, Conv2dGemm};
+#[allow(unused_imports)]
+pub(crate) use im2col::*;
+#[allow(unused_imports)]
+pub(crate) use matmul::*;
+#[allow(unused_imports)]
+pub(crate) use nchw::*;
+
+/// Shape of one convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Geom {
+    pub(crate) n: usize,
+    pub(crate) cin: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) cout: usize,
+    pub(crate) k: usize,
+    pub(crate) stride: usize,
+    pub(crate) pad: usize,
+    pub(crate) ho: usize,
+    pub(crate) wo: usize,
+}
+
+impl Geom {
+    pub(crate) fn new(
+        (n, cin, h, w): (usize, usize, usize, usize),
+        (cout, cin_w, kh, kw): (usize, usize, usize, usize),
+        stride: usize,
+        pad: usize,
+    ) -> Result<Self> {
+        if cin != cin_w || kh != kw {
+            candle_core::bail!(
+                "conv2d-gemm: input [{n}, {cin}, {h}, {w}] does not fit kernel [{cout}, {cin_w}, {kh}, {kw}]"
+            );
+        }
+        if h + 2 * pad < kh || w + 2 * pad < kw || stride == 0 {
+            candle_core::bail!(
+                "conv2d-gemm: input {h}x{w} smaller than kernel {kh}x{kw} (padding {pad})"
+            );
+        }
+        Ok(Self {
+            n,
+            cin,
+            h,
+            w,
+            cout,
+            k: kh,
+            stride,
+            pad,
+            ho: (h + 2 * pad - kh) / stride + 1,
+            wo: (w + 2 * pad - kw) / stride + 1,
+        })
+    }
+
+    pub(crate) fn ckk(&self) -> usize {
+        self.cin * self.k * self.k
+    }
+
+    pub(crate) fn hw_out(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    pub(crate) fn is_pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// Output columns `ox` whose input column `ox·s + kx − p` lies inside [0, w).
+    pub(crate) fn valid_ox(&self, kx: usize) -> (usize, usize) {
+        let (s, p) = (self.stride as isize, self.pad as isize);
+        let lo = {
+            let need = p - kx as isize; // ox·s ≥ p − kx
+            if need <= 0 {
+                0
+            } else {
+                ((need + s - 1) / s) as usize
+            }
+        };
+        let hi_num = self.w as isize - 1 + p - kx as isize; // ox·s ≤ w − 1 + p − kx
+        let hi = if hi_num < 0 {
+            0
+        } else {
+            (hi_num / s + 1) as usize
+        };
+        (lo.min(self.wo), hi.min(self.wo).max(lo.min(self.wo)))
+    }
+}
+
+/// candle's thread count, read once: `get_num_threads` parses /proc/cpuinfo on every call
+/// (~100 times per forward pass; a measurable share of a small model's latency).
+pub(crate) fn threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| candle_core::utils::get_num_threads().max(1))
+}
+
+/// gemm wants wide matrices: late ResNet layers have a handful of output pixels per image
+/// (8×4 or less), so images are grouped until a gemm has at least this many columns.
+pub(crate) const MIN_GEMM_COLUMNS: usize = 256;
+
+/// Images per group.
+pub(crate) fn group_size(g: &Geom) -> usize {
+    MIN_GEMM_COLUMNS.div_ceil(g.hw_out()).clamp(1, g.n.max(1))
+}
+
+/// Split groups over threads when there are enough of them, else parallelise inside gemm.
+pub(crate) fn outer_parallel(g: &Geom) -> bool {
+    threads() > 1 && g.n.div_ceil(group_size(g)) >= threads()
+}
+
+pub(crate) fn inner_parallelism(outer: bool) -> Parallelism {
+    if outer || threads() == 1 {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(threads())
+    }
+}
+
+pub(crate) fn cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == candle_core::DType::F32
+}
+
+/// Convolution through [`Conv2dGemm`] (CPU, f32); other devices and dtypes use candle's conv2d.
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    if cpu_f32(x) && cpu_f32(w) {
+        x.contiguous()?.apply_op2(&w.contiguous()?, {
+            let op = Conv2dGemm::new(stride, padding);
+            if w.track_op() {
+                op.keeping_cols()
+            } else {
+                op
+            }
+        })
+    } else {
+        x.conv2d(w, padding, stride, 1, 1)
+    }
+}
+
+/// conv + bias (+ ReLU) fused when nothing needs a gradient (CPU f32); `None` otherwise.
+pub fn conv2d_bias_inference(
+    x: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    padding: usize,
+    relu: bool,
+) -> Result<Option<Tensor>> {
+    if !(cpu_f32(x) && cpu_f32(w) && cpu_f32(bias))
+        || x.track_op()
+        || w.track_op()
+        || bias.track_op()
+    {
+        return Ok(None);
+    }
+    let op = Conv2dBiasInference {
+        stride,
+        padding,
+        bias: bias.to_vec1()?,
+        relu,
+    };
+    Ok(Some(
+        x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op)?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::init::SplitMix64;
+    use candle_core::{Device, Var};
+
+    fn rand_vec(n: usize, seed: u64) -> Vec<f64> {
+        let mut r = SplitMix64::new(seed);
+        (0..n).map(|_| r.normal()).collect()
+    }
+
+    /// Direct f64 convolution: the reference.
+    fn naive_fwd(x: &[f64], w: &[f64], g: &Geom) -> Vec<f64> {
+        let mut y = vec![0f64; g.n * g.cout * g.hw_out()];
+        for n in 0..g.n {
+            for o in 0..g.cout {
+                for oy in 0..g.ho {
+                    for ox in 0..g.wo {
+                        let mut s = 0f64;
+                        for c in 0..g.cin {
+                            for ky in 0..g.k {
+                                for kx in 0..g.k {
+                                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                                    let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                                    if iy >= 0
+                                        && ix >= 0
+                                        && (iy as usize) < g.h
+                                        && (ix as usize) < g.w
+                                    {
+                                        s += x[((n * g.cin + c) * g.h + iy as usize) * g.w
+                                            + ix as usize]
+                                            * w[((o * g.cin + c) * g.k + ky) * g.k + kx];
+                                    }
+                                }
+                            }
+                        }
+                        y[((n * g.cout + o) * g.ho + oy) * g.wo + ox] = s;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn max_rel(a: &[f32], b: &[f64]) -> f64 {
+        let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
+        a.iter()
+            .zip(b)
+            .fold(0f64, |m, (x, y)| m.max((*x as f64 - y).abs()))
+            / scale
+    }
+
+    /// Loss L = Σ y·r: dL/dy = r. Checks forward, both gradients against the f64 reference
+    /// (finite differences of the direct convolution), and against candle's stock autograd.
+    fn check(n: usize, cin: usize, cout: usize, h: usize, w: usize, k: usize, stride: usize) {
+        let pad = k / 2;
+        let dev = Device::Cpu;
+        let g = Geom::new((n, cin, h, w), (cout, cin, k, k), stride, pad).unwrap();
+        let x64 = rand_vec(n * cin * h * w, 1 + h as u64);
+        let w64 = rand_vec(cout * cin * k * k, 2 + w as u64);
+        let r64 = rand_vec(n * cout * g.hw_out(), 3);
+        let to32 = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+        // Round inputs to f32 so both sides see the same values.
+        let x64: Vec<f64> = to32(&x64).into_iter().map(f64::from).collect();
+        let w64: Vec<f64> = to32(&w64).into_iter().map(f64::from).collect();
+        let r64: Vec<f64> = to32(&r64).into_iter().map(f64::from).collect();
+
+        let xv = Var::from_vec(to32(&x64), (n, cin, h, w), &dev).unwrap();
+        let wv = Var::from_vec(to32(&w64), (cout, cin, k, k), &dev).unwrap();
+        let r = Tensor::from_vec(to32(&r64), (n, cout, g.ho, g.wo), &dev).unwrap();
+        let y = conv2d(xv.as_tensor(), wv.as_tensor(), stride, pad).unwrap();
+        let grads = (y.clone() * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gx: Vec<f32> = grads
+            .get(xv.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let gw: Vec<f32> = grads
+            .get(wv.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let tag = format!("n{n} c{cin}->{cout} {h}x{w} k{k} s{stride}");
+        assert!(
+            max_rel(&y, &naive_fwd(&x64, &w64, &g)) < 1e-5,
+            "forward {tag}"
+        );
+
+        // The loss is linear in x and in w, so central differences with step 1 are exact in f64.
+        let loss = |x: &[f64], w: &[f64]| -> f64 {
+            naive_fwd(x, w, &g)
+                .iter()
+                .zip(&r64)
+                .map(|(a, b)| a * b)
+                .sum()
+        };
+        // A spread sample of elements (every element would make the test quadratic).
+        let sample = |len: usize| -> Vec<usize> {
+            let m = len.min(24);
+            (0..m).map(|j| j * (len - 1) / (m - 1).max(1)).collect()
+        };
+        let fd = |which: usize, idx: &[usize]| -> Vec<f64> {
+            idx.iter()
+                .map(|&i| {
+                    let (mut xp, mut wp) = (x64.clone(), w64.clone());
+                    let (mut xm, mut wm) = (x64.clone(), w64.clone());
+                    if which == 0 {
+                        xp[i] += 1.0;
+                        xm[i] -= 1.0;
+                    } else {
+                        wp[i] += 1.0;
+                        wm[i] -= 1.0;
+                    }
+                    (loss(&xp, &wp) - loss(&xm, &wm)) / 2.0
+                })
+                .collect()
+        };
+        let (ix, iw) = (sample(x64.len()), sample(w64.len()));
+        let pick = |v: &[f32], idx: &[usize]| idx.iter().map(|&i| v[i]).collect::<Vec<f32>>();
+        assert!(
+            max_rel(&pick(&gx, &ix), &fd(0, &ix)) < 1e-5,
+            "input grad vs finite differences {tag}"
+        );
+        assert!(
+            max_rel(&pick(&gw, &iw), &fd(1, &iw)) < 1e-5,
+            "weight grad vs finite differences {tag}"
+        );
+
+        // candle's stock autograd (only where it works: equal H/W parity at stride 2)
+        if stride == 1 || h % 2 == w % 2 {
+            let ys = xv
+                .as_tensor()
+                .conv2d(wv.as_tensor(), pad, stride, 1, 1)
+                .unwrap();
+            let gs = (ys * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let sx: Vec<f32> = gs
+                .get(xv.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let sw: Vec<f32> = gs
+                .get(wv.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let to64 = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+            assert!(
+                max_rel(&gx, &to64(&sx)) < 1e-5,
+                "input grad vs candle {tag}"
+            );
+            assert!(
+                max_rel(&gw, &to64(&sw)) < 1e-5,
+                "weight grad vs candle {tag}"
+            );
+        }
+    }
+
+    #[test]
+    fn gradients_on_a_grid_of_shapes() {
+        for &k in &[1, 3, 7] {
+            for &stride in &[1, 2] {
+                for &(h, w) in &[(8, 6), (7, 9), (8, 7), (9, 9)] {
+                    for &n in &[1, 8] {
+                        let (h, w) = if k == 7 { (h + 4, w + 4) } else { (h, w) };
+                        check(n, 3, 4, h, w, k, stride);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn image_input_gets_no_gradient() {
+        let dev = Device::Cpu;
+        let x = Tensor::ones((2, 3, 8, 8), candle_core::DType::F32, &dev).unwrap();
+        let w = Var::ones((4, 3, 3, 3), candle_core::DType::F32, &dev).unwrap();
+        let y = conv2d(&x, w.as_tensor(), 2, 1).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        assert!(g.get(&x).is_none());
+        assert!(g.get(w.as_tensor()).is_some());
+    }
+
+    #[test]
+    fn fused_residual_equals_conv_bias_add_relu() {
+        let dev = Device::Cpu;
+        // batch 8 of small maps: images are grouped, so every group finds its part of the residual
+        for (n, cin, cout, h, w, k, stride) in [
+            (8, 16, 32, 8, 4, 1, 1),
+            (3, 8, 12, 9, 7, 3, 2),
+            (1, 4, 6, 5, 5, 3, 1),
+        ] {
+            let ho = (h + 2 * (k / 2) - k) / stride + 1;
+            let wo = (w + 2 * (k / 2) - k) / stride + 1;
+            let t = |v: Vec<f64>, shape: &[usize]| {
+                Tensor::from_vec(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), shape, &dev)
+                    .unwrap()
+            };
+            let x = t(rand_vec(n * cin * h * w, 1), &[n, cin, h, w]);
+            let wt = t(rand_vec(cout * cin * k * k, 2), &[cout, cin, k, k]);
+            let b = t(rand_vec(cout, 3), &[cout]);
+            let r = t(rand_vec(n * cout * ho * wo, 4), &[n, cout, ho, wo]);
+            let fused = conv2d_bias_residual_inference(&x, &wt, &b, &r, stride, k / 2)
+                .unwrap()
+                .unwrap();
+            let reference = (x
+                .conv2d(&wt, k / 2, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&b.reshape((1, cout, 1, 1)).unwrap())
+                .unwrap()
+                + &r)
+                .unwrap()
+                .relu()
+                .unwrap();
+            let d: f32 = (fused - reference)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(d < 1e-4, "n {n} cin {cin} k {k}: {d}");
+        }
+    }
+}

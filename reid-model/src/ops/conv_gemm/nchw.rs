@@ -1,0 +1,336 @@
+//! NCHW convolution on f32 slices: forward (with a fused epilogue), input and weight
+//! gradients, work split over images or inside gemm.
+
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+use super::*;
+
+/// Scratch buffers reused across the groups a thread processes.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    col: Vec<f32>,
+    tmp: Vec<f32>,
+}
+
+/// The im2col matrix [ckk × G·hw] of a group of images (`x` holds the group's images).
+/// Pointwise convs of a single image need no copy at all.
+pub(crate) fn group_cols<'a>(
+    x: &'a [f32],
+    g: &Geom,
+    col: &'a mut Vec<f32>,
+    parallel: bool,
+) -> &'a [f32] {
+    let imgs = x.len() / (g.cin * g.h * g.w);
+    if g.is_pointwise() && imgs == 1 {
+        return x;
+    }
+    col.resize(g.ckk() * imgs * g.hw_out(), 0.0);
+    fill_group_cols(x, g, as_uninit(col), parallel);
+    col
+}
+
+/// Write the im2col matrix [ckk × G·hw] of the group of images in `x` into `col`.
+pub(crate) fn fill_group_cols(x: &[f32], g: &Geom, col: &mut [MaybeUninit<f32>], parallel: bool) {
+    let (hw, img) = (g.hw_out(), g.cin * g.h * g.w);
+    let ld = (x.len() / img) * hw;
+    if g.is_pointwise() {
+        interleave(x, g.cin, hw, col);
+    } else {
+        for (j, xi) in x.chunks(img).enumerate() {
+            im2col(xi, g, &mut col[j * hw..], ld, parallel);
+        }
+    }
+}
+
+/// Run `f(group of x, group of y, scratch)` over image groups, in parallel over groups when
+/// there are enough of them (`f` gets `true` then, to keep its inner work sequential).
+pub(crate) fn for_groups<T: Send, F>(
+    g: &Geom,
+    x: &[f32],
+    x_img: usize,
+    y: &mut [T],
+    y_img: usize,
+    f: F,
+) where
+    F: Fn(&[f32], &mut [T], &mut Scratch, bool) + Sync,
+{
+    let gs = group_size(g);
+    if outer_parallel(g) {
+        y.par_chunks_mut(gs * y_img)
+            .zip(x.par_chunks(gs * x_img))
+            .for_each_init(Scratch::default, |s, (yg, xg)| f(xg, yg, s, true));
+    } else {
+        let mut s = Scratch::default();
+        for (yg, xg) in y.chunks_mut(gs * y_img).zip(x.chunks(gs * x_img)) {
+            f(xg, yg, &mut s, false);
+        }
+    }
+}
+
+/// What follows the gemm in the forward: a per-channel bias, a residual added (the shortcut of
+/// a block's last conv) and/or ReLU (inference only).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Epilogue<'a> {
+    pub(crate) bias: Option<&'a [f32]>,
+    /// Same shape as the output (NCHW).
+    pub(crate) residual: Option<&'a [f32]>,
+    pub(crate) relu: bool,
+}
+
+impl Epilogue<'_> {
+    /// Prefill rows [cout × ld] with the bias, so gemm accumulates on top of it.
+    fn prefill(&self, dst: &mut [f32], ld: usize) -> bool {
+        match self.bias {
+            Some(b) => {
+                fill_rows(as_uninit(dst), ld, b);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `offset`: where `dst` starts in the whole output (to find its part of the residual).
+    fn finish(&self, dst: &mut [f32], offset: usize) {
+        match (self.residual, self.relu) {
+            (Some(r), relu) => {
+                let r = &r[offset..offset + dst.len()];
+                for (d, &v) in dst.iter_mut().zip(r) {
+                    let s = *d + v;
+                    *d = if relu { s.max(0.0) } else { s };
+                }
+            }
+            (None, true) => dst.iter_mut().for_each(|v| *v = v.max(0.0)),
+            (None, false) => {}
+        }
+    }
+}
+
+pub(crate) fn conv_forward(x: &[f32], wt: &[f32], g: &Geom, epi: Epilogue) -> Vec<f32> {
+    conv_forward_keep(x, wt, g, epi, false).0
+}
+
+/// The forward, and with `keep_cols` (non-pointwise convs) the im2col of every image group,
+/// stored group after group (group j at ckk·hw·(first image of j)), for the weight gradient.
+pub(crate) fn conv_forward_keep(
+    x: &[f32],
+    wt: &[f32],
+    g: &Geom,
+    epi: Epilogue,
+    keep_cols: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    let (hw, ckk) = (g.hw_out(), g.ckk());
+    // Not zeroed first: every group's block is written whole (bias rows, gemm or deinterleave).
+    let total = g.n * g.cout * hw;
+    let mut y: Vec<f32> = Vec::with_capacity(total);
+    let img = g.cin * g.h * g.w;
+    let keep = keep_cols && !g.is_pointwise();
+    // written whole by the groups' im2col (no zeroing pass)
+    let kept_total = if keep { ckk * hw * g.n } else { 0 };
+    let mut kept: Vec<f32> = Vec::with_capacity(kept_total);
+    let out = &mut y.spare_capacity_mut()[..total];
+    let (y_base, x_base, kept_base) = (
+        out.as_ptr() as usize,
+        x.as_ptr() as usize,
+        kept.as_mut_ptr() as usize,
+    );
+    let f32s = std::mem::size_of::<f32>();
+    let kept_len = kept_total;
+    for_groups(g, x, img, out, g.cout * hw, |xg, yg, s, outer| {
+        let imgs = xg.len() / img;
+        let ld = imgs * hw;
+        let par = inner_parallelism(outer);
+        let cols: &[f32] = if keep {
+            let first = (xg.as_ptr() as usize - x_base) / f32s / img;
+            let (at, len) = (ckk * hw * first, ckk * ld);
+            assert!(at + len <= kept_len);
+            // SAFETY: groups cover disjoint image ranges, so each writes its own region
+            // [at, at + len) of `kept`'s capacity, which outlives this loop and is not otherwise
+            // accessed; im2col writes the whole region before it is read.
+            let region = unsafe {
+                std::slice::from_raw_parts_mut((kept_base as *mut MaybeUninit<f32>).add(at), len)
+            };
+            fill_group_cols(xg, g, region, !outer);
+            // SAFETY: just written whole.
+            unsafe { assume_init(region) }
+        } else {
+            group_cols(xg, g, &mut s.col, !outer)
+        };
+        let offset = (yg.as_ptr() as usize - y_base) / f32s;
+        let yg: &mut [f32] = if imgs == 1 {
+            let dims = (g.cout, ld, ckk);
+            let (lhs, rhs) = (Mat::rows(wt, ckk), Mat::rows(cols, ld));
+            match epi.bias {
+                Some(b) => {
+                    let yg = fill_rows(yg, ld, b);
+                    matmul(yg, dims, lhs, rhs, true, par);
+                    yg
+                }
+                None => matmul_uninit(yg, dims, lhs, rhs, par),
+            }
+        } else {
+            s.tmp.resize(g.cout * ld, 0.0);
+            let acc = epi.prefill(&mut s.tmp, ld);
+            matmul(
+                &mut s.tmp,
+                (g.cout, ld, ckk),
+                Mat::rows(wt, ckk),
+                Mat::rows(cols, ld),
+                acc,
+                par,
+            );
+            deinterleave(&s.tmp, g.cout, hw, yg)
+        };
+        epi.finish(yg, offset);
+    });
+    // SAFETY: the groups cover all `total` elements of y (and of `kept`, when kept) and each
+    // group's block was written whole.
+    unsafe {
+        y.set_len(total);
+        kept.set_len(kept_total);
+    }
+    (y, keep.then_some(kept))
+}
+
+pub(crate) fn conv_input_grad(gy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
+    if g.stride == 1 && !g.is_pointwise() && g.pad < g.k {
+        return conv_input_grad_stride1(gy, wt, g);
+    }
+    let (hw, ckk) = (g.hw_out(), g.ckk());
+    let img = g.cin * g.h * g.w;
+    let mut gx = vec![0f32; g.n * img];
+    for_groups(g, gy, g.cout * hw, &mut gx, img, |gyg, gxg, s, outer| {
+        let imgs = gyg.len() / (g.cout * hw);
+        let ld = imgs * hw;
+        let par = inner_parallelism(outer);
+        let lhs = Mat::transposed(wt, ckk); // Wᵀ: [ckk × cout]
+        let rhs = if imgs == 1 {
+            gyg
+        } else {
+            s.tmp.resize(g.cout * ld, 0.0);
+            interleave(gyg, g.cout, hw, as_uninit(&mut s.tmp));
+            &s.tmp
+        };
+        if g.is_pointwise() && imgs == 1 {
+            matmul(gxg, (ckk, ld, g.cout), lhs, Mat::rows(rhs, ld), false, par);
+            return;
+        }
+        s.col.resize(ckk * ld, 0.0);
+        matmul(
+            &mut s.col,
+            (ckk, ld, g.cout),
+            lhs,
+            Mat::rows(rhs, ld),
+            false,
+            par,
+        );
+        if g.is_pointwise() {
+            deinterleave(&s.col, g.cin, hw, as_uninit(gxg));
+        } else {
+            for (j, gxi) in gxg.chunks_mut(img).enumerate() {
+                col2im_add(&s.col[j * hw..], g, ld, gxi, !outer);
+            }
+        }
+    });
+    gx
+}
+
+/// At stride 1 the input gradient is itself a convolution: gy convolved with the kernel flipped
+/// in space and with in/out channels swapped, padding k − 1 − p. That runs through the forward
+/// path (im2col writes, one gemm) instead of col2im's scattered read-modify-writes.
+pub(crate) fn conv_input_grad_stride1(gy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
+    let (k, kk) = (g.k, g.k * g.k);
+    let mut flipped = vec![0f32; wt.len()];
+    for o in 0..g.cout {
+        for c in 0..g.cin {
+            let src = &wt[(o * g.cin + c) * kk..(o * g.cin + c + 1) * kk];
+            let dst = &mut flipped[(c * g.cout + o) * kk..(c * g.cout + o + 1) * kk];
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = src[kk - 1 - i]; // (ky, kx) -> (k-1-ky, k-1-kx)
+            }
+        }
+    }
+    let gt = Geom {
+        n: g.n,
+        cin: g.cout,
+        h: g.ho,
+        w: g.wo,
+        cout: g.cin,
+        k,
+        stride: 1,
+        pad: k - 1 - g.pad,
+        ho: g.h,
+        wo: g.w,
+    };
+    debug_assert_eq!(
+        (gt.h + 2 * gt.pad + 1 - k, gt.w + 2 * gt.pad + 1 - k),
+        (g.h, g.w)
+    );
+    conv_forward(gy, &flipped, &gt, Epilogue::default())
+}
+
+/// `cols`: the forward's im2col of all images (see [`conv_forward_keep`]), when kept.
+pub(crate) fn conv_weight_grad(x: &[f32], gy: &[f32], g: &Geom, cols: Option<&[f32]>) -> Vec<f32> {
+    let (hw, ckk) = (g.hw_out(), g.ckk());
+    let img = g.cin * g.h * g.w;
+    let gs = group_size(g);
+    // acc += Σ over groups of gy_group [cout × G·hw] × cols_groupᵀ [G·hw × ckk];
+    // `kept`: the im2col of these images, when the forward kept it.
+    let accumulate = |xs: &[f32], gys: &[f32], kept: Option<&[f32]>, acc: &mut [f32], outer| {
+        let mut s = Scratch::default();
+        let par = inner_parallelism(outer);
+        for (j, (xg, gyg)) in xs
+            .chunks(gs * img)
+            .zip(gys.chunks(gs * g.cout * hw))
+            .enumerate()
+        {
+            let ld = (xg.len() / img) * hw;
+            let lhs = if ld == hw {
+                gyg
+            } else {
+                s.tmp.resize(g.cout * ld, 0.0);
+                interleave(gyg, g.cout, hw, as_uninit(&mut s.tmp));
+                &s.tmp
+            };
+            let cols = match kept {
+                Some(k) => &k[ckk * hw * j * gs..ckk * hw * j * gs + ckk * ld],
+                None => group_cols(xg, g, &mut s.col, !outer),
+            };
+            matmul(
+                acc,
+                (g.cout, ckk, ld),
+                Mat::rows(lhs, ld),
+                Mat::transposed(cols, ld),
+                j > 0,
+                par,
+            );
+        }
+    };
+    let mut total = vec![0f32; g.cout * ckk];
+    if outer_parallel(g) {
+        // contiguous runs of groups per thread, one partial sum each
+        let groups = g.n.div_ceil(gs);
+        let per = groups.div_ceil(threads()) * gs;
+        let partials: Vec<Vec<f32>> = x
+            .par_chunks(per * img)
+            .zip(gy.par_chunks(per * g.cout * hw))
+            .enumerate()
+            .map(|(t, (xs, gys))| {
+                let mut acc = vec![0f32; g.cout * ckk];
+                let n_here = xs.len() / img;
+                let kept = cols.map(|c| &c[ckk * hw * t * per..ckk * hw * (t * per + n_here)]);
+                accumulate(xs, gys, kept, &mut acc, true);
+                acc
+            })
+            .collect();
+        for p in partials {
+            for (a, b) in total.iter_mut().zip(&p) {
+                *a += *b;
+            }
+        }
+    } else {
+        accumulate(x, gy, cols, &mut total, false);
+    }
+    total
+}
