@@ -235,6 +235,8 @@ fn retrain_config(cfg: &PruneConfig, start: &Path, out: &Path) -> RunConfig {
         init_checkpoint: Some(start.to_path_buf()),
         evaluate: false,
         checkpoint_interval_s: cfg.checkpoint_interval_s,
+        // a prune replacing an earlier one replaces its retraining runs too
+        overwrite: cfg.overwrite,
         ..RunConfig::default()
     };
     rc.train.epochs = cfg.retrain_epochs;

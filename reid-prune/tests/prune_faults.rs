@@ -107,3 +107,50 @@ fn arch_flag_contradicting_the_checkpoint_is_refused() {
         "the run folder was created"
     );
 }
+
+#[test]
+fn a_second_prune_with_retraining_needs_overwrite_and_replaces_the_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(tmp.path());
+    let data = tmp.path().join("data");
+    let synth = reid_data::synth::SynthConfig {
+        domain: "t".into(),
+        ids: 8,
+        cams: 3,
+        per_cam: 2,
+        seed: 1,
+        height: 64,
+        width: 32,
+        difficulty: 0.5,
+        layout: reid_data::synth::SynthLayout::Market,
+        extra_test_ids: 0,
+        distractors: 0,
+    };
+    reid_data::synth::generate(&synth, &data, |_| {}).unwrap();
+    let cfg = PruneConfig {
+        checkpoint: ck,
+        criterion: "l1".into(),
+        input: reid_run::InputSize::new(64, 32),
+        dataset: Some("market1501".into()),
+        root: Some(data),
+        retrain_epochs: 1,
+        batch_pk: reid_run::PkBatch::new(2, 2),
+        out: tmp.path().join("pruned"),
+        ..PruneConfig::default()
+    };
+    run_prune(&cfg, false).unwrap();
+    let e = format!("{:#}", run_prune(&cfg, false).unwrap_err());
+    assert!(
+        e.contains("holds another run") && e.contains("--overwrite"),
+        "{e}"
+    );
+    // with --overwrite, the retraining run inside is replaced too (not refused halfway)
+    run_prune(
+        &PruneConfig {
+            overwrite: true,
+            ..cfg.clone()
+        },
+        false,
+    )
+    .unwrap();
+}
