@@ -93,6 +93,16 @@ pub fn parse_toml<T: DeserializeOwned>(text: &str) -> Result<T> {
     })
 }
 
+/// The name in `candidates` nearest to `unknown`, if it is a plausible typo of it (a few edits
+/// relative to its length).
+pub(crate) fn nearest<'a>(unknown: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let (best, d) = candidates
+        .iter()
+        .map(|c| (*c, edit_distance(unknown, c)))
+        .min_by_key(|&(_, d)| d)?;
+    (d <= 2.max(unknown.len() / 3)).then_some(best)
+}
+
 /// From serde's "unknown field `x`, expected one of `a`, `b`": the nearest expected name.
 fn did_you_mean(msg: &str) -> Option<String> {
     let rest = msg.split("unknown field `").nth(1)?;
@@ -103,17 +113,12 @@ fn did_you_mean(msg: &str) -> Option<String> {
         .step_by(2)
         .filter(|s| !s.is_empty())
         .collect();
-    let (best, d) = expected
-        .iter()
-        .map(|c| (*c, edit_distance(unknown, c)))
-        .min_by_key(|&(_, d)| d)?;
-    // only a plausible typo: a few edits relative to the length
-    (d <= 2.max(unknown.len() / 3))
-        .then(|| format!("\ndid you mean `{best}` instead of `{unknown}`?"))
+    nearest(unknown, &expected)
+        .map(|best| format!("\ndid you mean `{best}` instead of `{unknown}`?"))
 }
 
 /// Levenshtein distance over chars.
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

@@ -139,9 +139,13 @@ pub fn method(name: &str) -> Result<MethodEntry> {
         .into_iter()
         .find(|m| m.name == name)
         .ok_or_else(|| {
+            let names = method_names();
+            let hint = crate::config_file::nearest(name, &names)
+                .map(|n| format!(" (did you mean '{n}'?)"))
+                .unwrap_or_default();
             anyhow::anyhow!(
-                "unknown criterion '{name}': expected one of {}",
-                method_names().join(", ")
+                "unknown criterion '{name}'{hint}: expected one of {}",
+                names.join(", ")
             )
         })
 }
