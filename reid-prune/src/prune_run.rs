@@ -361,10 +361,7 @@ pub fn run_prune_resumable(
             );
         }
     }
-    let holds_run = ["config.toml", "model.safetensors", "metrics.json"]
-        .iter()
-        .any(|f| cfg.out.join(f).exists());
-    if holds_run && !resume && !cfg.overwrite {
+    if !resume && !cfg.overwrite && reid_run::RunFolder::new(&cfg.out).holds_run() {
         bail!(
             "--out {} holds another run (config.toml, model or metrics): pass --overwrite to \
              replace it, or give another --out",

@@ -278,6 +278,14 @@ impl ExperimentConfig {
         if ds.train.is_empty() {
             anyhow::bail!("source {}: no training images", ds.root.display());
         }
+        let test_splits = |what: &str, ds: &reid_data::datasets::ReidDataset| {
+            for (split, items) in [("query", &ds.query), ("gallery", &ds.gallery)] {
+                if items.is_empty() {
+                    anyhow::bail!("{what} {}: the {split} split is empty", ds.root.display());
+                }
+            }
+            Ok(())
+        };
         let (p, k) = (self.batch_pk.p, self.batch_pk.k);
         let targets: Vec<&DataRef> = if self.targets.is_empty() {
             vec![&self.target]
@@ -294,19 +302,10 @@ impl ExperimentConfig {
                     ds.root.display()
                 );
             }
-            for (split, items) in [("query", &ds.query), ("gallery", &ds.gallery)] {
-                if items.is_empty() {
-                    anyhow::bail!("target {}: the {split} split is empty", ds.root.display());
-                }
-            }
+            test_splits("target", &ds)?;
         }
         if let Some(c) = &self.cross {
-            let ds = load("cross", c)?;
-            for (split, items) in [("query", &ds.query), ("gallery", &ds.gallery)] {
-                if items.is_empty() {
-                    anyhow::bail!("cross {}: the {split} split is empty", ds.root.display());
-                }
-            }
+            test_splits("cross", &load("cross", c)?)?;
         }
         std::fs::create_dir_all(&self.out)
             .with_context(|| format!("out = {}: cannot create it", self.out.display()))?;

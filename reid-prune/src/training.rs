@@ -530,15 +530,7 @@ pub fn run_training_with(
         trim_log(&out.join("log.jsonl"), pos.epoch)?;
         (net, trainer, pos)
     } else {
-        let holds_run = [
-            "config.toml",
-            STATE_FILE,
-            "model.safetensors",
-            "metrics.json",
-        ]
-        .iter()
-        .any(|f| out.join(f).exists());
-        if holds_run && !resume && !cfg.overwrite {
+        if !resume && !cfg.overwrite && reid_run::RunFolder::new(out).holds_run() {
             bail!(
                 "{} holds another run (config.toml, model or metrics): pass --resume to continue \
                  it, --overwrite to replace it, or give another --out",

@@ -235,6 +235,19 @@ impl RunFolder {
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("config.toml")
     }
+    /// Whether the folder holds a run (its config, model, trainer state or metrics): a fresh
+    /// run into it would replace that run.
+    pub fn holds_run(&self) -> bool {
+        [
+            "config.toml",
+            "model.safetensors",
+            "trainer_state.safetensors",
+            "metrics.json",
+        ]
+        .iter()
+        .any(|f| self.dir.join(f).exists())
+    }
+
     /// The resolved config, as TOML.
     pub fn write_config<T: Serialize>(&self, config: &T) -> Result<()> {
         let path = self.config_path();
