@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_same_weights, synth, temp_files_under, tiny_experiment};
+use common::{assert_same_weights, grid_command, killable_grid, synth, temp_files_under};
 
 use reid_data::synth::SynthLayout;
 use reid_prune::scenario::{ExperimentConfig, Scenario};
@@ -195,26 +195,7 @@ fn thirty_kills_at_random_moments_of_a_training_run_end_in_the_same_weights() {
 }
 
 fn grid_config(tmp: &Path, name: &str) -> (PathBuf, ExperimentConfig) {
-    let cfg = ExperimentConfig {
-        scenarios: vec![Scenario::S1, Scenario::S3],
-        batch_pk: reid_run::PkBatch::new(2, 2),
-        checkpoint_interval_s: 0.001,
-        ..tiny_experiment(tmp, name, &tmp.join(name))
-    };
-    let path = tmp.join(format!("{name}.toml"));
-    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
-    (path, cfg)
-}
-
-fn grid(config: &Path) -> Command {
-    let mut c = Command::new(BIN);
-    c.arg("run")
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
+    killable_grid(tmp, name, vec![Scenario::S1, Scenario::S3], 1)
 }
 
 #[test]
@@ -222,11 +203,14 @@ fn thirty_kills_at_random_moments_of_a_grid_end_in_the_same_models() {
     let tmp = tempfile::tempdir().unwrap();
     let (whole_cfg, whole) = grid_config(tmp.path(), "whole");
     let t = Instant::now();
-    ok(grid(&whole_cfg).output().unwrap(), "uninterrupted grid");
+    ok(
+        grid_command(&whole_cfg).output().unwrap(),
+        "uninterrupted grid",
+    );
     let length = t.elapsed();
     let (killed_cfg, killed) = grid_config(tmp.path(), "killed");
-    let landed = kill_rounds(|| grid(&killed_cfg), 30, length / 6, 12);
-    ok(grid(&killed_cfg).output().unwrap(), "final grid");
+    let landed = kill_rounds(|| grid_command(&killed_cfg), 30, length / 6, 12);
+    ok(grid_command(&killed_cfg).output().unwrap(), "final grid");
     eprintln!("{landed} kills landed while the grid ran (uninterrupted: {length:?})");
     assert_eq!(landed, 30, "kills that landed while the grid was alive");
     for cell in ["baseline/resnet18-full", "S1/l1-C1", "S3/l1-C1"] {

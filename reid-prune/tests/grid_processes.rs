@@ -3,36 +3,17 @@
 //! processes on one output folder (both finish, every step is computed exactly once).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_same_weights, temp_files_under, tiny_experiment};
+use common::{assert_same_weights, grid_command, killable_grid, temp_files_under};
 use reid_model::checkpoint::read_safetensors;
 use reid_prune::scenario::{ExperimentConfig, Scenario};
 
 mod common;
 
-/// A tiny grid config written to `<tmp>/<name>.toml` with its output in `<tmp>/<name>`.
 fn write_config(tmp: &Path, name: &str, finetune_epochs: usize) -> (PathBuf, ExperimentConfig) {
-    let cfg = ExperimentConfig {
-        scenarios: vec![Scenario::S3, Scenario::S4],
-        finetune_epochs,
-        // several batches an epoch (6 training identities)
-        batch_pk: reid_run::PkBatch::new(2, 2),
-        // a checkpoint after every batch: the kill lands inside an epoch
-        checkpoint_interval_s: 0.001,
-        ..tiny_experiment(tmp, name, &tmp.join(name))
-    };
-    let path = tmp.join(format!("{name}.toml"));
-    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
-    (path, cfg)
-}
-
-fn grid(config: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_reid-prune"));
-    c.arg("run").arg("--config").arg(config);
-    c.stdin(Stdio::null());
-    c
+    killable_grid(tmp, name, vec![Scenario::S3, Scenario::S4], finetune_epochs)
 }
 
 fn finished(o: Output) -> (String, String) {
@@ -78,10 +59,10 @@ fn killed_grid_resumes_its_training_step_and_matches_an_uninterrupted_grid() {
     let tmp = tempfile::tempdir().unwrap();
     let (whole_cfg, whole) = write_config(tmp.path(), "whole", 6);
     let (killed_cfg, killed) = write_config(tmp.path(), "killed", 6);
-    finished(grid(&whole_cfg).output().unwrap());
+    finished(grid_command(&whole_cfg).output().unwrap());
 
     // Kill -9 once the fine-tuning step has checkpointed inside an epoch after the first.
-    let mut child = grid(&killed_cfg)
+    let mut child = grid_command(&killed_cfg)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -114,7 +95,7 @@ fn killed_grid_resumes_its_training_step_and_matches_an_uninterrupted_grid() {
         "the step finished before the kill: nothing to resume (make it longer)"
     );
 
-    let (out, err) = finished(grid(&killed_cfg).output().unwrap());
+    let (out, err) = finished(grid_command(&killed_cfg).output().unwrap());
     assert!(
         err.contains("finetune on market1501: resuming the unfinished step"),
         "the grid does not say it resumed:\n{err}"
@@ -144,12 +125,12 @@ fn killed_grid_resumes_its_training_step_and_matches_an_uninterrupted_grid() {
 fn two_grid_processes_share_one_folder_and_compute_each_step_once() {
     let tmp = tempfile::tempdir().unwrap();
     let (cfg_path, cfg) = write_config(tmp.path(), "shared", 2);
-    let a = grid(&cfg_path)
+    let a = grid_command(&cfg_path)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let b = grid(&cfg_path)
+    let b = grid_command(&cfg_path)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -101,3 +101,40 @@ pub fn temp_files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A tiny grid of `scenarios` for process tests (several batches an epoch, a checkpoint after
+/// every batch, so a kill lands inside an epoch), written to `<tmp>/<name>.toml` with its output
+/// in `<tmp>/<name>`.
+#[allow(dead_code)]
+pub fn killable_grid(
+    tmp: &Path,
+    name: &str,
+    scenarios: Vec<reid_prune::scenario::Scenario>,
+    finetune_epochs: usize,
+) -> (std::path::PathBuf, ExperimentConfig) {
+    let cfg = ExperimentConfig {
+        scenarios,
+        finetune_epochs,
+        // 6 training identities: several batches an epoch
+        batch_pk: reid_run::PkBatch::new(2, 2),
+        checkpoint_interval_s: 0.001,
+        ..tiny_experiment(tmp, name, &tmp.join(name))
+    };
+    let path = tmp.join(format!("{name}.toml"));
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    (path, cfg)
+}
+
+/// `reid-prune run --config <config>` with its output captured.
+#[allow(dead_code)]
+pub fn grid_command(config: &Path) -> std::process::Command {
+    use std::process::Stdio;
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_reid-prune"));
+    c.arg("run")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
