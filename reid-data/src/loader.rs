@@ -19,11 +19,14 @@ use crate::transforms::{to_chw, Preprocess};
 
 /// Training-time augmentation (Bag of Tricks defaults).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Augment {
     pub flip_p: f32,
-    /// Zero padding before the random crop back to the input size (0 = off).
-    pub pad: u32,
+    /// Zero padding in pixels before the random crop back to the input size (0 = off). Unset:
+    /// Bag of Tricks' 10 px at 256×128 scaled to the input's width (3 px at 64×32): a fixed 10 px
+    /// would shift a 32-wide image by a third and cost a short run half its rank-1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pad: Option<u32>,
     /// Probability of random erasing (Zhong et al.): a rectangle set to the mean (0 after normalising).
     pub erase_p: f32,
 }
@@ -32,17 +35,28 @@ impl Default for Augment {
     fn default() -> Self {
         Self {
             flip_p: 0.5,
-            pad: 10,
+            pad: None,
             erase_p: 0.5,
         }
     }
 }
 
 impl Augment {
+    /// Bag of Tricks pads 10 px at a width of 128.
+    pub const REFERENCE_PAD: (u32, u32) = (10, 128);
+
+    /// The padding used at an input `width` (see [`Augment::pad`]).
+    pub fn pad_px(&self, width: u32) -> u32 {
+        self.pad.unwrap_or_else(|| {
+            let (pad, at) = Self::REFERENCE_PAD;
+            ((pad * width + at / 2) / at).max(1)
+        })
+    }
+
     pub fn none() -> Self {
         Self {
             flip_p: 0.0,
-            pad: 0,
+            pad: Some(0),
             erase_p: 0.0,
         }
     }
@@ -72,8 +86,8 @@ pub fn load_augmented(
     if rng.random::<f32>() < aug.flip_p {
         image::imageops::flip_horizontal_in_place(&mut img);
     }
-    if aug.pad > 0 {
-        let p = aug.pad;
+    let p = aug.pad_px(w);
+    if p > 0 {
         let mut padded = RgbImage::new(w + 2 * p, h + 2 * p);
         image::imageops::replace(&mut padded, &img, p as i64, p as i64);
         let (x, y) = (rng.random_range(0..=2 * p), rng.random_range(0..=2 * p));
@@ -302,6 +316,25 @@ mod tests {
                 })
             })
             .collect()
+    }
+
+    #[test]
+    fn unset_pad_scales_with_the_input_width_and_a_set_one_is_kept() {
+        let unset = Augment::default();
+        assert_eq!(unset.pad_px(128), 10);
+        assert_eq!(unset.pad_px(32), 3);
+        assert_eq!(unset.pad_px(64), 5);
+        assert_eq!(unset.pad_px(8), 1);
+        let set = Augment {
+            pad: Some(10),
+            ..unset
+        };
+        assert_eq!(set.pad_px(32), 10);
+        assert_eq!(Augment::none().pad_px(128), 0);
+        // an unset pad stays unset in a saved config; a set one round-trips
+        let back: Augment = toml::from_str(&toml::to_string(&set).unwrap()).unwrap();
+        assert_eq!(back, set);
+        assert!(!toml::to_string(&unset).unwrap().contains("pad"));
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct PruneConfig {
     pub retrain_task: reid_model::train::Task,
     /// Batch size of classification retraining.
     pub batch_size: usize,
+    /// Augmentation of retraining.
+    pub retrain_augment: Augment,
     pub seed: u64,
     pub device: reid_run::DeviceSpec,
     pub out: PathBuf,
@@ -111,6 +113,7 @@ impl Default for PruneConfig {
             batch_pk: reid_run::PkBatch::new(16, 4),
             retrain_task: reid_model::train::Task::Reid,
             batch_size: 64,
+            retrain_augment: Augment::default(),
             seed: 0,
             device: reid_run::DeviceSpec::Cpu,
             out: PathBuf::from("runs/prune"),
@@ -235,6 +238,7 @@ fn retrain_config(cfg: &PruneConfig, start: &Path, out: &Path) -> RunConfig {
         init_checkpoint: Some(start.to_path_buf()),
         evaluate: false,
         checkpoint_interval_s: cfg.checkpoint_interval_s,
+        augment: cfg.retrain_augment,
         // a prune replacing an earlier one replaces its retraining runs too
         overwrite: cfg.overwrite,
         ..RunConfig::default()

@@ -95,6 +95,9 @@ pub struct ExperimentConfig {
     pub batch_pk: reid_run::PkBatch,
     pub batch_size: usize,
     pub lr: f64,
+    /// Training-time augmentation of every training step (Bag of Tricks by default; a short run
+    /// learns more without random erasing).
+    pub augment: reid_data::loader::Augment,
     /// Checkpoint a training step inside its epochs at least this often (seconds), so that a
     /// killed grid loses at most this much of a long step. Does not change any result.
     pub checkpoint_interval_s: f64,
@@ -136,6 +139,7 @@ impl Default for ExperimentConfig {
             batch_pk: reid_run::PkBatch::new(16, 4),
             batch_size: 64,
             lr: 3.5e-4,
+            augment: reid_data::loader::Augment::default(),
             checkpoint_interval_s: 300.0,
         }
     }
@@ -577,6 +581,7 @@ impl Runner {
             out: out.to_path_buf(),
             evaluate: false,
             checkpoint_interval_s: self.cfg.checkpoint_interval_s,
+            augment: self.cfg.augment,
             ..RunConfig::default()
         };
         rc.train.task = task;
@@ -691,6 +696,7 @@ impl Runner {
                 Task::Reid
             },
             batch_size: self.cfg.batch_size,
+            retrain_augment: self.cfg.augment,
             seed: self.cfg.seed,
             device: self.cfg.device,
             checkpoint_interval_s: self.cfg.checkpoint_interval_s,

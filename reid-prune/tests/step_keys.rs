@@ -110,6 +110,11 @@ fn changing_a_field_reruns_the_steps_that_read_it_and_those_below_nothing_else()
         ),
         ("lr", Box::new(|c| c.lr = 1e-3), Expect::Reruns(not_eval)),
         (
+            "augment",
+            Box::new(|c| c.augment.erase_p = 0.0),
+            Expect::Reruns(not_eval),
+        ),
+        (
             "arch",
             Box::new(|c| c.arch = "resnet50".into()),
             Expect::Reruns(|w| w == "pretrain resnet18"),
