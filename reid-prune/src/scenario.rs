@@ -58,7 +58,13 @@ pub struct ExperimentConfig {
     pub name: String,
     pub out: PathBuf,
     pub device: reid_run::DeviceSpec,
+    /// Seed of every step (initialisation, sampling, augmentation).
     pub seed: u64,
+    /// The key cells (the unpruned model, the baselines, every scenario × criterion at the
+    /// smallest level) are trained again under each of these seeds besides `seed`; tables show
+    /// mean ± sd over the seeds next to the bootstrap interval of the `seed` run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<u64>,
     /// HEIGHTxWIDTH of every step.
     pub input: reid_run::InputSize,
     pub arch: String,
@@ -110,6 +116,7 @@ impl Default for ExperimentConfig {
             out: PathBuf::from("runs/experiment"),
             device: reid_run::DeviceSpec::Cpu,
             seed: 0,
+            seeds: Vec::new(),
             input: reid_run::InputSize::new(256, 128),
             arch: "resnet50".into(),
             width_mult: 1.0,
@@ -193,6 +200,26 @@ pub struct CellResult {
     pub latency_ms_batch1: f64,
     pub latency_ms_batch32: f64,
     pub folder: PathBuf,
+    /// The same cell under the experiment's other seeds (key cells only), by seed.
+    #[serde(default)]
+    pub seed_evals: BTreeMap<u64, SeedEval>,
+}
+
+/// A key cell's model trained under another seed, evaluated as the cell is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SeedEval {
+    pub target: reid_run::EvalEntry,
+    pub cross: Option<reid_run::EvalEntry>,
+}
+
+impl CellResult {
+    /// Target rank-1 over this cell's seed and its other seeds (None without other seeds).
+    pub fn rank1_over_seeds(&self) -> Option<reid_run::stats::SeedSpread> {
+        let values: Vec<f64> = std::iter::once(self.target.rank1)
+            .chain(self.seed_evals.values().map(|e| e.target.rank1))
+            .collect();
+        reid_run::stats::SeedSpread::of(&values)
+    }
 }
 
 /// A name that becomes a folder or file name: one plain path component, so that nothing is
@@ -248,6 +275,10 @@ impl ExperimentConfig {
                     "levels.{name} = {v}: expected the fraction of FLOPs to remove, in (0, 1)"
                 );
             }
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = self.seeds.iter().find(|s| !seen.insert(**s)) {
+            anyhow::bail!("seeds: {dup} is listed twice; expected distinct seeds");
         }
         if let Some(s) = self.prune_step {
             if !(s > 0.0 && s < 1.0) {
@@ -824,6 +855,7 @@ impl Runner {
                 latency_ms_batch1: f64::NAN,
                 latency_ms_batch32: f64::NAN,
                 folder,
+                seed_evals: BTreeMap::new(),
             });
         }
         let model = &step.model();
@@ -886,6 +918,7 @@ impl Runner {
             latency_ms_batch1: b1,
             latency_ms_batch32: b32,
             folder,
+            seed_evals: BTreeMap::new(),
         })
     }
 
@@ -963,27 +996,122 @@ impl Runner {
         }
         self.wait_for_others = true;
         cells.extend(done.into_iter().flatten());
+        self.other_seeds(&jobs, &mut cells)?;
         Ok(cells)
+    }
+
+    /// The key cells again under each of `seeds` (besides `seed`): the unpruned model, the
+    /// baselines and every scenario × criterion at the smallest level. Their evaluations go
+    /// into the cells' results and `metrics.json` (`seed_evals`).
+    fn other_seeds(&mut self, jobs: &[Job], cells: &mut [CellResult]) -> Result<()> {
+        let cfg = self.cfg.clone();
+        let seeds: Vec<u64> = cfg
+            .seeds
+            .iter()
+            .copied()
+            .filter(|&s| s != cfg.seed)
+            .collect();
+        if seeds.is_empty() {
+            return Ok(());
+        }
+        let smallest = cfg.levels.values().copied().fold(f64::INFINITY, f64::min);
+        // cells[0] is the unpruned model, cells[i + 1] is jobs[i]
+        let key_jobs: Vec<(usize, &Job)> = jobs
+            .iter()
+            .enumerate()
+            .filter(|(_, j)| match j {
+                Job::Source => false,
+                Job::Baseline(_) => true,
+                Job::Cell { level, .. } => *level == smallest,
+            })
+            .map(|(i, j)| (i + 1, j))
+            .collect();
+        for seed in seeds {
+            self.log(&format!("seed {seed}: the key cells again"));
+            self.cfg.seed = seed;
+            let result = (|| -> Result<()> {
+                let pre = self.pretrain(&cfg.arch)?;
+                let tuned = self.finetune(&pre)?;
+                let unpruned = self.seed_eval(&tuned)?;
+                cells[0].seed_evals.insert(seed, unpruned);
+                for &(i, job) in &key_jobs {
+                    let model = self.job_model(job, &pre, &tuned)?;
+                    let evals = self.seed_eval(&model)?;
+                    cells[i].seed_evals.insert(seed, evals);
+                }
+                Ok(())
+            })();
+            self.cfg.seed = cfg.seed;
+            result?;
+        }
+        if self.plan.is_some() {
+            return Ok(());
+        }
+        for c in cells.iter().filter(|c| !c.seed_evals.is_empty()) {
+            let run = reid_run::RunFolder::new(&c.folder);
+            let mut m = run
+                .read_metrics()?
+                .with_context(|| format!("{}: metrics.json is missing", c.folder.display()))?;
+            m.seed_evals = c
+                .seed_evals
+                .iter()
+                .map(|(&seed, e)| {
+                    let mut evals =
+                        BTreeMap::from([(self.cfg.target.label().to_string(), e.target.clone())]);
+                    if let (Some(cd), Some(cv)) = (&self.cfg.cross, &e.cross) {
+                        evals.insert(format!("{}-cross", cd.label()), cv.clone());
+                    }
+                    (seed, evals)
+                })
+                .collect();
+            run.write_metrics(&m)?;
+        }
+        Ok(())
+    }
+
+    /// A model's evaluations on the target and the cross set.
+    fn seed_eval(&mut self, step: &StepOut) -> Result<SeedEval> {
+        let target = self.cfg.target.clone();
+        let target = self.evaluate(step, &target)?.0;
+        let cross = match self.cfg.cross.clone() {
+            Some(cd) => Some(self.evaluate(step, &cd)?.0),
+            None => None,
+        };
+        Ok(SeedEval { target, cross })
     }
 
     fn job(&mut self, job: &Job, pre: &StepOut, tuned: &StepOut) -> Result<CellResult> {
         let arch = self.cfg.arch.clone();
+        let model = self.job_model(job, pre, tuned)?;
         match job {
             // the source model before fine-tuning: how much the domain shift costs
-            Job::Source => self.cell("source", &arch, "full", pre),
-            Job::Baseline(b) => {
-                let p = self.pretrain(b)?;
-                let t = self.finetune(&p)?;
-                self.cell("baseline", b, "full", &t)
-            }
+            Job::Source => self.cell("source", &arch, "full", &model),
+            Job::Baseline(b) => self.cell("baseline", b, "full", &model),
             Job::Cell {
                 scenario,
                 criterion,
                 level_name,
+                ..
+            } => self.cell(scenario.name(), criterion, level_name, &model),
+        }
+    }
+
+    /// The final model of a row: its steps run (or reused).
+    fn job_model(&mut self, job: &Job, pre: &StepOut, tuned: &StepOut) -> Result<StepOut> {
+        Ok(match job {
+            Job::Source => pre.clone(),
+            Job::Baseline(b) => {
+                let p = self.pretrain(b)?;
+                self.finetune(&p)?
+            }
+            Job::Cell {
+                scenario,
+                criterion,
                 level,
+                ..
             } => {
                 let level = *level;
-                let model = match scenario {
+                match scenario {
                     Scenario::S1 => {
                         let p = self.prune(pre, criterion, level, true)?;
                         self.finetune(&p)?
@@ -998,10 +1126,9 @@ impl Runner {
                     }
                     Scenario::S3 => self.prune(tuned, criterion, level, false)?,
                     Scenario::S4 => self.prune(pre, criterion, level, false)?,
-                };
-                self.cell(scenario.name(), criterion, level_name, &model)
+                }
             }
-        }
+        })
     }
 }
 
@@ -1020,6 +1147,7 @@ enum Job {
 /// The summary table (Table 6 layout): one row per cell, rank-1 with its 95 % interval over
 /// query identities, and the paired difference to the first row (the unpruned model) with its
 /// own interval: a cell whose interval holds 0 is not distinguishable from it at this size.
+/// With other seeds, key cells also show rank-1 as mean ± sd over the seeds.
 pub fn render_table(cells: &[CellResult], cross: Option<&str>) -> String {
     use reid_run::stats::{paired_bootstrap, RESAMPLES};
     let base = cells.first();
@@ -1044,6 +1172,10 @@ pub fn render_table(cells: &[CellResult], cross: Option<&str>) -> String {
         if cross.is_some() { "R-1 cross" } else { "" },
         "speed-up"
     );
+    let seeded = cells.iter().any(|c| !c.seed_evals.is_empty());
+    if seeded {
+        s.insert_str(s.len() - 1, "  R-1 over seeds");
+    }
     for (i, c) in cells.iter().enumerate() {
         let speed = base
             .map(|b| b.latency_ms_batch32 / c.latency_ms_batch32)
@@ -1080,6 +1212,12 @@ pub fn render_table(cells: &[CellResult], cross: Option<&str>) -> String {
                 .unwrap_or_default(),
             speed
         ));
+        if seeded {
+            if let Some(sp) = c.rank1_over_seeds() {
+                let row = format!("  {:.2} ± {:.2} ({} seeds)", pct(sp.mean), pct(sp.sd), sp.n);
+                s.insert_str(s.len() - 1, &row);
+            }
+        }
     }
     s
 }

@@ -194,6 +194,12 @@ fn changing_a_field_reruns_the_steps_that_read_it_and_those_below_nothing_else()
             Box::new(|c| c.criteria.push("taylor".parse().unwrap())),
             Expect::Adds,
         ),
+        // other seeds add the key cells' steps under each seed and change none
+        (
+            "seeds",
+            Box::new(|c| c.seeds = vec![c.seed, c.seed + 1]),
+            Expect::Adds,
+        ),
         (
             "levels",
             Box::new(|c| {
@@ -214,6 +220,7 @@ fn changing_a_field_reruns_the_steps_that_read_it_and_those_below_nothing_else()
     let full = ExperimentConfig {
         targets: vec![b.target.clone()],
         residual_groups: true,
+        seeds: vec![1],
         ..b.clone()
     };
     let fields: HashSet<String> = match serde_json::to_value(&full).unwrap() {

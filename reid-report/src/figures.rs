@@ -7,6 +7,7 @@
 use crate::runs::Run;
 use crate::tables::{self, CRITERIA_ORDER};
 use plotters::coord::Shift;
+use plotters::element::ErrorBar;
 use plotters::prelude::*;
 use std::sync::Once;
 
@@ -25,6 +26,8 @@ fn register_font() {
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    /// 95 % intervals drawn as error bars: (x, low, high).
+    pub bars: Vec<(f64, f64, f64)>,
     pub line: bool,
     /// Colour and marker index (see [`style_index`]).
     pub style: usize,
@@ -114,7 +117,12 @@ fn range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
 fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> Result<(), String> {
     let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     let xs = range(p.series.iter().flat_map(|s| s.points.iter().map(|q| q.0)));
-    let ys = range(p.series.iter().flat_map(|s| s.points.iter().map(|q| q.1)));
+    let ys = range(p.series.iter().flat_map(|s| {
+        s.points
+            .iter()
+            .map(|q| q.1)
+            .chain(s.bars.iter().flat_map(|b| [b.1, b.2]))
+    }));
     let mut chart = ChartBuilder::on(area)
         .caption(&p.title, ("sans-serif", 17))
         .margin(12)
@@ -136,6 +144,13 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> R
         if s.line && s.points.len() > 1 {
             chart
                 .draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))
+                .map_err(e)?;
+        }
+        if !s.bars.is_empty() {
+            chart
+                .draw_series(s.bars.iter().map(|&(x, lo, hi)| {
+                    ErrorBar::new_vertical(x, lo, (lo + hi) / 2.0, hi, color.stroke_width(1), 8)
+                }))
                 .map_err(e)?;
         }
         let filled = color.filled();
@@ -229,25 +244,45 @@ fn pct(v: f64) -> f64 {
     v * 100.0
 }
 
-/// Points of the runs selected by `keep`, one series per model name.
+/// A run's rank-1 95 % interval on `dataset` in %, when it has one.
+fn rank1_interval(r: &Run, dataset: &str) -> Option<(f64, f64)> {
+    let i = r.metrics.eval.get(dataset)?.ci95.get("rank1")?;
+    Some((pct(i.lo), pct(i.hi)))
+}
+
+/// No error bars.
+fn no_bar(_: &Run) -> Option<(f64, f64)> {
+    None
+}
+
+/// Points of the runs selected by `keep`, one series per model name; `bar` gives a point's
+/// interval (low, high) on the y axis, drawn as an error bar.
 fn series_by_model<'a>(
     runs: impl Iterator<Item = &'a Run>,
     point: impl Fn(&Run) -> Option<(f64, f64)>,
+    bar: impl Fn(&Run) -> Option<(f64, f64)>,
     line: bool,
 ) -> Vec<Series> {
     let mut out: Vec<Series> = Vec::new();
     for r in runs {
         let Some(p) = point(r) else { continue };
+        let b = bar(r).map(|(lo, hi)| (p.0, lo, hi));
         let name = r.model_name();
-        match out.iter_mut().find(|s| s.name == name) {
-            Some(s) => s.points.push(p),
-            None => out.push(Series {
-                style: style_index(&name),
-                name,
-                points: vec![p],
-                line,
-            }),
-        }
+        let s = match out.iter().position(|s| s.name == name) {
+            Some(i) => &mut out[i],
+            None => {
+                out.push(Series {
+                    style: style_index(&name),
+                    name,
+                    points: Vec::new(),
+                    bars: Vec::new(),
+                    line,
+                });
+                out.last_mut().expect("just pushed")
+            }
+        };
+        s.points.push(p);
+        s.bars.extend(b);
     }
     for s in &mut out {
         s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -269,7 +304,7 @@ pub fn all_figures(runs: &[Run], level: &str, cmc_runs: &[String]) -> Vec<Figure
         figs.push(Figure {
             slug: format!("fig4_{d}"),
             caption: format!(
-                "Fig. 4 on {d}: mAP vs GFLOPs and rank-1 vs parameters (baselines and Scenario 1)"
+                "Fig. 4 on {d}: mAP vs GFLOPs and rank-1 vs parameters (baselines and Scenario 1; bars: 95 % intervals)"
             ),
             cols: 2,
             panels: vec![
@@ -280,6 +315,7 @@ pub fn all_figures(runs: &[Run], level: &str, cmc_runs: &[String]) -> Vec<Figure
                     series: series_by_model(
                         s1_and_baselines(),
                         |r| eval(r).map(|e| (r.gflops(), pct(e.map))),
+                        no_bar,
                         false,
                     ),
                 },
@@ -290,6 +326,7 @@ pub fn all_figures(runs: &[Run], level: &str, cmc_runs: &[String]) -> Vec<Figure
                     series: series_by_model(
                         s1_and_baselines(),
                         |r| eval(r).map(|e| (r.params_m(), pct(e.rank1))),
+                        |r| rank1_interval(r, &d),
                         false,
                     ),
                 },
@@ -300,6 +337,7 @@ pub fn all_figures(runs: &[Run], level: &str, cmc_runs: &[String]) -> Vec<Figure
             let mut series = series_by_model(
                 runs.iter().filter(|r| r.metrics.scenario == s),
                 |r| eval(r).map(|e| (r.gflops(), pct(e.rank1))),
+                |r| rank1_interval(r, &d),
                 true,
             );
             // Every curve starts at the unpruned model it was pruned from.
@@ -321,6 +359,7 @@ pub fn all_figures(runs: &[Run], level: &str, cmc_runs: &[String]) -> Vec<Figure
             series.extend(series_by_model(
                 runs.iter().filter(|r| r.is_baseline()),
                 |r| eval(r).map(|e| (r.gflops(), pct(e.rank1))),
+                |r| rank1_interval(r, &d),
                 false,
             ));
             panels.push(Panel {
@@ -334,7 +373,7 @@ pub fn all_figures(runs: &[Run], level: &str, cmc_runs: &[String]) -> Vec<Figure
             figs.push(Figure {
                 slug: format!("accuracy_vs_compression_{d}"),
                 caption: format!(
-                    "Rank-1 vs GFLOPs on {d} per scenario: each criterion's curve runs from the unpruned model through its compression levels; baselines as points"
+                    "Rank-1 vs GFLOPs on {d} per scenario: each criterion's curve runs from the unpruned model through its compression levels; baselines as points; bars: 95 % intervals"
                 ),
                 cols: 2,
                 panels,
@@ -375,6 +414,7 @@ pub fn all_figures(runs: &[Run], level: &str, cmc_runs: &[String]) -> Vec<Figure
                         .enumerate()
                         .map(|(k, v)| ((k + 1) as f64, pct(*v)))
                         .collect(),
+                    bars: Vec::new(),
                     line: true,
                 })
             })
@@ -403,6 +443,7 @@ pub fn all_figures(runs: &[Run], level: &str, cmc_runs: &[String]) -> Vec<Figure
             series: series_by_model(
                 with_latency.iter().copied(),
                 |r| r.latency(batch32).map(|l| (r.gflops(), l)),
+                no_bar,
                 false,
             ),
         };
@@ -429,6 +470,7 @@ pub fn all_figures(runs: &[Run], level: &str, cmc_runs: &[String]) -> Vec<Figure
                             ((i + 1) as f64, 100.0 * lw.kept as f64 / lw.original as f64)
                         })
                         .collect(),
+                    bars: Vec::new(),
                     line: true,
                 })
             })
@@ -450,4 +492,52 @@ pub fn all_figures(runs: &[Run], level: &str, cmc_runs: &[String]) -> Vec<Figure
         }
     }
     figs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figure(bars: Vec<(f64, f64, f64)>) -> Figure {
+        Figure {
+            slug: "t".into(),
+            caption: "t".into(),
+            cols: 1,
+            panels: vec![Panel {
+                title: "t".into(),
+                x_label: "x".into(),
+                y_label: "y".into(),
+                series: vec![Series {
+                    name: "l1".into(),
+                    points: vec![(1.0, 50.0), (2.0, 60.0)],
+                    bars,
+                    line: false,
+                    style: 0,
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn intervals_are_drawn_as_error_bars_inside_the_axes() {
+        let plain = render_svg(&figure(vec![])).unwrap();
+        // an interval reaching beyond every point widens the y axis to show it whole
+        let barred = render_svg(&figure(vec![(1.0, 40.0, 58.0), (2.0, 55.0, 71.0)])).unwrap();
+        let lines = |svg: &str| svg.matches("<polyline").count() + svg.matches("<line").count();
+        // each bar: a vertical stroke and two caps
+        assert!(
+            lines(&barred) >= lines(&plain) + 6,
+            "{} vs {}",
+            lines(&barred),
+            lines(&plain)
+        );
+        let ticks = |svg: &str| -> Vec<f64> {
+            svg.lines()
+                .filter_map(|l| l.trim().parse::<f64>().ok())
+                .collect()
+        };
+        let top = |svg: &str| ticks(svg).into_iter().fold(f64::MIN, f64::max);
+        assert!(top(&barred) >= 70.0, "{:?}", ticks(&barred));
+        assert!(top(&plain) < 70.0, "{:?}", ticks(&plain));
+    }
 }

@@ -222,11 +222,55 @@ fn cost_cells(runs: &[Run], run: &Run, latency: bool) -> Vec<Option<String>> {
     c
 }
 
-fn metric_cells(run: Option<&Run>, dataset: &str) -> [Option<String>; 2] {
-    match run.and_then(|r| r.metrics.eval.get(dataset)) {
-        Some(e) => [pct(e.map), pct(e.rank1)],
-        None => [None, None],
+/// Whether any run has results under other seeds (the tables then add a column for them).
+pub fn seeded(runs: &[Run]) -> bool {
+    runs.iter().any(|r| !r.metrics.seed_evals.is_empty())
+}
+
+/// Rank-1 on `dataset` over a run's seed and its other seeds.
+pub fn rank1_over_seeds(run: &Run, dataset: &str) -> Option<reid_run::stats::SeedSpread> {
+    let m = &run.metrics;
+    let values: Vec<f64> = m
+        .eval
+        .get(dataset)
+        .into_iter()
+        .chain(m.seed_evals.values().filter_map(|e| e.get(dataset)))
+        .map(|e| e.rank1)
+        .collect();
+    reid_run::stats::SeedSpread::of(&values)
+}
+
+/// mAP, R-1, R-1's 95 % bootstrap interval and, with seeds, R-1 mean ± sd over seeds.
+fn metric_headers(prefix: &str, seeded: bool) -> Vec<String> {
+    let mut h = vec![
+        format!("{prefix}mAP"),
+        format!("{prefix}R-1"),
+        format!("{prefix}R-1 95% CI"),
+    ];
+    if seeded {
+        h.push(format!("{prefix}R-1 over seeds"));
     }
+    h
+}
+
+fn metric_cells(run: Option<&Run>, dataset: &str, seeded: bool) -> Vec<Option<String>> {
+    let mut c = match run.and_then(|r| r.metrics.eval.get(dataset)) {
+        Some(e) => vec![
+            pct(e.map),
+            pct(e.rank1),
+            e.ci95
+                .get("rank1")
+                .map(|i| format!("[{:.1}, {:.1}]", i.lo * 100.0, i.hi * 100.0)),
+        ],
+        None => vec![None, None, None],
+    };
+    if seeded {
+        c.push(
+            run.and_then(|r| rank1_over_seeds(r, dataset))
+                .map(|s| format!("{:.2} ± {:.2} ({})", s.mean * 100.0, s.sd * 100.0, s.n)),
+        );
+    }
+    c
 }
 
 fn paper_cells(cell: Option<&PaperCell>) -> [Option<String>; 2] {
@@ -236,11 +280,10 @@ fn paper_cells(cell: Option<&PaperCell>) -> [Option<String>; 2] {
     }
 }
 
-fn dataset_headers(datasets: &[String]) -> Vec<String> {
+fn dataset_headers(datasets: &[String], seeded: bool) -> Vec<String> {
     let mut h = Vec::new();
     for d in datasets {
-        h.push(format!("{d} mAP"));
-        h.push(format!("{d} R-1"));
+        h.extend(metric_headers(&format!("{d} "), seeded));
         if paper_dataset(d).is_some() {
             h.push(format!("{d} paper mAP"));
             h.push(format!("{d} paper R-1"));
@@ -254,7 +297,8 @@ pub fn table5(runs: &[Run], paper: &PaperResults, level: &str) -> Table {
     let datasets = datasets(runs);
     let mut headers = vec!["Model".to_string()];
     headers.extend(cost_headers(true));
-    headers.extend(dataset_headers(&datasets));
+    let seeded = seeded(runs);
+    headers.extend(dataset_headers(&datasets, seeded));
     let mut rows = Vec::new();
     let mut models: Vec<(&Run, String)> = baselines(runs)
         .into_iter()
@@ -271,7 +315,7 @@ pub fn table5(runs: &[Run], paper: &PaperResults, level: &str) -> Table {
         let m = &run.metrics;
         for d in &datasets {
             let on = find_on(runs, &m.scenario, &m.criterion, &m.level, d);
-            row.extend(metric_cells(on, d));
+            row.extend(metric_cells(on, d, seeded));
             if paper_dataset(d).is_some() {
                 // The paper's Table 5 is at C1 (about half the FLOPs).
                 let cell = if run.is_baseline() || level == "C1" {
@@ -304,7 +348,8 @@ pub fn table6(runs: &[Run], paper: &PaperResults, level: &str) -> Table {
     let datasets = datasets(runs);
     let mut headers = vec!["Scenario".to_string(), "Criterion".to_string()];
     headers.extend(cost_headers(false));
-    headers.extend(dataset_headers(&datasets));
+    let seeded = seeded(runs);
+    headers.extend(dataset_headers(&datasets, seeded));
     let mut rows = Vec::new();
     for s in scenarios(runs) {
         for c in criteria(runs) {
@@ -314,7 +359,7 @@ pub fn table6(runs: &[Run], paper: &PaperResults, level: &str) -> Table {
             let mut row = vec![Some(s.clone()), Some(c.clone())];
             row.extend(cost_cells(runs, run, false));
             for d in &datasets {
-                row.extend(metric_cells(find_on(runs, &s, &c, level, d), d));
+                row.extend(metric_cells(find_on(runs, &s, &c, level, d), d, seeded));
                 if paper_dataset(d).is_some() {
                     row.extend(paper_cells(paper.table6(&s, &c, d)));
                 }
@@ -346,8 +391,8 @@ pub fn tables789(runs: &[Run], paper: &PaperResults) -> Vec<Table> {
             "Criterion".to_string(),
         ];
         headers.extend(cost_headers(true));
-        headers.push("mAP".into());
-        headers.push("R-1".into());
+        let seeded = seeded(runs);
+        headers.extend(metric_headers("", seeded));
         if with_paper {
             headers.push("paper mAP".into());
             headers.push("paper R-1".into());
@@ -361,7 +406,7 @@ pub fn tables789(runs: &[Run], paper: &PaperResults) -> Vec<Table> {
                     };
                     let mut row = vec![Some(l.clone()), Some(s.clone()), Some(c.clone())];
                     row.extend(cost_cells(runs, run, true));
-                    row.extend(metric_cells(Some(run), d));
+                    row.extend(metric_cells(Some(run), d, seeded));
                     if with_paper {
                         row.extend(paper_cells(paper.table789(&s, &l, &c, d)));
                     }

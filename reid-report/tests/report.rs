@@ -14,7 +14,17 @@ fn cmc(r1: f64) -> Vec<f64> {
 
 fn eval(map: f64, r1: f64) -> serde_json::Value {
     json!({"mAP": map, "rank1": r1, "rank5": (r1 + 0.08).min(1.0), "rank10": (r1 + 0.18).min(1.0),
-           "mINP": map * 0.6, "cmc": cmc(r1), "num_valid_queries": 100})
+           "mINP": map * 0.6, "cmc": cmc(r1), "num_valid_queries": 100,
+           "ci95": {"rank1": {"lo": r1 - 0.03, "hi": (r1 + 0.025).min(1.0)}}})
+}
+
+/// The run in `dir` trained again under `seed`, with these results on both datasets.
+fn add_seed(dir: &Path, seed: u64, evals: serde_json::Value) {
+    let path = dir.join("metrics.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    m["seed_evals"][seed.to_string()] = evals;
+    std::fs::write(&path, serde_json::to_string_pretty(&m).unwrap()).unwrap();
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -73,7 +83,7 @@ fn arch_checkpoint(dir: &Path, inner: [usize; 4]) {
 fn fixture(root: &Path) {
     let both =
         |a: f64, b: f64, c: f64, d: f64| json!({"market1501": eval(a, b), "synth-b": eval(c, d)});
-    run(
+    let d = run(
         root,
         "baseline/resnet50-full",
         "baseline",
@@ -85,6 +95,9 @@ fn fixture(root: &Path) {
         (40.0, 800.0),
         both(0.70, 0.86, 0.40, 0.50),
     );
+    // two more seeds: rank-1 86, 84, 85 on market1501 → 85.00 ± 1.00 (3)
+    add_seed(&d, 1, both(0.69, 0.84, 0.41, 0.52));
+    add_seed(&d, 2, both(0.70, 0.85, 0.40, 0.51));
     run(
         root,
         "baseline/resnet18-full",
@@ -109,6 +122,7 @@ fn fixture(root: &Path) {
         (26.0, 450.0),
         both(0.675, 0.845, 0.38, 0.49),
     );
+    add_seed(&d, 1, both(0.67, 0.835, 0.38, 0.48));
     arch_checkpoint(&d, [32, 64, 128, 256]);
     let d = run(
         root,
@@ -569,14 +583,27 @@ fn several_targets_fill_one_row_per_model() {
     let t5 = std::fs::read_to_string(out.join("tables/table5.csv")).unwrap();
     let lines: Vec<&str> = t5.lines().collect();
     assert_eq!(lines.len(), 1 + 3, "one row per model:\n{t5}");
-    let header: Vec<&str> = lines[0].split(',').collect();
+    // cells with a comma (the intervals) are quoted
+    let fields = |line: &str| -> Vec<String> {
+        let mut out = vec![String::new()];
+        let mut quoted = false;
+        for ch in line.chars() {
+            match ch {
+                '"' => quoted = !quoted,
+                ',' if !quoted => out.push(String::new()),
+                c => out.last_mut().unwrap().push(c),
+            }
+        }
+        out
+    };
+    let header = fields(lines[0]);
     let col = |name: &str| {
         header
             .iter()
-            .position(|h| *h == name)
+            .position(|h| h == name)
             .unwrap_or_else(|| panic!("{name}"))
     };
-    let l1: Vec<&str> = lines[3].split(',').collect();
+    let l1 = fields(lines[3]);
     assert_eq!(l1[0], "l1");
     // market from the market grid (0.70 - 0.02), duke from the duke grid (0.60 - 0.02)
     assert_eq!(l1[col("market1501 mAP")], "68.00");
@@ -584,7 +611,7 @@ fn several_targets_fill_one_row_per_model() {
     assert_eq!(l1[col("dukemtmc-reid paper R-1")], "75.00");
     // cross-domain results are their own columns, with no paper reference
     assert_eq!(l1[col("market1501-cross mAP")], "19.33");
-    assert!(!header.contains(&"market1501-cross paper mAP"));
+    assert!(!header.iter().any(|h| h == "market1501-cross paper mAP"));
     // speed-up against the same grid's unpruned ResNet-50: 800 / 400
     assert_eq!(l1[col("Speed-up b32 (×)")], "2.00");
 }

@@ -29,6 +29,48 @@ pub struct EvalEntry {
     pub ci95: BTreeMap<String, crate::stats::Interval>,
 }
 
+fn fraction(what: String, v: f64) -> std::result::Result<(), String> {
+    if (0.0..=1.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("{what} = {v} is not a fraction in [0, 1]"))
+    }
+}
+
+impl EvalEntry {
+    /// Fractions in [0, 1], intervals ordered, the CMC never decreasing; errors name the
+    /// field under `at`.
+    pub fn validate(&self, at: &str) -> std::result::Result<(), String> {
+        let e = self;
+        let optional = [("rank5", e.rank5), ("rank10", e.rank10), ("mINP", e.minp)];
+        for (what, v) in [("mAP", Some(e.map)), ("rank1", Some(e.rank1))]
+            .into_iter()
+            .chain(optional)
+        {
+            if let Some(v) = v {
+                fraction(format!("{at}.{what}"), v)?;
+            }
+        }
+        for (m, ci) in &e.ci95 {
+            fraction(format!("{at}.ci95.{m}.lo"), ci.lo)?;
+            fraction(format!("{at}.ci95.{m}.hi"), ci.hi)?;
+            if ci.lo > ci.hi {
+                return Err(format!("{at}.ci95.{m}: lo > hi"));
+            }
+        }
+        for (k, &v) in e.cmc.iter().enumerate() {
+            fraction(format!("{at}.cmc[{k}]"), v)?;
+        }
+        if let Some(k) = (1..e.cmc.len()).find(|&k| e.cmc[k] < e.cmc[k - 1]) {
+            return Err(format!(
+                "{at}.cmc decreases at rank {}: a CMC curve never does",
+                k + 1
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Measured inference time of one batch, in ms.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
@@ -93,6 +135,10 @@ pub struct RunMetrics {
     /// `<label>+rerank`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub eval: BTreeMap<String, EvalEntry>,
+    /// The same cell trained again under other seeds (an experiment's `seeds`): by seed, the
+    /// evaluations keyed as `eval` is, for mean ± sd over seeds beside the bootstrap interval.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub seed_evals: BTreeMap<u64, BTreeMap<String, EvalEntry>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train: Option<TrainSummary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,38 +168,12 @@ impl RunMetrics {
     /// Every number where it can be: fractions in [0, 1], CMC never decreasing, counts
     /// plausible, times finite and positive. The message names the field.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        let fraction = |what: String, v: f64| {
-            if (0.0..=1.0).contains(&v) {
-                Ok(())
-            } else {
-                Err(format!("{what} = {v} is not a fraction in [0, 1]"))
-            }
-        };
         for (name, e) in &self.eval {
-            let optional = [("rank5", e.rank5), ("rank10", e.rank10), ("mINP", e.minp)];
-            for (what, v) in [("mAP", Some(e.map)), ("rank1", Some(e.rank1))]
-                .into_iter()
-                .chain(optional)
-            {
-                if let Some(v) = v {
-                    fraction(format!("eval.{name}.{what}"), v)?;
-                }
-            }
-            for (m, ci) in &e.ci95 {
-                fraction(format!("eval.{name}.ci95.{m}.lo"), ci.lo)?;
-                fraction(format!("eval.{name}.ci95.{m}.hi"), ci.hi)?;
-                if ci.lo > ci.hi {
-                    return Err(format!("eval.{name}.ci95.{m}: lo > hi"));
-                }
-            }
-            for (k, &v) in e.cmc.iter().enumerate() {
-                fraction(format!("eval.{name}.cmc[{k}]"), v)?;
-            }
-            if let Some(k) = (1..e.cmc.len()).find(|&k| e.cmc[k] < e.cmc[k - 1]) {
-                return Err(format!(
-                    "eval.{name}.cmc decreases at rank {}: a CMC curve never does",
-                    k + 1
-                ));
+            e.validate(&format!("eval.{name}"))?;
+        }
+        for (seed, evals) in &self.seed_evals {
+            for (name, e) in evals {
+                e.validate(&format!("seed_evals.{seed}.{name}"))?;
             }
         }
         if let Some(f) = self.kept_channel_fraction {
@@ -350,6 +370,12 @@ mod tests {
         assert_eq!(f.read_metrics().unwrap(), None);
         f.write_metrics(&sample()).unwrap();
         assert_eq!(f.read_metrics().unwrap(), Some(sample()));
+        let seeded = RunMetrics {
+            seed_evals: BTreeMap::from([(7, sample().eval)]),
+            ..sample()
+        };
+        f.write_metrics(&seeded).unwrap();
+        assert_eq!(f.read_metrics().unwrap(), Some(seeded));
         let old: RunMetrics =
             serde_json::from_str(r#"{"backbone":"resnet18","level":0.5,"macs":1,"params":1}"#)
                 .unwrap();
@@ -373,6 +399,14 @@ mod tests {
             (
                 Box::new(|m| m.eval.get_mut("market1501").unwrap().cmc = vec![0.9, 0.8]),
                 "decreases",
+            ),
+            (
+                Box::new(|m| {
+                    let mut e = m.eval["market1501"].clone();
+                    e.rank1 = 1.5;
+                    m.seed_evals = BTreeMap::from([(2, BTreeMap::from([("tgt".into(), e)]))]);
+                }),
+                "seed_evals.2.tgt.rank1",
             ),
             (Box::new(|m| m.macs = u64::MAX), "macs"),
             (Box::new(|m| m.params = 0), "params"),

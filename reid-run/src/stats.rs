@@ -116,6 +116,31 @@ impl Interval {
     }
 }
 
+/// A value over training seeds: mean, sample standard deviation (n − 1) and count.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SeedSpread {
+    pub mean: f64,
+    pub sd: f64,
+    pub n: usize,
+}
+
+impl SeedSpread {
+    /// None for fewer than two values (no spread to show).
+    pub fn of(values: &[f64]) -> Option<SeedSpread> {
+        let n = values.len();
+        if n < 2 {
+            return None;
+        }
+        let mean = values.iter().sum::<f64>() / n as f64;
+        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+        Some(SeedSpread {
+            mean,
+            sd: var.sqrt(),
+            n,
+        })
+    }
+}
+
 /// SplitMix64: seeded, the same on every machine.
 struct Rng(u64);
 
@@ -210,6 +235,22 @@ pub fn paired_bootstrap(
         stats.push((sa - sb) / n);
     }
     Ok(percentile_interval(&mut stats))
+}
+
+#[cfg(test)]
+mod seed_spread_tests {
+    use super::SeedSpread;
+
+    #[test]
+    fn sample_sd_of_known_values() {
+        // 2, 4, 4, 4, 5, 5, 7, 9: mean 5, sum of squares 32, sample variance 32/7
+        let s = SeedSpread::of(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]).unwrap();
+        assert_eq!(s.n, 8);
+        assert!((s.mean - 5.0).abs() < 1e-12);
+        assert!((s.sd - (32.0f64 / 7.0).sqrt()).abs() < 1e-12);
+        assert_eq!(SeedSpread::of(&[0.5, 0.5, 0.5]).unwrap().sd, 0.0);
+        assert!(SeedSpread::of(&[0.5]).is_none());
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,10 @@ pub struct RunArgs {
     /// The experiment config (TOML; `base = "other.toml"` starts from another file).
     #[arg(long)]
     config: PathBuf,
+    /// Train the key cells (unpruned, baselines, every scenario × criterion at the smallest
+    /// level) under N seeds: seed, seed + 1, … (overrides the config's `seeds`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100))]
+    seeds: Option<u64>,
 }
 
 /// List an experiment grid's steps (key, parents, state) without running anything.
@@ -33,6 +37,21 @@ pub struct DefaultArgs {
     /// Where the data and run folders go (default runs/default, or runs/quick with --quick).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Train the key cells (unpruned, baselines, every scenario × criterion at C1) under N
+    /// seeds: 0, 1, … (tables add mean ± sd over seeds).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100))]
+    seeds: Option<u64>,
+}
+
+/// `--seeds N`: the experiment's seed and the N − 1 after it.
+fn with_seeds(
+    mut cfg: reid_prune::scenario::ExperimentConfig,
+    n: Option<u64>,
+) -> reid_prune::scenario::ExperimentConfig {
+    if let Some(n) = n {
+        cfg.seeds = (cfg.seed..cfg.seed.saturating_add(n)).collect();
+    }
+    cfg
 }
 
 pub fn run_default(a: DefaultArgs) -> Result<()> {
@@ -43,14 +62,17 @@ pub fn run_default(a: DefaultArgs) -> Result<()> {
             "runs/default"
         })
     });
-    run_experiment(reid_prune::default_run::default_experiment(&out, a.quick)?)
+    run_experiment(with_seeds(
+        reid_prune::default_run::default_experiment(&out, a.quick)?,
+        a.seeds,
+    ))
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
-    run_experiment(reid_prune::config_file::read_toml(
-        &a.config,
-        "experiment config",
-    )?)
+    run_experiment(with_seeds(
+        reid_prune::config_file::read_toml(&a.config, "experiment config")?,
+        a.seeds,
+    ))
 }
 
 pub fn plan(a: PlanArgs) -> Result<()> {
