@@ -1144,6 +1144,34 @@ enum Job {
     },
 }
 
+/// The paper's claims ([`reid_run::claims`]) judged on a grid's cells at its smallest level
+/// (None when the grid has none of the cells they compare).
+pub fn judge_claims(
+    cfg: &ExperimentConfig,
+    cells: &[CellResult],
+) -> Result<Option<reid_run::claims::ClaimsTable>> {
+    let Some(level) = cfg
+        .levels
+        .iter()
+        .min_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(name, _)| name.clone())
+    else {
+        return Ok(None);
+    };
+    let mut metrics = Vec::new();
+    for c in cells {
+        let m = reid_run::RunFolder::new(&c.folder)
+            .read_metrics()?
+            .with_context(|| format!("{}: no metrics.json", c.folder.display()))?;
+        metrics.push((c.folder.clone(), m));
+    }
+    let runs: Vec<reid_run::claims::ClaimRun> = metrics
+        .iter()
+        .map(|(dir, m)| reid_run::claims::ClaimRun { dir, metrics: m })
+        .collect();
+    Ok(reid_run::claims::judge(&runs, &level))
+}
+
 /// The summary table (Table 6 layout): one row per cell, rank-1 with its 95 % interval over
 /// query identities, and the paired difference to the first row (the unpruned model) with its
 /// own interval: a cell whose interval holds 0 is not distinguishable from it at this size.

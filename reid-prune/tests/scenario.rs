@@ -70,6 +70,18 @@ fn tiny_grid_runs_and_resumes_without_repeating_steps() {
             "a row without its difference interval: {line}"
         );
     }
+    // the paper's claims at C1, judged on the cells: (1) S1 vs unpruned, (3) S1 vs S3
+    let claims = reid_prune::scenario::judge_claims(&cfg, &cells)
+        .unwrap()
+        .expect("claims");
+    let which: Vec<&str> = claims.rows.iter().map(|r| &r[0][..3]).collect();
+    assert_eq!(which, ["(1)", "(3)"], "{}", claims.to_text());
+    for r in &claims.rows {
+        assert!(
+            ["holds", "does not hold", "inconclusive at this size"].contains(&r[6].as_str()),
+            "{r:?}"
+        );
+    }
     // a rerun (as after a crash) finds every step done
     let mut again = Runner::new(cfg).unwrap();
     let cells2 = again.run().unwrap();

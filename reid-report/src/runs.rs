@@ -46,11 +46,7 @@ impl Run {
     }
     /// Display name of the model: a criterion, or the backbone for baselines.
     pub fn model_name(&self) -> String {
-        if self.is_baseline() || self.metrics.criterion == "none" {
-            self.metrics.backbone.clone()
-        } else {
-            self.metrics.criterion.clone()
-        }
+        self.metrics.model_name()
     }
 }
 

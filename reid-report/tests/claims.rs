@@ -9,15 +9,38 @@ use reid_report::runs::load_runs;
 use reid_run::stats::PerQuery;
 use reid_run::{EvalEntry, RunFolder, RunMetrics};
 
-/// A run folder whose `hits` of 400 queries (200 identities) find their match at rank 1.
-fn run(root: &Path, id: &str, scenario: &str, backbone: &str, criterion: &str, hits: usize) {
+/// Per-query results of 400 queries (200 identities), the first `hits` matched at rank 1.
+fn queries(hits: usize) -> PerQuery {
     let n = 400;
-    let q = PerQuery {
+    PerQuery {
         pid: (0..n).map(|i| (i / 2) as i64).collect(),
         ap: (0..n).map(|i| if i < hits { 0.9 } else { 0.2 }).collect(),
         first_rank: (0..n).map(|i| if i < hits { 1 } else { 7 }).collect(),
         inp: vec![0.3; n],
+    }
+}
+
+/// A run folder with `hits` rank-1 matches on market1501 and, when given, on the cross set.
+fn run_with_cross(
+    root: &Path,
+    id: &str,
+    scenario: &str,
+    backbone: &str,
+    criterion: &str,
+    hits: usize,
+    cross_hits: Option<usize>,
+) {
+    let entry = |q: &PerQuery| EvalEntry {
+        map: q.mean("mAP").unwrap(),
+        rank1: q.mean("rank1").unwrap(),
+        ..Default::default()
     };
+    let q = queries(hits);
+    let mut eval = BTreeMap::from([("market1501".to_string(), entry(&q))]);
+    let cross = cross_hits.map(queries);
+    if let Some(c) = &cross {
+        eval.insert("duke-cross".into(), entry(c));
+    }
     let f = RunFolder::new(root.join(id));
     f.write_metrics(&RunMetrics {
         scenario: scenario.into(),
@@ -26,31 +49,32 @@ fn run(root: &Path, id: &str, scenario: &str, backbone: &str, criterion: &str, h
         backbone: backbone.into(),
         macs: 10,
         params: 10,
-        eval: BTreeMap::from([(
-            "market1501".to_string(),
-            EvalEntry {
-                map: q.mean("mAP").unwrap(),
-                rank1: q.mean("rank1").unwrap(),
-                ..Default::default()
-            },
-        )]),
+        eval,
         ..Default::default()
     })
     .unwrap();
     f.write_per_query("market1501", &q).unwrap();
+    if let Some(c) = &cross {
+        f.write_per_query("duke-cross", c).unwrap();
+    }
+}
+
+fn run(root: &Path, id: &str, scenario: &str, backbone: &str, criterion: &str, hits: usize) {
+    run_with_cross(root, id, scenario, backbone, criterion, hits, None)
 }
 
 #[test]
 fn claims_are_judged_from_paired_intervals() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    run(
+    run_with_cross(
         root,
         "baseline/resnet50-full",
         "baseline",
         "resnet50",
         "resnet50",
         300,
+        Some(120),
     );
     run(
         root,
@@ -60,8 +84,10 @@ fn claims_are_judged_from_paired_intervals() {
         "resnet18",
         200,
     );
-    // the same hits as the unpruned model: within a point for sure
-    run(root, "S1/l1-C1", "S1", "resnet50", "l1", 300);
+    // the same hits as the unpruned model: within a point for sure; 60 fewer cross-domain hits
+    run_with_cross(root, "S1/l1-C1", "S1", "resnet50", "l1", 300, Some(60));
+    // pruned on the small target: 100 fewer hits than S1
+    run(root, "S3/l1-C1", "S3", "resnet50", "l1", 200);
     // 40 fewer hits (10 points): does not hold
     run(root, "S1/taylor-C1", "S1", "resnet50", "taylor", 260);
     // 4 fewer hits (1 point): the interval straddles −1
@@ -89,4 +115,26 @@ fn claims_are_judged_from_paired_intervals() {
         .find(|r| r[2].as_deref() == Some("S1 taylor C1"))
         .unwrap();
     assert_eq!(row[4].as_deref(), Some("-10.0"));
+    // claim 3: S1 over S3 by 25 points
+    assert_eq!(verdict("S1 l1 C1", "S3 l1 C1"), "holds");
+    // claim 4: on the cross set, the pruned model has 15 points fewer
+    let cross = t
+        .rows
+        .iter()
+        .find(|r| r[0].as_deref().is_some_and(|c| c.starts_with("(4)")))
+        .unwrap_or_else(|| panic!("no cross-domain row: {:?}", t.rows));
+    assert_eq!(cross[1].as_deref(), Some("duke-cross"));
+    assert_eq!(cross[4].as_deref(), Some("-15.0"));
+    assert_eq!(cross[6].as_deref(), Some("does not hold"));
+    // claim 5: L1 10 points above Taylor
+    assert_eq!(verdict("S1 l1 C1", "S1 taylor C1"), "holds");
+    let claims: std::collections::BTreeSet<&str> = t
+        .rows
+        .iter()
+        .filter_map(|r| r[0].as_deref()?.get(..3))
+        .collect();
+    assert_eq!(
+        claims.into_iter().collect::<Vec<_>>(),
+        ["(1)", "(2)", "(3)", "(4)", "(5)"]
+    );
 }

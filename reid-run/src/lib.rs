@@ -21,6 +21,7 @@
 //! they are written and when they are read.
 
 pub mod atomic;
+pub mod claims;
 pub mod metrics;
 pub mod stats;
 #[cfg(feature = "fault-injection")]

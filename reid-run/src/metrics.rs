@@ -165,6 +165,16 @@ const MAX_MACS: u64 = 10_000_000_000_000;
 const MAX_PARAMS: u64 = 10_000_000_000;
 
 impl RunMetrics {
+    /// Display name of the model: its criterion, or the backbone for baselines (and for runs
+    /// with criterion `none`).
+    pub fn model_name(&self) -> String {
+        if self.scenario == "baseline" || self.criterion == "none" {
+            self.backbone.clone()
+        } else {
+            self.criterion.clone()
+        }
+    }
+
     /// Every number where it can be: fractions in [0, 1], CMC never decreasing, counts
     /// plausible, times finite and positive. The message names the field.
     pub fn validate(&self) -> std::result::Result<(), String> {

@@ -152,6 +152,11 @@ fn run_experiment(all: reid_prune::scenario::ExperimentConfig) -> Result<()> {
                 .unwrap_or_default()
         );
         print!("{table}");
+        if let Some(claims) = reid_prune::scenario::judge_claims(&cfg, &cells)? {
+            let text = format!("{}{}\n", claims.to_text(), claims.note);
+            reid_model::checkpoint::write_atomic(&cfg.out.join("claims.txt"), text.as_bytes())?;
+            print!("\n{text}");
+        }
         println!(
             "\n{} steps run, {} reused, {:.0} s. Run folders: {}/<scenario>/<criterion>-<level>/ (summary.txt there too)",
             runner.steps_run,

@@ -1,0 +1,299 @@
+//! The paper's claims, judged on run folders: each with the measured rank-1 difference A − B,
+//! its 95 % paired bootstrap interval over query identities (both models evaluated on the same
+//! queries, from the `per_query.json` of their run folders) and a verdict — holds, does not
+//! hold, or inconclusive at this test size. The grid prints it when it ends; the report opens
+//! with it.
+//!
+//! 1. S1 and S2 at the level keep rank-1 within 1 point of the unpruned model;
+//! 2. the pruned ResNet-50 (S1) beats a ResNet-18/34 trained the same way (any baseline of
+//!    another backbone);
+//! 3. pruning on the source (S1) beats pruning on the small target (S3, S4);
+//! 4. the pruned models (S1, S2) keep cross-domain rank-1 within 1 point of the unpruned one;
+//! 5. per criterion (S1): L1 is within 1 point of Taylor and entropy or better (the paper's
+//!    "Hao Li is best or close to best").
+
+use std::path::Path;
+
+use crate::stats::{paired_bootstrap, PerQuery, RESAMPLES};
+use crate::{RunFolder, RunMetrics};
+
+/// One run folder, as the claims read it.
+#[derive(Clone, Copy)]
+pub struct ClaimRun<'a> {
+    pub dir: &'a Path,
+    pub metrics: &'a RunMetrics,
+}
+
+/// What a claim asks of the difference `a − b` (in rank-1 fractions).
+#[derive(Clone, Copy, Debug)]
+pub enum Test {
+    /// a is no more than `margin` below b.
+    NotBelow { margin: f64 },
+    /// a is above b.
+    Above,
+}
+
+/// The verdict of `test` on the interval [lo, hi] of a − b.
+pub fn verdict(test: Test, lo: f64, hi: f64) -> &'static str {
+    let bound = match test {
+        Test::NotBelow { margin } => -margin,
+        Test::Above => 0.0,
+    };
+    if lo > bound {
+        "holds"
+    } else if hi < bound {
+        "does not hold"
+    } else {
+        "inconclusive at this size"
+    }
+}
+
+/// The judged claims: a header and one row of cells per comparison.
+#[derive(Clone, Debug)]
+pub struct ClaimsTable {
+    pub title: String,
+    pub note: String,
+    pub headers: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl ClaimsTable {
+    /// Aligned plain text (for a terminal).
+    pub fn to_text(&self) -> String {
+        let width = |i: usize| {
+            std::iter::once(&self.headers[i])
+                .chain(self.rows.iter().map(|r| &r[i]))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        };
+        let widths: Vec<usize> = (0..self.headers.len()).map(width).collect();
+        let line = |cells: &[String]| {
+            let mut s = String::new();
+            for (c, w) in cells.iter().zip(&widths) {
+                s.push_str(c);
+                s.extend(std::iter::repeat_n(' ', w - c.chars().count() + 2));
+            }
+            s.trim_end().to_string() + "\n"
+        };
+        let mut s = format!("{}\n", self.title);
+        s.push_str(&line(&self.headers));
+        for r in &self.rows {
+            s.push_str(&line(r));
+        }
+        s
+    }
+}
+
+fn queries(run: &ClaimRun, label: &str) -> Option<PerQuery> {
+    RunFolder::new(run.dir).read_per_query().ok()?.remove(label)
+}
+
+fn name(r: &ClaimRun) -> String {
+    let m = r.metrics;
+    format!("{} {} {}", m.scenario, m.model_name(), m.level)
+}
+
+/// One row: the claim, the dataset, the two models, Δ rank-1 in points, its interval and the
+/// verdict (None when either model lacks `label`).
+fn row(claim: &str, a: &ClaimRun, b: &ClaimRun, label: &str, test: Test) -> Option<Vec<String>> {
+    let ea = a.metrics.eval.get(label)?;
+    let eb = b.metrics.eval.get(label)?;
+    let delta = 100.0 * (ea.rank1 - eb.rank1);
+    let interval = match (queries(a, label), queries(b, label)) {
+        (Some(qa), Some(qb)) => paired_bootstrap(&qa, &qb, "rank1", RESAMPLES, 0).ok(),
+        _ => None,
+    };
+    let (ci, v) = match interval {
+        Some(i) => (
+            format!("[{:+.1}, {:+.1}]", 100.0 * i.lo, 100.0 * i.hi),
+            verdict(test, i.lo, i.hi),
+        ),
+        None => ("–".into(), "no per-query results to judge"),
+    };
+    Some(vec![
+        claim.to_string(),
+        label.to_string(),
+        name(a),
+        name(b),
+        format!("{delta:+.1}"),
+        ci,
+        v.to_string(),
+    ])
+}
+
+const ONE_POINT: Test = Test::NotBelow { margin: 0.01 };
+
+/// The claims over every dataset that has the unpruned model as a baseline, at `level`. The
+/// pruned backbone is the scenario cells' (ResNet-50 in the paper); the other baselines are the
+/// smaller networks of claim 2.
+pub fn judge(runs: &[ClaimRun], level: &str) -> Option<ClaimsTable> {
+    let mut rows: Vec<Option<Vec<String>>> = Vec::new();
+    let is_baseline = |r: &ClaimRun| r.metrics.scenario == "baseline";
+    let pruned = runs
+        .iter()
+        .find(|r| ["S1", "S2", "S3", "S4"].contains(&r.metrics.scenario.as_str()))
+        .map_or("resnet50", |r| r.metrics.backbone.as_str());
+    let baseline = |backbone: &str, label: &str| {
+        runs.iter().find(|r| {
+            is_baseline(r) && r.metrics.backbone == backbone && r.metrics.eval.contains_key(label)
+        })
+    };
+    let mut smaller: Vec<&str> = runs
+        .iter()
+        .filter(|r| is_baseline(r) && r.metrics.backbone != pruned)
+        .map(|r| r.metrics.backbone.as_str())
+        .collect();
+    smaller.sort();
+    smaller.dedup();
+    let mut labels: Vec<&String> = runs
+        .iter()
+        .filter(|r| is_baseline(r) && r.metrics.backbone == pruned)
+        .flat_map(|r| r.metrics.eval.keys())
+        .filter(|k| !k.ends_with("-cross") && !k.contains('+'))
+        .collect();
+    labels.sort();
+    labels.dedup();
+    for label in labels {
+        let Some(unpruned) = baseline(pruned, label) else {
+            continue;
+        };
+        let cells = |scenario: &str| -> Vec<&ClaimRun> {
+            runs.iter()
+                .filter(|r| {
+                    r.metrics.scenario == scenario
+                        && r.metrics.level == level
+                        && r.metrics.eval.contains_key(label.as_str())
+                })
+                .collect()
+        };
+        let cell = |scenario: &str, criterion: &str| {
+            cells(scenario)
+                .into_iter()
+                .find(|r| r.metrics.criterion == criterion)
+        };
+        for scenario in ["S1", "S2"] {
+            for c in cells(scenario) {
+                rows.push(row(
+                    &format!("(1) {scenario} at {level} keeps rank-1 within 1 point"),
+                    c,
+                    unpruned,
+                    label,
+                    ONE_POINT,
+                ));
+            }
+        }
+        for &small in &smaller {
+            if let Some(b) = baseline(small, label) {
+                for c in cells("S1") {
+                    rows.push(row(
+                        &format!(
+                            "(2) the pruned {} beats the {}",
+                            pretty(pruned),
+                            pretty(small)
+                        ),
+                        c,
+                        b,
+                        label,
+                        Test::Above,
+                    ));
+                }
+            }
+        }
+        for c in cells("S1") {
+            for target_scenario in ["S3", "S4"] {
+                if let Some(t) = cell(target_scenario, &c.metrics.criterion) {
+                    rows.push(row(
+                        &format!("(3) pruning on the source (S1) beats the small target ({target_scenario})"),
+                        c,
+                        t,
+                        label,
+                        Test::Above,
+                    ));
+                }
+            }
+        }
+        // the grid keys a cross set's results `<cross label>-cross`
+        for cross in unpruned
+            .metrics
+            .eval
+            .keys()
+            .filter(|k| k.ends_with("-cross"))
+        {
+            for scenario in ["S1", "S2"] {
+                for c in cells(scenario) {
+                    rows.push(row(
+                        &format!("(4) {scenario} keeps cross-domain rank-1 within 1 point"),
+                        c,
+                        unpruned,
+                        cross,
+                        ONE_POINT,
+                    ));
+                }
+            }
+        }
+        if let Some(l1) = cell("S1", "l1") {
+            for other in ["taylor", "entropy"] {
+                if let Some(o) = cell("S1", other) {
+                    rows.push(row(
+                        &format!("(5) L1 is within 1 point of {other} or better (S1)"),
+                        l1,
+                        o,
+                        label,
+                        ONE_POINT,
+                    ));
+                }
+            }
+        }
+    }
+    let rows: Vec<Vec<String>> = rows.into_iter().flatten().collect();
+    if rows.is_empty() {
+        return None;
+    }
+    Some(ClaimsTable {
+        title: format!("The paper's claims at {level}, judged"),
+        note: "Δ rank-1 = A − B in points; the interval is a 95 % paired bootstrap over query \
+               identities (2 000 seeded resamples, the same queries for both models). A claim \
+               holds when the whole interval is on its side of the bound (−1 point for (1), (4) \
+               and (5), 0 for (2) and (3)), does not hold when the whole interval is on the other \
+               side, and is inconclusive otherwise: more queries would decide it."
+            .into(),
+        headers: [
+            "claim",
+            "dataset",
+            "A",
+            "B",
+            "Δ R-1",
+            "95 % interval",
+            "verdict",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+    })
+}
+
+fn pretty(backbone: &str) -> String {
+    backbone.replace("resnet", "ResNet-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_by_where_the_interval_lies() {
+        assert_eq!(verdict(ONE_POINT, -0.005, 0.02), "holds");
+        assert_eq!(verdict(ONE_POINT, -0.03, -0.015), "does not hold");
+        assert_eq!(
+            verdict(ONE_POINT, -0.015, 0.01),
+            "inconclusive at this size"
+        );
+        assert_eq!(verdict(Test::Above, 0.001, 0.05), "holds");
+        assert_eq!(
+            verdict(Test::Above, -0.02, 0.01),
+            "inconclusive at this size"
+        );
+        assert_eq!(verdict(Test::Above, -0.05, -0.01), "does not hold");
+    }
+}
