@@ -22,6 +22,8 @@ pub mod error;
 pub mod hub;
 pub mod init;
 pub mod net;
+#[cfg(feature = "onnx")]
+pub mod onnx;
 pub mod ops;
 pub mod process;
 pub mod train;

@@ -43,6 +43,8 @@ enum Command {
     },
     /// MACs, FLOPs and parameters of an architecture or checkpoint, per layer and in total.
     Flops(commands::flops::Args),
+    /// Write a checkpoint as an ONNX model (image tensor to re-ID feature).
+    Export(commands::export::Args),
 }
 
 fn main() -> Result<()> {
@@ -59,5 +61,6 @@ fn main() -> Result<()> {
         Some(Command::Synth(a)) => commands::synth::run(a),
         Some(Command::Data { command }) => commands::data::run(command),
         Some(Command::Flops(a)) => commands::flops::run(a),
+        Some(Command::Export(a)) => commands::export::run(a),
     }
 }

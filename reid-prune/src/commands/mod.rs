@@ -2,6 +2,7 @@
 
 pub mod data;
 pub mod experiment;
+pub mod export;
 pub mod flops;
 pub mod prune;
 pub mod scores;

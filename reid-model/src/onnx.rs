@@ -1,0 +1,434 @@
+//! ONNX export of a [`ReidNet`] (any width profile: unpruned, pruned branch convs, pruned
+//! residual groups): a standard opset-13 graph from the image tensor to the re-ID feature,
+//! built from the net's [`ArchSpec`] with initializers named as the checkpoint's tensors
+//! (`layer2.0.conv1.weight`, `layer2.0.bn1.running_mean`, …). The protobuf types are the
+//! maintained `onnx-protobuf` crate's.
+
+use onnx_protobuf::{
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
+    AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto,
+    StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+
+use crate::arch::Neck;
+use crate::error::{ModelError, Result};
+use crate::ReidNet;
+
+/// BatchNorm epsilon of every BN in the net (torchvision's and the BNNeck's).
+const BN_EPS: f32 = 1e-5;
+
+/// Which feature the graph outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnnxFeature {
+    /// Global-average-pooled backbone feature.
+    Pool,
+    /// BNNeck output (the pooled feature when the net has no neck).
+    Neck,
+}
+
+/// The batch dimension of the input and output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnnxBatch {
+    Fixed(usize),
+    /// A named dimension (`batch`): any batch size.
+    Dynamic,
+}
+
+#[derive(Clone, Debug)]
+pub struct OnnxOptions {
+    pub feature: OnnxFeature,
+    pub batch: OnnxBatch,
+    /// Input height and width.
+    pub input: (usize, usize),
+    /// ONNX opset (13 or later: every op used is in opset 13).
+    pub opset: i64,
+    /// Fold every BatchNorm into its conv (weights and a bias) instead of BatchNormalization nodes.
+    pub fold_bn: bool,
+    /// The graph takes RGB values in [0, 255] and normalises them (ImageNet mean / std) itself;
+    /// otherwise it takes the normalised tensor a torchvision model takes.
+    pub bake_normalisation: bool,
+    /// Metadata properties (`reid.arch`, `reid.provenance`, …).
+    pub metadata: Vec<(String, String)>,
+}
+
+impl Default for OnnxOptions {
+    fn default() -> Self {
+        Self {
+            feature: OnnxFeature::Neck,
+            batch: OnnxBatch::Dynamic,
+            input: (256, 128),
+            opset: 13,
+            fold_bn: false,
+            bake_normalisation: false,
+            metadata: Vec::new(),
+        }
+    }
+}
+
+/// ImageNet normalisation of the inputs (torchvision's).
+pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Graph under construction: nodes, initializers, unique value names.
+struct Builder {
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+}
+
+fn attr_int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        type_: AttributeType::INT.into(),
+        i: v,
+        ..Default::default()
+    }
+}
+
+fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        type_: AttributeType::INTS.into(),
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn attr_float(name: &str, v: f32) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        type_: AttributeType::FLOAT.into(),
+        f: v,
+        ..Default::default()
+    }
+}
+
+fn float_tensor(name: &str, dims: &[usize], data: Vec<f32>) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: DataType::FLOAT as i32,
+        float_data: data,
+        ..Default::default()
+    }
+}
+
+fn value_info(name: &str, dims: &[Option<usize>]) -> ValueInfoProto {
+    let dim = |d: &Option<usize>| tensor_shape_proto::Dimension {
+        value: Some(match d {
+            Some(n) => tensor_shape_proto::dimension::Value::DimValue(*n as i64),
+            None => tensor_shape_proto::dimension::Value::DimParam("batch".into()),
+        }),
+        ..Default::default()
+    };
+    ValueInfoProto {
+        name: name.into(),
+        type_: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: DataType::FLOAT as i32,
+                shape: Some(TensorShapeProto {
+                    dim: dims.iter().map(dim).collect(),
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    }
+}
+
+impl Builder {
+    fn node(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: &[&str],
+        output: &str,
+        attrs: Vec<AttributeProto>,
+    ) -> String {
+        self.nodes.push(NodeProto {
+            op_type: op.into(),
+            name: name.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            attribute: attrs,
+            ..Default::default()
+        });
+        output.to_string()
+    }
+
+    fn init(&mut self, name: &str, dims: &[usize], data: Vec<f32>) -> String {
+        self.inits.push(float_tensor(name, dims, data));
+        name.to_string()
+    }
+}
+
+/// The f32 values of a named tensor of the net's state dict.
+fn tensor(sd: &[(String, candle_core::Tensor)], name: &str) -> Result<Vec<f32>> {
+    let t = sd
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, t)| t)
+        .ok_or_else(|| ModelError::Arch(format!("the net has no tensor {name}")))?;
+    let v = t
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(ModelError::Arch(format!(
+            "{name}[{i}] = {} is not finite: nothing to export",
+            v[i]
+        )));
+    }
+    Ok(v)
+}
+
+/// Per-channel scale and shift of an inference BatchNorm: y = x · scale + shift.
+fn bn_affine(sd: &[(String, candle_core::Tensor)], bn: &str) -> Result<(Vec<f32>, Vec<f32>)> {
+    let g = tensor(sd, &format!("{bn}.weight"))?;
+    let b = tensor(sd, &format!("{bn}.bias"))?;
+    let m = tensor(sd, &format!("{bn}.running_mean"))?;
+    let v = tensor(sd, &format!("{bn}.running_var"))?;
+    let scale: Vec<f32> = g
+        .iter()
+        .zip(&v)
+        .map(|(g, v)| g / (v + BN_EPS).sqrt())
+        .collect();
+    let shift = b
+        .iter()
+        .zip(&m)
+        .zip(&scale)
+        .map(|((b, m), s)| b - m * s)
+        .collect();
+    Ok((scale, shift))
+}
+
+/// The ONNX model of `net` as protobuf bytes.
+pub fn export(net: &ReidNet, opts: &OnnxOptions) -> Result<Vec<u8>> {
+    if opts.opset < 13 {
+        return Err(ModelError::Input(format!(
+            "--opset {}: 13 or later (the graph uses opset-13 operators)",
+            opts.opset
+        )));
+    }
+    let (h, w) = opts.input;
+    let spec = net.spec();
+    spec.check_input(h, w, false)?;
+    if let OnnxBatch::Fixed(0) = opts.batch {
+        return Err(ModelError::Input("batch 0: at least 1".into()));
+    }
+    let sd = net.state_dict()?;
+    let mut b = Builder {
+        nodes: Vec::new(),
+        inits: Vec::new(),
+    };
+    let mut x = "input".to_string();
+    if opts.bake_normalisation {
+        // (x / 255 − mean) / std = x · 1/(255 std) − mean/std
+        let scale: Vec<f32> = STD.iter().map(|s| 1.0 / (255.0 * s)).collect();
+        let shift: Vec<f32> = MEAN.iter().zip(&STD).map(|(m, s)| -m / s).collect();
+        let s = b.init("normalise.scale", &[1, 3, 1, 1], scale);
+        let t = b.init("normalise.shift", &[1, 3, 1, 1], shift);
+        let y = b.node(
+            "Mul",
+            "normalise.mul",
+            &[&x, &s],
+            "normalise.scaled",
+            vec![],
+        );
+        x = b.node("Add", "normalise.add", &[&y, &t], "normalised", vec![]);
+    }
+    // conv + BN (+ ReLU) of one ConvInfo
+    let conv_bn =
+        |b: &mut Builder, x: &str, c: &crate::arch::ConvInfo, relu: bool| -> Result<String> {
+            let wname = format!("{}.weight", c.name);
+            let weight = tensor(&sd, &wname)?;
+            let dims = [c.out_channels, c.in_channels, c.kernel, c.kernel];
+            let p = c.padding as i64;
+            let attrs = || {
+                vec![
+                    attr_ints("kernel_shape", &[c.kernel as i64, c.kernel as i64]),
+                    attr_ints("strides", &[c.stride as i64, c.stride as i64]),
+                    attr_ints("pads", &[p, p, p, p]),
+                ]
+            };
+            let y = if opts.fold_bn {
+                let (scale, shift) = bn_affine(&sd, &c.bn)?;
+                let per = c.in_channels * c.kernel * c.kernel;
+                let folded: Vec<f32> = weight
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| w * scale[i / per])
+                    .collect();
+                let wn = b.init(&wname, &dims, folded);
+                let bn = b.init(&format!("{}.bias", c.name), &[c.out_channels], shift);
+                b.node(
+                    "Conv",
+                    &c.name,
+                    &[x, &wn, &bn],
+                    &format!("{}.out", c.name),
+                    attrs(),
+                )
+            } else {
+                let wn = b.init(&wname, &dims, weight);
+                let y = b.node(
+                    "Conv",
+                    &c.name,
+                    &[x, &wn],
+                    &format!("{}.out", c.name),
+                    attrs(),
+                );
+                let names: Vec<String> = ["weight", "bias", "running_mean", "running_var"]
+                    .iter()
+                    .map(|t| {
+                        let n = format!("{}.{t}", c.bn);
+                        tensor(&sd, &n).map(|v| b.init(&n, &[c.out_channels], v))
+                    })
+                    .collect::<Result<_>>()?;
+                b.node(
+                    "BatchNormalization",
+                    &c.bn,
+                    &[&y, &names[0], &names[1], &names[2], &names[3]],
+                    &format!("{}.out", c.bn),
+                    vec![attr_float("epsilon", BN_EPS)],
+                )
+            };
+            Ok(if relu {
+                b.node(
+                    "Relu",
+                    &format!("{}.relu", c.name),
+                    &[&y],
+                    &format!("{}.relu", c.name),
+                    vec![],
+                )
+            } else {
+                y
+            })
+        };
+    let convs = spec.convs();
+    let find = |name: &str| {
+        convs
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| ModelError::Arch(format!("the architecture has no conv {name}")))
+    };
+    x = conv_bn(&mut b, &x, find("conv1")?, true)?;
+    x = b.node(
+        "MaxPool",
+        "maxpool",
+        &[&x],
+        "maxpool.out",
+        vec![
+            attr_ints("kernel_shape", &[3, 3]),
+            attr_ints("strides", &[2, 2]),
+            attr_ints("pads", &[1, 1, 1, 1]),
+        ],
+    );
+    for (s, blocks) in spec.stages.iter().enumerate() {
+        for (i, blk) in blocks.iter().enumerate() {
+            let prefix = format!("layer{}.{i}", s + 1);
+            let k = blk.widths.len();
+            let mut y = x.clone();
+            for j in 0..k {
+                y = conv_bn(
+                    &mut b,
+                    &y,
+                    find(&format!("{prefix}.conv{}", j + 1))?,
+                    j + 1 < k,
+                )?;
+            }
+            let shortcut = if blk.downsample {
+                conv_bn(&mut b, &x, find(&format!("{prefix}.downsample.0"))?, false)?
+            } else {
+                x.clone()
+            };
+            let sum = b.node(
+                "Add",
+                &format!("{prefix}.add"),
+                &[&y, &shortcut],
+                &format!("{prefix}.sum"),
+                vec![],
+            );
+            x = b.node(
+                "Relu",
+                &format!("{prefix}.relu"),
+                &[&sum],
+                &format!("{prefix}.out"),
+                vec![],
+            );
+        }
+    }
+    let gap = b.node("GlobalAveragePool", "avgpool", &[&x], "avgpool.out", vec![]);
+    let with_neck = opts.feature == OnnxFeature::Neck && spec.neck == Neck::BnNeck;
+    let pooled_name = if with_neck { "pool" } else { "feature" };
+    let pooled = b.node(
+        "Flatten",
+        "flatten",
+        &[&gap],
+        pooled_name,
+        vec![attr_int("axis", 1)],
+    );
+    if with_neck {
+        let c = spec.feature_dim;
+        if opts.fold_bn {
+            let (scale, shift) = bn_affine(&sd, "bnneck")?;
+            let s = b.init("bnneck.scale", &[c], scale);
+            let t = b.init("bnneck.shift", &[c], shift);
+            let y = b.node("Mul", "bnneck.mul", &[&pooled, &s], "bnneck.scaled", vec![]);
+            b.node("Add", "bnneck", &[&y, &t], "feature", vec![]);
+        } else {
+            let names: Vec<String> = ["weight", "bias", "running_mean", "running_var"]
+                .iter()
+                .map(|t| {
+                    let n = format!("bnneck.{t}");
+                    tensor(&sd, &n).map(|v| b.init(&n, &[c], v))
+                })
+                .collect::<Result<_>>()?;
+            b.node(
+                "BatchNormalization",
+                "bnneck",
+                &[&pooled, &names[0], &names[1], &names[2], &names[3]],
+                "feature",
+                vec![attr_float("epsilon", BN_EPS)],
+            );
+        }
+    }
+    let n = match opts.batch {
+        OnnxBatch::Fixed(n) => Some(n),
+        OnnxBatch::Dynamic => None,
+    };
+    let graph = GraphProto {
+        name: spec.name(),
+        node: b.nodes,
+        initializer: b.inits,
+        input: vec![value_info("input", &[n, Some(3), Some(h), Some(w)])],
+        output: vec![value_info("feature", &[n, Some(spec.feature_dim)])],
+        ..Default::default()
+    };
+    let model = ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: opts.opset,
+            ..Default::default()
+        }],
+        producer_name: "reid-prune".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        graph: Some(graph).into(),
+        metadata_props: opts
+            .metadata
+            .iter()
+            .map(|(k, v)| StringStringEntryProto {
+                key: k.clone(),
+                value: v.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    model
+        .write_to_bytes()
+        .map_err(|e| ModelError::Arch(format!("encoding the ONNX model: {e}")))
+}

@@ -1,0 +1,121 @@
+//! `reid-prune export`: a checkpoint as a standard ONNX graph (image tensor → re-ID feature).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use reid_model::onnx::{export, OnnxBatch, OnnxFeature, OnnxOptions};
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Feature {
+    /// The global-average-pooled backbone feature.
+    Pool,
+    /// The BNNeck output (the pooled feature for a net without a neck): what evaluation uses.
+    Neck,
+}
+
+/// Write a checkpoint (unpruned, pruned, or plain torchvision weights) as an ONNX model.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A reid-prune checkpoint, or plain torchvision/timm ResNet weights (.safetensors).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The .onnx file to write (atomically: a failed export leaves no file and replaces none).
+    #[arg(long)]
+    out: PathBuf,
+    /// The feature the graph outputs.
+    #[arg(long, value_enum, default_value = "neck")]
+    feature: Feature,
+    /// A fixed batch size (default: a dynamic batch dimension named `batch`).
+    #[arg(long, conflicts_with = "dynamic_batch")]
+    batch: Option<usize>,
+    /// A dynamic batch dimension (the default).
+    #[arg(long)]
+    dynamic_batch: bool,
+    /// Input HEIGHTxWIDTH.
+    #[arg(long, default_value = "256x128")]
+    input: reid_run::InputSize,
+    /// ONNX opset (13 or later).
+    #[arg(long, default_value_t = 13)]
+    opset: i64,
+    /// Fold every BatchNorm into its conv (fewer nodes; the same features to float rounding).
+    #[arg(long)]
+    fold_bn: bool,
+    /// Take RGB values in [0, 255] and normalise inside the graph (ImageNet mean/std);
+    /// without it the input is the normalised NCHW tensor a torchvision model takes.
+    #[arg(long)]
+    bake_normalisation: bool,
+    /// For plain weights: the architecture they must hold (checked).
+    #[arg(long)]
+    arch: Option<String>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let (net, provenance) =
+        reid_prune::prune_run::load_any(&a.checkpoint, a.arch.as_deref(), &Device::Cpu)
+            .with_context(|| format!("reading checkpoint {}", a.checkpoint.display()))?;
+    if a.out.is_dir() {
+        bail!(
+            "--out {}: is a folder; expected a file name such as model.onnx",
+            a.out.display()
+        );
+    }
+    let feature = match a.feature {
+        Feature::Pool => OnnxFeature::Pool,
+        Feature::Neck => OnnxFeature::Neck,
+    };
+    let opts = OnnxOptions {
+        feature,
+        batch: a.batch.map_or(OnnxBatch::Dynamic, OnnxBatch::Fixed),
+        input: a.input.hw(),
+        opset: a.opset,
+        fold_bn: a.fold_bn,
+        bake_normalisation: a.bake_normalisation,
+        metadata: vec![
+            (
+                reid_model::checkpoint::META_ARCH.into(),
+                serde_json::to_string(net.spec())?,
+            ),
+            (
+                reid_model::checkpoint::META_PROVENANCE.into(),
+                serde_json::to_string(&provenance)?,
+            ),
+            (
+                "reid.feature".into(),
+                format!("{:?}", a.feature).to_lowercase(),
+            ),
+            ("reid.input".into(), a.input.to_string()),
+            (
+                "reid.normalisation".into(),
+                if a.bake_normalisation {
+                    "in the graph: input is RGB in [0, 255]".into()
+                } else {
+                    format!(
+                        "expected: (RGB/255 - {:?}) / {:?}",
+                        reid_model::onnx::MEAN,
+                        reid_model::onnx::STD
+                    )
+                },
+            ),
+        ],
+    };
+    let bytes = export(&net, &opts).context("building the ONNX graph")?;
+    reid_run::write_atomic(&a.out, &bytes)?;
+    eprintln!(
+        "wrote {} ({:.1} MB): {} {}, input {}x3x{}, output {} x {} ({:?} feature)",
+        a.out.display(),
+        bytes.len() as f64 / 1e6,
+        net.spec().name(),
+        if provenance.parent.is_some() {
+            "(pruned or fine-tuned)"
+        } else {
+            ""
+        },
+        a.batch.map_or("batch".to_string(), |b| b.to_string()),
+        a.input,
+        a.batch.map_or("batch".to_string(), |b| b.to_string()),
+        net.spec().feature_dim,
+        a.feature
+    );
+    Ok(())
+}
