@@ -7,7 +7,7 @@
 //! shared by scenarios (the source-pruned model of S1 and S2, the fine-tuned model of S3) run once.
 //! Each grid cell gets a run folder `<out>/<scenario>/<criterion>-<level>/` (its format: the `reid-run` crate).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -390,6 +390,8 @@ pub struct Runner {
     wait_for_others: bool,
     /// Planning: steps are listed here instead of being run.
     plan: Option<Vec<PlannedStep>>,
+    /// Data fingerprints by root ([`crate::step_key::data_fingerprint`]), read once a run.
+    fingerprints: HashMap<PathBuf, String>,
 }
 
 /// A step's folder and key (the hash in its folder name).
@@ -451,7 +453,8 @@ const BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 /// flipped-kernel conv, lane-wise BN reductions (float rounding), channels-last latency (session 3).
 /// 4: Taylor scores from chunks of 8 images (float rounding can reorder near-ties; session 4).
 /// 5: keys are the hash of each step's full resolved config and its parents' keys (session 5).
-const STEP_ENGINE: u32 = 5;
+/// 6: keys hold the fingerprint of the data each step reads (session 6).
+const STEP_ENGINE: u32 = 6;
 
 impl Runner {
     pub fn new(cfg: ExperimentConfig) -> Result<Self> {
@@ -464,7 +467,23 @@ impl Runner {
             steps_reused: 0,
             wait_for_others: true,
             plan: None,
+            fingerprints: HashMap::new(),
         })
+    }
+
+    /// The fingerprint of the data under `root` (cached: the grid reads it once).
+    fn fingerprint(&mut self, root: &Path) -> Result<String> {
+        if let Some(f) = self.fingerprints.get(root) {
+            return Ok(f.clone());
+        }
+        if !root.exists() {
+            // planning a grid whose data is not there yet (a run checks its inputs first)
+            return Ok("absent".into());
+        }
+        let f = crate::step_key::data_fingerprint(root)
+            .with_context(|| format!("reading the dataset folder {}", root.display()))?;
+        self.fingerprints.insert(root.to_path_buf(), f.clone());
+        Ok(f)
     }
 
     /// The grid's steps with their keys, parents and state, without running anything (the
@@ -642,7 +661,9 @@ impl Runner {
     ) -> Result<StepOut> {
         rc.init_checkpoint = parent.map(StepOut::model);
         let mut work = rc.result_view()?;
+        let data = self.fingerprint(&rc.root)?;
         if let serde_json::Value::Object(m) = &mut work {
+            m.insert("data_fingerprint".into(), data.into());
             // the starting model is known by its parent's key (its path is where the steps live)
             m.remove("init_checkpoint");
             if let Some(e) = extra {
@@ -734,7 +755,9 @@ impl Runner {
             ..PruneConfig::default()
         };
         let mut work = pc.result_view()?;
+        let fingerprint = self.fingerprint(&data.root)?;
         if let serde_json::Value::Object(m) = &mut work {
+            m.insert("data_fingerprint".into(), fingerprint.into());
             m.remove("checkpoint"); // the parent's key stands for it
             if let Some(fixed) = (crate::method::method(criterion)?.rule)(&pc).fixed_settings() {
                 m.insert("method_settings".into(), fixed);
@@ -763,7 +786,11 @@ impl Runner {
         model: &StepOut,
         data: &DataRef,
     ) -> Result<(reid_run::EvalEntry, reid_run::stats::PerQuery)> {
-        let work = serde_json::json!({"data": data.identity(), "input": self.cfg.input});
+        let work = serde_json::json!({
+            "data": data.identity(),
+            "data_fingerprint": self.fingerprint(&data.root)?,
+            "input": self.cfg.input,
+        });
         let (h, w) = self.cfg.input.hw();
         let device = self.device.clone();
         let path = model.model();

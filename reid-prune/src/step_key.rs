@@ -28,6 +28,54 @@ pub fn key_hash(v: &Value) -> String {
     d.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
+/// A fingerprint of the data under `root`: the hash of every file's relative path, size and
+/// modification time (hidden files and folders skipped, symlinks followed as the loaders follow
+/// them), so that a dataset replaced or regenerated under the same path gives new step keys
+/// instead of the old results. Stat calls only: ~10 ms for a 13 000-image set.
+pub fn data_fingerprint(root: &std::path::Path) -> std::io::Result<String> {
+    fn walk(
+        root: &std::path::Path,
+        dir: &std::path::Path,
+        depth: usize,
+        h: &mut Sha256,
+    ) -> std::io::Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<std::io::Result<_>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let path = e.path();
+            let meta = std::fs::metadata(&path)?;
+            if meta.is_dir() {
+                // a symlink loop ends here rather than never
+                if depth < 16 {
+                    walk(root, &path, depth + 1, h)?;
+                }
+                continue;
+            }
+            let rel = path.strip_prefix(root).unwrap_or(&path);
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            h.update(rel.to_string_lossy().as_bytes());
+            h.update(b"\0");
+            h.update(meta.len().to_le_bytes());
+            h.update(mtime.to_le_bytes());
+        }
+        Ok(())
+    }
+    let mut h = Sha256::new();
+    walk(root, root, 0, &mut h)?;
+    Ok(h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 /// Leaves of a JSON value by dotted path (`train.schedule.base_lr` → `0.00035`).
 pub fn flatten_json(v: &Value) -> BTreeMap<String, String> {
     fn go(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {

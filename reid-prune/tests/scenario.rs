@@ -83,10 +83,33 @@ fn tiny_grid_runs_and_resumes_without_repeating_steps() {
         );
     }
     // a rerun (as after a crash) finds every step done
-    let mut again = Runner::new(cfg).unwrap();
+    let mut again = Runner::new(cfg.clone()).unwrap();
     let cells2 = again.run().unwrap();
     assert_eq!(again.steps_run, 0);
     assert_eq!(cells2.len(), 4);
+
+    // one training image of the target replaced under the same path: every step that reads the
+    // target is planned again, the source steps stay done
+    let train_dir = cfg.target.root.join("bounding_box_train");
+    let mut images: Vec<_> = std::fs::read_dir(&train_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    images.sort();
+    let bytes = std::fs::read(&images[0]).unwrap();
+    std::fs::write(&images[0], [bytes.as_slice(), &[0u8; 16]].concat()).unwrap();
+    let plan = Runner::new(cfg).unwrap().plan().unwrap();
+    use reid_prune::scenario::StepState;
+    for s in &plan {
+        let source_only = s.kind == "pretrain" || s.what.ends_with("on source");
+        let want = if source_only {
+            StepState::Done
+        } else {
+            StepState::Pending
+        };
+        assert_eq!(s.state, want, "{}", s.what);
+    }
+    assert!(plan.iter().any(|s| s.state == StepState::Pending));
 }
 
 #[test]
