@@ -37,6 +37,8 @@ pub struct PruneConfig {
     pub target: TargetKind,
     pub allocation: Allocation,
     pub floor: f64,
+    /// Kept widths in multiples of this (layerwise allocation; see `PruneTarget::round_to`).
+    pub round_to: usize,
     pub input: reid_run::InputSize,
     /// Data for data-driven criteria and retraining.
     pub dataset: Option<String>,
@@ -102,6 +104,7 @@ impl Default for PruneConfig {
             target: TargetKind::Flops,
             allocation: Allocation::Layerwise,
             floor: 1.0 / 16.0,
+            round_to: 1,
             input: reid_run::InputSize::new(256, 128),
             dataset: None,
             root: None,
@@ -332,6 +335,7 @@ pub fn run_prune_resumable(
         level: cfg.level,
         allocation: cfg.allocation,
         floor: cfg.floor,
+        round_to: cfg.round_to,
         input: (h, w),
     };
     target.validate()?;

@@ -39,8 +39,17 @@ pub struct PruneTarget {
     pub allocation: Allocation,
     /// A layer keeps at least this fraction of its original width (and at least 1 channel).
     pub floor: f64,
+    /// Layerwise allocation: every kept width a multiple of this (1 = any width). Runtimes
+    /// block channels by 8 or 16 (ONNX Runtime's NCHWc, cuDNN's tensor cores), so 38 kept
+    /// channels cost as much as 48 there; the level is still reached.
+    #[serde(default = "one")]
+    pub round_to: usize,
     /// Input height and width for FLOPs.
     pub input: (usize, usize),
+}
+
+fn one() -> usize {
+    1
 }
 
 impl PruneTarget {
@@ -56,6 +65,17 @@ impl PruneTarget {
                 "floor {} must be in [0, 1)",
                 self.floor
             )));
+        }
+        if self.round_to == 0 || self.round_to > 256 {
+            return Err(PruneError::Request(format!(
+                "round_to {}: expected a channel multiple from 1 to 256 (8 or 16 for most runtimes)",
+                self.round_to
+            )));
+        }
+        if self.round_to > 1 && self.allocation != Allocation::Layerwise {
+            return Err(PruneError::Request(
+                "round_to works with the layerwise allocation (global ranking removes single channels)".into(),
+            ));
         }
         Ok(())
     }
@@ -224,8 +244,11 @@ pub fn plan_with_groups(
                 units
                     .iter()
                     .map(|u| {
-                        ((u.base_width as f64 * (1.0 - r)).round() as usize)
-                            .clamp(floor(u), u.width)
+                        let m = target.round_to;
+                        let kept = u.base_width as f64 * (1.0 - r);
+                        // the nearest multiple of m, at least m (or the whole layer if narrower)
+                        let rounded = ((kept / m as f64).round() as usize * m).max(m);
+                        rounded.clamp(floor(u), u.width)
                     })
                     .collect()
             };

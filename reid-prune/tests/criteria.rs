@@ -76,6 +76,7 @@ fn lamp_ranks_like_l2_in_a_layer_compares_across_layers_and_prunes_globally() {
         level: 0.5,
         allocation: Allocation::Global,
         floor: 1.0 / 16.0,
+        round_to: 1,
         input: (64, 32),
     };
     let p = plan(spec, spec, &lamp, &target).unwrap();

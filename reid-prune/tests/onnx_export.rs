@@ -159,6 +159,7 @@ fn every_tiny_checkpoint_kind_runs_in_tract_with_our_features() {
             level: 0.5,
             allocation: Allocation::Layerwise,
             floor: 1.0 / 16.0,
+            round_to: 1,
             input: (64, 32),
         };
         let branch = plan_with_groups(net.spec(), net.spec(), &scores, None, &target).unwrap();

@@ -57,6 +57,7 @@ fn surgery_equals_masking_for_every_depth() {
                 level: 0.4,
                 allocation,
                 floor: 1.0 / 16.0,
+                round_to: 1,
                 input: (64, 32),
             };
             let p = plan(net.spec(), net.spec(), &scores, &target).unwrap();
@@ -114,6 +115,7 @@ fn resnet50_at_half_the_flops() {
             level: 0.5,
             allocation,
             floor: 1.0 / 16.0,
+            round_to: 1,
             input: (256, 128),
         };
         let p = plan(&spec, &spec, &scores, &target).unwrap();
@@ -159,6 +161,7 @@ fn bad_requests_are_refused() {
         level: 1.0,
         allocation: Allocation::Layerwise,
         floor: 1.0 / 16.0,
+        round_to: 1,
         input: (64, 32),
     };
     assert!(plan(net.spec(), net.spec(), &scores, &t)
@@ -192,6 +195,7 @@ fn auto_balanced_regulariser_moves_capacity_from_pruned_to_kept_channels() {
         level: 0.5,
         allocation: Allocation::Layerwise,
         floor: 1.0 / 16.0,
+        round_to: 1,
         input: (64, 32),
     };
     let p = plan(net.spec(), net.spec(), &l1, &target).unwrap();
@@ -310,6 +314,7 @@ fn residual_group_surgery_equals_masking_the_streams() {
                 level: 0.4,
                 allocation,
                 floor: 1.0 / 16.0,
+                round_to: 1,
                 input: (64, 32),
             };
             let p = plan_with_groups(net.spec(), net.spec(), &scores, Some(&gs), &target).unwrap();

@@ -27,6 +27,10 @@ pub struct Args {
     /// Minimum kept fraction of each layer's width.
     #[arg(long, default_value_t = 1.0 / 16.0)]
     floor: f64,
+    /// Keep every layer's width a multiple of this (layerwise allocation): 8 or 16 suit the
+    /// channel blocking of ONNX Runtime, oneDNN and tensor cores; 1 keeps any width.
+    #[arg(long, default_value_t = 1)]
+    round_to: usize,
     /// Also prune the residual streams (each stage's block outputs with its downsample and
     /// every reader), not only the convs inside the blocks.
     #[arg(long)]
@@ -72,6 +76,7 @@ pub fn run(a: Args) -> Result<()> {
         target: a.target,
         allocation: a.allocation,
         floor: a.floor,
+        round_to: a.round_to,
         residual_groups: a.residual_groups,
         input: a.input,
         dataset: a.dataset,
