@@ -6,12 +6,13 @@
 Makes its own venv (onnxruntime, numpy, pillow; `$REID_ONNX_VENV`, default
 ~/.cache/reid-prune/onnx-venv) and re-runs itself there. Then, with the release binaries:
 1. the golden torchvision ResNet-50 (../shared/golden) and its half-FLOPs prune
-   (`reid-prune prune --criterion l1 --level 0.5`, the paper's C1) are exported with
+   (`reid-prune prune --criterion l1 --level 0.5 [--round-to N]`, the paper's C1) are exported with
    `reid-prune export --dynamic-batch`;
 2. both run in ONNX Runtime on the golden PNGs; their features are compared with
    `reid-eval extract` on the same images (max |diff| relative to the feature scale, limit 1e-4);
-3. both are timed at 256x128, batch 1 and 32 (median of --iters, after a warm-up), and the
-   speed-up of the pruned model printed; `--json FILE` also writes the numbers.
+3. both are timed at 256x128, batch 1 and 32, in --iters alternating pairs after a warm-up; the
+   speed-up is the median of the per-pair ratios (with their range); `--json FILE` also writes
+   the numbers.
 Not part of CI (it downloads onnxruntime); its numbers go into BENCHMARKS.md.
 """
 import argparse
@@ -57,15 +58,16 @@ def main():
     ap.add_argument("--bin", default=str(ROOT / "target" / "release"))
     ap.add_argument("--work", default="/tmp/reid-onnx-check")
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--round-to", type=int, default=1, help="prune --round-to (kept widths in multiples)")
     ap.add_argument("--json")
     a = ap.parse_args()
     bin_ = Path(a.bin)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     weights = GOLDEN / "resnet50.safetensors"
-    pruned_dir = work / "pruned"
+    pruned_dir = work / f"pruned-round{a.round_to}"
     run([bin_ / "reid-prune", "prune", "--checkpoint", weights, "--arch", "resnet50", "--criterion", "l1",
-         "--level", "0.5", "--out", pruned_dir, "--overwrite"])
+         "--level", "0.5", "--round-to", a.round_to, "--out", pruned_dir, "--overwrite"])
     models = {"unpruned": weights, "pruned": pruned_dir / "model.safetensors"}
 
     # the golden PNGs, exactly 256x128: no resize, the same pixels in both
@@ -76,9 +78,10 @@ def main():
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    results = {"onnxruntime": ort.__version__, "threads": os.cpu_count(), "models": {}}
+    results = {"onnxruntime": ort.__version__, "threads": os.cpu_count(), "round_to": a.round_to, "models": {}}
+    sessions = {}
     for name, ck in models.items():
-        onnx = work / f"{name}.onnx"
+        onnx = work / (f"{name}.onnx" if name == "unpruned" else f"pruned-round{a.round_to}.onnx")
         run([bin_ / "reid-prune", "export", "--checkpoint", ck, "--out", onnx, "--feature", "pool",
              "--dynamic-batch", "--fold-bn"])
         feats = work / f"{name}-features.safetensors"
@@ -88,24 +91,31 @@ def main():
         sess = ort.InferenceSession(str(onnx), so, providers=["CPUExecutionProvider"])
         got = sess.run(None, {"input": x})[0]
         rel = float(np.abs(got - ours).max() / max(np.abs(ours).max(), 1e-6))
-        times = {}
-        for batch in (1, 32):
-            xb = np.random.default_rng(0).standard_normal((batch, 3, 256, 128), dtype=np.float32)
+        sessions[name] = sess
+        results["models"][name] = {"max_rel_diff": rel, "onnx_mb": onnx.stat().st_size / 1e6}
+        print(f"{name:9} features: max rel diff vs reid-eval {rel:.2e}")
+    # paired, alternating runs: each pair times both models back to back, so that a slow moment
+    # of the machine slows both; the speed-up is the median of the per-pair ratios
+    for batch in (1, 32):
+        xb = np.random.default_rng(0).standard_normal((batch, 3, 256, 128), dtype=np.float32)
+        for sess in sessions.values():
             sess.run(None, {"input": xb})
-            ts = []
-            for _ in range(a.iters):
+        times = {name: [] for name in sessions}
+        for _ in range(a.iters):
+            for name, sess in sessions.items():
                 t = time.perf_counter()
                 sess.run(None, {"input": xb})
-                ts.append(time.perf_counter() - t)
-            times[f"batch{batch}_ms"] = 1000 * statistics.median(ts)
-        results["models"][name] = {"max_rel_diff": rel, **times, "onnx_mb": onnx.stat().st_size / 1e6}
-        print(f"{name:9} max rel diff vs reid-eval {rel:.2e}  batch 1 {times['batch1_ms']:8.2f} ms  "
-              f"batch 32 {times['batch32_ms']:9.2f} ms")
-    u, p = results["models"]["unpruned"], results["models"]["pruned"]
-    for b in ("batch1_ms", "batch32_ms"):
-        results[f"speedup_{b[:-3]}"] = u[b] / p[b]
-    print(f"ONNX Runtime {ort.__version__}: pruned speed-up {results['speedup_batch1']:.2f}x at batch 1, "
-          f"{results['speedup_batch32']:.2f}x at batch 32")
+                times[name].append(time.perf_counter() - t)
+        ratios = sorted(u / p for u, p in zip(times["unpruned"], times["pruned"]))
+        for name in sessions:
+            results["models"][name][f"batch{batch}_ms"] = 1000 * statistics.median(times[name])
+        results[f"speedup_batch{batch}"] = statistics.median(ratios)
+        results[f"speedup_batch{batch}_range"] = [ratios[0], ratios[-1]]
+        print(f"batch {batch:2}: unpruned {results['models']['unpruned'][f'batch{batch}_ms']:8.2f} ms, "
+              f"pruned {results['models']['pruned'][f'batch{batch}_ms']:8.2f} ms (medians); "
+              f"speed-up {statistics.median(ratios):.2f}x (pairs {ratios[0]:.2f}-{ratios[-1]:.2f})")
+    print(f"ONNX Runtime {ort.__version__}, prune --round-to {a.round_to}: pruned speed-up "
+          f"{results['speedup_batch1']:.2f}x at batch 1, {results['speedup_batch32']:.2f}x at batch 32")
     ok = all(m["max_rel_diff"] <= 1e-4 for m in results["models"].values())
     print("features equal ours (<= 1e-4 relative):", "yes" if ok else "NO")
     if a.json:
