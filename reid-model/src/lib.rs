@@ -6,11 +6,12 @@
 //! - [`hub`]: torchvision/timm ImageNet weights from a path or a hub id;
 //! - [`complexity`]: MACs / FLOPs / parameters per layer, backbone and head apart;
 //! - [`train`]: losses, checkpointable optimisers, schedules; `alloc` / [`process`]: what the
-//!   binaries share (allocator with a 1 s purge delay, default SIGPIPE).
+//!   binaries share (allocator with a 1 s purge delay, default SIGPIPE);
+//! - `onnx` (feature `onnx`): any net as a standard ONNX graph, image tensor to re-ID feature.
 //!
 //! Features: `hub` (default; hub ids through hf-hub, otherwise local files only), `cli`
 //! (clap value enums for front ends), `fast-alloc` (mimalloc for binaries; the `bench` binary
-//! needs `cli` and `fast-alloc`), `cuda` / `cudnn`.
+//! needs `cli` and `fast-alloc`), `onnx` (ONNX export), `cuda` / `cudnn`.
 
 #[cfg(feature = "fast-alloc")]
 pub mod alloc;

@@ -19,6 +19,10 @@
 //! folder, created exclusively, synced, renamed over the target, the folder synced; a failing
 //! write leaves the old file as it was. Metrics are checked ([`RunMetrics::validate`]) before
 //! they are written and when they are read.
+//!
+//! [`stats`] holds the bootstrap intervals over query identities (single and paired) and the
+//! spread over seeds; [`claims`] judges the paper's claims on run folders (the grid prints it,
+//! the report opens with it).
 
 pub mod atomic;
 pub mod claims;
