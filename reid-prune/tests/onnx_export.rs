@@ -2,31 +2,19 @@
 //! pruned branch convs, pruned residual groups, plain torchvision weights) run in tract, a
 //! pure-Rust ONNX runtime, gives our features; broken input gets a clear error and no file.
 
+use common::trained_tiny;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::{Device, Tensor};
 use reid_model::checkpoint::{read_safetensors, save_checkpoint, Provenance};
-use reid_model::{ArchSpec, Neck, ReidNet};
+use reid_model::{ArchSpec, ReidNet};
 use reid_prune::criterion::{by_name, group_scores};
 use reid_prune::strategy::{plan_with_groups, Allocation, PruneTarget, TargetKind};
 use reid_prune::surgery::apply;
 use tract_onnx::prelude::*;
 
-fn trained_tiny(depth: usize) -> ReidNet {
-    let dev = Device::Cpu;
-    let spec = ArchSpec::resnet_with(depth, 5, 0.125, 1, Neck::BnNeck).unwrap();
-    let net = ReidNet::new(&spec, &dev, depth as u64).unwrap();
-    // BN statistics away from the identity
-    for _ in 0..2 {
-        net.forward_t(
-            &Tensor::randn(0.3f32, 1.0, (4, 3, 64, 32), &dev).unwrap(),
-            true,
-        )
-        .unwrap();
-    }
-    net
-}
+mod common;
 
 fn export(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_reid-prune"))
@@ -149,7 +137,7 @@ fn check(net: &ReidNet, dir: &Path, what: &str) {
 fn every_tiny_checkpoint_kind_runs_in_tract_with_our_features() {
     let tmp = tempfile::tempdir().unwrap();
     for depth in [18, 34, 50] {
-        let net = trained_tiny(depth);
+        let net = trained_tiny(depth, 0.125);
         check(&net, tmp.path(), &format!("resnet{depth}"));
         let random = by_name("random", 7).unwrap();
         let scores = random.scores(&net, &net.prunable_convs(), None).unwrap();
@@ -213,7 +201,7 @@ fn the_golden_torchvision_resnet50_exports_to_its_reference_features() {
 #[test]
 fn broken_checkpoints_and_bad_options_leave_no_onnx_file() {
     let tmp = tempfile::tempdir().unwrap();
-    let net = trained_tiny(18);
+    let net = trained_tiny(18, 0.125);
     let ck = tmp.path().join("good.safetensors");
     save_checkpoint(&net, &ck, &Provenance::new()).unwrap();
     let bytes = std::fs::read(&ck).unwrap();

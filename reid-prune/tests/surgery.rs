@@ -1,26 +1,14 @@
 //! Surgery removes channels for real and computes exactly what masking them computes.
 
 use candle_core::{Device, Tensor};
+use common::trained_tiny;
 use reid_model::complexity::complexity;
 use reid_model::{ActivationTrace, ArchSpec, Neck, ReidNet};
 use reid_prune::criterion::by_name;
 use reid_prune::strategy::{plan, Allocation, PrunePlan, PruneTarget, TargetKind};
 use reid_prune::surgery::apply;
 
-fn trained_tiny(depth: usize) -> ReidNet {
-    let dev = Device::Cpu;
-    let spec = ArchSpec::resnet_with(depth, 5, 0.25, 1, Neck::BnNeck).unwrap();
-    let net = ReidNet::new(&spec, &dev, depth as u64).unwrap();
-    // move BN statistics away from the identity
-    for _ in 0..2 {
-        net.forward_t(
-            &Tensor::randn(0.3f32, 1.0, (4, 3, 64, 32), &dev).unwrap(),
-            true,
-        )
-        .unwrap();
-    }
-    net
-}
+mod common;
 
 /// Masks keeping, in every prunable conv's post-BN activation, the channels the plan keeps.
 fn branch_masks(net: &ReidNet, p: &PrunePlan) -> ActivationTrace {
@@ -46,7 +34,7 @@ fn max_abs(t: &Tensor) -> f32 {
 fn surgery_equals_masking_for_every_depth() {
     let dev = Device::Cpu;
     for depth in [18, 34, 50] {
-        let net = trained_tiny(depth);
+        let net = trained_tiny(depth, 0.25);
         let scores = by_name("random", 3)
             .unwrap()
             .scores(&net, &net.prunable_convs(), None)
@@ -151,7 +139,7 @@ fn resnet50_at_half_the_flops() {
 
 #[test]
 fn bad_requests_are_refused() {
-    let net = trained_tiny(18);
+    let net = trained_tiny(18, 0.25);
     let scores = by_name("l1", 0)
         .unwrap()
         .scores(&net, &net.prunable_convs(), None)
@@ -184,7 +172,7 @@ fn bad_requests_are_refused() {
 #[test]
 fn auto_balanced_regulariser_moves_capacity_from_pruned_to_kept_channels() {
     use reid_prune::method::auto_balanced::BalancedRegularizer;
-    let net = trained_tiny(18);
+    let net = trained_tiny(18, 0.25);
     let layers = net.prunable_convs();
     let l1 = by_name("l1", 0)
         .unwrap()
@@ -272,7 +260,7 @@ fn psfp_zeroes_the_weakest_filters_on_a_growing_schedule() {
         .map(|e| progressive_fraction_with(e, 8, 0.125))
         .collect();
     assert!(f[1] - f[0] > f[7] - f[6], "{f:?}");
-    let net = trained_tiny(18);
+    let net = trained_tiny(18, 0.25);
     let layer = net.prunable_convs()[1].clone();
     let rates = std::collections::BTreeMap::from([(layer.conv.clone(), 0.5)]);
     let zero_filters = |net: &ReidNet| -> usize {
@@ -304,7 +292,7 @@ fn residual_group_surgery_equals_masking_the_streams() {
     use reid_prune::strategy::plan_with_groups;
     let dev = Device::Cpu;
     for depth in [18, 34, 50] {
-        let net = trained_tiny(depth);
+        let net = trained_tiny(depth, 0.25);
         let random = by_name("random", 5).unwrap();
         let scores = random.scores(&net, &net.prunable_convs(), None).unwrap();
         let gs = group_scores(random.as_ref(), &net, None).unwrap();
@@ -401,7 +389,7 @@ fn residual_group_surgery_equals_masking_the_streams() {
 #[test]
 fn data_criteria_score_residual_groups_on_the_stream() {
     use reid_prune::criterion::{group_scores, ScoreData};
-    let net = trained_tiny(18);
+    let net = trained_tiny(18, 0.25);
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 1.0, (6, 3, 64, 32), &dev).unwrap();
     let labels = Tensor::from_vec(vec![0u32, 1, 2, 3, 4, 0], 6, &dev).unwrap();

@@ -1,4 +1,5 @@
-//! Helpers shared by the grid tests: tiny synthetic domains, bit-exact weight comparison.
+//! Helpers shared by the tests: tiny synthetic domains, tiny nets with trained BN statistics,
+//! bit-exact weight comparison.
 
 use std::path::Path;
 
@@ -137,4 +138,23 @@ pub fn grid_command(config: &Path) -> std::process::Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     c
+}
+
+/// A tiny ResNet (5 classes, BNNeck) whose BN statistics were moved away from the identity by two
+/// train-mode passes, seeded by its depth.
+#[allow(dead_code)]
+pub fn trained_tiny(depth: usize, width_mult: f64) -> reid_model::ReidNet {
+    use candle_core::{Device, Tensor};
+    let dev = Device::Cpu;
+    let spec = reid_model::ArchSpec::resnet_with(depth, 5, width_mult, 1, reid_model::Neck::BnNeck)
+        .unwrap();
+    let net = reid_model::ReidNet::new(&spec, &dev, depth as u64).unwrap();
+    for _ in 0..2 {
+        net.forward_t(
+            &Tensor::randn(0.3f32, 1.0, (4, 3, 64, 32), &dev).unwrap(),
+            true,
+        )
+        .unwrap();
+    }
+    net
 }
