@@ -7,11 +7,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use reid_data::{ImageBatch, Preprocess};
-use reid_model::checkpoint::{
-    arch_from_metadata, load_checkpoint, read_safetensors, write_atomic, META_ARCH,
-};
-use reid_model::hub::infer_backbone_spec;
-use reid_model::ReidNet;
+use reid_model::checkpoint::write_atomic;
+use reid_model::{load_weights, LoadOptions, ReidNet};
 
 /// Which feature to return.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -31,37 +28,8 @@ pub fn load_model_for_inference(
     last_stride: usize,
     device: &Device,
 ) -> Result<ReidNet> {
-    let file = read_safetensors(weights, device)?;
-    let net = if file.metadata.contains_key(META_ARCH) {
-        arch_from_metadata(weights, &file.metadata)?;
-        load_checkpoint(weights, device, false)?.net
-    } else {
-        let tensors: HashMap<String, Tensor> = file
-            .tensors
-            .into_iter()
-            .filter(|(k, _)| !k.starts_with("fc.") && !k.ends_with("num_batches_tracked"))
-            .collect();
-        let spec = infer_backbone_spec(weights, &tensors, last_stride)?;
-        let report = reid_model::checkpoint::MismatchReport::compare(&spec, &tensors, |_| false);
-        if !report.is_empty() {
-            bail!(
-                "{}: not a plain ResNet state dict:\n{report}",
-                weights.display()
-            );
-        }
-        ReidNet::from_tensors_frozen(&spec, &tensors, device)?
-    };
-    if let Some(a) = arch {
-        let want = a.trim().to_ascii_lowercase();
-        if want != net.spec().name() {
-            bail!(
-                "{}: --arch {a} given, but the file holds a {}",
-                weights.display(),
-                net.spec().name()
-            );
-        }
-    }
-    Ok(net)
+    let opts = LoadOptions::inference(last_stride).expecting(arch);
+    Ok(load_weights(weights, &opts, device)?.net)
 }
 
 fn progress(len: usize, msg: &str) -> ProgressBar {

@@ -358,7 +358,7 @@ pub fn checkpoint_with_extra(
     })
 }
 
-fn checkpoint_from_file(
+pub(crate) fn checkpoint_from_file(
     file: TensorFile,
     device: &Device,
     trainable: bool,

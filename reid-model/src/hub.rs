@@ -12,7 +12,6 @@ use candle_core::{Device, Tensor};
 use hf_hub::{Cache, Repo, RepoType};
 
 use crate::arch::{stage_blocks, ArchSpec, BlockKind, BlockSpec, Neck};
-use crate::checkpoint::{read_safetensors, MismatchReport};
 use crate::error::{ModelError, Result};
 use crate::net::ReidNet;
 
@@ -220,29 +219,10 @@ pub fn load_imagenet(
 
 /// [`load_imagenet`] from a resolved local file.
 pub fn load_imagenet_file(path: &Path, head: HeadOptions, device: &Device) -> Result<ReidNet> {
-    let path = path.to_path_buf();
-    let file = read_safetensors(&path, device)?;
-    let mut tensors: HashMap<String, Tensor> = file
-        .tensors
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with("fc.") && !k.ends_with("num_batches_tracked"))
-        .collect();
-    for (name, t) in &tensors {
-        crate::checkpoint::check_finite(&path, name, t)?;
-    }
-    let mut spec = infer_backbone_spec(&path, &tensors, head.last_stride)?;
-    let report = MismatchReport::compare(&spec, &tensors, |_| false);
-    if !report.is_empty() {
-        return Err(ModelError::Mismatch {
-            path,
-            report: report.to_string(),
-        });
-    }
-    spec.num_classes = head.num_classes;
-    spec.neck = head.neck;
-    // Head tensors are absent from the map, so the builder initialises them.
-    tensors.retain(|k, _| !k.starts_with("bnneck.") && !k.starts_with("classifier."));
-    ReidNet::from_tensors_trainable(&spec, &tensors, device, head.seed)
+    Ok(
+        crate::weights::load_weights(path, &crate::weights::LoadOptions::imagenet(head), device)?
+            .net,
+    )
 }
 
 #[cfg(test)]

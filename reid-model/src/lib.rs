@@ -4,6 +4,7 @@
 //! - [`net::ReidNet`]: stem, four stages, GAP, BNNeck, classifier; train/eval BN; activation hooks;
 //! - [`checkpoint`]: `model.safetensors` with `reid.arch` / `reid.provenance` metadata, atomic writes;
 //! - [`hub`]: torchvision/timm ImageNet weights from a path or a hub id;
+//! - [`weights`]: the one loader of any weights file (checkpoint or plain state dict), strict;
 //! - [`complexity`]: MACs / FLOPs / parameters per layer, backbone and head apart;
 //! - [`train`]: losses, checkpointable optimisers, schedules; `alloc` / [`process`]: what the
 //!   binaries share (allocator with a 1 s purge delay, default SIGPIPE);
@@ -28,11 +29,13 @@ pub mod onnx;
 pub mod ops;
 pub mod process;
 pub mod train;
+pub mod weights;
 
 pub use arch::{ArchSpec, BlockKind, BlockSpec, Neck, PrunableConv, ResidualGroup};
 pub use checkpoint::{load_checkpoint, save_checkpoint, Checkpoint, Provenance};
 pub use error::{ModelError, Result};
 pub use net::{ActivationTrace, InferenceLayout, ReidNet, ReidOutput};
+pub use weights::{load_weights, LoadOptions, LoadedWeights, PlainFc};
 
 /// ImageNet channel statistics used by torchvision's `Normalize`.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];

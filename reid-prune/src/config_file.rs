@@ -5,13 +5,27 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 /// Read and parse a TOML config file; errors name the file, the key and what was expected.
 /// A top-level `base = "other.toml"` (a path relative to the file; fast-reid's `_BASE_`) is
 /// read first and this file's keys are laid over it, tables merged key by key.
 pub fn read_toml<T: DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
+    read_toml_with(path, what, &[])
+}
+
+/// [`read_toml`] with `--set` overrides laid over the file (and its bases) before it is parsed,
+/// so an override is checked exactly like a key of the file.
+pub fn read_toml_with<T: DeserializeOwned>(
+    path: &Path,
+    what: &str,
+    sets: &[SetOverride],
+) -> Result<T> {
     let mut chain = Vec::new();
-    let table = read_with_bases(path, &mut chain)?;
+    let mut table = read_with_bases(path, &mut chain)?;
+    for s in sets {
+        s.apply(&mut table)?;
+    }
     let text = toml::to_string(&table).context("re-serialising the merged config")?;
     let files = if chain.len() > 1 {
         format!(" (with its base {})", display_list(&chain[1..]))
@@ -80,6 +94,87 @@ fn merge_into(base: &mut toml::Table, over: toml::Table) {
             }
         }
     }
+}
+
+/// One `--set KEY=VALUE` (fast-reid's command-line `opts`): any field of a config by its TOML
+/// path (`train.schedule.base_lr=0.01`, `batch_pk="8x4"`), without a flag for each field. The
+/// value is read as a TOML value (number, bool, array, quoted string); anything else is a string.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SetOverride {
+    path: Vec<String>,
+    value: toml::Value,
+}
+
+impl std::str::FromStr for SetOverride {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (key, value) = s
+            .split_once('=')
+            .ok_or_else(|| format!("'{s}': expected KEY=VALUE, e.g. train.epochs=10"))?;
+        let path: Vec<String> = key
+            .trim()
+            .split('.')
+            .map(|p| p.trim().to_string())
+            .collect();
+        if path.iter().any(|p| p.is_empty()) {
+            return Err(format!(
+                "'{s}': the key '{key}' has an empty part; expected a dotted path such as train.epochs"
+            ));
+        }
+        let value = value.trim();
+        let value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+            Ok(mut t) => t
+                .remove("v")
+                .unwrap_or_else(|| toml::Value::String(value.into())),
+            Err(_) => toml::Value::String(value.to_string()),
+        };
+        Ok(Self { path, value })
+    }
+}
+
+impl SetOverride {
+    fn key(&self) -> String {
+        self.path.join(".")
+    }
+
+    /// Set the value at the path, creating tables on the way (an unknown key is then refused
+    /// by the typed parse, with the nearest valid one).
+    fn apply(&self, table: &mut toml::Table) -> Result<()> {
+        let (last, parents) = self.path.split_last().context("empty --set key")?;
+        let mut t = table;
+        for (i, p) in parents.iter().enumerate() {
+            let entry = t
+                .entry(p.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            t = match entry {
+                toml::Value::Table(inner) => inner,
+                other => anyhow::bail!(
+                    "--set {}: '{}' is {} {other}, not a table of fields",
+                    self.key(),
+                    self.path[..=i].join("."),
+                    other.type_str()
+                ),
+            };
+        }
+        t.insert(last.clone(), self.value.clone());
+        Ok(())
+    }
+}
+
+/// `cfg` with `sets` laid over it, parsed again as `T` (so every check of a config file holds).
+/// Fields that are not serialised (`#[serde(skip)]`) come back as their defaults: set them after.
+pub fn with_overrides<T: Serialize + DeserializeOwned>(cfg: T, sets: &[SetOverride]) -> Result<T> {
+    if sets.is_empty() {
+        return Ok(cfg);
+    }
+    let mut table = toml::Table::try_from(&cfg).context("serialising the config")?;
+    for s in sets {
+        s.apply(&mut table)?;
+    }
+    let keys: Vec<String> = sets.iter().map(SetOverride::key).collect();
+    let text = toml::to_string(&table).context("re-serialising the config")?;
+    parse_toml(&text).with_context(|| format!("--set {}", keys.join(", ")))
 }
 
 /// Parse TOML text; an unknown key gets a "did you mean" hint.
@@ -210,6 +305,77 @@ mod tests {
         );
         assert!(e.contains("loop"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn set_overrides_reach_any_field_and_are_checked_like_the_file() {
+        let sets: Vec<SetOverride> = ["train.schedule.base_lr=0.01", "batch_pk=\"8x4\"", "seed=7"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let cfg = with_overrides(RunConfig::default(), &sets).unwrap();
+        assert_eq!(cfg.train.schedule.base_lr, 0.01);
+        assert_eq!(cfg.batch_pk, reid_run::PkBatch::new(8, 4));
+        assert_eq!(cfg.seed, 7);
+        // An unquoted string value is a string.
+        let cfg = with_overrides(RunConfig::default(), &["batch_pk=4x8".parse().unwrap()]).unwrap();
+        assert_eq!(cfg.batch_pk, reid_run::PkBatch::new(4, 8));
+        let e = format!(
+            "{:#}",
+            with_overrides(RunConfig::default(), &["train.epoch=3".parse().unwrap()]).unwrap_err()
+        );
+        assert!(
+            e.contains("--set train.epoch") && e.contains("did you mean `epochs`"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            with_overrides(RunConfig::default(), &["seed.x=3".parse().unwrap()]).unwrap_err()
+        );
+        assert!(e.contains("'seed' is integer"), "{e}");
+        let e = format!(
+            "{:#}",
+            with_overrides(RunConfig::default(), &["batch_pk=99x0".parse().unwrap()]).unwrap_err()
+        );
+        assert!(e.contains("--set batch_pk") && e.contains("99x0"), "{e}");
+        assert!("epochs"
+            .parse::<SetOverride>()
+            .unwrap_err()
+            .contains("KEY=VALUE"));
+        assert!("train..epochs=1"
+            .parse::<SetOverride>()
+            .unwrap_err()
+            .contains("empty part"));
+    }
+
+    #[test]
+    fn set_overrides_lie_over_a_file_and_its_base() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("base.toml"),
+            "seed = 3\nepochs_unused = 1\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("run.toml"), "base = \"base.toml\"\n").unwrap();
+        // The base's misspelt key is still refused, whatever the overrides.
+        let e = format!(
+            "{:#}",
+            read_toml_with::<RunConfig>(
+                &dir.path().join("run.toml"),
+                "run config",
+                &["seed=4".parse().unwrap()]
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("epochs_unused"), "{e}");
+        std::fs::write(dir.path().join("base.toml"), "seed = 3\n").unwrap();
+        let cfg: RunConfig = read_toml_with(
+            &dir.path().join("run.toml"),
+            "run config",
+            &["seed=4".parse().unwrap()],
+        )
+        .unwrap();
+        assert_eq!(cfg.seed, 4);
     }
 
     #[test]

@@ -13,11 +13,10 @@ use reid_data::datasets::load as load_dataset;
 use reid_data::loader::{epoch_batches, Augment, Sampling};
 use reid_data::Preprocess;
 use reid_model::checkpoint::{
-    file_sha256, load_checkpoint, read_safetensors, save_checkpoint, Provenance, META_ARCH,
+    file_sha256, load_checkpoint, read_safetensors, save_checkpoint, Provenance,
 };
 use reid_model::complexity::complexity;
-use reid_model::hub::infer_backbone_spec;
-use reid_model::{ArchSpec, ReidNet};
+use reid_model::{load_weights, ArchSpec, LoadOptions, ReidNet};
 use serde::{Deserialize, Serialize};
 
 use crate::criterion::ScoreData;
@@ -25,53 +24,99 @@ use crate::strategy::{plan_with_groups, Allocation, PruneTarget, TargetKind};
 use crate::surgery::apply;
 use crate::training::{run_training, run_training_with, RunConfig};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A pruning run. The same type is the `prune` command's flags (clap) and the config saved in the
+/// run folder (serde); the flags' defaults are [`PruneConfig::default`]'s.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default)]
 pub struct PruneConfig {
+    /// A reid-prune checkpoint, or torchvision/timm weights (check them with --arch).
+    #[arg(long)]
     pub checkpoint: PathBuf,
     /// For plain torchvision/timm weights: the architecture they hold (checked).
+    #[arg(long)]
     pub arch: Option<String>,
+    /// The pruning method: a criterion (cut, then retrain) or a training-time method.
+    #[arg(long, value_parser = crate::method::method_values(), default_value_t = defaults().criterion)]
     pub criterion: String,
-    /// Fraction of the target quantity to remove, in (0, 1).
+    /// Fraction of the target to remove, in (0, 1): 0.5 halves the FLOPs.
+    #[arg(long, default_value_t = defaults().level)]
     pub level: f64,
+    /// What the level is a fraction of.
+    #[arg(long, value_enum, default_value_t = defaults().target)]
     pub target: TargetKind,
+    /// layerwise: the same rate in every layer (the paper's); global: one ranking across layers.
+    #[arg(long, value_enum, default_value_t = defaults().allocation)]
     pub allocation: Allocation,
+    /// Minimum kept fraction of each layer's width.
+    #[arg(long, default_value_t = defaults().floor)]
     pub floor: f64,
-    /// Kept widths in multiples of this (layerwise allocation; see `PruneTarget::round_to`).
+    /// Keep every layer's width a multiple of this (layerwise allocation): 8 or 16 suit the
+    /// channel blocking of ONNX Runtime, oneDNN and tensor cores; 1 keeps any width.
+    #[arg(long, default_value_t = defaults().round_to)]
     pub round_to: usize,
+    /// Input HEIGHTxWIDTH the FLOPs are counted at (and data is scored at).
+    #[arg(long, default_value_t = defaults().input)]
     pub input: reid_run::InputSize,
-    /// Data for data-driven criteria and retraining.
+    /// Dataset for data-driven criteria and retraining.
+    #[arg(long)]
     pub dataset: Option<String>,
+    /// The dataset's folder.
+    #[arg(long)]
     pub root: Option<PathBuf>,
-    /// Or a batch file with tensors `x` (and `labels`).
+    /// A batch file (tensors x, labels) for data-driven criteria.
+    #[arg(long)]
     pub batch: Option<PathBuf>,
-    /// Images used to score channels (data criteria).
+    /// Images used to score channels (data-driven criteria).
+    #[arg(long, default_value_t = defaults().score_images)]
     pub score_images: usize,
-    /// Iterative pruning: remove the level in steps of this fraction (None = prune once).
+    /// Iterative pruning: remove the level in steps of this size (e.g. 0.05).
+    #[arg(long)]
     pub step: Option<f64>,
-    /// Retraining epochs after each pruning step (needs a dataset).
+    /// Retraining epochs after each cut (needs --dataset and --root).
+    #[arg(long, default_value_t = defaults().retrain_epochs)]
     pub retrain_epochs: usize,
     /// Base learning rate of retraining.
+    #[arg(long, default_value_t = defaults().retrain_lr)]
     pub retrain_lr: f64,
+    /// PxK identities x images per re-ID retraining batch.
+    #[arg(long, default_value_t = defaults().batch_pk)]
     pub batch_pk: reid_run::PkBatch,
-    /// Retraining task: re-ID on a re-ID dataset, classification on a source (imagefolder) set.
+    /// Retraining task: reid on a re-ID dataset, classify on a source (imagefolder) set.
+    #[arg(long, value_enum, default_value_t = defaults().retrain_task)]
     pub retrain_task: reid_model::train::Task,
-    /// Batch size of classification retraining.
+    /// Images a batch of classification retraining.
+    #[arg(long, default_value_t = defaults().batch_size)]
     pub batch_size: usize,
-    /// Augmentation of retraining.
+    /// Augmentation of retraining (config files only).
+    #[arg(skip = defaults().retrain_augment)]
     pub retrain_augment: Augment,
+    /// Seed of the random criterion, scoring images and retraining.
+    #[arg(long, default_value_t = defaults().seed)]
     pub seed: u64,
+    /// cpu or cuda:N
+    #[arg(long, default_value_t = defaults().device)]
     pub device: reid_run::DeviceSpec,
+    /// The run folder to write (not the checkpoint's own folder).
+    #[arg(long)]
     pub out: PathBuf,
     /// α of the auto-balanced regulariser.
+    #[arg(long, default_value_t = defaults().balance_alpha)]
     pub balance_alpha: f64,
-    /// Also prune residual streams (block outputs, downsamples, their readers, the head).
+    /// Also prune the residual streams (each stage's block outputs with its downsample and
+    /// every reader), not only the convs inside the blocks.
+    #[arg(long)]
     pub residual_groups: bool,
     /// Checkpoint retraining inside its epochs at least this often (seconds).
+    #[arg(long = "checkpoint-interval", default_value_t = defaults().checkpoint_interval_s)]
     pub checkpoint_interval_s: f64,
-    /// Replace a run that `out` already holds (refused otherwise). Not saved.
+    /// Replace the run `--out` already holds (refused otherwise). Not saved.
     #[serde(skip)]
+    #[arg(long)]
     pub overwrite: bool,
+}
+
+fn defaults() -> PruneConfig {
+    PruneConfig::default()
 }
 
 impl PruneConfig {
@@ -129,46 +174,10 @@ impl Default for PruneConfig {
 }
 
 /// Load a reid checkpoint, or plain torchvision/timm weights (any `fc` size becomes the classifier;
-/// its bias, if any, is dropped).
+/// its bias, if any, is dropped), trainable.
 pub fn load_any(path: &Path, arch: Option<&str>, device: &Device) -> Result<(ReidNet, Provenance)> {
-    let file = read_safetensors(path, device)?;
-    // An --arch that contradicts the file is an error, never silently ignored.
-    let check_arch = |held: &ArchSpec| -> Result<()> {
-        if let Some(a) = arch {
-            let want = ArchSpec::from_name(a, 0).with_context(|| format!("--arch {a}"))?;
-            if want.depth != held.depth {
-                bail!(
-                    "{}: --arch {a} given, but the file holds a {}",
-                    path.display(),
-                    held.name()
-                );
-            }
-        }
-        Ok(())
-    };
-    if file.metadata.contains_key(META_ARCH) {
-        drop(file);
-        let ck = load_checkpoint(path, device, true)?;
-        check_arch(ck.net.spec())?;
-        return Ok((ck.net, ck.provenance));
-    }
-    let mut t: HashMap<String, Tensor> = file
-        .tensors
-        .into_iter()
-        .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
-        .collect();
-    let fc = t.remove("fc.weight");
-    t.remove("fc.bias");
-    let mut spec = infer_backbone_spec(path, &t, 2)?;
-    check_arch(&spec)?;
-    if let Some(w) = fc {
-        spec.num_classes = w.dim(0)?;
-        t.insert("classifier.weight".into(), w);
-    }
-    let net = ReidNet::from_tensors_trainable(&spec, &t, device, 0)?;
-    let mut prov = Provenance::new();
-    prov.source_weights = Some(path.display().to_string());
-    Ok((net, prov))
+    let loaded = load_weights(path, &LoadOptions::any_trainable().expecting(arch), device)?;
+    Ok((loaded.net, loaded.provenance))
 }
 
 fn score_data(cfg: &PruneConfig, net: &ReidNet, device: &Device) -> Result<Option<ScoreData>> {
@@ -523,4 +532,61 @@ pub fn run_prune_resumable(
         params_after: after.backbone.params,
         kept_channel_fraction: kept_fraction,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: PruneConfig,
+    }
+
+    #[test]
+    fn the_prune_flags_default_to_the_config_defaults() {
+        let cli =
+            Cli::try_parse_from(["prune", "--checkpoint", "m.safetensors", "--out", "o"]).unwrap();
+        let want = PruneConfig {
+            checkpoint: "m.safetensors".into(),
+            out: "o".into(),
+            ..PruneConfig::default()
+        };
+        assert_eq!(cli.config, want);
+        let cli = Cli::try_parse_from([
+            "prune",
+            "--checkpoint",
+            "m",
+            "--out",
+            "o",
+            "--batch-pk",
+            "8x4",
+            "--input",
+            "64x32",
+            "--criterion",
+            "lamp",
+            "--checkpoint-interval",
+            "60",
+        ])
+        .unwrap();
+        assert_eq!(cli.config.batch_pk, reid_run::PkBatch::new(8, 4));
+        assert_eq!(cli.config.input, reid_run::InputSize::new(64, 32));
+        assert_eq!(cli.config.criterion, "lamp");
+        assert_eq!(cli.config.checkpoint_interval_s, 60.0);
+        let e = Cli::try_parse_from([
+            "prune",
+            "--checkpoint",
+            "m",
+            "--out",
+            "o",
+            "--criterion",
+            "l3",
+        ])
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("l3") && e.contains("l1"), "{e}");
+    }
 }

@@ -154,3 +154,28 @@ fn a_second_prune_with_retraining_needs_overwrite_and_replaces_the_first() {
     )
     .unwrap();
 }
+
+/// Regression: `load_any` (prune, scores, export) skipped the tensor-name check on plain state
+/// dicts, so a file with a stray tensor was pruned as if it were a ResNet.
+#[test]
+fn plain_weights_with_a_stray_tensor_are_refused_by_prune() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = ArchSpec::resnet_with(18, 0, 0.125, 2, Neck::None).unwrap();
+    let net = ReidNet::new(&spec, &candle_core::Device::Cpu, 0).unwrap();
+    let mut map: std::collections::HashMap<String, candle_core::Tensor> =
+        net.state_dict().unwrap().into_iter().collect();
+    map.insert(
+        "layer1.0.se.fc1.weight".into(),
+        candle_core::Tensor::zeros(4, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
+    );
+    let path = tmp.path().join("se_resnet.safetensors");
+    candle_core::safetensors::save(&map, &path).unwrap();
+    let e = reid_prune::prune_run::load_any(&path, None, &candle_core::Device::Cpu)
+        .err()
+        .unwrap();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("se_resnet.safetensors") && e.contains("layer1.0.se.fc1.weight"),
+        "{e}"
+    );
+}

@@ -467,3 +467,48 @@ fn every_field_of_a_prune_config_is_in_its_key_except_where_it_writes() {
         &[],
     );
 }
+
+/// `plan --set KEY=VALUE` is the plan of the config with that key changed in the file: the same
+/// step keys, and a misspelt key is refused like one in the file.
+#[test]
+fn plan_with_a_set_override_equals_the_plan_of_the_edited_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, cfg: &ExperimentConfig| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, toml::to_string(cfg).unwrap()).unwrap();
+        p
+    };
+    let plan_json = |config: &std::path::Path, sets: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_reid-prune"));
+        c.arg("plan").arg("--config").arg(config).arg("--json");
+        for s in sets {
+            c.arg("--set").arg(s);
+        }
+        let o = c.output().unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let original = write("keys.toml", &base());
+    let edited = write(
+        "edited.toml",
+        &ExperimentConfig {
+            batch_pk: reid_run::PkBatch::new(4, 8),
+            finetune_epochs: 7,
+            ..base()
+        },
+    );
+    let (ok, unchanged, e) = plan_json(&original, &[]);
+    assert!(ok, "{e}");
+    let (ok, overridden, e) = plan_json(&original, &["batch_pk=4x8", "finetune_epochs=7"]);
+    assert!(ok, "{e}");
+    let (ok, from_file, e) = plan_json(&edited, &[]);
+    assert!(ok, "{e}");
+    assert_eq!(overridden, from_file);
+    assert_ne!(overridden, unchanged);
+    let (ok, _, e) = plan_json(&original, &["batchpk=4x8"]);
+    assert!(!ok);
+    assert!(e.contains("did you mean `batch_pk`"), "{e}");
+}

@@ -15,6 +15,10 @@ pub struct RunArgs {
     /// level) under N seeds: seed, seed + 1, … (overrides the config's `seeds`).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100))]
     seeds: Option<u64>,
+    /// Any field of the experiment config by its TOML path, laid over the file (repeatable):
+    /// --set batch_pk=8x4 --set finetune_epochs=30
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<reid_prune::config_file::SetOverride>,
 }
 
 /// List an experiment grid's steps (key, parents, state) without running anything.
@@ -26,6 +30,9 @@ pub struct PlanArgs {
     /// One JSON object a step, one per line, instead of the table.
     #[arg(long)]
     json: bool,
+    /// Overrides as `run --set` takes them (the plan of that run).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<reid_prune::config_file::SetOverride>,
 }
 
 /// With no subcommand: the default experiment on the synthetic benchmark.
@@ -70,14 +77,14 @@ pub fn run_default(a: DefaultArgs) -> Result<()> {
 
 pub fn run(a: RunArgs) -> Result<()> {
     run_experiment(with_seeds(
-        reid_prune::config_file::read_toml(&a.config, "experiment config")?,
+        reid_prune::config_file::read_toml_with(&a.config, "experiment config", &a.sets)?,
         a.seeds,
     ))
 }
 
 pub fn plan(a: PlanArgs) -> Result<()> {
     plan_experiment(
-        reid_prune::config_file::read_toml(&a.config, "experiment config")?,
+        reid_prune::config_file::read_toml_with(&a.config, "experiment config", &a.sets)?,
         a.json,
     )
 }

@@ -76,14 +76,19 @@ pub struct Args {
     /// (default 300): a crash in a long epoch loses minutes, not the epoch.
     #[arg(long)]
     checkpoint_interval: Option<f64>,
+    /// Any other field of the run config by its TOML path, laid over --config and under the
+    /// flags above (repeatable): --set train.schedule.warmup_epochs=5 --set train.augment.erase_p=0
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<reid_prune::config_file::SetOverride>,
 }
 
 pub fn run(a: Args) -> Result<()> {
     use reid_prune::training::{run_training, RunConfig};
-    let mut cfg: RunConfig = match &a.config {
+    let cfg: RunConfig = match &a.config {
         Some(p) => reid_prune::config_file::read_toml(p, "run config")?,
         None => RunConfig::default(),
     };
+    let mut cfg = reid_prune::config_file::with_overrides(cfg, &a.sets)?;
     if let Some(v) = a.task {
         cfg.train.task = v;
     }
@@ -91,14 +96,7 @@ pub fn run(a: Args) -> Result<()> {
         // an explicit --arch must agree with the checkpoint it starts from
         let held = reid_model::checkpoint::read_arch_spec(init)
             .with_context(|| format!("--init {}", init.display()))?;
-        let want = reid_model::ArchSpec::from_name(arch, 0)?;
-        if want.depth != held.depth {
-            anyhow::bail!(
-                "--arch {arch} given, but --init {} holds a {}",
-                init.display(),
-                held.name()
-            );
-        }
+        reid_model::weights::check_expected_arch(init, arch, &held)?;
     }
     macro_rules! set {
         ($($f:ident => $field:expr),*) => { $(if let Some(v) = a.$f { $field = v; })* };

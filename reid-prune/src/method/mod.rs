@@ -128,6 +128,15 @@ pub fn methods() -> Vec<MethodEntry> {
         .collect()
 }
 
+/// The registry's method names with their descriptions, as a CLI's possible values.
+pub fn method_values() -> clap::builder::PossibleValuesParser {
+    methods()
+        .into_iter()
+        .map(|m| clap::builder::PossibleValue::new(m.name).help(m.about))
+        .collect::<Vec<_>>()
+        .into()
+}
+
 /// The names users give (`--criterion`, the grid's `criteria`).
 pub fn method_names() -> Vec<&'static str> {
     methods().iter().map(|m| m.name).collect()
