@@ -12,7 +12,18 @@ Makes its own venv (onnxruntime, numpy, pillow; `$REID_ONNX_VENV`, default
    `reid-eval extract` on the same images (max |diff| relative to the feature scale, limit 1e-4);
 3. both are timed at 256x128, batch 1 and 32, in --iters alternating pairs after a warm-up; the
    speed-up is the median of the per-pair ratios (with their range); `--json FILE` also writes
-   the numbers.
+   the numbers;
+4. when a Python with torch is at hand (`$REID_TORCH_PYTHON`, else the venv
+   ~/.cache/reid-prune/torch-venv if it exists), the pruned checkpoint is rebuilt as a PyTorch
+   module by tools/to_torchvision.py (strict load) and its features compared with ours too.
+
+    python3 bench/onnx_check.py --runs runs/default [--iters 10]
+
+instead measures every run folder under a grid's output (each `model.safetensors` beside a
+`metrics.json`): exported at the run's input size (its config.toml), features checked against
+`reid-eval extract` on generated images of that size, timed at batch 1 and 32 (median of
+--iters), written atomically to the folder's `deploy.json`; `reid-report` then shows ONNX
+Runtime's latency and speed-up beside ours.
 Not part of CI (it downloads onnxruntime); its numbers go into BENCHMARKS.md.
 """
 import argparse
@@ -60,10 +71,13 @@ def main():
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--round-to", type=int, default=1, help="prune --round-to (kept widths in multiples)")
     ap.add_argument("--json")
+    ap.add_argument("--runs", help="measure every run folder under this grid output instead")
     a = ap.parse_args()
     bin_ = Path(a.bin)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
+    if a.runs:
+        sys.exit(measure_runs(Path(a.runs), bin_, work, a.iters))
     weights = GOLDEN / "resnet50.safetensors"
     pruned_dir = work / f"pruned-round{a.round_to}"
     run([bin_ / "reid-prune", "prune", "--checkpoint", weights, "--arch", "resnet50", "--criterion", "l1",
@@ -118,9 +132,125 @@ def main():
           f"{results['speedup_batch1']:.2f}x at batch 1, {results['speedup_batch32']:.2f}x at batch 32")
     ok = all(m["max_rel_diff"] <= 1e-4 for m in results["models"].values())
     print("features equal ours (<= 1e-4 relative):", "yes" if ok else "NO")
+    torch_py = torch_python()
+    if torch_py:
+        r = subprocess.run([torch_py, ROOT / "tools" / "to_torchvision.py", models["pruned"],
+                            "--check-features", work / "pruned-features.safetensors",
+                            "--images", GOLDEN / "images"], capture_output=True, text=True)
+        print("PyTorch (tools/to_torchvision.py):", (r.stdout + r.stderr).strip().splitlines()[-1])
+        results["torch_check_passed"] = r.returncode == 0
+        ok = ok and r.returncode == 0
+    else:
+        print("PyTorch check skipped: no Python with torch ($REID_TORCH_PYTHON)")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
     sys.exit(0 if ok else 1)
+
+
+def torch_python():
+    """A Python that imports torch: $REID_TORCH_PYTHON, else the torch venv if it exists."""
+    cands = [os.environ.get("REID_TORCH_PYTHON"),
+             str(Path.home() / ".cache/reid-prune/torch-venv/bin/python")]
+    for c in cands:
+        if c and Path(c).exists():
+            if subprocess.run([c, "-c", "import torch, safetensors"], capture_output=True).returncode == 0:
+                return c
+    return None
+
+
+def write_atomic(path, text):
+    """A unique temp file in the same folder, fsync, rename: never half a file."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def run_input(run_dir):
+    """The run's input size (HxW) from its config.toml."""
+    import tomllib
+
+    cfg = tomllib.loads((run_dir / "config.toml").read_text())
+    h, w = (int(v) for v in str(cfg["input"]).lower().split("x"))
+    return h, w
+
+
+def measure_runs(root, bin_, work, iters):
+    """ONNX Runtime latency of every run folder's model, into its deploy.json."""
+    import numpy as np
+    import onnxruntime as ort
+    from PIL import Image
+
+    dirs = sorted(p.parent for p in root.rglob("metrics.json")
+                  if "steps" not in p.relative_to(root).parts and (p.parent / "model.safetensors").is_file())
+    if not dirs:
+        return f"{root}: no run folder (metrics.json beside model.safetensors) below it"
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    threads = os.cpu_count()
+    failed = 0
+    images = {}
+    for d in dirs:
+        h, w = run_input(d)
+        if (h, w) not in images:
+            # the same pixels in both: PNGs of exactly the input size, no resize anywhere
+            folder = work / f"images-{h}x{w}"
+            folder.mkdir(parents=True, exist_ok=True)
+            rng = np.random.default_rng(0)
+            pix = rng.integers(0, 256, (8, h, w, 3), dtype=np.uint8)
+            for i, p in enumerate(pix):
+                Image.fromarray(p).save(folder / f"{i}.png")
+            x = (pix.astype(np.float32) / 255.0 - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
+            images[(h, w)] = (folder, np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        folder, x = images[(h, w)]
+        tag = str(d.relative_to(root)).replace("/", "_")
+        onnx, feats = work / f"{tag}.onnx", work / f"{tag}-features.safetensors"
+        ck = d / "model.safetensors"
+        run([bin_ / "reid-prune", "export", "--checkpoint", ck, "--out", onnx, "--feature", "pool",
+             "--dynamic-batch", "--fold-bn", "--input", f"{h}x{w}"])
+        run([bin_ / "reid-eval", "extract", "--weights", ck, "--images", folder, "--out", feats,
+             "--feature", "pool", "--input", f"{h}x{w}"])
+        ours = read_safetensors_f32(feats, "features")
+        sess = ort.InferenceSession(str(onnx), so, providers=["CPUExecutionProvider"])
+        got = sess.run(None, {"input": x})[0]
+        rel = float(np.abs(got - ours).max() / max(np.abs(ours).max(), 1e-6))
+        lat = {}
+        for batch in (1, 32):
+            xb = np.random.default_rng(1).standard_normal((batch, 3, h, w), dtype=np.float32)
+            sess.run(None, {"input": xb})
+            times = []
+            for _ in range(iters):
+                t = time.perf_counter()
+                sess.run(None, {"input": xb})
+                times.append(time.perf_counter() - t)
+            lat[f"batch{batch}"] = 1000 * statistics.median(times)
+        entry = {"runtime": f"onnxruntime {ort.__version__}", "input": f"{h}x{w}", "threads": threads,
+                 "latency_ms": lat, "max_rel_diff": rel}
+        path = d / "deploy.json"
+        deploy = json.loads(path.read_text()) if path.is_file() else {}
+        deploy["onnxruntime-cpu"] = entry
+        write_atomic(path, json.dumps(deploy, indent=2))
+        ok = rel <= 1e-4
+        failed += not ok
+        print(f"{str(d.relative_to(root)):28} b1 {lat['batch1']:8.3f} ms  b32 {lat['batch32']:8.3f} ms  "
+              f"features max rel diff {rel:.1e}{'' if ok else '  > 1e-4!'}")
+        onnx.unlink()
+    print(f"{len(dirs)} run folders measured in ONNX Runtime {ort.__version__}; deploy.json written "
+          f"in each; {failed} with features beyond 1e-4")
+    return 1 if failed else 0
 
 
 def read_safetensors_f32(path, name):

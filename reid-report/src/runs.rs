@@ -24,6 +24,8 @@ pub struct Run {
     pub metrics: Metrics,
     /// Per prunable conv, when the folder has a readable `model.safetensors`.
     pub widths: Option<Vec<LayerWidth>>,
+    /// Latency in deployment runtimes (`deploy.json`, written by `bench/onnx_check.py --runs`).
+    pub deploy: reid_run::DeployLatencies,
 }
 
 impl Run {
@@ -43,6 +45,10 @@ impl Run {
             .latency_ms
             .values()
             .find_map(|l| if batch32 { l.batch32 } else { l.batch1 })
+    }
+    /// Batch-32 latency in ms in a deployment runtime (a key of `deploy.json`).
+    pub fn deploy_latency(&self, runtime: &str) -> Option<f64> {
+        self.deploy.get(runtime).and_then(|d| d.latency_ms.batch32)
     }
     /// Display name of the model: a criterion, or the backbone for baselines.
     pub fn model_name(&self) -> String {
@@ -111,6 +117,18 @@ pub fn load_runs(root: &Path) -> Result<(Vec<Run>, Vec<Problem>), RunsError> {
         } else {
             None
         };
+        let deploy_file = dir.join(reid_run::DEPLOY_FILE);
+        let deploy = if deploy_file.is_file() {
+            reid_run::read_deploy(&deploy_file).unwrap_or_else(|e| {
+                problems.push(Problem {
+                    path: deploy_file,
+                    message: e.to_string(),
+                });
+                Default::default()
+            })
+        } else {
+            Default::default()
+        };
         let id = dir
             .strip_prefix(root)
             .unwrap_or(&dir)
@@ -123,6 +141,7 @@ pub fn load_runs(root: &Path) -> Result<(Vec<Run>, Vec<Problem>), RunsError> {
             dir,
             metrics,
             widths,
+            deploy,
         });
     }
     Ok((runs, problems))

@@ -182,6 +182,15 @@ pub fn pruned_backbone(runs: &[Run]) -> Option<String> {
 /// unpruned model of the pruned backbone (so shallower baselines get their speed-up too), or
 /// of the run's own backbone when no scenario ran.
 pub fn speedup(runs: &[Run], run: &Run) -> Option<f64> {
+    speedup_by(runs, run, |r| r.latency(true))
+}
+
+/// [`speedup`] with the latency a deployment runtime measured (a key of `deploy.json`).
+pub fn deploy_speedup(runs: &[Run], run: &Run, runtime: &str) -> Option<f64> {
+    speedup_by(runs, run, |r| r.deploy_latency(runtime))
+}
+
+fn speedup_by(runs: &[Run], run: &Run, latency: impl Fn(&Run) -> Option<f64>) -> Option<f64> {
     let backbone = pruned_backbone(runs).unwrap_or_else(|| run.metrics.backbone.clone());
     let is_ref = |b: &&Run| b.is_baseline() && b.metrics.backbone == backbone;
     // the same experiment's (target's) reference first: latencies are measured per grid
@@ -190,7 +199,25 @@ pub fn speedup(runs: &[Run], run: &Run) -> Option<f64> {
         .filter(is_ref)
         .find(|b| b.metrics.experiment == run.metrics.experiment)
         .or_else(|| runs.iter().find(is_ref))?;
-    Some(base.latency(true)? / run.latency(true)?)
+    Some(latency(base)? / latency(run)?)
+}
+
+/// A sentence on the runtime columns, when there are any.
+fn deploy_note(runs: &[Run]) -> String {
+    match deploy_runtimes(runs).as_slice() {
+        [] => String::new(),
+        rts => format!(
+            " The {} columns are that runtime's own latency and speed-up (the run folders' deploy.json).",
+            rts.join(", ")
+        ),
+    }
+}
+
+/// The deployment runtimes any run was measured in, in order.
+pub fn deploy_runtimes(runs: &[Run]) -> Vec<String> {
+    let set: std::collections::BTreeSet<&String> =
+        runs.iter().flat_map(|r| r.deploy.keys()).collect();
+    set.into_iter().cloned().collect()
 }
 
 fn pct(v: f64) -> Option<String> {
@@ -201,14 +228,21 @@ fn num(v: Option<f64>, decimals: usize) -> Option<String> {
         .map(|v| format!("{v:.decimals$}"))
 }
 
-/// Columns describing a model's cost, shared by every table.
-fn cost_headers(latency: bool) -> Vec<String> {
+/// Columns describing a model's cost, shared by every table; with `latency`, also the
+/// latency and speed-up in each deployment runtime any run was measured in.
+fn cost_headers(runs: &[Run], latency: bool) -> Vec<String> {
     let mut h = vec!["Params (M)".to_string(), "GFLOPs".to_string()];
     if latency {
         h.push("Latency b1 (ms)".into());
         h.push("Latency b32 (ms)".into());
     }
     h.push("Speed-up b32 (×)".into());
+    if latency {
+        for rt in deploy_runtimes(runs) {
+            h.push(format!("{rt} b32 (ms)"));
+            h.push(format!("{rt} speed-up b32 (×)"));
+        }
+    }
     h
 }
 
@@ -219,6 +253,12 @@ fn cost_cells(runs: &[Run], run: &Run, latency: bool) -> Vec<Option<String>> {
         c.push(num(run.latency(true), 2));
     }
     c.push(num(speedup(runs, run), 2));
+    if latency {
+        for rt in deploy_runtimes(runs) {
+            c.push(num(run.deploy_latency(&rt), 2));
+            c.push(num(deploy_speedup(runs, run, &rt), 2));
+        }
+    }
     c
 }
 
@@ -296,7 +336,7 @@ fn dataset_headers(datasets: &[String], seeded: bool) -> Vec<String> {
 pub fn table5(runs: &[Run], paper: &PaperResults, level: &str) -> Table {
     let datasets = datasets(runs);
     let mut headers = vec!["Model".to_string()];
-    headers.extend(cost_headers(true));
+    headers.extend(cost_headers(runs, true));
     let seeded = seeded(runs);
     headers.extend(dataset_headers(&datasets, seeded));
     let mut rows = Vec::new();
@@ -334,9 +374,8 @@ pub fn table5(runs: &[Run], paper: &PaperResults, level: &str) -> Table {
             "Table 5: baselines and pruning criteria (Scenario 1, {level}); mAP and R-1 in %"
         ),
         note: Some(
-            "GFLOPs = 2 × multiply-adds. Speed-up: measured batch-32 latency of the unpruned model of the pruned backbone over this model's. \
-             Paper columns: Masson et al., Table 5 (ResNet-50 on ImageNet-pretrained weights, C1)."
-                .into(),
+            format!("GFLOPs = 2 × multiply-adds. Speed-up: measured batch-32 latency of the unpruned model of the pruned backbone over this model's.{} \
+             Paper columns: Masson et al., Table 5 (ResNet-50 on ImageNet-pretrained weights, C1).", deploy_note(runs)),
         ),
         headers,
         rows,
@@ -347,7 +386,7 @@ pub fn table5(runs: &[Run], paper: &PaperResults, level: &str) -> Table {
 pub fn table6(runs: &[Run], paper: &PaperResults, level: &str) -> Table {
     let datasets = datasets(runs);
     let mut headers = vec!["Scenario".to_string(), "Criterion".to_string()];
-    headers.extend(cost_headers(false));
+    headers.extend(cost_headers(runs, false));
     let seeded = seeded(runs);
     headers.extend(dataset_headers(&datasets, seeded));
     let mut rows = Vec::new();
@@ -390,7 +429,7 @@ pub fn tables789(runs: &[Run], paper: &PaperResults) -> Vec<Table> {
             "Scenario".to_string(),
             "Criterion".to_string(),
         ];
-        headers.extend(cost_headers(true));
+        headers.extend(cost_headers(runs, true));
         let seeded = seeded(runs);
         headers.extend(metric_headers("", seeded));
         if with_paper {

@@ -642,3 +642,53 @@ fn a_full_disk_is_a_clear_error_that_leaves_no_half_file() {
     );
     assert!(!listed.contains(".tmp-"), "temporary files left:\n{out}");
 }
+
+/// A run folder's `deploy.json` (ONNX Runtime latency, from `bench/onnx_check.py --runs`) adds
+/// that runtime's latency and speed-up beside ours; a broken one is a skipped file.
+#[test]
+fn deployment_runtime_latency_is_shown_beside_ours() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    fixture(&runs);
+    let deploy = |folder: &str, b32: f64| {
+        let text = json!({"onnxruntime-cpu": {"runtime": "onnxruntime 1.32.0", "input": "256x128",
+            "threads": 2, "latency_ms": {"batch1": b32 / 10.0, "batch32": b32}, "max_rel_diff": 4e-7}});
+        std::fs::write(runs.join(folder).join("deploy.json"), text.to_string()).unwrap();
+    };
+    deploy("baseline/resnet50-full", 300.0);
+    deploy("S1/l1-C1", 120.0);
+    std::fs::write(
+        runs.join("S2/l1-C1/deploy.json"),
+        "{\"onnxruntime-cpu\": {}}",
+    )
+    .unwrap();
+    let out = tmp.path().join("report");
+    let s = write_report(&runs, &out, &ReportOptions::default()).unwrap();
+    let msgs: Vec<String> = s.problems.iter().map(|p| p.to_string()).collect();
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("S2/l1-C1/deploy.json") && m.contains("missing field")),
+        "{msgs:#?}"
+    );
+    let csv = std::fs::read_to_string(out.join("tables/table5.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| h.trim_matches('"') == name)
+            .unwrap_or_else(|| panic!("no column {name} in {header:?}"))
+    };
+    let (ms, up) = (
+        col("onnxruntime-cpu b32 (ms)"),
+        col("onnxruntime-cpu speed-up b32 (×)"),
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let row = |model: &str| rows.iter().find(|r| r[0] == model).unwrap();
+    assert_eq!(row("l1")[ms], "120.00");
+    assert_eq!(row("l1")[up], "2.50", "300 ms over 120 ms");
+    assert_eq!(row("resnet50")[up], "1.00");
+    assert_eq!(row("taylor")[ms], "", "no deploy.json: an empty cell");
+    // Our own speed-up is still ours: 800 ms over 450 ms.
+    assert_eq!(row("l1")[col("Speed-up b32 (×)")], "1.78");
+}

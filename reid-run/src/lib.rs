@@ -10,6 +10,7 @@
 //! | `config.toml` | train, prune, the grid | the resolved config the run used (serde of its config type) |
 //! | `metrics.json` | train, prune, the grid, reid-eval | [`RunMetrics`]: complexity, latency, one [`EvalEntry`] per dataset |
 //! | `log.jsonl` | train, prune | one JSON object per epoch (train) or pruning step (prune) |
+//! | `deploy.json` | `bench/onnx_check.py --runs` | [`DeployLatencies`]: the model's latency in a deployment runtime (ONNX Runtime) |
 //!
 //! A grid writes one run folder per cell at `<out>/<scenario>/<criterion>-<level>/` and keeps
 //! its steps under `<out>/steps/<kind>-<key>/` (each with `step.json`, the resolved work it
@@ -26,6 +27,7 @@
 
 pub mod atomic;
 pub mod claims;
+pub mod deploy;
 pub mod metrics;
 pub mod stats;
 #[cfg(feature = "fault-injection")]
@@ -33,6 +35,7 @@ pub mod testing;
 pub mod types;
 
 pub use atomic::{remove_stale_temp_files, write_atomic, TEMP_MARK};
+pub use deploy::{read_deploy, DeployLatencies, DeployLatency, DEPLOY_FILE};
 pub use metrics::{EvalEntry, Latency, RunFolder, RunMetrics, TrainSummary};
 pub use types::{DeviceSpec, InputSize, PkBatch};
 

@@ -1,0 +1,122 @@
+//! `deploy.json`: the latency of a run's model measured in a deployment runtime (ONNX Runtime
+//! by `bench/onnx_check.py --runs`), beside our own in `metrics.json`. Kept in a file of its own
+//! because another program writes it, after the run: the run's files stay the tools' own.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Latency, Result, RunFileError};
+
+/// The file name in a run folder.
+pub const DEPLOY_FILE: &str = "deploy.json";
+
+/// One runtime's measurement of the run's model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployLatency {
+    /// The runtime and its version (`onnxruntime 1.32.0`).
+    pub runtime: String,
+    /// Input size the model was exported and timed at (`64x32`).
+    pub input: crate::InputSize,
+    /// Threads the runtime used.
+    pub threads: u32,
+    /// Median time of one batch, in ms.
+    pub latency_ms: Latency,
+    /// Largest |feature difference| against our own extraction, relative to the feature scale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rel_diff: Option<f64>,
+}
+
+/// `deploy.json`: by runtime key (`onnxruntime-cpu`), one measurement each.
+pub type DeployLatencies = BTreeMap<String, DeployLatency>;
+
+/// Read and check a `deploy.json`: every time finite and positive, keys and runtimes named.
+pub fn read_deploy(path: &Path) -> Result<DeployLatencies> {
+    let text = std::fs::read_to_string(path).map_err(|source| RunFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let invalid = |message: String| RunFileError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    let d: DeployLatencies = serde_json::from_str(&text).map_err(|e| {
+        invalid(format!(
+            "not a deploy.json (runtime key → measurement): {e}"
+        ))
+    })?;
+    for (key, m) in &d {
+        if key.trim().is_empty() || m.runtime.trim().is_empty() {
+            return Err(invalid(format!(
+                "{key:?}: runtime key and name must be named"
+            )));
+        }
+        if m.threads == 0 {
+            return Err(invalid(format!("{key}.threads = 0")));
+        }
+        let times = [
+            ("batch1", m.latency_ms.batch1),
+            ("batch32", m.latency_ms.batch32),
+        ];
+        if times.iter().all(|(_, v)| v.is_none()) {
+            return Err(invalid(format!("{key}.latency_ms has no time")));
+        }
+        for (what, v) in times {
+            if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
+                return Err(invalid(format!(
+                    "{key}.latency_ms.{what} = {v} is not a positive time"
+                )));
+            }
+        }
+        if let Some(r) = m.max_rel_diff.filter(|r| !(r.is_finite() && *r >= 0.0)) {
+            return Err(invalid(format!(
+                "{key}.max_rel_diff = {r} is not a difference"
+            )));
+        }
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str) -> std::result::Result<DeployLatencies, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(DEPLOY_FILE);
+        std::fs::write(&p, text).unwrap();
+        read_deploy(&p).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn reads_a_measurement_and_refuses_what_is_not_one() {
+        let good = r#"{"onnxruntime-cpu": {"runtime": "onnxruntime 1.32.0", "input": "64x32",
+            "threads": 2, "latency_ms": {"batch1": 0.5, "batch32": 4.25}, "max_rel_diff": 3e-7}}"#;
+        let d = read(good).unwrap();
+        assert_eq!(d["onnxruntime-cpu"].latency_ms.batch32, Some(4.25));
+        assert_eq!(d["onnxruntime-cpu"].input, crate::InputSize::new(64, 32));
+        for (bad, says) in [
+            (good.replace("4.25", "-1"), "batch32 = -1"),
+            (
+                good.replace("\"threads\": 2", "\"threads\": 0"),
+                "threads = 0",
+            ),
+            (
+                good.replace("\"batch1\": 0.5, \"batch32\": 4.25", ""),
+                "has no time",
+            ),
+            (good.replace("64x32", "64by32"), "64by32"),
+            (
+                good.replace("\"threads\"", "\"thread\""),
+                "unknown field `thread`",
+            ),
+            (good.replace("3e-7", "-3e-7"), "max_rel_diff"),
+            ("[1, 2]".to_string(), "not a deploy.json"),
+        ] {
+            let e = read(&bad).unwrap_err();
+            assert!(e.contains(DEPLOY_FILE) && e.contains(says), "{says}: {e}");
+        }
+    }
+}
