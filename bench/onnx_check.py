@@ -179,6 +179,16 @@ def write_atomic(path, text):
         os.close(dfd)
 
 
+def sha256(path):
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def run_input(run_dir):
     """The run's input size (HxW) from its config.toml."""
     import tomllib
@@ -237,7 +247,8 @@ def measure_runs(root, bin_, work, iters):
                 sess.run(None, {"input": xb})
                 times.append(time.perf_counter() - t)
             lat[f"batch{batch}"] = 1000 * statistics.median(times)
-        entry = {"runtime": f"onnxruntime {ort.__version__}", "input": f"{h}x{w}", "threads": threads,
+        entry = {"runtime": f"onnxruntime {ort.__version__}", "model_sha256": sha256(ck),
+                 "input": f"{h}x{w}", "threads": threads,
                  "latency_ms": lat, "max_rel_diff": rel}
         path = d / "deploy.json"
         deploy = json.loads(path.read_text()) if path.is_file() else {}

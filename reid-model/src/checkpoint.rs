@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::arch::ArchSpec;
 use crate::error::{ModelError, Result};
@@ -411,10 +410,12 @@ pub(crate) fn checkpoint_from_file(
 
 /// Hex sha256 of a file (checkpoint identity for provenance and step reuse).
 pub fn file_sha256(path: &Path) -> Result<String> {
-    let bytes =
-        std::fs::read(path).map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
-    let digest = Sha256::digest(&bytes);
-    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
+    reid_run::file_sha256(path).map_err(|e| match e {
+        reid_run::RunFileError::Read { source, .. } => {
+            ModelError::file(path, format!("cannot read: {source}"))
+        }
+        other => ModelError::file(path, other.to_string()),
+    })
 }
 
 #[cfg(test)]

@@ -90,6 +90,9 @@ pub struct ExperimentConfig {
     /// Compression levels: name → fraction of FLOPs removed.
     pub levels: BTreeMap<String, f64>,
     pub allocation: Allocation,
+    /// Kept widths in multiples of this (layerwise allocation): 8 or 16 suit the channel
+    /// blocking of deployment runtimes (ONNX Runtime, oneDNN, tensor cores); 1 keeps any width.
+    pub round_to: usize,
     /// Also prune the residual streams (not with psfp / auto-balanced, which are skipped then).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub residual_groups: bool,
@@ -138,6 +141,7 @@ impl Default for ExperimentConfig {
             criteria: crate::method::MethodName::list(&["l1", "taylor", "entropy"]),
             levels: BTreeMap::from([("C1".to_string(), 0.5), ("C2".to_string(), 2.0 / 3.0)]),
             allocation: Allocation::Layerwise,
+            round_to: 1,
             residual_groups: false,
             prune_step: None,
             pretrain_epochs: 30,
@@ -285,6 +289,18 @@ impl ExperimentConfig {
                 anyhow::bail!("prune_step = {s}: expected a fraction in (0, 1)");
             }
         }
+        if self.round_to == 0 || self.round_to > 256 {
+            anyhow::bail!(
+                "round_to = {}: expected a channel multiple from 1 to 256 (1 keeps any width)",
+                self.round_to
+            );
+        }
+        if self.round_to > 1 && self.allocation != Allocation::Layerwise {
+            anyhow::bail!(
+                "round_to = {} needs allocation = \"layerwise\" (a global ranking sets widths by score)",
+                self.round_to
+            );
+        }
         for d in std::iter::once(&self.source)
             .chain(std::iter::once(&self.target))
             .chain(&self.cross)
@@ -392,6 +408,11 @@ pub struct Runner {
     plan: Option<Vec<PlannedStep>>,
     /// Data fingerprints by root ([`crate::step_key::data_fingerprint`]), read once a run.
     fingerprints: HashMap<PathBuf, String>,
+    /// Compute at most this many steps, then stop with [`StepBudgetSpent`] (a worker's
+    /// `--max-steps`: finished steps stay for the next worker).
+    max_steps: Option<usize>,
+    /// Folder names of the steps this process computed, in order.
+    pub computed: Vec<String>,
 }
 
 /// A step's folder and key (the hash in its folder name).
@@ -444,6 +465,11 @@ pub struct StepBusy {
     pub holder: String,
 }
 
+/// This process computed its `--max-steps` steps; the grid goes on in other workers.
+#[derive(Debug, thiserror::Error)]
+#[error("computed {0} steps (--max-steps); the rest of the grid is left to other workers")]
+pub struct StepBudgetSpent(pub usize);
+
 /// How often a waiting process looks at a step another one is computing.
 const BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -468,7 +494,15 @@ impl Runner {
             wait_for_others: true,
             plan: None,
             fingerprints: HashMap::new(),
+            max_steps: None,
+            computed: Vec::new(),
         })
+    }
+
+    /// Stop after computing `n` steps ([`StepBudgetSpent`]); reused steps do not count.
+    pub fn with_max_steps(mut self, n: Option<usize>) -> Self {
+        self.max_steps = n;
+        self
     }
 
     /// The fingerprint of the data under `root` (cached: the grid reads it once).
@@ -571,6 +605,9 @@ impl Runner {
                 self.steps_reused += 1;
                 return Ok(out);
             }
+            if let Some(max) = self.max_steps.filter(|&m| self.steps_run >= m) {
+                return Err(StepBudgetSpent(max).into());
+            }
             match try_claim(&dir)? {
                 Claim::Held(lock) => break lock,
                 Claim::Busy(holder) => {
@@ -614,6 +651,7 @@ impl Runner {
         f(&dir).with_context(|| format!("step {what} in {}", dir.display()))?;
         write_atomic(&dir.join("DONE"), b"")?;
         self.steps_run += 1;
+        self.computed.push(name);
         Ok(out)
     }
 
@@ -733,6 +771,7 @@ impl Runner {
             level,
             target: TargetKind::Flops,
             allocation: self.cfg.allocation,
+            round_to: self.cfg.round_to,
             residual_groups: self.cfg.residual_groups,
             input: self.cfg.input,
             dataset: Some(data.dataset.clone()),

@@ -155,3 +155,159 @@ fn two_grid_processes_share_one_folder_and_compute_each_step_once() {
         assert!(out.contains("S3") && out.contains("S4"), "{out}");
     }
 }
+
+/// The steps a worker's last line says it computed (`worker … computed N steps: a b c`).
+fn worker_computed(stdout: &str) -> Vec<String> {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("worker ") && l.contains(" computed "))
+        .unwrap_or_else(|| panic!("no worker line in:\n{stdout}"));
+    let list = line.split_once(" steps: ").unwrap().1;
+    if list == "none" {
+        return vec![];
+    }
+    list.split(' ').map(str::to_string).collect()
+}
+
+/// Three `run --worker` processes on one output folder, one of them killed with SIGKILL while it
+/// holds a step: the other two finish the grid, each step computed by one worker only (the
+/// killed one's step resumed by another), and every cell's model equals a single process's.
+#[test]
+fn three_workers_finish_a_grid_once_each_and_survive_a_kill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg_path, cfg) = write_config(tmp.path(), "workers", 3);
+    let worker = |extra: &[&str]| {
+        let mut c = grid_command(&cfg_path);
+        c.arg("--worker").args(extra);
+        c.spawn().unwrap()
+    };
+    let mut a = worker(&[]);
+    let a_pid = a.id();
+    let held_by_a = || {
+        step_dirs(&cfg.out, "").into_iter().find(|d| {
+            !d.join("DONE").exists()
+                && std::fs::read_to_string(d.join(".lock"))
+                    .is_ok_and(|t| t.contains(&format!("\"pid\":{a_pid},")))
+        })
+    };
+    // b and c start once a holds the first step, so that they wait for it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while held_by_a().is_none() {
+        assert!(Instant::now() < deadline, "worker a never held a step");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let b = worker(&[]);
+    let c = worker(&[]);
+    // Kill a while it holds a step that has not finished (a few checkpoints into it).
+    let killed_in = loop {
+        assert!(
+            a.try_wait().unwrap().is_none(),
+            "worker a ended before it could be killed inside a step"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "worker a never held a step long enough"
+        );
+        if let Some(d) = held_by_a() {
+            std::thread::sleep(Duration::from_millis(150));
+            if !d.join("DONE").exists() && held_by_a().as_ref() == Some(&d) {
+                break d;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    a.kill().unwrap();
+    let a_out = a.wait_with_output().unwrap();
+    assert!(!a_out.status.success(), "a was killed");
+    let a_err = String::from_utf8_lossy(&a_out.stderr).into_owned();
+    let (b_out, b_err) = finished(b.wait_with_output().unwrap());
+    let (c_out, c_err) = finished(c.wait_with_output().unwrap());
+    let (by_b, by_c) = (worker_computed(&b_out), worker_computed(&c_out));
+    let killed = killed_in
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    eprintln!(
+        "a killed in {killed}; b computed {}, c computed {}",
+        by_b.len(),
+        by_c.len()
+    );
+    let done: Vec<String> = step_dirs(&cfg.out, "")
+        .into_iter()
+        .filter(|d| d.join("DONE").is_file())
+        .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let all = step_dirs(&cfg.out, "");
+    assert_eq!(done.len(), all.len(), "every step finished");
+    for step in &done {
+        let n = by_b.iter().chain(&by_c).filter(|s| *s == step).count();
+        // a step finished by a before it was killed is in no survivor's list
+        let by_a = a_err.contains(&format!("({step})")) && step != &killed;
+        assert_eq!(
+            n + usize::from(by_a && n == 0),
+            1,
+            "{step}: computed by b {}, by c {}, started by a {by_a}",
+            by_b.contains(step),
+            by_c.contains(step)
+        );
+    }
+    assert!(
+        by_b.contains(&killed) || by_c.contains(&killed),
+        "the killed step {killed} was finished by a survivor"
+    );
+    assert!(
+        format!("{b_err}{c_err}").contains("resuming the unfinished step"),
+        "the killed step was resumed, not started afresh"
+    );
+    for out in [&b_out, &c_out] {
+        assert!(out.contains("S3") && out.contains("S4"), "{out}");
+    }
+    // The same grid in one process, in another folder: the same models.
+    let single = ExperimentConfig {
+        out: tmp.path().join("single"),
+        ..cfg.clone()
+    };
+    let single_path = tmp.path().join("single.toml");
+    std::fs::write(&single_path, toml::to_string(&single).unwrap()).unwrap();
+    finished(grid_command(&single_path).output().unwrap());
+    let mut compared = 0;
+    for scenario in ["S3", "S4", "baseline"] {
+        for cell in std::fs::read_dir(cfg.out.join(scenario)).unwrap().flatten() {
+            let rel = Path::new(scenario).join(cell.file_name());
+            assert_same_weights(
+                &cfg.out.join(&rel).join("model.safetensors"),
+                &single.out.join(&rel).join("model.safetensors"),
+                &rel.display().to_string(),
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared >= 3, "{compared} cells compared");
+}
+
+/// `--max-steps N`: a worker computes N steps, says so and exits 0; a second one finishes.
+#[test]
+fn a_worker_stops_after_its_max_steps_and_another_finishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg_path, cfg) = write_config(tmp.path(), "budget", 1);
+    let (out, _) = finished(
+        grid_command(&cfg_path)
+            .args(["--worker", "--max-steps", "2"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(worker_computed(&out).len(), 2, "{out}");
+    assert!(
+        out.contains("stopped: computed 2 steps (--max-steps)"),
+        "{out}"
+    );
+    let done = |d: &PathBuf| d.join("DONE").is_file();
+    assert_eq!(
+        step_dirs(&cfg.out, "").iter().filter(|d| done(d)).count(),
+        2
+    );
+    let (out, _) = finished(grid_command(&cfg_path).arg("--worker").output().unwrap());
+    assert!(out.contains("S3") && out.contains("S4"), "{out}");
+    assert!(step_dirs(&cfg.out, "").iter().all(done));
+}

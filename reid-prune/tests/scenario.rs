@@ -265,6 +265,21 @@ fn hostile_names_and_numbers_are_refused_before_any_step() {
             },
             "batch_pk",
         ),
+        (
+            ExperimentConfig {
+                round_to: 0,
+                ..base.clone()
+            },
+            "round_to = 0",
+        ),
+        (
+            ExperimentConfig {
+                round_to: 8,
+                allocation: reid_prune::strategy::Allocation::Global,
+                ..base.clone()
+            },
+            "round_to = 8 needs allocation",
+        ),
         // checks that read the disk: before any step too
         (
             ExperimentConfig {

@@ -162,6 +162,11 @@ fn changing_a_field_reruns_the_steps_that_read_it_and_those_below_nothing_else()
             Expect::Reruns(prunes),
         ),
         (
+            "round_to",
+            Box::new(|c| c.round_to = 8),
+            Expect::Reruns(prunes),
+        ),
+        (
             "prune_step",
             Box::new(|c| c.prune_step = Some(0.25)),
             Expect::Reruns(prunes),

@@ -117,18 +117,17 @@ pub fn load_runs(root: &Path) -> Result<(Vec<Run>, Vec<Problem>), RunsError> {
         } else {
             None
         };
-        let deploy_file = dir.join(reid_run::DEPLOY_FILE);
-        let deploy = if deploy_file.is_file() {
-            reid_run::read_deploy(&deploy_file).unwrap_or_else(|e| {
-                problems.push(Problem {
-                    path: deploy_file,
-                    message: e.to_string(),
-                });
-                Default::default()
-            })
-        } else {
+        let deploy = reid_run::read_deploy_for_model(&dir).unwrap_or_else(|e| {
+            let (path, message) = match e {
+                reid_run::RunFileError::Invalid { path, message } => (path, message),
+                reid_run::RunFileError::Read { path, source } => {
+                    (path, format!("cannot read: {source}"))
+                }
+                reid_run::RunFileError::Write { path, source } => (path, source.to_string()),
+            };
+            problems.push(Problem { path, message });
             Default::default()
-        };
+        });
         let id = dir
             .strip_prefix(root)
             .unwrap_or(&dir)

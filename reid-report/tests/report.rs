@@ -651,7 +651,13 @@ fn deployment_runtime_latency_is_shown_beside_ours() {
     let runs = tmp.path().join("runs");
     fixture(&runs);
     let deploy = |folder: &str, b32: f64| {
+        let model = runs.join(folder).join("model.safetensors");
+        if !model.is_file() {
+            arch_checkpoint(&runs.join(folder), [64, 128, 256, 512]);
+        }
+        let sha = reid_run::file_sha256(&model).unwrap();
         let text = json!({"onnxruntime-cpu": {"runtime": "onnxruntime 1.32.0", "input": "256x128",
+            "model_sha256": sha,
             "threads": 2, "latency_ms": {"batch1": b32 / 10.0, "batch32": b32}, "max_rel_diff": 4e-7}});
         std::fs::write(runs.join(folder).join("deploy.json"), text.to_string()).unwrap();
     };
@@ -662,12 +668,20 @@ fn deployment_runtime_latency_is_shown_beside_ours() {
         "{\"onnxruntime-cpu\": {}}",
     )
     .unwrap();
+    // measured, then the folder's model was replaced (a later grid run): not shown
+    deploy("S1/taylor-C1", 100.0);
+    arch_checkpoint(&runs.join("S1/taylor-C1"), [48, 60, 120, 250]);
     let out = tmp.path().join("report");
     let s = write_report(&runs, &out, &ReportOptions::default()).unwrap();
     let msgs: Vec<String> = s.problems.iter().map(|p| p.to_string()).collect();
     assert!(
         msgs.iter()
             .any(|m| m.contains("S2/l1-C1/deploy.json") && m.contains("missing field")),
+        "{msgs:#?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("S1/taylor-C1/deploy.json") && m.contains("another model")),
         "{msgs:#?}"
     );
     let csv = std::fs::read_to_string(out.join("tables/table5.csv")).unwrap();
@@ -688,7 +702,7 @@ fn deployment_runtime_latency_is_shown_beside_ours() {
     assert_eq!(row("l1")[ms], "120.00");
     assert_eq!(row("l1")[up], "2.50", "300 ms over 120 ms");
     assert_eq!(row("resnet50")[up], "1.00");
-    assert_eq!(row("taylor")[ms], "", "no deploy.json: an empty cell");
+    assert_eq!(row("taylor")[ms], "", "a stale deploy.json: an empty cell");
     // Our own speed-up is still ours: 800 ms over 450 ms.
     assert_eq!(row("l1")[col("Speed-up b32 (×)")], "1.78");
 }

@@ -18,6 +18,9 @@ pub const DEPLOY_FILE: &str = "deploy.json";
 pub struct DeployLatency {
     /// The runtime and its version (`onnxruntime 1.32.0`).
     pub runtime: String,
+    /// SHA-256 of the `model.safetensors` measured: a measurement of another model (the folder
+    /// rewritten by a later run) is refused by readers, never shown as this one's.
+    pub model_sha256: String,
     /// Input size the model was exported and timed at (`64x32`).
     pub input: crate::InputSize,
     /// Threads the runtime used.
@@ -31,6 +34,58 @@ pub struct DeployLatency {
 
 /// `deploy.json`: by runtime key (`onnxruntime-cpu`), one measurement each.
 pub type DeployLatencies = BTreeMap<String, DeployLatency>;
+
+/// Hex SHA-256 of a file (the identity of a model file).
+pub fn file_sha256(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let read_err = |source| RunFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(read_err)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// A run folder's `deploy.json`, if it has one, checked against the folder's model: the
+/// measurements of another model than its `model.safetensors` are an error naming both.
+pub fn read_deploy_for_model(dir: &Path) -> Result<DeployLatencies> {
+    let path = dir.join(DEPLOY_FILE);
+    if !path.is_file() {
+        return Ok(DeployLatencies::new());
+    }
+    let d = read_deploy(&path)?;
+    let model = dir.join("model.safetensors");
+    let sha = file_sha256(&model)?;
+    for (key, m) in &d {
+        if m.model_sha256 != sha {
+            return Err(RunFileError::Invalid {
+                path,
+                message: format!(
+                    "{key} measured another model (sha256 {}…) than {} ({}…): measure it again \
+                     with bench/onnx_check.py --runs",
+                    &m.model_sha256[..12],
+                    model.display(),
+                    &sha[..12]
+                ),
+            });
+        }
+    }
+    Ok(d)
+}
 
 /// Read and check a `deploy.json`: every time finite and positive, keys and runtimes named.
 pub fn read_deploy(path: &Path) -> Result<DeployLatencies> {
@@ -51,6 +106,11 @@ pub fn read_deploy(path: &Path) -> Result<DeployLatencies> {
         if key.trim().is_empty() || m.runtime.trim().is_empty() {
             return Err(invalid(format!(
                 "{key:?}: runtime key and name must be named"
+            )));
+        }
+        if m.model_sha256.len() != 64 || !m.model_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(invalid(format!(
+                "{key}.model_sha256 is not a SHA-256 in hex"
             )));
         }
         if m.threads == 0 {
@@ -93,6 +153,7 @@ mod tests {
     #[test]
     fn reads_a_measurement_and_refuses_what_is_not_one() {
         let good = r#"{"onnxruntime-cpu": {"runtime": "onnxruntime 1.32.0", "input": "64x32",
+            "model_sha256": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
             "threads": 2, "latency_ms": {"batch1": 0.5, "batch32": 4.25}, "max_rel_diff": 3e-7}}"#;
         let d = read(good).unwrap();
         assert_eq!(d["onnxruntime-cpu"].latency_ms.batch32, Some(4.25));
@@ -114,9 +175,37 @@ mod tests {
             ),
             (good.replace("3e-7", "-3e-7"), "max_rel_diff"),
             ("[1, 2]".to_string(), "not a deploy.json"),
+            (good.replace("0123456789abcdef0123", "0123"), "model_sha256"),
         ] {
             let e = read(&bad).unwrap_err();
             assert!(e.contains(DEPLOY_FILE) && e.contains(says), "{says}: {e}");
         }
+    }
+
+    #[test]
+    fn a_measurement_of_another_model_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.safetensors"), b"model one").unwrap();
+        let sha = file_sha256(&dir.path().join("model.safetensors")).unwrap();
+        // sha256("model one"), computed independently (coreutils sha256sum)
+        assert_eq!(
+            sha,
+            "726ca901a6141e040fee289c8cd48eedf8bd515dc06bed8e691637fb39261514"
+        );
+        let text = format!(
+            r#"{{"onnxruntime-cpu": {{"runtime": "onnxruntime 1.32.0", "input": "64x32",
+            "model_sha256": "{sha}", "threads": 2, "latency_ms": {{"batch32": 4.0}}}}}}"#
+        );
+        std::fs::write(dir.path().join(DEPLOY_FILE), text).unwrap();
+        assert_eq!(read_deploy_for_model(dir.path()).unwrap().len(), 1);
+        std::fs::write(dir.path().join("model.safetensors"), b"model two").unwrap();
+        let e = read_deploy_for_model(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains(DEPLOY_FILE) && e.contains("another model"),
+            "{e}"
+        );
+        // no deploy.json: nothing to show
+        std::fs::remove_file(dir.path().join(DEPLOY_FILE)).unwrap();
+        assert!(read_deploy_for_model(dir.path()).unwrap().is_empty());
     }
 }

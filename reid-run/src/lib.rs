@@ -35,7 +35,9 @@ pub mod testing;
 pub mod types;
 
 pub use atomic::{remove_stale_temp_files, write_atomic, TEMP_MARK};
-pub use deploy::{read_deploy, DeployLatencies, DeployLatency, DEPLOY_FILE};
+pub use deploy::{
+    file_sha256, read_deploy, read_deploy_for_model, DeployLatencies, DeployLatency, DEPLOY_FILE,
+};
 pub use metrics::{EvalEntry, Latency, RunFolder, RunMetrics, TrainSummary};
 pub use types::{DeviceSpec, InputSize, PkBatch};
 

@@ -19,6 +19,14 @@ pub struct RunArgs {
     /// --set batch_pk=8x4 --set finetune_epochs=30
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<reid_prune::config_file::SetOverride>,
+    /// One of several workers sharing the output folder (processes here, Slurm array tasks
+    /// elsewhere): each claims the steps no other holds, waits for the ones others compute, and
+    /// ends with the whole table; it names itself in its log and lists the steps it computed.
+    #[arg(long)]
+    worker: bool,
+    /// Compute at most N steps, then exit 0 leaving the rest to other workers.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_steps: Option<u64>,
 }
 
 /// List an experiment grid's steps (key, parents, state) without running anything.
@@ -76,10 +84,31 @@ pub fn run_default(a: DefaultArgs) -> Result<()> {
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
-    run_experiment(with_seeds(
+    let cfg = with_seeds(
         reid_prune::config_file::read_toml_with(&a.config, "experiment config", &a.sets)?,
         a.seeds,
-    ))
+    );
+    let worker = a.worker.then(worker_name);
+    if let Some(w) = &worker {
+        eprintln!(
+            "worker {w}: sharing {} with any other worker",
+            cfg.out.display()
+        );
+    }
+    run_experiment_as(cfg, worker, a.max_steps.map(|n| n as usize))
+}
+
+/// `<host>:<pid>`, with the Slurm job and array task when there is one.
+fn worker_name() -> String {
+    let host = reid_prune::step_lock::host_name();
+    let slurm = match (
+        std::env::var("SLURM_ARRAY_JOB_ID"),
+        std::env::var("SLURM_ARRAY_TASK_ID"),
+    ) {
+        (Ok(j), Ok(t)) => format!(" (slurm {j}_{t})"),
+        _ => String::new(),
+    };
+    format!("{host}:{}{slurm}", std::process::id())
 }
 
 pub fn plan(a: PlanArgs) -> Result<()> {
@@ -133,6 +162,14 @@ fn plan_experiment(all: reid_prune::scenario::ExperimentConfig, json: bool) -> R
 }
 
 fn run_experiment(all: reid_prune::scenario::ExperimentConfig) -> Result<()> {
+    run_experiment_as(all, None, None)
+}
+
+fn run_experiment_as(
+    all: reid_prune::scenario::ExperimentConfig,
+    worker: Option<String>,
+    max_steps: Option<usize>,
+) -> Result<()> {
     all.validate()
         .with_context(|| format!("experiment '{}'", all.name))?;
     // every target's data before the first grid runs, not after it
@@ -140,12 +177,27 @@ fn run_experiment(all: reid_prune::scenario::ExperimentConfig) -> Result<()> {
         .with_context(|| format!("experiment '{}'", all.name))?;
     let grids = all.per_target();
     let shared_steps = all.out.join("steps");
+    let mut computed: Vec<String> = Vec::new();
     for cfg in grids {
         let start = std::time::Instant::now();
         let cross = cfg.cross.as_ref().map(|c| c.label().to_string());
-        let mut runner =
-            reid_prune::scenario::Runner::new(cfg.clone())?.with_steps_dir(shared_steps.clone());
-        let cells = runner.run()?;
+        let budget = max_steps.map(|m| m.saturating_sub(computed.len()));
+        let mut runner = reid_prune::scenario::Runner::new(cfg.clone())?
+            .with_steps_dir(shared_steps.clone())
+            .with_max_steps(budget);
+        let result = runner.run();
+        computed.extend(runner.computed.iter().cloned());
+        let cells = match result {
+            Err(e)
+                if e.downcast_ref::<reid_prune::scenario::StepBudgetSpent>()
+                    .is_some() =>
+            {
+                report_worker(worker.as_deref(), &computed);
+                println!("stopped: {e}");
+                return Ok(());
+            }
+            r => r?,
+        };
         let table = reid_prune::scenario::render_table(&cells, cross.as_deref());
         reid_model::checkpoint::write_atomic(&cfg.out.join("summary.txt"), table.as_bytes())?;
         println!(
@@ -172,5 +224,21 @@ fn run_experiment(all: reid_prune::scenario::ExperimentConfig) -> Result<()> {
             cfg.out.display()
         );
     }
+    report_worker(worker.as_deref(), &computed);
     Ok(())
+}
+
+/// A worker's last line: the steps it computed (each step is computed by one worker only).
+fn report_worker(worker: Option<&str>, computed: &[String]) {
+    if let Some(w) = worker {
+        println!(
+            "worker {w} computed {} steps: {}",
+            computed.len(),
+            if computed.is_empty() {
+                "none".to_string()
+            } else {
+                computed.join(" ")
+            }
+        );
+    }
 }
