@@ -15,6 +15,7 @@ pub mod flops;
 pub mod method;
 pub mod prune_run;
 pub mod scenario;
+pub mod slurm;
 pub mod step_key;
 pub mod step_lock;
 pub mod strategy;

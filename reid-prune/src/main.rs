@@ -28,6 +28,8 @@ enum Command {
     Run(commands::experiment::RunArgs),
     /// List an experiment grid's steps (key, parents, state) without running anything.
     Plan(commands::experiment::PlanArgs),
+    /// Write an sbatch job-array script that runs a grid with N workers on a Slurm cluster.
+    Slurm(commands::slurm::Args),
     /// Prune a model's filters for real (prune once or iteratively) and write a run folder.
     Prune(commands::prune::Args),
     /// Per-channel importance scores of the prunable convs.
@@ -55,6 +57,7 @@ fn main() -> Result<()> {
         None => commands::experiment::run_default(cli.default),
         Some(Command::Run(a)) => commands::experiment::run(a),
         Some(Command::Plan(a)) => commands::experiment::plan(a),
+        Some(Command::Slurm(a)) => commands::slurm::run(a),
         Some(Command::Prune(a)) => commands::prune::run(a),
         Some(Command::Scores(a)) => commands::scores::run(a),
         Some(Command::Train(a)) => commands::train::run(a),

@@ -435,10 +435,15 @@ impl StepOut {
 pub enum StepState {
     /// Finished (`DONE`): reused.
     Done,
-    /// Started by a run that did not finish (or is running now): resumed from its checkpoint.
+    /// Being computed now (its lock is held: see [`PlannedStep::owner`]).
+    Running,
+    /// Started by a run that did not finish and nobody holds: the next worker resumes it from
+    /// its checkpoint.
     Started,
-    /// Not started.
-    Pending,
+    /// Not started, every parent finished: a worker can take it now.
+    Ready,
+    /// Not started, waiting for a parent.
+    Waiting,
 }
 
 /// One step of a grid, listed without running it.
@@ -452,6 +457,9 @@ pub struct PlannedStep {
     /// Folder names of the steps whose models it starts from.
     pub parents: Vec<String>,
     pub state: StepState,
+    /// Who computes it, when it is running (`pid 123 on node7 (claimed 40 s ago)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// Label of the per-query results in an eval step's folder.
@@ -579,12 +587,17 @@ impl Runner {
             key: hash,
         };
         if let Some(plan) = &mut self.plan {
+            let owner = crate::step_lock::running_holder(&dir);
             let state = if dir.join("DONE").is_file() {
                 StepState::Done
+            } else if owner.is_some() {
+                StepState::Running
             } else if dir.join("step.json").is_file() {
                 StepState::Started
+            } else if parents.iter().all(|p| p.dir.join("DONE").is_file()) {
+                StepState::Ready
             } else {
-                StepState::Pending
+                StepState::Waiting
             };
             plan.push(PlannedStep {
                 name,
@@ -596,6 +609,7 @@ impl Runner {
                     .map(|n| n.to_string_lossy().into_owned())
                     .collect(),
                 state,
+                owner: owner.map(|h| h.to_string()),
             });
             return Ok(out);
         }

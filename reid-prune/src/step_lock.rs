@@ -158,6 +158,28 @@ pub fn try_claim(dir: &Path) -> Result<Claim> {
     }))
 }
 
+/// Who computes the step in `dir` now, without claiming or writing anything: a process of this
+/// host holding the kernel lock, or another host's claim with a fresh heartbeat. `None` when
+/// nobody does (never started, finished, or its process died).
+pub fn running_holder(dir: &Path) -> Option<Holder> {
+    let path = dir.join(".lock");
+    let file = File::open(&path).ok()?;
+    let holder = read_holder(&path);
+    match file.try_lock_shared() {
+        // nobody holds the kernel lock: only another host's fresh claim counts
+        Ok(()) => {
+            let _ = file.unlock();
+            let age = file.metadata().ok()?.modified().ok()?.elapsed().ok()?;
+            holder.filter(|h| h.host != host_name() && age < STALE_AFTER)
+        }
+        Err(_) => Some(holder.unwrap_or(Holder {
+            pid: 0,
+            host: "unknown".into(),
+            started: 0,
+        })),
+    }
+}
+
 /// The claim written in a lock file, if it is readable.
 pub fn read_holder(path: &Path) -> Option<Holder> {
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
@@ -200,6 +222,21 @@ mod tests {
         }
         drop(first);
         assert!(matches!(try_claim(&step).unwrap(), Claim::Held(_)));
+    }
+
+    #[test]
+    fn a_running_holder_is_seen_without_claiming() {
+        let dir = tempfile::tempdir().unwrap();
+        let step = dir.path().join("eval-abc");
+        assert_eq!(running_holder(&step), None, "no folder");
+        let Claim::Held(lock) = try_claim(&step).unwrap() else {
+            panic!("the first claim must hold");
+        };
+        assert_eq!(running_holder(&step).unwrap().pid, std::process::id());
+        // looking did not take it
+        assert!(matches!(try_claim(&step).unwrap(), Claim::Busy(_)));
+        drop(lock);
+        assert_eq!(running_holder(&step), None, "released");
     }
 
     #[test]

@@ -98,18 +98,41 @@ fn tiny_grid_runs_and_resumes_without_repeating_steps() {
     images.sort();
     let bytes = std::fs::read(&images[0]).unwrap();
     std::fs::write(&images[0], [bytes.as_slice(), &[0u8; 16]].concat()).unwrap();
-    let plan = Runner::new(cfg).unwrap().plan().unwrap();
+    let plan = Runner::new(cfg.clone()).unwrap().plan().unwrap();
     use reid_prune::scenario::StepState;
     for s in &plan {
         let source_only = s.kind == "pretrain" || s.what.ends_with("on source");
-        let want = if source_only {
-            StepState::Done
+        if source_only {
+            assert_eq!(s.state, StepState::Done, "{}", s.what);
         } else {
-            StepState::Pending
-        };
-        assert_eq!(s.state, want, "{}", s.what);
+            assert!(
+                matches!(s.state, StepState::Ready | StepState::Waiting),
+                "{}: {:?}",
+                s.what,
+                s.state
+            );
+        }
     }
-    assert!(plan.iter().any(|s| s.state == StepState::Pending));
+    // the fine-tune starts from the (finished) pre-training: ready; what follows it waits
+    assert!(plan
+        .iter()
+        .any(|s| s.kind == "finetune" && s.state == StepState::Ready));
+    assert!(plan.iter().any(|s| s.state == StepState::Waiting));
+    // a step whose lock is held is running, and the plan names who holds it
+    let finetune = plan.iter().find(|s| s.kind == "finetune").unwrap();
+    let reid_prune::step_lock::Claim::Held(_lock) =
+        reid_prune::step_lock::try_claim(&cfg.out.join("steps").join(&finetune.name)).unwrap()
+    else {
+        panic!("nobody else holds it");
+    };
+    let plan = Runner::new(cfg.clone()).unwrap().plan().unwrap();
+    let s = plan.iter().find(|s| s.name == finetune.name).unwrap();
+    assert_eq!(s.state, StepState::Running);
+    let owner = s.owner.as_deref().unwrap();
+    assert!(
+        owner.contains(&format!("pid {}", std::process::id())),
+        "{owner}"
+    );
 }
 
 #[test]

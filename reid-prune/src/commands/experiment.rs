@@ -138,11 +138,15 @@ fn plan_experiment(all: reid_prune::scenario::ExperimentConfig, json: bool) -> R
         } else {
             writeln!(
                 out,
-                "{:<8} {:<25} {:<32} {}",
+                "{:<8} {:<25} {:<32} {}{}",
                 format!("{:?}", s.state).to_lowercase(),
                 s.name,
                 s.what,
-                s.parents.join(" ")
+                s.parents.join(" "),
+                s.owner
+                    .as_deref()
+                    .map(|o| format!("  [{o}]"))
+                    .unwrap_or_default()
             )?;
         }
     }
@@ -150,11 +154,13 @@ fn plan_experiment(all: reid_prune::scenario::ExperimentConfig, json: bool) -> R
         let n = |st: StepState| steps.iter().filter(|s| s.state == st).count();
         writeln!(
             out,
-            "{} steps: {} done, {} started, {} pending (folders under {})",
+            "{} steps: {} done, {} running, {} started (resumable), {} ready, {} waiting (folders under {})",
             steps.len(),
             n(StepState::Done),
+            n(StepState::Running),
             n(StepState::Started),
-            n(StepState::Pending),
+            n(StepState::Ready),
+            n(StepState::Waiting),
             shared_steps.display()
         )?;
     }
