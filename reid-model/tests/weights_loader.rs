@@ -38,6 +38,14 @@ fn all_modes() -> Vec<(&'static str, LoadOptions)> {
     ]
 }
 
+/// The error of loading `path` with `opts` (the test fails if it loads).
+fn load_err(path: &Path, opts: &LoadOptions) -> String {
+    match load_weights(path, opts, &Device::Cpu) {
+        Ok(_) => panic!("{} loaded", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
 fn values(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1().unwrap()
 }
@@ -98,18 +106,12 @@ fn a_stray_or_missing_tensor_is_refused_in_every_mode() {
     missing.remove("layer3.1.bn2.running_mean");
     let missing = save_plain(tmp.path(), "missing.safetensors", &missing);
     for (mode, opts) in all_modes() {
-        let e = load_weights(&stray, &opts, &Device::Cpu)
-            .err()
-            .unwrap()
-            .to_string();
+        let e = load_err(&stray, &opts);
         assert!(
             e.contains("stray.safetensors") && e.contains("layer1.0.extra.weight"),
             "{mode}: {e}"
         );
-        let e = load_weights(&missing, &opts, &Device::Cpu)
-            .err()
-            .unwrap()
-            .to_string();
+        let e = load_err(&missing, &opts);
         assert!(
             e.contains("missing.safetensors") && e.contains("layer3.1.bn2.running_mean"),
             "{mode}: {e}"
@@ -128,10 +130,7 @@ fn a_non_finite_value_is_refused_in_every_mode() {
     map.insert("layer2.1.conv1.weight".into(), bad);
     let path = save_plain(tmp.path(), "nan.safetensors", &map);
     for (mode, opts) in all_modes() {
-        let e = load_weights(&path, &opts, &Device::Cpu)
-            .err()
-            .unwrap()
-            .to_string();
+        let e = load_err(&path, &opts);
         assert!(
             e.contains("nan.safetensors") && e.contains("layer2.1.conv1.weight"),
             "{mode}: {e}"
@@ -150,22 +149,12 @@ fn the_expected_architecture_must_be_the_one_held() {
             &Device::Cpu,
         )
         .unwrap_or_else(|e| panic!("{mode}: {e}"));
-        let e = load_weights(
-            &path,
-            &opts.clone().expecting(Some("resnet50")),
-            &Device::Cpu,
-        )
-        .err()
-        .unwrap()
-        .to_string();
+        let e = load_err(&path, &opts.clone().expecting(Some("resnet50")));
         assert!(
             e.contains("resnet50") && e.contains("resnet18"),
             "{mode}: {e}"
         );
-        let e = load_weights(&path, &opts.expecting(Some("vgg16")), &Device::Cpu)
-            .err()
-            .unwrap()
-            .to_string();
+        let e = load_err(&path, &opts.expecting(Some("vgg16")));
         assert!(e.contains("unknown architecture 'vgg16'"), "{mode}: {e}");
     }
 }
@@ -208,10 +197,7 @@ fn a_misshaped_fc_is_refused_as_a_classifier() {
         Tensor::zeros((7, 3), DType::F32, &Device::Cpu).unwrap(),
     );
     let path = save_plain(tmp.path(), "fc.safetensors", &map);
-    let e = load_weights(&path, &LoadOptions::any_trainable(), &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = load_err(&path, &LoadOptions::any_trainable());
     assert!(
         e.contains("fc.safetensors") && e.contains("fc.weight"),
         "{e}"

@@ -89,54 +89,39 @@ pub fn read_deploy_for_model(dir: &Path) -> Result<DeployLatencies> {
 
 /// Read and check a `deploy.json`: every time finite and positive, keys and runtimes named.
 pub fn read_deploy(path: &Path) -> Result<DeployLatencies> {
-    let text = std::fs::read_to_string(path).map_err(|source| RunFileError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let invalid = |message: String| RunFileError::Invalid {
-        path: path.to_path_buf(),
-        message,
-    };
-    let d: DeployLatencies = serde_json::from_str(&text).map_err(|e| {
-        invalid(format!(
-            "not a deploy.json (runtime key → measurement): {e}"
-        ))
-    })?;
-    for (key, m) in &d {
+    crate::metrics::read_checked_json(path, "deploy.json (runtime key → measurement)", check)
+}
+
+fn check(d: &DeployLatencies) -> std::result::Result<(), String> {
+    for (key, m) in d {
         if key.trim().is_empty() || m.runtime.trim().is_empty() {
-            return Err(invalid(format!(
-                "{key:?}: runtime key and name must be named"
-            )));
+            return Err(format!("{key:?}: runtime key and name must be named"));
         }
         if m.model_sha256.len() != 64 || !m.model_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(invalid(format!(
-                "{key}.model_sha256 is not a SHA-256 in hex"
-            )));
+            return Err(format!("{key}.model_sha256 is not a SHA-256 in hex"));
         }
         if m.threads == 0 {
-            return Err(invalid(format!("{key}.threads = 0")));
+            return Err(format!("{key}.threads = 0"));
         }
         let times = [
             ("batch1", m.latency_ms.batch1),
             ("batch32", m.latency_ms.batch32),
         ];
         if times.iter().all(|(_, v)| v.is_none()) {
-            return Err(invalid(format!("{key}.latency_ms has no time")));
+            return Err(format!("{key}.latency_ms has no time"));
         }
         for (what, v) in times {
             if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
-                return Err(invalid(format!(
+                return Err(format!(
                     "{key}.latency_ms.{what} = {v} is not a positive time"
-                )));
+                ));
             }
         }
         if let Some(r) = m.max_rel_diff.filter(|r| !(r.is_finite() && *r >= 0.0)) {
-            return Err(invalid(format!(
-                "{key}.max_rel_diff = {r} is not a difference"
-            )));
+            return Err(format!("{key}.max_rel_diff = {r} is not a difference"));
         }
     }
-    Ok(d)
+    Ok(())
 }
 
 #[cfg(test)]

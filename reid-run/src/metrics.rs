@@ -218,8 +218,12 @@ impl RunMetrics {
     }
 }
 
-/// Read and check a `metrics.json`.
-pub fn read_metrics(path: &Path) -> Result<RunMetrics> {
+/// Read a JSON file of type `T` and check it; errors name the file, and say it is not a `what`.
+pub(crate) fn read_checked_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &str,
+    check: impl FnOnce(&T) -> std::result::Result<(), String>,
+) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|source| RunFileError::Read {
         path: path.to_path_buf(),
         source,
@@ -228,10 +232,18 @@ pub fn read_metrics(path: &Path) -> Result<RunMetrics> {
         path: path.to_path_buf(),
         message,
     };
-    let m: RunMetrics = serde_json::from_str(&text)
-        .map_err(|e| invalid(format!("not a metrics.json of reid-run's format: {e}")))?;
-    m.validate().map_err(invalid)?;
-    Ok(m)
+    let v: T = serde_json::from_str(&text).map_err(|e| invalid(format!("not a {what}: {e}")))?;
+    check(&v).map_err(invalid)?;
+    Ok(v)
+}
+
+/// Read and check a `metrics.json`.
+pub fn read_metrics(path: &Path) -> Result<RunMetrics> {
+    read_checked_json(
+        path,
+        "metrics.json of reid-run's format",
+        RunMetrics::validate,
+    )
 }
 
 /// Check and write a `metrics.json` atomically.
