@@ -26,6 +26,18 @@ fn branch_masks(net: &ReidNet, p: &PrunePlan) -> ActivationTrace {
     masked
 }
 
+/// A target removing `level` of the prunable channels of a 64×32 net.
+fn channels_at(level: f64, allocation: Allocation) -> PruneTarget {
+    PruneTarget {
+        kind: TargetKind::Channels,
+        level,
+        allocation,
+        floor: 1.0 / 16.0,
+        round_to: 1,
+        input: (64, 32),
+    }
+}
+
 fn max_abs(t: &Tensor) -> f32 {
     t.abs().unwrap().max_all().unwrap().to_scalar().unwrap()
 }
@@ -40,14 +52,7 @@ fn surgery_equals_masking_for_every_depth() {
             .scores(&net, &net.prunable_convs(), None)
             .unwrap();
         for allocation in [Allocation::Layerwise, Allocation::Global] {
-            let target = PruneTarget {
-                kind: TargetKind::Channels,
-                level: 0.4,
-                allocation,
-                floor: 1.0 / 16.0,
-                round_to: 1,
-                input: (64, 32),
-            };
+            let target = channels_at(0.4, allocation);
             let p = plan(net.spec(), net.spec(), &scores, &target).unwrap();
             let pruned = apply(&net, &p).unwrap();
             let x = Tensor::randn(0f32, 1.0, (3, 3, 64, 32), &dev).unwrap();
@@ -297,14 +302,7 @@ fn residual_group_surgery_equals_masking_the_streams() {
         let scores = random.scores(&net, &net.prunable_convs(), None).unwrap();
         let gs = group_scores(random.as_ref(), &net, None).unwrap();
         for allocation in [Allocation::Layerwise, Allocation::Global] {
-            let target = PruneTarget {
-                kind: TargetKind::Channels,
-                level: 0.4,
-                allocation,
-                floor: 1.0 / 16.0,
-                round_to: 1,
-                input: (64, 32),
-            };
+            let target = channels_at(0.4, allocation);
             let p = plan_with_groups(net.spec(), net.spec(), &scores, Some(&gs), &target).unwrap();
             assert_eq!(p.groups.len(), net.spec().residual_groups().len());
             let pruned = apply(&net, &p).unwrap();

@@ -6,7 +6,7 @@ use candle_core::DType;
 use reid_model::{ActivationTrace, PrunableConv, ReidNet};
 
 use super::{ChannelScores, Criterion, ScoreData};
-use crate::error::{PruneError, Result};
+use crate::error::Result;
 
 pub struct Entropy {
     pub bins: usize,
@@ -96,9 +96,7 @@ impl Criterion for Entropy {
         layers: &[PrunableConv],
         data: Option<&ScoreData>,
     ) -> Result<ChannelScores> {
-        let data = data.filter(|d| !d.batches.is_empty()).ok_or_else(|| {
-            PruneError::Request("entropy needs data: give a batch or a dataset".into())
-        })?;
+        let data = ScoreData::required(data, "entropy")?;
         let eval = net.inference_copy()?;
         let mut gaps: ChannelScores = layers
             .iter()

@@ -25,6 +25,15 @@ pub struct ScoreData {
     pub batches: Vec<(Tensor, Option<Tensor>)>,
 }
 
+impl ScoreData {
+    /// The data a data-driven criterion `name` needs, or the error saying so.
+    pub fn required<'a>(data: Option<&'a ScoreData>, name: &str) -> Result<&'a ScoreData> {
+        data.filter(|d| !d.batches.is_empty()).ok_or_else(|| {
+            PruneError::Request(format!("{name} needs data: give a batch or a dataset"))
+        })
+    }
+}
+
 pub trait Criterion: Send + Sync {
     fn name(&self) -> &'static str;
 

@@ -42,9 +42,7 @@ impl Criterion for Taylor {
         layers: &[PrunableConv],
         data: Option<&ScoreData>,
     ) -> Result<ChannelScores> {
-        let data = data.filter(|d| !d.batches.is_empty()).ok_or_else(|| {
-            PruneError::Request("taylor needs data: give a batch or a dataset".into())
-        })?;
+        let data = ScoreData::required(data, "taylor")?;
         // Eval-mode forward over detached weights: only the probes downstream carry gradients.
         let eval = net.inference_copy()?;
         let mut sums: ChannelScores = layers

@@ -190,6 +190,17 @@ mod tests {
     use crate::init::SplitMix64;
     use candle_core::{Device, Var};
 
+    /// The gradient of `t` in `grads`, flattened.
+    fn grad_vec(grads: &candle_core::backprop::GradStore, t: &Tensor) -> Vec<f32> {
+        grads
+            .get(t)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
     fn rand_vec(n: usize, seed: u64) -> Vec<f64> {
         let mut r = SplitMix64::new(seed);
         (0..n).map(|_| r.normal()).collect()
@@ -261,20 +272,8 @@ mod tests {
             .unwrap()
             .backward()
             .unwrap();
-        let gx: Vec<f32> = grads
-            .get(xv.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let gw: Vec<f32> = grads
-            .get(wv.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let gx = grad_vec(&grads, xv.as_tensor());
+        let gw = grad_vec(&grads, wv.as_tensor());
         let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
         let tag = format!("n{n} c{cin}->{cout} {h}x{w} k{k} s{stride}");
         assert!(
@@ -329,20 +328,8 @@ mod tests {
                 .conv2d(wv.as_tensor(), pad, stride, 1, 1)
                 .unwrap();
             let gs = (ys * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let sx: Vec<f32> = gs
-                .get(xv.as_tensor())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let sw: Vec<f32> = gs
-                .get(wv.as_tensor())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let sx = grad_vec(&gs, xv.as_tensor());
+            let sw = grad_vec(&gs, wv.as_tensor());
             let to64 = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
             assert!(
                 max_rel(&gx, &to64(&sx)) < 1e-5,
