@@ -601,7 +601,7 @@ impl ReidNet {
             .iter()
             .map(|s| s.iter().map(fold_block).collect::<candle_core::Result<_>>())
             .collect::<candle_core::Result<_>>()?;
-        let channels_last = if self.device.is_cpu() {
+        let channels_last = if crate::ops::fast_cpu_device(&self.device) {
             Some(std::sync::Arc::new(ChannelsLastBackbone::new(
                 &stem, &stages,
             )?))
@@ -662,7 +662,8 @@ impl ReidNet {
         }
         // candle's stock conv backward (used off the CPU) needs equal H/W parity at stride-2
         // convs; our CPU gemm conv does not. Check before any work.
-        let stock_backward = !self.device.is_cpu() && (train || trace.with_grad);
+        let stock_backward =
+            !crate::ops::fast_cpu_device(&self.device) && (train || trace.with_grad);
         self.spec.check_input(h, w, stock_backward)?;
         let x = x.to_dtype(DType::F32)?;
         let pooled = match &self.channels_last {

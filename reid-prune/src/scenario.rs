@@ -252,15 +252,7 @@ impl ExperimentConfig {
         crate::training::positive("width_mult", self.width_mult)?;
         crate::training::positive("lr", self.lr)?;
         crate::training::positive("checkpoint_interval_s", self.checkpoint_interval_s)?;
-        self.input
-            .validate()
-            .map_err(|e| anyhow::anyhow!("input: {e}"))?;
-        self.batch_pk
-            .validate()
-            .map_err(|e| anyhow::anyhow!("batch_pk: {e}"))?;
-        if self.batch_size == 0 {
-            anyhow::bail!("batch_size = 0: expected at least 1");
-        }
+        crate::training::check_batching(self.input, self.batch_pk, self.batch_size)?;
         for arch in std::iter::once(&self.arch).chain(&self.baselines) {
             reid_model::ArchSpec::from_name(arch, 0)
                 .with_context(|| format!("arch/baselines: '{arch}'"))?;

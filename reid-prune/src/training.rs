@@ -140,15 +140,7 @@ impl RunConfig {
         positive("width_mult", self.width_mult)?;
         positive("train.schedule.base_lr", self.train.schedule.base_lr)?;
         positive("checkpoint_interval_s", self.checkpoint_interval_s)?;
-        self.input
-            .validate()
-            .map_err(|e| anyhow::anyhow!("input: {e}"))?;
-        self.batch_pk
-            .validate()
-            .map_err(|e| anyhow::anyhow!("batch_pk: {e}"))?;
-        if self.batch_size == 0 {
-            bail!("batch_size = 0: expected at least 1 image a batch");
-        }
+        check_batching(self.input, self.batch_pk, self.batch_size)?;
         let t = &self.train;
         for (name, v) in [
             ("train.label_smoothing", t.label_smoothing),
@@ -172,6 +164,24 @@ impl RunConfig {
 }
 
 /// A field that must be a finite number > 0.
+/// The input size, P×K batch and batch size every config with training carries.
+pub fn check_batching(
+    input: reid_run::InputSize,
+    batch_pk: reid_run::PkBatch,
+    batch_size: usize,
+) -> Result<()> {
+    input
+        .validate()
+        .map_err(|e| anyhow::anyhow!("input: {e}"))?;
+    batch_pk
+        .validate()
+        .map_err(|e| anyhow::anyhow!("batch_pk: {e}"))?;
+    if batch_size == 0 {
+        bail!("batch_size = 0: expected at least 1 image a batch");
+    }
+    Ok(())
+}
+
 pub fn positive(name: &str, v: f64) -> Result<()> {
     if !v.is_finite() || v <= 0.0 {
         bail!("{name} = {v}: expected a finite number > 0");

@@ -294,7 +294,7 @@ impl CustomOp2 for ReluBackward {
 }
 
 fn fused_ok(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+    super::fast_cpu(x)
 }
 
 /// ReLU: fused kernel on CPU f32, candle's elsewhere.

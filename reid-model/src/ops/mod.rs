@@ -7,7 +7,38 @@ pub mod conv_gemm;
 pub mod fused;
 pub mod pool;
 
-use candle_core::{CpuStorage, Layout};
+use std::cell::Cell;
+
+use candle_core::{CpuStorage, Device, Layout, Tensor};
+
+thread_local! {
+    static GENERIC_OPS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether this thread runs this crate's CPU kernels on `device` (gemm convs, fused BN/ReLU,
+/// pools, channels-last inference): on the CPU, unless [`with_generic_ops`] is in effect.
+pub fn fast_cpu_device(device: &Device) -> bool {
+    device.is_cpu() && !GENERIC_OPS.with(Cell::get)
+}
+
+/// [`fast_cpu_device`] for an f32 tensor (the kernels are f32 only).
+pub fn fast_cpu(t: &Tensor) -> bool {
+    fast_cpu_device(t.device()) && t.dtype() == candle_core::DType::F32
+}
+
+/// Run `f` with candle's generic ops on this thread — exactly the code path CUDA and every
+/// other device executes — so that it can be checked on the CPU against the fast kernels.
+/// Nets built inside `f` (`fold_bn`) keep the path they were built with.
+pub fn with_generic_ops<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            GENERIC_OPS.with(|g| g.set(self.0));
+        }
+    }
+    let _reset = Reset(GENERIC_OPS.with(|g| g.replace(true)));
+    f()
+}
 
 /// The f32 data of a CPU storage under a contiguous layout (custom ops require contiguous inputs).
 pub(crate) fn f32_slice<'a>(

@@ -126,7 +126,7 @@ fn max3_s2_p1_along(x: &Tensor, dim: usize) -> Result<Tensor> {
 
 /// The ResNet stem pool: 3×3 window, stride 2, padding 1, on an NCHW post-ReLU tensor.
 pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+    if super::fast_cpu(x) {
         return x.contiguous()?.apply_op1(MaxPool3x3S2P1);
     }
     composed_max_pool_3x3_s2_p1(x)

@@ -138,7 +138,7 @@ pub(crate) fn inner_parallelism(outer: bool) -> Parallelism {
 }
 
 pub(crate) fn cpu_f32(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == candle_core::DType::F32
+    super::fast_cpu(t)
 }
 
 /// Convolution through [`Conv2dGemm`] (CPU, f32); other devices and dtypes use candle's conv2d.
