@@ -18,11 +18,16 @@ pub fn open_device(spec: reid_run::DeviceSpec) -> Result<Device> {
         reid_run::DeviceSpec::Cuda(n) => n,
     };
     let s = spec.to_string();
-    Device::new_cuda(ordinal).map_err(|e| {
-        ModelError::Input(format!(
-            "device '{s}': CUDA is not available ({e}); build with `--features cuda` on a machine with an NVIDIA GPU, or use --device cpu"
-        ))
-    })
+    // what to do differs: a CPU-only build needs rebuilding, a CUDA build needs a driver and GPU
+    let fix = if cfg!(feature = "cuda") {
+        "this build has CUDA: check the NVIDIA driver (nvidia-smi), the GPU's ordinal and \
+         CUDA_VISIBLE_DEVICES, or use --device cpu"
+    } else {
+        "build with `--features cuda` (scripts/cuda-build.sh) on a machine with an NVIDIA GPU, \
+         or use --device cpu"
+    };
+    Device::new_cuda(ordinal)
+        .map_err(|e| ModelError::Input(format!("device '{s}': CUDA is not available ({e}); {fix}")))
 }
 
 #[cfg(test)]
