@@ -8,7 +8,9 @@
 //! - [`complexity`]: MACs / FLOPs / parameters per layer, backbone and head apart;
 //! - [`train`]: losses, checkpointable optimisers, schedules; `alloc` / [`process`]: what the
 //!   binaries share (allocator with a 1 s purge delay, default SIGPIPE);
-//! - `onnx` (feature `onnx`): any net as a standard ONNX graph, image tensor to re-ID feature.
+//! - `onnx` (feature `onnx`): any net as a standard ONNX graph, image tensor to re-ID feature;
+//! - [`ops`]: the layers and this crate's CPU kernels; `ops::with_generic_ops` runs candle's
+//!   generic ops instead (the path of every other device), so that it is tested on the CPU.
 //!
 //! Features: `hub` (default; hub ids through hf-hub, otherwise local files only), `cli`
 //! (clap value enums for front ends), `fast-alloc` (mimalloc for binaries; the `bench` binary

@@ -3,9 +3,9 @@
 //! retraining hooks), strategies, channel surgery, resumable training and pruning runs, and the
 //! experiment grid (`scenario`: steps keyed by the hash of their resolved config and parents'
 //! keys — `step_key` —, resumed mid-step after a crash, claimed by one process at a time through
-//! `step_lock`). Config files are parsed and checked at the edge (`config_file`,
-//! `ExperimentConfig::validate` / `check_inputs`, `RunConfig::validate`); run folders are written
-//! through `reid-run`.
+//! `step_lock`, so that many workers share one grid; `slurm` writes it as a Slurm job array).
+//! Config files are parsed and checked at the edge (`config_file`, `ExperimentConfig::validate` /
+//! `check_inputs`, `RunConfig::validate`); run folders are written through `reid-run`.
 
 pub mod config_file;
 pub mod criterion;
