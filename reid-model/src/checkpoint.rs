@@ -140,6 +140,15 @@ pub fn check_finite(path: &Path, name: &str, t: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// [`check_finite`] over every tensor of a file, in name order (the first bad name is reported).
+pub fn check_all_finite(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    names
+        .into_iter()
+        .try_for_each(|name| check_finite(path, name, &tensors[name]))
+}
+
 /// Missing, unexpected and mis-shaped tensors of a file against a spec.
 #[derive(Debug, Default, PartialEq)]
 pub struct MismatchReport {
@@ -365,11 +374,7 @@ pub(crate) fn checkpoint_from_file(
 ) -> Result<(Checkpoint, HashMap<String, Tensor>)> {
     let path = file.path.as_path();
     let spec = arch_from_metadata(path, &file.metadata)?;
-    let mut names: Vec<&String> = file.tensors.keys().collect();
-    names.sort();
-    for name in names {
-        check_finite(path, name, &file.tensors[name])?;
-    }
+    check_all_finite(path, &file.tensors)?;
     let provenance = match file.metadata.get(META_PROVENANCE) {
         Some(p) => serde_json::from_str(p).map_err(|e| {
             ModelError::file(path, format!("'{META_PROVENANCE}' is not valid JSON: {e}"))

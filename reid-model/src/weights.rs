@@ -12,8 +12,8 @@ use candle_core::{Device, Tensor};
 
 use crate::arch::{ArchSpec, Neck};
 use crate::checkpoint::{
-    check_finite, checkpoint_from_file, read_safetensors, MismatchReport, Provenance, TensorFile,
-    META_ARCH,
+    check_all_finite, checkpoint_from_file, read_safetensors, MismatchReport, Provenance,
+    TensorFile, META_ARCH,
 };
 use crate::error::{ModelError, Result};
 use crate::hub::{infer_backbone_spec, HeadOptions};
@@ -159,11 +159,7 @@ fn net_from_plain(file: TensorFile, opts: &LoadOptions, device: &Device) -> Resu
         .into_iter()
         .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
         .collect();
-    let mut names: Vec<&String> = tensors.keys().collect();
-    names.sort();
-    for name in names {
-        check_finite(&path, name, &tensors[name])?;
-    }
+    check_all_finite(&path, &tensors)?;
     let fc = tensors.remove("fc.weight");
     tensors.remove("fc.bias");
     let mut spec = infer_backbone_spec(&path, &tensors, opts.head.last_stride)?;

@@ -392,7 +392,6 @@ pub struct Runner {
     /// Opened when the grid runs (planning needs no device).
     device: Option<Device>,
     started: Instant,
-    pub steps_run: usize,
     pub steps_reused: usize,
     /// Wait for steps another process is computing (otherwise [`StepBusy`] is returned).
     wait_for_others: bool,
@@ -489,7 +488,6 @@ impl Runner {
             cfg,
             device: None,
             started: Instant::now(),
-            steps_run: 0,
             steps_reused: 0,
             wait_for_others: true,
             plan: None,
@@ -497,6 +495,11 @@ impl Runner {
             max_steps: None,
             computed: Vec::new(),
         })
+    }
+
+    /// Steps this process computed (reused ones not counted).
+    pub fn steps_run(&self) -> usize {
+        self.computed.len()
     }
 
     /// Stop after computing `n` steps ([`StepBudgetSpent`]); reused steps do not count.
@@ -579,8 +582,11 @@ impl Runner {
             key: hash,
         };
         if let Some(plan) = &mut self.plan {
-            let owner = crate::step_lock::running_holder(&dir);
-            let state = if dir.join("DONE").is_file() {
+            let done = dir.join("DONE").is_file();
+            let owner = (!done)
+                .then(|| crate::step_lock::running_holder(&dir))
+                .flatten();
+            let state = if done {
                 StepState::Done
             } else if owner.is_some() {
                 StepState::Running
@@ -611,7 +617,7 @@ impl Runner {
                 self.steps_reused += 1;
                 return Ok(out);
             }
-            if let Some(max) = self.max_steps.filter(|&m| self.steps_run >= m) {
+            if let Some(max) = self.max_steps.filter(|&m| self.computed.len() >= m) {
                 return Err(StepBudgetSpent(max).into());
             }
             match try_claim(&dir)? {
@@ -656,7 +662,6 @@ impl Runner {
         }
         f(&dir).with_context(|| format!("step {what} in {}", dir.display()))?;
         write_atomic(&dir.join("DONE"), b"")?;
-        self.steps_run += 1;
         self.computed.push(name);
         Ok(out)
     }

@@ -31,7 +31,7 @@ fn tiny_grid_runs_and_resumes_without_repeating_steps() {
     let cells = first.run().unwrap();
     assert_eq!(cells.len(), 4, "baseline + source-only + S1 + S3");
     assert_eq!(cells[1].scenario, "source");
-    assert!(first.steps_run > 0);
+    assert!(first.steps_run() > 0);
     let base = &cells[0];
     for c in &cells[2..] {
         let ratio = c.macs as f64 / base.macs as f64;
@@ -85,7 +85,7 @@ fn tiny_grid_runs_and_resumes_without_repeating_steps() {
     // a rerun (as after a crash) finds every step done
     let mut again = Runner::new(cfg.clone()).unwrap();
     let cells2 = again.run().unwrap();
-    assert_eq!(again.steps_run, 0);
+    assert_eq!(again.steps_run(), 0);
     assert_eq!(cells2.len(), 4);
 
     // one training image of the target replaced under the same path: every step that reads the

@@ -76,7 +76,7 @@ fn key_cells_run_under_every_seed_and_equal_a_grid_run_with_that_seed() {
     })
     .unwrap();
     let again = one.run().unwrap();
-    assert_eq!(one.steps_run, 6);
+    assert_eq!(one.steps_run(), 6);
     for (c, a) in cells.iter().zip(&again) {
         if let Some(e) = c.seed_evals.get(&1) {
             assert_eq!(e.target, a.target, "{} {}", c.scenario, c.level);

@@ -118,14 +118,10 @@ pub fn load_runs(root: &Path) -> Result<(Vec<Run>, Vec<Problem>), RunsError> {
             None
         };
         let deploy = reid_run::read_deploy_for_model(&dir).unwrap_or_else(|e| {
-            let (path, message) = match e {
-                reid_run::RunFileError::Invalid { path, message } => (path, message),
-                reid_run::RunFileError::Read { path, source } => {
-                    (path, format!("cannot read: {source}"))
-                }
-                reid_run::RunFileError::Write { path, source } => (path, source.to_string()),
-            };
-            problems.push(Problem { path, message });
+            problems.push(Problem {
+                path: e.path().to_path_buf(),
+                message: e.message(),
+            });
             Default::default()
         });
         let id = dir
@@ -169,10 +165,7 @@ fn collect_metrics(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), RunsError> 
 }
 
 fn read_metrics(path: &Path) -> Result<Metrics, String> {
-    let mut m = reid_run::metrics::read_metrics(path).map_err(|e| match e {
-        reid_run::RunFileError::Invalid { message, .. } => message,
-        other => other.to_string(),
-    })?;
+    let mut m = reid_run::metrics::read_metrics(path).map_err(|e| e.message())?;
     // Single-step run folders: `train` writes neither scenario nor criterion, `prune` no scenario.
     if m.scenario.is_empty() {
         m.scenario = if m.criterion.is_empty() {

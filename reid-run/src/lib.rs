@@ -59,4 +59,22 @@ pub enum RunFileError {
     Invalid { path: PathBuf, message: String },
 }
 
+impl RunFileError {
+    /// The file the error is about.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            Self::Write { path, .. } | Self::Read { path, .. } | Self::Invalid { path, .. } => path,
+        }
+    }
+
+    /// What went wrong, without the path (for readers that print the path themselves).
+    pub fn message(&self) -> String {
+        match self {
+            Self::Write { source, .. } => format!("cannot write (nothing was replaced): {source}"),
+            Self::Read { source, .. } => format!("cannot read: {source}"),
+            Self::Invalid { message, .. } => message.clone(),
+        }
+    }
+}
+
 pub type Result<T> = std::result::Result<T, RunFileError>;

@@ -224,7 +224,7 @@ fn run_experiment_as(
         }
         println!(
             "\n{} steps run, {} reused, {:.0} s. Run folders: {}/<scenario>/<criterion>-<level>/ (summary.txt there too)",
-            runner.steps_run,
+            runner.steps_run(),
             runner.steps_reused,
             start.elapsed().as_secs_f64(),
             cfg.out.display()
