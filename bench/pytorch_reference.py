@@ -25,6 +25,92 @@ def median_secs(fn, iters):
     return statistics.median(ts)
 
 
+TRAIN_CASES = ["r18-128x64", "r50q-64x32", "r18-256x128", "r50-256x128"]
+
+
+def scaled_resnet(depth, width, num_classes):
+    """torchvision's ResNet-18/50 with every width scaled as `ArchSpec::resnet_with` scales it
+    (round(w * width), at least 1: stem, each stage's base and output width)."""
+    import torch.nn as nn
+    from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+    block, layers = (BasicBlock, [2, 2, 2, 2]) if depth == 18 else (Bottleneck, [3, 4, 6, 3])
+    m = ResNet(block, layers, num_classes=num_classes)
+    if width == 1.0:
+        return m
+    s = lambda w: max(1, round(w * width))
+    stem = s(64)
+    m.conv1 = nn.Conv2d(3, stem, 7, 2, 3, bias=False)
+    m.bn1 = nn.BatchNorm2d(stem)
+    inplanes = stem
+    for i, n in enumerate(layers):
+        planes, out = s(64 << i), s((64 << i) * block.expansion)
+        assert out == planes * block.expansion, "width does not keep the expansion exact"
+        blocks = []
+        for b in range(n):
+            stride = 2 if (b == 0 and i > 0) else 1
+            down = None
+            if b == 0 and (stride != 1 or inplanes != out):
+                down = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+            blocks.append(block(inplanes, planes, stride, down))
+            inplanes = out
+        setattr(m, f"layer{i + 1}", nn.Sequential(*blocks))
+    m.fc = nn.Linear(inplanes, num_classes)
+    return m
+
+
+def train_case_img_s(case, iters):
+    """img/s of one training step shape (the Rust bench's --train-case of the same name)."""
+    import torch
+    if case == "r18-128x64":
+        r18 = scaled_resnet(18, 1.0, 751)
+        r18.train()
+        opt = torch.optim.SGD(r18.parameters(), lr=0.01)
+        x = torch.randn(32, 3, 128, 64)
+        y = torch.randint(0, 751, (32,))
+
+        def step():
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(r18(x), y).backward()
+            opt.step()
+        return 32 / median_secs(step, iters)
+    depth, width, (h, w), classes = {
+        "r50q-64x32": (50, 0.25, (64, 32), 100),
+        "r18-256x128": (18, 1.0, (256, 128), 751),
+        "r50-256x128": (50, 1.0, (256, 128), 751),
+    }[case]
+    return reid_step_img_s(scaled_resnet(depth, width, classes), (h, w), classes, iters)
+
+
+def reid_step_img_s(model, hw, classes, iters):
+    """A Bag-of-Tricks step (last stride 1, CE with label smoothing + batch-hard triplet, Adam)
+    on an 8x4 P×K batch, as the Rust bench's re-ID cases."""
+    import torch
+    blk = model.layer4[0]
+    (blk.conv2 if hasattr(blk, "conv3") else blk.conv1).stride = (1, 1)
+    blk.downsample[0].stride = (1, 1)
+    model.fc = torch.nn.Linear(model.fc.in_features, classes, bias=False)
+    model.train()
+    o = torch.optim.Adam(model.parameters(), lr=3.5e-4)
+    xb = torch.randn(32, 3, *hw)
+    pids = (torch.arange(32) // 4) * 37 % classes
+    feats = {}
+    model.avgpool.register_forward_hook(lambda m, i, out_: feats.__setitem__("f", out_.flatten(1)))
+
+    def step():
+        o.zero_grad()
+        logits = model(xb)
+        f = feats["f"]
+        d = torch.cdist(f, f)
+        same = pids[:, None] == pids[None, :]
+        ap = (d * same).max(1).values
+        an = (d + same * (d.max() + 1)).min(1).values
+        loss = torch.nn.functional.cross_entropy(logits, pids, label_smoothing=0.1) \
+            + torch.relu(ap - an + 0.3).mean()
+        loss.backward()
+        o.step()
+    return 32 / median_secs(step, iters)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=3)
@@ -35,6 +121,9 @@ def main():
                          "of ResNet-18/50 at 32x3x256x128, as the Rust bench's --train-256")
     ap.add_argument("--train-only", action="store_true",
                     help="only the ResNet-18 training step (as the Rust bench's --train-only)")
+    ap.add_argument("--train-case", choices=TRAIN_CASES,
+                    help="time one training step shape alone and print {case, img_s} "
+                         "(as the Rust bench's --train-case; bench/train_pairs.py alternates them)")
     args = ap.parse_args()
     try:
         import torch
@@ -44,19 +133,13 @@ def main():
         raise SystemExit("PyTorch and torchvision are not installed: pip install torch torchvision")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.train_case:
+        v = train_case_img_s(args.train_case, args.iters)
+        print(json.dumps({"case": args.train_case, "img_s": v}) if args.json
+              else f"train {args.train_case}: {v:.2f} img/s")
+        return
 
-    r18 = torchvision.models.resnet18(num_classes=751)
-    r18.train()
-    opt = torch.optim.SGD(r18.parameters(), lr=0.01)
-    x = torch.randn(32, 3, 128, 64)
-    y = torch.randint(0, 751, (32,))
-
-    def train_step():
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(r18(x), y).backward()
-        opt.step()
-
-    out = {"train_r18_img_s": 32 / median_secs(train_step, args.iters)}
+    out = {"train_r18_img_s": train_case_img_s("r18-128x64", args.iters)}
     if args.train_only:
         print(json.dumps(out) if args.json else f"{'train_r18_img_s':<40} {out['train_r18_img_s']:.2f}")
         return
@@ -102,34 +185,8 @@ def main():
     out["infer_r50_half_b32_channels_last_img_s"] = infer(half, 32, channels_last=True)
     out["half_over_full_speed_channels_last"] = paired_ratio(True)
     if args.train_256:
-        def reid_step_img_s(model):
-            # last stride 1 (Bag of Tricks), as the Rust model
-            blk = model.layer4[0]
-            (blk.conv2 if hasattr(blk, "conv3") else blk.conv1).stride = (1, 1)
-            blk.downsample[0].stride = (1, 1)
-            model.fc = torch.nn.Linear(model.fc.in_features, 751, bias=False)
-            model.train()
-            o = torch.optim.Adam(model.parameters(), lr=3.5e-4)
-            xb = torch.randn(32, 3, 256, 128)
-            pids = torch.arange(32) // 4
-            feats = {}
-            model.avgpool.register_forward_hook(lambda m, i, out_: feats.__setitem__("f", out_.flatten(1)))
-
-            def step():
-                o.zero_grad()
-                logits = model(xb)
-                f = feats["f"]
-                d = torch.cdist(f, f)
-                same = pids[:, None] == pids[None, :]
-                ap = (d * same).max(1).values
-                an = (d + same * (d.max() + 1)).min(1).values
-                loss = torch.nn.functional.cross_entropy(logits, pids, label_smoothing=0.1) \
-                    + torch.relu(ap - an + 0.3).mean()
-                loss.backward()
-                o.step()
-            return 32 / median_secs(step, min(args.iters, 2))
-        out["train_reid_r18_256x128_img_s"] = reid_step_img_s(torchvision.models.resnet18())
-        out["train_reid_r50_256x128_img_s"] = reid_step_img_s(torchvision.models.resnet50())
+        out["train_reid_r18_256x128_img_s"] = train_case_img_s("r18-256x128", min(args.iters, 2))
+        out["train_reid_r50_256x128_img_s"] = train_case_img_s("r50-256x128", min(args.iters, 2))
     out["torch"] = torch.__version__
     out["threads"] = torch.get_num_threads()
     if args.json:

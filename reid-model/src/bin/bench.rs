@@ -40,6 +40,49 @@ struct Args {
     /// ResNet-18 and ResNet-50 at 256×128 (slow on CPU: minutes).
     #[arg(long)]
     train_256: bool,
+    /// Time one training step shape alone and print `{"case", "img_s"}` (with `--json`) or one
+    /// line: what `bench/train_pairs.py` alternates with `pytorch_reference.py --train-case`.
+    #[arg(long, value_enum)]
+    train_case: Option<TrainCase>,
+}
+
+/// The training steps that bound the project's runs, by name (the same names in
+/// `bench/pytorch_reference.py`).
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TrainCase {
+    /// ResNet-18, 32×3×128×64, 751 classes, cross-entropy, SGD.
+    #[value(name = "r18-128x64")]
+    R18At128x64,
+    /// The default run's model: quarter-width ResNet-50 (last stride 1, BNNeck), 32×3×64×32
+    /// (8×4 P×K), 100 identities, ID + triplet, Adam.
+    #[value(name = "r50q-64x32")]
+    R50QuarterAt64x32,
+    /// Full ResNet-18 re-ID step at 32×3×256×128, 751 identities, ID + triplet, Adam.
+    #[value(name = "r18-256x128")]
+    R18At256x128,
+    /// Full ResNet-50 re-ID step at 32×3×256×128, 751 identities, ID + triplet, Adam.
+    #[value(name = "r50-256x128")]
+    R50At256x128,
+}
+
+impl TrainCase {
+    fn name(self) -> &'static str {
+        match self {
+            Self::R18At128x64 => "r18-128x64",
+            Self::R50QuarterAt64x32 => "r50q-64x32",
+            Self::R18At256x128 => "r18-256x128",
+            Self::R50At256x128 => "r50-256x128",
+        }
+    }
+
+    fn img_s(self, dev: &Device, iters: usize) -> Result<f64> {
+        match self {
+            Self::R18At128x64 => train_r18_img_s(dev, iters),
+            Self::R50QuarterAt64x32 => train_reid_img_s(50, 0.25, (64, 32), 100, dev, iters),
+            Self::R18At256x128 => train_reid_img_s(18, 1.0, (256, 128), 751, dev, iters),
+            Self::R50At256x128 => train_reid_img_s(50, 1.0, (256, 128), 751, dev, iters),
+        }
+    }
 }
 
 /// Inference img/s of the folded nets in one memory layout.
@@ -137,15 +180,24 @@ fn train_r18_img_s(dev: &Device, iters: usize) -> Result<f64> {
     Ok(32.0 / s)
 }
 
-/// A Bag-of-Tricks re-ID training step (the engine the trainer runs) at full resolution.
-fn train_reid_img_s(depth: usize, dev: &Device, iters: usize) -> Result<f64> {
+/// A Bag-of-Tricks re-ID training step (the engine the trainer runs) on 8×4 P×K batches.
+fn train_reid_img_s(
+    depth: usize,
+    width: f64,
+    (h, w): (usize, usize),
+    classes: usize,
+    dev: &Device,
+    iters: usize,
+) -> Result<f64> {
     use reid_model::train::{TrainConfig, Trainer};
-    let spec = ArchSpec::resnet_with(depth, 751, 1.0, 1, Neck::BnNeck)?;
+    let spec = ArchSpec::resnet_with(depth, classes, width, 1, Neck::BnNeck)?;
     let net = ReidNet::new(&spec, dev, 0)?;
     let mut trainer = Trainer::new(&net, TrainConfig::default())?;
     let batch = 32;
-    let x = Tensor::randn(0f32, 1., (batch, 3, 256, 128), dev)?;
-    let pids: Vec<i64> = (0..batch as i64).map(|i| (i / 4) * 37 % 751).collect();
+    let x = Tensor::randn(0f32, 1., (batch, 3, h, w), dev)?;
+    let pids: Vec<i64> = (0..batch as i64)
+        .map(|i| (i / 4) * 37 % classes as i64)
+        .collect();
     let s = median_secs(iters, || {
         trainer.step(&net, &x, &pids, 3.5e-4, None)?;
         Ok(())
@@ -212,12 +264,21 @@ fn main() -> Result<()> {
     reid_model::alloc::configure();
     let args = Args::parse();
     let dev = Device::Cpu;
+    if let Some(case) = args.train_case {
+        let v = case.img_s(&dev, args.iters)?;
+        if args.json {
+            println!("{}", serde_json::json!({"case": case.name(), "img_s": v}));
+        } else {
+            println!("train {}: {v:.2} img/s", case.name());
+        }
+        return Ok(());
+    }
     let train_r18 = train_r18_img_s(&dev, args.iters)?;
     if args.train_only {
         println!("train step resnet18 32x3x128x64 (751 ids): {train_r18:.2} img/s");
         if args.train_256 {
             for depth in [18, 50] {
-                let v = train_reid_img_s(depth, &dev, args.iters.min(2))?;
+                let v = train_reid_img_s(depth, 1.0, (256, 128), 751, &dev, args.iters.min(2))?;
                 println!("train re-ID resnet{depth} 32x3x256x128 (ID+tri): {v:.2} img/s");
             }
         }
@@ -295,8 +356,8 @@ fn main() -> Result<()> {
     let (b1, b32, half_b32) = (by_layout[0].b1, by_layout[0].b32, by_layout[0].half_b32);
     let train_256 = if args.train_256 {
         Some((
-            train_reid_img_s(18, &dev, args.iters.min(2))?,
-            train_reid_img_s(50, &dev, args.iters.min(2))?,
+            TrainCase::R18At256x128.img_s(&dev, args.iters.min(2))?,
+            TrainCase::R50At256x128.img_s(&dev, args.iters.min(2))?,
         ))
     } else {
         None
