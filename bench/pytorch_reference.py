@@ -15,12 +15,23 @@ import statistics
 import time
 
 
+DEVICE = "cpu"
+
+
+def sync():
+    if DEVICE != "cpu":
+        import torch
+        torch.cuda.synchronize()
+
+
 def median_secs(fn, iters):
     fn()
+    sync()
     ts = []
     for _ in range(max(1, iters)):
         t = time.perf_counter()
         fn()
+        sync()
         ts.append(time.perf_counter() - t)
     return statistics.median(ts)
 
@@ -62,11 +73,11 @@ def train_case_img_s(case, iters):
     """img/s of one training step shape (the Rust bench's --train-case of the same name)."""
     import torch
     if case == "r18-128x64":
-        r18 = scaled_resnet(18, 1.0, 751)
+        r18 = scaled_resnet(18, 1.0, 751).to(DEVICE)
         r18.train()
         opt = torch.optim.SGD(r18.parameters(), lr=0.01)
-        x = torch.randn(32, 3, 128, 64)
-        y = torch.randint(0, 751, (32,))
+        x = torch.randn(32, 3, 128, 64).to(DEVICE)
+        y = torch.randint(0, 751, (32,)).to(DEVICE)
 
         def step():
             opt.zero_grad()
@@ -89,10 +100,10 @@ def reid_step_img_s(model, hw, classes, iters):
     (blk.conv2 if hasattr(blk, "conv3") else blk.conv1).stride = (1, 1)
     blk.downsample[0].stride = (1, 1)
     model.fc = torch.nn.Linear(model.fc.in_features, classes, bias=False)
-    model.train()
+    model.to(DEVICE).train()
     o = torch.optim.Adam(model.parameters(), lr=3.5e-4)
-    xb = torch.randn(32, 3, *hw)
-    pids = (torch.arange(32) // 4) * 37 % classes
+    xb = torch.randn(32, 3, *hw).to(DEVICE)
+    pids = ((torch.arange(32) // 4) * 37 % classes).to(DEVICE)
     feats = {}
     model.avgpool.register_forward_hook(lambda m, i, out_: feats.__setitem__("f", out_.flatten(1)))
 
@@ -124,7 +135,14 @@ def main():
     ap.add_argument("--train-case", choices=TRAIN_CASES,
                     help="time one training step shape alone and print {case, img_s} "
                          "(as the Rust bench's --train-case; bench/train_pairs.py alternates them)")
+    ap.add_argument("--infer-batch", type=int,
+                    help="time ResNet-50 inference at 256x128 with this batch alone (as the Rust "
+                         "bench's --infer-batch)")
+    ap.add_argument("--device", default="cpu",
+                    help="device of --train-case and --infer-batch (cpu, cuda, cuda:N)")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
     try:
         import torch
         import torchvision
@@ -133,10 +151,18 @@ def main():
         raise SystemExit("PyTorch and torchvision are not installed: pip install torch torchvision")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    if args.train_case:
-        v = train_case_img_s(args.train_case, args.iters)
-        print(json.dumps({"case": args.train_case, "img_s": v}) if args.json
-              else f"train {args.train_case}: {v:.2f} img/s")
+    if args.train_case or args.infer_batch:
+        if args.train_case:
+            name, v = f"train {args.train_case}", train_case_img_s(args.train_case, args.iters)
+        else:
+            b = args.infer_batch
+            m = torchvision.models.resnet50().eval().to(DEVICE)
+            m.fc = torch.nn.Identity()
+            inp = torch.randn(b, 3, 256, 128).to(DEVICE)
+            with torch.inference_mode():
+                name, v = f"infer r50-256x128-b{b}", b / median_secs(lambda: m(inp), args.iters)
+        print(json.dumps({"case": name, "device": DEVICE, "img_s": v, "torch": torch.__version__})
+              if args.json else f"{name} on {DEVICE}: {v:.2f} img/s")
         return
 
     out = {"train_r18_img_s": train_case_img_s("r18-128x64", args.iters)}

@@ -331,3 +331,34 @@ fn thirty_kills_at_random_moments_of_the_quick_grid_end_in_the_same_models() {
     assert!(compared > 10, "{compared} cells compared");
     assert_eq!(temp_files_under(&killed), Vec::<PathBuf>::new());
 }
+
+#[test]
+#[cfg(not(feature = "cuda"))]
+fn the_default_run_on_a_gpu_this_build_cannot_open_fails_before_writing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("quick");
+    let o = Command::new(BIN)
+        .args(["--quick", "--device", "cuda:0", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "should fail: {err}");
+    assert!(
+        err.contains("device 'cuda:0'") && err.contains("--features cuda"),
+        "unclear error: {err}"
+    );
+    assert!(!out.exists(), "wrote {} before failing", out.display());
+    // a misspelt device is refused by the parser, naming the accepted values
+    let o = Command::new(BIN)
+        .args(["--quick", "--device", "gpu", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("expected cpu, cuda or cuda:N"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}

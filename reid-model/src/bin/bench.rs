@@ -44,13 +44,20 @@ struct Args {
     /// line: what `bench/train_pairs.py` alternates with `pytorch_reference.py --train-case`.
     #[arg(long, value_enum)]
     train_case: Option<TrainCase>,
+    /// Time the folded ResNet-50's inference at 256×128 with this batch alone (printed like
+    /// `--train-case`; what the GPU check compares with PyTorch).
+    #[arg(long)]
+    infer_batch: Option<usize>,
+    /// Device of `--train-case` and `--infer-batch` (cpu, cuda:N; the other cases are CPU-only).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// The training steps that bound the project's runs, by name (the same names in
 /// `bench/pytorch_reference.py`).
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum TrainCase {
-    /// ResNet-18, 32×3×128×64, 751 classes, cross-entropy, SGD.
+    /// torchvision's ResNet-18 (last stride 2), 32×3×128×64, 751 classes, cross-entropy, SGD.
     #[value(name = "r18-128x64")]
     R18At128x64,
     /// The default run's model: quarter-width ResNet-50 (last stride 1, BNNeck), 32×3×64×32
@@ -155,11 +162,14 @@ fn paired_img_s(a: &ReidNet, b: &ReidNet, batch: usize, iters: usize) -> Result<
     Ok((n / median(ta), n / median(tb), median(ratio)))
 }
 
+/// torchvision's ResNet-18 classification step (last stride 2, classifier on the pooled feature),
+/// as `bench/pytorch_reference.py` times it. Until 2026-12 this used last stride 1 — 1.68× the
+/// MACs of the PyTorch side (498 M against 296 M an image), so earlier ratios understated ours.
 fn train_r18_img_s(dev: &Device, iters: usize) -> Result<f64> {
-    let spec = ArchSpec::resnet_with(18, 751, 1.0, 1, Neck::BnNeck)?;
+    let spec = ArchSpec::resnet_with(18, 751, 1.0, 2, Neck::None)?;
     let net = ReidNet::new(&spec, dev, 0)?;
     let params = net.named_parameters();
-    let x = Tensor::randn(0f32, 1., (32, 3, 128, 64), dev)?;
+    let x = Tensor::randn(0f32, 1., (32, 3, 128, 64), &Device::Cpu)?.to_device(dev)?;
     let labels = Tensor::from_vec(
         (0..32u32).map(|i| i * 23 % 751).collect::<Vec<_>>(),
         32,
@@ -175,6 +185,7 @@ fn train_r18_img_s(dev: &Device, iters: usize) -> Result<f64> {
                 v.set(&(v.as_tensor() - (g * 0.01)?)?)?;
             }
         }
+        dev.synchronize()?;
         Ok(())
     })?;
     Ok(32.0 / s)
@@ -194,12 +205,27 @@ fn train_reid_img_s(
     let net = ReidNet::new(&spec, dev, 0)?;
     let mut trainer = Trainer::new(&net, TrainConfig::default())?;
     let batch = 32;
-    let x = Tensor::randn(0f32, 1., (batch, 3, h, w), dev)?;
+    let x = Tensor::randn(0f32, 1., (batch, 3, h, w), &Device::Cpu)?.to_device(dev)?;
     let pids: Vec<i64> = (0..batch as i64)
         .map(|i| (i / 4) * 37 % classes as i64)
         .collect();
     let s = median_secs(iters, || {
         trainer.step(&net, &x, &pids, 3.5e-4, None)?;
+        dev.synchronize()?;
+        Ok(())
+    })?;
+    Ok(batch as f64 / s)
+}
+
+/// The folded ResNet-50 (what evaluation runs) at 256×128 on any device.
+fn infer_on_img_s(dev: &Device, batch: usize, iters: usize) -> Result<f64> {
+    let net = ReidNet::new(&r50(false)?, dev, 0)?
+        .inference_copy()?
+        .fold_bn()?;
+    let x = Tensor::randn(0f32, 1., (batch, 3, 256, 128), &Device::Cpu)?.to_device(dev)?;
+    let s = median_secs(iters, || {
+        net.forward_t(&x, false)?;
+        dev.synchronize()?;
         Ok(())
     })?;
     Ok(batch as f64 / s)
@@ -264,12 +290,26 @@ fn main() -> Result<()> {
     reid_model::alloc::configure();
     let args = Args::parse();
     let dev = Device::Cpu;
-    if let Some(case) = args.train_case {
-        let v = case.img_s(&dev, args.iters)?;
+    if args.train_case.is_some() || args.infer_batch.is_some() {
+        let on = reid_model::device::parse_device(&args.device)?;
+        let (name, v) = match (args.train_case, args.infer_batch) {
+            (Some(case), _) => (
+                format!("train {}", case.name()),
+                case.img_s(&on, args.iters)?,
+            ),
+            (None, Some(b)) => (
+                format!("infer r50-256x128-b{b}"),
+                infer_on_img_s(&on, b, args.iters)?,
+            ),
+            (None, None) => unreachable!("checked above"),
+        };
         if args.json {
-            println!("{}", serde_json::json!({"case": case.name(), "img_s": v}));
+            println!(
+                "{}",
+                serde_json::json!({"case": name, "device": args.device, "img_s": v})
+            );
         } else {
-            println!("train {}: {v:.2} img/s", case.name());
+            println!("{name} on {}: {v:.2} img/s", args.device);
         }
         return Ok(());
     }
