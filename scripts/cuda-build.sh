@@ -21,27 +21,21 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 FEATURES="${1:-cuda,cudnn}"
-VENV="${REID_CUDA_VENV:-$HOME/.cache/reid-prune/cuda-venv}"
-TARGET="${REID_CUDA_TARGET:-$HOME/.cache/reid-prune/target-cuda}"
 start=$(date +%s)
+# shellcheck source=cuda-env.sh
+. "$ROOT/scripts/cuda-env.sh"
 
 if ! "$VENV/bin/python" -c 'import nvidia' 2>/dev/null; then
   echo "cuda-build: installing the CUDA toolkit pieces from PyPI into $VENV" >&2
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q nvidia-cuda-nvcc nvidia-cuda-runtime nvidia-cuda-cccl nvidia-cuda-crt \
     nvidia-cublas nvidia-curand nvidia-cuda-nvrtc nvidia-cudnn-cu13
+  . "$ROOT/scripts/cuda-env.sh"
 fi
-NV="$("$VENV/bin/python" -c 'import nvidia; print(list(nvidia.__path__)[0])')"
-CU="$NV/cu13"
 [ -x "$CU/bin/nvcc" ] || { echo "cuda-build: no nvcc under $CU/bin" >&2; exit 1; }
-export PATH="$CU/bin:$PATH"
-export CUDA_ROOT="$CU" CUDA_PATH="$CU" CUDA_HOME="$CU" CUDA_TOOLKIT_ROOT_DIR="$CU"
-export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
-export CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13040}"
 echo "cuda-build: $(nvcc --version | tail -1), compute capability $CUDA_COMPUTE_CAP, cudarc API $CUDARC_CUDA_VERSION" >&2
 
 # --- the link folder ----------------------------------------------------------------------------
-LINK="$TARGET/cuda-link"
 mkdir -p "$LINK"
 link() { # link NAME FOLDER: libNAME.so -> the wheel's versioned file
   local f
@@ -54,17 +48,14 @@ if [[ "$FEATURES" == *cudnn* ]]; then link cudnn "$NV/cudnn/lib"; fi
 
 # the driver API stub: every function cudarc's driver bindings name
 cd "$ROOT"
-cargo fetch -q
 CRATE_FEATURES="$(echo "$FEATURES" | tr ',' '\n' | sed 's#.*#reid-prune/&,reid-eval/&#' | paste -sd,)"
-CUDARC="$(cargo metadata --format-version 1 --features "$CRATE_FEATURES" \
-  | python3 -c 'import json,sys,os; m=json.load(sys.stdin); print(next(os.path.dirname(p["manifest_path"]) for p in m["packages"] if p["name"]=="cudarc"))')"
+CUDARC="$(cudarc_dir "$FEATURES")"
 grep -rhoE '\bfn cu[A-Za-z0-9_]+\(' "$CUDARC/src/driver/sys" | sed -E 's/fn ([A-Za-z0-9_]+).*/\1/' \
   | sort -u > "$LINK/libcuda.symbols"
 [ -s "$LINK/libcuda.symbols" ] || { echo "cuda-build: no driver functions found under $CUDARC/src/driver/sys" >&2; exit 1; }
 sed 's/.*/int &(void) { return 999; }/' "$LINK/libcuda.symbols" > "$LINK/libcuda_stub.c"
 gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$LINK/libcuda.so" "$LINK/libcuda_stub.c"
 echo "cuda-build: libcuda stub with $(wc -l < "$LINK/libcuda.symbols") driver functions (soname libcuda.so.1)" >&2
-export LIBRARY_PATH="$LINK${LIBRARY_PATH:+:$LIBRARY_PATH}"
 
 # --- the build ----------------------------------------------------------------------------------
 CARGO_TARGET_DIR="$TARGET" cargo build --release -p reid-prune -p reid-eval --features "$CRATE_FEATURES" --bins >&2

@@ -23,16 +23,10 @@ TARGET="${REID_CUDA_TARGET:-$HOME/.cache/reid-prune/target-cuda}"
 BUNDLE="$ROOT/gpu-bundle"
 start=$(date +%s)
 
-# the toolkit venv, the environment and the link folder (and reid-prune, reid-eval)
+# the toolkit venv, the link folder, reid-prune and reid-eval; then the same environment here
 "$ROOT/scripts/cuda-build.sh" "$FEATURES" >/dev/null
-VENV="${REID_CUDA_VENV:-$HOME/.cache/reid-prune/cuda-venv}"
-NV="$("$VENV/bin/python" -c 'import nvidia; print(list(nvidia.__path__)[0])')"
-CU="$NV/cu13"
-export PATH="$CU/bin:$PATH"
-export CUDA_ROOT="$CU" CUDA_PATH="$CU" CUDA_HOME="$CU" CUDA_TOOLKIT_ROOT_DIR="$CU"
-export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
-export CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13040}"
-export LIBRARY_PATH="$TARGET/cuda-link${LIBRARY_PATH:+:$LIBRARY_PATH}"
+# shellcheck source=cuda-env.sh
+. "$ROOT/scripts/cuda-env.sh"
 cd "$ROOT"
 
 # the bench and the device tests, same target folder and features
@@ -57,7 +51,7 @@ pack bench "$TARGET/release/bench"
 while read -r name exe; do pack "test-$name" "$exe"; done <<< "$TESTS"
 
 # the cuRAND shim: success for create/seed/stream/destroy, an error for anything else
-CUDARC="$(dirname "$(find "$HOME/.cargo/registry/src" -maxdepth 2 -path '*cudarc-0.19*' -name Cargo.toml | head -1)")"
+CUDARC="$(cudarc_dir "$FEATURES")"
 grep -rhoE '\bfn curand[A-Za-z0-9_]+\(' "$CUDARC/src/curand/sys" | sed -E 's/fn ([A-Za-z0-9_]+).*/\1/' \
   | sort -u > "$BUNDLE/curand.symbols"
 [ -s "$BUNDLE/curand.symbols" ] || { echo "gpu-check: no cuRAND functions found in $CUDARC" >&2; exit 1; }
@@ -72,7 +66,10 @@ grep -rhoE '\bfn curand[A-Za-z0-9_]+\(' "$CUDARC/src/curand/sys" | sed -E 's/fn 
     "$BUNDLE/curand.symbols" | sed 's/.*/int &(void) { return 999; }/'
 } > "$BUNDLE/curand_shim.c"
 mkdir -p "$BUNDLE/shim"
-gcc -shared -fPIC -O1 -Wl,-soname,libcurand.so.10 -o "$BUNDLE/shim/libcurand.so.10" "$BUNDLE/curand_shim.c"
+# the real library versions its symbols (node "libcurand.so.10"), and the binaries ask for it
+echo 'libcurand.so.10 { global: *; };' > "$BUNDLE/curand_shim.map"
+gcc -shared -fPIC -O1 -Wl,-soname,libcurand.so.10 -Wl,--version-script="$BUNDLE/curand_shim.map" \
+  -o "$BUNDLE/shim/libcurand.so.10" "$BUNDLE/curand_shim.c"
 rm "$BUNDLE/curand.symbols"
 
 git -C "$ROOT" rev-parse HEAD > "$BUNDLE/commit"

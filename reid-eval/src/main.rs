@@ -35,6 +35,7 @@ enum Command {
 fn main() -> Result<()> {
     reid_model::process::default_sigpipe();
     reid_model::alloc::configure();
+    reid_model::process::tune_thread_pools();
     let cli = Cli::parse();
     match cli.command {
         None => commands::evaluate::run(cli.eval),

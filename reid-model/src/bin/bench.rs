@@ -288,6 +288,7 @@ fn per_kind_ms(
 fn main() -> Result<()> {
     reid_model::process::default_sigpipe();
     reid_model::alloc::configure();
+    reid_model::process::tune_thread_pools();
     let args = Args::parse();
     let dev = Device::Cpu;
     if args.train_case.is_some() || args.infer_batch.is_some() {

@@ -4,6 +4,8 @@ pub mod batch_norm;
 pub mod channels_last;
 pub mod conv;
 pub mod conv_gemm;
+#[cfg(feature = "cudnn")]
+pub mod cudnn_conv;
 pub mod fused;
 pub mod pool;
 

@@ -29,6 +29,56 @@ fn window_argmax(p: &[f32], h: usize, w: usize, i: usize, j: usize) -> (usize, f
     (at, best)
 }
 
+/// The larger of two values, NaN if either is (as the window scan: a NaN wins).
+#[inline]
+fn max_nan(a: f32, b: f32) -> f32 {
+    if b > a || b.is_nan() {
+        b
+    } else {
+        a
+    }
+}
+
+/// The 3-wide, stride-2, pad-1 maxima of `src` (len `n`) into `dst` (len (n − 1) / 2 + 1).
+#[inline]
+fn max3_s2(src: &[f32], dst: &mut [f32]) {
+    let n = src.len();
+    for (j, d) in dst.iter_mut().enumerate() {
+        let c = 2 * j;
+        let mut m = src[c];
+        if c > 0 {
+            m = max_nan(m, src[c - 1]);
+        }
+        if c + 1 < n {
+            m = max_nan(m, src[c + 1]);
+        }
+        *d = m;
+    }
+}
+
+/// One plane's pool, separably: the row maxima (h × ow, in `rows`), then the column maxima.
+/// The same values as the 3×3 window scan, in a fraction of its time (no per-window bounds).
+fn max_pool_plane(p: &[f32], h: usize, w: usize, rows: &mut Vec<f32>, o: &mut [f32]) {
+    let (oh, ow) = (out_len(h), out_len(w));
+    rows.resize(h * ow, 0.0);
+    for (src, dst) in p.chunks_exact(w).zip(rows.chunks_exact_mut(ow)) {
+        max3_s2(src, dst);
+    }
+    for i in 0..oh {
+        let c = 2 * i;
+        let out = &mut o[i * ow..(i + 1) * ow];
+        out.copy_from_slice(&rows[c * ow..(c + 1) * ow]);
+        for r in [c.checked_sub(1), (c + 1 < h).then_some(c + 1)]
+            .into_iter()
+            .flatten()
+        {
+            for (d, &v) in out.iter_mut().zip(&rows[r * ow..(r + 1) * ow]) {
+                *d = max_nan(*d, v);
+            }
+        }
+    }
+}
+
 /// 3×3, stride 2, padding 1 (padding never wins) max pool on NCHW f32.
 struct MaxPool3x3S2P1;
 
@@ -44,13 +94,7 @@ impl CustomOp1 for MaxPool3x3S2P1 {
         let mut y = vec![0f32; n * c * oh * ow];
         y.par_chunks_mut(oh * ow)
             .zip(x.par_chunks(h * w))
-            .for_each(|(o, p)| {
-                for i in 0..oh {
-                    for j in 0..ow {
-                        o[i * ow + j] = window_argmax(p, h, w, i, j).1;
-                    }
-                }
-            });
+            .for_each_init(Vec::new, |rows, (o, p)| max_pool_plane(p, h, w, rows, o));
         Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
     }
 
@@ -186,6 +230,19 @@ mod tests {
             let got: Vec<f32> = c.flatten_all().unwrap().to_vec1().unwrap();
             assert_eq!(got, naive(&data, h, w), "composed {h}x{w}");
         }
+        // a NaN propagates to every window holding it, and only there
+        let mut data = vec![1f32; 36];
+        data[2 * 6 + 3] = f32::NAN;
+        let x = Tensor::from_vec(data, (1, 1, 6, 6), &dev).unwrap();
+        let got: Vec<f32> = max_pool_3x3_s2_p1(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let nan_at: Vec<usize> = (0..9).filter(|&k| got[k].is_nan()).collect();
+        // (2, 3) lies in output rows 1 (rows 1..=3) and columns 1, 2 (columns 1..=3, 3..=5)
+        assert_eq!(nan_at, vec![4, 5], "{got:?}");
     }
 
     #[test]

@@ -206,6 +206,7 @@ fn run_stage(a: &Args, work: &Path, stage: &str) -> Result<()> {
 fn main() -> Result<()> {
     reid_model::process::default_sigpipe();
     reid_model::alloc::configure();
+    reid_model::process::tune_thread_pools();
     let a = Args::parse();
     if let Some(stage) = &a.stage {
         let work = a.out.clone().context("--stage needs --out")?;

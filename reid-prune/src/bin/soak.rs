@@ -49,6 +49,7 @@ fn memory_mb() -> (f64, f64) {
 fn main() -> Result<()> {
     reid_model::process::default_sigpipe();
     reid_model::alloc::configure();
+    reid_model::process::tune_thread_pools();
     let a = Args::parse();
     let tmp;
     let work = match &a.out {

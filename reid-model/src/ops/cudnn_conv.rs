@@ -1,0 +1,326 @@
+//! A convolution whose backward runs on cuDNN (CUDA devices, `cudnn` feature).
+//!
+//! candle 0.11 uses cuDNN for a conv's forward only: the input gradient goes through its naive
+//! `conv_transpose2d` kernel and the weight gradient through a forward conv of transposed
+//! copies, which makes GPU training of a ResNet many times slower than PyTorch's. Here the
+//! forward, the input gradient (`cudnnConvolutionBackwardData`) and the weight gradient
+//! (`cudnnConvolutionBackwardFilter`) are one candle op each, with cuDNN's heuristics picking
+//! the algorithm. f32, NCHW, square kernels, one stride and padding for both axes: the convs
+//! of a ResNet. Other dtypes and devices keep candle's conv.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::cuda_backend::cudarc::cudnn::{
+    sys, ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn,
+    FilterDescriptor, TensorDescriptor,
+};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView};
+use candle_core::cuda_backend::{CudaDevice, DeviceId};
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+thread_local! {
+    // cuDNN handles are neither Send nor Sync: one a thread and device, made once.
+    static HANDLES: RefCell<HashMap<DeviceId, Arc<Cudnn>>> = RefCell::new(HashMap::new());
+}
+
+fn handle(dev: &CudaDevice) -> Result<Arc<Cudnn>> {
+    HANDLES.with(|h| {
+        if let Some(c) = h.borrow().get(&dev.id()) {
+            return Ok(c.clone());
+        }
+        let c = Cudnn::new(dev.cuda_stream()).map_err(candle_core::Error::wrap)?;
+        h.borrow_mut().insert(dev.id(), c.clone());
+        Ok(c)
+    })
+}
+
+/// Stride and padding of the conv (dilation 1, one group).
+#[derive(Clone, Copy, Debug)]
+struct ConvParams {
+    stride: usize,
+    pad: usize,
+}
+
+/// The descriptors of one conv: input [n, cin, h, w], filter [cout, cin, k, k], output.
+struct Descriptors {
+    conv: ConvDescriptor<f32>,
+    x: TensorDescriptor<f32>,
+    w: FilterDescriptor<f32>,
+    y: TensorDescriptor<f32>,
+}
+
+fn dims4(shape: &Shape, what: &str) -> Result<[i32; 4]> {
+    let (a, b, c, d) = shape.dims4()?;
+    let v = [a, b, c, d].map(|x| i32::try_from(x).unwrap_or(i32::MAX));
+    if v.contains(&i32::MAX) {
+        candle_core::bail!("cudnn conv: {what} {shape:?} is too large for cuDNN");
+    }
+    Ok(v)
+}
+
+impl ConvParams {
+    fn out_dims(&self, x: [i32; 4], w: [i32; 4]) -> [i32; 4] {
+        let (s, p) = (self.stride as i32, self.pad as i32);
+        let out = |len: i32| (len + 2 * p - w[2]) / s + 1;
+        [x[0], w[0], out(x[2]), out(x[3])]
+    }
+
+    fn descriptors(&self, dev: &CudaDevice, x: [i32; 4], w: [i32; 4]) -> Result<Descriptors> {
+        use sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW as NCHW;
+        let cudnn = handle(dev)?;
+        let e = candle_core::Error::wrap;
+        let (s, p) = (self.stride as i32, self.pad as i32);
+        let mut conv = cudnn
+            .create_conv2d::<f32>(
+                [p, p],
+                [s, s],
+                [1, 1],
+                sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+            )
+            .map_err(e)?;
+        // exact f32 (no TF32 tensor-core rounding): results must track the CPU's
+        conv.set_math_type(sys::cudnnMathType_t::CUDNN_DEFAULT_MATH)
+            .map_err(e)?;
+        Ok(Descriptors {
+            x: cudnn.create_4d_tensor::<f32>(NCHW, x).map_err(e)?,
+            w: cudnn.create_4d_filter::<f32>(NCHW, w).map_err(e)?,
+            y: cudnn
+                .create_4d_tensor::<f32>(NCHW, self.out_dims(x, w))
+                .map_err(e)?,
+            conv,
+        })
+    }
+}
+
+/// A contiguous f32 tensor's device memory from its first element.
+fn view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, f32>> {
+    if !l.is_contiguous() {
+        candle_core::bail!("cudnn conv: the {what} must be contiguous");
+    }
+    let slice: &CudaSlice<f32> = s.as_cuda_slice::<f32>()?;
+    Ok(slice.slice(l.start_offset()..l.start_offset() + l.shape().elem_count()))
+}
+
+fn workspace(dev: &CudaDevice, bytes: usize) -> Result<Option<CudaSlice<u8>>> {
+    Ok(if bytes == 0 {
+        None
+    } else {
+        Some(dev.alloc_zeros::<u8>(bytes)?)
+    })
+}
+
+fn not_on_cpu(name: &str) -> Result<(CpuStorage, Shape)> {
+    candle_core::bail!("{name} runs on CUDA only (CPU tensors take the gemm conv)")
+}
+
+/// y = conv(x, w); backward through [`BackwardData`] and [`BackwardFilter`].
+struct CudnnConv2d(ConvParams);
+
+impl CustomOp2 for CudnnConv2d {
+    fn name(&self) -> &'static str {
+        "cudnn-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        not_on_cpu(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        ws: &CudaStorage,
+        wl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = &xs.device;
+        let (xd, wd) = (dims4(xl.shape(), "input")?, dims4(wl.shape(), "weight")?);
+        let d = self.0.descriptors(dev, xd, wd)?;
+        let yd = self.0.out_dims(xd, wd);
+        let op = ConvForward {
+            conv: &d.conv,
+            x: &d.x,
+            w: &d.w,
+            y: &d.y,
+        };
+        let e = candle_core::Error::wrap;
+        let algo = op.pick_algorithm().map_err(e)?;
+        let mut ws_mem = workspace(dev, op.get_workspace_size(algo).map_err(e)?)?;
+        let n: usize = yd.iter().map(|&v| v as usize).product();
+        // SAFETY: cuDNN writes all n outputs (beta = 0 never reads them).
+        let mut y = unsafe { dev.alloc::<f32>(n)? };
+        let (x, w) = (view(xs, xl, "input")?, view(ws, wl, "weight")?);
+        // SAFETY: the descriptors above describe these buffers (contiguous NCHW f32).
+        unsafe { op.launch(algo, ws_mem.as_mut(), (1.0, 0.0), &x, &w, &mut y) }.map_err(e)?;
+        let shape = Shape::from(yd.map(|v| v as usize).to_vec());
+        Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let gy = gy.contiguous()?;
+        let gx = w.apply_op2_no_bwd(
+            &gy,
+            &BackwardData {
+                p: self.0,
+                x_shape: x.shape().clone(),
+            },
+        )?;
+        let gw = x.apply_op2_no_bwd(
+            &gy,
+            &BackwardFilter {
+                p: self.0,
+                w_shape: w.shape().clone(),
+            },
+        )?;
+        Ok((Some(gx), Some(gw)))
+    }
+}
+
+/// dL/dx from (w, dL/dy).
+struct BackwardData {
+    p: ConvParams,
+    x_shape: Shape,
+}
+
+impl CustomOp2 for BackwardData {
+    fn name(&self) -> &'static str {
+        "cudnn-conv2d-backward-data"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        not_on_cpu(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        ws: &CudaStorage,
+        wl: &Layout,
+        gys: &CudaStorage,
+        gyl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = &ws.device;
+        let (xd, wd) = (dims4(&self.x_shape, "input")?, dims4(wl.shape(), "weight")?);
+        if dims4(gyl.shape(), "output gradient")? != self.p.out_dims(xd, wd) {
+            candle_core::bail!(
+                "cudnn conv: output gradient {:?} does not fit the conv",
+                gyl.shape()
+            );
+        }
+        let d = self.p.descriptors(dev, xd, wd)?;
+        let op = ConvBackwardData {
+            conv: &d.conv,
+            dx: &d.x,
+            w: &d.w,
+            dy: &d.y,
+        };
+        let e = candle_core::Error::wrap;
+        let algo = op.pick_algorithm().map_err(e)?;
+        let mut ws_mem = workspace(dev, op.get_workspace_size(algo).map_err(e)?)?;
+        // SAFETY: beta = 0: cuDNN writes every element without reading it.
+        let mut gx = unsafe { dev.alloc::<f32>(self.x_shape.elem_count())? };
+        let (w, gy) = (view(ws, wl, "weight")?, view(gys, gyl, "output gradient")?);
+        // SAFETY: the descriptors describe these contiguous NCHW f32 buffers.
+        unsafe { op.launch(algo, ws_mem.as_mut(), (1.0, 0.0), &mut gx, &w, &gy) }.map_err(e)?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(gx, dev.clone()),
+            self.x_shape.clone(),
+        ))
+    }
+}
+
+/// dL/dw from (x, dL/dy).
+struct BackwardFilter {
+    p: ConvParams,
+    w_shape: Shape,
+}
+
+impl CustomOp2 for BackwardFilter {
+    fn name(&self) -> &'static str {
+        "cudnn-conv2d-backward-filter"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        not_on_cpu(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        gys: &CudaStorage,
+        gyl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = &xs.device;
+        let (xd, wd) = (dims4(xl.shape(), "input")?, dims4(&self.w_shape, "weight")?);
+        if dims4(gyl.shape(), "output gradient")? != self.p.out_dims(xd, wd) {
+            candle_core::bail!(
+                "cudnn conv: output gradient {:?} does not fit the conv",
+                gyl.shape()
+            );
+        }
+        let d = self.p.descriptors(dev, xd, wd)?;
+        let op = ConvBackwardFilter {
+            conv: &d.conv,
+            x: &d.x,
+            dw: &d.w,
+            dy: &d.y,
+        };
+        let e = candle_core::Error::wrap;
+        let algo = op.pick_algorithm().map_err(e)?;
+        let mut ws_mem = workspace(dev, op.get_workspace_size(algo).map_err(e)?)?;
+        // SAFETY: beta = 0: cuDNN writes every element without reading it.
+        let mut gw = unsafe { dev.alloc::<f32>(self.w_shape.elem_count())? };
+        let (x, gy) = (view(xs, xl, "input")?, view(gys, gyl, "output gradient")?);
+        // SAFETY: the descriptors describe these contiguous NCHW f32 buffers.
+        unsafe { op.launch(algo, ws_mem.as_mut(), (1.0, 0.0), &x, &mut gw, &gy) }.map_err(e)?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(gw, dev.clone()),
+            self.w_shape.clone(),
+        ))
+    }
+}
+
+/// conv2d (cross-correlation, dilation 1, one group) of f32 NCHW CUDA tensors with a square
+/// kernel, its forward and both gradients on cuDNN. `None` where it does not apply (another
+/// device or dtype, a non-square kernel): the caller uses candle's conv then.
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Option<Tensor>> {
+    let applies = x.device().is_cuda()
+        && x.dtype() == candle_core::DType::F32
+        && w.dtype() == candle_core::DType::F32
+        && x.rank() == 4
+        && w.rank() == 4
+        && w.dim(2)? == w.dim(3)?
+        && w.dim(1)? == x.dim(1)?;
+    if !applies {
+        return Ok(None);
+    }
+    let p = ConvParams { stride, pad };
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, CudnnConv2d(p))
+        .map(Some)
+}
