@@ -6,42 +6,15 @@
 //! algorithms), so outputs agree to float rounding amplified by depth, not bit for bit.
 #![cfg(feature = "cuda")]
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Device;
+use common::{randn, rel_diff};
 use reid_model::train::{TrainConfig, Trainer};
 use reid_model::{ArchSpec, Neck, ReidNet};
 
+mod common;
+
 fn cuda() -> Device {
     Device::new_cuda(0).expect("CUDA device 0 (these tests need a GPU: run them on one)")
-}
-
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    let mut r = reid_model::init::SplitMix64::new(seed);
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| r.normal() as f32).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-fn values(t: &Tensor) -> Vec<f32> {
-    t.to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-/// max |a − b| over max |b|.
-fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let (a, b) = (values(a), values(b));
-    assert_eq!(a.len(), b.len());
-    assert!(a.iter().all(|v| v.is_finite()), "non-finite output");
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-    a.iter()
-        .zip(&b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
 }
 
 #[test]

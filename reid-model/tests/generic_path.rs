@@ -6,36 +6,12 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
+use common::{randn, rel_diff};
 use reid_model::ops::with_generic_ops;
 use reid_model::train::{TrainConfig, Trainer};
 use reid_model::{ArchSpec, Neck, ReidNet};
 
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    let mut r = reid_model::init::SplitMix64::new(seed);
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| r.normal() as f32).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-fn values(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-/// max |a − b| over max |b| (the scale of the reference).
-fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let (a, b) = (values(a), values(b));
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-    a.iter()
-        .zip(&b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
-}
+mod common;
 
 fn spec(depth: usize) -> ArchSpec {
     ArchSpec::resnet_with(depth, 6, 0.125, 1, Neck::BnNeck).unwrap()

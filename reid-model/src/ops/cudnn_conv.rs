@@ -115,7 +115,7 @@ fn not_on_cpu(name: &str) -> Result<(CpuStorage, Shape)> {
     candle_core::bail!("{name} runs on CUDA only (CPU tensors take the gemm conv)")
 }
 
-/// y = conv(x, w); backward through [`BackwardData`] and [`BackwardFilter`].
+/// y = conv(x, w); backward through two [`ConvGrad`]s.
 struct CudnnConv2d(ConvParams);
 
 impl CustomOp2 for CudnnConv2d {
@@ -171,33 +171,39 @@ impl CustomOp2 for CudnnConv2d {
         gy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let gy = gy.contiguous()?;
-        let gx = w.apply_op2_no_bwd(
-            &gy,
-            &BackwardData {
-                p: self.0,
-                x_shape: x.shape().clone(),
-            },
-        )?;
-        let gw = x.apply_op2_no_bwd(
-            &gy,
-            &BackwardFilter {
-                p: self.0,
-                w_shape: w.shape().clone(),
-            },
-        )?;
+        let grad = |of, shape: &Shape| ConvGrad {
+            p: self.0,
+            of,
+            shape: shape.clone(),
+        };
+        let gx = w.apply_op2_no_bwd(&gy, &grad(GradOf::Input, x.shape()))?;
+        let gw = x.apply_op2_no_bwd(&gy, &grad(GradOf::Weight, w.shape()))?;
         Ok((Some(gx), Some(gw)))
     }
 }
 
-/// dL/dx from (w, dL/dy).
-struct BackwardData {
-    p: ConvParams,
-    x_shape: Shape,
+/// Which gradient a [`ConvGrad`] computes.
+#[derive(Clone, Copy, Debug)]
+enum GradOf {
+    /// dL/dx from (w, dL/dy): `cudnnConvolutionBackwardData`.
+    Input,
+    /// dL/dw from (x, dL/dy): `cudnnConvolutionBackwardFilter`.
+    Weight,
 }
 
-impl CustomOp2 for BackwardData {
+/// A conv gradient; `shape` is the shape of the tensor it is the gradient of.
+struct ConvGrad {
+    p: ConvParams,
+    of: GradOf,
+    shape: Shape,
+}
+
+impl CustomOp2 for ConvGrad {
     fn name(&self) -> &'static str {
-        "cudnn-conv2d-backward-data"
+        match self.of {
+            GradOf::Input => "cudnn-conv2d-backward-data",
+            GradOf::Weight => "cudnn-conv2d-backward-filter",
+        }
     }
 
     fn cpu_fwd(
@@ -210,15 +216,19 @@ impl CustomOp2 for BackwardData {
         not_on_cpu(self.name())
     }
 
+    /// `a`: the weight (input gradient) or the input (weight gradient).
     fn cuda_fwd(
         &self,
-        ws: &CudaStorage,
-        wl: &Layout,
+        a: &CudaStorage,
+        al: &Layout,
         gys: &CudaStorage,
         gyl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let dev = &ws.device;
-        let (xd, wd) = (dims4(&self.x_shape, "input")?, dims4(wl.shape(), "weight")?);
+        let dev = &a.device;
+        let (xd, wd) = match self.of {
+            GradOf::Input => (dims4(&self.shape, "input")?, dims4(al.shape(), "weight")?),
+            GradOf::Weight => (dims4(al.shape(), "input")?, dims4(&self.shape, "weight")?),
+        };
         if dims4(gyl.shape(), "output gradient")? != self.p.out_dims(xd, wd) {
             candle_core::bail!(
                 "cudnn conv: output gradient {:?} does not fit the conv",
@@ -226,81 +236,42 @@ impl CustomOp2 for BackwardData {
             );
         }
         let d = self.p.descriptors(dev, xd, wd)?;
-        let op = ConvBackwardData {
-            conv: &d.conv,
-            dx: &d.x,
-            w: &d.w,
-            dy: &d.y,
-        };
         let e = candle_core::Error::wrap;
-        let algo = op.pick_algorithm().map_err(e)?;
-        let mut ws_mem = workspace(dev, op.get_workspace_size(algo).map_err(e)?)?;
-        // SAFETY: beta = 0: cuDNN writes every element without reading it.
-        let mut gx = unsafe { dev.alloc::<f32>(self.x_shape.elem_count())? };
-        let (w, gy) = (view(ws, wl, "weight")?, view(gys, gyl, "output gradient")?);
-        // SAFETY: the descriptors describe these contiguous NCHW f32 buffers.
-        unsafe { op.launch(algo, ws_mem.as_mut(), (1.0, 0.0), &mut gx, &w, &gy) }.map_err(e)?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(gx, dev.clone()),
-            self.x_shape.clone(),
-        ))
-    }
-}
-
-/// dL/dw from (x, dL/dy).
-struct BackwardFilter {
-    p: ConvParams,
-    w_shape: Shape,
-}
-
-impl CustomOp2 for BackwardFilter {
-    fn name(&self) -> &'static str {
-        "cudnn-conv2d-backward-filter"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        not_on_cpu(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        xs: &CudaStorage,
-        xl: &Layout,
-        gys: &CudaStorage,
-        gyl: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let dev = &xs.device;
-        let (xd, wd) = (dims4(xl.shape(), "input")?, dims4(&self.w_shape, "weight")?);
-        if dims4(gyl.shape(), "output gradient")? != self.p.out_dims(xd, wd) {
-            candle_core::bail!(
-                "cudnn conv: output gradient {:?} does not fit the conv",
-                gyl.shape()
-            );
+        // SAFETY: beta = 0 below: cuDNN writes every element without reading it.
+        let mut out = unsafe { dev.alloc::<f32>(self.shape.elem_count())? };
+        let (a, gy) = (view(a, al, "operand")?, view(gys, gyl, "output gradient")?);
+        match self.of {
+            GradOf::Input => {
+                let (dx, w, dy) = (&d.x, &d.w, &d.y);
+                let op = ConvBackwardData {
+                    conv: &d.conv,
+                    dx,
+                    w,
+                    dy,
+                };
+                let algo = op.pick_algorithm().map_err(e)?;
+                let mut ws = workspace(dev, op.get_workspace_size(algo).map_err(e)?)?;
+                // SAFETY: the descriptors describe these contiguous NCHW f32 buffers.
+                unsafe { op.launch(algo, ws.as_mut(), (1.0, 0.0), &mut out, &a, &gy) }
+            }
+            GradOf::Weight => {
+                let (x, dw, dy) = (&d.x, &d.w, &d.y);
+                let op = ConvBackwardFilter {
+                    conv: &d.conv,
+                    x,
+                    dw,
+                    dy,
+                };
+                let algo = op.pick_algorithm().map_err(e)?;
+                let mut ws = workspace(dev, op.get_workspace_size(algo).map_err(e)?)?;
+                // SAFETY: as above.
+                unsafe { op.launch(algo, ws.as_mut(), (1.0, 0.0), &a, &mut out, &gy) }
+            }
         }
-        let d = self.p.descriptors(dev, xd, wd)?;
-        let op = ConvBackwardFilter {
-            conv: &d.conv,
-            x: &d.x,
-            dw: &d.w,
-            dy: &d.y,
-        };
-        let e = candle_core::Error::wrap;
-        let algo = op.pick_algorithm().map_err(e)?;
-        let mut ws_mem = workspace(dev, op.get_workspace_size(algo).map_err(e)?)?;
-        // SAFETY: beta = 0: cuDNN writes every element without reading it.
-        let mut gw = unsafe { dev.alloc::<f32>(self.w_shape.elem_count())? };
-        let (x, gy) = (view(xs, xl, "input")?, view(gys, gyl, "output gradient")?);
-        // SAFETY: the descriptors describe these contiguous NCHW f32 buffers.
-        unsafe { op.launch(algo, ws_mem.as_mut(), (1.0, 0.0), &x, &mut gw, &gy) }.map_err(e)?;
+        .map_err(e)?;
         Ok((
-            CudaStorage::wrap_cuda_slice(gw, dev.clone()),
-            self.w_shape.clone(),
+            CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            self.shape.clone(),
         ))
     }
 }
