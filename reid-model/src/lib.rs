@@ -7,10 +7,11 @@
 //! - [`weights`]: the one loader of any weights file (checkpoint or plain state dict), strict;
 //! - [`complexity`]: MACs / FLOPs / parameters per layer, backbone and head apart;
 //! - [`train`]: losses, checkpointable optimisers, schedules; `alloc` / [`process`]: what the
-//!   binaries share (allocator with a 1 s purge delay, default SIGPIPE);
+//!   binaries share (allocator with a 1 s purge delay, default SIGPIPE, candle's pool spin limit);
 //! - `onnx` (feature `onnx`): any net as a standard ONNX graph, image tensor to re-ID feature;
 //! - [`ops`]: the layers and this crate's CPU kernels; `ops::with_generic_ops` runs candle's
-//!   generic ops instead (the path of every other device), so that it is tested on the CPU.
+//!   generic ops instead (the path of every other device), so that it is tested on the CPU;
+//!   with `cudnn`, `ops::cudnn_conv` runs a CUDA conv's forward and both gradients on cuDNN.
 //!
 //! Features: `hub` (default; hub ids through hf-hub, otherwise local files only), `cli`
 //! (clap value enums for front ends), `fast-alloc` (mimalloc for binaries; the `bench` binary
