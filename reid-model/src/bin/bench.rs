@@ -50,7 +50,7 @@ struct Args {
     infer_batch: Option<usize>,
     /// Device of `--train-case` and `--infer-batch` (cpu, cuda:N; the other cases are CPU-only).
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: reid_run::DeviceSpec,
 }
 
 /// The training steps that bound the project's runs, by name (the same names in
@@ -292,7 +292,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let dev = Device::Cpu;
     if args.train_case.is_some() || args.infer_batch.is_some() {
-        let on = reid_model::device::parse_device(&args.device)?;
+        let on = reid_model::device::open_device(args.device)?;
         let (name, v) = match (args.train_case, args.infer_batch) {
             (Some(case), _) => (
                 format!("train {}", case.name()),

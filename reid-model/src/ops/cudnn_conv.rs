@@ -53,11 +53,15 @@ struct Descriptors {
 
 fn dims4(shape: &Shape, what: &str) -> Result<[i32; 4]> {
     let (a, b, c, d) = shape.dims4()?;
-    let v = [a, b, c, d].map(|x| i32::try_from(x).unwrap_or(i32::MAX));
-    if v.contains(&i32::MAX) {
-        candle_core::bail!("cudnn conv: {what} {shape:?} is too large for cuDNN");
+    let mut out = [0i32; 4];
+    for (o, v) in out.iter_mut().zip([a, b, c, d]) {
+        *o = i32::try_from(v).map_err(|_| {
+            candle_core::Error::Msg(format!(
+                "cudnn conv: {what} {shape:?} is too large for cuDNN"
+            ))
+        })?;
     }
-    Ok(v)
+    Ok(out)
 }
 
 impl ConvParams {
@@ -115,6 +119,67 @@ fn not_on_cpu(name: &str) -> Result<(CpuStorage, Shape)> {
     candle_core::bail!("{name} runs on CUDA only (CPU tensors take the gemm conv)")
 }
 
+/// One cuDNN call of a conv: the forward or a gradient.
+#[derive(Clone, Copy, Debug)]
+enum Pass {
+    /// y from (x, w): `cudnnConvolutionForward`.
+    Forward,
+    /// dL/dx from (w, dL/dy): `cudnnConvolutionBackwardData`.
+    Input,
+    /// dL/dw from (x, dL/dy): `cudnnConvolutionBackwardFilter`.
+    Weight,
+}
+
+/// Run `pass` of the conv with input dims `xd` and weight dims `wd` on the operands `(a, b)`
+/// ((x, w), (w, dy) or (x, dy), as [`Pass`] says), into a new buffer of `out_len` values.
+fn run_pass(
+    p: ConvParams,
+    pass: Pass,
+    dev: &CudaDevice,
+    (xd, wd): ([i32; 4], [i32; 4]),
+    (a, b): (&CudaView<f32>, &CudaView<f32>),
+    out_len: usize,
+) -> Result<CudaSlice<f32>> {
+    let d = p.descriptors(dev, xd, wd)?;
+    let e = candle_core::Error::wrap;
+    let (conv, x, w, y) = (&d.conv, &d.x, &d.w, &d.y);
+    // SAFETY: beta = 0 below: cuDNN writes every element without reading it.
+    let mut out = unsafe { dev.alloc::<f32>(out_len)? };
+    // SAFETY (each launch): the descriptors describe these contiguous NCHW f32 buffers.
+    match pass {
+        Pass::Forward => {
+            let op = ConvForward { conv, x, w, y };
+            let algo = op.pick_algorithm().map_err(e)?;
+            let mut ws = workspace(dev, op.get_workspace_size(algo).map_err(e)?)?;
+            unsafe { op.launch(algo, ws.as_mut(), (1.0, 0.0), a, b, &mut out) }
+        }
+        Pass::Input => {
+            let op = ConvBackwardData {
+                conv,
+                dx: x,
+                w,
+                dy: y,
+            };
+            let algo = op.pick_algorithm().map_err(e)?;
+            let mut ws = workspace(dev, op.get_workspace_size(algo).map_err(e)?)?;
+            unsafe { op.launch(algo, ws.as_mut(), (1.0, 0.0), &mut out, a, b) }
+        }
+        Pass::Weight => {
+            let op = ConvBackwardFilter {
+                conv,
+                x,
+                dw: w,
+                dy: y,
+            };
+            let algo = op.pick_algorithm().map_err(e)?;
+            let mut ws = workspace(dev, op.get_workspace_size(algo).map_err(e)?)?;
+            unsafe { op.launch(algo, ws.as_mut(), (1.0, 0.0), a, &mut out, b) }
+        }
+    }
+    .map_err(e)?;
+    Ok(out)
+}
+
 /// y = conv(x, w); backward through two [`ConvGrad`]s.
 struct CudnnConv2d(ConvParams);
 
@@ -142,24 +207,17 @@ impl CustomOp2 for CudnnConv2d {
     ) -> Result<(CudaStorage, Shape)> {
         let dev = &xs.device;
         let (xd, wd) = (dims4(xl.shape(), "input")?, dims4(wl.shape(), "weight")?);
-        let d = self.0.descriptors(dev, xd, wd)?;
         let yd = self.0.out_dims(xd, wd);
-        let op = ConvForward {
-            conv: &d.conv,
-            x: &d.x,
-            w: &d.w,
-            y: &d.y,
-        };
-        let e = candle_core::Error::wrap;
-        let algo = op.pick_algorithm().map_err(e)?;
-        let mut ws_mem = workspace(dev, op.get_workspace_size(algo).map_err(e)?)?;
-        let n: usize = yd.iter().map(|&v| v as usize).product();
-        // SAFETY: cuDNN writes all n outputs (beta = 0 never reads them).
-        let mut y = unsafe { dev.alloc::<f32>(n)? };
-        let (x, w) = (view(xs, xl, "input")?, view(ws, wl, "weight")?);
-        // SAFETY: the descriptors above describe these buffers (contiguous NCHW f32).
-        unsafe { op.launch(algo, ws_mem.as_mut(), (1.0, 0.0), &x, &w, &mut y) }.map_err(e)?;
         let shape = Shape::from(yd.map(|v| v as usize).to_vec());
+        let (x, w) = (view(xs, xl, "input")?, view(ws, wl, "weight")?);
+        let y = run_pass(
+            self.0,
+            Pass::Forward,
+            dev,
+            (xd, wd),
+            (&x, &w),
+            shape.elem_count(),
+        )?;
         Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), shape))
     }
 
@@ -176,33 +234,25 @@ impl CustomOp2 for CudnnConv2d {
             of,
             shape: shape.clone(),
         };
-        let gx = w.apply_op2_no_bwd(&gy, &grad(GradOf::Input, x.shape()))?;
-        let gw = x.apply_op2_no_bwd(&gy, &grad(GradOf::Weight, w.shape()))?;
+        let gx = w.apply_op2_no_bwd(&gy, &grad(Pass::Input, x.shape()))?;
+        let gw = x.apply_op2_no_bwd(&gy, &grad(Pass::Weight, w.shape()))?;
         Ok((Some(gx), Some(gw)))
     }
-}
-
-/// Which gradient a [`ConvGrad`] computes.
-#[derive(Clone, Copy, Debug)]
-enum GradOf {
-    /// dL/dx from (w, dL/dy): `cudnnConvolutionBackwardData`.
-    Input,
-    /// dL/dw from (x, dL/dy): `cudnnConvolutionBackwardFilter`.
-    Weight,
 }
 
 /// A conv gradient; `shape` is the shape of the tensor it is the gradient of.
 struct ConvGrad {
     p: ConvParams,
-    of: GradOf,
+    /// [`Pass::Input`] or [`Pass::Weight`].
+    of: Pass,
     shape: Shape,
 }
 
 impl CustomOp2 for ConvGrad {
     fn name(&self) -> &'static str {
         match self.of {
-            GradOf::Input => "cudnn-conv2d-backward-data",
-            GradOf::Weight => "cudnn-conv2d-backward-filter",
+            Pass::Input => "cudnn-conv2d-backward-data",
+            _ => "cudnn-conv2d-backward-filter",
         }
     }
 
@@ -226,8 +276,8 @@ impl CustomOp2 for ConvGrad {
     ) -> Result<(CudaStorage, Shape)> {
         let dev = &a.device;
         let (xd, wd) = match self.of {
-            GradOf::Input => (dims4(&self.shape, "input")?, dims4(al.shape(), "weight")?),
-            GradOf::Weight => (dims4(al.shape(), "input")?, dims4(&self.shape, "weight")?),
+            Pass::Input => (dims4(&self.shape, "input")?, dims4(al.shape(), "weight")?),
+            _ => (dims4(al.shape(), "input")?, dims4(&self.shape, "weight")?),
         };
         if dims4(gyl.shape(), "output gradient")? != self.p.out_dims(xd, wd) {
             candle_core::bail!(
@@ -235,40 +285,15 @@ impl CustomOp2 for ConvGrad {
                 gyl.shape()
             );
         }
-        let d = self.p.descriptors(dev, xd, wd)?;
-        let e = candle_core::Error::wrap;
-        // SAFETY: beta = 0 below: cuDNN writes every element without reading it.
-        let mut out = unsafe { dev.alloc::<f32>(self.shape.elem_count())? };
         let (a, gy) = (view(a, al, "operand")?, view(gys, gyl, "output gradient")?);
-        match self.of {
-            GradOf::Input => {
-                let (dx, w, dy) = (&d.x, &d.w, &d.y);
-                let op = ConvBackwardData {
-                    conv: &d.conv,
-                    dx,
-                    w,
-                    dy,
-                };
-                let algo = op.pick_algorithm().map_err(e)?;
-                let mut ws = workspace(dev, op.get_workspace_size(algo).map_err(e)?)?;
-                // SAFETY: the descriptors describe these contiguous NCHW f32 buffers.
-                unsafe { op.launch(algo, ws.as_mut(), (1.0, 0.0), &mut out, &a, &gy) }
-            }
-            GradOf::Weight => {
-                let (x, dw, dy) = (&d.x, &d.w, &d.y);
-                let op = ConvBackwardFilter {
-                    conv: &d.conv,
-                    x,
-                    dw,
-                    dy,
-                };
-                let algo = op.pick_algorithm().map_err(e)?;
-                let mut ws = workspace(dev, op.get_workspace_size(algo).map_err(e)?)?;
-                // SAFETY: as above.
-                unsafe { op.launch(algo, ws.as_mut(), (1.0, 0.0), &a, &mut out, &gy) }
-            }
-        }
-        .map_err(e)?;
+        let out = run_pass(
+            self.p,
+            self.of,
+            dev,
+            (xd, wd),
+            (&a, &gy),
+            self.shape.elem_count(),
+        )?;
         Ok((
             CudaStorage::wrap_cuda_slice(out, dev.clone()),
             self.shape.clone(),
