@@ -52,6 +52,11 @@ impl ConvBn {
                 return Ok(y);
             }
         }
+        if let (true, Some(bn)) = (train, &self.bn) {
+            if let Some(y) = bn.forward_conv_train(x, &self.conv, relu)? {
+                return Ok(y);
+            }
+        }
         let y = self.conv.forward(x)?;
         match &self.bn {
             Some(bn) => bn.forward_t_relu(&y, train, relu),
@@ -60,23 +65,31 @@ impl ConvBn {
         }
     }
 
-    /// relu(self(x) + residual) in one fused op when the BN is folded (inference, CPU f32).
+    /// relu(self(x) + residual), a residual block's end: one fused op after the conv when the BN
+    /// is folded (inference) or in train mode (CPU f32), composed otherwise.
     fn forward_residual_relu(
         &self,
         x: &Tensor,
         residual: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
         match (&self.bn, &self.conv.bias) {
-            (None, Some(b)) => crate::ops::conv_gemm::conv2d_bias_residual_inference(
-                x,
-                &self.conv.weight,
-                b,
-                residual,
-                self.conv.stride,
-                self.conv.padding,
-            ),
-            _ => Ok(None),
+            (None, Some(b)) => {
+                if let Some(y) = crate::ops::conv_gemm::conv2d_bias_residual_inference(
+                    x,
+                    &self.conv.weight,
+                    b,
+                    residual,
+                    self.conv.stride,
+                    self.conv.padding,
+                )? {
+                    return Ok(y);
+                }
+            }
+            (Some(bn), _) => return bn.forward_t_add_relu(&self.conv.forward(x)?, residual, train),
+            (None, None) => {}
         }
+        crate::ops::fused::relu(&(self.forward_t(x, train, false)? + residual)?)
     }
 
     /// Conv with the eval-mode BN folded in: w' = w·γ/σ, b' = β − μ·γ/σ.
@@ -709,13 +722,7 @@ impl ReidNet {
                     None => y,
                 };
                 let unit = &blk.convs[last];
-                y = match unit.forward_residual_relu(&h, &shortcut)? {
-                    Some(fused) => fused,
-                    None => {
-                        let h = unit.forward_t(&h, train, false)?;
-                        crate::ops::fused::relu(&(h + shortcut)?)?
-                    }
-                };
+                y = unit.forward_residual_relu(&h, &shortcut, train)?;
                 // the block's output: what a residual stream carries (`layer2.1.out`)
                 y = trace.hook(&blk.out_name, y)?;
             }

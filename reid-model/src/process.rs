@@ -10,17 +10,44 @@ pub fn default_sigpipe() {
     }
 }
 
-/// candle runs its element-wise ops on a thread pool of its own, beside rayon's (our kernels
-/// and gemm). Its idle workers spin 25 000 rounds before they sleep, so on a few cores they
-/// take the cores that rayon's working threads need between two candle ops. Measured effect:
-/// BENCHMARKS.md ("Two thread pools"). This sets candle's spin limit (`CANDLE_BARRIER_POOL_SPIN_LIMIT`,
-/// read when its pool starts) unless the environment already does; call first in `main`.
+/// Thread pools for a process that computes on few cores. Call first in `main`, before any
+/// thread exists. Measured effect: BENCHMARKS.md ("One pool of threads").
+///
+/// - candle runs its element-wise ops on a barrier pool of its own, beside rayon's (our kernels
+///   and gemm): with both, a 2-core machine ran four compute threads, and every switch between a
+///   candle op and one of ours woke sleeping threads (a third of a small-map training step was
+///   futex wake-ups and context switches). candle's pool gets no workers
+///   (`CANDLE_NUM_THREADS=1`): its element-wise ops run on the calling thread; the heavy ones of
+///   a training step are this crate's kernels, on rayon. Its spin limit is lowered too, for a
+///   user who sets `CANDLE_NUM_THREADS` to more.
+/// - The main thread becomes rayon's worker 0 (`use_current_thread`): a parallel op started from
+///   it runs in place and shares the work, instead of waking the pool and sleeping until it is
+///   done. Only with at least two threads: with one, the pool's only worker would be the main
+///   thread, and a loader thread's parallel decode would wait for it while it waits for the
+///   loader.
+///
+/// Either variable, when the environment sets it, is left as it is.
 pub fn tune_thread_pools() {
-    const VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
-    if std::env::var_os(VAR).is_none() {
-        // Before any thread exists (first thing in main), so nothing reads the environment
-        // concurrently.
-        std::env::set_var(VAR, CANDLE_SPIN_LIMIT.to_string());
+    for (var, value) in [
+        (
+            "CANDLE_BARRIER_POOL_SPIN_LIMIT",
+            CANDLE_SPIN_LIMIT.to_string(),
+        ),
+        ("CANDLE_NUM_THREADS", "1".to_string()),
+    ] {
+        if std::env::var_os(var).is_none() {
+            // Before any thread exists (first thing in main), so nothing reads the environment
+            // concurrently.
+            std::env::set_var(var, value);
+        }
+    }
+    let threads = candle_core::utils::get_num_threads();
+    if threads >= 2 {
+        // Fails only when the global pool already exists (a second call): then it stays.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .use_current_thread()
+            .build_global();
     }
 }
 

@@ -8,6 +8,8 @@
 use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::VarBuilder;
 
+use super::fused::{batch_norm_train, BnTail};
+
 #[derive(Clone, Copy, Debug)]
 pub struct BatchNormConfig {
     pub eps: f64,
@@ -102,13 +104,11 @@ impl BatchNorm {
                 dims
             );
         }
+        let tail = if relu { BnTail::Relu } else { BnTail::None };
         if let Some((y, stats)) =
-            super::fused::batch_norm_train(x, &self.weight, &self.bias, self.config.eps, relu)?
+            batch_norm_train(x, &self.weight, &self.bias, self.config.eps, tail, None)?
         {
-            let dev = x.device();
-            let mean = Tensor::from_vec(stats.mean, c, dev)?;
-            let var = Tensor::from_vec(stats.var, c, dev)?;
-            self.update_running(&mean, &var, count)?;
+            self.update_running_from(stats, count, x.device())?;
             return Ok(y);
         }
         let xf = x.to_dtype(DType::F32)?;
@@ -126,6 +126,70 @@ impl BatchNorm {
             .to_dtype(x.dtype())?;
         self.update_running(&mean.detach(), &var.detach(), count)?;
         relu_after(y)
+    }
+
+    /// relu(bn(x) + residual): a residual block's end. In train mode on the CPU (f32) one fused
+    /// op, whose backward gives the residual its gradient in the same pass; elsewhere composed.
+    pub fn forward_t_add_relu(&self, x: &Tensor, residual: &Tensor, train: bool) -> Result<Tensor> {
+        if train && x.rank() >= 2 && x.dim(1)? == self.channels() && x.dims() == residual.dims() {
+            let count = x.elem_count() / self.channels();
+            if count >= 2 {
+                let fused = batch_norm_train(
+                    x,
+                    &self.weight,
+                    &self.bias,
+                    self.config.eps,
+                    BnTail::AddRelu,
+                    Some(residual),
+                )?;
+                if let Some((y, stats)) = fused {
+                    self.update_running_from(stats, count, x.device())?;
+                    return Ok(y);
+                }
+            }
+        }
+        // checks and error messages of the plain forward
+        super::fused::relu(&(self.forward_t(x, train)? + residual)?)
+    }
+
+    /// relu?(self(conv(x))) in train mode as one autograd node (CPU f32, a conv without bias):
+    /// see [`super::conv_bn`]. `None` where that does not apply; the caller composes the two.
+    pub fn forward_conv_train(
+        &self,
+        x: &Tensor,
+        conv: &super::Conv2d,
+        relu: bool,
+    ) -> Result<Option<Tensor>> {
+        if conv.bias.is_some() || conv.out_channels() != self.channels() {
+            return Ok(None);
+        }
+        let fused = super::conv_bn::conv_bn_train(
+            x,
+            &conv.weight,
+            (conv.stride, conv.padding),
+            &self.weight,
+            &self.bias,
+            self.config.eps,
+            relu,
+        )?;
+        let Some((y, stats)) = fused else {
+            return Ok(None);
+        };
+        let count = y.elem_count() / self.channels();
+        self.update_running_from(stats, count, x.device())?;
+        Ok(Some(y))
+    }
+
+    fn update_running_from(
+        &self,
+        stats: super::fused::BatchStats,
+        count: usize,
+        dev: &candle_core::Device,
+    ) -> Result<()> {
+        let c = stats.mean.len();
+        let mean = Tensor::from_vec(stats.mean, c, dev)?;
+        let var = Tensor::from_vec(stats.var, c, dev)?;
+        self.update_running(&mean, &var, count)
     }
 
     /// running = (1 − m)·running + m·batch, with the unbiased variance (PyTorch's convention).

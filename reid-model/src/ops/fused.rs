@@ -1,7 +1,10 @@
-//! Fused CPU f32 kernels with hand-written backward passes: train-mode BatchNorm (optionally
-//! followed by ReLU) and ReLU. Composed from candle ops, train-mode BN is about ten full passes
-//! forward and twenty backward, each with a fresh allocation; fused it is two passes each way.
+//! Fused CPU f32 kernels with hand-written backward passes: train-mode BatchNorm, optionally
+//! followed by ReLU or by a residual add and ReLU (a residual block's end), and ReLU. Composed
+//! from candle ops, train-mode BN is about ten full passes forward and twenty backward, each with
+//! a fresh allocation; fused it is two passes each way. Outputs are written whole, never zeroed
+//! first.
 
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
@@ -17,6 +20,24 @@ fn ncs(dims: &[usize]) -> Result<(usize, usize, usize)> {
     Ok((dims[0], dims[1], dims[2..].iter().product()))
 }
 
+/// A vector of `len` elements, each written once by `fill(chunk index, chunk)` over chunks of
+/// `chunk` elements in parallel: no zeroing pass before the real one.
+fn filled_par(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, c)| fill(i, c));
+    // SAFETY: the chunks cover all `len` elements and `fill` writes each of its chunk's (every
+    // caller writes its whole chunk through a zip with inputs of the same length).
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// Per-channel batch statistics of the last forward: mean and biased variance.
 #[derive(Debug, Default, Clone)]
 pub struct BatchStats {
@@ -24,11 +45,29 @@ pub struct BatchStats {
     pub var: Vec<f32>,
 }
 
-/// y = relu?((x − μ_B)/√(σ²_B + ε)·γ + β) with batch statistics; inputs (x, γ, β).
+/// What a fused train-mode BN applies after the affine map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BnTail {
+    /// y = bn(x); inputs (x, γ, β).
+    None,
+    /// y = relu(bn(x)); inputs (x, γ, β).
+    Relu,
+    /// y = relu(bn(x) + r), a residual block's end; inputs (x, γ‖β, r) — γ and β packed into
+    /// one tensor of 2·C because a candle custom op takes at most three inputs.
+    AddRelu,
+}
+
+impl BnTail {
+    fn relu(self) -> bool {
+        self != BnTail::None
+    }
+}
+
+/// y = tail((x − μ_B)/√(σ²_B + ε)·γ + β) with batch statistics; inputs as [`BnTail`] says.
 #[derive(Debug)]
 pub struct BatchNormTrain {
     pub eps: f64,
-    pub relu: bool,
+    pub tail: BnTail,
     /// Filled by the forward; read for the running-stat update and by the backward.
     pub stats: Arc<Mutex<BatchStats>>,
 }
@@ -70,9 +109,188 @@ fn channel_sum(
         .sum()
 }
 
+/// γ, β and the residual (with [`BnTail::AddRelu`]) of a train-mode BN.
+type BnParams<'a> = (&'a [f32], &'a [f32], Option<&'a [f32]>);
+
+impl BatchNormTrain {
+    /// (γ, β, residual) from the second and third inputs, checked against x's C channels.
+    fn params<'a>(
+        &self,
+        c: usize,
+        x_dims: &[usize],
+        (s2, l2): (&'a CpuStorage, &Layout),
+        (s3, l3): (&'a CpuStorage, &Layout),
+    ) -> Result<BnParams<'a>> {
+        let p2 = contiguous(s2, l2, "weight")?;
+        let (gamma, beta, residual) = if self.tail == BnTail::AddRelu {
+            if l3.dims() != x_dims {
+                candle_core::bail!(
+                    "batch norm + residual: residual {:?} for an input {x_dims:?}",
+                    l3.dims()
+                );
+            }
+            let r = contiguous(s3, l3, "residual")?;
+            let (g, b) = p2.split_at(p2.len().min(c));
+            (g, b, Some(r))
+        } else {
+            (p2, contiguous(s3, l3, "bias")?, None)
+        };
+        if gamma.len() != c || beta.len() != c {
+            candle_core::bail!(
+                "batch norm over {c} channels got {} weights and {} biases",
+                gamma.len(),
+                beta.len()
+            );
+        }
+        Ok((gamma, beta, residual))
+    }
+}
+
+/// Train-mode BN forward of N×C×S data `x`: y = relu?((x − μ_B)/√(σ²_B + ε)·γ + β [+ residual])
+/// and the batch statistics.
+pub(crate) fn bn_forward(
+    x: &[f32],
+    (n, c, s): (usize, usize, usize),
+    (gamma, beta): (&[f32], &[f32]),
+    residual: Option<&[f32]>,
+    eps: f64,
+    relu: bool,
+) -> (Vec<f32>, BatchStats) {
+    let m = (n * s) as f64;
+    let stats: Vec<(f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let mean = channel_sum((x, x, x), (n, c, s), ch, |v, _, _| v) / m;
+            let mf = mean as f32;
+            let var = channel_sum((x, x, x), (n, c, s), ch, |v, _, _| (v - mf) * (v - mf)) / m;
+            (mf, var as f32)
+        })
+        .collect();
+    let scale: Vec<f32> = (0..c)
+        .map(|ch| gamma[ch] / (stats[ch].1 as f64 + eps).sqrt() as f32)
+        .collect();
+    let plane = s.max(1);
+    let y = filled_par(x.len(), plane, |p, yo| {
+        let ch = p % c;
+        let (mu, sc, b) = (stats[ch].0, scale[ch], beta[ch]);
+        let xi = &x[p * plane..p * plane + yo.len()];
+        match residual {
+            // same f32 operations, in the same order, as bn(x) then + r then relu
+            Some(r) => {
+                let ri = &r[p * plane..p * plane + yo.len()];
+                for ((o, &v), &rv) in yo.iter_mut().zip(xi).zip(ri) {
+                    o.write(((v - mu) * sc + b + rv).max(0.0));
+                }
+            }
+            None => {
+                for (o, &v) in yo.iter_mut().zip(xi) {
+                    let t = (v - mu) * sc + b;
+                    o.write(if relu { t.max(0.0) } else { t });
+                }
+            }
+        }
+    });
+    let stats = BatchStats {
+        mean: stats.iter().map(|p| p.0).collect(),
+        var: stats.iter().map(|p| p.1).collect(),
+    };
+    (y, stats)
+}
+
+/// Train-mode BN backward from the forward's input x, output y and the output's gradient dy:
+/// (dx, [dγ | dβ], and with `keep_masked` the gradient reaching the affine output — dy masked
+/// by the ReLU — else empty).
+pub(crate) fn bn_backward(
+    (x, y, dy): (&[f32], &[f32], &[f32]),
+    (n, c, sp): (usize, usize, usize),
+    gamma: &[f32],
+    BatchStats { mean, var }: &BatchStats,
+    eps: f64,
+    relu: bool,
+    keep_masked: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let invstd: Vec<f32> = var
+        .iter()
+        .map(|v| (1.0 / (*v as f64 + eps).sqrt()) as f32)
+        .collect();
+    // the gradient reaching the BN output: dy, zeroed where the ReLU was off
+    let g = move |y: f32, dy: f32| -> f32 {
+        if relu && y <= 0.0 {
+            0.0
+        } else {
+            dy
+        }
+    };
+    // Σ g and Σ g·x̂ per channel.
+    let sums: Vec<(f64, f64)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let sg = channel_sum((x, y, dy), (n, c, sp), ch, |_, y, d| g(y, d));
+            let (mu, is) = (mean[ch], invstd[ch]);
+            let sgx = channel_sum((x, y, dy), (n, c, sp), ch, |v, y, d| {
+                g(y, d) * (v - mu) * is
+            });
+            (sg, sgx)
+        })
+        .collect();
+    let m = (n * sp) as f32;
+    let plane = sp.max(1);
+    let dx = filled_par(x.len(), plane, |p, d| {
+        let ch = p % c;
+        let (mu, is) = (mean[ch], invstd[ch]);
+        let (sg, sgx) = (sums[ch].0 as f32 / m, sums[ch].1 as f32 / m);
+        let k = gamma[ch] * is;
+        let r = p * plane..p * plane + d.len();
+        let (xs, ys, dys) = (&x[r.clone()], &y[r.clone()], &dy[r]);
+        for (((o, &v), &yv), &dv) in d.iter_mut().zip(xs).zip(ys).zip(dys) {
+            let xhat = (v - mu) * is;
+            o.write(k * (g(yv, dv) - sg - xhat * sgx));
+        }
+    });
+    let masked = if keep_masked {
+        filled_par(y.len(), 1 << 14, |i, o| {
+            let r = i << 14..(i << 14) + o.len();
+            for ((o, &yv), &dv) in o.iter_mut().zip(&y[r.clone()]).zip(&dy[r]) {
+                o.write(g(yv, dv));
+            }
+        })
+    } else {
+        Vec::new()
+    };
+    let pg = sums
+        .iter()
+        .map(|s| s.1 as f32)
+        .chain(sums.iter().map(|s| s.0 as f32))
+        .collect();
+    (dx, pg, masked)
+}
+
+/// Run `f` on the contiguous f32 data of CPU tensors (in a custom op's backward, which gets
+/// tensors, not storages).
+pub(crate) fn with_f32s<const N: usize, R>(
+    ts: [&Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> Result<R>,
+) -> Result<R> {
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices: Vec<&[f32]> = Vec::with_capacity(N);
+    for (storage, layout) in &guards {
+        match &**storage {
+            candle_core::Storage::Cpu(s) => slices.push(contiguous(s, layout, "tensor")?),
+            _ => candle_core::bail!("fused kernel: expected CPU tensors"),
+        }
+    }
+    match slices.try_into() {
+        Ok(arr) => f(arr),
+        Err(_) => unreachable!("one slice per tensor"),
+    }
+}
+
 impl CustomOp3 for BatchNormTrain {
     fn name(&self) -> &'static str {
-        "batch-norm-train"
+        match self.tail {
+            BnTail::AddRelu => "batch-norm-add-relu-train",
+            _ => "batch-norm-train",
+        }
     }
 
     fn cpu_fwd(
@@ -85,157 +303,59 @@ impl CustomOp3 for BatchNormTrain {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous(s1, l1, "input")?;
-        let gamma = contiguous(s2, l2, "weight")?;
-        let beta = contiguous(s3, l3, "bias")?;
-        let (n, c, s) = ncs(l1.dims())?;
-        let m = (n * s) as f64;
-        let stats: Vec<(f32, f32)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let mean = channel_sum((x, x, x), (n, c, s), ch, |v, _, _| v) / m;
-                let mf = mean as f32;
-                let var = channel_sum((x, x, x), (n, c, s), ch, |v, _, _| (v - mf) * (v - mf)) / m;
-                (mf, var as f32)
-            })
-            .collect();
-        let scale: Vec<f32> = (0..c)
-            .map(|ch| gamma[ch] / (stats[ch].1 as f64 + self.eps).sqrt() as f32)
-            .collect();
-        let mut y = vec![0f32; x.len()];
-        let relu = self.relu;
-        let plane = s.max(1);
-        y.par_chunks_mut(plane)
-            .zip(x.par_chunks(plane))
-            .enumerate()
-            .for_each(|(p, (yo, xi))| {
-                let ch = p % c;
-                let (mu, sc, b) = (stats[ch].0, scale[ch], beta[ch]);
-                for (o, &v) in yo.iter_mut().zip(xi) {
-                    let t = (v - mu) * sc + b;
-                    *o = if relu { t.max(0.0) } else { t };
-                }
-            });
-        let mut st = self
+        let dims = ncs(l1.dims())?;
+        let (gamma, beta, residual) = self.params(dims.1, l1.dims(), (s2, l2), (s3, l3))?;
+        let (y, stats) = bn_forward(x, dims, (gamma, beta), residual, self.eps, self.tail.relu());
+        *self
             .stats
             .lock()
-            .map_err(|_| candle_core::Error::Msg("stats lock".into()))?;
-        st.mean = stats.iter().map(|p| p.0).collect();
-        st.var = stats.iter().map(|p| p.1).collect();
+            .map_err(|_| candle_core::Error::Msg("stats lock".into()))? = stats;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
     fn bwd(
         &self,
         x: &Tensor,
-        gamma: &Tensor,
-        _beta: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
+        params: &Tensor,
+        _third: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let op = BatchNormTrainBackward {
-            eps: self.eps,
-            relu: self.relu,
-            gamma: gamma.to_dtype(candle_core::DType::F32)?.to_vec1()?,
-            stats: self
-                .stats
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("stats lock".into()))?
-                .clone(),
-            param_grads: Mutex::new(Vec::new()),
-        };
-        let dx = x.apply_op3_no_bwd(res, &grad.contiguous()?, &op)?;
-        // dγ and dβ come out of the same pass, stashed in the op.
-        let pg = op
-            .param_grads
+        let dims = ncs(x.dims())?;
+        let c = dims.1;
+        let gamma = params
+            .narrow(0, 0, c)?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
+        let stats = self
+            .stats
             .lock()
-            .map_err(|_| candle_core::Error::Msg("grad lock".into()))?
+            .map_err(|_| candle_core::Error::Msg("stats lock".into()))?
             .clone();
-        let c = op.gamma.len();
-        let dgamma = Tensor::from_slice(&pg[..c], c, x.device())?;
-        let dbeta = Tensor::from_slice(&pg[c..], c, x.device())?;
+        let add = self.tail == BnTail::AddRelu;
+        let dy = dy.contiguous()?;
+        let (dx, pg, masked) = with_f32s([x, y, &dy], |[xs, ys, dys]| {
+            Ok(bn_backward(
+                (xs, ys, dys),
+                dims,
+                &gamma,
+                &stats,
+                self.eps,
+                self.tail.relu(),
+                add,
+            ))
+        })?;
+        let dev = x.device();
+        let dx = Tensor::from_vec(dx, x.shape(), dev)?;
+        if add {
+            // d(γ‖β) in one tensor; the residual's gradient is the ReLU-masked gradient
+            let dparams = Tensor::from_vec(pg, 2 * c, dev)?;
+            let dres = Tensor::from_vec(masked, x.shape(), dev)?;
+            return Ok((Some(dx), Some(dparams), Some(dres)));
+        }
+        let dgamma = Tensor::from_slice(&pg[..c], c, dev)?;
+        let dbeta = Tensor::from_slice(&pg[c..], c, dev)?;
         Ok((Some(dx), Some(dgamma), Some(dbeta)))
-    }
-}
-
-/// Backward of [`BatchNormTrain`]: (x, y, dy) → dx; dγ, dβ left in `param_grads` ([dγ | dβ]).
-struct BatchNormTrainBackward {
-    eps: f64,
-    relu: bool,
-    gamma: Vec<f32>,
-    stats: BatchStats,
-    param_grads: Mutex<Vec<f32>>,
-}
-
-impl CustomOp3 for BatchNormTrainBackward {
-    fn name(&self) -> &'static str {
-        "batch-norm-train-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1, l1, "input")?;
-        let y = contiguous(s2, l2, "output")?;
-        let dy = contiguous(s3, l3, "gradient")?;
-        let (n, c, sp) = ncs(l1.dims())?;
-        let BatchStats { mean, var } = &self.stats;
-        let gamma = &self.gamma;
-        let invstd: Vec<f32> = var
-            .iter()
-            .map(|v| (1.0 / (*v as f64 + self.eps).sqrt()) as f32)
-            .collect();
-        let relu = self.relu;
-        // the gradient reaching the BN output: dy, zeroed where the ReLU was off
-        let g = move |y: f32, dy: f32| -> f32 {
-            if relu && y <= 0.0 {
-                0.0
-            } else {
-                dy
-            }
-        };
-        // Σ g and Σ g·x̂ per channel.
-        let sums: Vec<(f64, f64)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let sg = channel_sum((x, y, dy), (n, c, sp), ch, |_, y, d| g(y, d));
-                let (mu, is) = (mean[ch], invstd[ch]);
-                let sgx = channel_sum((x, y, dy), (n, c, sp), ch, |v, y, d| {
-                    g(y, d) * (v - mu) * is
-                });
-                (sg, sgx)
-            })
-            .collect();
-        let m = (n * sp) as f32;
-        let mut dx = vec![0f32; x.len()];
-        let plane = sp.max(1);
-        dx.par_chunks_mut(plane).enumerate().for_each(|(p, d)| {
-            let ch = p % c;
-            let (mu, is) = (mean[ch], invstd[ch]);
-            let (sg, sgx) = (sums[ch].0 as f32 / m, sums[ch].1 as f32 / m);
-            let k = gamma[ch] * is;
-            let r = p * plane..(p + 1) * plane;
-            let (xs, ys, dys) = (&x[r.clone()], &y[r.clone()], &dy[r]);
-            for (((o, &v), &yv), &d) in d.iter_mut().zip(xs).zip(ys).zip(dys) {
-                let xhat = (v - mu) * is;
-                *o = k * (g(yv, d) - sg - xhat * sgx);
-            }
-        });
-        let mut pg = self
-            .param_grads
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("grad lock".into()))?;
-        *pg = sums
-            .iter()
-            .map(|s| s.1 as f32)
-            .chain(sums.iter().map(|s| s.0 as f32))
-            .collect();
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
 
@@ -250,10 +370,11 @@ impl CustomOp1 for Relu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous(s, l, "input")?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(1 << 14)
-            .zip(x.par_chunks(1 << 14))
-            .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &v)| *o = v.max(0.0)));
+        let y = filled_par(x.len(), 1 << 14, |i, o| {
+            for (o, &v) in o.iter_mut().zip(&x[i << 14..]) {
+                o.write(v.max(0.0));
+            }
+        });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -281,14 +402,19 @@ impl CustomOp2 for ReluBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let y = contiguous(s1, l1, "output")?;
         let dy = contiguous(s2, l2, "gradient")?;
-        let mut dx = vec![0f32; y.len()];
-        dx.par_chunks_mut(1 << 14)
-            .zip(y.par_chunks(1 << 14).zip(dy.par_chunks(1 << 14)))
-            .for_each(|(o, (y, g))| {
-                for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
-                    *o = if y > 0.0 { g } else { 0.0 };
-                }
-            });
+        if dy.len() != y.len() {
+            candle_core::bail!(
+                "relu backward: gradient {:?} for {:?}",
+                l2.dims(),
+                l1.dims()
+            );
+        }
+        let dx = filled_par(y.len(), 1 << 14, |i, o| {
+            let r = i << 14..(i << 14) + o.len();
+            for ((o, &y), &g) in o.iter_mut().zip(&y[r.clone()]).zip(&dy[r]) {
+                o.write(if y > 0.0 { g } else { 0.0 });
+            }
+        });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -306,14 +432,16 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// Train-mode batch norm (+ ReLU) through the fused kernel; returns the output and the batch
-/// statistics (for the running-stat update). `None` when the fused path does not apply.
+/// Train-mode batch norm and its `tail` through the fused kernel; returns the output and the
+/// batch statistics (for the running-stat update). `residual` is required by
+/// [`BnTail::AddRelu`] and ignored otherwise. `None` when the fused path does not apply.
 pub fn batch_norm_train(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     eps: f64,
-    relu: bool,
+    tail: BnTail,
+    residual: Option<&Tensor>,
 ) -> Result<Option<(Tensor, BatchStats)>> {
     if !fused_ok(x) || gamma.dtype() != candle_core::DType::F32 {
         return Ok(None);
@@ -321,12 +449,19 @@ pub fn batch_norm_train(
     let stats = Arc::new(Mutex::new(BatchStats::default()));
     let op = BatchNormTrain {
         eps,
-        relu,
+        tail,
         stats: stats.clone(),
     };
-    let y = x
-        .contiguous()?
-        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+    let x = x.contiguous()?;
+    let y = if tail == BnTail::AddRelu {
+        let Some(r) = residual.filter(|r| fused_ok(r)) else {
+            return Ok(None);
+        };
+        let params = Tensor::cat(&[gamma, beta], 0)?;
+        x.apply_op3(&params, &r.contiguous()?, op)?
+    } else {
+        x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?
+    };
     let st = stats
         .lock()
         .map_err(|_| candle_core::Error::Msg("stats lock".into()))?
@@ -398,12 +533,14 @@ mod tests {
 
             let f = |t: &Tensor| Var::from_tensor(&t.to_dtype(DType::F32).unwrap()).unwrap();
             let (x32, g32, b32) = (f(&x64), f(&g64), f(&b64));
+            let tail = if relu { BnTail::Relu } else { BnTail::None };
             let (y, stats) = batch_norm_train(
                 x32.as_tensor(),
                 g32.as_tensor(),
                 b32.as_tensor(),
                 1e-5,
-                relu,
+                tail,
+                None,
             )
             .unwrap()
             .unwrap();
@@ -425,6 +562,76 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// relu(bn(x) + r) fused against the composed f64 reference: output, running statistics'
+    /// inputs, and the gradients of x, γ, β and the residual.
+    #[test]
+    fn batch_norm_add_relu_matches_composed_f64() {
+        let dev = Device::Cpu;
+        let x64 = Tensor::randn(0.5f64, 2.0, (4, 3, 5, 6), &dev).unwrap();
+        let g64 = Tensor::new(&[0.7f64, 1.3, -0.4], &dev).unwrap();
+        let b64 = Tensor::new(&[0.1f64, -0.2, 0.3], &dev).unwrap();
+        let res64 = Tensor::randn(0f64, 1.0, (4, 3, 5, 6), &dev).unwrap();
+        let r64 = Tensor::randn(0f64, 1.0, (4, 3, 5, 6), &dev).unwrap();
+        let v = |t: &Tensor| Var::from_tensor(t).unwrap();
+        let (xv, gv, bv, resv) = (v(&x64), v(&g64), v(&b64), v(&res64));
+        let pre = reference(xv.as_tensor(), gv.as_tensor(), bv.as_tensor(), false);
+        let y_ref = (pre + resv.as_tensor()).unwrap().relu().unwrap();
+        let gr = (&y_ref * &r64)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+
+        let f = |t: &Tensor| Var::from_tensor(&t.to_dtype(DType::F32).unwrap()).unwrap();
+        let (x32, g32, b32, res32) = (f(&x64), f(&g64), f(&b64), f(&res64));
+        let (y, stats) = batch_norm_train(
+            x32.as_tensor(),
+            g32.as_tensor(),
+            b32.as_tensor(),
+            1e-5,
+            BnTail::AddRelu,
+            Some(res32.as_tensor()),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(max_diff(&y, &y_ref) < 1e-5, "forward");
+        // the statistics are x's, not x + residual's
+        let mean0: f32 = x32
+            .as_tensor()
+            .narrow(1, 0, 1)
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!((stats.mean[0] - mean0).abs() < 1e-5);
+        let r32 = r64.to_dtype(DType::F32).unwrap();
+        let g = (&y * &r32).unwrap().sum_all().unwrap().backward().unwrap();
+        for (ours, theirs, what) in [
+            (&x32, &xv, "dx"),
+            (&g32, &gv, "dgamma"),
+            (&b32, &bv, "dbeta"),
+            (&res32, &resv, "dresidual"),
+        ] {
+            let a = g.get(ours.as_tensor()).unwrap();
+            let b = gr.get(theirs.as_tensor()).unwrap();
+            assert!(max_diff(a, b) < 1e-4, "{what}: {}", max_diff(a, b));
+        }
+        // a residual of another shape is an error, not a wrong broadcast
+        let bad = Tensor::zeros((4, 3, 5, 5), DType::F32, &dev).unwrap();
+        let err = batch_norm_train(
+            x32.as_tensor(),
+            g32.as_tensor(),
+            b32.as_tensor(),
+            1e-5,
+            BnTail::AddRelu,
+            Some(&bad),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("residual"), "{err}");
     }
 
     #[test]

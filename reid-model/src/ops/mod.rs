@@ -3,6 +3,7 @@
 pub mod batch_norm;
 pub mod channels_last;
 pub mod conv;
+pub mod conv_bn;
 pub mod conv_gemm;
 #[cfg(feature = "cudnn")]
 pub mod cudnn_conv;
