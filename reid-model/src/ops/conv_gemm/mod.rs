@@ -360,6 +360,37 @@ mod tests {
         }
     }
 
+    /// Training keeps a small im2col for the weight gradient (and the gradient is the one the
+    /// backward's own im2col gives) but builds a large one again rather than hold it.
+    #[test]
+    fn only_a_small_im2col_is_kept_for_the_weight_gradient() {
+        use super::nchw::KEEP_COLS_MAX_FLOATS;
+        let f32s = |n: usize, seed: u64| -> Vec<f32> {
+            rand_vec(n, seed).into_iter().map(|v| v as f32).collect()
+        };
+        // small: 8·27·64 floats of im2col; large: 2·576·4096 > KEEP_COLS_MAX_FLOATS
+        for (n, cin, h, keep_expected) in [(8, 3, 8, true), (2, 64, 64, false)] {
+            let g = Geom::new((n, cin, h, h), (4, cin, 3, 3), 1, 1).unwrap();
+            assert_eq!(
+                g.ckk() * g.hw_out() * g.n <= KEEP_COLS_MAX_FLOATS,
+                keep_expected
+            );
+            let x = f32s(n * cin * h * h, 5);
+            let w = f32s(4 * g.ckk(), 6);
+            let gy = f32s(n * 4 * g.hw_out(), 7);
+            let (y, cols) = conv_forward_keep(&x, &w, &g, Epilogue::default(), true);
+            assert_eq!(y.len(), n * 4 * g.hw_out());
+            assert_eq!(cols.is_some(), keep_expected, "n {n} cin {cin} {h}x{h}");
+            if let Some(cols) = cols {
+                assert_eq!(cols.len(), g.ckk() * g.hw_out() * n);
+                assert_eq!(
+                    conv_weight_grad(&x, &gy, &g, Some(&cols)),
+                    conv_weight_grad(&x, &gy, &g, None)
+                );
+            }
+        }
+    }
+
     #[test]
     fn image_input_gets_no_gradient() {
         let dev = Device::Cpu;

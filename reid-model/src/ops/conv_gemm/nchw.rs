@@ -111,8 +111,15 @@ pub(crate) fn conv_forward(x: &[f32], wt: &[f32], g: &Geom, epi: Epilogue) -> Ve
     conv_forward_keep(x, wt, g, epi, false).0
 }
 
-/// The forward, and with `keep_cols` (non-pointwise convs) the im2col of every image group,
-/// stored group after group (group j at ckk·hw·(first image of j)), for the weight gradient.
+/// The largest im2col a training forward keeps for the weight gradient (8 MiB of f32); a larger
+/// one is built again in the backward. Kept whole, the im2cols of a 256×128 ResNet-50 step came
+/// to 1.3 GB (its peak: 4.2 GB against PyTorch's 3.4) and their fresh pages cost more than the
+/// second im2col pass saves (BENCHMARKS.md, session 10).
+pub(crate) const KEEP_COLS_MAX_FLOATS: usize = 2 << 20;
+
+/// The forward, and with `keep_cols` (non-pointwise convs whose im2col is at most
+/// [`KEEP_COLS_MAX_FLOATS`]) the im2col of every image group, stored group after group (group j
+/// at ckk·hw·(first image of j)), for the weight gradient.
 pub(crate) fn conv_forward_keep(
     x: &[f32],
     wt: &[f32],
@@ -125,7 +132,7 @@ pub(crate) fn conv_forward_keep(
     let total = g.n * g.cout * hw;
     let mut y: Vec<f32> = Vec::with_capacity(total);
     let img = g.cin * g.h * g.w;
-    let keep = keep_cols && !g.is_pointwise();
+    let keep = keep_cols && !g.is_pointwise() && ckk * hw * g.n <= KEEP_COLS_MAX_FLOATS;
     // written whole by the groups' im2col (no zeroing pass)
     let kept_total = if keep { ckk * hw * g.n } else { 0 };
     let mut kept: Vec<f32> = Vec::with_capacity(kept_total);
