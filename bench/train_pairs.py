@@ -6,7 +6,7 @@
 
 For each case, runs `bench --train-case C` and `pytorch_reference.py --train-case C` back to back
 `--pairs` times (which goes first alternates), each in a fresh process, and prints both img/s and
-the per-pair ratio ours/PyTorch: median and range. Pairing is what makes the ratio meaningful on a
+the per-pair ratio ours/PyTorch: median and range, and each side's peak resident memory. Pairing is what makes the ratio meaningful on a
 machine whose speed drifts by 10-20 % within minutes. Cases: r18-128x64 (ResNet-18 CE/SGD step),
 r50q-64x32 (the default run's quarter-width ResNet-50 re-ID step), r18-256x128 and r50-256x128
 (full re-ID steps; minutes each on 2 cores).
@@ -20,6 +20,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,13 +35,20 @@ def torch_python():
 
 
 def run_json(cmd):
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr.strip()}")
+    """Run one timing process: its img/s and its peak resident memory in MB (wait4's rusage)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if p.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{stderr.strip()}")
     try:
-        return json.loads(r.stdout.strip().splitlines()[-1])["img_s"]
+        return json.loads(stdout.strip().splitlines()[-1])["img_s"], usage.ru_maxrss / 1024
     except (ValueError, KeyError, IndexError):
-        sys.exit(f"{' '.join(cmd)}: expected a JSON line with img_s, got:\n{r.stdout}")
+        sys.exit(f"{' '.join(cmd)}: expected a JSON line with img_s, got:\n{stdout}")
 
 
 def main():
@@ -67,12 +75,14 @@ def main():
         ours_cmd = [args.bench, "--train-case", case, "--iters", str(args.iters), "--json"]
         torch_cmd = [py, str(ROOT / "bench/pytorch_reference.py"), "--train-case", case,
                      "--iters", str(args.iters), "--json"]
-        ours, theirs, ratios = [], [], []
+        ours, theirs, ratios, ours_mb, theirs_mb = [], [], [], [], []
         for i in range(args.pairs):
             if i % 2 == 0:
-                a, b = run_json(ours_cmd), run_json(torch_cmd)
+                (a, am), (b, bm) = run_json(ours_cmd), run_json(torch_cmd)
             else:
-                b, a = run_json(torch_cmd), run_json(ours_cmd)
+                (b, bm), (a, am) = run_json(torch_cmd), run_json(ours_cmd)
+            ours_mb.append(am)
+            theirs_mb.append(bm)
             ours.append(a)
             theirs.append(b)
             ratios.append(a / b)
@@ -82,17 +92,19 @@ def main():
         results[case] = {
             "ours_img_s": ours, "pytorch_img_s": theirs, "ratios": ratios,
             "median_ratio": statistics.median(ratios), "min_ratio": min(ratios),
-            "max_ratio": max(ratios),
+            "max_ratio": max(ratios), "ours_peak_mb": max(ours_mb),
+            "pytorch_peak_mb": max(theirs_mb),
         }
     if args.json:
         print(json.dumps(results))
         return
-    print(f"{'case':<14} {'ours img/s':>14} {'PyTorch img/s':>15} {'ratio median':>13} {'range':>13}")
+    print(f"{'case':<14} {'ours img/s':>14} {'PyTorch img/s':>15} {'ratio median':>13} {'range':>13}"
+          f" {'peak MB ours / PyTorch':>24}")
     for case, r in results.items():
         o, t = r["ours_img_s"], r["pytorch_img_s"]
         print(f"{case:<14} {min(o):6.1f}-{max(o):<7.1f} {min(t):6.1f}-{max(t):<8.1f} "
               f"{r['median_ratio']:12.3f}x {r['min_ratio']:.3f}-{r['max_ratio']:.3f}x"
-              f"  ({len(r['ratios'])} pairs)")
+              f"  {r['ours_peak_mb']:7.0f} / {r['pytorch_peak_mb']:<7.0f}  ({len(r['ratios'])} pairs)")
 
 
 if __name__ == "__main__":

@@ -340,7 +340,7 @@ fn save_state(
     let mut p = prov.clone();
     p.epoch = Some(pos.epoch);
     let optim: Vec<(String, Tensor)> = trainer
-        .state_tensors()
+        .state_tensors()?
         .into_iter()
         .map(|(k, t)| (format!("{OPTIM_PREFIX}{k}"), t))
         .collect();

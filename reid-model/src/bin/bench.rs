@@ -168,7 +168,23 @@ fn paired_img_s(a: &ReidNet, b: &ReidNet, batch: usize, iters: usize) -> Result<
 fn train_r18_img_s(dev: &Device, iters: usize) -> Result<f64> {
     let spec = ArchSpec::resnet_with(18, 751, 1.0, 2, Neck::None)?;
     let net = ReidNet::new(&spec, dev, 0)?;
-    let params = net.named_parameters();
+    use reid_model::train::optim::{Optimizer, OptimizerConfig, OptimizerKind, ParamSlot};
+    // torch.optim.SGD(lr=0.01): no momentum, no weight decay
+    let sgd = OptimizerConfig {
+        kind: OptimizerKind::Sgd {
+            momentum: 0.0,
+            nesterov: false,
+        },
+        weight_decay: 0.0,
+    };
+    let params = net.named_parameters().into_iter();
+    let slots = params.map(|(name, var)| ParamSlot {
+        name,
+        var,
+        lr_mult: 1.0,
+        decay: false,
+    });
+    let mut opt = Optimizer::new(sgd, slots.collect());
     let x = Tensor::randn(0f32, 1., (32, 3, 128, 64), &Device::Cpu)?.to_device(dev)?;
     let labels = Tensor::from_vec(
         (0..32u32).map(|i| i * 23 % 751).collect::<Vec<_>>(),
@@ -179,12 +195,7 @@ fn train_r18_img_s(dev: &Device, iters: usize) -> Result<f64> {
         let out = net.forward_t(&x, true)?;
         let logits = out.logits.expect("classifier");
         let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
-        let grads = loss.backward()?;
-        for (_, v) in &params {
-            if let Some(g) = grads.get(v.as_tensor()) {
-                v.set(&(v.as_tensor() - (g * 0.01)?)?)?;
-            }
-        }
+        opt.step(&loss.backward()?, 0.01)?;
         dev.synchronize()?;
         Ok(())
     })?;

@@ -204,12 +204,12 @@ impl Trainer {
         })
     }
 
-    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut t = self.optimizer.state_tensors();
+    pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut t = self.optimizer.state_tensors()?;
         if let Some(c) = &self.centers {
-            t.push((CENTERS_KEY.to_string(), c.as_tensor().clone()));
+            t.push((CENTERS_KEY.to_string(), c.as_tensor().copy()?));
         }
-        t
+        Ok(t)
     }
 
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, steps: usize) -> Result<()> {
