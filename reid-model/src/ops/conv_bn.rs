@@ -26,7 +26,8 @@ pub struct ConvBnTrain {
     pub relu: bool,
     /// Filled by the forward: the batch statistics, for the running-stat update.
     pub stats: Arc<Mutex<BatchStats>>,
-    /// Keep the forward's im2col for the weight gradient (when the weight has one).
+    /// Keep the forward's im2col for the weight gradient (when the weight has one and the im2col
+    /// is small: `KEEP_COLS_MAX_FLOATS`).
     keep_cols: bool,
     /// The conv output and the kept im2col, taken by the backward (a second backward over the
     /// same graph computes the conv output again).

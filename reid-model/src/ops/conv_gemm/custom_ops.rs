@@ -15,8 +15,9 @@ pub(crate) fn dims4(l: &Layout) -> Result<(usize, usize, usize, usize)> {
 pub struct Conv2dGemm {
     pub stride: usize,
     pub padding: usize,
-    /// When set, the forward keeps its im2col here and the weight gradient takes it instead of
-    /// building it again (memory: k·k·Cin·Ho·Wo floats per image until the backward).
+    /// When set, the forward keeps its im2col here (up to `KEEP_COLS_MAX_FLOATS`) and the weight
+    /// gradient takes it instead of building it again (memory: k·k·Cin·Ho·Wo floats per image
+    /// until the backward).
     saved_cols: Option<std::sync::Mutex<Option<Vec<f32>>>>,
 }
 
