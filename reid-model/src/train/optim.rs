@@ -497,18 +497,28 @@ mod tests {
             }],
         );
         for _ in 0..2 {
-            // loss = Σ w² → grad 2w
-            let g = w
-                .as_tensor()
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            opt.step(&g, 0.1).unwrap();
+            opt.step(&grads_of_sum_of_squares(&w), 0.1).unwrap();
         }
         w.as_tensor().to_vec1().unwrap()
+    }
+
+    /// The gradients of loss = Σ w² (2w).
+    fn grads_of_sum_of_squares(w: &Var) -> GradStore {
+        let loss = w.as_tensor().sqr().unwrap().sum_all().unwrap();
+        loss.backward().unwrap()
+    }
+
+    /// One of each update rule: plain SGD first, then SGD with momentum, Nesterov, Adam, AdamW.
+    fn every_rule() -> [OptimizerKind; 5] {
+        let sgd = |momentum, nesterov| OptimizerKind::Sgd { momentum, nesterov };
+        let (beta1, beta2, eps) = (0.9, 0.999, 1e-8);
+        [
+            sgd(0.0, false),
+            sgd(0.9, false),
+            sgd(0.9, true),
+            OptimizerKind::Adam { beta1, beta2, eps },
+            OptimizerKind::AdamW { beta1, beta2, eps },
+        ]
     }
 
     /// Regression: with weight decay, the buffers were built from the `Var`'s tracked tensor
@@ -516,22 +526,8 @@ mod tests {
     /// without bound). The state must hold plain values.
     #[test]
     fn optimiser_state_carries_no_autograd_history() {
-        let kinds = [
-            OptimizerKind::Sgd {
-                momentum: 0.9,
-                nesterov: true,
-            },
-            OptimizerKind::Adam {
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-            },
-            OptimizerKind::AdamW {
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-            },
-        ];
+        // every rule that keeps state (plain SGD keeps none)
+        let kinds = every_rule().into_iter().skip(1);
         for kind in kinds {
             let w = Var::new(&[1.0f32, -2.0, 0.5], &Device::Cpu).unwrap();
             let mut opt = Optimizer::new(
@@ -547,8 +543,7 @@ mod tests {
                 }],
             );
             for _ in 0..3 {
-                let g = w.as_tensor().sqr().unwrap().sum_all().unwrap();
-                opt.step(&g.backward().unwrap(), 0.01).unwrap();
+                opt.step(&grads_of_sum_of_squares(&w), 0.01).unwrap();
             }
             let state = opt.state_tensors().unwrap();
             assert!(!state.is_empty(), "{kind:?}: no state kept");
@@ -565,30 +560,7 @@ mod tests {
     /// every rule, with and without weight decay, over tensors of several parallel chunks.
     #[test]
     fn in_place_update_equals_composed_update() {
-        let kinds = [
-            OptimizerKind::Sgd {
-                momentum: 0.0,
-                nesterov: false,
-            },
-            OptimizerKind::Sgd {
-                momentum: 0.9,
-                nesterov: false,
-            },
-            OptimizerKind::Sgd {
-                momentum: 0.9,
-                nesterov: true,
-            },
-            OptimizerKind::Adam {
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-            },
-            OptimizerKind::AdamW {
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-            },
-        ];
+        let kinds = every_rule();
         let n = 2 * UPDATE_CHUNK + 1001;
         let mut rng = crate::init::SplitMix64::new(7);
         let w0: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
@@ -658,15 +630,7 @@ mod tests {
             decay: true,
         };
         let mut opt = Optimizer::new(config, vec![slot]);
-        let g = w
-            .as_tensor()
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        opt.step(&g, 0.1).unwrap();
+        opt.step(&grads_of_sum_of_squares(&w), 0.1).unwrap();
         let before = opt.state_tensors().unwrap()[0].1.to_vec1::<f32>().unwrap();
         for (key, t) in [
             ("m.w", Tensor::zeros(2, DType::F32, &dev).unwrap()),
