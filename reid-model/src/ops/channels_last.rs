@@ -304,25 +304,13 @@ fn im2col_rows(x: &[f32], g: &Geom, p0: usize, col: &mut [f32]) {
 mod tests {
     use super::*;
     use crate::init::SplitMix64;
+    use crate::ops::max_abs_diff;
 
     fn randn(shape: &[usize], seed: u64) -> Tensor {
         let mut r = SplitMix64::new(seed);
         let n = shape.iter().product::<usize>();
         let v: Vec<f32> = (0..n).map(|_| r.normal() as f32).collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     /// Every kernel size, stride, parity and batch the ResNets use (and a few they do not),

@@ -160,20 +160,8 @@ mod tests {
     use super::*;
     use crate::ops::conv_gemm::conv2d;
     use crate::ops::fused::{batch_norm_train, BnTail};
+    use crate::ops::max_abs_diff;
     use candle_core::{DType, Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     /// One node gives what the conv node followed by the BN node gives: the output, the batch
     /// statistics and the gradients of x, w, γ and β, for both tails and on the shapes that
@@ -211,7 +199,7 @@ mod tests {
                         .unwrap()
                         .unwrap();
                 let tag = format!("n{n} {cin}->{cout} {h}x{w} k{k} s{stride} relu={relu}");
-                assert!(max_diff(&fused, &composed) <= 1e-6, "forward {tag}");
+                assert!(max_abs_diff(&fused, &composed) <= 1e-6, "forward {tag}");
                 assert_eq!(stats.mean, stats_ref.mean, "{tag}");
                 assert_eq!(stats.var, stats_ref.var, "{tag}");
                 let r = Tensor::randn(0f32, 1., fused.shape(), &dev).unwrap();
@@ -229,11 +217,14 @@ mod tests {
                         gc.get(t.as_tensor()).unwrap(),
                     );
                     let scale: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-                    assert!(max_diff(a, b) <= 1e-5 * scale.max(1.0), "{what} {tag}");
+                    assert!(
+                        max_abs_diff(a, b) <= 1e-5 * f64::from(scale.max(1.0)),
+                        "{what} {tag}"
+                    );
                 }
                 // a second backward over the same graph computes the conv output again
                 let again = loss(&fused).backward().unwrap();
-                let d = max_diff(
+                let d = max_abs_diff(
                     again.get(wt.as_tensor()).unwrap(),
                     gf.get(wt.as_tensor()).unwrap(),
                 );

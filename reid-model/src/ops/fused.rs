@@ -472,7 +472,8 @@ pub fn batch_norm_train(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device, Var, D};
+    use crate::ops::max_abs_diff;
+    use candle_core::{DType, Device, Var};
 
     /// Composed train-mode BN (+ReLU) in f64 with candle autograd: the reference.
     fn reference(x: &Tensor, g: &Tensor, b: &Tensor, relu: bool) -> Tensor {
@@ -495,19 +496,6 @@ mod tests {
         } else {
             y
         }
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(D::Minus1)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
     }
 
     #[test]
@@ -544,7 +532,7 @@ mod tests {
             )
             .unwrap()
             .unwrap();
-            assert!(max_diff(&y, &y_ref) < 1e-5, "forward relu={relu}");
+            assert!(max_abs_diff(&y, &y_ref) < 1e-5, "forward relu={relu}");
             assert_eq!(stats.mean.len(), 3);
             let r32 = r64.to_dtype(DType::F32).unwrap();
             let g = (&y * &r32).unwrap().sum_all().unwrap().backward().unwrap();
@@ -556,9 +544,9 @@ mod tests {
                 let a = g.get(ours.as_tensor()).unwrap();
                 let b = gr.get(theirs.as_tensor()).unwrap();
                 assert!(
-                    max_diff(a, b) < 1e-4,
+                    max_abs_diff(a, b) < 1e-4,
                     "{what} relu={relu}: {}",
-                    max_diff(a, b)
+                    max_abs_diff(a, b)
                 );
             }
         }
@@ -597,7 +585,7 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert!(max_diff(&y, &y_ref) < 1e-5, "forward");
+        assert!(max_abs_diff(&y, &y_ref) < 1e-5, "forward");
         // the statistics are x's, not x + residual's
         let mean0: f32 = x32
             .as_tensor()
@@ -618,7 +606,7 @@ mod tests {
         ] {
             let a = g.get(ours.as_tensor()).unwrap();
             let b = gr.get(theirs.as_tensor()).unwrap();
-            assert!(max_diff(a, b) < 1e-4, "{what}: {}", max_diff(a, b));
+            assert!(max_abs_diff(a, b) < 1e-4, "{what}: {}", max_abs_diff(a, b));
         }
         // a residual of another shape is an error, not a wrong broadcast
         let bad = Tensor::zeros((4, 3, 5, 5), DType::F32, &dev).unwrap();

@@ -56,6 +56,22 @@ pub(crate) fn f32_slice<'a>(
     }
 }
 
+/// Test helper: the largest |a − b| over all elements, computed in f64 (f32 or f64 tensors).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let f64s = |t: &Tensor| t.to_dtype(candle_core::DType::F64).unwrap();
+    (f64s(a) - f64s(b))
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
 pub use batch_norm::{BatchNorm, BatchNormConfig};
 pub use conv::Conv2d;
 pub use pool::{global_avg_pool, max_pool_3x3_s2_p1};

@@ -253,8 +253,10 @@ fn step_composed(
 #[derive(Clone, Copy, Debug)]
 struct UpdateRule {
     kind: OptimizerKind,
-    /// Weight decay (0 where the parameter has none).
-    decay: f32,
+    /// L2 decay added to the gradient (SGD, Adam; 0: none).
+    l2: f32,
+    /// AdamW's decoupled decay: the weight is multiplied by 1 − lr·decay (computed in f64).
+    shrink: Option<f32>,
     lr: f32,
     /// 1 / (1 − β^t) for Adam's bias corrections.
     correct1: f32,
@@ -269,23 +271,23 @@ fn affine(x: f32, mul: f32, add: f32) -> f32 {
 
 impl UpdateRule {
     fn new(kind: OptimizerKind, decay: f64, lr: f64, t: i32) -> Self {
-        let (c1, c2, decay) = match kind {
-            OptimizerKind::Sgd { .. } => (1.0, 1.0, decay),
+        let (c1, c2) = match kind {
+            OptimizerKind::Sgd { .. } => (1.0, 1.0),
             OptimizerKind::Adam { beta1, beta2, .. }
-            | OptimizerKind::AdamW { beta1, beta2, .. } => (
-                1.0 / (1.0 - beta1.powi(t)),
-                1.0 / (1.0 - beta2.powi(t)),
-                decay,
-            ),
+            | OptimizerKind::AdamW { beta1, beta2, .. } => {
+                (1.0 / (1.0 - beta1.powi(t)), 1.0 / (1.0 - beta2.powi(t)))
+            }
         };
-        // AdamW's decoupled decay multiplies the weight by (1 − lr·decay), computed in f64.
-        let decay = match kind {
-            OptimizerKind::AdamW { .. } if decay > 0.0 => (1.0 - lr * decay) as f32,
-            _ => decay as f32,
-        };
+        let decoupled = matches!(kind, OptimizerKind::AdamW { .. });
+        let has_decay = decay > 0.0;
         Self {
             kind,
-            decay,
+            l2: if has_decay && !decoupled {
+                decay as f32
+            } else {
+                0.0
+            },
+            shrink: (has_decay && decoupled).then_some((1.0 - lr * decay) as f32),
             lr: lr as f32,
             correct1: c1 as f32,
             correct2: c2 as f32,
@@ -295,12 +297,8 @@ impl UpdateRule {
     /// The gradient with L2 decay added (SGD, Adam), as the composed `g + w·decay`.
     #[inline(always)]
     fn decayed(&self, g: f32, w: f32) -> f32 {
-        let l2 = match self.kind {
-            OptimizerKind::AdamW { .. } => false,
-            _ => self.decay > 0.0,
-        };
-        if l2 {
-            g + affine(w, self.decay, 0.0)
+        if self.l2 > 0.0 {
+            g + affine(w, self.l2, 0.0)
         } else {
             g
         }
@@ -393,17 +391,15 @@ impl UpdateRule {
                         }
                     }),
                 )?;
-                let decoupled = matches!(r.kind, OptimizerKind::AdamW { .. }) && r.decay > 0.0;
                 w.inplace_op3(
                     mt,
                     vt,
                     &InPlace::new("adam", move |w, m, v| {
                         let mhat = affine(m, r.correct1, 0.0);
                         let vhat = affine(v, r.correct2, 0.0);
-                        let w = if decoupled {
-                            affine(w, r.decay, 0.0)
-                        } else {
-                            w
+                        let w = match r.shrink {
+                            Some(s) => affine(w, s, 0.0),
+                            None => w,
                         };
                         w - affine(mhat / affine(vhat.sqrt(), 1.0, eps), r.lr, 0.0)
                     }),
