@@ -7,7 +7,8 @@
 //! - [`weights`]: the one loader of any weights file (checkpoint or plain state dict), strict;
 //! - [`complexity`]: MACs / FLOPs / parameters per layer, backbone and head apart;
 //! - [`train`]: losses, checkpointable optimisers, schedules; `alloc` / [`process`]: what the
-//!   binaries share (allocator with a 1 s purge delay, default SIGPIPE, candle's pool spin limit);
+//!   binaries share (mimalloc with a 1 s purge delay under a cache of large freed blocks by size
+//!   class, [`block_cache`]; default SIGPIPE; candle's pool spin limit);
 //! - `onnx` (feature `onnx`): any net as a standard ONNX graph, image tensor to re-ID feature;
 //! - [`ops`]: the layers and this crate's CPU kernels; `ops::with_generic_ops` runs candle's
 //!   generic ops instead (the path of every other device), so that it is tested on the CPU;
@@ -20,6 +21,7 @@
 #[cfg(feature = "fast-alloc")]
 pub mod alloc;
 pub mod arch;
+pub mod block_cache;
 pub mod checkpoint;
 pub mod complexity;
 pub mod device;
