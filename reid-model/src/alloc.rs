@@ -117,8 +117,10 @@ fn now_ms() -> u64 {
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
-/// Kept blocks are allocated with this alignment; requests needing more bypass the cache.
-const CACHE_ALIGN: usize = 64;
+/// Kept blocks are allocated with this alignment (a page; for blocks ≥ 256 KiB it costs
+/// nothing); requests needing more bypass the cache. gemm's packing buffers ask for 128 bytes:
+/// with 64 here they were the step's last page faults.
+const CACHE_ALIGN: usize = 4096;
 
 fn cached_class(layout: Layout) -> Option<SizeClass> {
     if layout.align() > CACHE_ALIGN {
