@@ -6,7 +6,8 @@
 //! largest step's memory. A second is shorter than a large step, though: a 256×128 step faulted
 //! its whole working set in again every step. So [`CachingMiMalloc`] keeps large freed blocks
 //! by size class for the next request of their class, which the next step makes, and returns
-//! those unused for `CACHE_KEEP_MS` ([`crate::block_cache`]). Figures: BENCHMARKS.md.
+//! each once unused for twice its class's usual wait, at least 1 s and at most
+//! `CACHE_KEEP_MS` ([`crate::block_cache`]). Figures: BENCHMARKS.md.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,9 +26,10 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// fault storm on every op; never (-1): a higher peak and no memory returned).
 pub const PURGE_DELAY_MS: i64 = 1000;
 
-/// How long a large freed block is kept for its next request (ms): longer than a 256×128
-/// ResNet-50 step on 2 cores (~8 s), so every step reuses the last one's blocks.
-/// `REID_ALLOC_CACHE_KEEP_MS` overrides it; 0 keeps nothing.
+/// The longest a large freed block is kept for its next request (ms): more than a 256×128
+/// ResNet-50 step on 2 cores (~8 s). Each size class keeps its blocks for twice its recent
+/// longest wait before reuse, at least a second (`block_cache::BlockCache::keep_ms`).
+/// `REID_ALLOC_CACHE_KEEP_MS` overrides the cap; 0 keeps nothing.
 pub const CACHE_KEEP_MS: u64 = 20_000;
 
 static KEEP_MS: AtomicU64 = AtomicU64::new(CACHE_KEEP_MS);
@@ -139,7 +141,7 @@ pub struct CachingMiMalloc;
 unsafe impl GlobalAlloc for CachingMiMalloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match cached_class(layout) {
-            Some(class) => match cache().take(class) {
+            Some(class) => match cache().take(class, now_ms()) {
                 Some(p) => p,
                 // SAFETY: plain mimalloc allocation.
                 None => unsafe { mi_malloc_aligned(class.bytes, CACHE_ALIGN).cast() },
@@ -151,7 +153,7 @@ unsafe impl GlobalAlloc for CachingMiMalloc {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         match cached_class(layout) {
-            Some(class) => match cache().take(class) {
+            Some(class) => match cache().take(class, now_ms()) {
                 Some(p) => {
                     // SAFETY: the kept block holds at least layout.size() bytes.
                     unsafe { std::ptr::write_bytes(p, 0, layout.size()) };

@@ -101,6 +101,16 @@ fn kept_blocks_go_back_when_released_or_kept_too_long() {
     alloc::release_unused();
     assert_eq!(alloc::cached_bytes(), 0);
 
+    // never reused: back after the minimum keep time, a second, whatever the cap
+    drop(vec![1u8; 7 << 20]);
+    assert!(alloc::cached_bytes() >= 7 << 20);
+    std::thread::sleep(Duration::from_millis(2000)); // the sweeper runs every 500 ms
+    assert_eq!(
+        alloc::cached_bytes(),
+        0,
+        "a block not asked for again goes back"
+    );
+
     alloc::set_cache_keep_ms(100);
     drop(vec![1u8; 5 << 20]);
     assert!(alloc::cached_bytes() >= 5 << 20);
