@@ -53,11 +53,15 @@ pub fn configure() {
         // SAFETY: setting an option is thread-safe in mimalloc and takes plain integers.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS as _) };
     }
-    if let Some(ms) = std::env::var("REID_ALLOC_CACHE_KEEP_MS")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    {
-        set_cache_keep_ms(ms);
+    if let Some(v) = std::env::var_os("REID_ALLOC_CACHE_KEEP_MS") {
+        match v.to_str().and_then(|v| v.trim().parse::<u64>().ok()) {
+            Some(ms) => set_cache_keep_ms(ms),
+            // A tuning knob read before anything else runs: say so and go on with the default.
+            None => eprintln!(
+                "warning: REID_ALLOC_CACHE_KEEP_MS={v:?} is not a whole number of milliseconds; \
+                 the allocator keeps blocks for at most {CACHE_KEEP_MS} ms (0 keeps none)"
+            ),
+        }
     }
     static SWEEPER: Once = Once::new();
     SWEEPER.call_once(|| {
@@ -87,11 +91,12 @@ pub fn cached_bytes() -> usize {
     cache().cached_bytes()
 }
 
-/// Return the blocks unused for `keep_ms` (all of them with 0).
-fn sweep(keep_ms: u64) {
+/// Return the blocks unused for longer than their class's keep time, capped at `max_keep_ms`
+/// (all of them with 0).
+fn sweep(max_keep_ms: u64) {
     let mut out = [std::ptr::null_mut(); 256];
     loop {
-        let n = cache().expire(now_ms(), keep_ms, &mut out);
+        let n = cache().expire(now_ms(), max_keep_ms, &mut out);
         for &p in &out[..n] {
             // SAFETY: a kept block came from mi_malloc_aligned / mi_zalloc_aligned and is owned
             // by the cache until expired.
