@@ -140,17 +140,29 @@ fn cached_class(layout: Layout) -> Option<SizeClass> {
 /// (module docs). Small requests go straight to mimalloc.
 pub struct CachingMiMalloc;
 
+/// A block of `class` for a request of `size` bytes: a kept one (its first `size` bytes zeroed
+/// when `zeroed`), else a fresh one from mimalloc (whose fresh pages are not zeroed twice).
+fn class_block(class: SizeClass, size: usize, zeroed: bool) -> *mut u8 {
+    match (cache().take(class, now_ms()), zeroed) {
+        (Some(p), false) => p,
+        (Some(p), true) => {
+            // SAFETY: the kept block holds class.bytes ≥ size bytes and belongs to the caller.
+            unsafe { std::ptr::write_bytes(p, 0, size) };
+            p
+        }
+        // SAFETY: plain mimalloc allocations.
+        (None, false) => unsafe { mi_malloc_aligned(class.bytes, CACHE_ALIGN).cast() },
+        (None, true) => unsafe { mi_zalloc_aligned(class.bytes, CACHE_ALIGN).cast() },
+    }
+}
+
 // SAFETY: every block handed out is either mimalloc's for the request's layout or a kept block
 // of the request's class: at least the requested size, aligned to CACHE_ALIGN ≥ the request's
 // alignment, and owned by nobody else (taken out of the cache under its lock).
 unsafe impl GlobalAlloc for CachingMiMalloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match cached_class(layout) {
-            Some(class) => match cache().take(class, now_ms()) {
-                Some(p) => p,
-                // SAFETY: plain mimalloc allocation.
-                None => unsafe { mi_malloc_aligned(class.bytes, CACHE_ALIGN).cast() },
-            },
+            Some(class) => class_block(class, layout.size(), false),
             // SAFETY: forwarded with the caller's layout.
             None => unsafe { MiMalloc.alloc(layout) },
         }
@@ -158,15 +170,7 @@ unsafe impl GlobalAlloc for CachingMiMalloc {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         match cached_class(layout) {
-            Some(class) => match cache().take(class, now_ms()) {
-                Some(p) => {
-                    // SAFETY: the kept block holds at least layout.size() bytes.
-                    unsafe { std::ptr::write_bytes(p, 0, layout.size()) };
-                    p
-                }
-                // SAFETY: plain mimalloc allocation (fresh pages are not zeroed twice).
-                None => unsafe { mi_zalloc_aligned(class.bytes, CACHE_ALIGN).cast() },
-            },
+            Some(class) => class_block(class, layout.size(), true),
             // SAFETY: forwarded with the caller's layout.
             None => unsafe { MiMalloc.alloc_zeroed(layout) },
         }

@@ -9,15 +9,14 @@
 //! serves the next request of its class with its pages still mapped.
 //!
 //! How long a block stays is learned per class: twice the longest wait between a free and the
-//! next take of that class within the last minute, at least `MIN_KEEP_MS`, at most the caller's cap. A
-//! request that finds its class empty after a block of it was returned counts the wait since
-//! that block's free too, so a class whose blocks expired before their reuse keeps them next
-//! time. A
-//! 256×128 step reuses its blocks after up to a step's length, so they stay that long; a small
-//! net's blocks come back within milliseconds, so they go after a second, as mimalloc's own
-//! purge would return them: kept 20 s, the default run's peak grew from 266 to 429 MB for no
-//! speed. A class not asked for again goes back, so a process whose work changes shape does
-//! not keep the old shape's blocks.
+//! next take of that class within the last minute, at least `MIN_KEEP_MS`, at most the
+//! caller's cap. A request that finds its class empty after a block of it was returned counts
+//! the wait since that block's free too, so a class whose blocks expired before their reuse
+//! keeps them next time. A 256×128 step reuses its blocks after up to a step's length, so they
+//! stay that long; a small net's blocks come back within milliseconds, so they go after a
+//! second, as mimalloc's own purge would return them (kept 20 s, the default run's peak grew
+//! from 266 to 429 MB for no speed). A class not asked for again goes back, so a process whose
+//! work changes shape does not keep the old shape's blocks.
 
 /// Smallest block kept (256 KiB): below this, mimalloc's own pages serve the request.
 pub const MIN_CACHED: usize = 1 << 18;
@@ -53,15 +52,14 @@ pub fn size_class(size: usize) -> Option<SizeClass> {
         return None;
     }
     let mut log2 = usize::BITS - 1 - size.leading_zeros();
-    let step = 1usize << (log2 - SUB.trailing_zeros());
-    let mut sub = (size - (1usize << log2)).div_ceil(step);
+    let mut sub = (size - (1usize << log2)).div_ceil(1usize << (log2 - SUB.trailing_zeros()));
     if sub == SUB {
         (log2, sub) = (log2 + 1, 0);
     }
     let index = (log2 - MIN_LOG2) as usize * SUB + sub;
     (index < CLASSES).then(|| SizeClass {
         index,
-        bytes: (1usize << log2) + sub * (1usize << (log2 - SUB.trailing_zeros())),
+        bytes: class_bytes(index),
     })
 }
 
@@ -184,7 +182,7 @@ impl BlockCache {
             let slots = &mut self.slots[index];
             let old = slots[..len]
                 .iter()
-                .take_while(|s| keep_ms == 0 || now_ms.saturating_sub(s.freed_at_ms) >= keep_ms)
+                .take_while(|s| now_ms.saturating_sub(s.freed_at_ms) >= keep_ms)
                 .count()
                 .min(out.len() - n);
             if old == 0 {
@@ -206,6 +204,7 @@ impl BlockCache {
     }
 }
 
+/// What a block of class `index` holds.
 fn class_bytes(index: usize) -> usize {
     let log2 = MIN_LOG2 as usize + index / SUB;
     (1 << log2) + (index % SUB) * (1 << (log2 - SUB.trailing_zeros() as usize))
