@@ -285,11 +285,16 @@ pub(crate) fn conv_input_grad_stride1(gy: &[f32], wt: &[f32], g: &Geom) -> Vec<f
 }
 
 /// `cols`: the forward's im2col of all images (see [`conv_forward_keep`]), when kept.
+///
+/// Summed as gWᵀ [ckk × cout] = Σ cols × gyᵀ and transposed once at the end: gemm makes its
+/// destination column-major, so for gWᵀ it packs gy [cout × G·hw] into panels and reads the
+/// im2col rows in place. For gW itself it packed the im2col, k·k times bigger than gy at a k×k
+/// conv: half the weight gradient's gemm time went to that packing (BENCHMARKS.md, session 12).
 pub(crate) fn conv_weight_grad(x: &[f32], gy: &[f32], g: &Geom, cols: Option<&[f32]>) -> Vec<f32> {
     let (hw, ckk) = (g.hw_out(), g.ckk());
     let img = g.cin * g.h * g.w;
     let gs = group_size(g);
-    // acc += Σ over groups of gy_group [cout × G·hw] × cols_groupᵀ [G·hw × ckk];
+    // acc += Σ over groups of cols_group [ckk × G·hw] × gy_groupᵀ [G·hw × cout];
     // `kept`: the im2col of these images, when the forward kept it.
     let accumulate = |xs: &[f32], gys: &[f32], kept: Option<&[f32]>, acc: &mut [f32], outer| {
         let mut s = Scratch::default();
@@ -300,7 +305,7 @@ pub(crate) fn conv_weight_grad(x: &[f32], gy: &[f32], g: &Geom, cols: Option<&[f
             .enumerate()
         {
             let ld = (xg.len() / img) * hw;
-            let lhs = if ld == hw {
+            let gy_rows = if ld == hw {
                 gyg
             } else {
                 s.tmp.resize(g.cout * ld, 0.0);
@@ -313,15 +318,15 @@ pub(crate) fn conv_weight_grad(x: &[f32], gy: &[f32], g: &Geom, cols: Option<&[f
             };
             matmul(
                 acc,
-                (g.cout, ckk, ld),
-                Mat::rows(lhs, ld),
-                Mat::transposed(cols, ld),
+                (ckk, g.cout, ld),
+                Mat::rows(cols, ld),
+                Mat::transposed(gy_rows, ld),
                 j > 0,
                 par,
             );
         }
     };
-    let mut total = vec![0f32; g.cout * ckk];
+    let mut total_t = vec![0f32; ckk * g.cout];
     if outer_parallel(g) {
         // contiguous runs of groups per thread, one partial sum each
         let groups = g.n.div_ceil(gs);
@@ -331,7 +336,7 @@ pub(crate) fn conv_weight_grad(x: &[f32], gy: &[f32], g: &Geom, cols: Option<&[f
             .zip(gy.par_chunks(per * g.cout * hw))
             .enumerate()
             .map(|(t, (xs, gys))| {
-                let mut acc = vec![0f32; g.cout * ckk];
+                let mut acc = vec![0f32; ckk * g.cout];
                 let n_here = xs.len() / img;
                 let kept = cols.map(|c| &c[ckk * hw * t * per..ckk * hw * (t * per + n_here)]);
                 accumulate(xs, gys, kept, &mut acc, true);
@@ -339,12 +344,30 @@ pub(crate) fn conv_weight_grad(x: &[f32], gy: &[f32], g: &Geom, cols: Option<&[f
             })
             .collect();
         for p in partials {
-            for (a, b) in total.iter_mut().zip(&p) {
+            for (a, b) in total_t.iter_mut().zip(&p) {
                 *a += *b;
             }
         }
     } else {
-        accumulate(x, gy, cols, &mut total, false);
+        accumulate(x, gy, cols, &mut total_t, false);
     }
-    total
+    transpose(&total_t, ckk, g.cout)
+}
+
+/// The transpose of a row-major [rows × cols] matrix.
+pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut dst: Vec<f32> = Vec::with_capacity(rows * cols);
+    let out = &mut dst.spare_capacity_mut()[..rows * cols];
+    // 8-row strips: each output row gets runs of 8 contiguous writes
+    for r0 in (0..rows).step_by(8) {
+        let r1 = (r0 + 8).min(rows);
+        for c in 0..cols {
+            for r in r0..r1 {
+                out[c * rows + r].write(src[r * cols + c]);
+            }
+        }
+    }
+    // SAFETY: (r, c) ran over every element of the rows × cols output.
+    unsafe { dst.set_len(rows * cols) };
+    dst
 }
