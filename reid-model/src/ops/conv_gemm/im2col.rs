@@ -154,6 +154,24 @@ pub(crate) fn interleave(src: &[f32], rows: usize, hw: usize, dst: &mut [MaybeUn
     }
 }
 
+/// `v` holding `len` elements written by `fill`, its old contents dropped without a zeroing
+/// pass (a fresh scratch buffer zeroed by `resize` cost ~2 % of a ResNet-18 train step).
+///
+/// # Safety
+/// `fill` must write every one of the `len` elements it is given.
+pub(crate) unsafe fn refill<'a>(
+    v: &'a mut Vec<f32>,
+    len: usize,
+    fill: impl FnOnce(&mut [MaybeUninit<f32>]),
+) -> &'a mut [f32] {
+    v.clear();
+    v.reserve(len);
+    fill(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: the caller's contract: `fill` wrote all `len` elements.
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// Write `v` to every element.
 pub(crate) fn fill_u(dst: &mut [MaybeUninit<f32>], v: f32) {
     dst.iter_mut().for_each(|d| {

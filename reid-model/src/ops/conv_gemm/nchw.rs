@@ -26,9 +26,12 @@ pub(crate) fn group_cols<'a>(
     if g.is_pointwise() && imgs == 1 {
         return x;
     }
-    col.resize(g.ckk() * imgs * g.hw_out(), 0.0);
-    fill_group_cols(x, g, as_uninit(col), parallel);
-    col
+    // SAFETY: the im2col of the group writes all ckk × imgs·hw elements.
+    unsafe {
+        refill(col, g.ckk() * imgs * g.hw_out(), |c| {
+            fill_group_cols(x, g, c, parallel)
+        })
+    }
 }
 
 /// Write the im2col matrix [ckk × G·hw] of the group of images in `x` into `col`.
@@ -80,17 +83,6 @@ pub(crate) struct Epilogue<'a> {
 }
 
 impl Epilogue<'_> {
-    /// Prefill rows [cout × ld] with the bias, so gemm accumulates on top of it.
-    fn prefill(&self, dst: &mut [f32], ld: usize) -> bool {
-        match self.bias {
-            Some(b) => {
-                fill_rows(as_uninit(dst), ld, b);
-                true
-            }
-            None => false,
-        }
-    }
-
     /// `offset`: where `dst` starts in the whole output (to find its part of the residual).
     fn finish(&self, dst: &mut [f32], offset: usize) {
         match (self.residual, self.relu) {
@@ -177,17 +169,19 @@ pub(crate) fn conv_forward_keep(
                 None => matmul_uninit(yg, dims, lhs, rhs, par),
             }
         } else {
-            s.tmp.resize(g.cout * ld, 0.0);
-            let acc = epi.prefill(&mut s.tmp, ld);
-            matmul(
-                &mut s.tmp,
-                (g.cout, ld, ckk),
-                Mat::rows(wt, ckk),
-                Mat::rows(cols, ld),
-                acc,
-                par,
-            );
-            deinterleave(&s.tmp, g.cout, hw, yg)
+            let dims = (g.cout, ld, ckk);
+            let (lhs, rhs) = (Mat::rows(wt, ckk), Mat::rows(cols, ld));
+            // SAFETY: the bias rows or gemm (which never reads an unaccumulated dst) write the
+            // whole cout × ld block.
+            let tmp = unsafe {
+                refill(&mut s.tmp, g.cout * ld, |t| match epi.bias {
+                    Some(b) => matmul(fill_rows(t, ld, b), dims, lhs, rhs, true, par),
+                    None => {
+                        matmul_uninit(t, dims, lhs, rhs, par);
+                    }
+                })
+            };
+            deinterleave(tmp, g.cout, hw, yg)
         };
         epi.finish(yg, offset);
     });
@@ -215,28 +209,24 @@ pub(crate) fn conv_input_grad(gy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
         let rhs = if imgs == 1 {
             gyg
         } else {
-            s.tmp.resize(g.cout * ld, 0.0);
-            interleave(gyg, g.cout, hw, as_uninit(&mut s.tmp));
-            &s.tmp
+            // SAFETY: interleave writes all cout × ld elements.
+            unsafe { refill(&mut s.tmp, g.cout * ld, |t| interleave(gyg, g.cout, hw, t)) }
         };
         if g.is_pointwise() && imgs == 1 {
             matmul(gxg, (ckk, ld, g.cout), lhs, Mat::rows(rhs, ld), false, par);
             return;
         }
-        s.col.resize(ckk * ld, 0.0);
-        matmul(
-            &mut s.col,
-            (ckk, ld, g.cout),
-            lhs,
-            Mat::rows(rhs, ld),
-            false,
-            par,
-        );
+        // SAFETY: gemm without accumulation writes all ckk × ld elements.
+        let col = unsafe {
+            refill(&mut s.col, ckk * ld, |c| {
+                matmul_uninit(c, (ckk, ld, g.cout), lhs, Mat::rows(rhs, ld), par);
+            })
+        };
         if g.is_pointwise() {
-            deinterleave(&s.col, g.cin, hw, as_uninit(gxg));
+            deinterleave(col, g.cin, hw, as_uninit(gxg));
         } else {
             for (j, gxi) in gxg.chunks_mut(img).enumerate() {
-                col2im_add(&s.col[j * hw..], g, ld, gxi, !outer);
+                col2im_add(&col[j * hw..], g, ld, gxi, !outer);
             }
         }
     });
@@ -308,9 +298,8 @@ pub(crate) fn conv_weight_grad(x: &[f32], gy: &[f32], g: &Geom, cols: Option<&[f
             let gy_rows = if ld == hw {
                 gyg
             } else {
-                s.tmp.resize(g.cout * ld, 0.0);
-                interleave(gyg, g.cout, hw, as_uninit(&mut s.tmp));
-                &s.tmp
+                // SAFETY: interleave writes all cout × ld elements.
+                unsafe { refill(&mut s.tmp, g.cout * ld, |t| interleave(gyg, g.cout, hw, t)) }
             };
             let cols = match kept {
                 Some(k) => &k[ckk * hw * j * gs..ckk * hw * j * gs + ckk * ld],
