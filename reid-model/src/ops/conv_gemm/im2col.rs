@@ -159,11 +159,11 @@ pub(crate) fn interleave(src: &[f32], rows: usize, hw: usize, dst: &mut [MaybeUn
 ///
 /// # Safety
 /// `fill` must write every one of the `len` elements it is given.
-pub(crate) unsafe fn refill<'a>(
-    v: &'a mut Vec<f32>,
+pub(crate) unsafe fn refill(
+    v: &mut Vec<f32>,
     len: usize,
     fill: impl FnOnce(&mut [MaybeUninit<f32>]),
-) -> &'a mut [f32] {
+) -> &mut [f32] {
     v.clear();
     v.reserve(len);
     fill(&mut v.spare_capacity_mut()[..len]);

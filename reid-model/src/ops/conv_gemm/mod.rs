@@ -444,4 +444,72 @@ mod tests {
             assert!(d < 1e-4, "n {n} cin {cin} k {k}: {d}");
         }
     }
+
+    /// GFLOP/s of the three passes of every ResNet-18 3×3 conv shape at 256×128 (batch 32, and
+    /// the re-ID nets' layer4 at last stride 1):
+    /// where the big-map train step loses its time. A measurement, not a check:
+    /// `cargo test --release -p reid-model --lib layer_speeds -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn layer_speeds() {
+        let n = 32;
+        // (cin, h, w, cout, stride)
+        let shapes = [
+            (64, 64, 32, 64, 1),
+            (64, 64, 32, 128, 2),
+            (128, 32, 16, 128, 1),
+            (128, 32, 16, 256, 2),
+            (256, 16, 8, 256, 1),
+            (256, 16, 8, 512, 2),
+            (512, 8, 4, 512, 1),
+            // layer4 of the re-ID nets (last stride 1)
+            (256, 16, 8, 512, 1),
+            (512, 16, 8, 512, 1),
+        ];
+        let time = |f: &mut dyn FnMut()| {
+            f();
+            let mut best = f64::MAX;
+            for _ in 0..3 {
+                let t = std::time::Instant::now();
+                f();
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            best
+        };
+        println!("cin  h×w     cout s  | fwd GF/s  dx GF/s  dw GF/s | fwd ms dx ms dw ms");
+        for &(cin, h, w, cout, stride) in &shapes {
+            let g = Geom::new((n, cin, h, w), (cout, cin, 3, 3), stride, 1).unwrap();
+            let x: Vec<f32> = rand_vec(n * cin * h * w, 1)
+                .iter()
+                .map(|&a| a as f32)
+                .collect();
+            let wt: Vec<f32> = rand_vec(cout * cin * 9, 2)
+                .iter()
+                .map(|&a| a as f32)
+                .collect();
+            let gy: Vec<f32> = rand_vec(n * cout * g.hw_out(), 3)
+                .iter()
+                .map(|&a| a as f32)
+                .collect();
+            let flops = 2.0 * (n * cout * g.hw_out() * g.ckk()) as f64;
+            let tf = time(&mut || {
+                std::hint::black_box(conv_forward(&x, &wt, &g, Epilogue::default()));
+            });
+            let tx = time(&mut || {
+                std::hint::black_box(conv_input_grad(&gy, &wt, &g));
+            });
+            let tw = time(&mut || {
+                std::hint::black_box(conv_weight_grad(&x, &gy, &g, None));
+            });
+            println!(
+                "{cin:4} {h:3}×{w:<3} {cout:4} {stride}  | {:8.1} {:8.1} {:8.1} | {:6.1} {:5.1} {:5.1}",
+                flops / tf / 1e9,
+                flops / tx / 1e9,
+                flops / tw / 1e9,
+                tf * 1e3,
+                tx * 1e3,
+                tw * 1e3
+            );
+        }
+    }
 }
