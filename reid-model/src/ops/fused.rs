@@ -22,7 +22,7 @@ fn ncs(dims: &[usize]) -> Result<(usize, usize, usize)> {
 
 /// A vector of `len` elements, each written once by `fill(chunk index, chunk)` over chunks of
 /// `chunk` elements in parallel: no zeroing pass before the real one.
-fn filled_par(
+pub(crate) fn filled_par(
     len: usize,
     chunk: usize,
     fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,

@@ -445,6 +445,31 @@ mod tests {
         }
     }
 
+    #[test]
+    fn sum_transposed_adds_the_parts_and_transposes() {
+        // a width that is not a multiple of the 16-row strips
+        let (rows, cols) = (37, 20);
+        let parts: Vec<Vec<f32>> = (0..3)
+            .map(|p| {
+                (0..rows * cols)
+                    .map(|i| (i * 7 + p * 1000) as f32)
+                    .collect()
+            })
+            .collect();
+        let t = super::nchw::sum_transposed(&parts, rows, cols);
+        assert_eq!(t.len(), rows * cols);
+        for r in 0..rows {
+            for c in 0..cols {
+                let want: f32 = parts.iter().map(|p| p[r * cols + c]).sum();
+                assert_eq!(t[c * rows + r], want, "({r}, {c})");
+            }
+        }
+        assert_eq!(
+            super::nchw::sum_transposed(&parts[..1], rows, cols)[rows],
+            parts[0][1]
+        );
+    }
+
     /// GFLOP/s of the three passes of every ResNet-18 3×3 conv shape at 256×128 (batch 32, and
     /// the re-ID nets' layer4 at last stride 1):
     /// where the big-map train step loses its time. A measurement, not a check:
