@@ -4,13 +4,13 @@
 //! a fresh allocation; fused it is two passes each way. Outputs are written whole, never zeroed
 //! first.
 
-use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::f32_slice as contiguous;
+use super::filled_par;
 
 /// (N, C, spatial) of an NC or NCHW tensor.
 fn ncs(dims: &[usize]) -> Result<(usize, usize, usize)> {
@@ -18,24 +18,6 @@ fn ncs(dims: &[usize]) -> Result<(usize, usize, usize)> {
         candle_core::bail!("batch norm needs at least 2 dims, got {dims:?}");
     }
     Ok((dims[0], dims[1], dims[2..].iter().product()))
-}
-
-/// A vector of `len` elements, each written once by `fill(chunk index, chunk)` over chunks of
-/// `chunk` elements in parallel: no zeroing pass before the real one.
-pub(crate) fn filled_par(
-    len: usize,
-    chunk: usize,
-    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
-) -> Vec<f32> {
-    let mut v: Vec<f32> = Vec::with_capacity(len);
-    v.spare_capacity_mut()[..len]
-        .par_chunks_mut(chunk.max(1))
-        .enumerate()
-        .for_each(|(i, c)| fill(i, c));
-    // SAFETY: the chunks cover all `len` elements and `fill` writes each of its chunk's (every
-    // caller writes its whole chunk through a zip with inputs of the same length).
-    unsafe { v.set_len(len) };
-    v
 }
 
 /// Per-channel batch statistics of the last forward: mean and biased variance.

@@ -11,8 +11,10 @@ pub mod fused;
 pub mod pool;
 
 use std::cell::Cell;
+use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, Device, Layout, Tensor};
+use rayon::prelude::*;
 
 thread_local! {
     static GENERIC_OPS: Cell<bool> = const { Cell::new(false) };
@@ -75,3 +77,21 @@ pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 pub use batch_norm::{BatchNorm, BatchNormConfig};
 pub use conv::Conv2d;
 pub use pool::{global_avg_pool, max_pool_3x3_s2_p1};
+
+/// A vector of `len` elements, each written once by `fill(chunk index, chunk)` over chunks of
+/// `chunk` elements in parallel: no zeroing pass before the real one.
+pub(crate) fn filled_par(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, c)| fill(i, c));
+    // SAFETY: the chunks cover all `len` elements and `fill` writes each of its chunk's (every
+    // caller writes its whole chunk: a zip with inputs of its length, or indices covering it).
+    unsafe { v.set_len(len) };
+    v
+}

@@ -3,7 +3,7 @@
 
 use std::mem::MaybeUninit;
 
-use crate::ops::fused::filled_par;
+use crate::ops::filled_par;
 use rayon::prelude::*;
 
 use super::*;
@@ -241,21 +241,14 @@ pub(crate) fn conv_input_grad_stride1(gy: &[f32], wt: &[f32], g: &Geom) -> Vec<f
     let (k, kk) = (g.k, g.k * g.k);
     // Written whole below, so not zeroed first; one input channel a task (the flip and a
     // zeroing pass ran on one thread while the pool waited: ~3 % of a ResNet-18 step).
-    let n = wt.len();
-    let mut flipped: Vec<f32> = Vec::with_capacity(n);
-    flipped.spare_capacity_mut()[..n]
-        .par_chunks_mut(g.cout * kk)
-        .enumerate()
-        .for_each(|(c, dst_c)| {
-            for (o, dst) in dst_c.chunks_exact_mut(kk).enumerate() {
-                let src = &wt[(o * g.cin + c) * kk..(o * g.cin + c + 1) * kk];
-                for (i, d) in dst.iter_mut().enumerate() {
-                    d.write(src[kk - 1 - i]); // (ky, kx) -> (k-1-ky, k-1-kx)
-                }
+    let flipped = filled_par(wt.len(), g.cout * kk, |c, dst_c| {
+        for (o, dst) in dst_c.chunks_exact_mut(kk).enumerate() {
+            let src = &wt[(o * g.cin + c) * kk..(o * g.cin + c + 1) * kk];
+            for (i, d) in dst.iter_mut().enumerate() {
+                d.write(src[kk - 1 - i]); // (ky, kx) -> (k-1-ky, k-1-kx)
             }
-        });
-    // SAFETY: the chunks (cin of them, cout·k·k each: n in all) were written whole above.
-    unsafe { flipped.set_len(n) };
+        }
+    });
     let gt = Geom {
         n: g.n,
         cin: g.cout,
@@ -360,12 +353,8 @@ pub(crate) fn sum_transposed(parts: &[Vec<f32>], rows: usize, cols: usize) -> Ve
         for r in 0..rows {
             for dc in 0..width {
                 let at = r * cols + c0 + dc;
-                let mut v = 0.0f32;
-                for (i, p) in parts.iter().enumerate() {
-                    // the first part as it is: the serial loop added it to zeros
-                    v = if i == 0 { p[at] } else { v + p[at] };
-                }
-                out[dc * rows + r].write(v);
+                let sum = parts.iter().map(|p| p[at]).reduce(|a, b| a + b);
+                out[dc * rows + r].write(sum.unwrap_or(0.0));
             }
         }
     })
