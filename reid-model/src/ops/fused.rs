@@ -54,41 +54,61 @@ pub struct BatchNormTrain {
     pub stats: Arc<Mutex<BatchStats>>,
 }
 
-/// Σ f(a[i], b[i], c[i]) in eight independent f32 lanes: without reassociation a single running
-/// sum cannot vectorise, and these reductions were the largest scalar loops of a training step.
-fn lanes_sum(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
+/// (Σ f(a[i], b[i], c[i]).0, Σ ….1) in eight independent f32 lanes each: without
+/// reassociation a single running sum cannot vectorise, and these reductions were the largest
+/// scalar loops of a training step. Two sums in one pass: the BN backward needs Σ g and Σ g·x̂
+/// of the same three planes.
+fn lanes_sum2(
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    f: impl Fn(f32, f32, f32) -> (f32, f32),
+) -> (f32, f32) {
     let (a8, ar) = a.as_chunks::<8>();
     let (b8, br) = b.as_chunks::<8>();
     let (c8, cr) = c.as_chunks::<8>();
-    let mut acc = [0f32; 8];
+    let (mut acc0, mut acc1) = ([0f32; 8], [0f32; 8]);
     for ((x, y), z) in a8.iter().zip(b8).zip(c8) {
         for k in 0..8 {
-            acc[k] += f(x[k], y[k], z[k]);
+            let (u, v) = f(x[k], y[k], z[k]);
+            acc0[k] += u;
+            acc1[k] += v;
         }
     }
-    let tail: f32 = ar
-        .iter()
-        .zip(br)
-        .zip(cr)
-        .map(|((x, y), z)| f(*x, *y, *z))
-        .sum();
-    acc.iter().sum::<f32>() + tail
+    let (mut t0, mut t1) = (0f32, 0f32);
+    for ((x, y), z) in ar.iter().zip(br).zip(cr) {
+        let (u, v) = f(*x, *y, *z);
+        t0 += u;
+        t1 += v;
+    }
+    (acc0.iter().sum::<f32>() + t0, acc1.iter().sum::<f32>() + t1)
 }
 
-/// Σ over the planes of channel `ch` (N×C×S tensors a, b, c) of f(a, b, c): f32 within a plane,
-/// f64 across planes (accurate and vectorisable).
-fn channel_sum(
+/// Σ over the planes of channel `ch` (N×C×S tensors a, b, c) of f(a, b, c) (two sums): f32
+/// within a plane, f64 across planes (accurate and vectorisable).
+fn channel_sum2(
     (a, b, c): (&[f32], &[f32], &[f32]),
     (n, channels, s): (usize, usize, usize),
     ch: usize,
-    f: impl Fn(f32, f32, f32) -> f32 + Copy,
-) -> f64 {
+    f: impl Fn(f32, f32, f32) -> (f32, f32) + Copy,
+) -> (f64, f64) {
     (0..n)
         .map(|i| {
             let r = (i * channels + ch) * s..(i * channels + ch + 1) * s;
-            lanes_sum(&a[r.clone()], &b[r.clone()], &c[r], f) as f64
+            let (u, v) = lanes_sum2(&a[r.clone()], &b[r.clone()], &c[r], f);
+            (u as f64, v as f64)
         })
-        .sum()
+        .fold((0.0, 0.0), |(p, q), (u, v)| (p + u, q + v))
+}
+
+/// One sum of [`channel_sum2`].
+fn channel_sum(
+    planes: (&[f32], &[f32], &[f32]),
+    dims: (usize, usize, usize),
+    ch: usize,
+    f: impl Fn(f32, f32, f32) -> f32 + Copy,
+) -> f64 {
+    channel_sum2(planes, dims, ch, move |a, b, c| (f(a, b, c), 0.0)).0
 }
 
 /// γ, β and the residual (with [`BnTail::AddRelu`]) of a train-mode BN.
@@ -207,12 +227,11 @@ pub(crate) fn bn_backward(
     let sums: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let sg = channel_sum((x, y, dy), (n, c, sp), ch, |_, y, d| g(y, d));
             let (mu, is) = (mean[ch], invstd[ch]);
-            let sgx = channel_sum((x, y, dy), (n, c, sp), ch, |v, y, d| {
-                g(y, d) * (v - mu) * is
-            });
-            (sg, sgx)
+            channel_sum2((x, y, dy), (n, c, sp), ch, |v, y, d| {
+                let gv = g(y, d);
+                (gv, gv * (v - mu) * is)
+            })
         })
         .collect();
     let m = (n * sp) as f32;
