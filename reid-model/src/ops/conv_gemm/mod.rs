@@ -15,6 +15,7 @@ use candle_core::{Result, Tensor};
 use ::gemm::Parallelism;
 
 mod custom_ops;
+mod direct;
 mod im2col;
 mod matmul;
 mod nchw;

@@ -121,11 +121,26 @@ pub(crate) fn conv_forward_keep(
     keep_cols: bool,
 ) -> (Vec<f32>, Option<Vec<f32>>) {
     let (hw, ckk) = (g.hw_out(), g.ckk());
+    let keep = keep_cols && !g.is_pointwise() && ckk * hw * g.n <= KEEP_COLS_MAX_FLOATS;
+    if !keep && g.n >= threads() && direct::serves(g) {
+        return (direct::conv_forward(x, wt, g, epi), None);
+    }
+    conv_forward_gemm(x, wt, g, epi, keep)
+}
+
+/// [`conv_forward_keep`] through im2col and gemm (`keep`: keep the im2col).
+pub(crate) fn conv_forward_gemm(
+    x: &[f32],
+    wt: &[f32],
+    g: &Geom,
+    epi: Epilogue,
+    keep: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    let (hw, ckk) = (g.hw_out(), g.ckk());
     // Not zeroed first: every group's block is written whole (bias rows, gemm or deinterleave).
     let total = g.n * g.cout * hw;
     let mut y: Vec<f32> = Vec::with_capacity(total);
     let img = g.cin * g.h * g.w;
-    let keep = keep_cols && !g.is_pointwise() && ckk * hw * g.n <= KEEP_COLS_MAX_FLOATS;
     // written whole by the groups' im2col (no zeroing pass)
     let kept_total = if keep { ckk * hw * g.n } else { 0 };
     let mut kept: Vec<f32> = Vec::with_capacity(kept_total);
