@@ -2,12 +2,14 @@
 //! place, k·k shifted views of it, and keeps a 64-pixel × 6-channel output tile in registers
 //! across all taps and input channels.
 //!
-//! With the input padded to width Wp = w + 2p, output pixel (oy, ox) of tap (ky, kx) reads the
-//! padded image at (oy + ky)·Wp + ox + kx: a "wide" output of Wp columns a row (the last k − 1
-//! of them junk) is, per tap, the padded image shifted by ky·Wp + kx. So every tap is a 1×1 conv
-//! over contiguous pixels, and the kernel's loads are plain vector loads. The im2col path wrote
-//! k·k copies of the input (4.7 MB an image at a 64-channel 64×32 map: L3), and gemm read them
-//! again to pack them; here the input is copied once (padding) and read from L1/L2.
+//! Output pixel (oy, ox) of tap (ky, kx) reads input (oy + ky − p, ox + kx − p). With the input
+//! zero-padded to width Wp = w + 2p, 16 pixels of output row oy read 16 contiguous floats of
+//! padded row oy + ky from column ox + kx: one plain vector load per tap and channel, where the
+//! output rows are whole vectors (wo a multiple of 16: ResNet layer1 and layer2 at 256×128).
+//! The im2col path wrote k·k copies of the input (4.7 MB an image at a 64-channel 64×32 map:
+//! L3), and gemm read them again to pack them; here the input is copied once and read from
+//! L1/L2. On 8-wide maps (layer3 and layer4) gemm stays: k column-shifted copies of the input
+//! made those rows contiguous too, but ran at 0.8–0.9× gemm's speed there (`direct_speed`).
 
 use std::mem::MaybeUninit;
 
@@ -19,8 +21,6 @@ use super::{Epilogue, Geom};
 const MR: usize = 64;
 /// Output channels a tile: 24 accumulators of the 32 vector registers.
 const NR: usize = 6;
-/// Input channels a pass over the tiles.
-const CB: usize = 64;
 
 /// Whether this CPU runs the kernel (AVX-512F).
 pub(crate) fn available() -> bool {
@@ -37,39 +37,62 @@ pub(crate) fn available() -> bool {
     })
 }
 
-/// Whether [`conv_forward`] serves this geometry: stride 1, a spatial kernel, and at least 90 %
-/// of the wide output useful. The junk columns (k − 1 of every Wp) and the last tile's overrun
-/// are computed for nothing: at 16×8 maps a third of the work, where gemm is the faster path
-/// (`direct_speed`: the kernel runs at ~205 GFLOP/s counting the junk on this machine, gemm at
-/// 150–240 on these shapes).
+/// Whether [`conv_forward`] serves this geometry: stride 1, a spatial kernel, output rows of
+/// whole vectors and a whole number of 64-pixel tiles.
 pub(crate) fn serves(g: &Geom) -> bool {
-    available() && g.stride == 1 && g.k > 1 && 10 * g.hw_out() >= 9 * Wide::new(g).out
+    available()
+        && g.stride == 1
+        && g.k > 1
+        && g.wo.is_multiple_of(16)
+        && g.hw_out().is_multiple_of(MR)
 }
 
-/// The padded geometry of one image: plane stride, padded width, wide output length (rounded
-/// up to whole tiles), and the taps' offsets.
-struct Wide {
+/// How one image is laid out: the zero-padded input (planes of hp × Wp floats) and the taps'
+/// offsets in it.
+struct Plan {
     wp: usize,
     plane: usize,
-    out: usize,
+    /// Where tap (ky, kx) starts: ky·Wp + kx.
     taps: Vec<usize>,
 }
 
-impl Wide {
+impl Plan {
     fn new(g: &Geom) -> Self {
-        let (wp, hp) = (g.w + 2 * g.pad, g.h + 2 * g.pad);
-        let out = (g.ho * wp).div_ceil(MR) * MR;
-        // the last tile reads up to (k − 1)·(Wp + 1) past its last pixel: slack after the last
-        // plane (zeros) keeps every read inside the buffer
-        let taps = (0..g.k * g.k).map(|t| (t / g.k) * wp + t % g.k).collect();
+        let wp = g.w + 2 * g.pad;
         Self {
             wp,
-            plane: (hp * wp).max(out + (g.k - 1) * (wp + 1)),
-            out,
-            taps,
+            plane: (g.h + 2 * g.pad) * wp,
+            taps: (0..g.k * g.k).map(|t| (t / g.k) * wp + t % g.k).collect(),
+        }
+    }
+
+    /// Where the four vectors of the tile at output pixel p0 start in a padded plane.
+    fn vectors(&self, p0: usize, wo: usize) -> [usize; 4] {
+        std::array::from_fn(|v| {
+            let q = p0 + 16 * v;
+            (q / wo) * self.wp + q % wo
+        })
+    }
+
+    /// The zero-padded image into `buf`.
+    fn pad(&self, x: &[f32], g: &Geom, buf: &mut Vec<f32>) {
+        buf.clear();
+        buf.resize(g.cin * self.plane, 0.0);
+        for (src, dst) in x
+            .chunks_exact(g.h * g.w)
+            .zip(buf.chunks_exact_mut(self.plane))
+        {
+            for (r, row) in src.chunks_exact(g.w).enumerate() {
+                let at = (r + g.pad) * self.wp + g.pad;
+                dst[at..at + g.w].copy_from_slice(row);
+            }
         }
     }
 }
+
+/// Input channels a pass over the tiles: a tile's input (64 planes × 64 + (k − 1)(Wp + 1)
+/// floats, ~34 KB at Wp = 34) stays in L1 across the channel tiles.
+const CB: usize = 64;
 
 /// W [cout × cin × k × k] as [cout/6 tiles][tap][cin][6] (channels past cout are zeros).
 fn pack_weights(w: &[f32], g: &Geom) -> Vec<f32> {
@@ -95,7 +118,7 @@ pub(crate) fn conv_forward(x: &[f32], w: &[f32], g: &Geom, epi: Epilogue) -> Vec
     let (img, hw) = (g.cin * g.h * g.w, g.hw_out());
     assert_eq!(x.len(), g.n * img);
     assert_eq!(w.len(), g.cout * g.ckk());
-    let wide = Wide::new(g);
+    let plan = Plan::new(g);
     let wpack = pack_weights(w, g);
     let total = g.n * g.cout * hw;
     let mut y: Vec<f32> = Vec::with_capacity(total);
@@ -105,9 +128,9 @@ pub(crate) fn conv_forward(x: &[f32], w: &[f32], g: &Geom, epi: Epilogue) -> Vec
         .enumerate()
         .for_each_init(
             || (Vec::new(), Vec::new()),
-            |(padded, wide_y), (i, (yi, xi))| {
-                conv_image(xi, &wpack, g, &wide, padded, wide_y);
-                finish(wide_y, g, &wide, epi, i * g.cout * hw, yi);
+            |(padded, tile_y), (i, (yi, xi))| {
+                conv_image(xi, &wpack, g, &plan, padded, tile_y);
+                finish(tile_y, g, epi, i * g.cout * hw, yi);
             },
         );
     // SAFETY: the images cover all `total` elements and `finish` writes each image's whole.
@@ -122,119 +145,95 @@ fn pixels_outer(g: &Geom) -> bool {
     g.k * g.k * CB.min(g.cin) * g.cout * std::mem::size_of::<f32>() <= 512 << 10
 }
 
-/// The padded image (zero border and slack) into `padded`, then the wide output of every
-/// channel tile into `wide_y` ([cout rounded up to 6][wide.out]).
+/// The padded image into `padded`, then the output of every channel
+/// tile into `tile_y` ([cout rounded up to 6][hw]).
 fn conv_image(
     x: &[f32],
     wpack: &[f32],
     g: &Geom,
-    wide: &Wide,
+    plan: &Plan,
     padded: &mut Vec<f32>,
-    wide_y: &mut Vec<f32>,
+    tile_y: &mut Vec<f32>,
 ) {
-    padded.clear();
-    padded.resize(g.cin * wide.plane, 0.0);
-    for (src, dst) in x
-        .chunks_exact(g.h * g.w)
-        .zip(padded.chunks_exact_mut(wide.plane))
-    {
-        for (r, row) in src.chunks_exact(g.w).enumerate() {
-            let at = (r + g.pad) * wide.wp + g.pad;
-            dst[at..at + g.w].copy_from_slice(row);
-        }
-    }
+    plan.pad(x, g, padded);
+    let hw = g.hw_out();
     let tiles = g.cout.div_ceil(NR);
     // every element is stored by the first channel block's tiles below
-    wide_y.clear();
-    wide_y.reserve(tiles * NR * wide.out);
-    let dst = wide_y.spare_capacity_mut().as_mut_ptr().cast::<f32>();
+    tile_y.clear();
+    tile_y.reserve(tiles * NR * hw);
+    let dst = tile_y.spare_capacity_mut().as_mut_ptr().cast::<f32>();
     let per_tile = g.k * g.k * g.cin * NR;
-    // Channel blocks: a tile's input (CB planes × 64 + (k−1)(Wp+1) floats) stays in L1 across
-    // the channel tiles, and a block's weights (k·k·CB·cout) in L2 across the pixel blocks.
     for c0 in (0..g.cin).step_by(CB) {
         let cb = CB.min(g.cin - c0);
         let run = |p0: usize, j: usize| {
-            // SAFETY: avx512f is present (`serves`). Reads: for tap offset t ≤ (k−1)(Wp+1)
-            // and channel c, 64 floats at c·plane + p0 + t, inside the padded buffer as plane
-            // ≥ out + (k − 1)(Wp + 1) and p0 + 64 ≤ out; weights (tile j, tap, c0..c0+cb)
-            // inside wpack. Writes (and with c0 > 0 reads, of what the first block stored):
+            // SAFETY: avx512f is present (`serves`). Reads, for each tap, channel c < cin and
+            // vector: 16 floats of plane c, a row segment (oy·Wp + ox, ox + 16 ≤ wo) whose
+            // last read, (oy + k − 1)·Wp + ox + 15 + k − 1, is below hp·Wp = plane (stride 1:
+            // ho + k − 1 = hp, wo + k − 1 = Wp). Weights (tile j, tap, c0..c0+cb) in wpack. Writes (and with c0 > 0 reads, of what the first block stored):
             // 6 rows of 64 at (j·6 + o)·out + p0, inside the tiles·6 × out buffer.
             unsafe {
                 tile(
-                    padded.as_ptr().add(c0 * wide.plane + p0),
-                    (wide.plane, cb),
-                    &wide.taps,
+                    (padded.as_ptr().add(c0 * plan.plane), plan.vectors(p0, g.wo)),
+                    (plan.plane, cb),
+                    &plan.taps,
                     (wpack.as_ptr().add(j * per_tile + c0 * NR), g.cin * NR),
-                    dst.add(j * NR * wide.out + p0),
-                    wide.out,
+                    dst.add(j * NR * hw + p0),
+                    hw,
                     c0 > 0,
                 );
             }
         };
         if pixels_outer(g) {
-            for p0 in (0..wide.out).step_by(MR) {
+            for p0 in (0..hw).step_by(MR) {
                 for j in 0..tiles {
                     run(p0, j);
                 }
             }
         } else {
             for j in 0..tiles {
-                for p0 in (0..wide.out).step_by(MR) {
+                for p0 in (0..hw).step_by(MR) {
                     run(p0, j);
                 }
             }
         }
     }
     // SAFETY: the tiles stored all tiles·6 × out elements.
-    unsafe { wide_y.set_len(tiles * NR * wide.out) };
+    unsafe { tile_y.set_len(tiles * NR * hw) };
 }
 
-/// Wide rows → the image's output (junk columns dropped), with the epilogue.
-fn finish(
-    wide_y: &[f32],
-    g: &Geom,
-    wide: &Wide,
-    epi: Epilogue,
-    offset: usize,
-    y: &mut [MaybeUninit<f32>],
-) {
+/// The tiles' output (the first hw of each channel row) → the image's, with the epilogue.
+fn finish(tile_y: &[f32], g: &Geom, epi: Epilogue, offset: usize, y: &mut [MaybeUninit<f32>]) {
     let hw = g.hw_out();
-    for (o, out) in y.chunks_exact_mut(hw).enumerate() {
+    for (o, dst) in y.chunks_exact_mut(hw).enumerate() {
         let b = epi.bias.map_or(0.0, |b| b[o]);
-        let res = epi
-            .residual
-            .map(|r| &r[offset + o * hw..offset + (o + 1) * hw]);
-        for oy in 0..g.ho {
-            let src = &wide_y[o * wide.out + oy * wide.wp..o * wide.out + oy * wide.wp + g.wo];
-            let dst = &mut out[oy * g.wo..(oy + 1) * g.wo];
-            match res {
-                Some(r) => {
-                    let r = &r[oy * g.wo..(oy + 1) * g.wo];
-                    for ((d, &v), &rv) in dst.iter_mut().zip(src).zip(r) {
-                        let s = v + b + rv;
-                        d.write(if epi.relu { s.max(0.0) } else { s });
-                    }
+        let src = &tile_y[o * hw..o * hw + hw];
+        match epi.residual {
+            Some(r) => {
+                let r = &r[offset + o * hw..offset + (o + 1) * hw];
+                for ((d, &v), &rv) in dst.iter_mut().zip(src).zip(r) {
+                    let s = v + b + rv;
+                    d.write(if epi.relu { s.max(0.0) } else { s });
                 }
-                None => {
-                    for (d, &v) in dst.iter_mut().zip(src) {
-                        let s = v + b;
-                        d.write(if epi.relu { s.max(0.0) } else { s });
-                    }
+            }
+            None => {
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    let s = v + b;
+                    d.write(if epi.relu { s.max(0.0) } else { s });
                 }
             }
         }
     }
 }
 
-/// dst[o·ld + i] (+)= Σ_tap Σ_{c < cb} x[c·plane + tap + i] · w[tap·tap_stride + c·6 + o] for
-/// i < 64, o < 6 (added to dst when `accumulate`).
+/// dst[o·ld + 16v + l] (+)= Σ_tap Σ_{c < cb} x[c·plane + tap + vectors[v] + l] ·
+/// w[tap·tap_stride + c·6 + o] for v < 4, l < 16, o < 6 (added to dst when `accumulate`).
 ///
 /// # Safety
 /// AVX-512F must be present and the reads and writes inside their buffers ([`conv_image`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile(
-    x: *const f32,
+    (x, vectors): (*const f32, [usize; 4]),
     (plane, cb): (usize, usize),
     taps: &[usize],
     (w, tap_stride): (*const f32, usize),
@@ -256,10 +255,10 @@ unsafe fn tile(
         let mut wp = w.add(ti * tap_stride);
         for _ in 0..cb {
             let a = [
-                _mm512_loadu_ps(xp),
-                _mm512_loadu_ps(xp.add(16)),
-                _mm512_loadu_ps(xp.add(32)),
-                _mm512_loadu_ps(xp.add(48)),
+                _mm512_loadu_ps(xp.add(vectors[0])),
+                _mm512_loadu_ps(xp.add(vectors[1])),
+                _mm512_loadu_ps(xp.add(vectors[2])),
+                _mm512_loadu_ps(xp.add(vectors[3])),
             ];
             for o in 0..NR {
                 let b = _mm512_set1_ps(*wp.add(o));
@@ -280,7 +279,7 @@ unsafe fn tile(
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn tile(
-    _: *const f32,
+    _: (*const f32, [usize; 4]),
     _: (usize, usize),
     _: &[usize],
     _: (*const f32, usize),
@@ -336,19 +335,18 @@ mod tests {
         let mut rng = crate::init::SplitMix64::new(11);
         let mut r =
             |len: usize| -> Vec<f32> { (0..len).map(|_| rng.next_f64() as f32 - 0.5).collect() };
-        // (n, cin, h, w, cout, k, pad): a last tile past the output, channel counts off the
-        // 6-wide tiles, 'same' and 'valid' padding, kernels 3, 5 and 7 (all maps wide enough to
-        // be served)
+        // (n, cin, h, w, cout, k, pad): rows of one to three vectors, channel counts off the
+        // 6-wide tiles, 'same' and 'valid' padding, kernels 3, 5 and 7
         for (n, cin, h, w, cout, k, pad) in [
-            (2, 3, 9, 62, 7, 3, 1),
-            (3, 16, 8, 72, 13, 3, 1),
-            (2, 5, 12, 44, 6, 5, 2),
-            (2, 4, 14, 58, 5, 3, 0),
-            (2, 2, 9, 100, 8, 7, 3),
+            (2, 3, 8, 32, 7, 3, 1),
+            (3, 16, 4, 16, 13, 3, 1),
+            (2, 5, 8, 32, 6, 5, 2),
+            (2, 4, 10, 34, 5, 3, 0),
+            (2, 2, 4, 48, 8, 7, 3),
             // two channel blocks (the second adds to the first)
-            (2, 70, 6, 40, 7, 3, 1),
+            (2, 70, 8, 16, 7, 3, 1),
             // weights past L2 for the pixel-outer order: channel tiles outer
-            (1, 70, 6, 40, 230, 3, 1),
+            (1, 70, 4, 32, 230, 3, 1),
         ] {
             let g = Geom::new((n, cin, h, w), (cout, cin, k, k), 1, pad).unwrap();
             assert!(serves(&g), "{g:?}");
@@ -379,29 +377,25 @@ mod tests {
                 }
             }
         }
+        // 8-wide rows, a partial last tile, stride 2 and 1×1 go to gemm
+        for (h, w, k, stride) in [(16, 8, 3, 1), (6, 16, 3, 1), (32, 32, 3, 2), (8, 16, 1, 1)] {
+            let g = Geom::new((2, 4, h, w), (4, 4, k, k), stride, k / 2).unwrap();
+            assert!(!serves(&g), "{g:?}");
+        }
     }
 }
 
-/// The direct kernel against im2col + gemm on the stride-1 3×3 shapes of a ResNet-18 at
-/// 256×128 and 128×64 (batch 32), alternating, medians of 7 (a measurement, not a check):
+/// The direct kernel against im2col + gemm on the stride-1 3×3 shapes it serves of a ResNet-18
+/// at 256×128 and 128×64 (batch 32), alternating, medians of 7 (a measurement, not a check):
 /// `cargo test --release -p reid-model --lib direct_speed -- --ignored --nocapture`.
 #[cfg(test)]
 #[test]
 #[ignore]
 fn direct_speed() {
     let n = 32;
-    for (cin, h, w, cout) in [
-        (64, 64, 32, 64),
-        (128, 32, 16, 128),
-        (256, 16, 8, 256),
-        (512, 16, 8, 512),
-        (64, 32, 16, 64),
-        (128, 16, 8, 128),
-    ] {
+    for (cin, h, w, cout) in [(64, 64, 32, 64), (128, 32, 16, 128), (64, 32, 16, 64)] {
         let g = Geom::new((n, cin, h, w), (cout, cin, 3, 3), 1, 1).unwrap();
-        if !serves(&g) {
-            continue;
-        }
+        assert!(serves(&g), "{g:?}");
         let x: Vec<f32> = (0..n * cin * h * w)
             .map(|i| (i % 13) as f32 - 6.0)
             .collect();
