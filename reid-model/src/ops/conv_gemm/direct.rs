@@ -225,6 +225,163 @@ fn finish(tile_y: &[f32], g: &Geom, epi: Epilogue, offset: usize, y: &mut [Maybe
     }
 }
 
+/// Whether [`weight_grad`] serves this geometry: as [`serves`], with output channels in whole
+/// 64-channel tiles and input rows (c, ky, kx) in whole 6-row tiles (every ResNet 3×3 conv).
+pub(crate) fn serves_weight_grad(g: &Geom) -> bool {
+    serves(g) && g.cout.is_multiple_of(MR) && g.ckk().is_multiple_of(NR)
+}
+
+/// Output pixels a block of the weight gradient: gyᵀ of 64 channels over the block (32 KB)
+/// stays in L1 across the input-row tiles.
+const WG_PIXELS: usize = 128;
+
+/// dL/dW [cout × cin·k·k] = Σ_images Σ_q gy[o, q] · x_padded[c, shifted q], without im2col:
+/// gy is transposed to pixel-major so 64 output channels at a pixel are one tile row, and the 6
+/// input rows of a tile are broadcast from the padded input in place. Images are split over the
+/// threads; each thread sums gWᵀ [ckk × cout], and the partials are summed and transposed once.
+pub(crate) fn weight_grad(x: &[f32], gy: &[f32], g: &Geom) -> Vec<f32> {
+    assert!(serves_weight_grad(g));
+    let (img, hw, ckk) = (g.cin * g.h * g.w, g.hw_out(), g.ckk());
+    assert_eq!(x.len(), g.n * img);
+    assert_eq!(gy.len(), g.n * g.cout * hw);
+    let plan = Plan::new(g);
+    // the padded-input offset of input row r = (c, ky, kx)
+    let rows: Vec<usize> = (0..ckk)
+        .map(|r| (r / (g.k * g.k)) * plan.plane + plan.taps[r % (g.k * g.k)])
+        .collect();
+    let per = g.n.div_ceil(super::threads()).max(1);
+    let partials: Vec<Vec<f32>> = x
+        .par_chunks(per * img)
+        .zip(gy.par_chunks(per * g.cout * hw))
+        .map(|(xs, gys)| {
+            let mut acc = vec![0f32; ckk * g.cout];
+            let (mut padded, mut gyt) = (Vec::new(), Vec::new());
+            for (xi, gyi) in xs.chunks_exact(img).zip(gys.chunks_exact(g.cout * hw)) {
+                plan.pad(xi, g, &mut padded);
+                transpose_into(gyi, g.cout, hw, &mut gyt);
+                image_weight_grad(&padded, &gyt, g, &plan, &rows, &mut acc);
+            }
+            acc
+        })
+        .collect();
+    super::sum_transposed(&partials, ckk, g.cout)
+}
+
+/// `dst` [hw × rows] = `src` [rows × hw]ᵀ.
+fn transpose_into(src: &[f32], rows: usize, hw: usize, dst: &mut Vec<f32>) {
+    const B: usize = 16;
+    dst.clear();
+    dst.resize(rows * hw, 0.0);
+    for r0 in (0..rows).step_by(B) {
+        for q0 in (0..hw).step_by(B) {
+            for r in r0..(r0 + B).min(rows) {
+                for q in q0..(q0 + B).min(hw) {
+                    dst[q * rows + r] = src[r * hw + q];
+                }
+            }
+        }
+    }
+}
+
+/// acc [ckk × cout] += one image's Σ_q x_padded[row r at q] · gyᵀ[q][o].
+fn image_weight_grad(
+    padded: &[f32],
+    gyt: &[f32],
+    g: &Geom,
+    plan: &Plan,
+    rows: &[usize],
+    acc: &mut [f32],
+) {
+    let hw = g.hw_out();
+    assert_eq!(padded.len(), g.cin * plan.plane);
+    assert_eq!(gyt.len(), hw * g.cout);
+    assert_eq!(acc.len(), rows.len() * g.cout);
+    let block_rows = (WG_PIXELS / g.wo).max(1);
+    for oy0 in (0..g.ho).step_by(block_rows) {
+        let oys = oy0..(oy0 + block_rows).min(g.ho);
+        for ct in 0..g.cout / MR {
+            for (jt, tile_rows) in rows.chunks_exact(NR).enumerate() {
+                let offsets: [usize; NR] = std::array::from_fn(|j| tile_rows[j]);
+                // SAFETY: avx512f is present (`serves`). Reads: gyᵀ rows q < hw, channels
+                // ct·64..+64 ≤ cout; padded at row offset + oy·Wp + ox for oy < ho, ox < wo,
+                // inside the row's plane as in the forward (oy + ky < hp, ox + kx < Wp). Writes
+                // acc rows jt·6..+6 (< ckk, whole tiles), channels ct·64..+64.
+                unsafe {
+                    weight_tile(
+                        padded.as_ptr(),
+                        offsets,
+                        (gyt.as_ptr().add(ct * MR), g.cout),
+                        (oys.clone(), g.wo, plan.wp),
+                        acc.as_mut_ptr().add(jt * NR * g.cout + ct * MR),
+                        g.cout,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// dst[j·ld + 16v + l] += Σ_{oy in rows} Σ_{ox < wo} x[offsets[j] + oy·Wp + ox] ·
+/// gyt[(oy·wo + ox)·gy_ld + 16v + l] for j < 6, v < 4, l < 16.
+///
+/// # Safety
+/// AVX-512F must be present and the reads and writes inside their buffers
+/// ([`image_weight_grad`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weight_tile(
+    x: *const f32,
+    offsets: [usize; NR],
+    (gyt, gy_ld): (*const f32, usize),
+    (rows, wo, wp): (std::ops::Range<usize>, usize, usize),
+    dst: *mut f32,
+    ld: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); 24];
+    for j in 0..NR {
+        for v in 0..4 {
+            acc[j * 4 + v] = _mm512_loadu_ps(dst.add(j * ld + v * 16));
+        }
+    }
+    for oy in rows {
+        let xr: [*const f32; NR] = std::array::from_fn(|j| x.add(offsets[j] + oy * wp));
+        let mut gp = gyt.add(oy * wo * gy_ld);
+        for ox in 0..wo {
+            let a = [
+                _mm512_loadu_ps(gp),
+                _mm512_loadu_ps(gp.add(16)),
+                _mm512_loadu_ps(gp.add(32)),
+                _mm512_loadu_ps(gp.add(48)),
+            ];
+            for j in 0..NR {
+                let b = _mm512_set1_ps(*xr[j].add(ox));
+                for v in 0..4 {
+                    acc[j * 4 + v] = _mm512_fmadd_ps(a[v], b, acc[j * 4 + v]);
+                }
+            }
+            gp = gp.add(gy_ld);
+        }
+    }
+    for j in 0..NR {
+        for v in 0..4 {
+            _mm512_storeu_ps(dst.add(j * ld + v * 16), acc[j * 4 + v]);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn weight_tile(
+    _: *const f32,
+    _: [usize; NR],
+    _: (*const f32, usize),
+    _: (std::ops::Range<usize>, usize, usize),
+    _: *mut f32,
+    _: usize,
+) {
+    unreachable!("the direct kernel runs only where `available` says AVX-512F is present");
+}
+
 /// dst[o·ld + 16v + l] (+)= Σ_tap Σ_{c < cb} x[c·plane + tap + vectors[v] + l] ·
 /// w[tap·tap_stride + c·6 + o] for v < 4, l < 16, o < 6 (added to dst when `accumulate`).
 ///
@@ -383,6 +540,65 @@ mod tests {
             assert!(!serves(&g), "{g:?}");
         }
     }
+    #[test]
+    fn direct_weight_grad_equals_the_definition() {
+        if !available() {
+            return;
+        }
+        let mut rng = crate::init::SplitMix64::new(12);
+        let mut r =
+            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.next_f64() as f32 - 0.5).collect() };
+        // (n, cin, h, w, cout, k, pad): images not a multiple of the threads, a last pixel block
+        // of fewer rows (12 rows of 16 in blocks of 8), two output-channel tiles, a 5×5 kernel,
+        // 'valid' padding
+        for (n, cin, h, w, cout, k, pad) in [
+            (3, 2, 12, 16, 64, 3, 1),
+            (2, 4, 4, 32, 128, 3, 1),
+            (2, 6, 8, 32, 64, 5, 2),
+            (1, 2, 6, 18, 64, 3, 0),
+        ] {
+            let g = Geom::new((n, cin, h, w), (cout, cin, k, k), 1, pad).unwrap();
+            assert!(serves_weight_grad(&g), "{g:?}");
+            let (x, gy) = (r(n * cin * h * w), r(n * cout * g.hw_out()));
+            let got = weight_grad(&x, &gy, &g);
+            assert_eq!(got.len(), cout * g.ckk());
+            for o in 0..cout {
+                for c in 0..cin {
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let mut want = 0f64;
+                            for i in 0..n {
+                                for oy in 0..g.ho {
+                                    for ox in 0..g.wo {
+                                        let iy = (oy + ky) as isize - pad as isize;
+                                        let ix = (ox + kx) as isize - pad as isize;
+                                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize
+                                        {
+                                            continue;
+                                        }
+                                        let xv =
+                                            x[((i * cin + c) * h + iy as usize) * w + ix as usize];
+                                        let gv = gy[((i * cout + o) * g.ho + oy) * g.wo + ox];
+                                        want += xv as f64 * gv as f64;
+                                    }
+                                }
+                            }
+                            let v = got[((o * cin + c) * k + ky) * k + kx] as f64;
+                            assert!(
+                                (v - want).abs() < 1e-4,
+                                "{g:?} ({o},{c},{ky},{kx}): {v} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // 48 output channels, an odd input-row count: gemm's
+        for (cin, cout) in [(2, 48), (3, 64)] {
+            let g = Geom::new((2, cin, 4, 16), (cout, cin, 3, 3), 1, 1).unwrap();
+            assert!(!serves_weight_grad(&g), "{g:?}");
+        }
+    }
 }
 
 /// The direct kernel against im2col + gemm on the stride-1 3×3 shapes it serves of a ResNet-18
@@ -400,8 +616,17 @@ fn direct_speed() {
             .map(|i| (i % 13) as f32 - 6.0)
             .collect();
         let wt: Vec<f32> = (0..cout * g.ckk()).map(|i| (i % 7) as f32 * 0.1).collect();
-        let (mut a, mut b) = (vec![], vec![]);
+        let gy: Vec<f32> = (0..n * cout * g.hw_out())
+            .map(|i| (i % 5) as f32 - 2.0)
+            .collect();
+        let (mut a, mut b, mut c, mut d) = (vec![], vec![], vec![], vec![]);
         for _ in 0..7 {
+            let t = std::time::Instant::now();
+            std::hint::black_box(super::conv_weight_grad_gemm(&x, &gy, &g, None));
+            c.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = std::time::Instant::now();
+            std::hint::black_box(weight_grad(&x, &gy, &g));
+            d.push(t.elapsed().as_secs_f64() * 1e3);
             let t = std::time::Instant::now();
             std::hint::black_box(super::conv_forward_gemm(
                 &x,
@@ -415,9 +640,14 @@ fn direct_speed() {
             std::hint::black_box(conv_forward(&x, &wt, &g, Epilogue::default()));
             b.push(t.elapsed().as_secs_f64() * 1e3);
         }
-        a.sort_by(f64::total_cmp);
-        b.sort_by(f64::total_cmp);
+        for v in [&mut a, &mut b, &mut c, &mut d] {
+            v.sort_by(f64::total_cmp);
+        }
         let gf = 2.0 * (n * cout * g.hw_out() * g.ckk()) as f64 / 1e6;
+        println!(
+            "{cin:4} {h:3}x{w:<3} {cout:4} weight grad: gemm {:6.1} ms ({:5.1} GF/s), direct {:6.1} ms ({:5.1} GF/s), direct/gemm time {:.3}",
+            c[3], gf / c[3], d[3], gf / d[3], d[3] / c[3]
+        );
         println!(
             "{cin:4} {h:3}x{w:<3} {cout:4}: gemm {:6.1} ms ({:5.1} GF/s), direct {:6.1} ms ({:5.1} GF/s), direct/gemm time {:.3}",
             a[3], gf / a[3], b[3], gf / b[3], b[3] / a[3]

@@ -1,4 +1,6 @@
-//! CPU f32 convolution whose forward, input gradient and weight gradient all run through gemm.
+//! CPU f32 convolution: forward, input gradient and weight gradient through gemm, or through
+//! the direct AVX-512 kernels (`direct.rs`, no im2col) on stride-1 convs whose output rows are
+//! whole vectors.
 //!
 //! candle's stock CPU conv backward sends every input gradient through a direct
 //! `conv_transpose2d` loop (~16 GFLOP/s against 100–200 for gemm) and fails when H and W have
@@ -8,7 +10,7 @@
 //! - weight grad:  gW    = Σₙ gy[n] × im2col(x[n])ᵀ
 //!
 //! 1×1 stride-1 convs skip im2col/col2im. Work is split over images when the batch has at
-//! least as many images as threads, otherwise inside gemm.
+//! least as many images as threads, otherwise inside gemm (the direct kernels need the former).
 
 use candle_core::{Result, Tensor};
 

@@ -283,13 +283,27 @@ pub(crate) fn conv_input_grad_stride1(gy: &[f32], wt: &[f32], g: &Geom) -> Vec<f
     conv_forward(gy, &flipped, &gt, Epilogue::default())
 }
 
-/// `cols`: the forward's im2col of all images (see [`conv_forward_keep`]), when kept.
+/// dL/dW of a conv; `cols`: the forward's im2col of all images (see [`conv_forward_keep`]),
+/// when kept. The direct kernel where it serves (no im2col), else gemm.
+pub(crate) fn conv_weight_grad(x: &[f32], gy: &[f32], g: &Geom, cols: Option<&[f32]>) -> Vec<f32> {
+    if cols.is_none() && g.n >= threads() && direct::serves_weight_grad(g) {
+        return direct::weight_grad(x, gy, g);
+    }
+    conv_weight_grad_gemm(x, gy, g, cols)
+}
+
+/// [`conv_weight_grad`] through im2col and gemm.
 ///
 /// Summed as gWᵀ [ckk × cout] = Σ cols × gyᵀ and transposed once at the end: gemm makes its
 /// destination column-major, so for gWᵀ it packs gy [cout × G·hw] into panels and reads the
 /// im2col rows in place. For gW itself it packed the im2col, k·k times bigger than gy at a k×k
 /// conv: half the weight gradient's gemm time went to that packing (BENCHMARKS.md, session 12).
-pub(crate) fn conv_weight_grad(x: &[f32], gy: &[f32], g: &Geom, cols: Option<&[f32]>) -> Vec<f32> {
+pub(crate) fn conv_weight_grad_gemm(
+    x: &[f32],
+    gy: &[f32],
+    g: &Geom,
+    cols: Option<&[f32]>,
+) -> Vec<f32> {
     let (hw, ckk) = (g.hw_out(), g.ckk());
     let img = g.cin * g.h * g.w;
     let gs = group_size(g);
