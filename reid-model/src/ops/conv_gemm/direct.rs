@@ -451,36 +451,10 @@ unsafe fn tile(
 mod tests {
     use super::*;
 
-    /// y[n, o, oy, ox] = Σ w[o, c, ky, kx] · x[n, c, oy + ky − p, ox + kx − p], in f64.
+    /// The f64 definition of the conv (`conv_gemm`'s test reference) of f32 data.
     fn reference(x: &[f32], w: &[f32], g: &Geom) -> Vec<f64> {
-        let mut y = vec![0f64; g.n * g.cout * g.hw_out()];
-        for n in 0..g.n {
-            for o in 0..g.cout {
-                for oy in 0..g.ho {
-                    for ox in 0..g.wo {
-                        let mut acc = 0f64;
-                        for c in 0..g.cin {
-                            for ky in 0..g.k {
-                                for kx in 0..g.k {
-                                    let iy = (oy + ky) as isize - g.pad as isize;
-                                    let ix = (ox + kx) as isize - g.pad as isize;
-                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
-                                    {
-                                        continue;
-                                    }
-                                    let xv = x
-                                        [((n * g.cin + c) * g.h + iy as usize) * g.w + ix as usize];
-                                    let wv = w[((o * g.cin + c) * g.k + ky) * g.k + kx];
-                                    acc += wv as f64 * xv as f64;
-                                }
-                            }
-                        }
-                        y[((n * g.cout + o) * g.ho + oy) * g.wo + ox] = acc;
-                    }
-                }
-            }
-        }
-        y
+        let f64s = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<_>>();
+        super::super::tests::naive_fwd(&f64s(x), &f64s(w), g)
     }
 
     #[test]

@@ -213,8 +213,8 @@ mod tests {
         (0..n).map(|_| r.normal()).collect()
     }
 
-    /// Direct f64 convolution: the reference.
-    fn naive_fwd(x: &[f64], w: &[f64], g: &Geom) -> Vec<f64> {
+    /// Direct f64 convolution: the reference (also of the direct kernels' tests).
+    pub(super) fn naive_fwd(x: &[f64], w: &[f64], g: &Geom) -> Vec<f64> {
         let mut y = vec![0f64; g.n * g.cout * g.hw_out()];
         for n in 0..g.n {
             for o in 0..g.cout {
