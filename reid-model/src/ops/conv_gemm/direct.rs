@@ -145,8 +145,8 @@ fn pixels_outer(g: &Geom) -> bool {
     g.k * g.k * CB.min(g.cin) * g.cout * std::mem::size_of::<f32>() <= 512 << 10
 }
 
-/// The padded image into `padded`, then the output of every channel
-/// tile into `tile_y` ([cout rounded up to 6][hw]).
+/// The padded image into `padded`, then the output of every channel tile into `tile_y`
+/// ([cout rounded up to 6][hw]).
 fn conv_image(
     x: &[f32],
     wpack: &[f32],
@@ -169,8 +169,9 @@ fn conv_image(
             // SAFETY: avx512f is present (`serves`). Reads, for each tap, channel c < cin and
             // vector: 16 floats of plane c, a row segment (oy·Wp + ox, ox + 16 ≤ wo) whose
             // last read, (oy + k − 1)·Wp + ox + 15 + k − 1, is below hp·Wp = plane (stride 1:
-            // ho + k − 1 = hp, wo + k − 1 = Wp). Weights (tile j, tap, c0..c0+cb) in wpack. Writes (and with c0 > 0 reads, of what the first block stored):
-            // 6 rows of 64 at (j·6 + o)·out + p0, inside the tiles·6 × out buffer.
+            // ho + k − 1 = hp, wo + k − 1 = Wp). Weights (tile j, tap, c0..c0+cb) in wpack.
+            // Writes (and with c0 > 0 reads, of what the first block stored): 6 rows of 64 at
+            // (j·6 + o)·hw + p0 (p0 + 64 ≤ hw), inside the tiles·6 × hw buffer.
             unsafe {
                 tile(
                     (padded.as_ptr().add(c0 * plan.plane), plan.vectors(p0, g.wo)),
@@ -197,7 +198,7 @@ fn conv_image(
             }
         }
     }
-    // SAFETY: the tiles stored all tiles·6 × out elements.
+    // SAFETY: the first channel block's tiles stored all tiles·6 × hw elements.
     unsafe { tile_y.set_len(tiles * NR * hw) };
 }
 
