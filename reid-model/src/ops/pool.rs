@@ -79,6 +79,17 @@ fn max_pool_plane(p: &[f32], h: usize, w: usize, rows: &mut Vec<f32>, o: &mut [f
     }
 }
 
+/// d[first maximum of window (i, j)] += gp[i, j] for one plane, by the row-major window scan
+/// (the definition [`max_pool_grad_plane`] follows, and its path for planes holding a NaN).
+fn scan_grad_plane(p: &[f32], (h, w): (usize, usize), gp: &[f32], d: &mut [f32]) {
+    let (oh, ow) = (out_len(h), out_len(w));
+    for i in 0..oh {
+        for j in 0..ow {
+            d[window_argmax(p, h, w, i, j).0] += gp[i * ow + j];
+        }
+    }
+}
+
 /// Per row of a plane, the value and column of each 3-wide window's first maximum (scratch of
 /// [`max_pool_grad_plane`]).
 #[derive(Default)]
@@ -105,12 +116,7 @@ fn max_pool_grad_plane(
     if p.chunks(16)
         .any(|c| c.iter().fold(false, |a, v| a | v.is_nan()))
     {
-        for i in 0..oh {
-            for j in 0..ow {
-                d[window_argmax(p, h, w, i, j).0] += gp[i * ow + j];
-            }
-        }
-        return;
+        return scan_grad_plane(p, (h, w), gp, d);
     }
     rows.value.resize(h * ow, 0.0);
     rows.col.resize(h * ow, 0);
@@ -340,11 +346,7 @@ mod tests {
                 let (oh, ow) = (out_len(h), out_len(w));
                 let gp: Vec<f32> = (0..oh * ow).map(|k| 1.0 + k as f32).collect();
                 let mut want = vec![0f32; h * w];
-                for i in 0..oh {
-                    for j in 0..ow {
-                        want[window_argmax(&p, h, w, i, j).0] += gp[i * ow + j];
-                    }
-                }
+                scan_grad_plane(&p, (h, w), &gp, &mut want);
                 let mut got = vec![0f32; h * w];
                 max_pool_grad_plane(&p, (h, w), &gp, &mut got, &mut RowMaxima::default());
                 assert_eq!(got, want, "{h}x{w} round {round}: {p:?}");
@@ -427,13 +429,7 @@ fn pool_grad_speed() {
         gx.fill(0.0);
         gx.par_chunks_mut(h * w)
             .zip(x.par_chunks(h * w).zip(g.par_chunks(oh * ow)))
-            .for_each(|(d, (p, gp))| {
-                for i in 0..oh {
-                    for j in 0..ow {
-                        d[window_argmax(p, h, w, i, j).0] += gp[i * ow + j];
-                    }
-                }
-            });
+            .for_each(|(d, (p, gp))| scan_grad_plane(p, (h, w), gp, d));
     };
     let separable = |gx: &mut [f32]| {
         gx.fill(0.0);
