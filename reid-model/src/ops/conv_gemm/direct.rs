@@ -207,23 +207,12 @@ fn finish(tile_y: &[f32], g: &Geom, epi: Epilogue, offset: usize, y: &mut [Maybe
     let hw = g.hw_out();
     for (o, dst) in y.chunks_exact_mut(hw).enumerate() {
         let b = epi.bias.map_or(0.0, |b| b[o]);
-        let src = &tile_y[o * hw..o * hw + hw];
-        match epi.residual {
-            Some(r) => {
-                let r = &r[offset + o * hw..offset + (o + 1) * hw];
-                for ((d, &v), &rv) in dst.iter_mut().zip(src).zip(r) {
-                    let s = v + b + rv;
-                    d.write(if epi.relu { s.max(0.0) } else { s });
-                }
-            }
-            None => {
-                for (d, &v) in dst.iter_mut().zip(src) {
-                    let s = v + b;
-                    d.write(if epi.relu { s.max(0.0) } else { s });
-                }
-            }
+        for (d, &v) in dst.iter_mut().zip(&tile_y[o * hw..(o + 1) * hw]) {
+            d.write(v + b);
         }
     }
+    // SAFETY: the channel rows cover y (cout × hw) whole, each element written above.
+    epi.finish(unsafe { super::assume_init(y) }, offset);
 }
 
 /// Whether [`weight_grad`] serves this geometry: as [`serves`], with output channels in whole

@@ -84,8 +84,9 @@ pub(crate) struct Epilogue<'a> {
 }
 
 impl Epilogue<'_> {
-    /// `offset`: where `dst` starts in the whole output (to find its part of the residual).
-    fn finish(&self, dst: &mut [f32], offset: usize) {
+    /// The residual and ReLU (the bias is in `dst` already); `offset`: where `dst` starts in the
+    /// whole output (to find its part of the residual).
+    pub(super) fn finish(&self, dst: &mut [f32], offset: usize) {
         match (self.residual, self.relu) {
             (Some(r), relu) => {
                 let r = &r[offset..offset + dst.len()];
