@@ -7,10 +7,9 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::f32_slice as contiguous;
-use super::filled_par;
+use super::{filled_by_channel, filled_par};
 
 /// (N, C, spatial) of an NC or NCHW tensor.
 fn ncs(dims: &[usize]) -> Result<(usize, usize, usize)> {
@@ -189,39 +188,33 @@ pub(crate) fn bn_forward(
     relu: bool,
 ) -> (Vec<f32>, BatchStats) {
     let m = (n * s) as f64;
-    let stats: Vec<(f32, f32)> = (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let mean = channel_sum((x, x, x), (n, c, s), ch, |v, _, _| v) / m;
-            let mf = mean as f32;
-            let var = channel_sum((x, x, x), (n, c, s), ch, |v, _, _| (v - mf) * (v - mf)) / m;
-            (mf, var as f32)
-        })
-        .collect();
-    let scale: Vec<f32> = (0..c)
-        .map(|ch| gamma[ch] / (stats[ch].1 as f64 + eps).sqrt() as f32)
-        .collect();
-    let plane = s.max(1);
-    let y = filled_par(x.len(), plane, |p, yo| {
-        let ch = p % c;
-        let (mu, sc, b) = (stats[ch].0, scale[ch], beta[ch]);
-        let xi = &x[p * plane..p * plane + yo.len()];
-        match residual {
-            // same f32 operations, in the same order, as bn(x) then + r then relu
-            Some(r) => {
-                let ri = &r[p * plane..p * plane + yo.len()];
-                for ((o, &v), &rv) in yo.iter_mut().zip(xi).zip(ri) {
-                    o.write(((v - mu) * sc + b + rv).max(0.0));
+    let (mut ys, stats) = filled_by_channel(1, (n, c, s), |ch, mut outs| {
+        let mean = channel_sum((x, x, x), (n, c, s), ch, |v, _, _| v) / m;
+        let mu = mean as f32;
+        let var = channel_sum((x, x, x), (n, c, s), ch, |v, _, _| (v - mu) * (v - mu)) / m;
+        let var = var as f32;
+        let (sc, b) = (gamma[ch] / (var as f64 + eps).sqrt() as f32, beta[ch]);
+        for (i, yo) in outs.swap_remove(0).into_iter().enumerate() {
+            let at = (i * c + ch) * s..(i * c + ch + 1) * s;
+            let xi = &x[at.clone()];
+            match residual {
+                // same f32 operations, in the same order, as bn(x) then + r then relu
+                Some(r) => {
+                    for ((o, &v), &rv) in yo.iter_mut().zip(xi).zip(&r[at]) {
+                        o.write(((v - mu) * sc + b + rv).max(0.0));
+                    }
                 }
-            }
-            None => {
-                for (o, &v) in yo.iter_mut().zip(xi) {
-                    let t = (v - mu) * sc + b;
-                    o.write(if relu { t.max(0.0) } else { t });
+                None => {
+                    for (o, &v) in yo.iter_mut().zip(xi) {
+                        let t = (v - mu) * sc + b;
+                        o.write(if relu { t.max(0.0) } else { t });
+                    }
                 }
             }
         }
+        (mu, var)
     });
+    let y = ys.swap_remove(0);
     let stats = BatchStats {
         mean: stats.iter().map(|p| p.0).collect(),
         var: stats.iter().map(|p| p.1).collect(),
@@ -253,41 +246,40 @@ pub(crate) fn bn_backward(
             dy
         }
     };
-    // Σ g and Σ g·x̂ per channel.
-    let sums: Vec<(f64, f64)> = (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let (mu, is) = (mean[ch], invstd[ch]);
-            channel_sum2((x, y, dy), (n, c, sp), ch, |v, y, d| {
-                let gv = g(y, d);
-                (gv, gv * (v - mu) * is)
-            })
-        })
-        .collect();
+    // Per channel: Σ g and Σ g·x̂, then dx (and the masked gradient) while the channel's
+    // planes are still in cache.
     let m = (n * sp) as f32;
-    let plane = sp.max(1);
-    let dx = filled_par(x.len(), plane, |p, d| {
-        let ch = p % c;
+    let (mut outs, sums) = filled_by_channel(1 + keep_masked as usize, (n, c, sp), |ch, outs| {
         let (mu, is) = (mean[ch], invstd[ch]);
-        let (sg, sgx) = (sums[ch].0 as f32 / m, sums[ch].1 as f32 / m);
+        let sums = channel_sum2((x, y, dy), (n, c, sp), ch, |v, y, d| {
+            let gv = g(y, d);
+            (gv, gv * (v - mu) * is)
+        });
+        let (sg, sgx) = (sums.0 as f32 / m, sums.1 as f32 / m);
         let k = gamma[ch] * is;
-        let r = p * plane..p * plane + d.len();
-        let (xs, ys, dys) = (&x[r.clone()], &y[r.clone()], &dy[r]);
-        for (((o, &v), &yv), &dv) in d.iter_mut().zip(xs).zip(ys).zip(dys) {
-            let xhat = (v - mu) * is;
-            o.write(k * (g(yv, dv) - sg - xhat * sgx));
+        let mut outs = outs.into_iter();
+        let (dxs, mut masked) = (outs.next().unwrap_or_default(), outs.next());
+        for (i, d) in dxs.into_iter().enumerate() {
+            let at = (i * c + ch) * sp..(i * c + ch + 1) * sp;
+            let (xs, ys, dys) = (&x[at.clone()], &y[at.clone()], &dy[at]);
+            for (((o, &v), &yv), &dv) in d.iter_mut().zip(xs).zip(ys).zip(dys) {
+                let xhat = (v - mu) * is;
+                o.write(k * (g(yv, dv) - sg - xhat * sgx));
+            }
+            if let Some(mk) = masked.as_mut() {
+                for ((o, &yv), &dv) in mk[i].iter_mut().zip(ys).zip(dys) {
+                    o.write(g(yv, dv));
+                }
+            }
         }
+        sums
     });
     let masked = if keep_masked {
-        filled_par(y.len(), 1 << 14, |i, o| {
-            let r = i << 14..(i << 14) + o.len();
-            for ((o, &yv), &dv) in o.iter_mut().zip(&y[r.clone()]).zip(&dy[r]) {
-                o.write(g(yv, dv));
-            }
-        })
+        outs.pop().unwrap_or_default()
     } else {
         Vec::new()
     };
+    let dx = outs.swap_remove(0);
     let pg = sums
         .iter()
         .map(|s| s.1 as f32)

@@ -78,6 +78,41 @@ pub use batch_norm::{BatchNorm, BatchNormConfig};
 pub use conv::Conv2d;
 pub use pool::{global_avg_pool, max_pool_3x3_s2_p1};
 
+/// `k` N×C×S tensors (`dims`) filled one channel at a time, channels in parallel:
+/// `fill(ch, outs)` gets, for each output, channel `ch`'s N planes in image order and writes them
+/// whole; its results come back in channel order. One task per channel reads the channel's
+/// inputs from memory once and again from cache (BN: the channel sums, then the output), where
+/// per-channel sums followed by a per-plane pass read them from memory twice.
+pub(crate) fn filled_by_channel<R: Send>(
+    k: usize,
+    (n, c, s): (usize, usize, usize),
+    fill: impl Fn(usize, Vec<Vec<&mut [MaybeUninit<f32>]>>) -> R + Sync,
+) -> (Vec<Vec<f32>>, Vec<R>) {
+    let len = n * c * s;
+    let mut outs: Vec<Vec<f32>> = (0..k).map(|_| Vec::with_capacity(len)).collect();
+    let mut work: Vec<Vec<Vec<&mut [MaybeUninit<f32>]>>> = (0..c)
+        .map(|_| (0..k).map(|_| Vec::with_capacity(n)).collect())
+        .collect();
+    if s > 0 {
+        for (j, out) in outs.iter_mut().enumerate() {
+            for (p, plane) in out.spare_capacity_mut()[..len].chunks_mut(s).enumerate() {
+                work[p % c][j].push(plane);
+            }
+        }
+    }
+    let results = work
+        .into_par_iter()
+        .enumerate()
+        .map(|(ch, planes)| fill(ch, planes))
+        .collect();
+    for out in &mut outs {
+        // SAFETY: the planes cover all `len` elements of each output and every caller writes
+        // each plane whole (a zip with input planes of its length).
+        unsafe { out.set_len(len) };
+    }
+    (outs, results)
+}
+
 /// A vector of `len` elements, each written once by `fill(chunk index, chunk)` over chunks of
 /// `chunk` elements in parallel: no zeroing pass before the real one.
 pub(crate) fn filled_par(

@@ -10,6 +10,74 @@ use super::*;
 /// col[(c·k + ky)·k + kx][oy·wo + ox] = x[c, oy·s + ky − p, ox·s + kx − p] (0 outside).
 /// Row r of `col` starts at r·ld (ld ≥ ho·wo), so several images can share one column block.
 pub(crate) fn im2col(x: &[f32], g: &Geom, col: &mut [MaybeUninit<f32>], ld: usize, parallel: bool) {
+    if g.hw_out() <= PADDED_IM2COL_MAX_HW {
+        im2col_padded(x, g, col, ld, parallel);
+    } else {
+        im2col_rows(x, g, col, ld, parallel);
+    }
+}
+
+/// Output maps up to this many pixels take [`im2col_padded`]: a late layer's rows are a few
+/// pixels long (8 at ResNet-18 128×64's layer4), and the row path's per-row work — bounds,
+/// memset and memcpy calls for 2-pixel runs — cost more than the gemm on them (a third of
+/// that layer's forward).
+pub(crate) const PADDED_IM2COL_MAX_HW: usize = 64;
+
+/// [`im2col`] one input channel at a time from a zero-padded copy of its plane: each of the
+/// channel's k·k rows is then a plain strided read, with no bounds or zero runs.
+pub(crate) fn im2col_padded(
+    x: &[f32],
+    g: &Geom,
+    col: &mut [MaybeUninit<f32>],
+    ld: usize,
+    parallel: bool,
+) {
+    let (k, hw) = (g.k, g.hw_out());
+    if hw == 0 {
+        return;
+    }
+    let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+    let per_channel = |c: usize, rows: &mut [MaybeUninit<f32>], padded: &mut Vec<f32>| {
+        padded.clear();
+        padded.resize(hp * wp, 0.0);
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for (y, src) in plane.chunks_exact(g.w.max(1)).enumerate() {
+            let at = (y + g.pad) * wp + g.pad;
+            padded[at..at + g.w].copy_from_slice(src);
+        }
+        for (tap, row) in rows.chunks_mut(ld).enumerate() {
+            let (ky, kx) = (tap / k, tap % k);
+            for (oy, out) in row[..hw].chunks_exact_mut(g.wo).enumerate() {
+                let src = &padded[(oy * g.stride + ky) * wp + kx..];
+                for (ox, o) in out.iter_mut().enumerate() {
+                    o.write(src[ox * g.stride]);
+                }
+            }
+        }
+    };
+    // a channel's k·k rows; the last chunk may end early, after its last row's hw columns
+    let chunk = ld * k * k;
+    if parallel {
+        col.par_chunks_mut(chunk)
+            .take(g.cin)
+            .enumerate()
+            .for_each_init(Vec::new, |p, (c, rows)| per_channel(c, rows, p));
+    } else {
+        let mut padded = Vec::new();
+        for (c, rows) in col.chunks_mut(chunk).take(g.cin).enumerate() {
+            per_channel(c, rows, &mut padded);
+        }
+    }
+}
+
+/// [`im2col`] one row at a time, copying runs of the input rows.
+pub(crate) fn im2col_rows(
+    x: &[f32],
+    g: &Geom,
+    col: &mut [MaybeUninit<f32>],
+    ld: usize,
+    parallel: bool,
+) {
     let hw = g.hw_out();
     let fill = |r: usize, row: &mut [MaybeUninit<f32>]| {
         let row = &mut row[..hw];
@@ -241,4 +309,57 @@ pub(crate) fn deinterleave<'a>(
 pub(crate) unsafe fn assume_init(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     // SAFETY: MaybeUninit<f32> has f32's layout; the caller guarantees initialisation.
     unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<f32>(), s.len()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The padded-plane im2col writes the same columns, bit for bit, as the row path: every
+    /// kernel size, stride and padding (wider than the kernel too), odd and even maps, two
+    /// images sharing a column block (each image's block at its offset, the other untouched).
+    #[test]
+    fn padded_im2col_equals_the_row_path() {
+        let mut checked = 0;
+        for k in [1, 3, 5, 7] {
+            for stride in [1, 2, 3] {
+                for pad in 0..=k {
+                    for (h, w) in [(1, 1), (4, 2), (5, 7), (8, 4), (9, 3), (16, 8)] {
+                        let Ok(g) = Geom::new((2, 3, h, w), (2, 3, k, k), stride, pad) else {
+                            continue;
+                        };
+                        let hw = g.hw_out();
+                        let ld = 2 * hw + 1;
+                        let x: Vec<f32> = (0..3 * h * w).map(|i| i as f32 - 7.5).collect();
+                        for parallel in [false, true] {
+                            let mut cols =
+                                [vec![f32::NAN; g.ckk() * ld], vec![f32::NAN; g.ckk() * ld]];
+                            for (path, col) in cols.iter_mut().enumerate() {
+                                let at = &mut as_uninit(col)[hw..];
+                                if path == 0 {
+                                    im2col_rows(&x, &g, at, ld, parallel);
+                                } else {
+                                    im2col_padded(&x, &g, at, ld, parallel);
+                                }
+                            }
+                            let bits =
+                                |v: &[f32]| v.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
+                            assert_eq!(
+                                bits(&cols[0]),
+                                bits(&cols[1]),
+                                "k {k} stride {stride} pad {pad} {h}x{w} parallel {parallel}"
+                            );
+                            // this image's block written, the rest left alone
+                            for (r, row) in cols[1].chunks(ld).enumerate() {
+                                assert!(row[..hw].iter().all(|v| v.is_nan()), "row {r}");
+                                assert!(row[hw..2 * hw].iter().all(|v| !v.is_nan()), "row {r}");
+                            }
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 200, "{checked}");
+    }
 }

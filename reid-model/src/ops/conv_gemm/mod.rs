@@ -124,7 +124,12 @@ pub(crate) const MIN_GEMM_COLUMNS: usize = 256;
 
 /// Images per group.
 pub(crate) fn group_size(g: &Geom) -> usize {
-    MIN_GEMM_COLUMNS.div_ceil(g.hw_out()).clamp(1, g.n.max(1))
+    // ...but never fewer groups than threads: one gemm split inside over two threads ran at
+    // 170–230 GFLOP/s where two single-threaded gemms of half the columns ran at 230–300
+    MIN_GEMM_COLUMNS
+        .div_ceil(g.hw_out())
+        .min(g.n.div_ceil(threads()))
+        .clamp(1, g.n.max(1))
 }
 
 /// Split groups over threads when there are enough of them, else parallelise inside gemm.
@@ -473,8 +478,50 @@ mod tests {
         );
     }
 
-    /// GFLOP/s of the three passes of every ResNet-18 3×3 conv shape at 256×128 (batch 32, and
-    /// the re-ID nets' layer4 at last stride 1):
+    /// Both orientations of the gemm weight gradient give the f64 definition's gradient: one
+    /// group and several (summed per thread), pointwise and 3×3, few pixels for many channels
+    /// (where `weight_grad_as_is` picks gW itself) and many (gWᵀ, then a transpose).
+    #[test]
+    fn weight_grad_orientations_agree() {
+        for (n, cin, h, w, cout, k, stride) in [
+            (1, 5, 4, 2, 16, 3, 1),
+            (6, 5, 4, 2, 16, 3, 1),
+            (6, 4, 8, 6, 3, 3, 2),
+            (9, 6, 3, 3, 8, 1, 1),
+        ] {
+            let g = Geom::new((n, cin, h, w), (cout, cin, k, k), stride, k / 2).unwrap();
+            let x = rand_vec(n * cin * h * w, 11);
+            let gy = rand_vec(n * cout * g.hw_out(), 12);
+            // gW[o][c, ky, kx] = Σ_n Σ_q gy[n, o, q] · im2col(x_n)[c, ky, kx][q]
+            let mut want = vec![0f64; cout * g.ckk()];
+            let f32s = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+            let (x32, gy32) = (f32s(&x), f32s(&gy));
+            let hw = g.hw_out();
+            for i in 0..n {
+                let xi = &x32[i * cin * h * w..(i + 1) * cin * h * w];
+                let mut col = vec![0f32; g.ckk() * hw];
+                im2col::im2col_rows(xi, &g, im2col::as_uninit(&mut col), hw, false);
+                for o in 0..cout {
+                    for r in 0..g.ckk() {
+                        want[o * g.ckk() + r] += (0..hw)
+                            .map(|q| gy[(i * cout + o) * hw + q] * col[r * hw + q] as f64)
+                            .sum::<f64>();
+                    }
+                }
+            }
+            for as_is in [false, true] {
+                let got = nchw::conv_weight_grad_oriented(&x32, &gy32, &g, None, as_is);
+                assert!(
+                    max_rel(&got, &want) < 1e-5,
+                    "n {n} cin {cin} cout {cout} k {k} as_is {as_is}: {}",
+                    max_rel(&got, &want)
+                );
+            }
+        }
+    }
+
+    /// GFLOP/s of the three passes of every ResNet-18 3×3 conv shape at 256×128 and 128×64
+    /// (batch 32, and the re-ID nets' layer4 at last stride 1):
     /// where the big-map train step loses its time. A measurement, not a check:
     /// `cargo test --release -p reid-model --lib layer_speeds -- --ignored --nocapture`.
     #[test]
@@ -493,6 +540,14 @@ mod tests {
             // layer4 of the re-ID nets (last stride 1)
             (256, 16, 8, 512, 1),
             (512, 16, 8, 512, 1),
+            // ResNet-18 at 128×64
+            (64, 32, 16, 64, 1),
+            (64, 32, 16, 128, 2),
+            (128, 16, 8, 128, 1),
+            (128, 16, 8, 256, 2),
+            (256, 8, 4, 256, 1),
+            (256, 8, 4, 512, 2),
+            (512, 4, 2, 512, 1),
         ];
         let time = |f: &mut dyn FnMut()| {
             f();

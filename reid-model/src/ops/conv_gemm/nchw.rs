@@ -295,7 +295,7 @@ pub(crate) fn conv_weight_grad(x: &[f32], gy: &[f32], g: &Geom, cols: Option<&[f
 
 /// [`conv_weight_grad`] through im2col and gemm.
 ///
-/// Summed as gWᵀ [ckk × cout] = Σ cols × gyᵀ and transposed once at the end: gemm makes its
+/// Mostly summed as gWᵀ [ckk × cout] = Σ cols × gyᵀ and transposed once at the end: gemm makes its
 /// destination column-major, so for gWᵀ it packs gy [cout × G·hw] into panels and reads the
 /// im2col rows in place. For gW itself it packed the im2col, k·k times bigger than gy at a k×k
 /// conv: half the weight gradient's gemm time went to that packing (BENCHMARKS.md, session 12).
@@ -304,6 +304,26 @@ pub(crate) fn conv_weight_grad_gemm(
     gy: &[f32],
     g: &Geom,
     cols: Option<&[f32]>,
+) -> Vec<f32> {
+    conv_weight_grad_oriented(x, gy, g, cols, weight_grad_as_is(g))
+}
+
+/// Whether the gemm weight gradient sums gW [cout × ckk] = Σ gy × colsᵀ itself rather than
+/// gWᵀ and a transpose. gemm then packs the im2col (ckk × N·hw) instead of gy (cout × N·hw),
+/// but no ckk × cout result is transposed: cheaper where the batch has few output pixels for
+/// its channels (late layers of small inputs). Timed against each other in one process: 0.61–
+/// 0.89× the time at N·hw ≤ 4·cout (ResNet-18 128×64's layer3/layer4), 0.98–1.24× above it.
+pub(crate) fn weight_grad_as_is(g: &Geom) -> bool {
+    g.n * g.hw_out() <= 4 * g.cout
+}
+
+/// [`conv_weight_grad_gemm`] in the orientation `as_is` picks (see [`weight_grad_as_is`]).
+pub(crate) fn conv_weight_grad_oriented(
+    x: &[f32],
+    gy: &[f32],
+    g: &Geom,
+    cols: Option<&[f32]>,
+    as_is: bool,
 ) -> Vec<f32> {
     let (hw, ckk) = (g.hw_out(), g.ckk());
     let img = g.cin * g.h * g.w;
@@ -331,11 +351,19 @@ pub(crate) fn conv_weight_grad_gemm(
                 Some(k) => &k[ckk * hw * j * gs..ckk * hw * j * gs + ckk * ld],
                 None => group_cols(xg, g, &mut s.col, !outer),
             };
-            let (dims, lhs, rhs) = (
-                (ckk, g.cout, ld),
-                Mat::rows(cols, ld),
-                Mat::transposed(gy_rows, ld),
-            );
+            let (dims, lhs, rhs) = if as_is {
+                (
+                    (g.cout, ckk, ld),
+                    Mat::rows(gy_rows, ld),
+                    Mat::transposed(cols, ld),
+                )
+            } else {
+                (
+                    (ckk, g.cout, ld),
+                    Mat::rows(cols, ld),
+                    Mat::transposed(gy_rows, ld),
+                )
+            };
             if j == 0 {
                 // SAFETY: gemm without accumulation writes all ckk × cout elements.
                 unsafe {
@@ -367,7 +395,29 @@ pub(crate) fn conv_weight_grad_gemm(
     } else {
         vec![sum_groups(x, gy, cols, false)]
     };
+    if as_is {
+        return sum_parts(partials);
+    }
     sum_transposed(&partials, ckk, g.cout)
+}
+
+/// Σ of equally long `parts`, element by element in part order, in parallel over chunks.
+pub(crate) fn sum_parts(mut parts: Vec<Vec<f32>>) -> Vec<f32> {
+    if parts.len() <= 1 {
+        return parts.pop().unwrap_or_default();
+    }
+    let (first, rest) = parts.split_at_mut(1);
+    first[0]
+        .par_chunks_mut(1 << 14)
+        .enumerate()
+        .for_each(|(i, dst)| {
+            for p in rest.iter() {
+                for (d, &v) in dst.iter_mut().zip(&p[i << 14..]) {
+                    *d += v;
+                }
+            }
+        });
+    parts.swap_remove(0)
 }
 
 /// Σ of the row-major [rows × cols] matrices in `parts`, transposed ([cols × rows]), in parallel
@@ -380,11 +430,36 @@ pub(crate) fn sum_transposed(parts: &[Vec<f32>], rows: usize, cols: usize) -> Ve
     filled_par(rows * cols, STRIP * rows, |strip, out| {
         let c0 = strip * STRIP;
         let width = out.len() / rows.max(1);
-        for r in 0..rows {
+        // a 16×16 block summed from contiguous source runs, then written as contiguous runs of
+        // the output (element by element, the strided writes took a quarter of a 4×2 layer's
+        // weight gradient)
+        let mut tile = [[0f32; STRIP]; STRIP];
+        for r0 in (0..rows).step_by(STRIP) {
+            let height = STRIP.min(rows - r0);
+            for (dr, t) in tile[..height].iter_mut().enumerate() {
+                let at = (r0 + dr) * cols + c0;
+                // whole strips as fixed-size arrays: a copy of run-time length was a memmove
+                // call per 16 floats
+                let sum_at = |j: usize| parts.iter().map(|p| p[at + j]).reduce(|a, b| a + b);
+                if width == STRIP && !parts.is_empty() {
+                    let run = |p: &[f32]| -> [f32; STRIP] { std::array::from_fn(|j| p[at + j]) };
+                    *t = run(&parts[0]);
+                    for p in &parts[1..] {
+                        for (a, b) in t.iter_mut().zip(run(p)) {
+                            *a += b;
+                        }
+                    }
+                } else {
+                    for (j, a) in t[..width].iter_mut().enumerate() {
+                        *a = sum_at(j).unwrap_or(0.0);
+                    }
+                }
+            }
             for dc in 0..width {
-                let at = r * cols + c0 + dc;
-                let sum = parts.iter().map(|p| p[at]).reduce(|a, b| a + b);
-                out[dc * rows + r].write(sum.unwrap_or(0.0));
+                let dst = &mut out[dc * rows + r0..dc * rows + r0 + height];
+                for (o, t) in dst.iter_mut().zip(&tile) {
+                    o.write(t[dc]);
+                }
             }
         }
     })
