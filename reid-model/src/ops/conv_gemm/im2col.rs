@@ -10,18 +10,16 @@ use super::*;
 /// col[(c·k + ky)·k + kx][oy·wo + ox] = x[c, oy·s + ky − p, ox·s + kx − p] (0 outside).
 /// Row r of `col` starts at r·ld (ld ≥ ho·wo), so several images can share one column block.
 pub(crate) fn im2col(x: &[f32], g: &Geom, col: &mut [MaybeUninit<f32>], ld: usize, parallel: bool) {
-    if g.hw_out() <= PADDED_IM2COL_MAX_HW {
-        im2col_padded(x, g, col, ld, parallel);
-    } else {
-        im2col_rows(x, g, col, ld, parallel);
+    // Per image, timed against each other (`im2col_speed`): the row path's block copies win at
+    // stride 1 (2–4× the padded path at 8×4 and 16×8); at stride 2 its rows are element-wise
+    // strided reads, and the padded plane is 0.6–0.9× its time for 3×3 kernels, the phase
+    // planes 0.4–0.5× for the 7×7 stem (which reads each input k·k/4 times).
+    match (g.stride, g.k) {
+        (1, _) => im2col_rows(x, g, col, ld, parallel),
+        (_, k) if k >= 5 => im2col_phased(x, g, col, ld, parallel),
+        _ => im2col_padded(x, g, col, ld, parallel),
     }
 }
-
-/// Output maps up to this many pixels take [`im2col_padded`]: a late layer's rows are a few
-/// pixels long (8 at ResNet-18 128×64's layer4), and the row path's per-row work — bounds,
-/// memset and memcpy calls for 2-pixel runs — cost more than the gemm on them (a third of
-/// that layer's forward).
-pub(crate) const PADDED_IM2COL_MAX_HW: usize = 64;
 
 /// [`im2col`] one input channel at a time from a zero-padded copy of its plane: each of the
 /// channel's k·k rows is then a plain strided read, with no bounds or zero runs.
@@ -66,6 +64,55 @@ pub(crate) fn im2col_padded(
         let mut padded = Vec::new();
         for (c, rows) in col.chunks_mut(chunk).take(g.cin).enumerate() {
             per_channel(c, rows, &mut padded);
+        }
+    }
+}
+
+/// [`im2col`] one input channel at a time from the zero-padded plane split by column phase
+/// (ix mod stride): every output row of a tap is then one contiguous run of a phase plane.
+pub(crate) fn im2col_phased(
+    x: &[f32],
+    g: &Geom,
+    col: &mut [MaybeUninit<f32>],
+    ld: usize,
+    parallel: bool,
+) {
+    let (k, s, hw) = (g.k, g.stride, g.hw_out());
+    if hw == 0 {
+        return;
+    }
+    let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+    // phase plane q holds the padded columns q, q + s, q + 2s, … (pw of them, zero-filled)
+    let pw = wp.div_ceil(s);
+    let per_channel = |c: usize, rows: &mut [MaybeUninit<f32>], phases: &mut Vec<f32>| {
+        phases.clear();
+        phases.resize(s * hp * pw, 0.0);
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for (y, src) in plane.chunks_exact(g.w.max(1)).enumerate() {
+            for (ix, &v) in src.iter().enumerate() {
+                let px = ix + g.pad;
+                phases[((px % s) * hp + y + g.pad) * pw + px / s] = v;
+            }
+        }
+        for (tap, row) in rows.chunks_mut(ld).enumerate() {
+            let (ky, kx) = (tap / k, tap % k);
+            let phase = &phases[(kx % s) * hp * pw..(kx % s + 1) * hp * pw];
+            for (oy, out) in row[..hw].chunks_exact_mut(g.wo).enumerate() {
+                let at = (oy * s + ky) * pw + kx / s;
+                copy_u(out, &phase[at..at + g.wo]);
+            }
+        }
+    };
+    let chunk = ld * k * k;
+    if parallel {
+        col.par_chunks_mut(chunk)
+            .take(g.cin)
+            .enumerate()
+            .for_each_init(Vec::new, |p, (c, rows)| per_channel(c, rows, p));
+    } else {
+        let mut phases = Vec::new();
+        for (c, rows) in col.chunks_mut(chunk).take(g.cin).enumerate() {
+            per_channel(c, rows, &mut phases);
         }
     }
 }
@@ -315,11 +362,18 @@ pub(crate) unsafe fn assume_init(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
 mod tests {
     use super::*;
 
-    /// The padded-plane im2col writes the same columns, bit for bit, as the row path: every
-    /// kernel size, stride and padding (wider than the kernel too), odd and even maps, two
-    /// images sharing a column block (each image's block at its offset, the other untouched).
+    /// The padded-plane and phase-plane im2cols write the same columns, bit for bit, as the
+    /// row path: every kernel size, stride and padding (wider than the kernel too), odd and
+    /// even maps, two images sharing a column block (each image's block at its offset, the
+    /// other untouched).
     #[test]
-    fn padded_im2col_equals_the_row_path() {
+    fn padded_and_phased_im2col_equal_the_row_path() {
+        type Im2col = fn(&[f32], &Geom, &mut [MaybeUninit<f32>], usize, bool);
+        let paths: [(&str, Im2col); 3] = [
+            ("rows", im2col_rows),
+            ("padded", im2col_padded),
+            ("phased", im2col_phased),
+        ];
         let mut checked = 0;
         for k in [1, 3, 5, 7] {
             for stride in [1, 2, 3] {
@@ -331,28 +385,27 @@ mod tests {
                         let hw = g.hw_out();
                         let ld = 2 * hw + 1;
                         let x: Vec<f32> = (0..3 * h * w).map(|i| i as f32 - 7.5).collect();
+                        let bits = |v: &[f32]| v.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
                         for parallel in [false, true] {
-                            let mut cols =
-                                [vec![f32::NAN; g.ckk() * ld], vec![f32::NAN; g.ckk() * ld]];
-                            for (path, col) in cols.iter_mut().enumerate() {
-                                let at = &mut as_uninit(col)[hw..];
-                                if path == 0 {
-                                    im2col_rows(&x, &g, at, ld, parallel);
-                                } else {
-                                    im2col_padded(&x, &g, at, ld, parallel);
+                            let cols = paths.map(|(_, path)| {
+                                let mut col = vec![f32::NAN; g.ckk() * ld];
+                                path(&x, &g, &mut as_uninit(&mut col)[hw..], ld, parallel);
+                                col
+                            });
+                            for (p, col) in cols.iter().enumerate().skip(1) {
+                                let what = format!(
+                                    "{} k {k} stride {stride} pad {pad} {h}x{w} parallel {parallel}",
+                                    paths[p].0
+                                );
+                                assert_eq!(bits(&cols[0]), bits(col), "{what}");
+                                // this image's block written, the rest left alone
+                                for (r, row) in col.chunks(ld).enumerate() {
+                                    assert!(row[..hw].iter().all(|v| v.is_nan()), "{what} row {r}");
+                                    assert!(
+                                        row[hw..2 * hw].iter().all(|v| !v.is_nan()),
+                                        "{what} row {r}"
+                                    );
                                 }
-                            }
-                            let bits =
-                                |v: &[f32]| v.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
-                            assert_eq!(
-                                bits(&cols[0]),
-                                bits(&cols[1]),
-                                "k {k} stride {stride} pad {pad} {h}x{w} parallel {parallel}"
-                            );
-                            // this image's block written, the rest left alone
-                            for (r, row) in cols[1].chunks(ld).enumerate() {
-                                assert!(row[..hw].iter().all(|v| v.is_nan()), "row {r}");
-                                assert!(row[hw..2 * hw].iter().all(|v| !v.is_nan()), "row {r}");
                             }
                             checked += 1;
                         }
@@ -361,5 +414,55 @@ mod tests {
             }
         }
         assert!(checked > 200, "{checked}");
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    /// Time per image of the three im2col paths on the ResNet shapes (stem, stride-2 and
+    /// stride-1 3×3 at 128×64 and 256×128), alternating in one process, best of 20: what
+    /// [`im2col`] dispatches on. A measurement, not a check:
+    /// `cargo test --release -p reid-model --lib im2col_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn im2col_speed() {
+        for &(cin, h, w, k, stride, pad) in &[
+            (3usize, 128usize, 64usize, 7usize, 2usize, 3usize),
+            (3, 256, 128, 7, 2, 3),
+            (64, 32, 16, 3, 2, 1),
+            (128, 16, 8, 3, 2, 1),
+            (256, 8, 4, 3, 2, 1),
+            (512, 4, 2, 3, 1, 1),
+            (256, 8, 4, 3, 1, 1),
+            (128, 16, 8, 3, 1, 1),
+            (64, 64, 32, 3, 2, 1),
+        ] {
+            let g = Geom::new((1, cin, h, w), (8, cin, k, k), stride, pad).unwrap();
+            let hw = g.hw_out();
+            let x: Vec<f32> = (0..cin * h * w).map(|i| i as f32).collect();
+            let mut col = vec![0f32; g.ckk() * hw];
+            let mut best = [f64::MAX; 3];
+            for _ in 0..20 {
+                for (p, b) in best.iter_mut().enumerate() {
+                    let t = std::time::Instant::now();
+                    for _ in 0..10 {
+                        let c = as_uninit(&mut col);
+                        match p {
+                            0 => im2col_rows(&x, &g, c, hw, false),
+                            1 => im2col_padded(&x, &g, c, hw, false),
+                            _ => im2col_phased(&x, &g, c, hw, false),
+                        }
+                        std::hint::black_box(&col);
+                    }
+                    *b = b.min(t.elapsed().as_secs_f64() * 1e5);
+                }
+            }
+            println!(
+                "{cin}@{h}x{w} k{k} s{stride}: rows {:.1} us padded {:.1} phased {:.1}",
+                best[0], best[1], best[2]
+            );
+        }
     }
 }
