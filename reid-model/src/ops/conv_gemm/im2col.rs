@@ -21,6 +21,35 @@ pub(crate) fn im2col(x: &[f32], g: &Geom, col: &mut [MaybeUninit<f32>], ld: usiz
     }
 }
 
+/// Run `fill(input plane, the channel's k·k rows, scratch)` over the input channels of one
+/// image, in parallel when asked; the scratch buffer is reused across a thread's channels.
+fn for_input_channels(
+    x: &[f32],
+    g: &Geom,
+    col: &mut [MaybeUninit<f32>],
+    ld: usize,
+    parallel: bool,
+    fill: impl Fn(&[f32], &mut [MaybeUninit<f32>], &mut Vec<f32>) + Sync,
+) {
+    if g.hw_out() == 0 {
+        return;
+    }
+    let plane = |c: usize| &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+    // a channel's k·k rows; the last chunk may end early, after its last row's hw columns
+    let chunk = ld * g.k * g.k;
+    if parallel {
+        col.par_chunks_mut(chunk)
+            .take(g.cin)
+            .enumerate()
+            .for_each_init(Vec::new, |scratch, (c, rows)| fill(plane(c), rows, scratch));
+    } else {
+        let mut scratch = Vec::new();
+        for (c, rows) in col.chunks_mut(chunk).take(g.cin).enumerate() {
+            fill(plane(c), rows, &mut scratch);
+        }
+    }
+}
+
 /// [`im2col`] one input channel at a time from a zero-padded copy of its plane: each of the
 /// channel's k·k rows is then a plain strided read, with no bounds or zero runs.
 pub(crate) fn im2col_padded(
@@ -31,14 +60,10 @@ pub(crate) fn im2col_padded(
     parallel: bool,
 ) {
     let (k, hw) = (g.k, g.hw_out());
-    if hw == 0 {
-        return;
-    }
     let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
-    let per_channel = |c: usize, rows: &mut [MaybeUninit<f32>], padded: &mut Vec<f32>| {
+    for_input_channels(x, g, col, ld, parallel, |plane, rows, padded| {
         padded.clear();
         padded.resize(hp * wp, 0.0);
-        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for (y, src) in plane.chunks_exact(g.w.max(1)).enumerate() {
             let at = (y + g.pad) * wp + g.pad;
             padded[at..at + g.w].copy_from_slice(src);
@@ -52,20 +77,7 @@ pub(crate) fn im2col_padded(
                 }
             }
         }
-    };
-    // a channel's k·k rows; the last chunk may end early, after its last row's hw columns
-    let chunk = ld * k * k;
-    if parallel {
-        col.par_chunks_mut(chunk)
-            .take(g.cin)
-            .enumerate()
-            .for_each_init(Vec::new, |p, (c, rows)| per_channel(c, rows, p));
-    } else {
-        let mut padded = Vec::new();
-        for (c, rows) in col.chunks_mut(chunk).take(g.cin).enumerate() {
-            per_channel(c, rows, &mut padded);
-        }
-    }
+    });
 }
 
 /// [`im2col`] one input channel at a time from the zero-padded plane split by column phase
@@ -78,16 +90,12 @@ pub(crate) fn im2col_phased(
     parallel: bool,
 ) {
     let (k, s, hw) = (g.k, g.stride, g.hw_out());
-    if hw == 0 {
-        return;
-    }
     let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
     // phase plane q holds the padded columns q, q + s, q + 2s, … (pw of them, zero-filled)
     let pw = wp.div_ceil(s);
-    let per_channel = |c: usize, rows: &mut [MaybeUninit<f32>], phases: &mut Vec<f32>| {
+    for_input_channels(x, g, col, ld, parallel, |plane, rows, phases| {
         phases.clear();
         phases.resize(s * hp * pw, 0.0);
-        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for (y, src) in plane.chunks_exact(g.w.max(1)).enumerate() {
             for (ix, &v) in src.iter().enumerate() {
                 let px = ix + g.pad;
@@ -102,19 +110,7 @@ pub(crate) fn im2col_phased(
                 copy_u(out, &phase[at..at + g.wo]);
             }
         }
-    };
-    let chunk = ld * k * k;
-    if parallel {
-        col.par_chunks_mut(chunk)
-            .take(g.cin)
-            .enumerate()
-            .for_each_init(Vec::new, |p, (c, rows)| per_channel(c, rows, p));
-    } else {
-        let mut phases = Vec::new();
-        for (c, rows) in col.chunks_mut(chunk).take(g.cin).enumerate() {
-            per_channel(c, rows, &mut phases);
-        }
-    }
+    });
 }
 
 /// [`im2col`] one row at a time, copying runs of the input rows.

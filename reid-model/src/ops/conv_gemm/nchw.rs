@@ -440,7 +440,6 @@ pub(crate) fn sum_transposed(parts: &[Vec<f32>], rows: usize, cols: usize) -> Ve
                 let at = (r0 + dr) * cols + c0;
                 // whole strips as fixed-size arrays: a copy of run-time length was a memmove
                 // call per 16 floats
-                let sum_at = |j: usize| parts.iter().map(|p| p[at + j]).reduce(|a, b| a + b);
                 if width == STRIP && !parts.is_empty() {
                     let run = |p: &[f32]| -> [f32; STRIP] { std::array::from_fn(|j| p[at + j]) };
                     *t = run(&parts[0]);
@@ -451,7 +450,8 @@ pub(crate) fn sum_transposed(parts: &[Vec<f32>], rows: usize, cols: usize) -> Ve
                     }
                 } else {
                     for (j, a) in t[..width].iter_mut().enumerate() {
-                        *a = sum_at(j).unwrap_or(0.0);
+                        let sum = parts.iter().map(|p| p[at + j]).reduce(|a, b| a + b);
+                        *a = sum.unwrap_or(0.0);
                     }
                 }
             }
