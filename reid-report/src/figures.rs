@@ -114,6 +114,61 @@ fn range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     (lo - pad)..(hi + pad)
 }
 
+/// Where a panel's legend box hides the fewest points and error-bar ends: a corner, else the
+/// middle of an edge. The box takes about a third of the width and a line per series of the
+/// height (measured on the 560×420 panels); ties keep the earlier place, the lower right first.
+fn legend_position(
+    p: &Panel,
+    xs: &std::ops::Range<f64>,
+    ys: &std::ops::Range<f64>,
+) -> SeriesLabelPosition {
+    let (w, h) = (0.34, (0.07 * p.series.len() as f64 + 0.06).min(0.95));
+    // each point and bar end in panel fractions, (0, 0) at the lower left
+    let frac = |x: f64, y: f64| {
+        (
+            (x - xs.start) / (xs.end - xs.start),
+            (y - ys.start) / (ys.end - ys.start),
+        )
+    };
+    let marks: Vec<(f64, f64)> = p
+        .series
+        .iter()
+        .flat_map(|s| {
+            let ends = s.bars.iter().flat_map(|&(x, lo, hi)| [(x, lo), (x, hi)]);
+            s.points.iter().copied().chain(ends)
+        })
+        .map(|(x, y)| frac(x, y))
+        .collect();
+    // where the box lies along one axis: 0 at the start, 1 in the middle, 2 at the end
+    let within = |f: f64, size: f64, at: u8| match at {
+        0 => f <= size,
+        1 => (f - 0.5).abs() <= size / 2.0,
+        _ => f >= 1.0 - size,
+    };
+    let hidden = |x: u8, y: u8| {
+        marks
+            .iter()
+            .filter(|&&(fx, fy)| within(fx, w, x) && within(fy, h, y))
+            .count()
+    };
+    use SeriesLabelPosition::*;
+    // corners first, then the edges' middles
+    [
+        (LowerRight, hidden(2, 0)),
+        (UpperRight, hidden(2, 2)),
+        (LowerLeft, hidden(0, 0)),
+        (UpperLeft, hidden(0, 2)),
+        (UpperMiddle, hidden(1, 2)),
+        (LowerMiddle, hidden(1, 0)),
+        (MiddleRight, hidden(2, 1)),
+        (MiddleLeft, hidden(0, 1)),
+    ]
+    .into_iter()
+    // the first of the least hidden: min_by_key keeps the first of equal keys
+    .min_by_key(|&(_, n)| n)
+    .map_or(LowerRight, |(pos, _)| pos)
+}
+
 fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> Result<(), String> {
     let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     let xs = range(p.series.iter().flat_map(|s| s.points.iter().map(|q| q.0)));
@@ -123,6 +178,7 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> R
             .map(|q| q.1)
             .chain(s.bars.iter().flat_map(|b| [b.1, b.2]))
     }));
+    let (xs_legend, ys_legend) = (xs.clone(), ys.clone());
     let mut chart = ChartBuilder::on(area)
         .caption(&p.title, ("sans-serif", 17))
         .margin(12)
@@ -197,7 +253,7 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> R
             .label_font(("sans-serif", 13))
             .background_style(WHITE.mix(0.85))
             .border_style(RGBColor(150, 150, 150))
-            .position(SeriesLabelPosition::LowerRight)
+            .position(legend_position(p, &xs_legend, &ys_legend))
             .draw()
             .map_err(e)?;
     }
@@ -539,5 +595,54 @@ mod tests {
         let top = |svg: &str| ticks(svg).into_iter().fold(f64::MIN, f64::max);
         assert!(top(&barred) >= 70.0, "{:?}", ticks(&barred));
         assert!(top(&plain) < 70.0, "{:?}", ticks(&plain));
+    }
+
+    #[test]
+    fn the_legend_goes_where_it_hides_the_fewest_points() {
+        let panel = |points: Vec<(f64, f64)>| Panel {
+            title: "t".into(),
+            x_label: "x".into(),
+            y_label: "y".into(),
+            // a series a point, so that the legend is as tall as in the report's figures
+            series: points
+                .into_iter()
+                .enumerate()
+                .map(|(i, q)| Series {
+                    name: format!("s{i}"),
+                    points: vec![q],
+                    bars: vec![],
+                    line: false,
+                    style: i,
+                })
+                .collect(),
+        };
+        let corner = |p: &Panel| {
+            let xs = range(p.series.iter().flat_map(|s| s.points.iter().map(|q| q.0)));
+            let ys = range(p.series.iter().flat_map(|s| s.points.iter().map(|q| q.1)));
+            legend_position(p, &xs, &ys)
+        };
+        // Fig. 4's case: the unpruned model at the right edge, low, and the pruned ones at the left
+        let fig4 = panel(vec![
+            (0.011, 15.0),
+            (0.017, 19.0),
+            (0.017, 21.0),
+            (0.033, 16.0),
+        ]);
+        assert_eq!(corner(&fig4), SeriesLabelPosition::UpperRight);
+        // nothing in the lower right: the usual place
+        let rising = panel(vec![(0.0, 0.0), (0.5, 0.5), (1.0, 1.0)]);
+        assert_eq!(corner(&rising), SeriesLabelPosition::LowerRight);
+        // every corner taken but the upper left
+        let taken = panel(vec![(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.5, 0.5)]);
+        assert_eq!(corner(&taken), SeriesLabelPosition::UpperLeft);
+        // all four corners taken, the top's middle free
+        let ring = panel(vec![
+            (0.0, 0.0),
+            (1.0, 0.0),
+            (1.0, 1.0),
+            (0.0, 1.0),
+            (0.5, 0.0),
+        ]);
+        assert_eq!(corner(&ring), SeriesLabelPosition::UpperMiddle);
     }
 }
