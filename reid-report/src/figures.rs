@@ -114,9 +114,10 @@ fn range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     (lo - pad)..(hi + pad)
 }
 
-/// Where a panel's legend box hides the fewest points and error-bar ends: a corner, else the
-/// middle of an edge. The box takes about a third of the width and a line per series of the
-/// height (measured on the 560×420 panels); ties keep the earlier place, the lower right first.
+/// Where a panel's legend box hides the fewest points and error-bar ends (lines between points
+/// are not counted): a corner, else the middle of an edge. The box takes about a third of the
+/// width and a line per series of the height (measured on the 560×420 panels); ties keep the
+/// earlier place, the lower right first.
 fn legend_position(
     p: &Panel,
     xs: &std::ops::Range<f64>,
