@@ -114,6 +114,18 @@ fn range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     (lo - pad)..(hi + pad)
 }
 
+/// A panel's axis ranges: x over its points, y over its points and error bars.
+fn panel_ranges(p: &Panel) -> (std::ops::Range<f64>, std::ops::Range<f64>) {
+    let xs = range(p.series.iter().flat_map(|s| s.points.iter().map(|q| q.0)));
+    let ys = range(p.series.iter().flat_map(|s| {
+        s.points
+            .iter()
+            .map(|q| q.1)
+            .chain(s.bars.iter().flat_map(|b| [b.1, b.2]))
+    }));
+    (xs, ys)
+}
+
 /// Where a panel's legend box hides the fewest points and error-bar ends (lines between points
 /// are not counted): a corner, else the middle of an edge. The box takes about a third of the
 /// width and a line per series of the height (measured on the 560×420 panels); ties keep the
@@ -172,14 +184,8 @@ fn legend_position(
 
 fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> Result<(), String> {
     let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
-    let xs = range(p.series.iter().flat_map(|s| s.points.iter().map(|q| q.0)));
-    let ys = range(p.series.iter().flat_map(|s| {
-        s.points
-            .iter()
-            .map(|q| q.1)
-            .chain(s.bars.iter().flat_map(|b| [b.1, b.2]))
-    }));
-    let (xs_legend, ys_legend) = (xs.clone(), ys.clone());
+    let (xs, ys) = panel_ranges(p);
+    let legend = legend_position(p, &xs, &ys);
     let mut chart = ChartBuilder::on(area)
         .caption(&p.title, ("sans-serif", 17))
         .margin(12)
@@ -254,7 +260,7 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> R
             .label_font(("sans-serif", 13))
             .background_style(WHITE.mix(0.85))
             .border_style(RGBColor(150, 150, 150))
-            .position(legend_position(p, &xs_legend, &ys_legend))
+            .position(legend)
             .draw()
             .map_err(e)?;
     }
@@ -618,8 +624,7 @@ mod tests {
                 .collect(),
         };
         let corner = |p: &Panel| {
-            let xs = range(p.series.iter().flat_map(|s| s.points.iter().map(|q| q.0)));
-            let ys = range(p.series.iter().flat_map(|s| s.points.iter().map(|q| q.1)));
+            let (xs, ys) = panel_ranges(p);
             legend_position(p, &xs, &ys)
         };
         // Fig. 4's case: the unpruned model at the right edge, low, and the pruned ones at the left
