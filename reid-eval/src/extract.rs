@@ -126,6 +126,8 @@ pub fn save_features(
     let features = features.contiguous()?;
     let bytes = safetensors::serialize([("features", &features)], Some(meta))
         .with_context(|| format!("serialising features for {}", path.display()))?;
+    let bytes = reid_run::canonical::safetensors(bytes)
+        .map_err(|e| anyhow::anyhow!("serialising features for {}: {e}", path.display()))?;
     write_atomic(path, &bytes)?;
     Ok(())
 }

@@ -43,6 +43,9 @@ pub struct Provenance {
     pub seed: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_weights: Option<String>,
+    /// The input size the model was trained (or pruned) at: what it is evaluated at by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<reid_run::InputSize>,
     #[serde(default)]
     pub tool_version: String,
     #[serde(flatten)]
@@ -136,6 +139,25 @@ pub fn check_finite(path: &Path, name: &str, t: &Tensor) -> Result<()> {
                 t.elem_count()
             ),
         ));
+    }
+    // a negative variance makes every feature NaN downstream, far from its cause
+    if name.ends_with("running_var") && t.dtype() == DType::F32 {
+        let negative = t
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .filter(|v| **v < 0.0)
+            .count();
+        if negative > 0 {
+            return Err(ModelError::file(
+                path,
+                format!(
+                    "tensor '{name}' has {negative} negative value(s) of {}: a batch-norm \
+                     variance is never negative; the file is corrupt",
+                    t.elem_count()
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -263,7 +285,10 @@ pub fn checkpoint_bytes(
         .into_iter()
         .map(|(n, t)| Ok((n, t.to_device(&Device::Cpu)?.contiguous()?)))
         .collect::<Result<_>>()?;
-    safetensors::serialize(cpu.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
+    let bytes = safetensors::serialize(cpu.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
+        .map_err(|e| ModelError::Arch(format!("cannot serialise tensors: {e}")))?;
+    // the same network and provenance always give the same bytes (and sha256)
+    reid_run::canonical::safetensors(bytes)
         .map_err(|e| ModelError::Arch(format!("cannot serialise tensors: {e}")))
 }
 
@@ -288,7 +313,8 @@ pub fn arch_from_metadata(path: &Path, metadata: &HashMap<String, String>) -> Re
             path,
             format!(
                 "no '{META_ARCH}' in the safetensors metadata: this is not a reid-prune checkpoint. \
-                 For torchvision/timm ImageNet weights use the pretrained-weights option instead"
+                 Plain torchvision/timm weights start a training run with `train --pretrained \
+                 FILE`; flops, prune, export and reid-eval read them as they are"
             ),
         )
     })?;
@@ -469,6 +495,27 @@ mod tests {
         }
         // no temp files left behind
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn the_same_checkpoint_is_the_same_bytes() {
+        // trainer states carry a dozen metadata keys; a hash map's order is per map
+        let net = ReidNet::new(&tiny_pruned(), &Device::Cpu, 0).unwrap();
+        let meta = || -> HashMap<String, String> {
+            (0..12)
+                .map(|i| (format!("key{i}"), i.to_string()))
+                .collect()
+        };
+        let prov = Provenance::new();
+        let first = checkpoint_bytes(&net, &prov, &[], meta()).unwrap();
+        for _ in 0..6 {
+            assert!(
+                checkpoint_bytes(&net, &prov, &[], meta()).unwrap() == first,
+                "two writes of one checkpoint differ in their bytes"
+            );
+        }
+        let (_, header) = safetensors::SafeTensors::read_metadata(&first).unwrap();
+        assert_eq!(header.metadata().as_ref().unwrap()["key7"], "7");
     }
 
     #[test]

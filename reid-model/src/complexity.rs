@@ -170,6 +170,53 @@ pub fn complexity(spec: &ArchSpec, h: usize, w: usize) -> Result<Complexity> {
     })
 }
 
+/// Lower estimate of the memory, in bytes, that a batch of `batch` images needs: for training,
+/// every conv's output kept once for the backward (the real peak is higher: BN and ReLU
+/// outputs, gradients in flight) plus weights, gradients and two optimiser moments; for
+/// inference, the largest map twice (input and output). Used to refuse a run the machine
+/// cannot hold before it allocates, so it errs low: a refused run could never have fit.
+pub fn memory_estimate(c: &Complexity, batch: usize, training: bool) -> u64 {
+    let maps = c
+        .layers
+        .iter()
+        .map(|l| (l.out_channels * l.out_hw[0] * l.out_hw[1]) as u64);
+    let per_image = if training {
+        maps.sum::<u64>()
+    } else {
+        2 * maps.max().unwrap_or(0)
+    } + (3 * c.input[0] * c.input[1]) as u64;
+    let params = c.total.params * if training { 4 } else { 1 };
+    4 * (batch as u64)
+        .saturating_mul(per_image)
+        .saturating_add(params)
+}
+
+/// This machine's memory in bytes (`MemTotal` of /proc/meminfo), when it can be read.
+pub fn machine_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuse a batch whose [`memory_estimate`] exceeds this machine's memory, naming what to change.
+pub fn check_fits(c: &Complexity, batch: usize, training: bool) -> Result<()> {
+    let need = memory_estimate(c, batch, training);
+    match machine_memory() {
+        Some(have) if need > have => Err(ModelError::Input(format!(
+            "{} {} at {}x{}, {batch} images a batch, needs at least {:.1} GB (estimated) and \
+             this machine has {:.1} GB: use a smaller input size, batch or width",
+            if training { "training" } else { "running" },
+            c.arch,
+            c.input[0],
+            c.input[1],
+            need as f64 / 1e9,
+            have as f64 / 1e9
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// `256x128` → (256, 128).
 pub fn parse_hw(s: &str) -> Result<(usize, usize)> {
     let bad = || {
@@ -189,6 +236,27 @@ pub fn parse_hw(s: &str) -> Result<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_estimate_is_below_the_measured_peak_and_refuses_the_impossible() {
+        let r50 = ArchSpec::resnet_with(50, 751, 1.0, 1, Neck::BnNeck).unwrap();
+        let c = complexity(&r50, 256, 128).unwrap();
+        // BENCHMARKS.md: the R50 256x128 re-ID step at batch 32 peaks at 2 960 MB (ours)
+        let est = memory_estimate(&c, 32, true);
+        assert!(est > 1_000_000_000 && est < 2_960_000_000, "{est}");
+        assert_eq!(
+            memory_estimate(&c, 64, true) - memory_estimate(&c, 32, true),
+            memory_estimate(&c, 33, true) - memory_estimate(&c, 1, true)
+        );
+        assert!(memory_estimate(&c, 32, false) < est);
+        let huge = complexity(&r50, 2048, 2048).unwrap();
+        let e = check_fits(&huge, 4096, true).unwrap_err().to_string();
+        assert!(
+            e.contains("needs at least") && e.contains("2048x2048"),
+            "{e}"
+        );
+        assert!(check_fits(&c, 64, true).is_ok());
+    }
 
     #[test]
     fn resnet50_by_hand() {

@@ -205,11 +205,17 @@ fn bn_affine(sd: &[(String, candle_core::Tensor)], bn: &str) -> Result<(Vec<f32>
     Ok((scale, shift))
 }
 
+/// The newest opset this writer declares: every operator it emits (Conv, BatchNormalization,
+/// Relu, Add, Mul, MaxPool, GlobalAveragePool, Flatten) changed only in the types it
+/// accepts up to ONNX 1.17's opset 22.
+pub const MAX_OPSET: i64 = 22;
+
 /// The ONNX model of `net` as protobuf bytes.
 pub fn export(net: &ReidNet, opts: &OnnxOptions) -> Result<Vec<u8>> {
-    if opts.opset < 13 {
+    if !(13..=MAX_OPSET).contains(&opts.opset) {
         return Err(ModelError::Input(format!(
-            "--opset {}: 13 or later (the graph uses opset-13 operators)",
+            "--opset {}: expected 13..={MAX_OPSET} (the graph uses opset-13 operators, whose \
+             meaning for these f32 graphs is unchanged up to opset {MAX_OPSET})",
             opts.opset
         )));
     }

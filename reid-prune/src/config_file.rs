@@ -112,6 +112,17 @@ impl std::str::FromStr for SetOverride {
         let (key, value) = s
             .split_once('=')
             .ok_or_else(|| format!("'{s}': expected KEY=VALUE, e.g. train.epochs=10"))?;
+        // bounded before anything is built from it (a 20 000-part key overflowed the stack)
+        if key.len() > MAX_SET_KEY_LEN || key.split('.').count() > MAX_SET_KEY_PARTS {
+            let shown: String = key.chars().take(40).collect();
+            return Err(format!(
+                "--set key '{shown}…' ({} characters, {} dotted parts): expected at most \
+                 {MAX_SET_KEY_LEN} characters and {MAX_SET_KEY_PARTS} parts (config fields \
+                 are at most a few deep, e.g. train.schedule.base_lr)",
+                key.len(),
+                key.split('.').count()
+            ));
+        }
         let path: Vec<String> = key
             .trim()
             .split('.')
@@ -133,8 +144,13 @@ impl std::str::FromStr for SetOverride {
     }
 }
 
+/// Longest `--set` key, in bytes, and most dotted parts (the deepest config field has 3).
+pub const MAX_SET_KEY_LEN: usize = 256;
+pub const MAX_SET_KEY_PARTS: usize = 8;
+
 impl SetOverride {
-    fn key(&self) -> String {
+    /// The dotted key (`train.schedule.base_lr`).
+    pub fn key(&self) -> String {
         self.path.join(".")
     }
 

@@ -110,6 +110,15 @@ fn ensure_domain(dir: &Path, cfg: &SynthConfig) -> Result<()> {
 pub fn default_experiment(out: &Path, quick: bool) -> Result<ExperimentConfig> {
     let p = preset(quick);
     let data = out.join("data");
+    // Two default runs on one folder share the data: one generates it, the other waits (and
+    // then finds it made) instead of reading half-written domains.
+    let _data_lock = reid_run::lock::claim_folder_waiting(&data, |holder| {
+        eprintln!(
+            "{}: waiting for {} to finish generating the data",
+            data.display(),
+            holder.map_or_else(|| "another process".to_string(), |h| h.to_string())
+        )
+    })?;
     let synth =
         |domain: &str, ids: usize, cams: usize, layout: SynthLayout, per_cam: usize| SynthConfig {
             domain: domain.into(),

@@ -3,7 +3,7 @@
 //! retraining hooks), strategies, channel surgery, resumable training and pruning runs, and the
 //! experiment grid (`scenario`: steps keyed by the hash of their resolved config and parents'
 //! keys — `step_key` —, resumed mid-step after a crash, claimed by one process at a time through
-//! `step_lock`, so that many workers share one grid; `slurm` writes it as a Slurm job array).
+//! `reid_run::lock`, so that many workers share one grid; `slurm` writes it as a Slurm job array).
 //! Config files are parsed and checked at the edge (`config_file`, `ExperimentConfig::validate` /
 //! `check_inputs`, `RunConfig::validate`); run folders are written through `reid-run`.
 
@@ -17,7 +17,6 @@ pub mod prune_run;
 pub mod scenario;
 pub mod slurm;
 pub mod step_key;
-pub mod step_lock;
 pub mod strategy;
 pub mod surgery;
 pub mod training;

@@ -386,6 +386,10 @@ pub fn run_prune_resumable(
         );
     }
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    if cfg.overwrite && !resume {
+        // nothing of the replaced run (its steps and retraining folders included) stays
+        reid_run::RunFolder::new(&cfg.out).clear_previous_run()?;
+    }
     reid_run::remove_stale_temp_files(&cfg.out);
     reid_run::RunFolder::new(&cfg.out).write_config(cfg)?;
     let mut log = std::fs::File::create(cfg.out.join("log.jsonl"))?;
@@ -468,6 +472,7 @@ pub fn run_prune_resumable(
         net = apply(&net, &p)?;
         let mut prov = parent_prov.clone();
         prov.parent = Some(file_sha256(&current_parent)?);
+        prov.input = Some(cfg.input);
         prov.criterion = Some(cfg.criterion.clone());
         prov.ratio = Some(level);
         prov.target = Some(format!("{:?}", cfg.target).to_lowercase());
@@ -500,6 +505,7 @@ pub fn run_prune_resumable(
     // The final model of the run, with the full provenance.
     let mut prov = parent_prov;
     prov.parent = Some(parent_hash.clone());
+    prov.input = Some(cfg.input);
     prov.criterion = Some(cfg.criterion.clone());
     prov.ratio = Some(cfg.level);
     prov.target = Some(format!("{:?}", cfg.target).to_lowercase());

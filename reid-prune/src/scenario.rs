@@ -23,9 +23,9 @@ use reid_model::train::Task;
 use serde::{Deserialize, Serialize};
 
 use crate::prune_run::{run_prune_resumable, PruneConfig};
-use crate::step_lock::{try_claim, Claim};
 use crate::strategy::{Allocation, TargetKind};
 use crate::training::{evaluate_on, run_training, RunConfig};
+use reid_run::lock::{try_claim, Claim};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -556,7 +556,7 @@ impl Runner {
 
     /// Run `f` in the folder of the step that computes `work` from `parents` unless it finished
     /// before. Its key is the hash of `work` (a result view, [`crate::step_key`]), the parents'
-    /// keys and [`STEP_ENGINE`]. The folder is claimed first ([`crate::step_lock`]): while
+    /// keys and [`STEP_ENGINE`]. The folder is claimed first ([`reid_run::lock`]): while
     /// another process holds it, this waits for it (or, when `wait_for_others` is off, returns
     /// [`StepBusy`] so that the caller can do other work). An unfinished folder (a killed run) is
     /// not cleared: `f` resumes from its last checkpoint.
@@ -584,7 +584,7 @@ impl Runner {
         if let Some(plan) = &mut self.plan {
             let done = dir.join("DONE").is_file();
             let owner = (!done)
-                .then(|| crate::step_lock::running_holder(&dir))
+                .then(|| reid_run::lock::running_holder(&dir))
                 .flatten();
             let state = if done {
                 StepState::Done

@@ -63,9 +63,14 @@ pub struct RunConfig {
     /// then replaced). Not saved.
     #[serde(skip)]
     pub allow_config_change: bool,
-    /// Start afresh in an output folder that holds another run (refused otherwise). Not saved.
+    /// Start afresh in an output folder that holds another run (refused otherwise); the old
+    /// run's files all go. Not saved.
     #[serde(skip)]
     pub overwrite: bool,
+    /// Resume although the data under `root` changed since the checkpoint (refused otherwise,
+    /// naming what changed); the change is recorded in `log.jsonl`. Not saved.
+    #[serde(skip)]
+    pub allow_data_change: bool,
     pub train: TrainConfig,
 }
 
@@ -92,6 +97,7 @@ impl Default for RunConfig {
             checkpoint_interval_s: 300.0,
             allow_config_change: false,
             overwrite: false,
+            allow_data_change: false,
             train: TrainConfig::default(),
         }
     }
@@ -135,9 +141,56 @@ impl RunConfig {
         Ok(v)
     }
 
+    /// The config as the run will happen: validated, the network of a starting checkpoint
+    /// recorded, a contradiction with ImageNet weights refused. Reads the weights' headers only
+    /// (and ImageNet weights' shapes): callers check with it before they write anything.
+    pub fn resolve(&self) -> Result<RunConfig> {
+        self.validate()
+            .with_context(|| format!("run config for {}", self.out.display()))?;
+        let c = effective_config(self)?;
+        // a batch the machine cannot hold is refused before it is allocated
+        let spec = match &c.init_checkpoint {
+            Some(ck) => reid_model::checkpoint::read_arch_spec(ck)?,
+            None => ArchSpec::resnet_with(
+                ArchSpec::from_name(&c.arch, 0)?.depth,
+                0,
+                c.width_mult,
+                c.last_stride,
+                Neck::BnNeck,
+            )?,
+        };
+        let (h, w) = c.input.hw();
+        let batch = match c.train.task {
+            Task::Reid => c.batch_pk.p * c.batch_pk.k,
+            Task::Classify => c.batch_size,
+        };
+        let cost = complexity(&spec, h, w)?;
+        reid_model::complexity::check_fits(&cost, batch, true).with_context(|| {
+            format!(
+                "input {} (--input), batch {batch}, width_mult {} (--width-mult)",
+                c.input, c.width_mult
+            )
+        })?;
+        Ok(c)
+    }
+
     /// Every number and size checked before anything is written (errors name the field).
     pub fn validate(&self) -> Result<()> {
         positive("width_mult", self.width_mult)?;
+        if self.width_mult > MAX_WIDTH_MULT {
+            bail!(
+                "width_mult = {}: expected at most {MAX_WIDTH_MULT} (a {MAX_WIDTH_MULT}x-wide \
+                 ResNet-50 already has ~{} M parameters)",
+                self.width_mult,
+                (25.6 * MAX_WIDTH_MULT * MAX_WIDTH_MULT) as u64
+            );
+        }
+        if self.train.epochs > MAX_EPOCHS {
+            bail!(
+                "train.epochs = {}: expected at most {MAX_EPOCHS}",
+                self.train.epochs
+            );
+        }
         positive("train.schedule.base_lr", self.train.schedule.base_lr)?;
         positive("checkpoint_interval_s", self.checkpoint_interval_s)?;
         check_batching(self.input, self.batch_pk, self.batch_size)?;
@@ -153,6 +206,28 @@ impl RunConfig {
                 bail!("{name} = {v}: expected a finite number ≥ 0");
             }
         }
+        if t.task == Task::Reid {
+            let pk = self.batch_pk;
+            // batch norm needs two values a channel, batch-hard triplet a positive per anchor
+            let k_min = if t.triplet_weight > 0.0 { 2 } else { 1 };
+            if pk.k < k_min || pk.p * pk.k < 2 {
+                bail!(
+                    "batch_pk = {pk} (--batch-pk): expected K ≥ {k_min} images an identity{} and \
+                     at least 2 images a batch (batch norm), e.g. 16x4",
+                    if k_min == 2 {
+                        " (the batch-hard triplet loss needs a positive for every image)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        } else if self.batch_size < 2 {
+            bail!(
+                "batch_size = {} (--batch-size): expected at least 2 images a batch (batch norm \
+                 needs two values a channel)",
+                self.batch_size
+            );
+        }
         if !(0.0..1.0).contains(&t.label_smoothing) {
             bail!(
                 "train.label_smoothing = {}: expected a value in [0, 1)",
@@ -163,7 +238,14 @@ impl RunConfig {
     }
 }
 
-/// A field that must be a finite number > 0.
+/// Wider nets than this are refused before any allocation (`--width-mult 100` allocated until
+/// the allocator aborted).
+pub const MAX_WIDTH_MULT: f64 = 4.0;
+/// More epochs than this are a typo.
+pub const MAX_EPOCHS: usize = 100_000;
+/// Images a batch at most (P×K or batch size).
+pub const MAX_BATCH_IMAGES: usize = 4096;
+
 /// The input size, P×K batch and batch size every config with training carries.
 pub fn check_batching(
     input: reid_run::InputSize,
@@ -179,9 +261,18 @@ pub fn check_batching(
     if batch_size == 0 {
         bail!("batch_size = 0: expected at least 1 image a batch");
     }
+    for (name, n) in [
+        ("batch_pk", batch_pk.p.saturating_mul(batch_pk.k)),
+        ("batch_size", batch_size),
+    ] {
+        if n > MAX_BATCH_IMAGES {
+            bail!("{name}: {n} images a batch; expected at most {MAX_BATCH_IMAGES}");
+        }
+    }
     Ok(())
 }
 
+/// A field that must be a finite number > 0.
 pub fn positive(name: &str, v: f64) -> Result<()> {
     if !v.is_finite() || v <= 0.0 {
         bail!("{name} = {v}: expected a finite number > 0");
@@ -326,6 +417,66 @@ impl Position {
 /// Prefix of the optimiser's tensors in the state file (the net's tensors keep their names).
 const OPTIM_PREFIX: &str = "optim.";
 
+/// The data a run trains on, as its checkpoints record it: a resume over other data would
+/// continue a run that never happened (a 12-class head on 11 identities, relabelled targets).
+#[derive(Clone, Debug, PartialEq)]
+struct DataStamp {
+    /// [`crate::step_key::data_fingerprint`] of the dataset's folder (paths, sizes, times).
+    fingerprint: String,
+    train_images: usize,
+    train_ids: usize,
+}
+
+impl DataStamp {
+    fn of(ds: &ReidDataset, root: &Path) -> Result<Self> {
+        Ok(Self {
+            fingerprint: crate::step_key::data_fingerprint(root)
+                .with_context(|| format!("reading {}", root.display()))?,
+            train_images: ds.train.len(),
+            train_ids: ds.num_train_pids(),
+        })
+    }
+
+    fn to_meta(&self, meta: &mut HashMap<String, String>) {
+        meta.insert("data_fingerprint".into(), self.fingerprint.clone());
+        meta.insert("data_train_images".into(), self.train_images.to_string());
+        meta.insert("data_train_ids".into(), self.train_ids.to_string());
+    }
+
+    /// `None` for state files written before the data was recorded.
+    fn from_meta(meta: &HashMap<String, String>) -> Option<Self> {
+        Some(Self {
+            fingerprint: meta.get("data_fingerprint")?.clone(),
+            train_images: meta.get("data_train_images")?.parse().ok()?,
+            train_ids: meta.get("data_train_ids")?.parse().ok()?,
+        })
+    }
+
+    /// What changed from `self` (the checkpoint's) to `now`, in words.
+    fn changes(&self, now: &Self) -> Option<String> {
+        if self == now {
+            return None;
+        }
+        let mut what = vec![];
+        if self.train_images != now.train_images {
+            what.push(format!(
+                "training images {} → {}",
+                self.train_images, now.train_images
+            ));
+        }
+        if self.train_ids != now.train_ids {
+            what.push(format!(
+                "training identities {} → {}",
+                self.train_ids, now.train_ids
+            ));
+        }
+        if what.is_empty() {
+            what.push("files replaced or modified (same counts)".into());
+        }
+        Some(what.join(", "))
+    }
+}
+
 /// Save a resumable checkpoint. `trainer_state.safetensors` holds the weights *and* the
 /// optimiser state in one atomically written file, so a crash between two writes can never
 /// pair a model of one step with the optimiser of another; `model.safetensors` (the run's
@@ -335,6 +486,7 @@ fn save_state(
     net: &ReidNet,
     trainer: &Trainer,
     prov: &Provenance,
+    data: &DataStamp,
     pos: Position,
 ) -> Result<()> {
     let mut p = prov.clone();
@@ -344,7 +496,9 @@ fn save_state(
         .into_iter()
         .map(|(k, t)| (format!("{OPTIM_PREFIX}{k}"), t))
         .collect();
-    let bytes = checkpoint_bytes(net, &p, &optim, pos.to_meta(trainer.optimizer.step_count))?;
+    let mut meta = pos.to_meta(trainer.optimizer.step_count);
+    data.to_meta(&mut meta);
+    let bytes = checkpoint_bytes(net, &p, &optim, meta)?;
     write_atomic(&out.join(STATE_FILE), &bytes)?;
     save_checkpoint(net, &out.join("model.safetensors"), &p)?;
     Ok(())
@@ -356,7 +510,7 @@ fn load_state(
     out: &Path,
     cfg: &TrainConfig,
     device: &Device,
-) -> Result<(ReidNet, Trainer, Position)> {
+) -> Result<(ReidNet, Trainer, Position, Option<DataStamp>)> {
     let state_path = out.join(STATE_FILE);
     let st = read_safetensors(&state_path, device)?;
     let (net, optim, meta) = if st.metadata.contains_key(META_ARCH) {
@@ -373,20 +527,59 @@ fn load_state(
     trainer
         .load_state(&optim, steps)
         .with_context(|| format!("{}: optimiser state", state_path.display()))?;
-    Ok((net, trainer, pos))
+    Ok((net, trainer, pos, DataStamp::from_meta(&meta)))
 }
 
 /// With a starting checkpoint, the run trains that checkpoint's architecture whatever `arch`
-/// says (the grid passes its main arch to every fine-tune): record that one.
+/// says (the grid passes its main arch to every fine-tune): record that one. ImageNet weights
+/// fix the network too, but there a config that names another one is refused: it would be
+/// recorded beside a network it does not describe.
 fn effective_config(cfg: &RunConfig) -> Result<RunConfig> {
     let mut c = cfg.clone();
     if let Some(ck) = &cfg.init_checkpoint {
+        if let Some(src) = &cfg.pretrained {
+            bail!(
+                "init_checkpoint = {} (--init) and pretrained = {src} (--pretrained) both give \
+                 the starting network: keep one",
+                ck.display()
+            );
+        }
         let spec = reid_model::checkpoint::read_arch_spec(ck)
             .with_context(|| format!("init checkpoint {}", ck.display()))?;
         c.arch = spec.name();
         c.width_mult = spec.width_mult;
+    } else if let Some(src) = &cfg.pretrained {
+        let held = pretrained_arch(src, cfg.last_stride)?;
+        if held.name() != cfg.arch || cfg.width_mult != held.width_mult {
+            bail!(
+                "the run config says arch = {}, width_mult = {} but pretrained = {src} \
+                 (--pretrained) holds a {} at width_mult = {}: give --arch {} --width-mult {} \
+                 (the network these weights make), or other weights",
+                cfg.arch,
+                cfg.width_mult,
+                held.name(),
+                held.width_mult,
+                held.name(),
+                held.width_mult
+            );
+        }
     }
     Ok(c)
+}
+
+/// The backbone that ImageNet weights (hub id or file) make, with its width multiplier when its
+/// widths are a uniform one's (torchvision's nets: 1; a pruned state dict keeps 1).
+pub fn pretrained_arch(src: &str, last_stride: usize) -> Result<ArchSpec> {
+    let path = reid_model::hub::resolve_weights(src)?;
+    let file = read_safetensors(&path, &Device::Cpu)?;
+    let mut spec = reid_model::hub::infer_backbone_spec(&path, &file.tensors, last_stride)?;
+    let w = spec.stem_width as f64 / 64.0;
+    if let Ok(uniform) = ArchSpec::resnet_with(spec.depth, 0, w, last_stride, Neck::None) {
+        if uniform.stages == spec.stages {
+            spec.width_mult = w;
+        }
+    }
+    Ok(spec)
 }
 
 /// Resuming under another config would continue a run that did not happen (and its config.toml
@@ -474,10 +667,8 @@ pub fn run_training_with(
     regularizer: Option<&reid_model::train::Regularizer>,
     epoch_hook: Option<&EpochHook>,
 ) -> Result<TrainOutcome> {
-    cfg.validate()
-        .with_context(|| format!("run config for {}", cfg.out.display()))?;
     // What is recorded (config.toml) and compared on resume is the run as it happens.
-    let cfg = &effective_config(cfg)?;
+    let cfg = &cfg.resolve()?;
     let device = reid_model::device::open_device(cfg.device)?;
     let (h, w) = cfg.input.hw();
     let ds = load(&cfg.dataset, &cfg.root).with_context(|| {
@@ -503,6 +694,7 @@ pub fn run_training_with(
         }
     }
     let num_classes = ds.num_train_pids();
+    let data = DataStamp::of(&ds, &cfg.root)?;
     let sampling = match cfg.train.task {
         Task::Reid => {
             let (p, k) = (cfg.batch_pk.p, cfg.batch_pk.k);
@@ -524,11 +716,36 @@ pub fn run_training_with(
     }
     let state_path = out.join(STATE_FILE);
     let from_state = resume && state_path.is_file();
+    // a resume over changed data that the user allowed: recorded in the model's provenance
+    let mut data_change: Option<String> = None;
     let (net, mut trainer, resumed) = if from_state {
         if !cfg.allow_config_change {
             check_same_config(out, cfg)?;
         }
-        let (net, trainer, pos) = load_state(out, &cfg.train, &device)?;
+        let (net, trainer, pos, stamp) = load_state(out, &cfg.train, &device)?;
+        if let Some(change) = stamp.as_ref().and_then(|s| s.changes(&data)) {
+            if !cfg.allow_data_change {
+                bail!(
+                    "cannot resume {}: the data under {} changed since its checkpoint ({change}). \
+                     Restore the data, start afresh (--overwrite), or continue knowingly \
+                     (train --allow-data-change)",
+                    out.display(),
+                    cfg.root.display()
+                );
+            }
+            if net.spec().num_classes != num_classes {
+                bail!(
+                    "cannot resume {}: its classifier has {} classes and the data now has {} \
+                     training identities ({change}); a resume cannot change the head: start \
+                     afresh (--overwrite)",
+                    out.display(),
+                    net.spec().num_classes,
+                    num_classes
+                );
+            }
+            eprintln!("{}: resuming over changed data ({change})", out.display());
+            data_change = Some(change);
+        }
         eprintln!(
             "resuming {}: epoch {}/{} at batch {} ({} optimiser steps done)",
             out.display(),
@@ -546,6 +763,10 @@ pub fn run_training_with(
                  it, --overwrite to replace it, or give another --out",
                 out.display()
             );
+        }
+        if cfg.overwrite {
+            // nothing of the replaced run stays beside the new one
+            reid_run::RunFolder::new(out).clear_previous_run()?;
         }
         // (a new folder is no news: a grid resumes every step it starts)
         if resume && out.join("log.jsonl").is_file() {
@@ -566,7 +787,14 @@ pub fn run_training_with(
     let mut prov = Provenance::new();
     prov.dataset = Some(ds.name.clone());
     prov.seed = Some(cfg.seed);
+    prov.input = Some(cfg.input);
     prov.source_weights = cfg.pretrained.clone();
+    if let Some(change) = &data_change {
+        prov.extra.insert(
+            "resumed_over_changed_data".into(),
+            serde_json::json!({ "change": change, "fingerprint": data.fingerprint }),
+        );
+    }
     if let Some(ck) = &cfg.init_checkpoint {
         prov.parent = Some(reid_model::checkpoint::file_sha256(ck)?);
     }
@@ -640,12 +868,13 @@ pub fn run_training_with(
             let s = trainer
                 .step(&net, &x, &batch.pids, lr, regularizer)
                 .with_context(|| {
-                    format!(
-                        "epoch {} batch {}: last good checkpoint kept in {}",
-                        epoch + 1,
-                        b + 1,
-                        out.display()
-                    )
+                    // only a checkpoint that exists is promised
+                    let kept = if state_path.is_file() {
+                        format!("last good checkpoint kept in {}", out.display())
+                    } else {
+                        "no checkpoint was written yet".to_string()
+                    };
+                    format!("epoch {} batch {}: {kept}", epoch + 1, b + 1)
                 })?;
             loss_sum += s.loss;
             correct += s.correct;
@@ -674,12 +903,12 @@ pub fn run_training_with(
                 && b + 1 < total
                 && last_save.elapsed().as_secs_f64() >= cfg.checkpoint_interval_s
             {
-                save_state(out, &net, &trainer, &prov, position)?;
+                save_state(out, &net, &trainer, &prov, &data, position)?;
                 last_save = Instant::now();
             }
             if stop && b + 1 < total {
                 pb.abandon();
-                save_state(out, &net, &trainer, &prov, position)?;
+                save_state(out, &net, &trainer, &prov, &data, position)?;
                 return Ok(TrainOutcome {
                     model: out.join("model.safetensors"),
                     completed: false,
@@ -701,7 +930,14 @@ pub fn run_training_with(
         if let Some(hook) = epoch_hook {
             hook(&net, epoch)?;
         }
-        save_state(out, &net, &trainer, &prov, Position::start_of(epoch + 1))?;
+        save_state(
+            out,
+            &net,
+            &trainer,
+            &prov,
+            &data,
+            Position::start_of(epoch + 1),
+        )?;
         last_save = Instant::now();
         if show_progress {
             eprintln!("epoch {}/{epochs}: {line}", epoch + 1);
@@ -722,7 +958,14 @@ pub fn run_training_with(
     }
     if !out.join("model.safetensors").is_file() {
         // zero epochs (e.g. ImageNet weights used as they are): the run's model is the start
-        save_state(out, &net, &trainer, &prov, Position::start_of(epochs))?;
+        save_state(
+            out,
+            &net,
+            &trainer,
+            &prov,
+            &data,
+            Position::start_of(epochs),
+        )?;
     }
     let wall_s = started.elapsed().as_secs_f64();
     let metrics = if cfg.evaluate && cfg.train.task == Task::Reid {

@@ -120,8 +120,8 @@ fn tiny_grid_runs_and_resumes_without_repeating_steps() {
     assert!(plan.iter().any(|s| s.state == StepState::Waiting));
     // a step whose lock is held is running, and the plan names who holds it
     let finetune = plan.iter().find(|s| s.kind == "finetune").unwrap();
-    let reid_prune::step_lock::Claim::Held(_lock) =
-        reid_prune::step_lock::try_claim(&cfg.out.join("steps").join(&finetune.name)).unwrap()
+    let reid_run::lock::Claim::Held(_lock) =
+        reid_run::lock::try_claim(&cfg.out.join("steps").join(&finetune.name)).unwrap()
     else {
         panic!("nobody else holds it");
     };

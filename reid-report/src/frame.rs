@@ -138,9 +138,22 @@ pub fn results_frame(runs: &[Run], configs: &[Option<RunConfig>]) -> PolarsResul
     DataFrame::new_infer_height(cols)
 }
 
+/// The frame as CSV, every text cell [`crate::tables::csv_safe`] (run and experiment names are
+/// the user's: one starting with `=` must not become a formula in a spreadsheet).
 pub fn to_csv(df: &mut DataFrame) -> PolarsResult<Vec<u8>> {
+    let mut safe = df.clone();
+    for c in df.columns() {
+        if c.dtype() == &DataType::String {
+            let cells: Vec<Option<String>> = c
+                .str()?
+                .iter()
+                .map(|v| v.map(|v| crate::tables::csv_safe(v).into_owned()))
+                .collect();
+            safe.with_column(Column::new(c.name().clone(), cells))?;
+        }
+    }
     let mut buf = Vec::new();
-    CsvWriter::new(&mut buf).finish(df)?;
+    CsvWriter::new(&mut buf).finish(&mut safe)?;
     Ok(buf)
 }
 

@@ -20,6 +20,13 @@ pub enum ReportError {
     NoRuns(PathBuf, usize),
     #[error("writing {path}: {message}")]
     Write { path: PathBuf, message: String },
+    /// A selector (`--level`, `--cmc`) that names nothing in the runs.
+    #[error("{flag} {value}: no run has it; the runs have {known}")]
+    Selector {
+        flag: &'static str,
+        value: String,
+        known: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -85,6 +92,31 @@ pub fn write_report(
     let (runs, mut problems) = runs::load_runs(runs_dir)?;
     if runs.is_empty() {
         return Err(ReportError::NoRuns(runs_dir.to_path_buf(), problems.len()));
+    }
+    // selectors that name nothing are refused before anything is written (a report without the
+    // asked-for level or curve would look complete)
+    let levels = tables::levels(&runs);
+    if let Some(l) = &opts.level {
+        if !levels.contains(l) {
+            return Err(ReportError::Selector {
+                flag: "--level",
+                value: l.clone(),
+                known: levels.join(", "),
+            });
+        }
+    }
+    if let Some(c) = opts
+        .cmc_runs
+        .iter()
+        .find(|c| !runs.iter().any(|r| &r.id == *c))
+    {
+        let mut ids: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
+        ids.truncate(8);
+        return Err(ReportError::Selector {
+            flag: "--cmc",
+            value: c.clone(),
+            known: format!("run ids such as {}", ids.join(", ")),
+        });
     }
     let mut files = Vec::new();
     let mut put = |rel: &str, bytes: &[u8]| -> Result<(), ReportError> {

@@ -45,9 +45,22 @@ impl Table {
     }
 }
 
+/// A CSV cell that a spreadsheet never reads as a formula: text starting with `=`, `+`, `-`,
+/// `@`, a tab or a carriage return gets a leading `'` (OWASP's CSV injection rule); numbers,
+/// negative ones included, stay numbers.
+pub fn csv_safe(cell: &str) -> std::borrow::Cow<'_, str> {
+    let risky = cell.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    if risky && cell.trim().parse::<f64>().is_err() {
+        format!("'{cell}").into()
+    } else {
+        cell.into()
+    }
+}
+
 fn csv_line<'a>(cells: impl Iterator<Item = &'a str>) -> String {
     let cells: Vec<String> = cells
         .map(|c| {
+            let c = csv_safe(c);
             if c.contains([',', '"', '\n']) {
                 format!("\"{}\"", c.replace('"', "\"\""))
             } else {
@@ -480,6 +493,26 @@ pub fn all_tables(runs: &[Run], paper: &PaperResults, level: &str) -> Vec<Table>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_cells_never_start_a_formula_and_numbers_stay_numbers() {
+        assert_eq!(csv_safe("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(csv_safe("+1+2"), "'+1+2");
+        assert_eq!(csv_safe("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(csv_safe("-cmd|calc"), "'-cmd|calc");
+        assert_eq!(csv_safe("\tx"), "'\tx");
+        assert_eq!(csv_safe("-0.3"), "-0.3");
+        assert_eq!(csv_safe("+1.5e-3"), "+1.5e-3");
+        assert_eq!(csv_safe("l1"), "l1");
+        let t = Table {
+            slug: "t".into(),
+            title: "t".into(),
+            headers: vec!["name".into(), "delta".into()],
+            rows: vec![vec![Some("=1+1".into()), Some("-2.5".into())]],
+            note: None,
+        };
+        assert_eq!(t.to_csv(), "name,delta\n'=1+1,-2.5\n");
+    }
 
     #[test]
     fn csv_quotes_cells_with_commas_and_quotes() {

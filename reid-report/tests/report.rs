@@ -395,6 +395,34 @@ fn missing_or_empty_runs_folder_is_a_clear_error() {
     assert!(e.to_string().contains("no usable metrics.json"), "{e}");
 }
 
+#[test]
+fn selectors_that_name_nothing_are_refused_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    fixture(&runs);
+    let out = tmp.path().join("report");
+    for (opts, expected) in [
+        (
+            ReportOptions {
+                level: Some("C9".into()),
+                ..ReportOptions::default()
+            },
+            "--level C9: no run has it; the runs have C1",
+        ),
+        (
+            ReportOptions {
+                cmc_runs: vec!["S1/nope-C1".into()],
+                ..ReportOptions::default()
+            },
+            "--cmc S1/nope-C1: no run has it",
+        ),
+    ] {
+        let e = write_report(&runs, &out, &opts).unwrap_err().to_string();
+        assert!(e.contains(expected), "{e}");
+        assert!(!out.exists(), "a refused report wrote {}", out.display());
+    }
+}
+
 /// Names read from metrics.json become file names: a hostile dataset key or level cannot place a
 /// file outside the report folder, and a planted symlink at a temp name is not followed.
 #[test]

@@ -11,6 +11,7 @@
 //! | `metrics.json` | train, prune, the grid, reid-eval | [`RunMetrics`]: complexity, latency, one [`EvalEntry`] per dataset |
 //! | `log.jsonl` | train, prune | one JSON object per epoch (train) or pruning step (prune) |
 //! | `deploy.json` | `bench/onnx_check.py --runs` | [`DeployLatencies`]: the model's latency in a deployment runtime (ONNX Runtime) |
+//! | `.lock` | every writer | [`lock`]: who writes the folder now (pid, host, heartbeat); one writer a folder |
 //!
 //! A grid writes one run folder per cell at `<out>/<scenario>/<criterion>-<level>/` and keeps
 //! its steps under `<out>/steps/<kind>-<key>/` (each with `step.json`, the resolved work it
@@ -21,13 +22,18 @@
 //! write leaves the old file as it was. Metrics are checked ([`RunMetrics::validate`]) before
 //! they are written and when they are read.
 //!
+//! Checkpoint headers go through [`canonical`] (sorted keys), so the same run writes the same
+//! bytes and a file's sha256 names its content.
+//!
 //! [`stats`] holds the bootstrap intervals over query identities (single and paired) and the
 //! spread over seeds; [`claims`] judges the paper's claims on run folders (the grid prints it,
 //! the report opens with it).
 
 pub mod atomic;
+pub mod canonical;
 pub mod claims;
 pub mod deploy;
+pub mod lock;
 pub mod metrics;
 pub mod stats;
 #[cfg(feature = "fault-injection")]

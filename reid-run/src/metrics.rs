@@ -67,6 +67,22 @@ impl EvalEntry {
                 k + 1
             ));
         }
+        // the numbers of one evaluation agree with each other
+        for (what, k, v) in [
+            ("rank1", 1, Some(e.rank1)),
+            ("rank5", 5, e.rank5),
+            ("rank10", 10, e.rank10),
+        ] {
+            if let (Some(v), Some(c)) = (v, e.cmc.get(k - 1)) {
+                if (v - c).abs() > 1e-9 {
+                    return Err(format!(
+                        "{at}.{what} = {v} but {at}.cmc[{}] = {c}: the CMC curve at rank {k} is \
+                         rank-{k} accuracy",
+                        k - 1
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -258,6 +274,30 @@ pub fn write_metrics(path: &Path, m: &RunMetrics) -> Result<()> {
     write_atomic(path, text.as_bytes())
 }
 
+/// The files a run writes in its folder (train, prune, export, reid-eval, the ONNX check).
+pub const RUN_FILES: [&str; 11] = [
+    "config.toml",
+    "model.safetensors",
+    "trainer_state.safetensors",
+    "metrics.json",
+    crate::stats::PER_QUERY_FILE,
+    "log.jsonl",
+    crate::deploy::DEPLOY_FILE,
+    "pruned.safetensors",
+    "unpruned.safetensors",
+    "model.onnx",
+    "features.safetensors",
+];
+
+/// The folders a run makes inside its own: a prune's retraining runs (by its method's rule).
+pub const RUN_SUBFOLDERS: [&str; 3] = ["retrain", "regularised", "soft"];
+
+/// `step01`, `step02`, …: an iterative prune's steps.
+fn is_step_folder(name: &str) -> bool {
+    name.strip_prefix("step")
+        .is_some_and(|n| n.len() >= 2 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// A run folder: where its files are and how they are written.
 #[derive(Clone, Debug)]
 pub struct RunFolder {
@@ -288,6 +328,42 @@ impl RunFolder {
         ]
         .iter()
         .any(|f| self.dir.join(f).exists())
+    }
+
+    /// Replace a previous run (`--overwrite`): remove every file and folder the tools write
+    /// in a run folder ([`RUN_FILES`], [`RUN_SUBFOLDERS`], a prune's `stepNN` folders), so that
+    /// nothing of the old run is left beside the new one. Anything else in the folder (a user's
+    /// own files) stays. Returns what was removed.
+    pub fn clear_previous_run(&self) -> Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Ok(removed);
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            let ours = if is_dir {
+                RUN_SUBFOLDERS.contains(&name.as_str()) || is_step_folder(&name)
+            } else {
+                RUN_FILES.contains(&name.as_str())
+            };
+            if !ours {
+                continue;
+            }
+            let gone = if is_dir {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            gone.map_err(|source| RunFileError::Write {
+                path: path.clone(),
+                source,
+            })?;
+            removed.push(path);
+        }
+        removed.sort();
+        Ok(removed)
     }
 
     /// The resolved config, as TOML.
@@ -429,6 +505,10 @@ mod tests {
                     m.seed_evals = BTreeMap::from([(2, BTreeMap::from([("tgt".into(), e)]))]);
                 }),
                 "seed_evals.2.tgt.rank1",
+            ),
+            (
+                Box::new(|m| m.eval.get_mut("market1501").unwrap().rank1 = 0.5),
+                "eval.market1501.rank1 = 0.5 but eval.market1501.cmc[0] = 0.7",
             ),
             (Box::new(|m| m.macs = u64::MAX), "macs"),
             (Box::new(|m| m.params = 0), "params"),

@@ -32,8 +32,9 @@ impl InputSize {
     }
 }
 
-/// Larger than any input a re-ID network takes (and small enough that H·W·C fits anywhere).
-const MAX_SIDE: usize = 8192;
+/// Longest image side (re-ID inputs are 256x128 or 384x192; 8192x8192 allocated until the
+/// allocator aborted).
+const MAX_SIDE: usize = 2048;
 
 impl InputSize {
     /// The rules a parsed size obeys, for sizes built in code.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use reid_data::Preprocess;
-use reid_eval::{load_model_for_inference, FeatureKind, Metric};
+use reid_eval::{FeatureKind, Metric};
 
 use super::{print_metrics, RerankArgs};
 
@@ -20,9 +20,11 @@ pub struct Args {
     /// The dataset's folder.
     #[arg(long)]
     root: Option<PathBuf>,
-    /// Network input HEIGHTxWIDTH.
-    #[arg(long, default_value = "256x128")]
-    input: reid_run::InputSize,
+    /// Network input HEIGHTxWIDTH (default: the size the model was trained at, from its
+    /// header or the config.toml beside it; 256x128 when neither says). Another size than the
+    /// trained one is stored under its own key, `<dataset>@HxW`.
+    #[arg(long)]
+    input: Option<reid_run::InputSize>,
     /// Add the features of the horizontally flipped image.
     #[arg(long)]
     flip: bool,
@@ -35,7 +37,8 @@ pub struct Args {
     /// cpu or cuda:N
     #[arg(long, default_value = "cpu")]
     device: reid_run::DeviceSpec,
-    /// Where to write metrics.json (default: beside the checkpoint).
+    /// Where to write metrics.json (default: beside the checkpoint, when it is that folder's
+    /// model.safetensors; another checkpoint's results are only printed without --out).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Print JSON (fractions in [0, 1]) instead of the table.
@@ -56,14 +59,112 @@ fn existing_metrics(path: &std::path::Path) -> Result<Option<reid_run::RunMetric
     Ok(Some(m))
 }
 
+/// The input size the model at `ck` was trained at: its provenance, else the run config beside
+/// it (`input = "HxW"`), else unknown.
+fn trained_input(
+    ck: &std::path::Path,
+    prov: &reid_model::checkpoint::Provenance,
+) -> Option<reid_run::InputSize> {
+    prov.input.or_else(|| {
+        let config = ck.with_file_name("config.toml");
+        let table: toml::Table = toml::from_str(&std::fs::read_to_string(config).ok()?).ok()?;
+        table.get("input")?.as_str()?.parse().ok()
+    })
+}
+
+/// Where the results go, decided before the (long) extraction: a folder's metrics.json belongs
+/// to that folder's model, so another checkpoint's results never go into it.
+enum Destination {
+    /// `metrics.json` (and per_query.json beside it), with what it holds so far.
+    File(PathBuf, Option<Box<reid_run::RunMetrics>>),
+    /// Printed only: a checkpoint that is not its folder's model, without --out.
+    Stdout(String),
+}
+
+fn destination(
+    ck: &std::path::Path,
+    out: Option<PathBuf>,
+    backbone: &str,
+    macs: u64,
+) -> Result<Destination> {
+    let explicit = out.is_some();
+    let out = out.unwrap_or_else(|| ck.with_file_name("metrics.json"));
+    let folder = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let model = folder.join("model.safetensors");
+    if model.is_file() {
+        let same = reid_run::file_sha256(&model)
+            .with_context(|| format!("reading {}", model.display()))?
+            == reid_run::file_sha256(ck).with_context(|| format!("reading {}", ck.display()))?;
+        if !same {
+            let why = format!(
+                "{} is not {} (another model): its results do not belong in {}",
+                ck.display(),
+                model.display(),
+                out.display()
+            );
+            if explicit {
+                bail!("{why}; give --out in another folder");
+            }
+            return Ok(Destination::Stdout(format!(
+                "{why}; printed only (give --out in another folder to keep them)"
+            )));
+        }
+    }
+    let existing = existing_metrics(&out)?;
+    if let Some(m) = &existing {
+        if m.backbone != backbone || m.macs != macs {
+            bail!(
+                "{} describes a {} of {} MACs, and {} is a {backbone} of {macs} MACs at its \
+                 trained input: results of another model do not go into it; give --out \
+                 elsewhere",
+                out.display(),
+                m.backbone,
+                m.macs,
+                ck.display()
+            );
+        }
+    }
+    Ok(Destination::File(out, existing.map(Box::new)))
+}
+
 pub fn run(a: Args) -> Result<()> {
     let (Some(ck), Some(name), Some(root)) = (a.checkpoint, a.dataset, a.root) else {
         bail!("give --checkpoint, --dataset and --root (or a subcommand: extract, score, bench; see --help)");
     };
     let device = reid_model::device::open_device(a.device)?;
-    let (h, w) = a.input.hw();
-    let net = load_model_for_inference(&ck, None, 2, &device)
+    let loaded = reid_model::load_weights(&ck, &reid_model::LoadOptions::inference(2), &device)
         .with_context(|| format!("loading {}", ck.display()))?;
+    let net = loaded.net;
+    let trained = trained_input(&ck, &loaded.provenance);
+    let input = a
+        .input
+        .or(trained)
+        .unwrap_or(reid_run::InputSize::new(256, 128));
+    let (h, w) = input.hw();
+    // the record's complexity is the model's at the size it was trained at
+    let (th, tw) = trained.unwrap_or(input).hw();
+    let c = reid_model::complexity::complexity(net.spec(), th, tw)?;
+    // batches of 64 images: refused before extraction when they cannot fit
+    reid_model::complexity::check_fits(
+        &reid_model::complexity::complexity(net.spec(), h, w)?,
+        64,
+        false,
+    )
+    .with_context(|| format!("--input {input}"))?;
+    let dest = destination(&ck, a.out, &net.spec().name(), c.backbone.macs)?;
+    // one writer a run folder while this one writes into it
+    let _lock = match &dest {
+        Destination::File(out, _) => Some(reid_run::lock::claim_folder(
+            out.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new(".")),
+            "reid-eval",
+        )?),
+        Destination::Stdout(_) => None,
+    };
     let ds = reid_data::datasets::load(&name, &root)?;
     let pre = Preprocess::imagenet(h, w);
     let opts = reid_eval::EvalOptions {
@@ -72,30 +173,33 @@ pub fn run(a: Args) -> Result<()> {
         metric: a.metric,
         rerank: a.rerank.params(),
     };
-    // An existing metrics.json is merged into, so it must be one we can merge into: checked
-    // before the (long) extraction, and never silently replaced.
-    let out = a.out.unwrap_or_else(|| ck.with_file_name("metrics.json"));
-    let existing = existing_metrics(&out)?;
     let m = reid_eval::evaluate_dataset(&net, &ds, &pre, opts, true)?;
-    // Re-ranked results sit beside the plain ones, under their own key.
-    let key = if a.rerank.rerank {
-        format!("{}+rerank", ds.name)
-    } else {
-        ds.name.clone()
-    };
-    let mut doc = match existing {
-        Some(doc) => doc,
-        None => {
-            // a new run folder's metrics: the model's complexity at this input
-            let c = reid_model::complexity::complexity(net.spec(), h, w)?;
-            reid_run::RunMetrics {
-                backbone: net.spec().name(),
-                macs: c.backbone.macs,
-                params: c.backbone.params,
-                tool_version: Some(env!("CARGO_PKG_VERSION").into()),
-                ..Default::default()
-            }
+    let (out, existing) = match dest {
+        Destination::File(out, existing) => (out, existing),
+        Destination::Stdout(why) => {
+            eprintln!("{why}");
+            print_metrics(&m, a.json)?;
+            return Ok(());
         }
+    };
+    // Re-ranked results sit beside the plain ones, and results at another size than the
+    // trained one under their own key: the trained size's entry is never replaced by them.
+    let mut key = ds.name.clone();
+    if trained.is_some_and(|t| t != input) {
+        key = format!("{key}@{input}");
+    }
+    if a.rerank.rerank {
+        key = format!("{key}+rerank");
+    }
+    let mut doc = match existing {
+        Some(doc) => *doc,
+        None => reid_run::RunMetrics {
+            backbone: net.spec().name(),
+            macs: c.backbone.macs,
+            params: c.backbone.params,
+            tool_version: Some(env!("CARGO_PKG_VERSION").into()),
+            ..Default::default()
+        },
     };
     doc.eval.insert(key.clone(), m.eval_entry());
     reid_run::metrics::write_metrics(&out, &doc)?;

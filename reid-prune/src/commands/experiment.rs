@@ -109,7 +109,7 @@ pub fn run(a: RunArgs) -> Result<()> {
 
 /// `<host>:<pid>`, with the Slurm job and array task when there is one.
 fn worker_name() -> String {
-    let host = reid_prune::step_lock::host_name();
+    let host = reid_run::lock::host_name();
     let slurm = match (
         std::env::var("SLURM_ARRAY_JOB_ID"),
         std::env::var("SLURM_ARRAY_TASK_ID"),

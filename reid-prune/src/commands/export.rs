@@ -100,6 +100,14 @@ pub fn run(a: Args) -> Result<()> {
         ],
     };
     let bytes = export(&net, &opts).context("building the ONNX graph")?;
+    check_finite_features(&net, a.input, opts.feature)?;
+    // one writer a folder: the export's own, while it writes
+    let folder = a
+        .out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let _lock = reid_run::lock::claim_folder(folder, "export")?;
     reid_run::write_atomic(&a.out, &bytes)?;
     eprintln!(
         "wrote {} ({:.1} MB): {} {}, input {}x3x{}, output {} x {} ({:?} feature)",
@@ -117,5 +125,43 @@ pub fn run(a: Args) -> Result<()> {
         net.spec().feature_dim,
         a.feature
     );
+    Ok(())
+}
+
+/// Finite weights can still overflow on the way through (a corrupt or diverged model): the
+/// graph's feature for a neutral and a bright image is computed first, and a NaN or infinite
+/// one refuses the export instead of writing a model that answers NaN.
+fn check_finite_features(
+    net: &reid_model::ReidNet,
+    input: reid_run::InputSize,
+    feature: OnnxFeature,
+) -> Result<()> {
+    let (h, w) = input.hw();
+    let dev = Device::Cpu;
+    let x = candle_core::Tensor::cat(
+        &[
+            candle_core::Tensor::zeros((1, 3, h, w), candle_core::DType::F32, &dev)?,
+            // white in ImageNet normalisation: the largest values a real image gives
+            candle_core::Tensor::full(2.6f32, (1, 3, h, w), &dev)?,
+        ],
+        0,
+    )?;
+    let out = net.inference_copy()?.forward_t(&x, false)?;
+    let f = match feature {
+        OnnxFeature::Pool => out.pooled,
+        OnnxFeature::Neck => out.neck,
+    };
+    let bad = f
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .filter(|v| !v.is_finite())
+        .count();
+    if bad > 0 {
+        bail!(
+            "the model's feature has {bad} NaN or infinite value(s) on a plain test image: its \
+             weights overflow (a corrupt or diverged model); nothing was written"
+        );
+    }
     Ok(())
 }

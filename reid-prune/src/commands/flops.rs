@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use reid_model::complexity::complexity;
-use reid_model::{load_checkpoint, ArchSpec, Neck};
+use reid_model::{ArchSpec, Neck};
 use reid_prune::flops;
 
 /// MACs, FLOPs and parameters of an architecture or checkpoint, per layer and in total.
@@ -14,7 +14,7 @@ pub struct Args {
     /// resnet18, resnet34, resnet50, resnet101 or resnet152.
     #[arg(long, default_value = "resnet50", conflicts_with = "checkpoint")]
     arch: String,
-    /// A reid-prune checkpoint (its architecture is read from the file).
+    /// A reid-prune checkpoint or torchvision/timm weights (the architecture is read from the file).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
     /// Input HEIGHTxWIDTH.
@@ -50,9 +50,10 @@ pub fn run(a: Args) -> Result<()> {
     } = a;
     let (h, w) = input.hw();
     let spec = match &checkpoint {
-        Some(p) => load_checkpoint(p, &Device::Cpu, false)
+        // a reid checkpoint or plain torchvision/timm weights (their architecture inferred)
+        Some(p) => reid_prune::prune_run::load_any(p, None, &Device::Cpu)
             .with_context(|| format!("reading checkpoint {}", p.display()))?
-            .net
+            .0
             .spec()
             .clone(),
         None => {

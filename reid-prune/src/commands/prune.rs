@@ -10,6 +10,8 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let cfg = a.config;
+    // one writer a run folder, for the whole command
+    let _lock = reid_run::lock::claim_folder(&cfg.out, "prune")?;
     let o = reid_prune::prune_run::run_prune(&cfg, true)?;
     println!(
         "backbone GFLOPs {:.3} -> {:.3} ({:.1}%), params {:.2} M -> {:.2} M, {:.1}% of prunable channels kept",

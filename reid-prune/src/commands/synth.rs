@@ -85,6 +85,8 @@ pub fn run(a: Args) -> Result<()> {
         distractors,
     };
     cfg.validate()?;
+    // one writer a dataset folder: two generators would interleave their images
+    let _lock = reid_run::lock::claim_folder(&out, "synth")?;
     let pb = indicatif::ProgressBar::new(0);
     pb.set_style(
         indicatif::ProgressStyle::with_template(

@@ -1,7 +1,7 @@
 //! `reid-prune train`: a training run (re-ID or source classification) into a run folder.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -20,7 +20,8 @@ pub struct Args {
     /// The dataset's folder.
     #[arg(long)]
     root: Option<PathBuf>,
-    /// resnet18, resnet34 or resnet50 (from scratch or with --pretrained).
+    /// resnet18, resnet34 or resnet50 (from scratch; with --pretrained, the weights' own by
+    /// default, and another one is refused).
     #[arg(long)]
     arch: Option<String>,
     /// Width multiplier of every conv (0.25: a quarter-width network).
@@ -72,6 +73,10 @@ pub struct Args {
     /// (refused otherwise, naming the changed fields).
     #[arg(long)]
     allow_config_change: bool,
+    /// With --resume: continue although the dataset changed since the checkpoint (refused
+    /// otherwise, naming what changed); recorded in the model's provenance.
+    #[arg(long)]
+    allow_data_change: bool,
     /// Checkpoint inside an epoch when this many seconds passed since the last checkpoint
     /// (default 300): a crash in a long epoch loses minutes, not the epoch.
     #[arg(long)]
@@ -80,6 +85,26 @@ pub struct Args {
     /// flags above (repeatable): --set train.schedule.warmup_epochs=5 --set train.augment.erase_p=0
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<reid_prune::config_file::SetOverride>,
+}
+
+/// Whether `--config` or a `--set` names the architecture (then it is the user's choice, not a
+/// default to fill from `--pretrained`).
+fn config_names_arch(a: &Args) -> Result<bool> {
+    let in_sets = a.sets.iter().any(|s| {
+        let key = s.key();
+        key == "arch" || key == "width_mult"
+    });
+    let in_file = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading the run config {}", p.display()))?;
+            let v: toml::Table =
+                toml::from_str(&text).with_context(|| format!("{}: not TOML", p.display()))?;
+            v.contains_key("arch") || v.contains_key("width_mult") || v.contains_key("base")
+        }
+        None => false,
+    };
+    Ok(in_sets || in_file)
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -98,6 +123,8 @@ pub fn run(a: Args) -> Result<()> {
             .with_context(|| format!("--init {}", init.display()))?;
         reid_model::weights::check_expected_arch(init, arch, &held)?;
     }
+    let arch_from_weights =
+        a.arch.is_none() && a.width_mult.is_none() && a.init.is_none() && !config_names_arch(&a)?;
     macro_rules! set {
         ($($f:ident => $field:expr),*) => { $(if let Some(v) = a.$f { $field = v; })* };
     }
@@ -109,7 +136,17 @@ pub fn run(a: Args) -> Result<()> {
     if a.freeze_backbone {
         cfg.train.backbone_lr_mult = 0.0;
     }
+    if arch_from_weights {
+        if let Some(src) = &a.pretrained {
+            // the network is the weights': record theirs rather than the default
+            let held = reid_prune::training::pretrained_arch(src, cfg.last_stride)
+                .with_context(|| format!("--pretrained {src}"))?;
+            cfg.arch = held.name();
+            cfg.width_mult = held.width_mult;
+        }
+    }
     cfg.allow_config_change = a.allow_config_change;
+    cfg.allow_data_change = a.allow_data_change;
     cfg.overwrite = a.overwrite;
     if a.pretrained.is_some() {
         cfg.pretrained = a.pretrained;
@@ -117,25 +154,24 @@ pub fn run(a: Args) -> Result<()> {
     if a.init.is_some() {
         cfg.init_checkpoint = a.init;
     }
+    // refused before anything is written, the run folder included
+    cfg.resolve()?;
+    // one writer a run folder, for the whole command
+    let lock = reid_run::lock::claim_folder(&cfg.out, "train")?;
     let interrupt = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupt.clone();
-        ctrlc::set_handler(move || {
-            eprintln!(
-                "\ninterrupt: saving a checkpoint at the end of this batch (Ctrl-C again to kill)"
-            );
-            if flag.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-        })?;
-    }
+    super::signals::install(
+        interrupt.clone(),
+        "saving a checkpoint at the end of this batch",
+    )?;
     let outcome = run_training(&cfg, a.resume, interrupt, true)?;
     if !outcome.completed {
-        println!(
-            "stopped; checkpoint in {} (continue with --resume)",
+        eprintln!(
+            "stopped before the end: checkpoint in {} (continue with --resume)",
             cfg.out.display()
         );
-        return Ok(());
+        drop(lock);
+        // an unfinished run is not a success: `train && prune …` must not go on
+        std::process::exit(super::signals::exit_status().unwrap_or(1));
     }
     println!(
         "trained {} epochs in {:.1} s; final loss {:.4}",

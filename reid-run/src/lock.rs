@@ -1,4 +1,6 @@
-//! One writer per grid step: a step folder is claimed with an exclusive lock on `<step>/.lock`.
+//! One writer per folder: a grid step, a run folder (`train`, `prune`, `export`, `reid-eval`)
+//! or a generated dataset is claimed with an exclusive lock on `<folder>/.lock`, held for as
+//! long as the writer runs; a second writer is refused (or, in a grid, puts the step off).
 //!
 //! The lock is an advisory `flock` (released by the kernel when its holder dies, kill -9 and OOM
 //! included), and the file says who holds it (pid, host, start time) with its modification time
@@ -14,8 +16,21 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+
+use crate::RunFileError;
+
+type Result<T> = std::result::Result<T, RunFileError>;
+
+/// The lock file's name inside a claimed folder.
+pub const LOCK_FILE: &str = ".lock";
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> RunFileError + '_ {
+    move |source| RunFileError::Write {
+        path: path.to_path_buf(),
+        source,
+    }
+}
 
 /// How often a held lock's heartbeat is refreshed.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -65,7 +80,7 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// A held claim; dropping it releases the step.
+/// A held claim; dropping it releases the folder.
 pub struct StepLock {
     file: File,
     path: PathBuf,
@@ -80,30 +95,27 @@ pub enum Claim {
     Busy(Option<Holder>),
 }
 
-/// Try to claim the step folder `dir` (created if needed) without waiting.
+/// Try to claim the folder `dir` (created if needed) without waiting.
 pub fn try_claim(dir: &Path) -> Result<Claim> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join(".lock");
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let path = dir.join(LOCK_FILE);
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&path)
-        .with_context(|| format!("opening the step lock {}", path.display()))?;
+        .map_err(io_err(&path))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => return Ok(Claim::Busy(read_holder(&path))),
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(e).with_context(|| format!("locking {}", path.display()))
-        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
     }
     // We hold the kernel lock. A claim left in the file is either released (empty), from a dead
     // process of this host (the kernel lock would still be held otherwise), or from another host
     // that the lock does not reach: respect the latter while its heartbeat is fresh.
     let mut text = String::new();
-    file.read_to_string(&mut text)
-        .with_context(|| format!("reading {}", path.display()))?;
+    file.read_to_string(&mut text).map_err(io_err(&path))?;
     if let Ok(prev) = serde_json::from_str::<Holder>(&text) {
         let me = Holder::me();
         let age = file
@@ -126,15 +138,18 @@ pub fn try_claim(dir: &Path) -> Result<Claim> {
             }
         );
     }
-    let holder = serde_json::to_string(&Holder::me())?;
-    file.set_len(0)?;
-    file.rewind()?;
-    file.write_all(holder.as_bytes())?;
-    file.sync_all()?;
+    let holder = serde_json::to_string(&Holder::me()).unwrap_or_default();
+    (|| {
+        file.set_len(0)?;
+        file.rewind()?;
+        file.write_all(holder.as_bytes())?;
+        file.sync_all()
+    })()
+    .map_err(io_err(&path))?;
     let stop = Arc::new(AtomicBool::new(false));
     let heartbeat = {
         let stop = stop.clone();
-        let beat = file.try_clone()?;
+        let beat = file.try_clone().map_err(io_err(&path))?;
         std::thread::Builder::new()
             .name("step-lock-heartbeat".into())
             .spawn(move || {
@@ -148,7 +163,8 @@ pub fn try_claim(dir: &Path) -> Result<Claim> {
                         let _ = beat.set_modified(SystemTime::now());
                     }
                 }
-            })?
+            })
+            .map_err(io_err(&path))?
     };
     Ok(Claim::Held(StepLock {
         file,
@@ -162,7 +178,7 @@ pub fn try_claim(dir: &Path) -> Result<Claim> {
 /// host holding the kernel lock, or another host's claim with a fresh heartbeat. `None` when
 /// nobody does (never started, finished, or its process died).
 pub fn running_holder(dir: &Path) -> Option<Holder> {
-    let path = dir.join(".lock");
+    let path = dir.join(LOCK_FILE);
     let file = File::open(&path).ok()?;
     let holder = read_holder(&path);
     match file.try_lock_shared() {
@@ -188,6 +204,48 @@ pub fn read_holder(path: &Path) -> Option<Holder> {
 impl StepLock {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// A writer's claim on a whole folder for one command (`train`, `prune`, `export`, `reid-eval`,
+/// data generation): the same lock as a grid step's, so a command and a grid never write one
+/// folder together.
+pub type FolderLock = StepLock;
+
+/// Claim `dir` for the writer `what` (a command's name, for the message) or refuse, naming the
+/// holder: two writers in one folder would leave a record of neither run.
+pub fn claim_folder(dir: &Path, what: &str) -> Result<FolderLock> {
+    match try_claim(dir)? {
+        Claim::Held(lock) => Ok(lock),
+        Claim::Busy(holder) => Err(RunFileError::Invalid {
+            path: dir.to_path_buf(),
+            message: format!(
+                "another process is writing here ({}): {what} refused, so that the folder holds \
+                 one run. Wait for it to finish, or give another output folder",
+                holder.map_or_else(|| "holder unknown".to_string(), |h| h.to_string())
+            ),
+        }),
+    }
+}
+
+/// Claim `dir`, waiting while another process of this host holds it (`on_wait` is told who,
+/// once): for work that a second process must not redo but may wait for, such as generating a
+/// dataset that both then read.
+pub fn claim_folder_waiting(
+    dir: &Path,
+    on_wait: impl FnOnce(Option<Holder>),
+) -> Result<FolderLock> {
+    let mut on_wait = Some(on_wait);
+    loop {
+        match try_claim(dir)? {
+            Claim::Held(lock) => return Ok(lock),
+            Claim::Busy(holder) => {
+                if let Some(f) = on_wait.take() {
+                    f(holder);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
     }
 }
 
@@ -222,6 +280,33 @@ mod tests {
         }
         drop(first);
         assert!(matches!(try_claim(&step).unwrap(), Claim::Held(_)));
+    }
+
+    #[test]
+    fn a_folder_claim_is_refused_naming_the_holder_or_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let first = claim_folder(&data, "synth").unwrap();
+        let e = claim_folder(&data, "synth").err().unwrap().to_string();
+        assert!(
+            e.contains(&format!("pid {}", std::process::id())) && e.contains("synth refused"),
+            "{e}"
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let data = data.clone();
+            std::thread::spawn(move || {
+                let lock = claim_folder_waiting(&data, |h| tx.send(h).unwrap()).unwrap();
+                read_holder(lock.path()).unwrap().pid
+            })
+        };
+        // the waiter was told who holds the folder, and waits while it does
+        let told = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(told.map(|h| h.pid), Some(std::process::id()));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!waiter.is_finished(), "claimed a held folder");
+        drop(first);
+        assert_eq!(waiter.join().unwrap(), std::process::id());
     }
 
     #[test]

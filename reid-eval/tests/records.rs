@@ -1,0 +1,164 @@
+//! `reid-eval` writes only what belongs where it writes: a run folder's metrics.json takes the
+//! results of that folder's own model (by content), at the size the model was trained at (another
+//! size is its own entry); another checkpoint's results are printed, never merged; a checkpoint
+//! whose batch norm holds a negative variance is refused, naming the tensor.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{Device, Tensor};
+use reid_data::synth::{generate, SynthConfig, SynthLayout};
+use reid_model::checkpoint::{save_checkpoint, Provenance};
+use reid_model::{ArchSpec, Neck, ReidNet};
+
+fn dataset(dir: &Path) -> PathBuf {
+    let root = dir.join("ds");
+    let cfg = SynthConfig {
+        domain: "target".into(),
+        ids: 6,
+        cams: 2,
+        per_cam: 2,
+        seed: 1,
+        height: 64,
+        width: 32,
+        difficulty: 0.5,
+        layout: SynthLayout::Market,
+        extra_test_ids: 0,
+        distractors: 0,
+    };
+    generate(&cfg, &root, |_| {}).unwrap();
+    root
+}
+
+/// A tiny model trained (so its header says) at 64×32, saved at `path`.
+fn model(path: &Path, seed: u64) -> ReidNet {
+    let spec = ArchSpec::resnet_with(18, 6, 0.125, 1, Neck::BnNeck).unwrap();
+    let net = ReidNet::new(&spec, &Device::Cpu, seed).unwrap();
+    let mut prov = Provenance::new();
+    prov.input = Some(reid_run::InputSize::new(64, 32));
+    save_checkpoint(&net, path, &prov).unwrap();
+    net
+}
+
+fn eval(ck: &Path, root: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_reid-eval"))
+        .arg("--checkpoint")
+        .arg(ck)
+        .args(["--dataset", "market1501", "--root"])
+        .arg(root)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "failed: {err}");
+    err
+}
+
+fn metrics(path: &Path) -> reid_run::RunMetrics {
+    reid_run::metrics::read_metrics(path).unwrap()
+}
+
+#[test]
+fn a_run_folder_keeps_its_own_models_results_at_its_own_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = dataset(tmp.path());
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let ck = run.join("model.safetensors");
+    let net = model(&ck, 0);
+
+    // no --input: evaluated at the trained 64x32, and the record's complexity is at 64x32
+    ok(&eval(&ck, &root, &[]));
+    let first = metrics(&run.join("metrics.json"));
+    let c = reid_model::complexity::complexity(net.spec(), 64, 32).unwrap();
+    assert_eq!(first.macs, c.backbone.macs);
+    assert_eq!(first.eval.keys().collect::<Vec<_>>(), ["market1501"]);
+
+    // another size: its own entry; the trained size's entry is untouched
+    ok(&eval(&ck, &root, &["--input", "128x64"]));
+    let second = metrics(&run.join("metrics.json"));
+    assert_eq!(
+        second.eval.keys().collect::<Vec<_>>(),
+        ["market1501", "market1501@128x64"]
+    );
+    assert_eq!(second.eval["market1501"], first.eval["market1501"]);
+    assert_eq!(second.macs, first.macs);
+
+    // another model in the same folder: printed, never merged
+    let before = std::fs::read(run.join("metrics.json")).unwrap();
+    let before_q = std::fs::read(run.join("per_query.json")).unwrap();
+    let other = run.join("other.safetensors");
+    model(&other, 7);
+    let err = ok(&eval(&other, &root, &[]));
+    assert!(
+        err.contains("is not") && err.contains("printed only"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(run.join("metrics.json")).unwrap(), before);
+    assert_eq!(std::fs::read(run.join("per_query.json")).unwrap(), before_q);
+
+    // ... and refused when --out names that folder's metrics
+    let o = eval(
+        &other,
+        &root,
+        &["--out", run.join("metrics.json").to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("other.safetensors") && err.contains("model.safetensors"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(run.join("metrics.json")).unwrap(), before);
+
+    // a metrics.json of another network (no model beside it) is not merged into either
+    let lone = tmp.path().join("lone");
+    std::fs::create_dir_all(&lone).unwrap();
+    std::fs::copy(run.join("metrics.json"), lone.join("metrics.json")).unwrap();
+    let wide = tmp.path().join("wide.safetensors");
+    let spec = ArchSpec::resnet_with(18, 6, 0.25, 1, Neck::BnNeck).unwrap();
+    let mut prov = Provenance::new();
+    prov.input = Some(reid_run::InputSize::new(64, 32));
+    save_checkpoint(&ReidNet::new(&spec, &Device::Cpu, 0).unwrap(), &wide, &prov).unwrap();
+    let o = eval(
+        &wide,
+        &root,
+        &["--out", lone.join("metrics.json").to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("MACs"), "{err}");
+}
+
+#[test]
+fn a_negative_batch_norm_variance_is_named_where_it_enters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = dataset(tmp.path());
+    let spec = ArchSpec::resnet_with(18, 6, 0.125, 1, Neck::BnNeck).unwrap();
+    let net = ReidNet::new(&spec, &Device::Cpu, 0).unwrap();
+    let mut tensors: Vec<(String, Tensor)> = net.state_dict().unwrap();
+    let bad = "layer2.0.bn1.running_var";
+    for (name, t) in tensors.iter_mut() {
+        if name == bad {
+            *t = (t.ones_like().unwrap() * -1.0).unwrap();
+        }
+    }
+    let arch = serde_json::to_string(net.spec()).unwrap();
+    let meta = std::collections::HashMap::from([("reid.arch".to_string(), arch)]);
+    let ck = tmp.path().join("bad.safetensors");
+    safetensors::serialize_to_file(
+        tensors.iter().map(|(k, t)| (k.as_str(), t)),
+        Some(meta),
+        &ck,
+    )
+    .unwrap();
+    let o = eval(&ck, &root, &["--out", "/nonexistent/never/metrics.json"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains(bad) && err.contains("negative") && err.contains("variance"),
+        "{err}"
+    );
+}

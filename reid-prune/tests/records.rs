@@ -1,0 +1,404 @@
+//! Records that cannot lie, on the real binary: a run folder describes exactly what produced it.
+//! Each case of the hostile campaign (issue "Records that cannot lie") ends in a refusal that
+//! names the flag, field or file, or in a record checked by reading the files written:
+//! one writer a folder, the network ImageNet weights make, resume over changed data, the exit
+//! status of an unfinished run, byte-identical checkpoints, bounded inputs, `--overwrite`
+//! leaving nothing of the old run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use reid_data::synth::SynthLayout;
+use reid_model::{ArchSpec, Neck, ReidNet};
+
+mod common;
+
+const BIN: &str = env!("CARGO_BIN_EXE_reid-prune");
+
+fn data(tmp: &Path) -> PathBuf {
+    let root = tmp.join("ds");
+    if !root.is_dir() {
+        common::synth(&root, "target", SynthLayout::Market);
+    }
+    root
+}
+
+/// `reid-prune train` on the tiny target (ResNet-18/8 at 64×32) into `out`, plus `extra`.
+fn train(root: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args([
+        "train",
+        "--task",
+        "reid",
+        "--dataset",
+        "market1501",
+        "--root",
+    ])
+    .arg(root);
+    // defaults for the flags `extra` does not give
+    for (flag, value) in [
+        ("--input", "64x32"),
+        ("--batch-pk", "2x2"),
+        ("--epochs", "1"),
+    ] {
+        if !extra.contains(&flag) {
+            c.args([flag, value]);
+        }
+    }
+    c.arg("--out")
+        .arg(out)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+const SMALL: [&str; 4] = ["--arch", "resnet18", "--width-mult", "0.125"];
+
+fn args<'a>(a: &[&'a str], b: &[&'a str]) -> Vec<&'a str> {
+    a.iter().chain(b).copied().collect()
+}
+
+fn refused(o: Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        !o.status.success(),
+        "expected a refusal, got success:\n{err}"
+    );
+    err
+}
+
+fn ok(o: Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "failed ({:?}):\n{err}", o.status);
+    err
+}
+
+fn config(out: &Path) -> toml::Table {
+    toml::from_str(&std::fs::read_to_string(out.join("config.toml")).unwrap()).unwrap()
+}
+
+/// Plain torchvision-named weights of a ResNet-18 at `width` (no `reid.arch` header).
+fn plain_weights(path: &Path, width: f64) {
+    let spec = ArchSpec::resnet_with(18, 0, width, 2, Neck::None).unwrap();
+    let net = ReidNet::new(&spec, &Device::Cpu, 0).unwrap();
+    let tensors: Vec<(String, candle_core::Tensor)> = net
+        .state_dict()
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("classifier.") && !k.starts_with("bottleneck."))
+        .collect();
+    safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k.as_str(), t)), None, path)
+        .unwrap();
+}
+
+#[test]
+fn imagenet_weights_decide_the_recorded_network_and_a_contradiction_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data(tmp.path());
+    let weights = tmp.path().join("r18.safetensors");
+    plain_weights(&weights, 0.125);
+    let w = weights.to_str().unwrap();
+
+    // the config names another network than the weights make: refused, nothing written
+    let out = tmp.path().join("contradiction");
+    let err = refused(
+        train(
+            &root,
+            &out,
+            &[
+                "--pretrained",
+                w,
+                "--arch",
+                "resnet50",
+                "--width-mult",
+                "0.25",
+            ],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert!(
+        err.contains("arch = resnet50")
+            && err.contains("width_mult = 0.25")
+            && err.contains("holds a resnet18 at width_mult = 0.125"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
+
+    // without --arch the record is the weights' network, not the default resnet50
+    let out = tmp.path().join("weights");
+    ok(train(&root, &out, &["--pretrained", w]).output().unwrap());
+    let c = config(&out);
+    assert_eq!(c["arch"].as_str(), Some("resnet18"));
+    assert_eq!(c["width_mult"].as_float(), Some(0.125));
+    let spec = reid_model::checkpoint::read_arch_spec(&out.join("model.safetensors")).unwrap();
+    assert_eq!((spec.name(), spec.stem_width), ("resnet18".into(), 8));
+
+    // flops reads the same plain weights (it used to point at an option it does not have)
+    let o = Command::new(BIN)
+        .args(["flops", "--checkpoint", w, "--input", "64x32"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success() && text.contains("resnet18"), "{text}");
+}
+
+#[test]
+fn a_second_writer_is_refused_naming_the_holder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data(tmp.path());
+    let out = tmp.path().join("run");
+    let reid_run::lock::Claim::Held(held) = reid_run::lock::try_claim(&out).unwrap() else {
+        panic!("the first claim must hold");
+    };
+    let err = refused(train(&root, &out, &SMALL).output().unwrap());
+    assert!(
+        err.contains(&format!("pid {}", std::process::id())) && err.contains("train refused"),
+        "{err}"
+    );
+    assert!(!out.join("config.toml").exists() && !out.join("log.jsonl").exists());
+    // the same for the other writers
+    let ck = tmp.path().join("m.safetensors");
+    let spec = ArchSpec::resnet_with(18, 4, 0.125, 1, Neck::BnNeck).unwrap();
+    let net = ReidNet::new(&spec, &Device::Cpu, 0).unwrap();
+    reid_model::checkpoint::save_checkpoint(&net, &ck, &Default::default()).unwrap();
+    let prune = Command::new(BIN)
+        .args([
+            "prune",
+            "--criterion",
+            "l1",
+            "--level",
+            "0.5",
+            "--input",
+            "64x32",
+        ])
+        .arg("--checkpoint")
+        .arg(&ck)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(refused(prune).contains("prune refused"));
+    let synth = Command::new(BIN)
+        .args(["synth", "--ids", "4", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(refused(synth).contains("synth refused"));
+    drop(held);
+    ok(train(&root, &out, &SMALL).output().unwrap());
+}
+
+/// Run `cmd` until `ready` exists, send `sig`, and return its exit code.
+fn signalled(mut cmd: Command, ready: &Path, sig: i32) -> Option<i32> {
+    let mut child = cmd.spawn().unwrap();
+    let t0 = Instant::now();
+    while !ready.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(120), "never got ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe { libc::kill(child.id() as i32, sig) };
+    let status = child.wait().unwrap();
+    status.code()
+}
+
+#[test]
+fn an_unfinished_run_exits_non_zero_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data(tmp.path());
+    let out = tmp.path().join("run");
+    let long = args(&SMALL, &["--epochs", "200"]);
+    for (sig, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let c = train(&root, &out, &args(&long, &["--resume"]));
+        assert_eq!(
+            signalled(c, &out.join("config.toml"), sig),
+            Some(code),
+            "signal {sig}"
+        );
+        assert!(out.join("trainer_state.safetensors").is_file());
+        std::fs::remove_file(out.join("config.toml")).unwrap_or(());
+    }
+    // a run a config stops early is not a success either
+    let out2 = tmp.path().join("stopped");
+    let o = train(
+        &root,
+        &out2,
+        &args(&SMALL, &["--set", "stop_after_batches=2", "--epochs", "3"]),
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--resume"));
+}
+
+#[test]
+fn resume_over_changed_data_is_refused_naming_the_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data(tmp.path());
+    let out = tmp.path().join("run");
+    let cut = args(&SMALL, &["--epochs", "2", "--set", "stop_after_batches=2"]);
+    let o = train(&root, &out, &cut).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let resume = args(&SMALL, &["--epochs", "2", "--resume"]);
+
+    // one more image of an identity already there: same identities, more images
+    let train_dir = root.join("bounding_box_train");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&train_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let n = files.len();
+    let first = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    let extra = train_dir.join(format!("{}_c1s9_000099_00.jpg", &first[..4]));
+    std::fs::copy(&files[0], &extra).unwrap();
+    let err = refused(train(&root, &out, &resume).output().unwrap());
+    assert!(
+        err.contains(&format!("training images {n} → {}", n + 1))
+            && err.contains("--allow-data-change"),
+        "{err}"
+    );
+    // knowingly: it goes on, and the model says so
+    ok(train(&root, &out, &args(&resume, &["--allow-data-change"]))
+        .output()
+        .unwrap());
+    let ck = reid_model::checkpoint::load_checkpoint(
+        &out.join("model.safetensors"),
+        &Device::Cpu,
+        false,
+    )
+    .unwrap();
+    assert!(
+        ck.provenance
+            .extra
+            .contains_key("resumed_over_changed_data"),
+        "{:?}",
+        ck.provenance
+    );
+
+    // an identity removed: refused, even knowingly (the head cannot change on a resume)
+    let out = tmp.path().join("run2");
+    assert_eq!(
+        train(&root, &out, &cut).output().unwrap().status.code(),
+        Some(1)
+    );
+    let pid = &first[..4];
+    for f in std::fs::read_dir(&train_dir).unwrap() {
+        let f = f.unwrap().path();
+        if f.file_name().unwrap().to_string_lossy().starts_with(pid) {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+    let err = refused(train(&root, &out, &resume).output().unwrap());
+    assert!(err.contains("training identities 6 → 5"), "{err}");
+    let err = refused(
+        train(&root, &out, &args(&resume, &["--allow-data-change"]))
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        err.contains("6 classes") && err.contains("5 training identities"),
+        "{err}"
+    );
+}
+
+#[test]
+fn identical_runs_write_identical_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data(tmp.path());
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    ok(train(&root, &a, &SMALL).output().unwrap());
+    ok(train(&root, &b, &SMALL).output().unwrap());
+    for f in [
+        "model.safetensors",
+        "trainer_state.safetensors",
+        "per_query.json",
+    ] {
+        assert!(
+            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
+            "{f} differs between two identical runs"
+        );
+    }
+    let (ma, mb) = (
+        reid_run::metrics::read_metrics(&a.join("metrics.json")).unwrap(),
+        reid_run::metrics::read_metrics(&b.join("metrics.json")).unwrap(),
+    );
+    assert_eq!(ma.eval, mb.eval);
+}
+
+#[test]
+fn unbounded_inputs_are_refused_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data(tmp.path());
+    let out = tmp.path().join("run");
+    let long_key = vec!["a"; 20_000].join(".") + "=1";
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--input", "8192x8192"], "1..=2048"),
+        (vec!["--width-mult", "100"], "width_mult = 100"),
+        (vec!["--batch-pk", "1x1"], "--batch-pk"),
+        (vec!["--batch-pk", "4x1"], "positive for every image"),
+        (vec!["--batch-pk", "100x100"], "at most 4096"),
+        (vec!["--epochs", "1000000000"], "train.epochs"),
+        (vec!["--set", long_key.as_str()], "dotted parts"),
+        (
+            vec![
+                "--input",
+                "2048x1024",
+                "--width-mult",
+                "4",
+                "--batch-pk",
+                "64x4",
+            ],
+            "needs at least",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let t0 = Instant::now();
+        let err = refused(
+            train(&root, &out, &args(&["--arch", "resnet18"], &extra))
+                .output()
+                .unwrap(),
+        );
+        assert!(err.contains(expected), "{extra:?}: {err}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{extra:?} took {:?}",
+            t0.elapsed()
+        );
+        assert!(!out.exists(), "{extra:?} wrote {}", out.display());
+    }
+}
+
+#[test]
+fn overwrite_leaves_nothing_of_the_old_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data(tmp.path());
+    let out = tmp.path().join("run");
+    std::fs::create_dir_all(out.join("step01")).unwrap();
+    for f in [
+        "deploy.json",
+        "per_query.json",
+        "metrics.json",
+        "model.onnx",
+        "notes.txt",
+    ] {
+        std::fs::write(out.join(f), "old").unwrap();
+    }
+    std::fs::write(out.join("step01/model.safetensors"), "old").unwrap();
+    let err = refused(train(&root, &out, &SMALL).output().unwrap());
+    assert!(err.contains("--overwrite"), "{err}");
+    ok(train(&root, &out, &args(&SMALL, &["--overwrite"]))
+        .output()
+        .unwrap());
+    for gone in ["deploy.json", "model.onnx", "step01"] {
+        assert!(!out.join(gone).exists(), "{gone} of the old run is left");
+    }
+    // the new run's own, and the user's file, stay
+    assert_ne!(std::fs::read(out.join("per_query.json")).unwrap(), b"old");
+    assert_eq!(std::fs::read(out.join("notes.txt")).unwrap(), b"old");
+}
