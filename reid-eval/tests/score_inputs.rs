@@ -76,3 +76,53 @@ fn nan_distances_and_fractional_pids_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn featureless_rows_and_an_impossible_k2_are_refused() {
+    let dev = Device::Cpu;
+    let tmp = tempfile::tempdir().unwrap();
+    let files = |name: &str, n: usize, d: usize| {
+        let p = tmp.path().join(name);
+        let f = Tensor::rand(0f32, 1., (n, d), &dev).unwrap();
+        write(
+            &p,
+            &[
+                ("features", f),
+                ("pids", labels(n)),
+                (
+                    "camids",
+                    Tensor::zeros(n, candle_core::DType::I64, &dev).unwrap(),
+                ),
+            ],
+        );
+        p
+    };
+    let (q, g) = (files("q0.safetensors", 3, 0), files("g0.safetensors", 5, 0));
+    let (ok, err) = score(&[
+        "--query".as_ref(),
+        q.as_os_str(),
+        "--gallery".as_ref(),
+        g.as_os_str(),
+    ]);
+    assert!(
+        !ok && err.contains("shape [3, 0]") && err.contains("D ≥ 1"),
+        "{err}"
+    );
+    // 8 images cannot give 50 neighbours each (this panicked inside the query expansion)
+    let (q, g) = (files("q.safetensors", 3, 4), files("g.safetensors", 5, 4));
+    let (ok, err) = score(&[
+        "--query".as_ref(),
+        q.as_os_str(),
+        "--gallery".as_ref(),
+        g.as_os_str(),
+        "--rerank".as_ref(),
+        "--k1".as_ref(),
+        "2".as_ref(),
+        "--k2".as_ref(),
+        "50".as_ref(),
+    ]);
+    assert!(
+        !ok && err.contains("k2 = 50") && !err.contains("panicked"),
+        "{err}"
+    );
+}

@@ -350,6 +350,22 @@ impl ExperimentConfig {
         if let Some(c) = &self.cross {
             test_splits("cross", &load("cross", c)?)?;
         }
+        if let Some(src) = &self.pretrained {
+            // the grid's arch and width are recorded in every cell: they must be the weights'
+            let held = crate::training::pretrained_arch(src, 1)
+                .with_context(|| format!("pretrained = {src}"))?;
+            if held.name() != self.arch || held.width_mult != self.width_mult {
+                anyhow::bail!(
+                    "arch = \"{}\", width_mult = {} but pretrained = {src} holds a {} at \
+                     width_mult = {}: set arch and width_mult to the weights' network, or use \
+                     other weights",
+                    self.arch,
+                    self.width_mult,
+                    held.name(),
+                    held.width_mult
+                );
+            }
+        }
         std::fs::create_dir_all(&self.out)
             .with_context(|| format!("out = {}: cannot create it", self.out.display()))?;
         let probe = self

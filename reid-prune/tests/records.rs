@@ -402,3 +402,16 @@ fn overwrite_leaves_nothing_of_the_old_run() {
     assert_ne!(std::fs::read(out.join("per_query.json")).unwrap(), b"old");
     assert_eq!(std::fs::read(out.join("notes.txt")).unwrap(), b"old");
 }
+
+#[test]
+fn a_run_that_fails_before_writing_leaves_no_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let err = refused(
+        train(&tmp.path().join("no-such-dataset"), &out, &SMALL)
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("no-such-dataset"), "{err}");
+    assert!(!out.exists(), "a failed run left {}", out.display());
+}

@@ -99,6 +99,15 @@ fn load_feature_file(path: &Path) -> Result<(Tensor, Vec<i64>, Vec<i64>)> {
         })?
         .clone();
     reid_model::checkpoint::check_finite(path, "features", &feats)?;
+    // [N, D] with D ≥ 1: features of no dimensions would score every pair as equal
+    match feats.dims() {
+        [_, d] if *d > 0 => {}
+        dims => bail!(
+            "{}: tensor 'features' has shape {dims:?}; expected [N, D] with D ≥ 1 (one feature \
+             row per image)",
+            path.display()
+        ),
+    }
     let n = feats.dim(0)?;
     let (pids, cams) = if f.tensors.contains_key("pids") {
         (

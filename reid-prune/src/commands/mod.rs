@@ -12,3 +12,31 @@ pub mod synth;
 pub mod train;
 
 pub use reid_prune::method::method_values;
+
+use std::path::Path;
+
+/// Run `work` as the one writer of `dir` (its `.lock` held throughout, a second writer refused
+/// with the holder's name). A folder that did not exist before and holds nothing but the lock
+/// when `work` fails is removed: a refused run leaves nothing behind.
+pub fn as_folder_writer<T>(
+    dir: &Path,
+    what: &str,
+    work: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let existed = dir.exists();
+    let lock = reid_run::lock::claim_folder(dir, what)?;
+    let result = work();
+    drop(lock);
+    if result.is_err() && !existed {
+        let only_lock = std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .all(|e| e.file_name() == reid_run::lock::LOCK_FILE)
+        });
+        if only_lock {
+            let _ = std::fs::remove_file(dir.join(reid_run::lock::LOCK_FILE));
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+    result
+}

@@ -11,8 +11,9 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let cfg = a.config;
     // one writer a run folder, for the whole command
-    let _lock = reid_run::lock::claim_folder(&cfg.out, "prune")?;
-    let o = reid_prune::prune_run::run_prune(&cfg, true)?;
+    let o = super::as_folder_writer(&cfg.out, "prune", || {
+        reid_prune::prune_run::run_prune(&cfg, true)
+    })?;
     println!(
         "backbone GFLOPs {:.3} -> {:.3} ({:.1}%), params {:.2} M -> {:.2} M, {:.1}% of prunable channels kept",
         2.0 * o.macs_before as f64 / 1e9,

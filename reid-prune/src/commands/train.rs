@@ -156,20 +156,20 @@ pub fn run(a: Args) -> Result<()> {
     }
     // refused before anything is written, the run folder included
     cfg.resolve()?;
-    // one writer a run folder, for the whole command
-    let lock = reid_run::lock::claim_folder(&cfg.out, "train")?;
     let interrupt = Arc::new(AtomicBool::new(false));
     super::signals::install(
         interrupt.clone(),
         "saving a checkpoint at the end of this batch",
     )?;
-    let outcome = run_training(&cfg, a.resume, interrupt, true)?;
+    // one writer a run folder, for the whole command
+    let outcome = super::as_folder_writer(&cfg.out, "train", || {
+        run_training(&cfg, a.resume, interrupt, true)
+    })?;
     if !outcome.completed {
         eprintln!(
             "stopped before the end: checkpoint in {} (continue with --resume)",
             cfg.out.display()
         );
-        drop(lock);
         // an unfinished run is not a success: `train && prune …` must not go on
         std::process::exit(super::signals::exit_status().unwrap_or(1));
     }
