@@ -214,6 +214,9 @@ pub struct CellResult {
 pub struct SeedEval {
     pub target: reid_run::EvalEntry,
     pub cross: Option<reid_run::EvalEntry>,
+    /// Per-query results (target, cross), for the claims' intervals over seeds and queries.
+    #[serde(skip)]
+    pub queries: (reid_run::stats::PerQuery, Option<reid_run::stats::PerQuery>),
 }
 
 impl CellResult {
@@ -1158,6 +1161,15 @@ impl Runner {
                 })
                 .collect();
             run.write_metrics(&m)?;
+            // each seed's per-query results beside the main run's (`<label>#seed<N>`)
+            for (&seed, e) in &c.seed_evals {
+                let label = self.cfg.target.label().to_string();
+                run.write_per_query(&reid_run::stats::seed_label(&label, seed), &e.queries.0)?;
+                if let (Some(cd), Some(q)) = (&self.cfg.cross, &e.queries.1) {
+                    let cross = format!("{}-cross", cd.label());
+                    run.write_per_query(&reid_run::stats::seed_label(&cross, seed), q)?;
+                }
+            }
         }
         Ok(())
     }
@@ -1165,12 +1177,19 @@ impl Runner {
     /// A model's evaluations on the target and the cross set.
     fn seed_eval(&mut self, step: &StepOut) -> Result<SeedEval> {
         let target = self.cfg.target.clone();
-        let target = self.evaluate(step, &target)?.0;
-        let cross = match self.cfg.cross.clone() {
-            Some(cd) => Some(self.evaluate(step, &cd)?.0),
-            None => None,
+        let (target, target_queries) = self.evaluate(step, &target)?;
+        let (cross, cross_queries) = match self.cfg.cross.clone() {
+            Some(cd) => {
+                let (e, q) = self.evaluate(step, &cd)?;
+                (Some(e), Some(q))
+            }
+            None => (None, None),
         };
-        Ok(SeedEval { target, cross })
+        Ok(SeedEval {
+            target,
+            cross,
+            queries: (target_queries, cross_queries),
+        })
     }
 
     fn job(&mut self, job: &Job, pre: &StepOut, tuned: &StepOut) -> Result<CellResult> {

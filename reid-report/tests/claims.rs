@@ -99,7 +99,7 @@ fn claims_are_judged_from_paired_intervals() {
         t.rows
             .iter()
             .find(|r| r[2].as_deref() == Some(a) && r[3].as_deref().is_some_and(|x| x.contains(b)))
-            .and_then(|r| r[6].clone())
+            .and_then(|r| r[7].clone())
             .unwrap_or_else(|| panic!("no row {a} vs {b}: {:?}", t.rows))
     };
     assert_eq!(verdict("S1 l1 C1", "resnet50"), "holds");
@@ -125,7 +125,8 @@ fn claims_are_judged_from_paired_intervals() {
         .unwrap_or_else(|| panic!("no cross-domain row: {:?}", t.rows));
     assert_eq!(cross[1].as_deref(), Some("duke-cross"));
     assert_eq!(cross[4].as_deref(), Some("-15.0"));
-    assert_eq!(cross[6].as_deref(), Some("does not hold"));
+    assert_eq!(cross[7].as_deref(), Some("does not hold"));
+    assert_eq!(cross[6].as_deref(), Some("queries only"));
     // claim 5: L1 10 points above Taylor
     assert_eq!(verdict("S1 l1 C1", "S1 taylor C1"), "holds");
     let claims: std::collections::BTreeSet<&str> = t
@@ -137,4 +138,69 @@ fn claims_are_judged_from_paired_intervals() {
         claims.into_iter().collect::<Vec<_>>(),
         ["(1)", "(2)", "(3)", "(4)", "(5)"]
     );
+}
+
+/// Adds the cell's runs under other seeds: `seed_evals` in metrics.json and the per-query
+/// results under `market1501#seed<N>`, as the grid writes them.
+fn add_seeds(root: &Path, id: &str, seeds: &[(u64, usize)]) {
+    let f = RunFolder::new(root.join(id));
+    let mut m = f.read_metrics().unwrap().unwrap();
+    for &(seed, hits) in seeds {
+        let q = queries(hits);
+        let e = EvalEntry {
+            map: q.mean("mAP").unwrap(),
+            rank1: q.mean("rank1").unwrap(),
+            ..Default::default()
+        };
+        m.seed_evals
+            .insert(seed, BTreeMap::from([("market1501".to_string(), e)]));
+        f.write_per_query(&reid_run::stats::seed_label("market1501", seed), &q)
+            .unwrap();
+    }
+    f.write_metrics(&m).unwrap();
+}
+
+#[test]
+fn with_seeds_the_verdict_rests_on_training_and_query_variance() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    run(
+        root,
+        "baseline/resnet50-full",
+        "baseline",
+        "resnet50",
+        "resnet50",
+        300,
+    );
+    // the main seed alone: the same hits as the unpruned model, "holds" on queries only
+    run(root, "S1/l1-C1", "S1", "resnet50", "l1", 300);
+    run(root, "S1/taylor-C1", "S1", "resnet50", "taylor", 300);
+    let t = claims_table(&load_runs(root).unwrap().0, "C1").unwrap();
+    let row = |t: &reid_report::tables::Table, a: &str| {
+        t.rows
+            .iter()
+            .find(|r| {
+                r[0].as_deref().is_some_and(|c| c.starts_with("(1)")) && r[2].as_deref() == Some(a)
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no row {a}: {:?}", t.rows))
+    };
+    assert_eq!(row(&t, "S1 l1 C1")[7].as_deref(), Some("holds"));
+    // two more seeds where the pruned model loses 5 and 7.5 points: the training variance
+    // makes the claim undecided, and Δ is the mean over seeds
+    add_seeds(root, "baseline/resnet50-full", &[(1, 300), (2, 300)]);
+    add_seeds(root, "S1/l1-C1", &[(1, 280), (2, 270)]);
+    // taylor has the seeds of its own folder only: its row stays on queries
+    add_seeds(root, "S1/taylor-C1", &[(7, 300)]);
+    let t = claims_table(&load_runs(root).unwrap().0, "C1").unwrap();
+    let l1 = row(&t, "S1 l1 C1");
+    assert_eq!(l1[4].as_deref(), Some("-4.2"));
+    assert_eq!(l1[6].as_deref(), Some("3 seeds + queries"));
+    assert_eq!(
+        l1[7].as_deref(),
+        Some("inconclusive at this size"),
+        "{l1:?}"
+    );
+    let taylor = row(&t, "S1 taylor C1");
+    assert_eq!(taylor[6].as_deref(), Some("queries only"));
 }

@@ -1,7 +1,10 @@
 //! The paper's claims, judged on run folders: each with the measured rank-1 difference A − B,
-//! its 95 % paired bootstrap interval over query identities (both models evaluated on the same
-//! queries, from the `per_query.json` of their run folders) and a verdict — holds, does not
-//! hold, or inconclusive at this test size. The grid prints it when it ends; the report opens
+//! its 95 % interval and a verdict — holds, does not hold, or inconclusive at this test size.
+//! Where both cells were trained under several seeds (an experiment's `seeds`), the difference
+//! is the mean over seeds and the interval covers training and query variance
+//! ([`crate::stats::seeds_and_queries`]); with one seed it is the paired bootstrap over query
+//! identities alone, which training variance can exceed (a row says which). Both read the
+//! `per_query.json` of the run folders. The grid prints the table when it ends; the report opens
 //! with it.
 //!
 //! 1. S1 and S2 at the level keep rank-1 within 1 point of the unpruned model;
@@ -14,7 +17,7 @@
 
 use std::path::Path;
 
-use crate::stats::{paired_bootstrap, PerQuery, RESAMPLES};
+use crate::stats::{paired_bootstrap, seed_label, seeds_and_queries, PerQuery, RESAMPLES};
 use crate::{RunFolder, RunMetrics};
 
 /// One run folder, as the claims read it.
@@ -85,24 +88,55 @@ impl ClaimsTable {
     }
 }
 
-fn queries(run: &ClaimRun, label: &str) -> Option<PerQuery> {
-    RunFolder::new(run.dir).read_per_query().ok()?.remove(label)
-}
-
 fn name(r: &ClaimRun) -> String {
     let m = r.metrics;
     format!("{} {} {}", m.scenario, m.model_name(), m.level)
 }
 
-/// One row: the claim, the dataset, the two models, Δ rank-1 in points, its interval and the
-/// verdict (None when either model lacks `label`).
+/// The (A, B) per-query pairs of every training seed both cells have: the main runs, then each
+/// seed of `seed_evals` that both hold with per-query results.
+fn seed_pairs(a: &ClaimRun, b: &ClaimRun, label: &str) -> Vec<(PerQuery, PerQuery)> {
+    let (Ok(mut qa), Ok(mut qb)) = (
+        RunFolder::new(a.dir).read_per_query(),
+        RunFolder::new(b.dir).read_per_query(),
+    ) else {
+        return Vec::new();
+    };
+    let mut pairs: Vec<(PerQuery, PerQuery)> = Vec::new();
+    if let (Some(x), Some(y)) = (qa.remove(label), qb.remove(label)) {
+        pairs.push((x, y));
+    } else {
+        return pairs;
+    }
+    for seed in a.metrics.seed_evals.keys() {
+        if !b.metrics.seed_evals.contains_key(seed) {
+            continue;
+        }
+        let key = seed_label(label, *seed);
+        if let (Some(x), Some(y)) = (qa.remove(&key), qb.remove(&key)) {
+            pairs.push((x, y));
+        }
+    }
+    pairs
+}
+
+/// One row: the claim, the dataset, the two models, Δ rank-1 in points (the mean over seeds
+/// where there are several), its interval, the seeds it rests on and the verdict (None when
+/// either model lacks `label`).
 fn row(claim: &str, a: &ClaimRun, b: &ClaimRun, label: &str, test: Test) -> Option<Vec<String>> {
     let ea = a.metrics.eval.get(label)?;
     let eb = b.metrics.eval.get(label)?;
-    let delta = 100.0 * (ea.rank1 - eb.rank1);
-    let interval = match (queries(a, label), queries(b, label)) {
-        (Some(qa), Some(qb)) => paired_bootstrap(&qa, &qb, "rank1", RESAMPLES, 0).ok(),
-        _ => None,
+    let pairs = seed_pairs(a, b, label);
+    let (delta, interval, seeds) = if pairs.len() >= 2 {
+        match seeds_and_queries(&pairs, "rank1", RESAMPLES, 0) {
+            Ok(i) => (i.mean, Some(i.interval), pairs.len()),
+            Err(_) => (ea.rank1 - eb.rank1, None, pairs.len()),
+        }
+    } else {
+        let i = pairs
+            .first()
+            .and_then(|(qa, qb)| paired_bootstrap(qa, qb, "rank1", RESAMPLES, 0).ok());
+        (ea.rank1 - eb.rank1, i, 1)
     };
     let (ci, v) = match interval {
         Some(i) => (
@@ -116,8 +150,13 @@ fn row(claim: &str, a: &ClaimRun, b: &ClaimRun, label: &str, test: Test) -> Opti
         label.to_string(),
         name(a),
         name(b),
-        format!("{delta:+.1}"),
+        format!("{:+.1}", 100.0 * delta),
         ci,
+        if seeds >= 2 {
+            format!("{seeds} seeds + queries")
+        } else {
+            "queries only".to_string()
+        },
         v.to_string(),
     ])
 }
@@ -252,11 +291,15 @@ pub fn judge(runs: &[ClaimRun], level: &str) -> Option<ClaimsTable> {
     }
     Some(ClaimsTable {
         title: format!("The paper's claims at {level}, judged"),
-        note: "Δ rank-1 = A − B in points; the interval is a 95 % paired bootstrap over query \
-               identities (2 000 seeded resamples, the same queries for both models). A claim \
-               holds when the whole interval is on its side of the bound (−1 point for (1), (4) \
-               and (5), 0 for (2) and (3)), does not hold when the whole interval is on the other \
-               side, and is inconclusive otherwise: more queries would decide it."
+        note: "Δ rank-1 = A − B in points. Where both models were trained under several seeds \
+               (\"N seeds + queries\"), Δ is the mean over the seeds and the 95 % interval covers \
+               training and query variance: mean ± t·sqrt(sd²/N + the paired query-bootstrap \
+               variance), t at the Welch–Satterthwaite degrees of freedom. Otherwise (\"queries \
+               only\") it is a 95 % paired bootstrap over query identities, which training \
+               variance can exceed. A claim holds when the whole interval is on its side of the \
+               bound (−1 point for (1), (4) and (5), 0 for (2) and (3)), does not hold when the \
+               whole interval is on the other side, and is inconclusive otherwise: more seeds or \
+               queries would decide it."
             .into(),
         headers: [
             "claim",
@@ -265,6 +308,7 @@ pub fn judge(runs: &[ClaimRun], level: &str) -> Option<ClaimsTable> {
             "B",
             "Δ R-1",
             "95 % interval",
+            "variance covered",
             "verdict",
         ]
         .map(String::from)
