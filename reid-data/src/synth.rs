@@ -92,9 +92,29 @@ impl SynthConfig {
         if !(0.0..=1.0).contains(&self.difficulty) {
             return bad(format!("difficulty {} outside [0, 1]", self.difficulty));
         }
+        // bounded before any work: `--ids 1000000000` ran silently for minutes
+        if self.height > 2048 || self.width > 2048 {
+            return bad(format!(
+                "image size {}x{} too large (at most 2048 a side)",
+                self.height, self.width
+            ));
+        }
+        let images = (self.ids as u128) * (self.cams as u128) * (self.per_cam as u128)
+            + self.extra_test_ids as u128 * self.cams as u128
+            + self.distractors as u128;
+        if images > MAX_IMAGES as u128 {
+            return bad(format!(
+                "{images} images (--ids {} × --cams {} × --per-cam {}, plus --extra-test-ids and \
+                 --distractors): at most {MAX_IMAGES}",
+                self.ids, self.cams, self.per_cam
+            ));
+        }
         Ok(())
     }
 }
+
+/// The most images one domain may have (MSMT17, the largest re-ID set, has 126 441).
+pub const MAX_IMAGES: usize = 2_000_000;
 
 fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {

@@ -48,17 +48,17 @@ impl RerankParams {
                 self.lambda
             )));
         }
+        if n < self.k1.saturating_add(1) {
+            return Err(EvalError::Other(format!(
+                "re-ranking with k1 = {} needs at least {} queries + gallery images, got {n}",
+                self.k1,
+                self.k1.saturating_add(1)
+            )));
+        }
         if n < self.k2 {
             return Err(EvalError::Other(format!(
                 "re-ranking with k2 = {} needs at least {} queries + gallery images, got {n}",
                 self.k2, self.k2
-            )));
-        }
-        if n < self.k1 + 1 {
-            return Err(EvalError::Other(format!(
-                "re-ranking with k1 = {} needs at least {} queries + gallery images, got {n}",
-                self.k1,
-                self.k1 + 1
             )));
         }
         Ok(())

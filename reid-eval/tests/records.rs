@@ -87,6 +87,24 @@ fn a_run_folder_keeps_its_own_models_results_at_its_own_size() {
     assert_eq!(second.eval["market1501"], first.eval["market1501"]);
     assert_eq!(second.macs, first.macs);
 
+    // other options: their own entries too
+    ok(&eval(&ck, &root, &["--flip", "--metric", "euclidean"]));
+    let third = metrics(&run.join("metrics.json"));
+    assert!(
+        third.eval.contains_key("market1501+flip+euclidean"),
+        "{:?}",
+        third.eval.keys()
+    );
+    assert_eq!(third.eval["market1501"], first.eval["market1501"]);
+
+    // a loose checkpoint (its folder holds no run of it): printed only, nothing written
+    let loose = tmp.path().join("loose");
+    std::fs::create_dir_all(&loose).unwrap();
+    model(&loose.join("some.safetensors"), 3);
+    let err = ok(&eval(&loose.join("some.safetensors"), &root, &[]));
+    assert!(err.contains("printed only"), "{err}");
+    assert!(!loose.join("metrics.json").exists());
+
     // another model in the same folder: printed, never merged
     let before = std::fs::read(run.join("metrics.json")).unwrap();
     let before_q = std::fs::read(run.join("per_query.json")).unwrap();

@@ -296,6 +296,9 @@ pub struct PruneOutcome {
 }
 
 /// Prune `cfg.checkpoint` into `cfg.out`.
+/// Most steps of an iterative prune (`--step`).
+pub const MAX_STEPS: usize = 100;
+
 pub fn run_prune(cfg: &PruneConfig, show_progress: bool) -> Result<PruneOutcome> {
     run_prune_resumable(cfg, show_progress, false)
 }
@@ -339,6 +342,18 @@ pub fn run_prune_resumable(
     let (mut net, parent_prov) = load_any(&cfg.checkpoint, cfg.arch.as_deref(), &device)
         .with_context(|| format!("loading {}", cfg.checkpoint.display()))?;
     let base: ArchSpec = net.spec().clone();
+    if let Some(trained) = parent_prov.input.filter(|t| *t != cfg.input) {
+        if cfg.retrain_epochs == 0 {
+            // without retraining the model stays one of its trained size: scores and FLOPs at
+            // another size would be recorded beside it
+            bail!(
+                "--input {}: {} was trained at {trained} (its provenance); prune it at \
+                 --input {trained}, or retrain it at the new size (--retrain-epochs)",
+                cfg.input,
+                cfg.checkpoint.display()
+            );
+        }
+    }
     let target = PruneTarget {
         kind: cfg.target,
         level: cfg.level,
@@ -378,6 +393,30 @@ pub fn run_prune_resumable(
             );
         }
     }
+    let steps = match cfg.step {
+        Some(s) if s > 0.0 && s < cfg.level => (cfg.level / s).ceil(),
+        Some(s) if s.is_nan() || s <= 0.0 => bail!("--step {s} must be positive"),
+        _ => 1.0,
+    };
+    if steps > MAX_STEPS as f64 {
+        bail!(
+            "--step {}: {steps} pruning steps to reach --level {}; at most {MAX_STEPS} (each \
+             step is a folder and, with retraining, a training run)",
+            cfg.step.unwrap_or_default(),
+            cfg.level
+        );
+    }
+    let steps = steps as usize;
+    // nor read a file of the output folder's run (through a link too): --overwrite or the
+    // new run's own files would replace it while it is read
+    if reid_run::RunFolder::new(&cfg.out).owns(&cfg.checkpoint) {
+        bail!(
+            "--checkpoint {} is a file of the run in --out {}: the pruned run would replace it; \
+             copy it elsewhere first, or give another --out",
+            cfg.checkpoint.display(),
+            cfg.out.display()
+        );
+    }
     if !resume && !cfg.overwrite && reid_run::RunFolder::new(&cfg.out).holds_run() {
         bail!(
             "--out {} holds another run (config.toml, model or metrics): pass --overwrite to \
@@ -386,19 +425,17 @@ pub fn run_prune_resumable(
         );
     }
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
-    if cfg.overwrite && !resume {
-        // nothing of the replaced run (its steps and retraining folders included) stays
-        reid_run::RunFolder::new(&cfg.out).clear_previous_run()?;
-    }
+    // nothing of the replaced run (its steps and retraining folders included) stays beside
+    // the new one; it waits aside until this run succeeds, and an error puts it back
+    let replacement = if cfg.overwrite && !resume {
+        Some(reid_run::RunFolder::new(&cfg.out).begin_replace()?)
+    } else {
+        None
+    };
     reid_run::remove_stale_temp_files(&cfg.out);
     reid_run::RunFolder::new(&cfg.out).write_config(cfg)?;
     let mut log = std::fs::File::create(cfg.out.join("log.jsonl"))?;
     let parent_hash = file_sha256(&cfg.checkpoint)?;
-    let steps = match cfg.step {
-        Some(s) if s > 0.0 && s < cfg.level => (cfg.level / s).ceil() as usize,
-        Some(s) if s <= 0.0 => bail!("--step {s} must be positive"),
-        _ => 1,
-    };
     let mut current_parent = cfg.checkpoint.clone();
     if let (Some(name), Some(root)) = (&cfg.dataset, &cfg.root) {
         // Pruning on a dataset whose classes the classifier was not trained on (e.g. ImageNet
@@ -506,6 +543,11 @@ pub fn run_prune_resumable(
     let mut prov = parent_prov;
     prov.parent = Some(parent_hash.clone());
     prov.input = Some(cfg.input);
+    if cfg.retrain_epochs > 0 {
+        // retrained: the data and epochs are this run's, not the parent's
+        prov.dataset = cfg.dataset.clone();
+        prov.epoch = Some(cfg.retrain_epochs);
+    }
     prov.criterion = Some(cfg.criterion.clone());
     prov.ratio = Some(cfg.level);
     prov.target = Some(format!("{:?}", cfg.target).to_lowercase());
@@ -530,6 +572,9 @@ pub fn run_prune_resumable(
         tool_version: Some(env!("CARGO_PKG_VERSION").into()),
         ..Default::default()
     })?;
+    if let Some(r) = replacement {
+        r.commit()?;
+    }
     Ok(PruneOutcome {
         model,
         macs_before: before.backbone.macs,

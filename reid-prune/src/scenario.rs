@@ -283,6 +283,14 @@ impl ExperimentConfig {
             if !(s > 0.0 && s < 1.0) {
                 anyhow::bail!("prune_step = {s}: expected a fraction in (0, 1)");
             }
+            let most = self.levels.values().fold(0.0f64, |a, &b| a.max(b));
+            if most / s > crate::prune_run::MAX_STEPS as f64 {
+                anyhow::bail!(
+                    "prune_step = {s}: {} steps to reach level {most}; at most {}",
+                    (most / s).ceil(),
+                    crate::prune_run::MAX_STEPS
+                );
+            }
         }
         if self.round_to == 0 || self.round_to > 256 {
             anyhow::bail!(

@@ -41,14 +41,29 @@ pub fn data_fingerprint(root: &std::path::Path) -> std::io::Result<String> {
         seen: &mut std::collections::HashSet<(u64, u64)>,
         h: &mut Sha256,
     ) -> std::io::Result<()> {
-        let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<std::io::Result<_>>()?;
+        let named =
+            |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()));
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .map_err(named)?
+            .collect::<std::io::Result<_>>()
+            .map_err(named)?;
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             if e.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
             let path = e.path();
-            let meta = std::fs::metadata(&path)?;
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                // a dangling link is no data (the loaders skip it too)
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("{}: {e}", path.display()),
+                    ))
+                }
+            };
             if meta.is_dir() {
                 // links to a folder already walked (`ln -s . x` loops) are not walked again
                 if seen.insert((meta.dev(), meta.ino())) {

@@ -3,7 +3,7 @@
 //! Checkpoints are written atomically after every epoch and on Ctrl-C; `resume` continues from
 //! the last one (same epoch and batch), reaching the same weights as an uninterrupted run.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,7 +68,8 @@ pub struct RunConfig {
     #[serde(skip)]
     pub overwrite: bool,
     /// Resume although the data under `root` changed since the checkpoint (refused otherwise,
-    /// naming what changed); the change is recorded in `log.jsonl`. Not saved.
+    /// naming what changed); the change is recorded in the model's provenance
+    /// (`resumed_over_changed_data`, kept by every later checkpoint). Not saved.
     #[serde(skip)]
     pub allow_data_change: bool,
     pub train: TrainConfig,
@@ -208,14 +209,16 @@ impl RunConfig {
         }
         if t.task == Task::Reid {
             let pk = self.batch_pk;
-            // batch norm needs two values a channel, batch-hard triplet a positive per anchor
-            let k_min = if t.triplet_weight > 0.0 { 2 } else { 1 };
-            if pk.k < k_min || pk.p * pk.k < 2 {
+            // batch norm needs two values a channel, batch-hard triplet a positive and a
+            // negative for every anchor
+            let min = if t.triplet_weight > 0.0 { 2 } else { 1 };
+            if pk.k < min || pk.p < min || pk.p * pk.k < 2 {
                 bail!(
-                    "batch_pk = {pk} (--batch-pk): expected K ≥ {k_min} images an identity{} and \
-                     at least 2 images a batch (batch norm), e.g. 16x4",
-                    if k_min == 2 {
-                        " (the batch-hard triplet loss needs a positive for every image)"
+                    "batch_pk = {pk} (--batch-pk): expected P ≥ {min} identities and K ≥ {min} \
+                     images an identity{} and at least 2 images a batch (batch norm), e.g. 16x4",
+                    if min == 2 {
+                        " (the batch-hard triplet loss needs a positive and a negative for every \
+                         image)"
                     } else {
                         ""
                     }
@@ -227,6 +230,93 @@ impl RunConfig {
                  needs two values a channel)",
                 self.batch_size
             );
+        }
+        // every setting where its algorithm is defined (a negative warm-up factor trained
+        // with a negative learning rate)
+        let in_range = |name: &str, v: f64, range: std::ops::RangeInclusive<f64>, what: &str| {
+            if v.is_finite() && range.contains(&v) {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("{name} = {v}: expected {what}"))
+            }
+        };
+        let a = &self.augment;
+        in_range(
+            "augment.flip_p",
+            a.flip_p.into(),
+            0.0..=1.0,
+            "a probability in [0, 1]",
+        )?;
+        in_range(
+            "augment.erase_p",
+            a.erase_p.into(),
+            0.0..=1.0,
+            "a probability in [0, 1]",
+        )?;
+        use reid_model::train::optim::OptimizerKind;
+        match t.optimizer.kind {
+            OptimizerKind::Sgd { momentum, .. } => in_range(
+                "train.optimizer.momentum",
+                momentum,
+                0.0..=0.999_999,
+                "a value in [0, 1)",
+            )?,
+            OptimizerKind::Adam { beta1, beta2, eps }
+            | OptimizerKind::AdamW { beta1, beta2, eps } => {
+                in_range(
+                    "train.optimizer.beta1",
+                    beta1,
+                    0.0..=0.999_999,
+                    "a value in [0, 1)",
+                )?;
+                in_range(
+                    "train.optimizer.beta2",
+                    beta2,
+                    0.0..=0.999_999_999,
+                    "a value in [0, 1)",
+                )?;
+                in_range(
+                    "train.optimizer.eps",
+                    eps,
+                    f64::MIN_POSITIVE..=1.0,
+                    "a value in (0, 1]",
+                )?;
+            }
+        }
+        let sch = &t.schedule;
+        in_range(
+            "train.schedule.warmup_factor",
+            sch.warmup_factor,
+            f64::MIN_POSITIVE..=1.0,
+            "a factor in (0, 1] of the base rate",
+        )?;
+        match &sch.decay {
+            reid_model::train::schedule::Decay::Step { gamma, .. } => in_range(
+                "train.schedule.decay.gamma",
+                *gamma,
+                f64::MIN_POSITIVE..=1.0,
+                "a factor in (0, 1]",
+            )?,
+            reid_model::train::schedule::Decay::Cosine { min_lr } => in_range(
+                "train.schedule.decay.min_lr",
+                *min_lr,
+                0.0..=sch.base_lr,
+                "a rate from 0 to base_lr",
+            )?,
+        }
+        in_range(
+            "train.center_lr",
+            t.center_lr,
+            0.0..=f64::MAX,
+            "a finite number ≥ 0",
+        )?;
+        if let Some(m) = t.triplet_margin {
+            in_range(
+                "train.triplet_margin",
+                m,
+                0.0..=f64::MAX,
+                "a finite number ≥ 0 (or unset: soft margin)",
+            )?;
         }
         if !(0.0..1.0).contains(&t.label_smoothing) {
             bail!(
@@ -337,6 +427,14 @@ fn build_net(cfg: &RunConfig, num_classes: usize, device: &Device) -> Result<Rei
         zero_init_residual: cfg.zero_init_residual,
     };
     Ok(ReidNet::new_with(&spec, device, cfg.seed, init)?)
+}
+
+/// The new run stands: the one it replaced (`--overwrite`) goes for good.
+fn commit(replacement: Option<reid_run::metrics::Replacement>) -> Result<()> {
+    if let Some(r) = replacement {
+        r.commit()?;
+    }
+    Ok(())
 }
 
 fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
@@ -487,6 +585,7 @@ fn save_state(
     trainer: &Trainer,
     prov: &Provenance,
     data: &DataStamp,
+    config: &str,
     pos: Position,
 ) -> Result<()> {
     let mut p = prov.clone();
@@ -498,6 +597,7 @@ fn save_state(
         .collect();
     let mut meta = pos.to_meta(trainer.optimizer.step_count);
     data.to_meta(&mut meta);
+    meta.insert(META_RUN_CONFIG.into(), config.to_string());
     let bytes = checkpoint_bytes(net, &p, &optim, meta)?;
     write_atomic(&out.join(STATE_FILE), &bytes)?;
     save_checkpoint(net, &out.join("model.safetensors"), &p)?;
@@ -506,29 +606,69 @@ fn save_state(
 
 /// The net, optimiser and position saved by [`save_state`] (or, for state files written before
 /// the weights moved into them, the net from `model.safetensors`).
+/// What a state file holds besides the net, optimiser and position.
+struct HeldState {
+    /// The run's config as [`RunConfig::result_view`] saw it (absent in older state files).
+    config: Option<serde_json::Value>,
+    /// Provenance entries a resume carries on (e.g. `resumed_over_changed_data`).
+    carried: BTreeMap<String, serde_json::Value>,
+}
+
+/// Provenance entries that describe the run's history, kept by every later checkpoint of it.
+const CARRIED: [&str; 1] = ["resumed_over_changed_data"];
+
 fn load_state(
     out: &Path,
     cfg: &TrainConfig,
     device: &Device,
-) -> Result<(ReidNet, Trainer, Position, Option<DataStamp>)> {
+) -> Result<(ReidNet, Trainer, Position, Option<DataStamp>, HeldState)> {
     let state_path = out.join(STATE_FILE);
     let st = read_safetensors(&state_path, device)?;
-    let (net, optim, meta) = if st.metadata.contains_key(META_ARCH) {
+    let (net, optim, meta, prov) = if st.metadata.contains_key(META_ARCH) {
         let ck = checkpoint_with_extra(st, device, true, OPTIM_PREFIX)
             .with_context(|| format!("resuming from {}", state_path.display()))?;
-        (ck.checkpoint.net, ck.extra, ck.metadata)
+        (
+            ck.checkpoint.net,
+            ck.extra,
+            ck.metadata,
+            ck.checkpoint.provenance,
+        )
     } else {
         let ck = load_checkpoint(&out.join("model.safetensors"), device, true)
             .with_context(|| format!("resuming from {}", out.display()))?;
-        (ck.net, st.tensors, st.metadata)
+        (ck.net, st.tensors, st.metadata, ck.provenance)
     };
+    let config = match meta.get(META_RUN_CONFIG) {
+        Some(text) => Some(serde_json::from_str(text).with_context(|| {
+            format!(
+                "{}: metadata '{META_RUN_CONFIG}' is not JSON",
+                state_path.display()
+            )
+        })?),
+        None => None,
+    };
+    let carried = prov
+        .extra
+        .into_iter()
+        .filter(|(k, _)| CARRIED.contains(&k.as_str()))
+        .collect();
     let (pos, steps) = Position::from_meta(&state_path, &meta)?;
     let mut trainer = Trainer::new(&net, cfg.clone())?;
     trainer
         .load_state(&optim, steps)
         .with_context(|| format!("{}: optimiser state", state_path.display()))?;
-    Ok((net, trainer, pos, DataStamp::from_meta(&meta)))
+    Ok((
+        net,
+        trainer,
+        pos,
+        DataStamp::from_meta(&meta),
+        HeldState { config, carried },
+    ))
 }
+
+/// The state file's copy of the run's config (so that a resume is checked against the run
+/// even when config.toml is gone).
+const META_RUN_CONFIG: &str = "run_config";
 
 /// With a starting checkpoint, the run trains that checkpoint's architecture whatever `arch`
 /// says (the grid passes its main arch to every fine-tune): record that one. ImageNet weights
@@ -584,18 +724,34 @@ pub fn pretrained_arch(src: &str, last_stride: usize) -> Result<ArchSpec> {
 
 /// Resuming under another config would continue a run that did not happen (and its config.toml
 /// and metrics would describe neither): refuse, naming every changed field.
-fn check_same_config(out: &Path, cfg: &RunConfig) -> Result<()> {
+fn check_same_config(
+    out: &Path,
+    cfg: &RunConfig,
+    in_state: Option<&serde_json::Value>,
+) -> Result<()> {
     let path = out.join("config.toml");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return Ok(()); // a state without a config (older runs): nothing to compare
+    // the state's own copy first: config.toml can be edited or removed
+    let (stored, source) = match in_state {
+        Some(v) => (v.clone(), "its checkpoint"),
+        None => {
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                bail!(
+                    "cannot resume {}: neither its checkpoint nor a config.toml says which \
+                     config it ran under; restore config.toml, or allow the resume explicitly \
+                     (train --allow-config-change)",
+                    out.display()
+                );
+            };
+            let stored: RunConfig = toml::from_str(&text)
+                .with_context(|| format!("{}: not a valid run config", path.display()))?;
+            (stored.result_view()?, "its config.toml")
+        }
     };
-    let stored: RunConfig = toml::from_str(&text)
-        .with_context(|| format!("{}: not a valid run config", path.display()))?;
-    let changed = crate::step_key::changed_fields(&stored.result_view()?, &cfg.result_view()?);
+    let changed = crate::step_key::changed_fields(&stored, &cfg.result_view()?);
     if !changed.is_empty() {
         bail!(
-            "cannot resume {}: this run's config differs from its config.toml in {}. Resume \
-             with the stored settings, or allow the change explicitly (train \
+            "cannot resume {}: this run's config differs from {source}'s in {}. Resume with \
+             the stored settings, or allow the change explicitly (train \
              --allow-config-change) to continue under the new ones",
             out.display(),
             changed.join(", ")
@@ -704,9 +860,57 @@ pub fn run_training_with(
             batch: cfg.batch_size,
         },
     };
+    if cfg.train.task == Task::Reid && cfg.batch_pk.p > num_classes {
+        bail!(
+            "batch_pk = {} (--batch-pk): P = {} identities a batch, but {} has {num_classes} \
+             training identities; use P ≤ {num_classes}",
+            cfg.batch_pk,
+            cfg.batch_pk.p,
+            ds.root.display()
+        );
+    }
     let out = &cfg.out;
+    let folder = reid_run::RunFolder::new(out);
+    let state_path = out.join(STATE_FILE);
+    let from_state = resume && state_path.is_file();
+    if cfg.overwrite {
+        // --overwrite must not take away the files this run starts from
+        for (flag, input) in [
+            ("--init", cfg.init_checkpoint.clone()),
+            ("--pretrained", cfg.pretrained.as_ref().map(PathBuf::from)),
+        ] {
+            if let Some(p) = input.filter(|p| folder.owns(p)) {
+                bail!(
+                    "{flag} {} is a file of the run in {} that --overwrite replaces: copy it \
+                     elsewhere first, or give another --out",
+                    p.display(),
+                    out.display()
+                );
+            }
+        }
+    }
+    if resume && !from_state && !cfg.overwrite {
+        // a finished run of another kind (a prune, an evaluation) is not a training to continue
+        if let Some(f) = ["model.safetensors", "metrics.json"]
+            .iter()
+            .find(|f| out.join(f).exists())
+        {
+            bail!(
+                "cannot resume {}: it holds a {f} but no training checkpoint ({STATE_FILE}), so \
+                 it is not an unfinished training run; pass --overwrite to replace it, or give \
+                 another --out",
+                out.display()
+            );
+        }
+    }
     std::fs::create_dir_all(out)
         .with_context(|| format!("creating run folder {}", out.display()))?;
+    // the replaced run waits aside until this one succeeds; an error puts it back
+    let replacement = if cfg.overwrite && !from_state {
+        Some(folder.begin_replace()?)
+    } else {
+        None
+    };
     let removed = remove_stale_temp_files(out);
     if removed > 0 {
         eprintln!(
@@ -714,15 +918,29 @@ pub fn run_training_with(
             out.display()
         );
     }
-    let state_path = out.join(STATE_FILE);
-    let from_state = resume && state_path.is_file();
     // a resume over changed data that the user allowed: recorded in the model's provenance
     let mut data_change: Option<String> = None;
+    // what an earlier resume recorded in the provenance, carried on
+    let mut carried: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     let (net, mut trainer, resumed) = if from_state {
+        let (net, trainer, pos, stamp, held) = load_state(out, &cfg.train, &device)?;
         if !cfg.allow_config_change {
-            check_same_config(out, cfg)?;
+            check_same_config(out, cfg, held.config.as_ref())?;
         }
-        let (net, trainer, pos, stamp) = load_state(out, &cfg.train, &device)?;
+        // whatever the config says, a resume continues the state's network
+        let spec = net.spec();
+        if spec.name() != cfg.arch || spec.width_mult != cfg.width_mult {
+            bail!(
+                "cannot resume {}: its checkpoint holds a {} at width_mult = {} and this run's \
+                 config says arch = {}, width_mult = {}; a resume cannot change the network",
+                out.display(),
+                spec.name(),
+                spec.width_mult,
+                cfg.arch,
+                cfg.width_mult
+            );
+        }
+        carried = held.carried;
         if let Some(change) = stamp.as_ref().and_then(|s| s.changes(&data)) {
             if !cfg.allow_data_change {
                 bail!(
@@ -764,10 +982,6 @@ pub fn run_training_with(
                 out.display()
             );
         }
-        if cfg.overwrite {
-            // nothing of the replaced run stays beside the new one
-            reid_run::RunFolder::new(out).clear_previous_run()?;
-        }
         // (a new folder is no news: a grid resumes every step it starts)
         if resume && out.join("log.jsonl").is_file() {
             eprintln!(
@@ -782,6 +996,27 @@ pub fn run_training_with(
         (net, trainer, Position::start_of(0))
     };
     let (start_epoch, start_batch) = (resumed.epoch, resumed.batch);
+    if from_state && start_epoch >= cfg.train.epochs {
+        if let Some(m) = folder.read_metrics()? {
+            // a finished run resumed: nothing to train, and its record stays as it is
+            eprintln!(
+                "{}: the run is already complete ({} epochs); nothing to do",
+                out.display(),
+                cfg.train.epochs
+            );
+            let t = m.train.unwrap_or_default();
+            return Ok(TrainOutcome {
+                model: out.join("model.safetensors"),
+                completed: true,
+                epochs: cfg.train.epochs,
+                final_loss: t.final_loss.unwrap_or(f64::NAN),
+                wall_s: t.wall_s.unwrap_or(0.0),
+                metrics: None,
+                batches: 0,
+            });
+        }
+    }
+    let config_view = serde_json::to_string(&cfg.result_view()?)?;
     let config_text = toml::to_string_pretty(cfg).context("serialising the run config")?;
     write_text_atomic(&out.join("config.toml"), &config_text)?;
     let mut prov = Provenance::new();
@@ -789,6 +1024,7 @@ pub fn run_training_with(
     prov.seed = Some(cfg.seed);
     prov.input = Some(cfg.input);
     prov.source_weights = cfg.pretrained.clone();
+    prov.extra.extend(carried);
     if let Some(change) = &data_change {
         prov.extra.insert(
             "resumed_over_changed_data".into(),
@@ -903,12 +1139,13 @@ pub fn run_training_with(
                 && b + 1 < total
                 && last_save.elapsed().as_secs_f64() >= cfg.checkpoint_interval_s
             {
-                save_state(out, &net, &trainer, &prov, &data, position)?;
+                save_state(out, &net, &trainer, &prov, &data, &config_view, position)?;
                 last_save = Instant::now();
             }
             if stop && b + 1 < total {
                 pb.abandon();
-                save_state(out, &net, &trainer, &prov, &data, position)?;
+                save_state(out, &net, &trainer, &prov, &data, &config_view, position)?;
+                commit(replacement)?;
                 return Ok(TrainOutcome {
                     model: out.join("model.safetensors"),
                     completed: false,
@@ -936,6 +1173,7 @@ pub fn run_training_with(
             &trainer,
             &prov,
             &data,
+            &config_view,
             Position::start_of(epoch + 1),
         )?;
         last_save = Instant::now();
@@ -945,6 +1183,7 @@ pub fn run_training_with(
         let stop = interrupt.load(Ordering::SeqCst)
             || cfg.stop_after_batches.is_some_and(|n| batches_done >= n);
         if stop && epoch + 1 < epochs {
+            commit(replacement)?;
             return Ok(TrainOutcome {
                 model: out.join("model.safetensors"),
                 completed: false,
@@ -964,6 +1203,7 @@ pub fn run_training_with(
             &trainer,
             &prov,
             &data,
+            &config_view,
             Position::start_of(epochs),
         )?;
     }
@@ -997,6 +1237,7 @@ pub fn run_training_with(
     if let Some(m) = &metrics {
         reid_run::RunFolder::new(out).write_per_query(&ds.name, &m.per_query)?;
     }
+    commit(replacement)?;
     Ok(TrainOutcome {
         model: out.join("model.safetensors"),
         completed: true,

@@ -341,7 +341,10 @@ fn unbounded_inputs_are_refused_before_anything_is_written() {
         (vec!["--input", "8192x8192"], "1..=2048"),
         (vec!["--width-mult", "100"], "width_mult = 100"),
         (vec!["--batch-pk", "1x1"], "--batch-pk"),
-        (vec!["--batch-pk", "4x1"], "positive for every image"),
+        (
+            vec!["--batch-pk", "4x1"],
+            "a positive and a negative for every image",
+        ),
         (vec!["--batch-pk", "100x100"], "at most 4096"),
         (vec!["--epochs", "1000000000"], "train.epochs"),
         (vec!["--set", long_key.as_str()], "dotted parts"),
@@ -414,4 +417,213 @@ fn a_run_that_fails_before_writing_leaves_no_folder() {
     );
     assert!(err.contains("no-such-dataset"), "{err}");
     assert!(!out.exists(), "a failed run left {}", out.display());
+}
+
+/// A tiny checkpoint (ResNet-18/8 with a 6-class head) at `path`, with its provenance.
+fn checkpoint(path: &Path, input: Option<reid_run::InputSize>) {
+    let spec = ArchSpec::resnet_with(18, 6, 0.125, 1, Neck::BnNeck).unwrap();
+    let net = ReidNet::new(&spec, &Device::Cpu, 0).unwrap();
+    let prov = reid_model::checkpoint::Provenance {
+        input,
+        ..Default::default()
+    };
+    reid_model::checkpoint::save_checkpoint(&net, path, &prov).unwrap();
+}
+
+fn prune(ck: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(["prune", "--criterion", "l1", "--level", "0.5"]);
+    if !extra.contains(&"--input") {
+        c.args(["--input", "64x32"]);
+    }
+    c.arg("--checkpoint")
+        .arg(ck)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_failing_overwrite_puts_the_old_run_back_and_never_eats_its_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tmp.path().join("m.safetensors");
+    checkpoint(&ck, Some(reid_run::InputSize::new(64, 32)));
+    let out = tmp.path().join("p1");
+    ok(prune(&ck, &out, &[]));
+    let model = std::fs::read(out.join("model.safetensors")).unwrap();
+    let config = std::fs::read(out.join("config.toml")).unwrap();
+    // fails once the old run is aside (its data does not exist): the old run is back, whole
+    let err = refused(prune(
+        &ck,
+        &out,
+        &[
+            "--overwrite",
+            "--dataset",
+            "market1501",
+            "--root",
+            "/nonexistent/ds",
+        ],
+    ));
+    assert!(err.contains("/nonexistent/ds"), "{err}");
+    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), model);
+    assert_eq!(std::fs::read(out.join("config.toml")).unwrap(), config);
+    assert!(!out.join(".replaced").exists());
+    // a checkpoint inside the run that --overwrite replaces, also through a link: refused
+    let link = tmp.path().join("link.safetensors");
+    std::os::unix::fs::symlink(out.join("model.safetensors"), &link).unwrap();
+    for input in [out.join("model.safetensors"), link] {
+        let err = refused(prune(&input, &out, &["--overwrite"]));
+        assert!(
+            err.contains("is a file of the run") || err.contains("is the folder of the checkpoint"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), model);
+    }
+    let root = data(tmp.path());
+    let err = refused(
+        train(
+            &root,
+            &out,
+            &args(
+                &SMALL,
+                &[
+                    "--overwrite",
+                    "--init",
+                    out.join("model.safetensors").to_str().unwrap(),
+                ],
+            ),
+        )
+        .output()
+        .unwrap(),
+    );
+    assert!(
+        err.contains("--init") && err.contains("is a file of the run"),
+        "{err}"
+    );
+    // --resume on a folder that holds no unfinished training: refused, nothing replaced
+    let err = refused(
+        train(&root, &out, &args(&SMALL, &["--resume"]))
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("no training checkpoint"), "{err}");
+    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), model);
+    // without retraining a model is pruned at the size it was trained at
+    let err = refused(prune(&ck, &tmp.path().join("p2"), &["--input", "128x64"]));
+    assert!(err.contains("was trained at 64x32"), "{err}");
+}
+
+#[test]
+fn a_resume_continues_the_recorded_run_or_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data(tmp.path());
+    let out = tmp.path().join("run");
+    let cut = args(&SMALL, &["--epochs", "2", "--set", "stop_after_batches=2"]);
+    assert_eq!(
+        train(&root, &out, &cut).output().unwrap().status.code(),
+        Some(1)
+    );
+    // another network, even with --allow-config-change
+    let err = refused(
+        train(
+            &root,
+            &out,
+            &[
+                "--arch",
+                "resnet34",
+                "--width-mult",
+                "0.25",
+                "--epochs",
+                "2",
+                "--resume",
+                "--allow-config-change",
+            ],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert!(
+        err.contains("holds a resnet18") && err.contains("cannot change the network"),
+        "{err}"
+    );
+    // config.toml gone: the checkpoint's own copy still tells a changed seed
+    std::fs::remove_file(out.join("config.toml")).unwrap();
+    let err = refused(
+        train(
+            &root,
+            &out,
+            &args(&SMALL, &["--epochs", "2", "--resume", "--seed", "7"]),
+        )
+        .output()
+        .unwrap(),
+    );
+    assert!(
+        err.contains("its checkpoint") && err.contains("seed"),
+        "{err}"
+    );
+    // finished, then resumed again: nothing trains and the record stays as it was
+    ok(
+        train(&root, &out, &args(&SMALL, &["--epochs", "2", "--resume"]))
+            .output()
+            .unwrap(),
+    );
+    let metrics = std::fs::read(out.join("metrics.json")).unwrap();
+    let err = ok(
+        train(&root, &out, &args(&SMALL, &["--epochs", "2", "--resume"]))
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("already complete"), "{err}");
+    assert_eq!(std::fs::read(out.join("metrics.json")).unwrap(), metrics);
+}
+
+#[test]
+fn settings_outside_their_algorithm_and_runaway_sizes_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data(tmp.path());
+    let out = tmp.path().join("run");
+    for (extra, expected) in [
+        (
+            vec!["--set", "train.schedule.warmup_factor=-1"],
+            "train.schedule.warmup_factor = -1",
+        ),
+        (vec!["--set", "augment.flip_p=7"], "augment.flip_p = 7"),
+        (
+            vec!["--set", "train.triplet_margin=-1"],
+            "train.triplet_margin = -1",
+        ),
+        (vec!["--batch-pk", "1x2"], "P ≥ 2 identities"),
+        (vec!["--batch-pk", "7x2"], "P = 7 identities a batch, but"),
+    ] {
+        let err = refused(train(&root, &out, &args(&SMALL, &extra)).output().unwrap());
+        assert!(err.contains(expected), "{extra:?}: {err}");
+        assert!(!out.exists(), "{extra:?} wrote {}", out.display());
+    }
+    let ck = tmp.path().join("m.safetensors");
+    checkpoint(&ck, None);
+    let err = refused(prune(&ck, &tmp.path().join("p"), &["--step", "1e-9"]));
+    assert!(err.contains("at most 100"), "{err}");
+    let t0 = Instant::now();
+    let o = Command::new(BIN)
+        .args(["synth", "--ids", "1000000000", "--out"])
+        .arg(tmp.path().join("s"))
+        .output()
+        .unwrap();
+    assert!(refused(o).contains("at most 2000000"));
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    // an export replaces only an export
+    let model = tmp.path().join("model.safetensors");
+    checkpoint(&model, None);
+    let before = std::fs::read(&model).unwrap();
+    let o = Command::new(BIN)
+        .args(["export", "--checkpoint"])
+        .arg(&model)
+        .arg("--out")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(refused(o).contains("not an .onnx file"));
+    assert_eq!(std::fs::read(&model).unwrap(), before);
 }

@@ -274,8 +274,9 @@ pub fn write_metrics(path: &Path, m: &RunMetrics) -> Result<()> {
     write_atomic(path, text.as_bytes())
 }
 
-/// The files a run writes in its folder (train, prune, export, reid-eval, the ONNX check).
-pub const RUN_FILES: [&str; 11] = [
+/// The files a run writes in its folder (train, prune, export, reid-eval, the ONNX check, and a
+/// grid step's markers).
+pub const RUN_FILES: [&str; 13] = [
     "config.toml",
     "model.safetensors",
     "trainer_state.safetensors",
@@ -287,7 +288,12 @@ pub const RUN_FILES: [&str; 11] = [
     "unpruned.safetensors",
     "model.onnx",
     "features.safetensors",
+    "DONE",
+    "step.json",
 ];
+
+/// Where `--overwrite` keeps the replaced run until the new one has succeeded.
+pub const REPLACED_DIR: &str = ".replaced";
 
 /// The folders a run makes inside its own: a prune's retraining runs (by its method's rule).
 pub const RUN_SUBFOLDERS: [&str; 3] = ["retrain", "regularised", "soft"];
@@ -330,42 +336,61 @@ impl RunFolder {
         .any(|f| self.dir.join(f).exists())
     }
 
-    /// Replace a previous run (`--overwrite`): remove every file and folder the tools write
-    /// in a run folder ([`RUN_FILES`], [`RUN_SUBFOLDERS`], a prune's `stepNN` folders), so that
-    /// nothing of the old run is left beside the new one. Anything else in the folder (a user's
-    /// own files) stays. Returns what was removed.
-    pub fn clear_previous_run(&self) -> Result<Vec<PathBuf>> {
-        let mut removed = Vec::new();
+    /// The entries of the folder that the tools wrote ([`RUN_FILES`], [`RUN_SUBFOLDERS`], a
+    /// prune's `stepNN` folders): what a run consists of. A user's own files are not among them.
+    pub fn run_entries(&self) -> Vec<PathBuf> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Ok(removed);
+            return Vec::new();
         };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let path = entry.path();
-            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-            let ours = if is_dir {
-                RUN_SUBFOLDERS.contains(&name.as_str()) || is_step_folder(&name)
-            } else {
-                RUN_FILES.contains(&name.as_str())
-            };
-            if !ours {
-                continue;
-            }
-            let gone = if is_dir {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-            gone.map_err(|source| RunFileError::Write {
-                path: path.clone(),
-                source,
-            })?;
-            removed.push(path);
-        }
-        removed.sort();
-        Ok(removed)
+        let mut ours: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    RUN_SUBFOLDERS.contains(&name.as_str()) || is_step_folder(&name)
+                } else {
+                    RUN_FILES.contains(&name.as_str())
+                }
+            })
+            .map(|e| e.path())
+            .collect();
+        ours.sort();
+        ours
     }
 
+    /// Whether `path` (links resolved) is one of this folder's run entries or lies inside one:
+    /// a file that `--overwrite` would take away from under the run that reads it.
+    pub fn owns(&self, path: &Path) -> bool {
+        let (Ok(file), Ok(dir)) = (path.canonicalize(), self.dir.canonicalize()) else {
+            return false;
+        };
+        self.run_entries().iter().any(|e| {
+            e.canonicalize()
+                .is_ok_and(|e| file == e || file.starts_with(&e))
+        }) && file.starts_with(dir)
+    }
+
+    /// Start replacing the folder's run (`--overwrite`): its entries move into [`REPLACED_DIR`],
+    /// so that nothing of the old run is left beside the new one, yet a failing new run can put
+    /// it back ([`Replacement::restore`]); [`Replacement::commit`] deletes it once the new run
+    /// has succeeded. A replacement left by a killed process is restored first.
+    pub fn begin_replace(&self) -> Result<Replacement> {
+        let keep = self.dir.join(REPLACED_DIR);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RunFileError::Write { path, source }
+        };
+        if keep.is_dir() {
+            // a killed replacement: the old run was never replaced by a finished one
+            Replacement::of(self).restore()?;
+        }
+        std::fs::create_dir_all(&keep).map_err(io(&keep))?;
+        for e in self.run_entries() {
+            let to = keep.join(e.file_name().unwrap_or_default());
+            std::fs::rename(&e, &to).map_err(io(&e))?;
+        }
+        Ok(Replacement::of(self))
+    }
     /// The resolved config, as TOML.
     pub fn write_config<T: Serialize>(&self, config: &T) -> Result<()> {
         let path = self.config_path();
@@ -429,9 +454,111 @@ impl RunFolder {
     }
 }
 
+/// A run being replaced: the old run's entries wait in [`REPLACED_DIR`] (see
+/// [`RunFolder::begin_replace`]). Dropped without [`Self::commit`] (an error returned early),
+/// it restores the old run.
+#[must_use = "commit the replacement once the new run has succeeded"]
+pub struct Replacement {
+    dir: RunFolder,
+    settled: bool,
+}
+
+impl Replacement {
+    fn of(dir: &RunFolder) -> Self {
+        Self {
+            dir: dir.clone(),
+            settled: false,
+        }
+    }
+
+    /// The new run succeeded: the old one goes for good.
+    pub fn commit(mut self) -> Result<()> {
+        self.settled = true;
+        let keep = self.dir.dir.join(REPLACED_DIR);
+        std::fs::remove_dir_all(&keep).map_err(|source| RunFileError::Write { path: keep, source })
+    }
+
+    /// The new run failed: what it wrote goes, and the old run comes back as it was.
+    pub fn restore(mut self) -> Result<()> {
+        self.settled = true;
+        self.put_back()
+    }
+
+    fn put_back(&self) -> Result<()> {
+        let keep = self.dir.dir.join(REPLACED_DIR);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RunFileError::Write { path, source }
+        };
+        for e in self.dir.run_entries() {
+            if e.is_dir() {
+                std::fs::remove_dir_all(&e).map_err(io(&e))?;
+            } else {
+                std::fs::remove_file(&e).map_err(io(&e))?;
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&keep) {
+            for e in entries.flatten() {
+                let to = self.dir.dir.join(e.file_name());
+                std::fs::rename(e.path(), &to).map_err(io(&to))?;
+            }
+        }
+        std::fs::remove_dir_all(&keep).map_err(io(&keep))
+    }
+}
+
+impl Drop for Replacement {
+    fn drop(&mut self) {
+        if !self.settled {
+            if let Err(e) = self.put_back() {
+                eprintln!(
+                    "{}: could not restore the replaced run: {e}",
+                    self.dir.dir.display()
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_replacement_puts_the_old_run_back_and_a_committed_one_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = RunFolder::new(tmp.path());
+        std::fs::create_dir_all(tmp.path().join("step01")).unwrap();
+        for name in ["model.safetensors", "metrics.json", "notes.txt"] {
+            std::fs::write(tmp.path().join(name), "old").unwrap();
+        }
+        let listing = || {
+            let mut v: Vec<String> = std::fs::read_dir(tmp.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let before = listing();
+        {
+            let _r = f.begin_replace().unwrap();
+            assert_eq!(listing(), [".replaced", "notes.txt"]);
+            std::fs::write(tmp.path().join("model.safetensors"), "new, half").unwrap();
+            // dropped: an error returned early
+        }
+        assert_eq!(listing(), before);
+        assert_eq!(
+            std::fs::read(tmp.path().join("model.safetensors")).unwrap(),
+            b"old"
+        );
+        let r = f.begin_replace().unwrap();
+        std::fs::write(tmp.path().join("model.safetensors"), "new").unwrap();
+        r.commit().unwrap();
+        assert_eq!(listing(), ["model.safetensors", "notes.txt"]);
+        assert!(f.owns(&tmp.path().join("model.safetensors")));
+        assert!(!f.owns(&tmp.path().join("notes.txt")));
+    }
 
     fn sample() -> RunMetrics {
         RunMetrics {

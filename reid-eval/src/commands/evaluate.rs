@@ -93,7 +93,22 @@ fn destination(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
+    if out.is_dir() {
+        bail!(
+            "--out {}: is a folder; expected the metrics file to write, e.g. {}",
+            out.display(),
+            out.join("metrics.json").display()
+        );
+    }
     let model = folder.join("model.safetensors");
+    if !explicit && ck.file_name().is_some_and(|n| n != "model.safetensors") && !model.is_file() {
+        // a loose checkpoint: its folder is no run of it
+        return Ok(Destination::Stdout(format!(
+            "{} is not a run folder's model.safetensors: results printed only (give --out to \
+             keep them)",
+            ck.display()
+        )));
+    }
     if model.is_file() {
         let same = reid_run::file_sha256(&model)
             .with_context(|| format!("reading {}", model.display()))?
@@ -184,12 +199,26 @@ pub fn run(a: Args) -> Result<()> {
     };
     // Re-ranked results sit beside the plain ones, and results at another size than the
     // trained one under their own key: the trained size's entry is never replaced by them.
+    // every option that changes the numbers is part of the entry's name, so an evaluation
+    // under other options never replaces the default one
     let mut key = ds.name.clone();
     if trained.is_some_and(|t| t != input) {
         key = format!("{key}@{input}");
     }
-    if a.rerank.rerank {
-        key = format!("{key}+rerank");
+    if a.flip {
+        key += "+flip";
+    }
+    if a.feature != FeatureKind::Neck {
+        key += &format!("+{}", format!("{:?}", a.feature).to_lowercase());
+    }
+    if a.metric != Metric::Cosine {
+        key += &format!("+{}", format!("{:?}", a.metric).to_lowercase());
+    }
+    if let Some(r) = a.rerank.params() {
+        key += "+rerank";
+        if r != reid_eval::rerank::RerankParams::default() {
+            key += &format!("(k1={},k2={},lambda={})", r.k1, r.k2, r.lambda);
+        }
     }
     let mut doc = match existing {
         Some(doc) => *doc,

@@ -50,6 +50,7 @@ pub fn run(a: Args) -> Result<()> {
         batch_size,
         device,
     } = a;
+    refuse_foreign_out(&out)?;
     let device = reid_model::device::open_device(device)?;
     let (h, w) = input.hw();
     let net = load_model_for_inference(&weights, arch.as_deref(), last_stride, &device)
@@ -76,6 +77,12 @@ pub fn run(a: Args) -> Result<()> {
                 .unwrap_or_default()
         })
         .collect();
+    // one writer a folder while the features are written
+    let folder = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let _lock = reid_run::lock::claim_folder(folder, "extract")?;
     save_features(&out, &feats, &names, feature)?;
     println!(
         "{} features of dim {} ({:?}, {}) -> {}",
@@ -85,5 +92,29 @@ pub fn run(a: Args) -> Result<()> {
         net.spec().name(),
         out.display()
     );
+    Ok(())
+}
+
+/// `--out` may replace only an earlier feature file (a safetensors file with a `features`
+/// tensor): never a model, a record or an image.
+fn refuse_foreign_out(out: &std::path::Path) -> Result<()> {
+    if out.is_dir() {
+        anyhow::bail!(
+            "--out {}: is a folder; expected a file name such as features.safetensors",
+            out.display()
+        );
+    }
+    if !out.exists() {
+        return Ok(());
+    }
+    let ours = reid_model::checkpoint::read_safetensors(out, &candle_core::Device::Cpu)
+        .is_ok_and(|f| f.tensors.contains_key("features") && f.metadata.contains_key("files"));
+    if !ours {
+        anyhow::bail!(
+            "--out {} exists and is not a feature file of `reid-eval extract`: it would be \
+             replaced; give another name",
+            out.display()
+        );
+    }
     Ok(())
 }

@@ -32,9 +32,10 @@ pub struct Args {
     /// A dynamic batch dimension (the default).
     #[arg(long)]
     dynamic_batch: bool,
-    /// Input HEIGHTxWIDTH.
-    #[arg(long, default_value = "256x128")]
-    input: reid_run::InputSize,
+    /// Input HEIGHTxWIDTH (default: the size the model was trained at, from its provenance;
+    /// 256x128 when it does not say).
+    #[arg(long)]
+    input: Option<reid_run::InputSize>,
     /// ONNX opset (13 or later).
     #[arg(long, default_value_t = 13)]
     opset: i64,
@@ -50,6 +51,9 @@ pub struct Args {
     arch: Option<String>,
 }
 
+/// The largest fixed batch an export takes.
+const MAX_BATCH: usize = 65_536;
+
 pub fn run(a: Args) -> Result<()> {
     let (net, provenance) =
         reid_prune::prune_run::load_any(&a.checkpoint, a.arch.as_deref(), &Device::Cpu)
@@ -60,6 +64,33 @@ pub fn run(a: Args) -> Result<()> {
             a.out.display()
         );
     }
+    // an export replaces only an earlier export: never a model, a record or a dataset image
+    let name = a.out.file_name().map(|n| n.to_string_lossy().into_owned());
+    let is_onnx = a.out.extension().is_some_and(|e| e == "onnx");
+    if a.out.exists() && !is_onnx {
+        bail!(
+            "--out {} exists and is not an .onnx file: the export would replace it; give a \
+             name ending in .onnx",
+            a.out.display()
+        );
+    }
+    if !is_onnx
+        && name
+            .as_deref()
+            .is_some_and(|n| reid_run::metrics::RUN_FILES.contains(&n))
+    {
+        bail!(
+            "--out {}: that name is a run folder's own file; give a name ending in .onnx",
+            a.out.display()
+        );
+    }
+    if let Some(b) = a.batch.filter(|&b| b > MAX_BATCH) {
+        bail!("--batch {b}: at most {MAX_BATCH} images (the graph stores it as a dimension)");
+    }
+    let input = a
+        .input
+        .or(provenance.input)
+        .unwrap_or(reid_run::InputSize::new(256, 128));
     let feature = match a.feature {
         Feature::Pool => OnnxFeature::Pool,
         Feature::Neck => OnnxFeature::Neck,
@@ -67,7 +98,7 @@ pub fn run(a: Args) -> Result<()> {
     let opts = OnnxOptions {
         feature,
         batch: a.batch.map_or(OnnxBatch::Dynamic, OnnxBatch::Fixed),
-        input: a.input.hw(),
+        input: input.hw(),
         opset: a.opset,
         fold_bn: a.fold_bn,
         bake_normalisation: a.bake_normalisation,
@@ -84,7 +115,7 @@ pub fn run(a: Args) -> Result<()> {
                 "reid.feature".into(),
                 format!("{:?}", a.feature).to_lowercase(),
             ),
-            ("reid.input".into(), a.input.to_string()),
+            ("reid.input".into(), input.to_string()),
             (
                 "reid.normalisation".into(),
                 if a.bake_normalisation {
@@ -100,7 +131,7 @@ pub fn run(a: Args) -> Result<()> {
         ],
     };
     let bytes = export(&net, &opts).context("building the ONNX graph")?;
-    check_finite_features(&net, a.input, opts.feature)?;
+    check_finite_features(&net, input, opts.feature)?;
     // one writer a folder: the export's own, while it writes
     let folder = a
         .out
@@ -120,7 +151,7 @@ pub fn run(a: Args) -> Result<()> {
             ""
         },
         a.batch.map_or("batch".to_string(), |b| b.to_string()),
-        a.input,
+        input,
         a.batch.map_or("batch".to_string(), |b| b.to_string()),
         net.spec().feature_dim,
         a.feature

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use reid_model::complexity::complexity;
 use reid_model::{ArchSpec, Neck};
@@ -48,6 +48,9 @@ pub fn run(a: Args) -> Result<()> {
         layers,
         json,
     } = a;
+    if num_classes > 1_000_000 {
+        bail!("--num-classes {num_classes}: at most 1000000 classifier outputs");
+    }
     let (h, w) = input.hw();
     let spec = match &checkpoint {
         // a reid checkpoint or plain torchvision/timm weights (their architecture inferred)
