@@ -53,7 +53,8 @@ pub struct DefaultArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Train the key cells (unpruned, baselines, every scenario × criterion at C1) under N
-    /// seeds: 0, 1, … (tables add mean ± sd over seeds).
+    /// seeds: 0, 1, … (tables add mean ± sd over seeds; the claims cover training variance).
+    /// Default: 3 for the full run, 1 for --quick.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100))]
     seeds: Option<u64>,
     /// Train, score and evaluate on this device (cpu, cuda:N); a device that cannot be opened
