@@ -126,3 +126,12 @@ fn featureless_rows_and_an_impossible_k2_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_cmc_of_no_ranks_is_refused() {
+    let (ok, err) = score(&["--max-rank".as_ref(), "0".as_ref()]);
+    assert!(
+        !ok && err.contains("--max-rank") && err.contains("0"),
+        "{err}"
+    );
+}

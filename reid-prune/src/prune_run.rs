@@ -312,6 +312,12 @@ pub fn run_prune_resumable(
     resume: bool,
 ) -> Result<PruneOutcome> {
     let method = crate::method::method(&cfg.criterion)?;
+    if cfg.out.exists() && !cfg.out.is_dir() {
+        bail!(
+            "--out {} is a file; expected the run folder to write",
+            cfg.out.display()
+        );
+    }
     cfg.input.validate().map_err(|e| anyhow!("--input: {e}"))?;
     cfg.batch_pk
         .validate()

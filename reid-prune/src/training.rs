@@ -146,6 +146,12 @@ impl RunConfig {
     /// recorded, a contradiction with ImageNet weights refused. Reads the weights' headers only
     /// (and ImageNet weights' shapes): callers check with it before they write anything.
     pub fn resolve(&self) -> Result<RunConfig> {
+        if self.out.exists() && !self.out.is_dir() {
+            bail!(
+                "out = {} (--out) is a file; expected the run folder to write",
+                self.out.display()
+            );
+        }
         self.validate()
             .with_context(|| format!("run config for {}", self.out.display()))?;
         let c = effective_config(self)?;

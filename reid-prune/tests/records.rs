@@ -627,3 +627,18 @@ fn settings_outside_their_algorithm_and_runaway_sizes_are_refused() {
     assert!(refused(o).contains("not an .onnx file"));
     assert_eq!(std::fs::read(&model).unwrap(), before);
 }
+
+#[test]
+fn an_output_folder_that_is_a_file_is_named_and_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data(tmp.path());
+    let file = tmp.path().join("notes.txt");
+    std::fs::write(&file, "mine").unwrap();
+    let err = refused(train(&root, &file, &SMALL).output().unwrap());
+    assert!(err.contains("(--out) is a file"), "{err}");
+    let ck = tmp.path().join("m.safetensors");
+    checkpoint(&ck, None);
+    let err = refused(prune(&ck, &file, &[]));
+    assert!(err.contains("--out") && err.contains("is a file"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"mine");
+}

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use reid_data::{list_images, Preprocess};
-use reid_eval::{extract_features, load_model_for_inference, save_features, FeatureKind};
+use reid_eval::{extract_features, save_features, FeatureKind};
 
 /// Extract one feature per image of a folder into a safetensors file.
 #[derive(clap::Args, Debug)]
@@ -24,9 +24,10 @@ pub struct Args {
     /// The feature: pool (before BNNeck) or neck.
     #[arg(long, value_enum, default_value = "pool")]
     feature: FeatureKind,
-    /// Network input HEIGHTxWIDTH; other image sizes are resized.
-    #[arg(long, default_value = "256x128")]
-    input: reid_run::InputSize,
+    /// Network input HEIGHTxWIDTH; other image sizes are resized (default: the size the model
+    /// was trained at, from its provenance; 256x128 when it does not say).
+    #[arg(long)]
+    input: Option<reid_run::InputSize>,
     /// Last stride of plain ImageNet weights (their files do not record it).
     #[arg(long, default_value_t = 2)]
     last_stride: usize,
@@ -52,9 +53,17 @@ pub fn run(a: Args) -> Result<()> {
     } = a;
     refuse_foreign_out(&out)?;
     let device = reid_model::device::open_device(device)?;
+    let loaded = reid_model::load_weights(
+        &weights,
+        &reid_model::LoadOptions::inference(last_stride).expecting(arch.as_deref()),
+        &device,
+    )
+    .with_context(|| format!("loading weights {}", weights.display()))?;
+    let net = loaded.net;
+    let input = input
+        .or(loaded.provenance.input)
+        .unwrap_or(reid_run::InputSize::new(256, 128));
     let (h, w) = input.hw();
-    let net = load_model_for_inference(&weights, arch.as_deref(), last_stride, &device)
-        .with_context(|| format!("loading weights {}", weights.display()))?;
     let paths = list_images(&images)?;
     anyhow::ensure!(
         !paths.is_empty(),

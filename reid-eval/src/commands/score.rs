@@ -32,9 +32,9 @@ pub struct Args {
     /// exact (torchreid) or market (the original Market-1501 code's interpolated AP).
     #[arg(long, value_enum, default_value = "exact")]
     ap: ApArg,
-    /// Length of the CMC curve.
-    #[arg(long, default_value_t = DEFAULT_MAX_RANK)]
-    max_rank: usize,
+    /// Length of the CMC curve (1 to 1000: rank-1 needs a curve of at least one rank).
+    #[arg(long, default_value_t = DEFAULT_MAX_RANK as u16, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    max_rank: u16,
     /// Print JSON (fractions in [0, 1]) instead of the table.
     #[arg(long)]
     json: bool,
@@ -160,6 +160,7 @@ pub fn run(a: Args) -> Result<()> {
         json,
         rerank,
     } = a;
+    let max_rank = usize::from(max_rank);
     let metrics = match (query, gallery, distmat) {
         (Some(q), Some(g), None) => {
             let (qf, q_pids, q_camids) = load_feature_file(&q)?;

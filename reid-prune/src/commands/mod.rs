@@ -23,6 +23,12 @@ pub fn as_folder_writer<T>(
     what: &str,
     work: impl FnOnce() -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!(
+            "--out {} is a file; expected the folder {what} writes",
+            dir.display()
+        );
+    }
     let existed = dir.exists();
     let lock = reid_run::lock::claim_folder(dir, what)?;
     let result = work();
