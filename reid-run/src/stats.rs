@@ -193,6 +193,22 @@ pub fn bootstrap(q: &PerQuery, metric: &str, resamples: usize, seed: u64) -> Opt
     Some(percentile_interval(&mut stats))
 }
 
+/// Per query identity, in identity order: (sum of `metric` over its queries in `a`, the same in
+/// `b`, its number of queries). `a` and `b` must be evaluations of the same queries.
+fn paired_clusters(
+    a: &PerQuery,
+    b: &PerQuery,
+    metric: &str,
+) -> Result<Vec<(f64, f64, f64)>, String> {
+    let unknown = || format!("unknown metric '{metric}'");
+    let ca = a.clusters(metric).ok_or_else(unknown)?;
+    let cb = b.clusters(metric).ok_or_else(unknown)?;
+    Ok(ca
+        .iter()
+        .map(|(pid, &(sa, n))| (sa, cb[pid].0, n))
+        .collect())
+}
+
 /// 95 % paired bootstrap interval of `metric(a) − metric(b)` for two evaluations of the same
 /// queries (same identities, same order): identities are resampled once for both.
 pub fn paired_bootstrap(
@@ -209,16 +225,7 @@ pub fn paired_bootstrap(
             b.len()
         ));
     }
-    let ca = a
-        .clusters(metric)
-        .ok_or(format!("unknown metric '{metric}'"))?;
-    let cb = b
-        .clusters(metric)
-        .ok_or(format!("unknown metric '{metric}'"))?;
-    let clusters: Vec<(f64, f64, f64)> = ca
-        .iter()
-        .map(|(pid, &(sa, n))| (sa, cb[pid].0, n))
-        .collect();
+    let clusters = paired_clusters(a, b, metric)?;
     if clusters.is_empty() || resamples == 0 {
         return Err("no queries".into());
     }
@@ -353,16 +360,11 @@ pub fn seeds_and_queries(
     let mut counts: Vec<f64> = Vec::new();
     let mut diffs: Vec<Vec<f64>> = Vec::with_capacity(s);
     for (a, b) in pairs {
-        let ca = a
-            .clusters(metric)
-            .ok_or(format!("unknown metric '{metric}'"))?;
-        let cb = b
-            .clusters(metric)
-            .ok_or(format!("unknown metric '{metric}'"))?;
+        let clusters = paired_clusters(a, b, metric)?;
         if counts.is_empty() {
-            counts = ca.values().map(|c| c.1).collect();
+            counts = clusters.iter().map(|c| c.2).collect();
         }
-        diffs.push(ca.iter().map(|(pid, &(sa, _))| sa - cb[pid].0).collect());
+        diffs.push(clusters.iter().map(|c| c.0 - c.1).collect());
     }
     let total: f64 = counts.iter().sum();
     if counts.is_empty() || total == 0.0 || resamples < 2 {
