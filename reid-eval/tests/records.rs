@@ -132,6 +132,24 @@ fn a_run_folder_keeps_its_own_models_results_at_its_own_size() {
     );
     assert_eq!(std::fs::read(run.join("metrics.json")).unwrap(), before);
 
+    // the run's dataset name on other images (its config.toml names its root): printed only
+    std::fs::write(
+        run.join("config.toml"),
+        format!(
+            "dataset = \"market1501\"\nroot = {:?}\n",
+            root.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let other_root = dataset(&tmp.path().join("other"));
+    let before = std::fs::read(run.join("metrics.json")).unwrap();
+    let err = ok(&eval(&ck, &other_root, &[]));
+    assert!(
+        err.contains("is not the data the run") && err.contains("printed only"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(run.join("metrics.json")).unwrap(), before);
+
     // a metrics.json of another network (no model beside it) is not merged into either
     let lone = tmp.path().join("lone");
     std::fs::create_dir_all(&lone).unwrap();

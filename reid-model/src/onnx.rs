@@ -205,6 +205,12 @@ fn bn_affine(sd: &[(String, candle_core::Tensor)], bn: &str) -> Result<(Vec<f32>
     Ok((scale, shift))
 }
 
+/// Whether `bytes` are an ONNX model with a graph (what an export may replace: never a model of
+/// another format, an image or a record under an `.onnx` name).
+pub fn is_onnx_model(bytes: &[u8]) -> bool {
+    ModelProto::parse_from_bytes(bytes).is_ok_and(|m| m.graph.is_some())
+}
+
 /// The newest opset this writer declares: every operator it emits (Conv, BatchNormalization,
 /// Relu, Add, Mul, MaxPool, GlobalAveragePool, Flatten) changed only in the types it
 /// accepts up to ONNX 1.17's opset 22.

@@ -581,6 +581,7 @@ pub fn run_prune_resumable(
     if let Some(r) = replacement {
         r.commit()?;
     }
+    run.discard_replaced()?;
     Ok(PruneOutcome {
         model,
         macs_before: before.backbone.macs,

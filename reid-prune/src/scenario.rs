@@ -1005,6 +1005,8 @@ impl Runner {
             ..Default::default()
         })?;
         run.write_config(&self.cfg)?;
+        // this cell's model only: no earlier grid's seeds or re-ranked results beside it
+        run.reset_per_query()?;
         run.write_per_query(self.cfg.target.label(), &target_queries)?;
         if let (Some(cd), Some(q)) = (&self.cfg.cross, &cross_queries) {
             run.write_per_query(&format!("{}-cross", cd.label()), q)?;

@@ -435,12 +435,26 @@ fn build_net(cfg: &RunConfig, num_classes: usize, device: &Device) -> Result<Rei
     Ok(ReidNet::new_with(&spec, device, cfg.seed, init)?)
 }
 
-/// The new run stands: the one it replaced (`--overwrite`) goes for good.
-fn commit(replacement: Option<reid_run::metrics::Replacement>) -> Result<()> {
+/// The new run stands: the one it replaced (`--overwrite`) goes for good, and so does one kept
+/// aside by an interrupted replacement that this run (resumed) has now finished.
+fn commit(replacement: Option<reid_run::metrics::Replacement>, out: &Path) -> Result<()> {
     if let Some(r) = replacement {
         r.commit()?;
     }
+    reid_run::RunFolder::new(out).discard_replaced()?;
     Ok(())
+}
+
+/// The new run stopped unfinished but resumable: the run it replaces stays aside.
+fn keep_aside(replacement: Option<reid_run::metrics::Replacement>, out: &Path) {
+    if let Some(r) = replacement {
+        eprintln!(
+            "{}: the replaced run stays in {}/ until this one is resumed to its end",
+            out.display(),
+            reid_run::metrics::REPLACED_DIR
+        );
+        r.keep_aside();
+    }
 }
 
 fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
@@ -618,6 +632,8 @@ struct HeldState {
     config: Option<serde_json::Value>,
     /// Provenance entries a resume carries on (e.g. `resumed_over_changed_data`).
     carried: BTreeMap<String, serde_json::Value>,
+    /// The sha256 of the checkpoint the run started from (`--init`), as the state records it.
+    parent: Option<String>,
 }
 
 /// Provenance entries that describe the run's history, kept by every later checkpoint of it.
@@ -653,6 +669,7 @@ fn load_state(
         })?),
         None => None,
     };
+    let parent = prov.parent.clone();
     let carried = prov
         .extra
         .into_iter()
@@ -668,7 +685,11 @@ fn load_state(
         trainer,
         pos,
         DataStamp::from_meta(&meta),
-        HeldState { config, carried },
+        HeldState {
+            config,
+            carried,
+            parent,
+        },
     ))
 }
 
@@ -946,6 +967,21 @@ pub fn run_training_with(
                 cfg.width_mult
             );
         }
+        // the starting checkpoint replaced since: the recorded parent would not be the start
+        if let (Some(ck), Some(was)) = (&cfg.init_checkpoint, &held.parent) {
+            let now = reid_model::checkpoint::file_sha256(ck)?;
+            if &now != was {
+                bail!(
+                    "cannot resume {}: init_checkpoint {} (--init) changed since the run started \
+                     from it (sha256 {}… then, {}… now); restore it, or start afresh \
+                     (--overwrite)",
+                    out.display(),
+                    ck.display(),
+                    was.get(..12).unwrap_or(was),
+                    now.get(..12).unwrap_or(&now)
+                );
+            }
+        }
         carried = held.carried;
         if let Some(change) = stamp.as_ref().and_then(|s| s.changes(&data)) {
             if !cfg.allow_data_change {
@@ -1032,10 +1068,18 @@ pub fn run_training_with(
     prov.source_weights = cfg.pretrained.clone();
     prov.extra.extend(carried);
     if let Some(change) = &data_change {
-        prov.extra.insert(
-            "resumed_over_changed_data".into(),
-            serde_json::json!({ "change": change, "fingerprint": data.fingerprint }),
-        );
+        // every allowed change stays on record, in order
+        let entry = serde_json::json!({ "change": change, "fingerprint": data.fingerprint });
+        let key = "resumed_over_changed_data";
+        let all = match prov.extra.remove(key) {
+            Some(serde_json::Value::Array(mut earlier)) => {
+                earlier.push(entry);
+                serde_json::Value::Array(earlier)
+            }
+            Some(earlier) => serde_json::Value::Array(vec![earlier, entry]),
+            None => entry,
+        };
+        prov.extra.insert(key.into(), all);
     }
     if let Some(ck) = &cfg.init_checkpoint {
         prov.parent = Some(reid_model::checkpoint::file_sha256(ck)?);
@@ -1151,7 +1195,7 @@ pub fn run_training_with(
             if stop && b + 1 < total {
                 pb.abandon();
                 save_state(out, &net, &trainer, &prov, &data, &config_view, position)?;
-                commit(replacement)?;
+                keep_aside(replacement, out);
                 return Ok(TrainOutcome {
                     model: out.join("model.safetensors"),
                     completed: false,
@@ -1189,7 +1233,7 @@ pub fn run_training_with(
         let stop = interrupt.load(Ordering::SeqCst)
             || cfg.stop_after_batches.is_some_and(|n| batches_done >= n);
         if stop && epoch + 1 < epochs {
-            commit(replacement)?;
+            keep_aside(replacement, out);
             return Ok(TrainOutcome {
                 model: out.join("model.safetensors"),
                 completed: false,
@@ -1240,10 +1284,12 @@ pub fn run_training_with(
         tool_version: Some(env!("CARGO_PKG_VERSION").into()),
         ..Default::default()
     })?;
+    // this model's per-query results only: none of an earlier model's under other labels
+    reid_run::RunFolder::new(out).reset_per_query()?;
     if let Some(m) = &metrics {
         reid_run::RunFolder::new(out).write_per_query(&ds.name, &m.per_query)?;
     }
-    commit(replacement)?;
+    commit(replacement, out)?;
     Ok(TrainOutcome {
         model: out.join("model.safetensors"),
         completed: true,

@@ -642,3 +642,111 @@ fn an_output_folder_that_is_a_file_is_named_and_left_alone() {
     assert!(err.contains("--out") && err.contains("is a file"), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), b"mine");
 }
+
+#[test]
+fn an_interrupted_overwrite_keeps_the_old_run_aside_until_the_new_one_finishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data(tmp.path());
+    let out = tmp.path().join("run");
+    ok(train(&root, &out, &SMALL).output().unwrap());
+    let old = std::fs::read(out.join("model.safetensors")).unwrap();
+    let cut = args(
+        &SMALL,
+        &[
+            "--epochs",
+            "2",
+            "--overwrite",
+            "--set",
+            "stop_after_batches=2",
+        ],
+    );
+    assert_eq!(
+        train(&root, &out, &cut).output().unwrap().status.code(),
+        Some(1)
+    );
+    assert_eq!(
+        std::fs::read(out.join(".replaced/model.safetensors")).unwrap(),
+        old,
+        "the replaced run is kept aside while the new one is unfinished"
+    );
+    ok(
+        train(&root, &out, &args(&SMALL, &["--epochs", "2", "--resume"]))
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        !out.join(".replaced").exists(),
+        "finished: the replaced run goes"
+    );
+    // an evaluation of this model under other options (as reid-eval --flip stores it), then
+    // the run continued under another config: per_query.json holds the new model's only
+    let folder = reid_run::RunFolder::new(&out);
+    let mut q = folder.read_per_query().unwrap();
+    let (label, first) = q.pop_first().unwrap();
+    folder
+        .write_per_query(&format!("{label}+flip"), &first)
+        .unwrap();
+    ok(train(
+        &root,
+        &out,
+        &args(
+            &SMALL,
+            &["--epochs", "3", "--resume", "--allow-config-change"],
+        ),
+    )
+    .output()
+    .unwrap());
+    let labels: Vec<String> = folder.read_per_query().unwrap().into_keys().collect();
+    assert_eq!(labels, [label]);
+}
+
+#[test]
+fn a_starting_checkpoint_replaced_under_a_run_is_refused_on_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data(tmp.path());
+    let init = tmp.path().join("init.safetensors");
+    checkpoint(&init, None);
+    let out = tmp.path().join("run");
+    let i = init.to_str().unwrap();
+    let cut = [
+        "--init",
+        i,
+        "--epochs",
+        "2",
+        "--set",
+        "stop_after_batches=2",
+    ];
+    assert_eq!(
+        train(&root, &out, &cut).output().unwrap().status.code(),
+        Some(1)
+    );
+    // another model under the same name
+    let spec = ArchSpec::resnet_with(18, 6, 0.125, 1, Neck::BnNeck).unwrap();
+    let other = ReidNet::new(&spec, &Device::Cpu, 9).unwrap();
+    reid_model::checkpoint::save_checkpoint(&other, &init, &Default::default()).unwrap();
+    let err = refused(
+        train(&root, &out, &["--init", i, "--epochs", "2", "--resume"])
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("changed since the run started"), "{err}");
+    // synth never mixes a new domain into a folder that holds one
+    let o = Command::new(BIN)
+        .args(["synth", "--ids", "4", "--out"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(refused(o).contains("is not empty"));
+    // an .onnx name whose content is a model: not replaced by an export
+    let fake = tmp.path().join("precious.onnx");
+    std::fs::copy(&init, &fake).unwrap();
+    let o = Command::new(BIN)
+        .args(["export", "--checkpoint"])
+        .arg(&init)
+        .arg("--out")
+        .arg(&fake)
+        .output()
+        .unwrap();
+    assert!(refused(o).contains("is not an ONNX model"));
+    assert_eq!(std::fs::read(&fake).unwrap(), std::fs::read(&init).unwrap());
+}

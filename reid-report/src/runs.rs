@@ -155,7 +155,8 @@ fn collect_metrics(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), RunsError> 
         // the report is about the published run folders. Symlinked folders are not followed
         // (a link loop would repeat runs without end, a link out of the tree report foreign ones).
         let is_dir = entry.file_type().map_err(io)?.is_dir();
-        if is_dir && name != "steps" && name != "data" {
+        // hidden folders (`.replaced/`: a run being replaced) are no results either
+        if is_dir && name != "steps" && name != "data" && !name.to_string_lossy().starts_with('.') {
             collect_metrics(&path, out)?;
         } else if name == "metrics.json" {
             out.push(path);

@@ -347,7 +347,9 @@ impl RunFolder {
             .filter(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    RUN_SUBFOLDERS.contains(&name.as_str()) || is_step_folder(&name)
+                    // a folder of that name that holds no run files is the user's own
+                    (RUN_SUBFOLDERS.contains(&name.as_str()) || is_step_folder(&name))
+                        && RUN_FILES.iter().any(|f| e.path().join(f).exists())
                 } else {
                     RUN_FILES.contains(&name.as_str())
                 }
@@ -374,6 +376,30 @@ impl RunFolder {
     /// so that nothing of the old run is left beside the new one, yet a failing new run can put
     /// it back ([`Replacement::restore`]); [`Replacement::commit`] deletes it once the new run
     /// has succeeded. A replacement left by a killed process is restored first.
+    /// A run in the folder has finished: a replaced run still kept aside (its replacement was
+    /// interrupted, then resumed to the end) goes for good, so that no later failure can bring
+    /// it back over the finished one.
+    pub fn discard_replaced(&self) -> Result<()> {
+        let keep = self.dir.join(REPLACED_DIR);
+        if keep.is_dir() {
+            std::fs::remove_dir_all(&keep)
+                .map_err(|source| RunFileError::Write { path: keep, source })?;
+        }
+        Ok(())
+    }
+
+    /// Per-query results start afresh (a new model's evaluations must not sit beside an
+    /// earlier model's under other labels).
+    pub fn reset_per_query(&self) -> Result<()> {
+        let path = self.dir.join(crate::stats::PER_QUERY_FILE);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(RunFileError::Write { path, source: e })
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn begin_replace(&self) -> Result<Replacement> {
         let keep = self.dir.join(REPLACED_DIR);
         let io = |path: &Path| {
@@ -478,6 +504,13 @@ impl Replacement {
         std::fs::remove_dir_all(&keep).map_err(|source| RunFileError::Write { path: keep, source })
     }
 
+    /// The new run stopped unfinished (interrupted, resumable): the old run stays aside in
+    /// [`REPLACED_DIR`] — gone once a resume finishes the new one, back if a later replacement
+    /// fails first.
+    pub fn keep_aside(mut self) {
+        self.settled = true;
+    }
+
     /// The new run failed: what it wrote goes, and the old run comes back as it was.
     pub fn restore(mut self) -> Result<()> {
         self.settled = true;
@@ -529,6 +562,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let f = RunFolder::new(tmp.path());
         std::fs::create_dir_all(tmp.path().join("step01")).unwrap();
+        std::fs::write(tmp.path().join("step01/pruned.safetensors"), "old").unwrap();
         for name in ["model.safetensors", "metrics.json", "notes.txt"] {
             std::fs::write(tmp.path().join(name), "old").unwrap();
         }
@@ -557,6 +591,22 @@ mod tests {
         r.commit().unwrap();
         assert_eq!(listing(), ["model.safetensors", "notes.txt"]);
         assert!(f.owns(&tmp.path().join("model.safetensors")));
+        // kept aside (interrupted), then the new run finished: a later failing replacement
+        // brings back the finished run, not the one replaced before it
+        std::fs::write(tmp.path().join("model.safetensors"), "B, half").unwrap();
+        f.begin_replace().unwrap().keep_aside();
+        std::fs::write(tmp.path().join("model.safetensors"), "C, finished").unwrap();
+        f.discard_replaced().unwrap();
+        drop(f.begin_replace().unwrap());
+        assert_eq!(
+            std::fs::read(tmp.path().join("model.safetensors")).unwrap(),
+            b"C, finished"
+        );
+        // a folder named like a tool's that holds no run files is the user's own
+        std::fs::create_dir_all(tmp.path().join("retrain")).unwrap();
+        std::fs::write(tmp.path().join("retrain/notes.txt"), "mine").unwrap();
+        f.begin_replace().unwrap().commit().unwrap();
+        assert!(tmp.path().join("retrain/notes.txt").exists());
         assert!(!f.owns(&tmp.path().join("notes.txt")));
     }
 

@@ -81,11 +81,20 @@ enum Destination {
     Stdout(String),
 }
 
+/// The dataset a run folder's config says it trained on (`dataset`, `root`), when it says.
+fn trained_data(folder: &std::path::Path) -> Option<(String, PathBuf)> {
+    let text = std::fs::read_to_string(folder.join("config.toml")).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    let root = PathBuf::from(table.get("root")?.as_str()?);
+    Some((table.get("dataset")?.as_str()?.to_string(), root))
+}
+
 fn destination(
     ck: &std::path::Path,
     out: Option<PathBuf>,
     backbone: &str,
     macs: u64,
+    data: (&str, &std::path::Path),
 ) -> Result<Destination> {
     let explicit = out.is_some();
     let out = out.unwrap_or_else(|| ck.with_file_name("metrics.json"));
@@ -126,6 +135,29 @@ fn destination(
             return Ok(Destination::Stdout(format!(
                 "{why}; printed only (give --out in another folder to keep them)"
             )));
+        }
+    }
+    // the run's own dataset name on other data: its entry would describe other images
+    if let Some((name, root)) = trained_data(folder) {
+        let same = |a: &std::path::Path, b: &std::path::Path| {
+            a.canonicalize()
+                .ok()
+                .zip(b.canonicalize().ok())
+                .is_some_and(|(a, b)| a == b)
+        };
+        if name == data.0 && !same(&root, data.1) {
+            let why = format!(
+                "--root {} is not the data the run in {} was trained on (its config.toml: \
+                 dataset = \"{name}\", root = {}): its \"{name}\" entry would describe other \
+                 images",
+                data.1.display(),
+                folder.display(),
+                root.display()
+            );
+            if explicit {
+                bail!("{why}; give --out in another folder");
+            }
+            return Ok(Destination::Stdout(format!("{why}; printed only")));
         }
     }
     let existing = existing_metrics(&out)?;
@@ -169,7 +201,13 @@ pub fn run(a: Args) -> Result<()> {
         false,
     )
     .with_context(|| format!("--input {input}"))?;
-    let dest = destination(&ck, a.out, &net.spec().name(), c.backbone.macs)?;
+    let dest = destination(
+        &ck,
+        a.out,
+        &net.spec().name(),
+        c.backbone.macs,
+        (name.as_str(), root.as_path()),
+    )?;
     // one writer a run folder while this one writes into it
     let _lock = match &dest {
         Destination::File(out, _) => Some(reid_run::lock::claim_folder(
@@ -237,7 +275,17 @@ pub fn run(a: Args) -> Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
-    reid_run::RunFolder::new(folder).write_per_query(&key, &m.per_query)?;
+    // ... only beside a folder's metrics.json: the folder's per_query.json goes with that file,
+    // and results written elsewhere must not change it
+    if out.file_name().is_some_and(|n| n == "metrics.json") {
+        reid_run::RunFolder::new(folder).write_per_query(&key, &m.per_query)?;
+    } else {
+        eprintln!(
+            "per-query results not stored: they go beside a metrics.json (--out {} has another \
+             name)",
+            out.display()
+        );
+    }
     print_metrics(&m, a.json)?;
     if !a.json {
         println!("metrics -> {}", out.display());

@@ -113,6 +113,17 @@ fn refuse_foreign_out(out: &std::path::Path) -> Result<()> {
             out.display()
         );
     }
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned());
+    if name
+        .as_deref()
+        .is_some_and(|n| n != "features.safetensors" && reid_run::metrics::RUN_FILES.contains(&n))
+    {
+        anyhow::bail!(
+            "--out {}: that name is a run folder's own record; give another name, e.g. \
+             features.safetensors",
+            out.display()
+        );
+    }
     if !out.exists() {
         return Ok(());
     }

@@ -74,6 +74,14 @@ pub fn run(a: Args) -> Result<()> {
             a.out.display()
         );
     }
+    if a.out.is_file() && !std::fs::read(&a.out).is_ok_and(|b| reid_model::onnx::is_onnx_model(&b))
+    {
+        bail!(
+            "--out {} exists and is not an ONNX model (its name says .onnx, its content does \
+             not): the export would replace it; give another name",
+            a.out.display()
+        );
+    }
     if !is_onnx
         && name
             .as_deref()

@@ -85,6 +85,17 @@ pub fn run(a: Args) -> Result<()> {
         distractors,
     };
     cfg.validate()?;
+    // a new dataset folder: images of another domain under the same names would mix silently
+    let non_empty = std::fs::read_dir(&out).is_ok_and(|mut entries| {
+        entries.any(|e| e.is_ok_and(|e| e.file_name() != reid_run::lock::LOCK_FILE))
+    });
+    if non_empty {
+        anyhow::bail!(
+            "--out {} is not empty: synth writes a dataset into a new or empty folder (remove \
+             the folder first to generate it again)",
+            out.display()
+        );
+    }
     // one writer a dataset folder: two generators would interleave their images
     let _lock = reid_run::lock::claim_folder(&out, "synth")?;
     let pb = indicatif::ProgressBar::new(0);
