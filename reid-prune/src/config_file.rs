@@ -190,7 +190,13 @@ pub fn with_overrides<T: Serialize + DeserializeOwned>(cfg: T, sets: &[SetOverri
     }
     let keys: Vec<String> = sets.iter().map(SetOverride::key).collect();
     let text = toml::to_string(&table).context("re-serialising the config")?;
-    parse_toml(&text).with_context(|| format!("--set {}", keys.join(", ")))
+    // the merged text is internal: its line numbers and snippet would point nowhere the user
+    // wrote, so only the message is shown
+    toml::from_str(&text).map_err(|e| {
+        let msg = e.message().to_string();
+        let hint = did_you_mean(&msg).unwrap_or_default();
+        anyhow::anyhow!("--set {}: {msg}{hint}", keys.join(", "))
+    })
 }
 
 /// Parse TOML text; an unknown key gets a "did you mean" hint.

@@ -249,6 +249,41 @@ pub fn check_path_name(field: &str, name: &str) -> Result<()> {
 }
 
 impl ExperimentConfig {
+    /// The run config of one of the grid's training steps (pre-training: `Classify` on the
+    /// source; fine-tuning and retraining: `Reid` on a target).
+    pub fn run_config(&self, data: &DataRef, task: Task, epochs: usize, out: &Path) -> RunConfig {
+        let mut rc = RunConfig {
+            dataset: data.dataset.clone(),
+            root: data.root.clone(),
+            arch: self.arch.clone(),
+            width_mult: self.width_mult,
+            input: self.input,
+            batch_pk: self.batch_pk,
+            batch_size: self.batch_size,
+            seed: self.seed,
+            device: self.device,
+            out: out.to_path_buf(),
+            evaluate: false,
+            checkpoint_interval_s: self.checkpoint_interval_s,
+            augment: self.augment,
+            ..RunConfig::default()
+        };
+        rc.train.task = task;
+        rc.train.epochs = epochs;
+        rc.train.schedule = Schedule {
+            base_lr: self.lr,
+            warmup_epochs: (epochs / 5).min(10),
+            warmup_factor: 0.1,
+            decay: Decay::Cosine {
+                min_lr: self.lr * 0.01,
+            },
+        };
+        if task == Task::Classify {
+            rc.train.label_smoothing = 0.1;
+        }
+        rc
+    }
+
     /// Everything checked before the first step runs; errors name the field.
     pub fn validate(&self) -> Result<()> {
         check_path_name("name", &self.name)?;
@@ -310,6 +345,26 @@ impl ExperimentConfig {
             .chain(&self.targets)
         {
             check_path_name("dataset label", d.label())?;
+        }
+        // the training steps' own settings (augmentation, P×K for the triplet loss, …), as
+        // each step will check them: refused here, before any step runs
+        for (what, data, task, epochs) in [
+            (
+                "pre-training",
+                &self.source,
+                Task::Classify,
+                self.pretrain_epochs,
+            ),
+            (
+                "fine-tuning",
+                &self.target,
+                Task::Reid,
+                self.finetune_epochs,
+            ),
+        ] {
+            self.run_config(data, task, epochs, Path::new(""))
+                .validate()
+                .with_context(|| format!("the grid's {what} runs"))?;
         }
         Ok(())
     }
@@ -694,36 +749,7 @@ impl Runner {
     }
 
     fn train_config(&self, data: &DataRef, task: Task, epochs: usize, out: &Path) -> RunConfig {
-        let mut rc = RunConfig {
-            dataset: data.dataset.clone(),
-            root: data.root.clone(),
-            arch: self.cfg.arch.clone(),
-            width_mult: self.cfg.width_mult,
-            input: self.cfg.input,
-            batch_pk: self.cfg.batch_pk,
-            batch_size: self.cfg.batch_size,
-            seed: self.cfg.seed,
-            device: self.cfg.device,
-            out: out.to_path_buf(),
-            evaluate: false,
-            checkpoint_interval_s: self.cfg.checkpoint_interval_s,
-            augment: self.cfg.augment,
-            ..RunConfig::default()
-        };
-        rc.train.task = task;
-        rc.train.epochs = epochs;
-        rc.train.schedule = Schedule {
-            base_lr: self.cfg.lr,
-            warmup_epochs: (epochs / 5).min(10),
-            warmup_factor: 0.1,
-            decay: Decay::Cosine {
-                min_lr: self.cfg.lr * 0.01,
-            },
-        };
-        if task == Task::Classify {
-            rc.train.label_smoothing = 0.1;
-        }
-        rc
+        self.cfg.run_config(data, task, epochs, out)
     }
 
     /// A training step: `rc` resolved, its starting model (if any) the parent's.

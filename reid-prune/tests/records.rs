@@ -595,6 +595,10 @@ fn settings_outside_their_algorithm_and_runaway_sizes_are_refused() {
             "train.triplet_margin = -1",
         ),
         (vec!["--batch-pk", "1x2"], "P ≥ 2 identities"),
+        (
+            vec!["--set", "train.schedule.decay=\"cosine\""],
+            "--set train.schedule.decay: ",
+        ),
         (vec!["--batch-pk", "7x2"], "P = 7 identities a batch, but"),
     ] {
         let err = refused(train(&root, &out, &args(&SMALL, &extra)).output().unwrap());
@@ -749,4 +753,25 @@ fn a_starting_checkpoint_replaced_under_a_run_is_refused_on_resume() {
         .unwrap();
     assert!(refused(o).contains("is not an ONNX model"));
     assert_eq!(std::fs::read(&fake).unwrap(), std::fs::read(&init).unwrap());
+}
+
+#[test]
+fn a_grid_checks_its_training_settings_before_any_step() {
+    use reid_prune::scenario::ExperimentConfig;
+    let base = ExperimentConfig::default();
+    assert!(base.validate().is_ok(), "{:?}", base.validate());
+    let mut nan = base.clone();
+    nan.augment.erase_p = f32::NAN;
+    let e = format!("{:#}", nan.validate().unwrap_err());
+    assert!(
+        e.contains("pre-training") && e.contains("augment.erase_p = NaN"),
+        "{e}"
+    );
+    let mut one = base.clone();
+    one.batch_pk = reid_run::PkBatch::new(1, 1);
+    let e = format!("{:#}", one.validate().unwrap_err());
+    assert!(
+        e.contains("fine-tuning") && e.contains("batch_pk = 1x1"),
+        "{e}"
+    );
 }

@@ -204,3 +204,37 @@ fn with_seeds_the_verdict_rests_on_training_and_query_variance() {
     let taylor = row(&t, "S1 taylor C1");
     assert_eq!(taylor[6].as_deref(), Some("queries only"));
 }
+
+#[test]
+fn two_experiments_in_one_folder_are_judged_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let in_experiment = |id: &str, e: &str| {
+        let f = RunFolder::new(root.join(id));
+        let mut m = f.read_metrics().unwrap().unwrap();
+        m.experiment = e.into();
+        f.write_metrics(&m).unwrap();
+    };
+    for (e, hits) in [("g1", 300), ("g2", 200)] {
+        let base = format!("{e}/baseline/resnet50-full");
+        let s1 = format!("{e}/S1/l1-C1");
+        run(root, &base, "baseline", "resnet50", "resnet50", hits);
+        run(root, &s1, "S1", "resnet50", "l1", hits);
+        in_experiment(&base, e);
+        in_experiment(&s1, e);
+    }
+    let t = claims_table(&load_runs(root).unwrap().0, "C1").unwrap();
+    let rows: Vec<(String, String)> = t
+        .rows
+        .iter()
+        .map(|r| (r[1].clone().unwrap(), r[4].clone().unwrap()))
+        .collect();
+    // each S1 cell against its own experiment's unpruned model: the same hits, Δ 0
+    assert_eq!(
+        rows,
+        [
+            ("g1: market1501".to_string(), "+0.0".to_string()),
+            ("g2: market1501".to_string(), "+0.0".to_string())
+        ]
+    );
+}

@@ -167,6 +167,49 @@ const ONE_POINT: Test = Test::NotBelow { margin: 0.01 };
 /// pruned backbone is the scenario cells' (ResNet-50 in the paper); the other baselines are the
 /// smaller networks of claim 2.
 pub fn judge(runs: &[ClaimRun], level: &str) -> Option<ClaimsTable> {
+    // one experiment at a time: a folder holding two grids must not judge one grid's pruned
+    // model against the other's baseline
+    let mut experiments: Vec<&str> = runs.iter().map(|r| r.metrics.experiment.as_str()).collect();
+    experiments.sort();
+    experiments.dedup();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for e in &experiments {
+        let group: Vec<ClaimRun> = runs
+            .iter()
+            .filter(|r| r.metrics.experiment == *e)
+            .copied()
+            .collect();
+        for mut row in judge_experiment(&group, level) {
+            if experiments.len() > 1 {
+                row[1] = format!("{e}: {}", row[1]);
+            }
+            rows.push(row);
+        }
+    }
+    if rows.is_empty() {
+        return None;
+    }
+    Some(ClaimsTable {
+        title: format!("The paper's claims at {level}, judged"),
+        note: NOTE.into(),
+        headers: [
+            "claim",
+            "dataset",
+            "A",
+            "B",
+            "Δ R-1",
+            "95 % interval",
+            "variance covered",
+            "verdict",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+    })
+}
+
+/// The claims of one experiment's runs.
+fn judge_experiment(runs: &[ClaimRun], level: &str) -> Vec<Vec<String>> {
     let mut rows: Vec<Option<Vec<String>>> = Vec::new();
     let is_baseline = |r: &ClaimRun| r.metrics.scenario == "baseline";
     let pruned = runs
@@ -285,13 +328,11 @@ pub fn judge(runs: &[ClaimRun], level: &str) -> Option<ClaimsTable> {
             }
         }
     }
-    let rows: Vec<Vec<String>> = rows.into_iter().flatten().collect();
-    if rows.is_empty() {
-        return None;
-    }
-    Some(ClaimsTable {
-        title: format!("The paper's claims at {level}, judged"),
-        note: "Δ rank-1 = A − B in points. Where both models were trained under several seeds \
+    rows.into_iter().flatten().collect()
+}
+
+const NOTE: &str =
+    "Δ rank-1 = A − B in points. Where both models were trained under several seeds \
                (\"N seeds + queries\"), Δ is the mean over the seeds and the 95 % interval covers \
                training and query variance: mean ± t·sqrt(sd²/N + the paired query-bootstrap \
                variance), t at the Welch–Satterthwaite degrees of freedom. Otherwise (\"queries \
@@ -299,23 +340,7 @@ pub fn judge(runs: &[ClaimRun], level: &str) -> Option<ClaimsTable> {
                variance can exceed. A claim holds when the whole interval is on its side of the \
                bound (−1 point for (1), (4) and (5), 0 for (2) and (3)), does not hold when the \
                whole interval is on the other side, and is inconclusive otherwise: more seeds or \
-               queries would decide it."
-            .into(),
-        headers: [
-            "claim",
-            "dataset",
-            "A",
-            "B",
-            "Δ R-1",
-            "95 % interval",
-            "variance covered",
-            "verdict",
-        ]
-        .map(String::from)
-        .to_vec(),
-        rows,
-    })
-}
+               queries would decide it.";
 
 fn pretty(backbone: &str) -> String {
     backbone.replace("resnet", "ResNet-")
