@@ -435,6 +435,22 @@ fn build_net(cfg: &RunConfig, num_classes: usize, device: &Device) -> Result<Rei
     Ok(ReidNet::new_with(&spec, device, cfg.seed, init)?)
 }
 
+/// A fresh run's first files, removed when it ends (fails) before any checkpoint exists.
+struct FreshStart<'a> {
+    out: &'a Path,
+    armed: bool,
+}
+
+impl Drop for FreshStart<'_> {
+    fn drop(&mut self) {
+        if self.armed && !self.out.join(STATE_FILE).exists() {
+            for f in ["config.toml", "log.jsonl"] {
+                let _ = std::fs::remove_file(self.out.join(f));
+            }
+        }
+    }
+}
+
 /// The new run stands: the one it replaced (`--overwrite`) goes for good, and so does one kept
 /// aside by an interrupted replacement that this run (resumed) has now finished.
 fn commit(replacement: Option<reid_run::metrics::Replacement>, out: &Path) -> Result<()> {
@@ -1061,6 +1077,12 @@ pub fn run_training_with(
     let config_view = serde_json::to_string(&cfg.result_view()?)?;
     let config_text = toml::to_string_pretty(cfg).context("serialising the run config")?;
     write_text_atomic(&out.join("config.toml"), &config_text)?;
+    // a fresh run that fails before its first checkpoint takes its config.toml and log back, so
+    // that the corrected rerun is not refused as "holds another run"
+    let fresh = FreshStart {
+        out,
+        armed: !from_state,
+    };
     let mut prov = Provenance::new();
     prov.dataset = Some(ds.name.clone());
     prov.seed = Some(cfg.seed);
@@ -1290,6 +1312,7 @@ pub fn run_training_with(
         reid_run::RunFolder::new(out).write_per_query(&ds.name, &m.per_query)?;
     }
     commit(replacement, out)?;
+    drop(fresh);
     Ok(TrainOutcome {
         model: out.join("model.safetensors"),
         completed: true,

@@ -775,3 +775,22 @@ fn a_grid_checks_its_training_settings_before_any_step() {
         "{e}"
     );
 }
+
+#[test]
+fn a_fresh_run_that_fails_takes_its_first_files_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data(tmp.path());
+    let out = tmp.path().join("run");
+    // a learning rate that overflows the first step
+    let o = train(
+        &root,
+        &out,
+        &args(&SMALL, &["--set", "train.schedule.base_lr=1e308"]),
+    )
+    .output()
+    .unwrap();
+    let err = refused(o);
+    assert!(!out.join("config.toml").exists(), "config.toml left: {err}");
+    // the corrected rerun is not refused as "holds another run"
+    ok(train(&root, &out, &SMALL).output().unwrap());
+}

@@ -93,7 +93,7 @@ fn destination(
     ck: &std::path::Path,
     out: Option<PathBuf>,
     backbone: &str,
-    macs: u64,
+    params: u64,
     data: (&str, &std::path::Path),
 ) -> Result<Destination> {
     let explicit = out.is_some();
@@ -162,14 +162,14 @@ fn destination(
     }
     let existing = existing_metrics(&out)?;
     if let Some(m) = &existing {
-        if m.backbone != backbone || m.macs != macs {
+        // parameters, not MACs: they do not depend on the input size, which may be unknown
+        if m.backbone != backbone || m.params != params {
             bail!(
-                "{} describes a {} of {} MACs, and {} is a {backbone} of {macs} MACs at its \
-                 trained input: results of another model do not go into it; give --out \
-                 elsewhere",
+                "{} describes a {} of {} parameters, and {} is a {backbone} of {params}: \
+                 results of another model do not go into it; give --out elsewhere",
                 out.display(),
                 m.backbone,
-                m.macs,
+                m.params,
                 ck.display()
             );
         }
@@ -205,7 +205,7 @@ pub fn run(a: Args) -> Result<()> {
         &ck,
         a.out,
         &net.spec().name(),
-        c.backbone.macs,
+        c.backbone.params,
         (name.as_str(), root.as_path()),
     )?;
     // one writer a run folder while this one writes into it
