@@ -640,8 +640,6 @@ fn save_state(
     Ok(())
 }
 
-/// The net, optimiser and position saved by [`save_state`] (or, for state files written before
-/// the weights moved into them, the net from `model.safetensors`).
 /// What a state file holds besides the net, optimiser and position.
 struct HeldState {
     /// The run's config as [`RunConfig::result_view`] saw it (absent in older state files).
@@ -652,9 +650,14 @@ struct HeldState {
     parent: Option<String>,
 }
 
-/// Provenance entries that describe the run's history, kept by every later checkpoint of it.
-const CARRIED: [&str; 1] = ["resumed_over_changed_data"];
+/// The provenance entry of the data changes a resume was allowed to continue over.
+const DATA_CHANGES: &str = "resumed_over_changed_data";
 
+/// Provenance entries that describe the run's history, kept by every later checkpoint of it.
+const CARRIED: [&str; 1] = [DATA_CHANGES];
+
+/// The net, optimiser and position saved by [`save_state`] (or, for state files written before
+/// the weights moved into them, the net from `model.safetensors`).
 fn load_state(
     out: &Path,
     cfg: &TrainConfig,
@@ -961,6 +964,12 @@ pub fn run_training_with(
             out.display()
         );
     }
+    // the starting checkpoint's hash: the provenance's parent, and checked on a resume
+    let init_sha = cfg
+        .init_checkpoint
+        .as_deref()
+        .map(reid_model::checkpoint::file_sha256)
+        .transpose()?;
     // a resume over changed data that the user allowed: recorded in the model's provenance
     let mut data_change: Option<String> = None;
     // what an earlier resume recorded in the provenance, carried on
@@ -984,9 +993,8 @@ pub fn run_training_with(
             );
         }
         // the starting checkpoint replaced since: the recorded parent would not be the start
-        if let (Some(ck), Some(was)) = (&cfg.init_checkpoint, &held.parent) {
-            let now = reid_model::checkpoint::file_sha256(ck)?;
-            if &now != was {
+        if let (Some(ck), Some(was), Some(now)) = (&cfg.init_checkpoint, &held.parent, &init_sha) {
+            if now != was {
                 bail!(
                     "cannot resume {}: init_checkpoint {} (--init) changed since the run started \
                      from it (sha256 {}… then, {}… now); restore it, or start afresh \
@@ -994,7 +1002,7 @@ pub fn run_training_with(
                     out.display(),
                     ck.display(),
                     was.get(..12).unwrap_or(was),
-                    now.get(..12).unwrap_or(&now)
+                    now.get(..12).unwrap_or(now)
                 );
             }
         }
@@ -1092,8 +1100,7 @@ pub fn run_training_with(
     if let Some(change) = &data_change {
         // every allowed change stays on record, in order
         let entry = serde_json::json!({ "change": change, "fingerprint": data.fingerprint });
-        let key = "resumed_over_changed_data";
-        let all = match prov.extra.remove(key) {
+        let all = match prov.extra.remove(DATA_CHANGES) {
             Some(serde_json::Value::Array(mut earlier)) => {
                 earlier.push(entry);
                 serde_json::Value::Array(earlier)
@@ -1101,11 +1108,9 @@ pub fn run_training_with(
             Some(earlier) => serde_json::Value::Array(vec![earlier, entry]),
             None => entry,
         };
-        prov.extra.insert(key.into(), all);
+        prov.extra.insert(DATA_CHANGES.into(), all);
     }
-    if let Some(ck) = &cfg.init_checkpoint {
-        prov.parent = Some(reid_model::checkpoint::file_sha256(ck)?);
-    }
+    prov.parent = init_sha;
     if from_state {
         // model.safetensors is written after the trainer state: a run that died between the
         // two left an older model. It is the state's network, so it is written again from it.

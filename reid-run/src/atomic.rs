@@ -8,6 +8,13 @@ use crate::{Result, RunFileError};
 /// What [`write_atomic`]'s temporary names carry before the writer's pid.
 pub const TEMP_MARK: &str = ".tmp-";
 
+/// The folder a file path lies in (`.` for a bare file name).
+pub fn folder_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// Write `bytes` to `path` atomically: a temporary file in the same folder with a name unique
 /// to this process and call, created exclusively (a planted file or symlink of that name is
 /// never followed), synced, renamed over `path`, and the folder synced so that the rename is
@@ -18,10 +25,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         path: path.to_path_buf(),
         source,
     };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = folder_of(path);
     std::fs::create_dir_all(dir).map_err(err)?;
     let file_name = path
         .file_name()

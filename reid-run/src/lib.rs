@@ -40,7 +40,7 @@ pub mod stats;
 pub mod testing;
 pub mod types;
 
-pub use atomic::{remove_stale_temp_files, write_atomic, TEMP_MARK};
+pub use atomic::{folder_of, remove_stale_temp_files, write_atomic, TEMP_MARK};
 pub use deploy::{
     file_sha256, read_deploy, read_deploy_for_model, DeployLatencies, DeployLatency, DEPLOY_FILE,
 };

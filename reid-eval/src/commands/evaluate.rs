@@ -66,10 +66,17 @@ fn trained_input(
     prov: &reid_model::checkpoint::Provenance,
 ) -> Option<reid_run::InputSize> {
     prov.input.or_else(|| {
-        let config = ck.with_file_name("config.toml");
-        let table: toml::Table = toml::from_str(&std::fs::read_to_string(config).ok()?).ok()?;
-        table.get("input")?.as_str()?.parse().ok()
+        config_beside(reid_run::folder_of(ck))?
+            .get("input")?
+            .as_str()?
+            .parse()
+            .ok()
     })
+}
+
+/// The run config in `folder` (config.toml) as a plain table, when there is a readable one.
+fn config_beside(folder: &std::path::Path) -> Option<toml::Table> {
+    toml::from_str(&std::fs::read_to_string(folder.join("config.toml")).ok()?).ok()
 }
 
 /// Where the results go, decided before the (long) extraction: a folder's metrics.json belongs
@@ -83,8 +90,7 @@ enum Destination {
 
 /// The dataset a run folder's config says it trained on (`dataset`, `root`), when it says.
 fn trained_data(folder: &std::path::Path) -> Option<(String, PathBuf)> {
-    let text = std::fs::read_to_string(folder.join("config.toml")).ok()?;
-    let table: toml::Table = toml::from_str(&text).ok()?;
+    let table = config_beside(folder)?;
     let root = PathBuf::from(table.get("root")?.as_str()?);
     Some((table.get("dataset")?.as_str()?.to_string(), root))
 }
@@ -98,10 +104,7 @@ fn destination(
 ) -> Result<Destination> {
     let explicit = out.is_some();
     let out = out.unwrap_or_else(|| ck.with_file_name("metrics.json"));
-    let folder = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
+    let folder = reid_run::folder_of(&out);
     if out.is_dir() {
         bail!(
             "--out {}: is a folder; expected the metrics file to write, e.g. {}",
@@ -211,9 +214,7 @@ pub fn run(a: Args) -> Result<()> {
     // one writer a run folder while this one writes into it
     let _lock = match &dest {
         Destination::File(out, _) => Some(reid_run::lock::claim_folder(
-            out.parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new(".")),
+            reid_run::folder_of(out),
             "reid-eval",
         )?),
         Destination::Stdout(_) => None,
@@ -271,10 +272,7 @@ pub fn run(a: Args) -> Result<()> {
     doc.eval.insert(key.clone(), m.eval_entry());
     reid_run::metrics::write_metrics(&out, &doc)?;
     // per-query results beside it: any interval can be recomputed without the model
-    let folder = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
+    let folder = reid_run::folder_of(&out);
     // ... only beside a folder's metrics.json: the folder's per_query.json goes with that file,
     // and results written elsewhere must not change it
     if out.file_name().is_some_and(|n| n == "metrics.json") {

@@ -87,10 +87,7 @@ pub fn run(a: Args) -> Result<()> {
         })
         .collect();
     // one writer a folder while the features are written
-    let folder = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
+    let folder = reid_run::folder_of(&out);
     let _lock = reid_run::lock::claim_folder(folder, "extract")?;
     save_features(&out, &feats, &names, feature)?;
     println!(

@@ -141,11 +141,7 @@ pub fn run(a: Args) -> Result<()> {
     let bytes = export(&net, &opts).context("building the ONNX graph")?;
     check_finite_features(&net, input, opts.feature)?;
     // one writer a folder: the export's own, while it writes
-    let folder = a
-        .out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
+    let folder = reid_run::folder_of(&a.out);
     let _lock = reid_run::lock::claim_folder(folder, "export")?;
     reid_run::write_atomic(&a.out, &bytes)?;
     eprintln!(

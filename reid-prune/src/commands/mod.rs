@@ -33,16 +33,18 @@ pub fn as_folder_writer<T>(
     let lock = reid_run::lock::claim_folder(dir, what)?;
     let result = work();
     drop(lock);
-    if result.is_err() && !existed {
-        let only_lock = std::fs::read_dir(dir).is_ok_and(|entries| {
-            entries
-                .flatten()
-                .all(|e| e.file_name() == reid_run::lock::LOCK_FILE)
-        });
-        if only_lock {
-            let _ = std::fs::remove_file(dir.join(reid_run::lock::LOCK_FILE));
-            let _ = std::fs::remove_dir(dir);
-        }
+    if result.is_err() && !existed && holds_only_the_lock(dir) {
+        let _ = std::fs::remove_file(dir.join(reid_run::lock::LOCK_FILE));
+        let _ = std::fs::remove_dir(dir);
     }
     result
+}
+
+/// Whether `dir` is a folder with nothing in it but (at most) its writer's `.lock`.
+pub fn holds_only_the_lock(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .all(|e| e.file_name() == reid_run::lock::LOCK_FILE)
+    })
 }

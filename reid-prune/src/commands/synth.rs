@@ -86,10 +86,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     cfg.validate()?;
     // a new dataset folder: images of another domain under the same names would mix silently
-    let non_empty = std::fs::read_dir(&out).is_ok_and(|mut entries| {
-        entries.any(|e| e.is_ok_and(|e| e.file_name() != reid_run::lock::LOCK_FILE))
-    });
-    if non_empty {
+    if out.is_dir() && !super::holds_only_the_lock(&out) {
         anyhow::bail!(
             "--out {} is not empty: synth writes a dataset into a new or empty folder (remove \
              the folder first to generate it again)",
