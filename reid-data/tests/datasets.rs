@@ -243,3 +243,46 @@ fn errors_name_the_file() {
         .to_string()
         .contains("not found"));
 }
+
+/// The fingerprint covers the images the loader lists and nothing else under the root: a step
+/// cache keyed on it is not invalidated by a README or by a second dataset stored beside the
+/// first, and is invalidated by a changed, added or relabelled image.
+#[test]
+fn fingerprint_covers_the_listed_images_only() {
+    use reid_data::datasets::fingerprint;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    market_tree(&root.join("market1501"), 3);
+    let f = |name: &str| fingerprint(&load(name, &root).unwrap()).unwrap();
+    let first = f("market1501");
+    assert_eq!(first.len(), 16);
+
+    // files the loader does not read
+    std::fs::write(root.join("README.txt"), b"notes").unwrap();
+    std::fs::write(root.join("market1501/readme.txt"), b"notes").unwrap();
+    std::fs::write(root.join("market1501/query/notes.txt"), b"x").unwrap();
+    write_jpg(&root.join("dukemtmc-reid/bounding_box_train/0001_c1s1_000001_00.jpg"));
+    assert_eq!(f("market1501"), first);
+
+    // an image rewritten with other bytes
+    let img = root.join("market1501/query/0011_c1s1_000010_00.jpg");
+    image::RgbImage::from_pixel(8, 24, image::Rgb([1, 2, 3]))
+        .save(&img)
+        .unwrap();
+    let rewritten = f("market1501");
+    assert_ne!(rewritten, first);
+
+    // a new gallery image
+    write_jpg(&root.join("market1501/bounding_box_test/0012_c2s1_000099_00.jpg"));
+    let added = f("market1501");
+    assert_ne!(added, rewritten);
+
+    // the same bytes under another identity (a relabelled file)
+    let from = root.join("market1501/bounding_box_test/0012_c2s1_000099_00.jpg");
+    std::fs::rename(
+        &from,
+        root.join("market1501/bounding_box_test/0011_c2s1_000099_00.jpg"),
+    )
+    .unwrap();
+    assert_ne!(f("market1501"), added);
+}

@@ -68,6 +68,45 @@ pub struct TensorFile {
     pub metadata: HashMap<String, String>,
 }
 
+/// The tensor shapes of a safetensors file, from its header only (a 100 MB ResNet-50 is not
+/// read to learn its architecture).
+pub fn read_safetensors_shapes(path: &Path) -> Result<HashMap<String, Vec<usize>>> {
+    use std::io::Read;
+    refuse_non_regular(path)?;
+    let bad = |m: String| ModelError::file(path, m);
+    let mut f =
+        std::fs::File::open(path).map_err(|e| bad(format!("cannot read the weights file: {e}")))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| bad("not a valid safetensors file: shorter than its header length".into()))?;
+    let len = u64::from_le_bytes(len);
+    // safetensors' own bound on a header
+    if len > 100_000_000 {
+        return Err(bad(format!(
+            "not a valid safetensors file: a header of {len} bytes"
+        )));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)
+        .map_err(|_| bad("not a valid safetensors file (truncated header)".into()))?;
+    let v: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("unreadable safetensors header: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad("unreadable safetensors header: not a JSON object".into()))?;
+    obj.iter()
+        .filter(|(k, _)| k.as_str() != "__metadata__")
+        .map(|(k, t)| {
+            let shape = t
+                .get("shape")
+                .and_then(|s| s.as_array())
+                .and_then(|s| s.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
+                .ok_or_else(|| bad(format!("tensor '{k}': no shape in the header")))?;
+            Ok((k.clone(), shape))
+        })
+        .collect()
+}
+
 /// Read every tensor of a safetensors file (f16 and bf16 become f32; f32, f64 and integer
 /// tensors such as `num_batches_tracked` are kept as they are).
 pub fn read_safetensors(path: &Path, device: &Device) -> Result<TensorFile> {
@@ -403,7 +442,13 @@ pub(crate) fn checkpoint_from_file(
     check_all_finite(path, &file.tensors)?;
     let provenance = match file.metadata.get(META_PROVENANCE) {
         Some(p) => serde_json::from_str(p).map_err(|e| {
-            ModelError::file(path, format!("'{META_PROVENANCE}' is not valid JSON: {e}"))
+            // a well-formed record with a bad value (an input of 0x0) is not a JSON problem
+            let what = if e.classify() == serde_json::error::Category::Data {
+                "holds an invalid value"
+            } else {
+                "is not valid JSON"
+            };
+            ModelError::file(path, format!("'{META_PROVENANCE}' {what}: {e}"))
         })?,
         None => Provenance::default(),
     };
@@ -516,6 +561,47 @@ mod tests {
         }
         let (_, header) = safetensors::SafeTensors::read_metadata(&first).unwrap();
         assert_eq!(header.metadata().as_ref().unwrap()["key7"], "7");
+    }
+
+    #[test]
+    fn a_bad_value_in_the_provenance_is_named_as_such_not_as_bad_json() {
+        let net = ReidNet::new(&tiny_pruned(), &Device::Cpu, 0).unwrap();
+        let mut prov = Provenance::new();
+        prov.input = Some(reid_run::InputSize::new(64, 32));
+        let bytes = checkpoint_bytes(&net, &prov, &[], HashMap::new()).unwrap();
+        // the same length, so the header stays well-formed: an input of 0x32
+        let at = bytes.windows(5).position(|w| w == b"64x32").unwrap();
+        let mut tampered = bytes.clone();
+        tampered[at..at + 5].copy_from_slice(b"0x032");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        std::fs::write(&path, &tampered).unwrap();
+        let e = load_checkpoint(&path, &Device::Cpu, false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("'reid.provenance' holds an invalid value: input size '0x032'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn shapes_from_the_header_equal_the_loaded_tensors() {
+        let net = ReidNet::new(&tiny_pruned(), &Device::Cpu, 0).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        save_checkpoint(&net, &path, &Provenance::new()).unwrap();
+        let shapes = read_safetensors_shapes(&path).unwrap();
+        let file = read_safetensors(&path, &Device::Cpu).unwrap();
+        assert_eq!(shapes.len(), file.tensors.len());
+        for (k, t) in &file.tensors {
+            assert_eq!(&shapes[k], t.dims(), "{k}");
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..20]).unwrap();
+        let e = read_safetensors_shapes(&path).err().unwrap().to_string();
+        assert!(e.contains("truncated header"), "{e}");
     }
 
     #[test]

@@ -114,10 +114,24 @@ pub fn infer_backbone_spec(
     tensors: &HashMap<String, Tensor>,
     last_stride: usize,
 ) -> Result<ArchSpec> {
+    let shapes: HashMap<String, Vec<usize>> = tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+        .collect();
+    infer_backbone_spec_from_shapes(path, &shapes, last_stride)
+}
+
+/// [`infer_backbone_spec`] from tensor shapes alone (a file's header:
+/// [`crate::checkpoint::read_safetensors_shapes`]), without reading the weights.
+pub fn infer_backbone_spec_from_shapes(
+    path: &Path,
+    tensors: &HashMap<String, Vec<usize>>,
+    last_stride: usize,
+) -> Result<ArchSpec> {
     let dim0 = |name: &str| -> Result<usize> {
         tensors
             .get(name)
-            .and_then(|t| t.dims().first().copied())
+            .and_then(|t| t.first().copied())
             .ok_or_else(|| {
                 ModelError::file(
                     path,

@@ -479,8 +479,8 @@ pub struct Runner {
     wait_for_others: bool,
     /// Planning: steps are listed here instead of being run.
     plan: Option<Vec<PlannedStep>>,
-    /// Data fingerprints by root ([`crate::step_key::data_fingerprint`]), read once a run.
-    fingerprints: HashMap<PathBuf, String>,
+    /// Data fingerprints by dataset and root, read once a run.
+    fingerprints: HashMap<(String, PathBuf), String>,
     /// Compute at most this many steps, then stop with [`StepBudgetSpent`] (a worker's
     /// `--max-steps`: finished steps stay for the next worker).
     max_steps: Option<usize>,
@@ -560,8 +560,9 @@ const BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 /// flipped-kernel conv, lane-wise BN reductions (float rounding), channels-last latency (session 3).
 /// 4: Taylor scores from chunks of 8 images (float rounding can reorder near-ties; session 4).
 /// 5: keys are the hash of each step's full resolved config and its parents' keys (session 5).
-/// 6: keys hold the fingerprint of the data each step reads (session 6).
-const STEP_ENGINE: u32 = 6;
+/// 6: keys hold the fingerprint of the data each step reads (session 6). 7: that fingerprint
+/// covers the images the dataset lists, not every file under its root (session 17).
+const STEP_ENGINE: u32 = 7;
 
 impl Runner {
     pub fn new(cfg: ExperimentConfig) -> Result<Self> {
@@ -590,18 +591,21 @@ impl Runner {
         self
     }
 
-    /// The fingerprint of the data under `root` (cached: the grid reads it once).
-    fn fingerprint(&mut self, root: &Path) -> Result<String> {
-        if let Some(f) = self.fingerprints.get(root) {
+    /// The fingerprint of the images dataset `name` lists under `root`
+    /// ([`reid_data::datasets::fingerprint`]; cached: the grid reads each dataset once).
+    fn fingerprint(&mut self, name: &str, root: &Path) -> Result<String> {
+        let key = (name.to_string(), root.to_path_buf());
+        if let Some(f) = self.fingerprints.get(&key) {
             return Ok(f.clone());
         }
         if !root.exists() {
             // planning a grid whose data is not there yet (a run checks its inputs first)
             return Ok("absent".into());
         }
-        let f = crate::step_key::data_fingerprint(root)
-            .with_context(|| format!("reading the dataset folder {}", root.display()))?;
-        self.fingerprints.insert(root.to_path_buf(), f.clone());
+        let f = reid_data::datasets::load(name, root)
+            .and_then(|ds| reid_data::datasets::fingerprint(&ds))
+            .with_context(|| format!("reading the {name} dataset in {}", root.display()))?;
+        self.fingerprints.insert(key, f.clone());
         Ok(f)
     }
 
@@ -763,7 +767,7 @@ impl Runner {
     ) -> Result<StepOut> {
         rc.init_checkpoint = parent.map(StepOut::model);
         let mut work = rc.result_view()?;
-        let data = self.fingerprint(&rc.root)?;
+        let data = self.fingerprint(&rc.dataset, &rc.root)?;
         if let serde_json::Value::Object(m) = &mut work {
             m.insert("data_fingerprint".into(), data.into());
             // the starting model is known by its parent's key (its path is where the steps live)
@@ -858,7 +862,7 @@ impl Runner {
             ..PruneConfig::default()
         };
         let mut work = pc.result_view()?;
-        let fingerprint = self.fingerprint(&data.root)?;
+        let fingerprint = self.fingerprint(&data.dataset, &data.root)?;
         if let serde_json::Value::Object(m) = &mut work {
             m.insert("data_fingerprint".into(), fingerprint.into());
             m.remove("checkpoint"); // the parent's key stands for it
@@ -891,7 +895,7 @@ impl Runner {
     ) -> Result<(reid_run::EvalEntry, reid_run::stats::PerQuery)> {
         let work = serde_json::json!({
             "data": data.identity(),
-            "data_fingerprint": self.fingerprint(&data.root)?,
+            "data_fingerprint": self.fingerprint(&data.dataset, &data.root)?,
             "input": self.cfg.input,
         });
         let (h, w) = self.cfg.input.hw();
@@ -1075,7 +1079,7 @@ impl Runner {
             std::fs::create_dir_all(&cfg.out)?;
             reid_run::remove_stale_temp_files(&cfg.out);
             write_atomic(
-                &cfg.out.join("experiment.toml"),
+                &cfg.out.join(reid_run::metrics::EXPERIMENT_FILE),
                 toml::to_string_pretty(&cfg)?.as_bytes(),
             )?;
         }

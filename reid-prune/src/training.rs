@@ -555,17 +555,17 @@ const OPTIM_PREFIX: &str = "optim.";
 /// continue a run that never happened (a 12-class head on 11 identities, relabelled targets).
 #[derive(Clone, Debug, PartialEq)]
 struct DataStamp {
-    /// [`crate::step_key::data_fingerprint`] of the dataset's folder (paths, sizes, times).
+    /// [`reid_data::datasets::fingerprint`] of the images the dataset lists.
     fingerprint: String,
     train_images: usize,
     train_ids: usize,
 }
 
 impl DataStamp {
-    fn of(ds: &ReidDataset, root: &Path) -> Result<Self> {
+    fn of(ds: &ReidDataset) -> Result<Self> {
         Ok(Self {
-            fingerprint: crate::step_key::data_fingerprint(root)
-                .with_context(|| format!("reading {}", root.display()))?,
+            fingerprint: reid_data::datasets::fingerprint(ds)
+                .with_context(|| format!("reading {}", ds.root.display()))?,
             train_images: ds.train.len(),
             train_ids: ds.num_train_pids(),
         })
@@ -757,8 +757,8 @@ fn effective_config(cfg: &RunConfig) -> Result<RunConfig> {
 /// widths are a uniform one's (torchvision's nets: 1; a pruned state dict keeps 1).
 pub fn pretrained_arch(src: &str, last_stride: usize) -> Result<ArchSpec> {
     let path = reid_model::hub::resolve_weights(src)?;
-    let file = read_safetensors(&path, &Device::Cpu)?;
-    let mut spec = reid_model::hub::infer_backbone_spec(&path, &file.tensors, last_stride)?;
+    let shapes = reid_model::checkpoint::read_safetensors_shapes(&path)?;
+    let mut spec = reid_model::hub::infer_backbone_spec_from_shapes(&path, &shapes, last_stride)?;
     let w = spec.stem_width as f64 / 64.0;
     if let Ok(uniform) = ArchSpec::resnet_with(spec.depth, 0, w, last_stride, Neck::None) {
         if uniform.stages == spec.stages {
@@ -896,7 +896,7 @@ pub fn run_training_with(
         }
     }
     let num_classes = ds.num_train_pids();
-    let data = DataStamp::of(&ds, &cfg.root)?;
+    let data = DataStamp::of(&ds)?;
     let sampling = match cfg.train.task {
         Task::Reid => {
             let (p, k) = (cfg.batch_pk.p, cfg.batch_pk.k);

@@ -517,3 +517,84 @@ fn plan_with_a_set_override_equals_the_plan_of_the_edited_file() {
     assert!(!ok);
     assert!(e.contains("did you mean `batch_pk`"), "{e}");
 }
+
+/// A step's key holds the fingerprint of the images its dataset lists, not of every file under
+/// the dataset's root: notes or a second dataset stored beside the target keep every key (they
+/// reran the whole grid before), a changed target image reruns the steps that read the target.
+#[test]
+fn keys_follow_the_images_a_dataset_lists_not_other_files_under_its_root() {
+    use reid_data::synth::{generate, SynthConfig, SynthLayout};
+    let dir = tempfile::tempdir().unwrap();
+    let synth = |domain: &str, layout: SynthLayout, out: PathBuf| {
+        let cfg = SynthConfig {
+            domain: domain.into(),
+            ids: 4,
+            cams: 2,
+            per_cam: 1,
+            seed: 0,
+            height: 32,
+            width: 16,
+            difficulty: 0.2,
+            layout,
+            extra_test_ids: 0,
+            distractors: 0,
+        };
+        generate(&cfg, &out, |_| {}).unwrap();
+    };
+    let root = dir.path();
+    synth("source", SynthLayout::ImageFolder, root.join("source"));
+    synth(
+        "target",
+        SynthLayout::Market,
+        root.join("target/market1501"),
+    );
+    let cfg = ExperimentConfig {
+        out: root.join("out"),
+        source: data("imagefolder", &root.join("source").to_string_lossy(), None),
+        target: data(
+            "market1501",
+            &root.join("target").to_string_lossy(),
+            Some("tgt"),
+        ),
+        cross: None,
+        ..base()
+    };
+    let keys = |cfg: &ExperimentConfig| -> HashSet<String> {
+        plan(cfg).into_iter().map(|s| s.name).collect()
+    };
+    let before = keys(&cfg);
+    std::fs::write(root.join("target/README.md"), b"where the data came from").unwrap();
+    std::fs::write(root.join("target/market1501/notes.txt"), b"checked").unwrap();
+    synth(
+        "target-b",
+        SynthLayout::Market,
+        root.join("target/dukemtmc-reid"),
+    );
+    assert_eq!(
+        keys(&cfg),
+        before,
+        "files the loader does not read changed keys"
+    );
+
+    // one gallery image with other bytes
+    let gallery = root.join("target/market1501/bounding_box_test");
+    let first = std::fs::read_dir(&gallery)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .min()
+        .unwrap();
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes.extend_from_slice(b"\0\0"); // decoders stop at the end-of-image marker
+    std::fs::write(&first, bytes).unwrap();
+    let after = plan(&cfg);
+    for s in &after {
+        let reads_target = s.what.contains("on tgt") || s.what.contains("on target");
+        assert_eq!(
+            before.contains(&s.name),
+            !reads_target && !s.parents.iter().any(|p| !before.contains(p)),
+            "{} ({})",
+            s.name,
+            s.what
+        );
+    }
+}

@@ -92,7 +92,7 @@ pub fn load_runs(root: &Path) -> Result<(Vec<Run>, Vec<Problem>), RunsError> {
     let mut problems = Vec::new();
     for file in files {
         let dir = file.parent().unwrap_or(root).to_path_buf();
-        let metrics = match read_metrics(&file) {
+        let (metrics, grid_cell) = match read_metrics(&file) {
             Ok(m) => m,
             Err(message) => {
                 problems.push(Problem {
@@ -102,6 +102,15 @@ pub fn load_runs(root: &Path) -> Result<(Vec<Run>, Vec<Problem>), RunsError> {
                 continue;
             }
         };
+        if grid_cell {
+            if let Some(message) = left_from_earlier_config(&dir, root) {
+                problems.push(Problem {
+                    path: dir.join(reid_run::metrics::CONFIG_FILE),
+                    message,
+                });
+                continue;
+            }
+        }
         let model = dir.join("model.safetensors");
         let widths = if model.is_file() {
             match read_widths(&model) {
@@ -165,8 +174,49 @@ fn collect_metrics(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), RunsError> 
     Ok(())
 }
 
-fn read_metrics(path: &Path) -> Result<Metrics, String> {
+/// A grid's cell folder (`<out>/<scenario>/<criterion>-<level>`) records the experiment config
+/// it was computed under; the grid rewrites the cells of its current config on every run, so a
+/// cell whose config differs from its experiment's `experiment.toml` is left from an earlier
+/// config (a criterion or level since removed, a changed field): the message says so, naming
+/// the fields that differ. `None` when it matches or when there is nothing to compare with.
+fn left_from_earlier_config(dir: &Path, root: &Path) -> Option<String> {
+    let exp_dir = dir
+        .ancestors()
+        .skip(1)
+        .take_while(|a| a.starts_with(root))
+        .find(|a| a.join(reid_run::metrics::EXPERIMENT_FILE).is_file())?;
+    let read = |p: &Path| -> Option<toml::Table> {
+        std::fs::read_to_string(p).ok()?.parse::<toml::Table>().ok()
+    };
+    let experiment = read(&exp_dir.join(reid_run::metrics::EXPERIMENT_FILE))?;
+    let cell = read(&dir.join(reid_run::metrics::CONFIG_FILE))?;
+    let mut differ: Vec<&str> = experiment
+        .iter()
+        .filter(|(k, v)| cell.get(*k) != Some(v))
+        .map(|(k, _)| k.as_str())
+        .chain(
+            cell.keys()
+                .filter(|k| !experiment.contains_key(*k))
+                .map(String::as_str),
+        )
+        .collect();
+    if differ.is_empty() {
+        return None;
+    }
+    differ.sort_unstable();
+    differ.dedup();
+    Some(format!(
+        "left from an earlier config of the experiment in {} (its config.toml differs from \
+         experiment.toml in: {}); not reported. Rerun the grid to refresh it, or delete the folder",
+        exp_dir.display(),
+        differ.join(", ")
+    ))
+}
+
+/// The metrics, and whether the grid wrote them (a cell of an experiment: it names a scenario).
+fn read_metrics(path: &Path) -> Result<(Metrics, bool), String> {
     let mut m = reid_run::metrics::read_metrics(path).map_err(|e| e.message())?;
+    let grid_cell = !m.scenario.is_empty();
     // Single-step run folders: `train` writes neither scenario nor criterion, `prune` no scenario.
     if m.scenario.is_empty() {
         m.scenario = if m.criterion.is_empty() {
@@ -182,7 +232,7 @@ fn read_metrics(path: &Path) -> Result<Metrics, String> {
     if m.level.is_empty() {
         m.level = "full".into();
     }
-    Ok(m)
+    Ok((m, grid_cell))
 }
 
 /// The `reid.arch` JSON of a checkpoint, from its header only.
@@ -344,17 +394,19 @@ mod tests {
             r#"{"backbone":"resnet18","macs":10,"params":5,"eval":{"m":{"mAP":0.5,"rank1":0.6}}}"#,
         )
         .unwrap();
-        let m = read_metrics(&p).unwrap();
+        let (m, grid_cell) = read_metrics(&p).unwrap();
         assert_eq!(
             (m.scenario.as_str(), m.criterion.as_str(), m.level.as_str()),
             ("train", "resnet18", "full")
         );
+        assert!(!grid_cell);
         std::fs::write(
             &p,
             r#"{"backbone":"resnet18","criterion":"l1","level":0.5,"target":"flops","macs":10,"params":5}"#,
         )
         .unwrap();
-        let m = read_metrics(&p).unwrap();
+        let (m, grid_cell) = read_metrics(&p).unwrap();
         assert_eq!((m.scenario.as_str(), m.level.as_str()), ("prune", "0.5"));
+        assert!(!grid_cell);
     }
 }

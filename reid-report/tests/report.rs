@@ -734,3 +734,70 @@ fn deployment_runtime_latency_is_shown_beside_ours() {
     // Our own speed-up is still ours: 800 ms over 450 ms.
     assert_eq!(row("l1")[col("Speed-up b32 (×)")], "1.78");
 }
+
+/// A grid rewrites the cells of its current config on every run; a cell whose config.toml
+/// differs from its experiment's experiment.toml is left from an earlier config (a criterion
+/// since removed) and is skipped with a note naming the fields, while a single-step run kept in
+/// the same folder is not judged against the experiment.
+#[test]
+fn cells_left_from_an_earlier_config_of_the_grid_are_skipped_and_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let e = || json!({"market1501": eval(0.5, 0.6)});
+    let kept = run(
+        root,
+        "exp/S1/l1-C1",
+        "S1",
+        "l1",
+        "C1",
+        "resnet50",
+        2.0,
+        12.0,
+        (5.0, 90.0),
+        e(),
+    );
+    let config = std::fs::read_to_string(kept.join("config.toml")).unwrap();
+    std::fs::write(root.join("exp/experiment.toml"), &config).unwrap();
+    let old = run(
+        root,
+        "exp/S1/psfp-C1",
+        "S1",
+        "psfp",
+        "C1",
+        "resnet50",
+        2.0,
+        12.0,
+        (5.0, 90.0),
+        e(),
+    );
+    std::fs::write(
+        old.join("config.toml"),
+        config.replace("seed = 7", "seed = 3") + "criteria = [\"l1\", \"psfp\"]\n",
+    )
+    .unwrap();
+    let single = run(
+        root,
+        "exp/mine",
+        "",
+        "",
+        "",
+        "resnet50",
+        4.0,
+        25.0,
+        (9.0, 160.0),
+        e(),
+    );
+    std::fs::write(single.join("config.toml"), "epochs = 3\n").unwrap();
+
+    let (runs, problems) = reid_report::runs::load_runs(root).unwrap();
+    let ids: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["exp/S1/l1-C1", "exp/mine"]);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].path, old.join("config.toml"));
+    assert!(
+        problems[0].message.contains("left from an earlier config")
+            && problems[0].message.contains("in: criteria, seed)"),
+        "{}",
+        problems[0].message
+    );
+}

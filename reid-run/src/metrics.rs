@@ -274,10 +274,17 @@ pub fn write_metrics(path: &Path, m: &RunMetrics) -> Result<()> {
     write_atomic(path, text.as_bytes())
 }
 
+/// A run's config, beside its results.
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// The experiment config a grid writes at the top of its output folder (each cell's
+/// [`CONFIG_FILE`] is a copy of it when the cell was written).
+pub const EXPERIMENT_FILE: &str = "experiment.toml";
+
 /// The files a run writes in its folder (train, prune, export, reid-eval, the ONNX check, and a
 /// grid step's markers).
 pub const RUN_FILES: [&str; 13] = [
-    "config.toml",
+    CONFIG_FILE,
     "model.safetensors",
     "trainer_state.safetensors",
     "metrics.json",
@@ -321,13 +328,13 @@ impl RunFolder {
         self.dir.join("metrics.json")
     }
     pub fn config_path(&self) -> PathBuf {
-        self.dir.join("config.toml")
+        self.dir.join(CONFIG_FILE)
     }
     /// Whether the folder holds a run (its config, model, trainer state or metrics): a fresh
     /// run into it would replace that run.
     pub fn holds_run(&self) -> bool {
         [
-            "config.toml",
+            CONFIG_FILE,
             "model.safetensors",
             "trainer_state.safetensors",
             "metrics.json",

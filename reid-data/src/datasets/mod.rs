@@ -216,6 +216,45 @@ pub fn load_imagefolder(root: &Path) -> Result<ReidDataset> {
     })
 }
 
+/// A fingerprint of what the dataset's loader lists: every split's images (path relative to the
+/// dataset's root, pid, camera, size, modification time), in the loader's order. A file the
+/// loader does not read (a README, another dataset beside it under the same root, a log) changes
+/// nothing; an image replaced, added, removed or relabelled changes it. Stat calls only: ~10 ms
+/// for a 13 000-image set. 16 hex digits.
+pub fn fingerprint(ds: &ReidDataset) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (split, samples) in [
+        ("train", &ds.train),
+        ("query", &ds.query),
+        ("gallery", &ds.gallery),
+    ] {
+        h.update(split.as_bytes());
+        h.update((samples.len() as u64).to_le_bytes());
+        for s in samples {
+            let meta = std::fs::metadata(&s.path)
+                .map_err(|e| DataError::file(&s.path, format!("cannot read: {e}")))?;
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            let rel = s.path.strip_prefix(&ds.root).unwrap_or(&s.path);
+            h.update(rel.to_string_lossy().as_bytes());
+            h.update(b"\0");
+            h.update(s.pid.to_le_bytes());
+            h.update(s.camid.to_le_bytes());
+            h.update(meta.len().to_le_bytes());
+            h.update(mtime.to_le_bytes());
+        }
+    }
+    Ok(h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 /// Images / identities / cameras of one split.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SplitStats {
