@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -311,6 +311,23 @@ pub fn run_prune_resumable(
     show_progress: bool,
     resume: bool,
 ) -> Result<PruneOutcome> {
+    run_prune_until(cfg, show_progress, resume, Arc::new(AtomicBool::new(false)))
+}
+
+/// A prune stopped by `stop` (Ctrl-C, SIGTERM): its retraining runs saved their checkpoints and
+/// `prune --resume` with the same config continues it; a run it replaces stays aside until then.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped before the end: {0} holds the retraining checkpoints (continue with prune --resume and the same settings)")]
+pub struct PruneStopped(pub PathBuf);
+
+/// [`run_prune_resumable`], stopping at the next retraining checkpoint once `stop` is set
+/// (with the error [`PruneStopped`]).
+pub fn run_prune_until(
+    cfg: &PruneConfig,
+    show_progress: bool,
+    resume: bool,
+    stop: Arc<AtomicBool>,
+) -> Result<PruneOutcome> {
     let method = crate::method::method(&cfg.criterion)?;
     if cfg.out.exists() && !cfg.out.is_dir() {
         bail!(
@@ -423,6 +440,12 @@ pub fn run_prune_resumable(
             cfg.out.display()
         );
     }
+    if resume {
+        if cfg.overwrite {
+            bail!("--resume continues the run in --out and --overwrite replaces it: give one");
+        }
+        check_resumed_config(cfg)?;
+    }
     if !resume && !cfg.overwrite && reid_run::RunFolder::new(&cfg.out).holds_run() {
         bail!(
             "--out {} holds another run (config.toml, model or metrics): pass --overwrite to \
@@ -439,157 +462,199 @@ pub fn run_prune_resumable(
         None
     };
     reid_run::remove_stale_temp_files(&cfg.out);
-    reid_run::RunFolder::new(&cfg.out).write_config(cfg)?;
-    let mut log = std::fs::File::create(cfg.out.join("log.jsonl"))?;
-    let parent_hash = file_sha256(&cfg.checkpoint)?;
-    let mut current_parent = cfg.checkpoint.clone();
-    if let (Some(name), Some(root)) = (&cfg.dataset, &cfg.root) {
-        // Pruning on a dataset whose classes the classifier was not trained on (e.g. ImageNet
-        // weights pruned on re-ID data): give it a fresh classifier over the dataset's identities.
-        let classes = load_dataset(name, root)?.num_train_pids();
-        if classes != net.spec().num_classes {
-            let mut spec = net.spec().clone();
-            spec.num_classes = classes;
-            let t: HashMap<String, Tensor> = net
-                .state_dict()?
-                .into_iter()
-                .filter(|(k, _)| !k.starts_with("classifier."))
-                .collect();
-            net = ReidNet::from_tensors_trainable(&spec, &t, &device, cfg.seed)?;
+    let stopped = || anyhow::Error::new(PruneStopped(cfg.out.clone()));
+    let outcome = (|| -> Result<PruneOutcome> {
+        reid_run::RunFolder::new(&cfg.out).write_config(cfg)?;
+        let mut log = std::fs::File::create(cfg.out.join("log.jsonl"))?;
+        let parent_hash = file_sha256(&cfg.checkpoint)?;
+        let mut current_parent = cfg.checkpoint.clone();
+        if let (Some(name), Some(root)) = (&cfg.dataset, &cfg.root) {
+            // Pruning on a dataset whose classes the classifier was not trained on (e.g. ImageNet
+            // weights pruned on re-ID data): give it a fresh classifier over the dataset's identities.
+            let classes = load_dataset(name, root)?.num_train_pids();
+            if classes != net.spec().num_classes {
+                let mut spec = net.spec().clone();
+                spec.num_classes = classes;
+                let t: HashMap<String, Tensor> = net
+                    .state_dict()?
+                    .into_iter()
+                    .filter(|(k, _)| !k.starts_with("classifier."))
+                    .collect();
+                net = ReidNet::from_tensors_trainable(&spec, &t, &device, cfg.seed)?;
+            }
         }
-    }
-    for step in 0..steps {
-        let level = cfg.level * (step + 1) as f64 / steps as f64;
-        let data = if criterion.needs_data() {
-            score_data(cfg, &net, &device)?
-        } else {
-            None
-        };
-        if criterion.needs_data() && data.is_none() {
-            bail!(
-                "criterion '{}' needs data: give --dataset and --root, or --batch",
-                cfg.criterion
-            );
-        }
-        let (scores, groups) = crate::criterion::branch_and_group_scores(
-            criterion.as_ref(),
-            &net,
-            data.as_ref(),
-            cfg.residual_groups,
-        )?;
-        let p = plan_with_groups(
-            net.spec(),
-            &base,
-            &scores,
-            groups.as_ref(),
-            &PruneTarget { level, ..target },
-        )?;
-        let step_dir = if steps > 1 {
-            cfg.out.join(format!("step{:02}", step + 1))
-        } else {
-            cfg.out.clone()
-        };
-        std::fs::create_dir_all(&step_dir)?;
-        reid_run::remove_stale_temp_files(&step_dir);
-        // the method's rule before the cut (training-time methods retrain here)
-        let mut retrain = |start: &ReidNet,
-                           folder: &str,
-                           penalty: Option<&reid_model::train::Regularizer>,
-                           hook: Option<&crate::training::EpochHook>|
-         -> Result<ReidNet> {
-            let path = step_dir.join("unpruned.safetensors");
-            save_checkpoint(start, &path, &parent_prov)?;
-            let rc = retrain_config(cfg, &path, &step_dir.join(folder));
-            let o = run_training_with(
-                &rc,
-                resume,
-                Arc::new(AtomicBool::new(false)),
-                show_progress,
-                penalty,
-                hook,
+        for step in 0..steps {
+            if stop.load(Ordering::SeqCst) {
+                return Err(stopped());
+            }
+            let level = cfg.level * (step + 1) as f64 / steps as f64;
+            let data = if criterion.needs_data() {
+                score_data(cfg, &net, &device)?
+            } else {
+                None
+            };
+            if criterion.needs_data() && data.is_none() {
+                bail!(
+                    "criterion '{}' needs data: give --dataset and --root, or --batch",
+                    cfg.criterion
+                );
+            }
+            let (scores, groups) = crate::criterion::branch_and_group_scores(
+                criterion.as_ref(),
+                &net,
+                data.as_ref(),
+                cfg.residual_groups,
             )?;
-            Ok(load_checkpoint(&o.model, &device, true)?.net)
-        };
-        let (before, p) = rule.before_cut(net, &scores, p, &mut retrain)?;
-        net = before;
-        net = apply(&net, &p)?;
-        let mut prov = parent_prov.clone();
-        prov.parent = Some(file_sha256(&current_parent)?);
-        prov.input = Some(cfg.input);
-        prov.criterion = Some(cfg.criterion.clone());
-        prov.ratio = Some(level);
-        prov.target = Some(format!("{:?}", cfg.target).to_lowercase());
-        prov.epoch = None;
-        let pruned_path = step_dir.join("pruned.safetensors");
-        save_checkpoint(&net, &pruned_path, &prov)?;
-        let mut model_path = pruned_path.clone();
-        if cfg.retrain_epochs > 0 && rule.retrains_after_cut() {
-            let rc = retrain_config(cfg, &pruned_path, &step_dir.join("retrain"));
-            let o = run_training(&rc, resume, Arc::new(AtomicBool::new(false)), show_progress)?;
-            net = load_checkpoint(&o.model, &device, true)?.net;
-            model_path = o.model;
-        }
-        let c = complexity(net.spec(), h, w)?;
-        writeln!(
-            log,
-            "{}",
-            serde_json::json!({"step": step + 1, "level": level, "macs": c.backbone.macs, "params": c.backbone.params,
+            let p = plan_with_groups(
+                net.spec(),
+                &base,
+                &scores,
+                groups.as_ref(),
+                &PruneTarget { level, ..target },
+            )?;
+            let step_dir = if steps > 1 {
+                cfg.out.join(format!("step{:02}", step + 1))
+            } else {
+                cfg.out.clone()
+            };
+            std::fs::create_dir_all(&step_dir)?;
+            reid_run::remove_stale_temp_files(&step_dir);
+            // the method's rule before the cut (training-time methods retrain here)
+            let mut retrain = |start: &ReidNet,
+                               folder: &str,
+                               penalty: Option<&reid_model::train::Regularizer>,
+                               hook: Option<&crate::training::EpochHook>|
+             -> Result<ReidNet> {
+                let path = step_dir.join("unpruned.safetensors");
+                save_checkpoint(start, &path, &parent_prov)?;
+                let rc = retrain_config(cfg, &path, &step_dir.join(folder));
+                let o = run_training_with(&rc, resume, stop.clone(), show_progress, penalty, hook)?;
+                if !o.completed {
+                    return Err(stopped());
+                }
+                Ok(load_checkpoint(&o.model, &device, true)?.net)
+            };
+            let (before, p) = rule.before_cut(net, &scores, p, &mut retrain)?;
+            net = before;
+            net = apply(&net, &p)?;
+            let mut prov = parent_prov.clone();
+            prov.parent = Some(file_sha256(&current_parent)?);
+            prov.input = Some(cfg.input);
+            prov.criterion = Some(cfg.criterion.clone());
+            prov.ratio = Some(level);
+            prov.target = Some(format!("{:?}", cfg.target).to_lowercase());
+            prov.epoch = None;
+            let pruned_path = step_dir.join("pruned.safetensors");
+            save_checkpoint(&net, &pruned_path, &prov)?;
+            let mut model_path = pruned_path.clone();
+            if cfg.retrain_epochs > 0 && rule.retrains_after_cut() {
+                let rc = retrain_config(cfg, &pruned_path, &step_dir.join("retrain"));
+                let o = run_training(&rc, resume, stop.clone(), show_progress)?;
+                if !o.completed {
+                    return Err(stopped());
+                }
+                net = load_checkpoint(&o.model, &device, true)?.net;
+                model_path = o.model;
+            }
+            let c = complexity(net.spec(), h, w)?;
+            writeln!(
+                log,
+                "{}",
+                serde_json::json!({"step": step + 1, "level": level, "macs": c.backbone.macs, "params": c.backbone.params,
                                "widths": p.widths().into_iter().collect::<std::collections::BTreeMap<_, _>>()})
-        )?;
-        if show_progress {
-            eprintln!(
-                "step {}/{steps}: level {level:.3}, backbone GFLOPs {:.3}",
-                step + 1,
-                2.0 * c.backbone.macs as f64 / 1e9
-            );
+            )?;
+            if show_progress {
+                eprintln!(
+                    "step {}/{steps}: level {level:.3}, backbone GFLOPs {:.3}",
+                    step + 1,
+                    2.0 * c.backbone.macs as f64 / 1e9
+                );
+            }
+            current_parent = model_path;
         }
-        current_parent = model_path;
+        // The final model of the run, with the full provenance.
+        let mut prov = parent_prov;
+        prov.parent = Some(parent_hash.clone());
+        prov.input = Some(cfg.input);
+        if cfg.retrain_epochs > 0 {
+            // retrained: the data and epochs are this run's, not the parent's
+            prov.dataset = cfg.dataset.clone();
+            prov.epoch = Some(cfg.retrain_epochs);
+        }
+        prov.criterion = Some(cfg.criterion.clone());
+        prov.ratio = Some(cfg.level);
+        prov.target = Some(format!("{:?}", cfg.target).to_lowercase());
+        let model = cfg.out.join("model.safetensors");
+        save_checkpoint(&net, &model, &prov)?;
+        let before = complexity(&base, h, w)?;
+        let after = complexity(net.spec(), h, w)?;
+        // of the model this run started from (this run's own cut)
+        let kept_fraction = channel_fraction(net.spec(), &base);
+        let run = reid_run::RunFolder::new(&cfg.out);
+        run.write_metrics(&reid_run::RunMetrics {
+            criterion: cfg.criterion.clone(),
+            level: cfg.level.to_string(),
+            target: Some(format!("{:?}", cfg.target).to_lowercase()),
+            backbone: net.spec().name(),
+            parent: Some(parent_hash),
+            macs: after.backbone.macs,
+            params: after.backbone.params,
+            macs_before: Some(before.backbone.macs),
+            params_before: Some(before.backbone.params),
+            kept_channel_fraction: Some(kept_fraction),
+            tool_version: Some(env!("CARGO_PKG_VERSION").into()),
+            ..Default::default()
+        })?;
+        Ok(PruneOutcome {
+            model,
+            macs_before: before.backbone.macs,
+            macs_after: after.backbone.macs,
+            params_before: before.backbone.params,
+            params_after: after.backbone.params,
+            kept_channel_fraction: kept_fraction,
+        })
+    })();
+    match outcome {
+        Ok(o) => {
+            if let Some(r) = replacement {
+                r.commit()?;
+            }
+            reid_run::RunFolder::new(&cfg.out).discard_replaced()?;
+            Ok(o)
+        }
+        Err(e) => {
+            if e.is::<PruneStopped>() {
+                crate::training::keep_aside(replacement, &cfg.out);
+            }
+            // otherwise dropping the replacement puts the old run back
+            Err(e)
+        }
     }
-    // The final model of the run, with the full provenance.
-    let mut prov = parent_prov;
-    prov.parent = Some(parent_hash.clone());
-    prov.input = Some(cfg.input);
-    if cfg.retrain_epochs > 0 {
-        // retrained: the data and epochs are this run's, not the parent's
-        prov.dataset = cfg.dataset.clone();
-        prov.epoch = Some(cfg.retrain_epochs);
+}
+
+/// `--resume` continues only the run that was started: same result-changing settings as its
+/// config.toml (where it writes and how often it checkpoints may change).
+fn check_resumed_config(cfg: &PruneConfig) -> Result<()> {
+    let path = reid_run::RunFolder::new(&cfg.out).config_path();
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        bail!(
+            "--resume: {} holds no pruning run to continue (no config.toml); start it without \
+             --resume",
+            cfg.out.display()
+        );
+    };
+    let stored: PruneConfig = toml::from_str(&text)
+        .with_context(|| format!("{}: not a valid prune config", path.display()))?;
+    let changed = crate::step_key::changed_fields(&stored.result_view()?, &cfg.result_view()?);
+    if !changed.is_empty() {
+        bail!(
+            "--resume: the run in {} was started with other settings ({}); resume it with \
+             its settings, or start a new run elsewhere",
+            cfg.out.display(),
+            changed.join("; ")
+        );
     }
-    prov.criterion = Some(cfg.criterion.clone());
-    prov.ratio = Some(cfg.level);
-    prov.target = Some(format!("{:?}", cfg.target).to_lowercase());
-    let model = cfg.out.join("model.safetensors");
-    save_checkpoint(&net, &model, &prov)?;
-    let before = complexity(&base, h, w)?;
-    let after = complexity(net.spec(), h, w)?;
-    // of the model this run started from (this run's own cut)
-    let kept_fraction = channel_fraction(net.spec(), &base);
-    let run = reid_run::RunFolder::new(&cfg.out);
-    run.write_metrics(&reid_run::RunMetrics {
-        criterion: cfg.criterion.clone(),
-        level: cfg.level.to_string(),
-        target: Some(format!("{:?}", cfg.target).to_lowercase()),
-        backbone: net.spec().name(),
-        parent: Some(parent_hash),
-        macs: after.backbone.macs,
-        params: after.backbone.params,
-        macs_before: Some(before.backbone.macs),
-        params_before: Some(before.backbone.params),
-        kept_channel_fraction: Some(kept_fraction),
-        tool_version: Some(env!("CARGO_PKG_VERSION").into()),
-        ..Default::default()
-    })?;
-    if let Some(r) = replacement {
-        r.commit()?;
-    }
-    run.discard_replaced()?;
-    Ok(PruneOutcome {
-        model,
-        macs_before: before.backbone.macs,
-        macs_after: after.backbone.macs,
-        params_before: before.backbone.params,
-        params_after: after.backbone.params,
-        kept_channel_fraction: kept_fraction,
-    })
+    Ok(())
 }
 
 #[cfg(test)]

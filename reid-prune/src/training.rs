@@ -462,7 +462,7 @@ fn commit(replacement: Option<reid_run::metrics::Replacement>, out: &Path) -> Re
 }
 
 /// The new run stopped unfinished but resumable: the run it replaces stays aside.
-fn keep_aside(replacement: Option<reid_run::metrics::Replacement>, out: &Path) {
+pub(crate) fn keep_aside(replacement: Option<reid_run::metrics::Replacement>, out: &Path) {
     if let Some(r) = replacement {
         eprintln!(
             "{}: the replaced run stays in {}/ until this one is resumed to its end",

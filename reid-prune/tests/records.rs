@@ -794,3 +794,77 @@ fn a_fresh_run_that_fails_takes_its_first_files_back() {
     // the corrected rerun is not refused as "holds another run"
     ok(train(&root, &out, &SMALL).output().unwrap());
 }
+
+/// `prune` stops at a retraining checkpoint on SIGINT (exit 130, no model written), refuses a
+/// resume under other settings, and `--resume` ends in the uninterrupted run's model, byte for
+/// byte.
+#[test]
+fn an_interrupted_prune_exits_non_zero_and_resumes_to_the_uninterrupted_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data(tmp.path());
+    let ck = tmp.path().join("ck.safetensors");
+    checkpoint(&ck, Some(reid_run::InputSize::new(64, 32)));
+    let root_s = root.to_string_lossy().into_owned();
+    let retrain = [
+        "--dataset",
+        "market1501",
+        "--root",
+        root_s.as_str(),
+        "--retrain-epochs",
+        "40",
+        "--batch-pk",
+        "2x2",
+    ];
+    let whole = tmp.path().join("whole");
+    ok(prune(&ck, &whole, &retrain));
+
+    let cut = tmp.path().join("cut");
+    let mut c = Command::new(BIN);
+    c.args([
+        "prune",
+        "--criterion",
+        "l1",
+        "--level",
+        "0.5",
+        "--input",
+        "64x32",
+    ])
+    .arg("--checkpoint")
+    .arg(&ck)
+    .arg("--out")
+    .arg(&cut)
+    .args(retrain)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    assert_eq!(
+        signalled(
+            c,
+            &cut.join("retrain/trainer_state.safetensors"),
+            libc::SIGINT
+        ),
+        Some(130)
+    );
+    assert!(!cut.join("model.safetensors").exists());
+    assert!(!cut.join("metrics.json").exists());
+
+    let e = refused(prune(
+        &ck,
+        &cut,
+        &args(&retrain, &["--resume", "--seed", "5"]),
+    ));
+    assert!(e.contains("other settings") && e.contains("seed"), "{e}");
+    let e = refused(prune(
+        &ck,
+        &tmp.path().join("none"),
+        &args(&retrain, &["--resume"]),
+    ));
+    assert!(e.contains("no pruning run to continue"), "{e}");
+
+    ok(prune(&ck, &cut, &args(&retrain, &["--resume"])));
+    assert!(
+        std::fs::read(cut.join("model.safetensors")).unwrap()
+            == std::fs::read(whole.join("model.safetensors")).unwrap(),
+        "the resumed prune's model differs from the uninterrupted one's"
+    );
+}

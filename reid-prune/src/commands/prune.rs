@@ -1,19 +1,37 @@
 //! `reid-prune prune`: remove channels for real (once or iteratively, retraining) into a run folder.
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
 use anyhow::Result;
+use reid_prune::prune_run::PruneStopped;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     config: reid_prune::prune_run::PruneConfig,
+    /// Continue an interrupted prune in --out (same settings): its retraining runs go on from
+    /// their last checkpoints; scores and cuts are computed again (they are deterministic)
+    #[arg(long)]
+    resume: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let cfg = a.config;
+    let stop = Arc::new(AtomicBool::new(false));
+    super::signals::install(stop.clone(), "stopping at the next retraining checkpoint")?;
     // one writer a run folder, for the whole command
     let o = super::as_folder_writer(&cfg.out, "prune", || {
-        reid_prune::prune_run::run_prune(&cfg, true)
-    })?;
+        reid_prune::prune_run::run_prune_until(&cfg, true, a.resume, stop)
+    });
+    let o = match o {
+        Err(e) if e.is::<PruneStopped>() => {
+            eprintln!("{e}");
+            // an unfinished prune is not a success: `prune && export` must not go on
+            std::process::exit(super::signals::exit_status().unwrap_or(1));
+        }
+        o => o?,
+    };
     println!(
         "backbone GFLOPs {:.3} -> {:.3} ({:.1}%), params {:.2} M -> {:.2} M, {:.1}% of prunable channels kept",
         2.0 * o.macs_before as f64 / 1e9,
