@@ -633,15 +633,12 @@ pub fn run_prune_until(
 }
 
 /// `--resume` continues only the run that was started: same result-changing settings as its
-/// config.toml (where it writes and how often it checkpoints may change).
+/// config.toml (where it writes and how often it checkpoints may change). A folder without one
+/// holds nothing started (a grid step resumes such a folder by starting it).
 fn check_resumed_config(cfg: &PruneConfig) -> Result<()> {
     let path = reid_run::RunFolder::new(&cfg.out).config_path();
     let Ok(text) = std::fs::read_to_string(&path) else {
-        bail!(
-            "--resume: {} holds no pruning run to continue (no config.toml); start it without \
-             --resume",
-            cfg.out.display()
-        );
+        return Ok(());
     };
     let stored: PruneConfig = toml::from_str(&text)
         .with_context(|| format!("{}: not a valid prune config", path.display()))?;

@@ -71,6 +71,10 @@ pub struct ExperimentConfig {
     pub width_mult: f64,
     /// Shallower baselines trained the same way (e.g. resnet18, resnet34).
     pub baselines: Vec<String>,
+    /// Also train `arch` on the target from random initialisation (as many epochs as the
+    /// fine-tuning): the row `scratch` shows what pre-training on the source is worth.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scratch: bool,
     /// ImageNet weights (hub id or path) instead of pre-training on `source`.
     pub pretrained: Option<String>,
     /// Pre-training / source-pruning data (classification, e.g. an imagefolder).
@@ -124,6 +128,7 @@ impl Default for ExperimentConfig {
             arch: "resnet50".into(),
             width_mult: 1.0,
             baselines: vec!["resnet18".into(), "resnet34".into()],
+            scratch: false,
             pretrained: None,
             source: DataRef {
                 dataset: "imagefolder".into(),
@@ -820,6 +825,18 @@ impl Runner {
         self.train("finetune", what, rc, Some(parent), None)
     }
 
+    /// Train `arch` on the target from random initialisation, as long as a fine-tuning.
+    pub fn from_scratch(&mut self) -> Result<StepOut> {
+        let rc = self.train_config(
+            &self.cfg.target.clone(),
+            Task::Reid,
+            self.cfg.finetune_epochs,
+            Path::new(""),
+        );
+        let what = format!("train from scratch on {}", self.cfg.target.label());
+        self.train("scratch", what, rc, None, None)
+    }
+
     /// Prune `parent` to `level` on the source (classification retraining) or the target.
     pub fn prune(
         &mut self,
@@ -1088,6 +1105,9 @@ impl Runner {
         let tuned = self.finetune(&pre)?;
         let mut jobs = vec![Job::Source];
         jobs.extend(cfg.baselines.iter().cloned().map(Job::Baseline));
+        if cfg.scratch {
+            jobs.push(Job::Scratch);
+        }
         for scenario in &cfg.scenarios {
             for criterion in &cfg.criteria {
                 let method = criterion.entry();
@@ -1157,7 +1177,7 @@ impl Runner {
             .enumerate()
             .filter(|(_, j)| match j {
                 Job::Source => false,
-                Job::Baseline(_) => true,
+                Job::Baseline(_) | Job::Scratch => true,
                 Job::Cell { level, .. } => *level == smallest,
             })
             .map(|(i, j)| (i + 1, j))
@@ -1239,6 +1259,7 @@ impl Runner {
             // the source model before fine-tuning: how much the domain shift costs
             Job::Source => self.cell("source", &arch, "full", &model),
             Job::Baseline(b) => self.cell("baseline", b, "full", &model),
+            Job::Scratch => self.cell("scratch", &arch, "full", &model),
             Job::Cell {
                 scenario,
                 criterion,
@@ -1252,6 +1273,7 @@ impl Runner {
     fn job_model(&mut self, job: &Job, pre: &StepOut, tuned: &StepOut) -> Result<StepOut> {
         Ok(match job {
             Job::Source => pre.clone(),
+            Job::Scratch => self.from_scratch()?,
             Job::Baseline(b) => {
                 let p = self.pretrain(b)?;
                 self.finetune(&p)?
@@ -1288,6 +1310,8 @@ impl Runner {
 enum Job {
     Source,
     Baseline(String),
+    /// `arch` trained on the target alone.
+    Scratch,
     Cell {
         scenario: Scenario,
         criterion: String,

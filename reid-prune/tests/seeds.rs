@@ -15,6 +15,7 @@ fn config(tmp: &std::path::Path) -> ExperimentConfig {
         levels: BTreeMap::from([("C1".to_string(), 0.5), ("C2".to_string(), 0.6)]),
         batch_pk: reid_run::PkBatch::new(4, 2),
         seeds: vec![0, 1],
+        scratch: true,
         ..base
     }
 }
@@ -33,6 +34,7 @@ fn key_cells_run_under_every_seed_and_equal_a_grid_run_with_that_seed() {
         [
             ("baseline", "full"),
             ("source", "full"),
+            ("scratch", "full"),
             ("S1", "C1"),
             ("S1", "C2"),
             ("S3", "C1"),
@@ -40,7 +42,7 @@ fn key_cells_run_under_every_seed_and_equal_a_grid_run_with_that_seed() {
         ]
     );
     for c in &cells {
-        let key = c.scenario == "baseline" || c.level == "C1";
+        let key = ["baseline", "scratch"].contains(&c.scenario.as_str()) || c.level == "C1";
         let seeds: Vec<u64> = c.seed_evals.keys().copied().collect();
         assert_eq!(
             seeds,
@@ -64,7 +66,12 @@ fn key_cells_run_under_every_seed_and_equal_a_grid_run_with_that_seed() {
     }
     let table = reid_prune::scenario::render_table(&cells, None);
     assert!(table.contains("R-1 over seeds"), "{table}");
-    assert_eq!(table.matches("(2 seeds)").count(), 3, "{table}");
+    assert_eq!(table.matches("(2 seeds)").count(), 4, "{table}");
+    // the scratch row starts from no model: its training step has no parent
+    let plan = Runner::new(cfg.clone()).unwrap().plan().unwrap();
+    let scratch: Vec<_> = plan.iter().filter(|s| s.kind == "scratch").collect();
+    assert_eq!(scratch.len(), 2, "one a seed");
+    assert!(scratch.iter().all(|s| s.parents.is_empty()));
 
     // The same grid under seed 1 alone reuses every key step the seeds run computed: it runs
     // only the source model's evaluation and the C2 cells (S1: prune, fine-tune, evaluate;

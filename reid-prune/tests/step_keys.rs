@@ -199,6 +199,8 @@ fn changing_a_field_reruns_the_steps_that_read_it_and_those_below_nothing_else()
             Box::new(|c| c.criteria.push("taylor".parse().unwrap())),
             Expect::Adds,
         ),
+        // the row trained on the target alone: one training step and its evaluations
+        ("scratch", Box::new(|c| c.scratch = true), Expect::Adds),
         // other seeds add the key cells' steps under each seed and change none
         (
             "seeds",
@@ -226,6 +228,7 @@ fn changing_a_field_reruns_the_steps_that_read_it_and_those_below_nothing_else()
         targets: vec![b.target.clone()],
         residual_groups: true,
         seeds: vec![1],
+        scratch: true,
         ..b.clone()
     };
     let fields: HashSet<String> = match serde_json::to_value(&full).unwrap() {

@@ -20,6 +20,13 @@ pub fn run(a: Args) -> Result<()> {
     let cfg = a.config;
     let stop = Arc::new(AtomicBool::new(false));
     super::signals::install(stop.clone(), "stopping at the next retraining checkpoint")?;
+    if a.resume && !reid_run::RunFolder::new(&cfg.out).config_path().is_file() {
+        anyhow::bail!(
+            "--resume: {} holds no pruning run to continue (no config.toml); start it without \
+             --resume",
+            cfg.out.display()
+        );
+    }
     // one writer a run folder, for the whole command
     let o = super::as_folder_writer(&cfg.out, "prune", || {
         reid_prune::prune_run::run_prune_until(&cfg, true, a.resume, stop)
