@@ -65,6 +65,11 @@ pub struct ExperimentConfig {
     /// mean ± sd over the seeds next to the bootstrap interval of the `seed` run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub seeds: Vec<u64>,
+    /// Seed of the source pre-training (default: `seed`). The other `seeds` start from this one
+    /// pre-trained model, as every run of the paper starts from the same ImageNet weights: their
+    /// spread is that of what a user trains (fine-tuning, pruning, retraining).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrain_seed: Option<u64>,
     /// HEIGHTxWIDTH of every step.
     pub input: reid_run::InputSize,
     pub arch: String,
@@ -124,6 +129,7 @@ impl Default for ExperimentConfig {
             device: reid_run::DeviceSpec::Cpu,
             seed: 0,
             seeds: Vec::new(),
+            pretrain_seed: None,
             input: reid_run::InputSize::new(256, 128),
             arch: "resnet50".into(),
             width_mult: 1.0,
@@ -798,6 +804,7 @@ impl Runner {
             Path::new(""),
         );
         rc.arch = arch.to_string();
+        rc.seed = self.cfg.pretrain_seed.unwrap_or(self.cfg.seed);
         rc.pretrained = self
             .cfg
             .pretrained
@@ -1185,6 +1192,8 @@ impl Runner {
         for seed in seeds {
             self.log(&format!("seed {seed}: the key cells again"));
             self.cfg.seed = seed;
+            // from the one pre-trained model of the experiment
+            self.cfg.pretrain_seed = Some(cfg.pretrain_seed.unwrap_or(cfg.seed));
             let result = (|| -> Result<()> {
                 let pre = self.pretrain(&cfg.arch)?;
                 let tuned = self.finetune(&pre)?;
@@ -1198,6 +1207,7 @@ impl Runner {
                 Ok(())
             })();
             self.cfg.seed = cfg.seed;
+            self.cfg.pretrain_seed = cfg.pretrain_seed;
             result?;
         }
         if self.plan.is_some() {

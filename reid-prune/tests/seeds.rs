@@ -73,17 +73,21 @@ fn key_cells_run_under_every_seed_and_equal_a_grid_run_with_that_seed() {
     assert_eq!(scratch.len(), 2, "one a seed");
     assert!(scratch.iter().all(|s| s.parents.is_empty()));
 
-    // The same grid under seed 1 alone reuses every key step the seeds run computed: it runs
-    // only the source model's evaluation and the C2 cells (S1: prune, fine-tune, evaluate;
-    // S3: prune, evaluate), and its key cells are the seed-1 results above.
+    // Every seed starts from the one pre-trained model (seed 0's): the same grid under seed 1
+    // from seed 0's pre-training reuses every key step the seeds run computed: it runs only the
+    // C2 cells (S1: prune, fine-tune, evaluate; S3: prune, evaluate), and its key cells are the
+    // seed-1 results above.
+    let pretrains = plan.iter().filter(|s| s.kind == "pretrain").count();
+    assert_eq!(pretrains, 1, "one pre-training for every seed");
     let mut one = Runner::new(ExperimentConfig {
         seed: 1,
         seeds: vec![],
+        pretrain_seed: Some(0),
         ..cfg
     })
     .unwrap();
     let again = one.run().unwrap();
-    assert_eq!(one.steps_run(), 6);
+    assert_eq!(one.steps_run(), 5);
     for (c, a) in cells.iter().zip(&again) {
         if let Some(e) = c.seed_evals.get(&1) {
             assert_eq!(e.target, a.target, "{} {}", c.scenario, c.level);

@@ -99,6 +99,11 @@ fn changing_a_field_reruns_the_steps_that_read_it_and_those_below_nothing_else()
         ),
         ("seed", Box::new(|c| c.seed = 1), Expect::Reruns(not_eval)),
         (
+            "pretrain_seed",
+            Box::new(|c| c.pretrain_seed = Some(1)),
+            Expect::Reruns(|w| w.starts_with("pretrain")),
+        ),
+        (
             "input",
             Box::new(|c| c.input = reid_run::InputSize::new(32, 16)),
             Expect::Reruns(all),
@@ -228,6 +233,7 @@ fn changing_a_field_reruns_the_steps_that_read_it_and_those_below_nothing_else()
         targets: vec![b.target.clone()],
         residual_groups: true,
         seeds: vec![1],
+        pretrain_seed: Some(0),
         scratch: true,
         ..b.clone()
     };
