@@ -1344,18 +1344,34 @@ pub fn judge_claims(
     else {
         return Ok(None);
     };
-    let mut metrics = Vec::new();
-    for c in cells {
-        let m = reid_run::RunFolder::new(&c.folder)
-            .read_metrics()?
-            .with_context(|| format!("{}: no metrics.json", c.folder.display()))?;
-        metrics.push((c.folder.clone(), m));
-    }
-    let runs: Vec<reid_run::claims::ClaimRun> = metrics
+    let metrics = cell_metrics(cells)?;
+    Ok(reid_run::claims::judge(&claim_runs(&metrics), &level))
+}
+
+/// Whether the grid's benchmark behaves like re-ID ([`reid_run::claims::judge_benchmark`]):
+/// larger baselines at or above smaller ones, pre-training above training from scratch.
+pub fn judge_benchmark(cells: &[CellResult]) -> Result<Option<reid_run::claims::ClaimsTable>> {
+    let metrics = cell_metrics(cells)?;
+    Ok(reid_run::claims::judge_benchmark(&claim_runs(&metrics)))
+}
+
+fn cell_metrics(cells: &[CellResult]) -> Result<Vec<(PathBuf, reid_run::RunMetrics)>> {
+    cells
+        .iter()
+        .map(|c| {
+            let m = reid_run::RunFolder::new(&c.folder)
+                .read_metrics()?
+                .with_context(|| format!("{}: no metrics.json", c.folder.display()))?;
+            Ok((c.folder.clone(), m))
+        })
+        .collect()
+}
+
+fn claim_runs(metrics: &[(PathBuf, reid_run::RunMetrics)]) -> Vec<reid_run::claims::ClaimRun<'_>> {
+    metrics
         .iter()
         .map(|(dir, m)| reid_run::claims::ClaimRun { dir, metrics: m })
-        .collect();
-    Ok(reid_run::claims::judge(&runs, &level))
+        .collect()
 }
 
 /// The summary table (Table 6 layout): one row per cell, rank-1 with its 95 % interval over

@@ -362,3 +362,35 @@ fn the_default_run_on_a_gpu_this_build_cannot_open_fails_before_writing() {
     );
     assert!(!out.exists());
 }
+
+/// The default command's `--set` overrides are checked against the preset's config before any
+/// data is generated; `--preset` names the accepted presets.
+#[test]
+fn the_default_run_refuses_a_bad_override_or_preset_before_writing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("d");
+    let run = |extra: &[&str]| {
+        let o = Command::new(BIN)
+            .args(extra)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = run(&["--preset", "quick", "--set", "finetune_epoch=3"]);
+    assert!(
+        err.contains("finetune_epoch") && err.contains("finetune_epochs"),
+        "{err}"
+    );
+    assert!(!out.exists(), "wrote {} before failing", out.display());
+    let err = run(&["--preset", "huge"]);
+    assert!(
+        err.contains("quick") && err.contains("default") && err.contains("large"),
+        "{err}"
+    );
+    let err = run(&["--quick", "--preset", "large"]);
+    assert!(err.contains("cannot be used with"), "{err}");
+    assert!(!out.exists());
+}

@@ -238,3 +238,83 @@ fn two_experiments_in_one_folder_are_judged_apart() {
         ]
     );
 }
+
+/// The benchmark's own checks: each baseline against every one with fewer parameters, and the
+/// pre-trained model against the same network trained from scratch, judged over seeds and
+/// queries like the claims.
+#[test]
+fn the_benchmark_checks_order_the_baselines_by_parameters_and_compare_scratch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    for (id, scenario, backbone, hits, params) in [
+        ("baseline/resnet50-full", "baseline", "resnet50", 320, 30),
+        ("baseline/resnet34-full", "baseline", "resnet34", 300, 20),
+        ("baseline/resnet18-full", "baseline", "resnet18", 310, 10),
+        ("scratch/resnet50-full", "scratch", "resnet50", 100, 30),
+    ] {
+        run(root, id, scenario, backbone, backbone, hits);
+        add_seeds(root, id, &[(1, hits), (2, hits)]);
+        let f = RunFolder::new(root.join(id));
+        let mut m = f.read_metrics().unwrap().unwrap();
+        m.params = params;
+        m.level = "full".into();
+        f.write_metrics(&m).unwrap();
+    }
+    let runs = load_runs(root).unwrap().0;
+    let claim_runs: Vec<reid_run::claims::ClaimRun> = runs
+        .iter()
+        .map(|r| reid_run::claims::ClaimRun {
+            dir: &r.dir,
+            metrics: &r.metrics,
+        })
+        .collect();
+    let t = reid_run::claims::judge_benchmark(&claim_runs).unwrap();
+    let got: Vec<(&str, &str, &str, &str, &str)> = t
+        .rows
+        .iter()
+        .map(|r| {
+            (
+                r[0].as_str(),
+                r[2].as_str(),
+                r[3].as_str(),
+                r[4].as_str(),
+                r[7].as_str(),
+            )
+        })
+        .collect();
+    let deeper = "(a) the ResNet-";
+    assert_eq!(
+        got,
+        [
+            (
+                &*format!("{deeper}50 is at or above the ResNet-34"),
+                "baseline resnet50 full",
+                "baseline resnet34 full",
+                "+5.0",
+                "holds"
+            ),
+            (
+                &*format!("{deeper}50 is at or above the ResNet-18"),
+                "baseline resnet50 full",
+                "baseline resnet18 full",
+                "+2.5",
+                "holds"
+            ),
+            (
+                &*format!("{deeper}34 is at or above the ResNet-18"),
+                "baseline resnet34 full",
+                "baseline resnet18 full",
+                "-2.5",
+                "does not hold"
+            ),
+            (
+                "(b) pre-training on the source beats training on the target alone",
+                "baseline resnet50 full",
+                "scratch resnet50 full",
+                "+55.0",
+                "holds"
+            ),
+        ]
+    );
+    assert!(t.rows.iter().all(|r| r[6] == "3 seeds + queries"));
+}

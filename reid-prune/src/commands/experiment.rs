@@ -46,15 +46,24 @@ pub struct PlanArgs {
 /// With no subcommand: the default experiment on the synthetic benchmark.
 #[derive(clap::Args, Debug)]
 pub struct DefaultArgs {
-    /// A smoke run of the grid in about 3 minutes on 2 cores: every scenario and claim, three criteria at C1, easier data, fewer epochs.
-    #[arg(long)]
+    /// A smoke run of the grid in about 3 minutes on 2 cores (`--preset quick`).
+    #[arg(long, conflicts_with = "preset")]
     quick: bool,
-    /// Where the data and run folders go (default runs/default, or runs/quick with --quick).
+    /// Which synthetic experiment: quick (a smoke run, ~3 min), default (the paper's grid in
+    /// miniature, ~35 min on 2 cores), large (the scale where deeper networks win, as in real
+    /// re-ID; hours on 2 cores).
+    #[arg(long, value_enum)]
+    preset: Option<reid_prune::default_run::PresetName>,
+    /// Where the data and run folders go (default runs/<preset>).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Any field of the experiment by its TOML path, as `run --set` takes it (repeatable):
+    /// --set finetune_epochs=20 --set 'scenarios=[]'
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<reid_prune::config_file::SetOverride>,
     /// Train the key cells (unpruned, baselines, every scenario × criterion at C1) under N
     /// seeds: 0, 1, … (tables add mean ± sd over seeds; the claims cover training variance).
-    /// Default: 3 for the full run, 1 for --quick.
+    /// Default: the preset's (3; 1 for quick).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100))]
     seeds: Option<u64>,
     /// Train, score and evaluate on this device (cpu, cuda:N); a device that cannot be opened
@@ -75,18 +84,25 @@ fn with_seeds(
 }
 
 pub fn run_default(a: DefaultArgs) -> Result<()> {
-    let out = a.out.unwrap_or_else(|| {
-        PathBuf::from(if a.quick {
-            "runs/quick"
-        } else {
-            "runs/default"
-        })
-    });
+    use reid_prune::default_run::PresetName;
+    let which = match (a.quick, a.preset) {
+        (true, _) => PresetName::Quick,
+        (false, p) => p.unwrap_or(PresetName::Default),
+    };
+    let out = a
+        .out
+        .unwrap_or_else(|| PathBuf::from("runs").join(which.name()));
     if let Some(d) = &a.device {
         // open it first: a missing GPU must not leave a half-made data folder behind
         reid_model::device::open_device(*d)?;
     }
-    let mut cfg = reid_prune::default_run::default_experiment(&out, a.quick)?;
+    // the overrides are checked on the preset's config before any data is generated
+    if !a.sets.is_empty() {
+        let planned = reid_prune::default_run::default_experiment_config(&out, which);
+        reid_prune::config_file::with_overrides(planned, &a.sets)?;
+    }
+    let mut cfg = reid_prune::default_run::default_experiment(&out, which)?;
+    cfg = reid_prune::config_file::with_overrides(cfg, &a.sets)?;
     if let Some(d) = a.device {
         cfg.device = d;
     }
@@ -227,10 +243,22 @@ fn run_experiment_as(
                 .unwrap_or_default()
         );
         print!("{table}");
-        if let Some(claims) = reid_prune::scenario::judge_claims(&cfg, &cells)? {
-            let text = format!("{}{}\n", claims.to_text(), claims.note);
-            reid_model::checkpoint::write_atomic(&cfg.out.join("claims.txt"), text.as_bytes())?;
-            print!("\n{text}");
+        let mut text = String::new();
+        for table in [
+            reid_prune::scenario::judge_claims(&cfg, &cells)?,
+            reid_prune::scenario::judge_benchmark(&cells)?,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            text.push_str(&format!("\n{}{}\n", table.to_text(), table.note));
+        }
+        if !text.is_empty() {
+            reid_model::checkpoint::write_atomic(
+                &cfg.out.join("claims.txt"),
+                text.trim_start().as_bytes(),
+            )?;
+            print!("{text}");
         }
         println!(
             "\n{} steps run, {} reused, {:.0} s. Run folders: {}/<scenario>/<criterion>-<level>/ (summary.txt there too)",
