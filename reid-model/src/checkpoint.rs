@@ -80,10 +80,16 @@ pub fn read_safetensors_shapes(path: &Path) -> Result<HashMap<String, Vec<usize>
     f.read_exact(&mut len)
         .map_err(|_| bad("not a valid safetensors file: shorter than its header length".into()))?;
     let len = u64::from_le_bytes(len);
-    // safetensors' own bound on a header
-    if len > 100_000_000 {
+    let file_len = f
+        .metadata()
+        .map_err(|e| bad(format!("cannot read the weights file: {e}")))?
+        .len();
+    // safetensors' own bound on a header, and the file's: nothing is allocated for a header
+    // the file cannot hold
+    if len > 100_000_000 || len > file_len.saturating_sub(8) {
         return Err(bad(format!(
-            "not a valid safetensors file: a header of {len} bytes"
+            "not a valid safetensors file (truncated?): a header of {len} bytes in a file of \
+             {file_len}"
         )));
     }
     let mut header = vec![0u8; len as usize];
@@ -94,6 +100,7 @@ pub fn read_safetensors_shapes(path: &Path) -> Result<HashMap<String, Vec<usize>
     let obj = v
         .as_object()
         .ok_or_else(|| bad("unreadable safetensors header: not a JSON object".into()))?;
+    let data_len = file_len - 8 - len;
     obj.iter()
         .filter(|(k, _)| k.as_str() != "__metadata__")
         .map(|(k, t)| {
@@ -102,6 +109,18 @@ pub fn read_safetensors_shapes(path: &Path) -> Result<HashMap<String, Vec<usize>
                 .and_then(|s| s.as_array())
                 .and_then(|s| s.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
                 .ok_or_else(|| bad(format!("tensor '{k}': no shape in the header")))?;
+            // a file cut short holds the header but not every tensor's bytes
+            let end = t
+                .get("data_offsets")
+                .and_then(|o| o.get(1))
+                .and_then(|e| e.as_u64())
+                .ok_or_else(|| bad(format!("tensor '{k}': no data offsets in the header")))?;
+            if end > data_len {
+                return Err(bad(format!(
+                    "not a valid safetensors file (truncated?): tensor '{k}' ends at byte {end} \
+                     of a data section of {data_len}"
+                )));
+            }
             Ok((k.clone(), shape))
         })
         .collect()
@@ -601,7 +620,17 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..20]).unwrap();
         let e = read_safetensors_shapes(&path).err().unwrap().to_string();
-        assert!(e.contains("truncated header"), "{e}");
+        assert!(
+            e.contains("a header of") && e.contains("in a file of 20"),
+            "{e}"
+        );
+        // the header whole, the tensors cut
+        std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
+        let e = read_safetensors_shapes(&path).err().unwrap().to_string();
+        assert!(
+            e.contains("truncated?): tensor '") && e.contains("ends at byte"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -317,7 +317,7 @@ pub fn run_prune_resumable(
 /// A prune stopped by `stop` (Ctrl-C, SIGTERM): its retraining runs saved their checkpoints and
 /// `prune --resume` with the same config continues it; a run it replaces stays aside until then.
 #[derive(Debug, thiserror::Error)]
-#[error("stopped before the end: {0} holds the retraining checkpoints (continue with prune --resume and the same settings)")]
+#[error("stopped before the end: continue the prune in {0} with prune --resume and the same settings (its retraining goes on from its last checkpoint; scores and cuts are computed again)")]
 pub struct PruneStopped(pub PathBuf);
 
 /// [`run_prune_resumable`], stopping at the next retraining checkpoint once `stop` is set
@@ -505,6 +505,10 @@ pub fn run_prune_until(
                 data.as_ref(),
                 cfg.residual_groups,
             )?;
+            // scoring on data can be long: a signal during it stops before the cut
+            if stop.load(Ordering::SeqCst) {
+                return Err(stopped());
+            }
             let p = plan_with_groups(
                 net.spec(),
                 &base,

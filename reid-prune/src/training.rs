@@ -548,6 +548,9 @@ impl Position {
     }
 }
 
+/// The state's key of [`DataStamp::fingerprint`].
+const DATA_LIST_FINGERPRINT: &str = "data_list_fingerprint";
+
 /// Prefix of the optimiser's tensors in the state file (the net's tensors keep their names).
 const OPTIM_PREFIX: &str = "optim.";
 
@@ -555,8 +558,9 @@ const OPTIM_PREFIX: &str = "optim.";
 /// continue a run that never happened (a 12-class head on 11 identities, relabelled targets).
 #[derive(Clone, Debug, PartialEq)]
 struct DataStamp {
-    /// [`reid_data::datasets::fingerprint`] of the images the dataset lists.
-    fingerprint: String,
+    /// [`reid_data::datasets::fingerprint`] of the images the dataset lists; `None` in a state
+    /// written before it was recorded (session 17), whose counts alone are compared.
+    fingerprint: Option<String>,
     train_images: usize,
     train_ids: usize,
 }
@@ -564,15 +568,19 @@ struct DataStamp {
 impl DataStamp {
     fn of(ds: &ReidDataset) -> Result<Self> {
         Ok(Self {
-            fingerprint: reid_data::datasets::fingerprint(ds)
-                .with_context(|| format!("reading {}", ds.root.display()))?,
+            fingerprint: Some(
+                reid_data::datasets::fingerprint(ds)
+                    .with_context(|| format!("reading {}", ds.root.display()))?,
+            ),
             train_images: ds.train.len(),
             train_ids: ds.num_train_pids(),
         })
     }
 
     fn to_meta(&self, meta: &mut HashMap<String, String>) {
-        meta.insert("data_fingerprint".into(), self.fingerprint.clone());
+        if let Some(f) = &self.fingerprint {
+            meta.insert(DATA_LIST_FINGERPRINT.into(), f.clone());
+        }
         meta.insert("data_train_images".into(), self.train_images.to_string());
         meta.insert("data_train_ids".into(), self.train_ids.to_string());
     }
@@ -580,7 +588,9 @@ impl DataStamp {
     /// `None` for state files written before the data was recorded.
     fn from_meta(meta: &HashMap<String, String>) -> Option<Self> {
         Some(Self {
-            fingerprint: meta.get("data_fingerprint")?.clone(),
+            // the key of the fingerprint of every file under the root (before session 17)
+            // is not compared: it measured something else
+            fingerprint: meta.get(DATA_LIST_FINGERPRINT).cloned(),
             train_images: meta.get("data_train_images")?.parse().ok()?,
             train_ids: meta.get("data_train_ids")?.parse().ok()?,
         })
@@ -588,7 +598,8 @@ impl DataStamp {
 
     /// What changed from `self` (the checkpoint's) to `now`, in words.
     fn changes(&self, now: &Self) -> Option<String> {
-        if self == now {
+        let same_files = self.fingerprint.is_none() || self.fingerprint == now.fingerprint;
+        if same_files && self.train_images == now.train_images && self.train_ids == now.train_ids {
             return None;
         }
         let mut what = vec![];

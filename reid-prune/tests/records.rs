@@ -868,3 +868,34 @@ fn an_interrupted_prune_exits_non_zero_and_resumes_to_the_uninterrupted_model() 
         "the resumed prune's model differs from the uninterrupted one's"
     );
 }
+
+/// A trainer state written before the listed-images fingerprint (session 17) holds the older
+/// fingerprint of every file under the root under another key: a resume compares its counts
+/// and goes on, where comparing the two fingerprints refused every such resume as "data changed".
+#[test]
+fn a_state_from_before_the_listed_fingerprint_resumes_on_its_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data(tmp.path());
+    let out = tmp.path().join("run");
+    let cut = args(&SMALL, &["--epochs", "2", "--set", "stop_after_batches=2"]);
+    assert_eq!(
+        train(&root, &out, &cut).output().unwrap().status.code(),
+        Some(1)
+    );
+    let state = out.join("trainer_state.safetensors");
+    let bytes = std::fs::read(&state).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = header.metadata().clone().unwrap();
+    assert!(meta.remove("data_list_fingerprint").is_some());
+    meta.insert("data_fingerprint".into(), "0123456789abcdef".into());
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors = st.tensors();
+    let old =
+        safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta)).unwrap();
+    std::fs::write(&state, old).unwrap();
+    ok(
+        train(&root, &out, &args(&SMALL, &["--epochs", "2", "--resume"]))
+            .output()
+            .unwrap(),
+    );
+}

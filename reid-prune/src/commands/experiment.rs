@@ -99,7 +99,12 @@ pub fn run_default(a: DefaultArgs) -> Result<()> {
     // the overrides are checked on the preset's config before any data is generated
     if !a.sets.is_empty() {
         let planned = reid_prune::default_run::default_experiment_config(&out, which);
-        reid_prune::config_file::with_overrides(planned, &a.sets)?;
+        let set = reid_prune::config_file::with_overrides(planned, &a.sets)?;
+        if set.out != out {
+            anyhow::bail!("--set out=…: give the output folder with --out (the data goes there)");
+        }
+        set.validate()
+            .with_context(|| format!("experiment '{}'", set.name))?;
     }
     let mut cfg = reid_prune::default_run::default_experiment(&out, which)?;
     cfg = reid_prune::config_file::with_overrides(cfg, &a.sets)?;
