@@ -192,18 +192,7 @@ pub fn judge(runs: &[ClaimRun], level: &str) -> Option<ClaimsTable> {
     Some(ClaimsTable {
         title: format!("The paper's claims at {level}, judged"),
         note: NOTE.into(),
-        headers: [
-            "claim",
-            "dataset",
-            "A",
-            "B",
-            "Δ R-1",
-            "95 % interval",
-            "variance covered",
-            "verdict",
-        ]
-        .map(String::from)
-        .to_vec(),
+        headers: headers("claim"),
         rows,
     })
 }
@@ -408,20 +397,25 @@ pub fn judge_benchmark(runs: &[ClaimRun]) -> Option<ClaimsTable> {
                0, does not hold when it is below, and is inconclusive when it holds 0 (a tie \
                at this size)."
             .into(),
-        headers: [
-            "check",
-            "dataset",
-            "A",
-            "B",
-            "Δ R-1",
-            "95 % interval",
-            "variance covered",
-            "verdict",
-        ]
-        .map(String::from)
-        .to_vec(),
+        headers: headers("check"),
         rows,
     })
+}
+
+/// The columns of a judged table: what is judged, then [`row`]'s cells.
+fn headers(what: &str) -> Vec<String> {
+    [
+        what,
+        "dataset",
+        "A",
+        "B",
+        "Δ R-1",
+        "95 % interval",
+        "variance covered",
+        "verdict",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 const NOTE: &str =
