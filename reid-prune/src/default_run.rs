@@ -15,12 +15,12 @@ use crate::scenario::{DataRef, ExperimentConfig};
 /// The synthetic experiments the command runs with no subcommand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum PresetName {
-    /// A smoke run (≤ 3 minutes here): every scenario and claim, three criteria at C1.
+    /// A smoke run (about a minute here): every scenario and claim, three criteria at C1.
     Quick,
-    /// The paper's grid in miniature, within ~35 minutes on 2 cores.
+    /// The paper's grid in miniature (33 minutes here from nothing, 2 cores).
     Default,
-    /// The miniature at the scale where the networks order as in real re-ID (deeper is better),
-    /// for a machine with more time or cores.
+    /// Twice the default's data and longer pre-training, for a machine with more time or cores
+    /// (~1 h 40 min on 2 cores, projected).
     Large,
 }
 

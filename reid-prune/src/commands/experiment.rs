@@ -46,12 +46,12 @@ pub struct PlanArgs {
 /// With no subcommand: the default experiment on the synthetic benchmark.
 #[derive(clap::Args, Debug)]
 pub struct DefaultArgs {
-    /// A smoke run of the grid in about 3 minutes on 2 cores (`--preset quick`).
+    /// A smoke run of the grid in about a minute on 2 cores (`--preset quick`).
     #[arg(long, conflicts_with = "preset")]
     quick: bool,
-    /// Which synthetic experiment: quick (a smoke run, ~3 min), default (the paper's grid in
-    /// miniature, ~35 min on 2 cores), large (the scale where deeper networks win, as in real
-    /// re-ID; hours on 2 cores).
+    /// Which synthetic experiment: quick (a smoke run, ~1 min), default (the paper's grid in
+    /// miniature, ~33 min on 2 cores), large (twice the data, longer pre-training: ~1 h 40 min
+    /// on 2 cores, projected).
     #[arg(long, value_enum)]
     preset: Option<reid_prune::default_run::PresetName>,
     /// Where the data and run folders go (default runs/<preset>).
