@@ -830,26 +830,29 @@ impl Runner {
 
     /// Fine-tune `parent` on the target (re-ID).
     pub fn finetune(&mut self, parent: &StepOut) -> Result<StepOut> {
-        let rc = self.train_config(
-            &self.cfg.target.clone(),
-            Task::Reid,
-            self.cfg.finetune_epochs,
-            Path::new(""),
-        );
-        let what = format!("finetune on {}", self.cfg.target.label());
-        self.train("finetune", what, rc, Some(parent), None)
+        self.train_on_target("finetune", "finetune on", Some(parent))
     }
 
     /// Train `arch` on the target from random initialisation, as long as a fine-tuning.
     pub fn from_scratch(&mut self) -> Result<StepOut> {
+        self.train_on_target("scratch", "train from scratch on", None)
+    }
+
+    /// A fine-tuning-length re-ID training step on the target, from `parent` or from scratch.
+    fn train_on_target(
+        &mut self,
+        kind: &str,
+        what: &str,
+        parent: Option<&StepOut>,
+    ) -> Result<StepOut> {
         let rc = self.train_config(
             &self.cfg.target.clone(),
             Task::Reid,
             self.cfg.finetune_epochs,
             Path::new(""),
         );
-        let what = format!("train from scratch on {}", self.cfg.target.label());
-        self.train("scratch", what, rc, None, None)
+        let what = format!("{what} {}", self.cfg.target.label());
+        self.train(kind, what, rc, parent, None)
     }
 
     /// Prune `parent` to `level` on the source (classification retraining) or the target.

@@ -430,7 +430,8 @@ fn checkpoint(path: &Path, input: Option<reid_run::InputSize>) {
     reid_model::checkpoint::save_checkpoint(&net, path, &prov).unwrap();
 }
 
-fn prune(ck: &Path, out: &Path, extra: &[&str]) -> Output {
+/// `reid-prune prune` (L1 to half the FLOPs, at 64×32 unless `extra` says) of `ck` into `out`.
+fn prune_command(ck: &Path, out: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(BIN);
     c.args(["prune", "--criterion", "l1", "--level", "0.5"]);
     if !extra.contains(&"--input") {
@@ -440,9 +441,12 @@ fn prune(ck: &Path, out: &Path, extra: &[&str]) -> Output {
         .arg(ck)
         .arg("--out")
         .arg(out)
-        .args(extra)
-        .output()
-        .unwrap()
+        .args(extra);
+    c
+}
+
+fn prune(ck: &Path, out: &Path, extra: &[&str]) -> Output {
+    prune_command(ck, out, extra).output().unwrap()
 }
 
 #[test]
@@ -819,24 +823,10 @@ fn an_interrupted_prune_exits_non_zero_and_resumes_to_the_uninterrupted_model() 
     ok(prune(&ck, &whole, &retrain));
 
     let cut = tmp.path().join("cut");
-    let mut c = Command::new(BIN);
-    c.args([
-        "prune",
-        "--criterion",
-        "l1",
-        "--level",
-        "0.5",
-        "--input",
-        "64x32",
-    ])
-    .arg("--checkpoint")
-    .arg(&ck)
-    .arg("--out")
-    .arg(&cut)
-    .args(retrain)
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
+    let mut c = prune_command(&ck, &cut, &retrain);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     assert_eq!(
         signalled(
             c,

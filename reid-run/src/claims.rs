@@ -163,29 +163,49 @@ fn row(claim: &str, a: &ClaimRun, b: &ClaimRun, label: &str, test: Test) -> Opti
 
 const ONE_POINT: Test = Test::NotBelow { margin: 0.01 };
 
-/// The claims over every dataset that has the unpruned model as a baseline, at `level`. The
-/// pruned backbone is the scenario cells' (ResNet-50 in the paper); the other baselines are the
-/// smaller networks of claim 2.
-pub fn judge(runs: &[ClaimRun], level: &str) -> Option<ClaimsTable> {
-    // one experiment at a time: a folder holding two grids must not judge one grid's pruned
-    // model against the other's baseline
+/// `judge` on each experiment's runs apart (a folder holding two grids must not judge one
+/// grid's pruned model against the other's baseline); with several, each row's dataset is
+/// prefixed with its experiment.
+fn per_experiment(
+    runs: &[ClaimRun],
+    judge: impl Fn(&[ClaimRun]) -> Vec<Vec<String>>,
+) -> Vec<Vec<String>> {
     let mut experiments: Vec<&str> = runs.iter().map(|r| r.metrics.experiment.as_str()).collect();
     experiments.sort();
     experiments.dedup();
-    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut rows = Vec::new();
     for e in &experiments {
         let group: Vec<ClaimRun> = runs
             .iter()
             .filter(|r| r.metrics.experiment == *e)
             .copied()
             .collect();
-        for mut row in judge_experiment(&group, level) {
+        for mut row in judge(&group) {
             if experiments.len() > 1 {
                 row[1] = format!("{e}: {}", row[1]);
             }
             rows.push(row);
         }
     }
+    rows
+}
+
+/// The in-domain evaluation labels of `runs` (no cross set, no variant such as `+flip`), sorted.
+fn in_domain_labels<'a>(runs: impl Iterator<Item = &'a ClaimRun<'a>>) -> Vec<&'a String> {
+    let mut labels: Vec<&String> = runs
+        .flat_map(|r| r.metrics.eval.keys())
+        .filter(|k| !k.ends_with("-cross") && !k.contains('+'))
+        .collect();
+    labels.sort();
+    labels.dedup();
+    labels
+}
+
+/// The claims over every dataset that has the unpruned model as a baseline, at `level`. The
+/// pruned backbone is the scenario cells' (ResNet-50 in the paper); the other baselines are the
+/// smaller networks of claim 2.
+pub fn judge(runs: &[ClaimRun], level: &str) -> Option<ClaimsTable> {
+    let rows = per_experiment(runs, |group| judge_experiment(group, level));
     if rows.is_empty() {
         return None;
     }
@@ -217,14 +237,10 @@ fn judge_experiment(runs: &[ClaimRun], level: &str) -> Vec<Vec<String>> {
         .collect();
     smaller.sort();
     smaller.dedup();
-    let mut labels: Vec<&String> = runs
-        .iter()
-        .filter(|r| is_baseline(r) && r.metrics.backbone == pruned)
-        .flat_map(|r| r.metrics.eval.keys())
-        .filter(|k| !k.ends_with("-cross") && !k.contains('+'))
-        .collect();
-    labels.sort();
-    labels.dedup();
+    let labels = in_domain_labels(
+        runs.iter()
+            .filter(|r| is_baseline(r) && r.metrics.backbone == pruned),
+    );
     for label in labels {
         let Some(unpruned) = baseline(pruned, label) else {
             continue;
@@ -326,68 +342,7 @@ fn judge_experiment(runs: &[ClaimRun], level: &str) -> Vec<Vec<String>> {
 /// source beats the same network trained on the target alone (the `scratch` row). Judged like
 /// the claims, on seeds and queries; the sizes compared are the recorded parameter counts.
 pub fn judge_benchmark(runs: &[ClaimRun]) -> Option<ClaimsTable> {
-    let mut rows: Vec<Vec<String>> = Vec::new();
-    let mut experiments: Vec<&str> = runs.iter().map(|r| r.metrics.experiment.as_str()).collect();
-    experiments.sort();
-    experiments.dedup();
-    for e in &experiments {
-        let group: Vec<&ClaimRun> = runs.iter().filter(|r| r.metrics.experiment == *e).collect();
-        let mut baselines: Vec<&ClaimRun> = group
-            .iter()
-            .copied()
-            .filter(|r| r.metrics.scenario == "baseline")
-            .collect();
-        // largest first
-        baselines.sort_by_key(|r| std::cmp::Reverse(r.metrics.params));
-        let mut labels: Vec<&String> = baselines
-            .iter()
-            .flat_map(|r| r.metrics.eval.keys())
-            .filter(|k| !k.ends_with("-cross") && !k.contains('+'))
-            .collect();
-        labels.sort();
-        labels.dedup();
-        for label in labels {
-            let mut add = |row: Option<Vec<String>>| {
-                if let Some(mut row) = row {
-                    if experiments.len() > 1 {
-                        row[1] = format!("{e}: {}", row[1]);
-                    }
-                    rows.push(row);
-                }
-            };
-            for (i, big) in baselines.iter().enumerate() {
-                for small in &baselines[i + 1..] {
-                    if big.metrics.params > small.metrics.params {
-                        add(row(
-                            &format!(
-                                "(a) the {} is at or above the {}",
-                                pretty(&big.metrics.backbone),
-                                pretty(&small.metrics.backbone)
-                            ),
-                            big,
-                            small,
-                            label,
-                            Test::Above,
-                        ));
-                    }
-                }
-            }
-            for scratch in group.iter().filter(|r| r.metrics.scenario == "scratch") {
-                if let Some(pre) = baselines
-                    .iter()
-                    .find(|b| b.metrics.backbone == scratch.metrics.backbone)
-                {
-                    add(row(
-                        "(b) pre-training on the source beats training on the target alone",
-                        pre,
-                        scratch,
-                        label,
-                        Test::Above,
-                    ));
-                }
-            }
-        }
-    }
+    let rows = per_experiment(runs, benchmark_experiment);
     if rows.is_empty() {
         return None;
     }
@@ -400,6 +355,51 @@ pub fn judge_benchmark(runs: &[ClaimRun]) -> Option<ClaimsTable> {
         headers: headers("check"),
         rows,
     })
+}
+
+/// The benchmark checks of one experiment's runs.
+fn benchmark_experiment(group: &[ClaimRun]) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    let mut baselines: Vec<&ClaimRun> = group
+        .iter()
+        .filter(|r| r.metrics.scenario == "baseline")
+        .collect();
+    // largest first
+    baselines.sort_by_key(|r| std::cmp::Reverse(r.metrics.params));
+    for label in in_domain_labels(baselines.iter().copied()) {
+        for (i, big) in baselines.iter().enumerate() {
+            for small in &baselines[i + 1..] {
+                if big.metrics.params > small.metrics.params {
+                    rows.push(row(
+                        &format!(
+                            "(a) the {} is at or above the {}",
+                            pretty(&big.metrics.backbone),
+                            pretty(&small.metrics.backbone)
+                        ),
+                        big,
+                        small,
+                        label,
+                        Test::Above,
+                    ));
+                }
+            }
+        }
+        for scratch in group.iter().filter(|r| r.metrics.scenario == "scratch") {
+            if let Some(pre) = baselines
+                .iter()
+                .find(|b| b.metrics.backbone == scratch.metrics.backbone)
+            {
+                rows.push(row(
+                    "(b) pre-training on the source beats training on the target alone",
+                    pre,
+                    scratch,
+                    label,
+                    Test::Above,
+                ));
+            }
+        }
+    }
+    rows.into_iter().flatten().collect()
 }
 
 /// The columns of a judged table: what is judged, then [`row`]'s cells.
