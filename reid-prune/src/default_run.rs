@@ -10,6 +10,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use reid_data::synth::{generate, planned_images, SynthConfig, SynthLayout};
 
+use crate::config_file::{with_overrides, SetOverride};
 use crate::scenario::{DataRef, ExperimentConfig};
 
 /// The synthetic experiments the command runs with no subcommand.
@@ -165,8 +166,35 @@ fn ensure_domain(dir: &Path, cfg: &SynthConfig) -> Result<()> {
     Ok(())
 }
 
-/// Generate the data (if needed) and build the experiment of a preset.
-pub fn default_experiment(out: &Path, which: PresetName) -> Result<ExperimentConfig> {
+/// The experiment the default command runs: the preset's, with `--set` overrides and `--seeds`
+/// applied, validated; nothing is read or written. The preset's seeds follow the experiment's
+/// `seed` (`--set seed=5` trains under 5, 6, 7, as `--seeds 3` would), unless `seeds` itself is
+/// set.
+pub fn configured(
+    out: &Path,
+    which: PresetName,
+    sets: &[SetOverride],
+    seeds: Option<u64>,
+) -> Result<ExperimentConfig> {
+    let mut cfg = with_overrides(default_experiment_config(out, which), sets)?;
+    if cfg.out != out {
+        anyhow::bail!("--set out=…: give the output folder with --out (the data goes there)");
+    }
+    let seeds_set = sets.iter().any(|s| s.key() == "seeds");
+    let count = seeds.or_else(|| {
+        let n = preset(which).seeds;
+        (n > 1 && !seeds_set).then_some(n)
+    });
+    if let Some(n) = count {
+        cfg = cfg.with_seed_count(n);
+    }
+    cfg.validate()
+        .with_context(|| format!("experiment '{}'", cfg.name))?;
+    Ok(cfg)
+}
+
+/// Generate a preset's data in `out/data` where it is not there yet.
+pub fn generate_data(out: &Path, which: PresetName) -> Result<()> {
     let p = preset(which);
     let data = out.join("data");
     // Two default runs on one folder share the data: one generates it, the other waits (and
@@ -226,8 +254,7 @@ pub fn default_experiment(out: &Path, which: PresetName) -> Result<ExperimentCon
             SynthLayout::Market,
             p.per_cam,
         )),
-    )?;
-    Ok(default_experiment_config(out, which))
+    )
 }
 
 /// The experiment of a preset whose data is (or will be) in `out/data`; nothing is read or
@@ -280,5 +307,32 @@ pub fn default_experiment_config(out: &Path, which: PresetName) -> ExperimentCon
         },
         scratch: p.scratch,
         ..ExperimentConfig::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sets(s: &[&str]) -> Vec<SetOverride> {
+        s.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    /// `--set seed=5` moves the preset's seeds with it: the recorded and trained seeds are
+    /// 5, 6, 7, not 5 beside the preset's 0, 1, 2 (four seeds, one the user never asked for).
+    #[test]
+    fn the_preset_seeds_follow_the_seed() {
+        let out = Path::new("runs/x");
+        let d = |s: &[&str], n| configured(out, PresetName::Default, &sets(s), n).unwrap();
+        assert_eq!(d(&[], None).seeds, vec![0, 1, 2]);
+        assert_eq!(d(&["seed=5"], None).seeds, vec![5, 6, 7]);
+        assert_eq!(d(&["seed=5"], Some(2)).seeds, vec![5, 6]);
+        assert_eq!(d(&["seed=5", "seeds=[1, 5]"], None).seeds, vec![1, 5]);
+        assert!(configured(out, PresetName::Quick, &sets(&["seed=5"]), None)
+            .unwrap()
+            .seeds
+            .is_empty());
+        let err = configured(out, PresetName::Quick, &sets(&["out=elsewhere"]), None).unwrap_err();
+        assert!(err.to_string().contains("--set out=…"), "{err}");
     }
 }

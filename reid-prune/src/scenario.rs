@@ -295,6 +295,12 @@ impl ExperimentConfig {
         rc
     }
 
+    /// The key cells under `n` seeds: `seed` and the `n − 1` after it (`--seeds N`).
+    pub fn with_seed_count(mut self, n: u64) -> Self {
+        self.seeds = (self.seed..self.seed.saturating_add(n)).collect();
+        self
+    }
+
     /// Everything checked before the first step runs; errors name the field.
     pub fn validate(&self) -> Result<()> {
         check_path_name("name", &self.name)?;
@@ -478,6 +484,22 @@ impl ExperimentConfig {
     }
 }
 
+/// A several-target experiment's whole config at the top of its folder (each target's grid
+/// writes its own in `out/<label>/`), before any grid runs: the report then tells a cell left
+/// there by a single-target config, or the grid of a target since removed, from the current
+/// ones. Nothing for a single target (its grid writes that file).
+pub fn record_several_targets(all: &ExperimentConfig) -> Result<()> {
+    if all.targets.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&all.out).with_context(|| format!("creating {}", all.out.display()))?;
+    write_atomic(
+        &all.out.join(reid_run::metrics::EXPERIMENT_FILE),
+        toml::to_string_pretty(all)?.as_bytes(),
+    )?;
+    Ok(())
+}
+
 pub struct Runner {
     pub cfg: ExperimentConfig,
     /// Where finished steps are kept (shared by the grids of several targets).
@@ -492,6 +514,9 @@ pub struct Runner {
     plan: Option<Vec<PlannedStep>>,
     /// Data fingerprints by dataset and root, read once a run.
     fingerprints: HashMap<(String, PathBuf), String>,
+    /// The fingerprints of the experiment's data by role, recorded beside its config and in
+    /// every cell (empty while planning).
+    data_record: BTreeMap<String, String>,
     /// Compute at most this many steps, then stop with [`StepBudgetSpent`] (a worker's
     /// `--max-steps`: finished steps stay for the next worker).
     max_steps: Option<usize>,
@@ -586,6 +611,7 @@ impl Runner {
             wait_for_others: true,
             plan: None,
             fingerprints: HashMap::new(),
+            data_record: BTreeMap::new(),
             max_steps: None,
             computed: Vec::new(),
         })
@@ -626,6 +652,21 @@ impl Runner {
         };
         self.fingerprints.insert(key, f.clone());
         Ok(f)
+    }
+
+    /// The fingerprint of each dataset the grid reads, by role (`source`, `target`, `cross`).
+    fn data_fingerprints(&mut self) -> Result<BTreeMap<String, String>> {
+        let cfg = self.cfg.clone();
+        let mut record = BTreeMap::new();
+        for (role, d) in [("source", Some(&cfg.source)), ("target", Some(&cfg.target))]
+            .into_iter()
+            .chain([("cross", cfg.cross.as_ref())])
+        {
+            if let Some(d) = d {
+                record.insert(role.to_string(), self.fingerprint(&d.dataset, &d.root)?);
+            }
+        }
+        Ok(record)
     }
 
     /// The grid's steps with their keys, parents and state, without running anything (the
@@ -1067,6 +1108,7 @@ impl Runner {
             )]),
             eval,
             tool_version: Some(env!("CARGO_PKG_VERSION").into()),
+            data: self.data_record.clone(),
             ..Default::default()
         })?;
         run.write_config(&self.cfg)?;
@@ -1113,9 +1155,14 @@ impl Runner {
                 .with_context(|| format!("experiment '{}'", cfg.name))?;
             std::fs::create_dir_all(&cfg.out)?;
             reid_run::remove_stale_temp_files(&cfg.out);
+            self.data_record = self.data_fingerprints()?;
             write_atomic(
                 &cfg.out.join(reid_run::metrics::EXPERIMENT_FILE),
                 toml::to_string_pretty(&cfg)?.as_bytes(),
+            )?;
+            write_atomic(
+                &cfg.out.join(reid_run::metrics::EXPERIMENT_DATA_FILE),
+                serde_json::to_string_pretty(&self.data_record)?.as_bytes(),
             )?;
         }
         self.wait_for_others = true;

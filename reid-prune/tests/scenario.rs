@@ -376,3 +376,148 @@ fn hostile_names_and_numbers_are_refused_before_any_step() {
         "a hostile name became a folder"
     );
 }
+
+/// What the report reads under `out`: the current cells' ids, and the problems' folders with
+/// their messages.
+fn report_view(out: &Path) -> (Vec<String>, Vec<(String, String)>) {
+    let (runs, problems) = reid_report::runs::load_runs(out).unwrap();
+    let rel = |p: &Path| {
+        p.strip_prefix(out)
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    (
+        runs.into_iter().map(|r| r.id).collect(),
+        problems
+            .into_iter()
+            .map(|p| (rel(&p.path), p.message))
+            .collect(),
+    )
+}
+
+/// The grid's records say what its current cells were computed from: switching one folder
+/// between one target and several, or changing the data under a grid that has not rewritten
+/// its cells yet, leaves folders that the report names and skips instead of mixing them into
+/// the tables.
+#[test]
+fn cells_left_by_another_target_list_or_other_data_are_told_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    synth(&tmp.path().join("tb"), "target-b", SynthLayout::Market);
+    let single = ExperimentConfig {
+        scenarios: vec![Scenario::S1],
+        ..tiny_config(tmp.path(), Some("a"))
+    };
+    let a = single.target.clone();
+    let b = DataRef {
+        dataset: "market1501".into(),
+        root: tmp.path().join("tb"),
+        name: Some("b".into()),
+    };
+    let out = single.out.clone();
+    let run = |cfg: &ExperimentConfig, max_steps: Option<usize>| {
+        reid_prune::scenario::record_several_targets(cfg).unwrap();
+        for g in cfg.per_target() {
+            let r = Runner::new(g)
+                .unwrap()
+                .with_steps_dir(out.join("steps"))
+                .with_max_steps(max_steps)
+                .run();
+            if max_steps.is_none() {
+                r.unwrap();
+            }
+        }
+    };
+    run(&single, None);
+    let data: BTreeMap<String, String> = serde_json::from_str(
+        &std::fs::read_to_string(out.join(reid_run::metrics::EXPERIMENT_DATA_FILE)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        data.keys().collect::<Vec<_>>(),
+        ["source", "target"],
+        "{data:?}"
+    );
+    let cell = reid_run::metrics::read_metrics(&out.join("S1/l1-C1/metrics.json")).unwrap();
+    assert_eq!(cell.data, data);
+    let (ids, problems) = report_view(&out);
+    assert!(ids.contains(&"S1/l1-C1".to_string()), "{ids:?}");
+    assert!(problems.is_empty(), "{problems:?}");
+
+    // one target → two: the single-target cells are left from an earlier config
+    let multi = ExperimentConfig {
+        targets: vec![a.clone(), b.clone()],
+        ..single.clone()
+    };
+    run(&multi, None);
+    let (ids, problems) = report_view(&out);
+    assert!(
+        ids.iter()
+            .all(|i| i.starts_with("a/") || i.starts_with("b/")),
+        "{ids:?}"
+    );
+    assert!(ids.contains(&"a/S1/l1-C1".to_string()) && ids.contains(&"b/S1/l1-C1".to_string()));
+    assert!(
+        problems.iter().any(|(f, _)| f == "S1/l1-C1"),
+        "{problems:?}"
+    );
+    for (f, m) in &problems {
+        assert!(!f.starts_with("a/") && !f.starts_with("b/"), "{f}: {m}");
+        assert!(
+            m.contains("left from an earlier config") && m.contains("targets"),
+            "{f}: {m}"
+        );
+    }
+
+    // two targets → one: the grids of a and b are no longer the experiment's
+    run(&single, None);
+    let (ids, problems) = report_view(&out);
+    assert!(ids.contains(&"S1/l1-C1".to_string()), "{ids:?}");
+    assert!(
+        ids.iter()
+            .all(|i| !i.starts_with("a/") && !i.starts_with("b/")),
+        "{ids:?}"
+    );
+    let stale: Vec<&(String, String)> =
+        problems.iter().filter(|(f, _)| f == "b/S1/l1-C1").collect();
+    assert_eq!(stale.len(), 1, "{problems:?}");
+    assert!(
+        stale[0].1.contains(
+            "is the grid of target 'b', which it no longer lists (it has one target now)"
+        ),
+        "{}",
+        stale[0].1
+    );
+
+    // the target's images change and the grid stops before rewriting its cells
+    let img = walk_first_jpg(&a.root.join("bounding_box_train"));
+    let f = std::fs::File::options().write(true).open(&img).unwrap();
+    f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(7))
+        .unwrap();
+    drop(f);
+    run(&single, Some(0));
+    let (ids, problems) = report_view(&out);
+    assert!(!ids.contains(&"S1/l1-C1".to_string()), "{ids:?}");
+    let changed: Vec<&(String, String)> =
+        problems.iter().filter(|(f, _)| f == "S1/l1-C1").collect();
+    assert_eq!(changed.len(), 1, "{problems:?}");
+    assert!(
+        changed[0]
+            .1
+            .contains("the images of its target changed since"),
+        "{}",
+        changed[0].1
+    );
+}
+
+fn walk_first_jpg(dir: &Path) -> std::path::PathBuf {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    files.sort();
+    files.remove(0)
+}

@@ -103,7 +103,7 @@ pub fn load_runs(root: &Path) -> Result<(Vec<Run>, Vec<Problem>), RunsError> {
             }
         };
         if grid_cell {
-            if let Some(message) = left_from_earlier_config(&dir, root) {
+            if let Some(message) = left_from_earlier_run(&dir, root, &metrics.data) {
                 problems.push(Problem {
                     path: dir.join(reid_run::metrics::CONFIG_FILE),
                     message,
@@ -175,42 +175,111 @@ fn collect_metrics(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), RunsError> 
 }
 
 /// A grid's cell folder (`<out>/<scenario>/<criterion>-<level>`) records the experiment config
-/// it was computed under; the grid rewrites the cells of its current config on every run, so a
-/// cell whose config differs from its experiment's `experiment.toml` is left from an earlier
-/// config (a criterion or level since removed, a changed field): the message says so, naming
-/// the fields that differ. `None` when it matches or when there is nothing to compare with.
-fn left_from_earlier_config(dir: &Path, root: &Path) -> Option<String> {
-    let exp_dir = dir
+/// it was computed under and the fingerprints of the data it read; the grid rewrites the cells
+/// of its current config on every run. A cell is left from an earlier run when its config
+/// differs from its experiment's `experiment.toml` (a criterion or level since removed, a
+/// changed field), when its data fingerprints differ from `experiment-data.json` (the images
+/// changed and the grid has not rewritten it yet), or when its experiment is the grid of a
+/// target that the enclosing several-target experiment no longer lists (a switch to one
+/// target, or a target removed). The message says which. `None` when the cell is current or
+/// when there is nothing to compare with (a folder from before these records).
+fn left_from_earlier_run(
+    dir: &Path,
+    root: &Path,
+    data: &std::collections::BTreeMap<String, String>,
+) -> Option<String> {
+    use reid_run::metrics::{CONFIG_FILE, EXPERIMENT_DATA_FILE, EXPERIMENT_FILE};
+    let mut experiments = dir
         .ancestors()
         .skip(1)
         .take_while(|a| a.starts_with(root))
-        .find(|a| a.join(reid_run::metrics::EXPERIMENT_FILE).is_file())?;
+        .filter(|a| a.join(EXPERIMENT_FILE).is_file());
+    let exp_dir = experiments.next()?;
     let read = |p: &Path| -> Option<toml::Table> {
         std::fs::read_to_string(p).ok()?.parse::<toml::Table>().ok()
     };
-    let experiment = read(&exp_dir.join(reid_run::metrics::EXPERIMENT_FILE))?;
-    let cell = read(&dir.join(reid_run::metrics::CONFIG_FILE))?;
-    let mut differ: Vec<&str> = experiment
-        .iter()
-        .filter(|(k, v)| cell.get(*k) != Some(v))
-        .map(|(k, _)| k.as_str())
-        .chain(
-            cell.keys()
-                .filter(|k| !experiment.contains_key(*k))
-                .map(String::as_str),
-        )
-        .collect();
-    if differ.is_empty() {
+    let experiment = read(&exp_dir.join(EXPERIMENT_FILE))?;
+    let rerun = "not reported. Rerun the grid to refresh it, or delete the folder";
+    if let Some(cell) = read(&dir.join(CONFIG_FILE)) {
+        let differ = differing_keys(&experiment, &cell);
+        if !differ.is_empty() {
+            return Some(format!(
+                "left from an earlier config of the experiment in {} (its config.toml differs \
+                 from experiment.toml in: {}); {rerun}",
+                exp_dir.display(),
+                differ.join(", ")
+            ));
+        }
+    }
+    let recorded = std::fs::read_to_string(exp_dir.join(EXPERIMENT_DATA_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<std::collections::BTreeMap<String, String>>(&t).ok());
+    if let Some(recorded) = recorded.filter(|_| !data.is_empty()) {
+        let table = |m: &std::collections::BTreeMap<String, String>| -> toml::Table {
+            m.iter()
+                .map(|(k, v)| (k.clone(), toml::Value::String(v.clone())))
+                .collect()
+        };
+        let changed = differing_keys(&table(&recorded), &table(data));
+        if !changed.is_empty() {
+            return Some(format!(
+                "computed over other data than the experiment in {} last read (the images of \
+                 its {} changed since: {EXPERIMENT_DATA_FILE} differs from the cell's \
+                 metrics.json); {rerun}",
+                exp_dir.display(),
+                changed.join(", ")
+            ));
+        }
+    }
+    let outer_dir = experiments.next()?;
+    let outer = read(&outer_dir.join(EXPERIMENT_FILE))?;
+    let folder = exp_dir.file_name()?.to_str()?;
+    let field = |t: &toml::Table, k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    // the grid of one target of the enclosing experiment: named and placed as it places them
+    let target_grid = exp_dir.parent() == Some(outer_dir)
+        && field(&experiment, "name") == field(&outer, "name").map(|n| format!("{n}-{folder}"))
+        && field(&experiment, "out").map(PathBuf::from)
+            == field(&outer, "out").map(|o| Path::new(&o).join(folder));
+    if !target_grid {
         return None;
     }
+    let labels: Vec<String> = outer
+        .get("targets")
+        .and_then(|t| t.as_array())
+        .map(|ts| {
+            ts.iter()
+                .filter_map(|t| t.as_table())
+                .filter_map(|t| field(t, "name").or_else(|| field(t, "dataset")))
+                .collect()
+        })
+        .unwrap_or_default();
+    if labels.iter().any(|l| l == folder) {
+        return None;
+    }
+    Some(format!(
+        "left from an earlier config of the experiment in {}: {} is the grid of target '{folder}', \
+         which it no longer lists ({}); {rerun}",
+        outer_dir.display(),
+        exp_dir.display(),
+        if labels.is_empty() {
+            "it has one target now".to_string()
+        } else {
+            format!("its targets: {}", labels.join(", "))
+        }
+    ))
+}
+
+/// The top-level keys whose values differ between two tables (or that only one has), sorted.
+fn differing_keys(a: &toml::Table, b: &toml::Table) -> Vec<String> {
+    let mut differ: Vec<String> = a
+        .iter()
+        .filter(|(k, v)| b.get(*k) != Some(v))
+        .map(|(k, _)| k.clone())
+        .chain(b.keys().filter(|k| !a.contains_key(*k)).cloned())
+        .collect();
     differ.sort_unstable();
     differ.dedup();
-    Some(format!(
-        "left from an earlier config of the experiment in {} (its config.toml differs from \
-         experiment.toml in: {}); not reported. Rerun the grid to refresh it, or delete the folder",
-        exp_dir.display(),
-        differ.join(", ")
-    ))
+    differ
 }
 
 /// The metrics, and whether the grid wrote them (a cell of an experiment: it names a scenario).

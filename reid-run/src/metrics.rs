@@ -159,6 +159,11 @@ pub struct RunMetrics {
     pub train: Option<TrainSummary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_version: Option<String>,
+    /// A grid cell: the data its steps read, by role (`source`, `target`, `cross`) → the
+    /// fingerprint of the images the dataset lists, as in the experiment's
+    /// [`EXPERIMENT_DATA_FILE`] when the cell was written.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
 }
 
 fn string_or_number<'de, D: serde::Deserializer<'de>>(
@@ -280,6 +285,11 @@ pub const CONFIG_FILE: &str = "config.toml";
 /// The experiment config a grid writes at the top of its output folder (each cell's
 /// [`CONFIG_FILE`] is a copy of it when the cell was written).
 pub const EXPERIMENT_FILE: &str = "experiment.toml";
+
+/// Beside [`EXPERIMENT_FILE`]: the fingerprints of the data the grid read, by role (`source`,
+/// `target`, `cross`), a JSON object. With the config, it says what every current cell was
+/// computed from: a cell whose `data` differs is left from before the data changed.
+pub const EXPERIMENT_DATA_FILE: &str = "experiment-data.json";
 
 /// The files a run writes in its folder (train, prune, export, reid-eval, the ONNX check, and a
 /// grid step's markers).

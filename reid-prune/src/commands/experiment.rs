@@ -74,13 +74,13 @@ pub struct DefaultArgs {
 
 /// `--seeds N`: the experiment's seed and the N − 1 after it.
 fn with_seeds(
-    mut cfg: reid_prune::scenario::ExperimentConfig,
+    cfg: reid_prune::scenario::ExperimentConfig,
     n: Option<u64>,
 ) -> reid_prune::scenario::ExperimentConfig {
-    if let Some(n) = n {
-        cfg.seeds = (cfg.seed..cfg.seed.saturating_add(n)).collect();
+    match n {
+        Some(n) => cfg.with_seed_count(n),
+        None => cfg,
     }
-    cfg
 }
 
 pub fn run_default(a: DefaultArgs) -> Result<()> {
@@ -97,21 +97,12 @@ pub fn run_default(a: DefaultArgs) -> Result<()> {
         reid_model::device::open_device(*d)?;
     }
     // the overrides are checked on the preset's config before any data is generated
-    if !a.sets.is_empty() {
-        let planned = reid_prune::default_run::default_experiment_config(&out, which);
-        let set = reid_prune::config_file::with_overrides(planned, &a.sets)?;
-        if set.out != out {
-            anyhow::bail!("--set out=…: give the output folder with --out (the data goes there)");
-        }
-        set.validate()
-            .with_context(|| format!("experiment '{}'", set.name))?;
-    }
-    let mut cfg = reid_prune::default_run::default_experiment(&out, which)?;
-    cfg = reid_prune::config_file::with_overrides(cfg, &a.sets)?;
+    let mut cfg = reid_prune::default_run::configured(&out, which, &a.sets, a.seeds)?;
     if let Some(d) = a.device {
         cfg.device = d;
     }
-    run_experiment(with_seeds(cfg, a.seeds))
+    reid_prune::default_run::generate_data(&out, which)?;
+    run_experiment(cfg)
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
@@ -212,6 +203,7 @@ fn run_experiment_as(
     // every target's data before the first grid runs, not after it
     all.check_inputs()
         .with_context(|| format!("experiment '{}'", all.name))?;
+    reid_prune::scenario::record_several_targets(&all)?;
     let grids = all.per_target();
     let shared_steps = all.out.join("steps");
     let mut computed: Vec<String> = Vec::new();
