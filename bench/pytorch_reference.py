@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Time the shapes of `cargo run --release -p reid-model --features cli,fast-alloc --bin bench` with PyTorch, on the same
+"""Time the shapes of `cargo run --release -p reid-bench --bin bench` with PyTorch, on the same
 machine, so the candle/PyTorch ratio can be measured in one sitting. Not part of CI.
 
     pip install torch torchvision   # CPU build is enough

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Paired training-speed ratios against PyTorch, on this machine, in one command:
 
-    cargo build --release -p reid-model --features cli,fast-alloc --bin bench
+    cargo build --release -p reid-bench --bin bench
     python3 bench/train_pairs.py [--pairs 5] [--iters 5] [--cases r18-128x64,r50q-64x32] [--json]
 
 For each case, runs `bench --train-case C` and `pytorch_reference.py --train-case C` back to back
@@ -57,7 +57,7 @@ def main():
     ap.add_argument("--iters", type=int, default=5, help="timed steps per process (median)")
     ap.add_argument("--cases", default="r18-128x64,r50q-64x32")
     ap.add_argument("--bench", default=str(ROOT / "target/release/bench"),
-                    help="the Rust bench binary (built with --features cli,fast-alloc)")
+                    help="the Rust bench binary (cargo build --release -p reid-bench)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -68,7 +68,7 @@ def main():
         sys.exit("--pairs: expected at least 1")
     if not Path(args.bench).is_file():
         sys.exit(f"--bench: {args.bench} not found; build it with "
-                 "`cargo build --release -p reid-model --features cli,fast-alloc --bin bench`")
+                 "`cargo build --release -p reid-bench --bin bench`")
     py = torch_python()
     results = {}
     for case in cases:

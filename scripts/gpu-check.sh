@@ -30,7 +30,7 @@ start=$(date +%s)
 cd "$ROOT"
 
 # the bench and the device tests, same target folder and features
-CARGO_TARGET_DIR="$TARGET" cargo build --release -p reid-model --features "cli,fast-alloc,$FEATURES" \
+CARGO_TARGET_DIR="$TARGET" cargo build --release -p reid-bench --features "$FEATURES" \
   --bin bench >&2
 TESTS="$(CARGO_TARGET_DIR="$TARGET" cargo test --release -p reid-model --features "$FEATURES" \
   --test cuda_device --test generic_path --no-run --message-format=json 2>/dev/null \

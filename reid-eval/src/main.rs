@@ -6,7 +6,7 @@ mod commands;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-reid_model::use_fast_allocator!();
+reid_process::use_fast_allocator!();
 
 #[derive(Parser)]
 #[command(
@@ -33,9 +33,9 @@ enum Command {
 }
 
 fn main() -> Result<()> {
-    reid_model::process::default_sigpipe();
-    reid_model::alloc::configure();
-    reid_model::process::tune_thread_pools();
+    reid_process::default_sigpipe();
+    reid_process::alloc::configure();
+    reid_process::tune_thread_pools();
     let cli = Cli::parse();
     match cli.command {
         None => commands::evaluate::run(cli.eval),

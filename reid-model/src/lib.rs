@@ -6,22 +6,18 @@
 //! - [`hub`]: torchvision/timm ImageNet weights from a path or a hub id;
 //! - [`weights`]: the one loader of any weights file (checkpoint or plain state dict), strict;
 //! - [`complexity`]: MACs / FLOPs / parameters per layer, backbone and head apart;
-//! - [`train`]: losses, checkpointable optimisers, schedules; `alloc` / [`process`]: what the
-//!   binaries share (mimalloc with a 1 s purge delay under a cache of large freed blocks by size
-//!   class, [`block_cache`]; default SIGPIPE; candle's pool spin limit);
+//! - [`train`]: losses, checkpointable optimisers, schedules;
 //! - `onnx` (feature `onnx`): any net as a standard ONNX graph, image tensor to re-ID feature;
 //! - [`ops`]: the layers and this crate's CPU kernels; `ops::with_generic_ops` runs candle's
 //!   generic ops instead (the path of every other device), so that it is tested on the CPU;
 //!   with `cudnn`, `ops::cudnn_conv` runs a CUDA conv's forward and both gradients on cuDNN.
 //!
 //! Features: `hub` (default; hub ids through hf-hub, otherwise local files only), `cli`
-//! (clap value enums for front ends), `fast-alloc` (mimalloc for binaries; the `bench` binary
-//! needs `cli` and `fast-alloc`), `onnx` (ONNX export), `cuda` / `cudnn`.
+//! (clap value enums for front ends), `onnx` (ONNX export), `cuda` / `cudnn`. The allocator and
+//! the process's thread pools are the binaries' (reid-process), the speed benchmark is
+//! reid-bench's.
 
-#[cfg(feature = "fast-alloc")]
-pub mod alloc;
 pub mod arch;
-pub mod block_cache;
 pub mod checkpoint;
 pub mod complexity;
 pub mod device;
@@ -32,7 +28,6 @@ pub mod net;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 pub mod ops;
-pub mod process;
 pub mod train;
 pub mod weights;
 

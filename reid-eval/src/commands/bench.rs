@@ -85,7 +85,7 @@ pub fn run(a: Args) -> Result<()> {
             "{queries} x {gallery} x {dim} Cosine ({threads} threads), blockwise: {:.2} s; peak RSS {:.2} GiB \
              (features included); mAP {:.3} R-1 {:.3}",
             t.elapsed().as_secs_f64(),
-            reid_model::process::status_mb("VmHWM:") / 1024.0,
+            reid_process::status_mb("VmHWM:") / 1024.0,
             m.map,
             m.rank(1)
         );
@@ -128,7 +128,7 @@ pub fn run(a: Args) -> Result<()> {
             "re-ranking {queries} x {gallery} x {dim} Euclidean ({threads} threads): {t_rr:.2} s \
              (pairwise distances of all {} images included); peak RSS {:.2} GiB; mAP {:.3} R-1 {:.3}",
             queries + gallery,
-            reid_model::process::status_mb("VmHWM:") / 1024.0,
+            reid_process::status_mb("VmHWM:") / 1024.0,
             m.map,
             m.rank(1)
         );

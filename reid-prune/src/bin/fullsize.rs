@@ -19,12 +19,12 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use reid_data::synth::{generate, SynthConfig, SynthLayout};
-use reid_model::process::status_mb;
 use reid_model::train::Task;
+use reid_process::status_mb;
 use reid_prune::prune_run::{run_prune, PruneConfig};
 use reid_prune::training::{evaluate_on, run_training, RunConfig};
 
-reid_model::use_fast_allocator!();
+reid_process::use_fast_allocator!();
 
 #[derive(Parser, Clone)]
 #[command(about = "Full-width ResNet-50 at 256x128: time and peak memory of every stage")]
@@ -204,9 +204,9 @@ fn run_stage(a: &Args, work: &Path, stage: &str) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    reid_model::process::default_sigpipe();
-    reid_model::alloc::configure();
-    reid_model::process::tune_thread_pools();
+    reid_process::default_sigpipe();
+    reid_process::alloc::configure();
+    reid_process::tune_thread_pools();
     let a = Args::parse();
     if let Some(stage) = &a.stage {
         let work = a.out.clone().context("--stage needs --out")?;

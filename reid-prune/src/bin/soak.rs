@@ -15,7 +15,7 @@ use clap::Parser;
 use reid_data::synth::{generate, SynthConfig, SynthLayout};
 use reid_prune::training::{run_training_with, RunConfig};
 
-reid_model::use_fast_allocator!();
+reid_process::use_fast_allocator!();
 
 #[derive(Parser)]
 #[command(about = "Train a small net for a fixed time and report resident memory over the run")]
@@ -42,14 +42,14 @@ struct Args {
 
 /// Resident and peak resident memory of this process in MB.
 fn memory_mb() -> (f64, f64) {
-    use reid_model::process::status_mb;
+    use reid_process::status_mb;
     (status_mb("VmRSS:"), status_mb("VmHWM:"))
 }
 
 fn main() -> Result<()> {
-    reid_model::process::default_sigpipe();
-    reid_model::alloc::configure();
-    reid_model::process::tune_thread_pools();
+    reid_process::default_sigpipe();
+    reid_process::alloc::configure();
+    reid_process::tune_thread_pools();
     let a = Args::parse();
     let tmp;
     let work = match &a.out {

@@ -36,7 +36,7 @@ static KEEP_MS: AtomicU64 = AtomicU64::new(CACHE_KEEP_MS);
 static CACHE: Mutex<BlockCache> = Mutex::new(BlockCache::new());
 
 /// Declare the caching mimalloc as the global allocator of a binary:
-/// `reid_model::use_fast_allocator!();`
+/// `reid_process::use_fast_allocator!();`
 #[macro_export]
 macro_rules! use_fast_allocator {
     () => {

@@ -1,4 +1,4 @@
-//! Process-wide behaviour shared by the binaries.
+//! Thread pools and signals of a process that computes on few cores, and its memory readings.
 
 /// Let a closed stdout end the program quietly, as for any Unix tool (`reid-prune … | head -n1`):
 /// Rust ignores SIGPIPE, so `println!` to a closed pipe panics instead. Call first in `main`.

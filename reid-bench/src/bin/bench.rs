@@ -1,4 +1,4 @@
-//! Speed benchmark: `cargo run --release -p reid-model --features cli,fast-alloc --bin bench [-- --json] [--iters N]`.
+//! Speed benchmark: `cargo run --release -p reid-bench --bin bench [-- --json] [--iters N]`.
 //!
 //! Prints images/s for a ResNet-18 training step (32×3×128×64), ResNet-50 inference at 256×128
 //! (batch 1 and 32, BN folded and not), and a half-width pruned ResNet-50 at batch 32, with the
@@ -12,7 +12,7 @@ use clap::Parser;
 use reid_model::complexity::complexity;
 use reid_model::{ArchSpec, Neck, ReidNet};
 
-reid_model::use_fast_allocator!();
+reid_process::use_fast_allocator!();
 
 #[derive(Parser)]
 #[command(about = "reid-model speed benchmark (images/s)")]
@@ -297,9 +297,9 @@ fn per_kind_ms(
 }
 
 fn main() -> Result<()> {
-    reid_model::process::default_sigpipe();
-    reid_model::alloc::configure();
-    reid_model::process::tune_thread_pools();
+    reid_process::default_sigpipe();
+    reid_process::alloc::configure();
+    reid_process::tune_thread_pools();
     let args = Args::parse();
     let dev = Device::Cpu;
     if args.train_case.is_some() || args.infer_batch.is_some() {

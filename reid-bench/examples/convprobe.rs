@@ -3,9 +3,9 @@ use reid_model::complexity::complexity;
 use reid_model::ops::conv_gemm::conv2d;
 use reid_model::{ArchSpec, Neck};
 use std::time::Instant;
-reid_model::use_fast_allocator!();
+reid_process::use_fast_allocator!();
 fn main() -> anyhow::Result<()> {
-    reid_model::alloc::configure();
+    reid_process::alloc::configure();
     let dev = Device::Cpu;
     let spec = ArchSpec::resnet_with(18, 0, 1.0, 1, Neck::None)?;
     let n = 32;

@@ -1,14 +1,13 @@
 //! The binaries' global allocator (`alloc::CachingMiMalloc`) as this test's: large freed blocks
 //! serve the next request of their class with their pages still mapped, with the contents
 //! `alloc_zeroed` and `realloc` promise, and go back to the OS when released or kept too long.
-#![cfg(feature = "fast-alloc")]
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-use reid_model::alloc;
+use reid_process::alloc;
 
-reid_model::use_fast_allocator!();
+reid_process::use_fast_allocator!();
 
 /// The tests share one allocator and read its totals: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
