@@ -295,6 +295,19 @@ impl ExperimentConfig {
         rc
     }
 
+    /// Join the processes running this config in `out`, or refuse when a grid of another
+    /// config runs there ([`reid_run::lock::claim_grid`]).
+    pub fn claim_folder(&self) -> Result<reid_run::lock::GridClaim> {
+        use sha2::{Digest, Sha256};
+        let text = toml::to_string(self).context("serialising the experiment config")?;
+        let digest: String = Sha256::digest(text.as_bytes())
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(reid_run::lock::claim_grid(&self.out, &digest, &self.name)?)
+    }
+
     /// The key cells under `n` seeds: `seed` and the `n − 1` after it (`--seeds N`).
     pub fn with_seed_count(mut self, n: u64) -> Self {
         self.seeds = (self.seed..self.seed.saturating_add(n)).collect();
@@ -488,16 +501,17 @@ impl ExperimentConfig {
 /// writes its own in `out/<label>/`), before any grid runs: the report then tells a cell left
 /// there by a single-target config, or the grid of a target since removed, from the current
 /// ones. Nothing for a single target (its grid writes that file).
-pub fn record_several_targets(all: &ExperimentConfig) -> Result<()> {
+/// Returns the claim on the folder (hold it while the grids run).
+pub fn record_several_targets(all: &ExperimentConfig) -> Result<Option<reid_run::lock::GridClaim>> {
     if all.targets.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
-    std::fs::create_dir_all(&all.out).with_context(|| format!("creating {}", all.out.display()))?;
+    let claim = all.claim_folder()?;
     write_atomic(
         &all.out.join(reid_run::metrics::EXPERIMENT_FILE),
         toml::to_string_pretty(all)?.as_bytes(),
     )?;
-    Ok(())
+    Ok(Some(claim))
 }
 
 pub struct Runner {
@@ -517,6 +531,8 @@ pub struct Runner {
     /// The fingerprints of the experiment's data by role, recorded beside its config and in
     /// every cell (empty while planning).
     data_record: BTreeMap<String, String>,
+    /// This process's share of the output folder while the grid runs.
+    grid_claim: Option<reid_run::lock::GridClaim>,
     /// Compute at most this many steps, then stop with [`StepBudgetSpent`] (a worker's
     /// `--max-steps`: finished steps stay for the next worker).
     max_steps: Option<usize>,
@@ -612,6 +628,7 @@ impl Runner {
             plan: None,
             fingerprints: HashMap::new(),
             data_record: BTreeMap::new(),
+            grid_claim: None,
             max_steps: None,
             computed: Vec::new(),
         })
@@ -1153,7 +1170,7 @@ impl Runner {
             );
             cfg.check_inputs()
                 .with_context(|| format!("experiment '{}'", cfg.name))?;
-            std::fs::create_dir_all(&cfg.out)?;
+            self.grid_claim = Some(cfg.claim_folder()?);
             reid_run::remove_stale_temp_files(&cfg.out);
             self.data_record = self.data_fingerprints()?;
             write_atomic(

@@ -521,3 +521,34 @@ fn walk_first_jpg(dir: &Path) -> std::path::PathBuf {
     files.sort();
     files.remove(0)
 }
+
+/// One folder, one experiment config at a time: a grid whose folder is in use by a grid of
+/// another config is refused before it writes anything (two configs together left
+/// experiment.toml of one and summary.txt and claims.txt of the other).
+#[test]
+fn a_grid_of_another_config_is_refused_while_one_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = ExperimentConfig {
+        scenarios: vec![Scenario::S1],
+        ..tiny_config(tmp.path(), None)
+    };
+    let running = ExperimentConfig {
+        name: "other".into(),
+        criteria: reid_prune::method::MethodName::list(&["taylor"]),
+        ..cfg.clone()
+    };
+    let claim = running.claim_folder().unwrap();
+    let err = Runner::new(cfg.clone()).unwrap().run().unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains(
+            "a grid with another config is running here (experiment 'other', started by pid"
+        ),
+        "{msg}"
+    );
+    assert!(!cfg.out.join(reid_run::metrics::EXPERIMENT_FILE).exists());
+    // the same config joins (a second worker)
+    let same = running.claim_folder().unwrap();
+    drop((claim, same));
+    assert!(cfg.claim_folder().is_ok());
+}

@@ -249,6 +249,99 @@ pub fn claim_folder_waiting(
     }
 }
 
+/// The lock file of a grid's output folder, held shared by every process running the grid.
+pub const GRID_LOCK_FILE: &str = ".grid.lock";
+/// Taken exclusively for the moment a process joins or starts a grid (see [`claim_grid`]).
+const GRID_JOIN_FILE: &str = ".grid.join";
+
+/// Who started the grid running in a folder now, and under which config (the grid lock's content).
+#[derive(Debug, Serialize, Deserialize)]
+struct GridHolder {
+    /// A digest of the experiment config the processes in the folder run.
+    config: String,
+    experiment: String,
+    holder: Holder,
+}
+
+/// A process's share of a grid's output folder; dropping it leaves the grid.
+pub struct GridClaim {
+    _file: File,
+}
+
+/// Join the grid in `dir` or start one there: any number of processes may run one experiment
+/// config together (Slurm workers: the step locks share its steps out), but a process with
+/// another config is refused naming the one running, since the folder's `experiment.toml`,
+/// summary and claims would otherwise describe one config and hold the other's cells.
+///
+/// Every grid process holds [`GRID_LOCK_FILE`] shared and enters through an exclusive lock on
+/// a second file, so that the test "is anyone running, and under which config" and the joining
+/// are one step. Like the step locks, a kernel `flock`: where it does not reach across machines
+/// (NFS mounted `nolock`), grids on two hosts are not kept apart by this claim.
+pub fn claim_grid(dir: &Path, config: &str, experiment: &str) -> Result<GridClaim> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let open = |name: &str| {
+        let path = dir.join(name);
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(&path))
+            .map(|f| (f, path))
+    };
+    let (join, join_path) = open(GRID_JOIN_FILE)?;
+    join.lock().map_err(io_err(&join_path))?;
+    let (mut file, path) = open(GRID_LOCK_FILE)?;
+    match file.try_lock() {
+        // nobody runs a grid here: this config is the folder's now
+        Ok(()) => {
+            let me = serde_json::to_string(&GridHolder {
+                config: config.into(),
+                experiment: experiment.into(),
+                holder: Holder::me(),
+            })
+            .unwrap_or_default();
+            (|| {
+                file.set_len(0)?;
+                file.rewind()?;
+                file.write_all(me.as_bytes())?;
+                file.sync_all()?;
+                // from exclusive to shared; nobody can come between (they wait on `join`)
+                file.unlock()?;
+                file.lock_shared()
+            })()
+            .map_err(io_err(&path))?;
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            file.read_to_string(&mut text).map_err(io_err(&path))?;
+            match serde_json::from_str::<GridHolder>(&text) {
+                Ok(running) if running.config == config => {
+                    file.lock_shared().map_err(io_err(&path))?;
+                }
+                running => {
+                    let who = running.map_or_else(
+                        |_| "a process whose config is unknown".to_string(),
+                        |r| format!("experiment '{}', started by {}", r.experiment, r.holder),
+                    );
+                    return Err(RunFileError::Invalid {
+                        path: dir.to_path_buf(),
+                        message: format!(
+                            "a grid with another config is running here ({who}): refused, so \
+                             that the folder's experiment.toml, summary and claims describe one \
+                             config. Wait for it to finish, or give this experiment another `out`"
+                        ),
+                    });
+                }
+            }
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+    }
+    let _ = join.unlock();
+    Ok(GridClaim { _file: file })
+}
+
 impl Drop for StepLock {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -265,6 +358,28 @@ impl Drop for StepLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grid_is_joined_by_its_own_config_and_refused_to_another() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = claim_grid(tmp.path(), "cfg-a", "exp").unwrap();
+        let b = claim_grid(tmp.path(), "cfg-a", "exp").unwrap();
+        let err = claim_grid(tmp.path(), "cfg-b", "other").err().unwrap();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(
+                "a grid with another config is running here (experiment 'exp', started by pid "
+            ) && msg.contains(&format!("pid {} on", std::process::id())),
+            "{msg}"
+        );
+        // still refused while one process of the first config runs
+        drop(a);
+        assert!(claim_grid(tmp.path(), "cfg-b", "other").is_err());
+        drop(b);
+        let c = claim_grid(tmp.path(), "cfg-b", "other").unwrap();
+        assert!(claim_grid(tmp.path(), "cfg-a", "exp").is_err());
+        drop(c);
+    }
 
     #[test]
     fn second_claim_is_busy_until_the_first_is_dropped() {

@@ -203,7 +203,7 @@ fn run_experiment_as(
     // every target's data before the first grid runs, not after it
     all.check_inputs()
         .with_context(|| format!("experiment '{}'", all.name))?;
-    reid_prune::scenario::record_several_targets(&all)?;
+    let _claim = reid_prune::scenario::record_several_targets(&all)?;
     let grids = all.per_target();
     let shared_steps = all.out.join("steps");
     let mut computed: Vec<String> = Vec::new();
