@@ -208,6 +208,7 @@ impl Metrics {
             cmc: self.cmc.clone(),
             num_valid_queries: Some(self.num_valid_queries as u64),
             ci95,
+            input: None,
         }
     }
 

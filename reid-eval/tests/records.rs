@@ -86,6 +86,12 @@ fn a_run_folder_keeps_its_own_models_results_at_its_own_size() {
     );
     assert_eq!(second.eval["market1501"], first.eval["market1501"]);
     assert_eq!(second.macs, first.macs);
+    // the entry says its size (the report gives it none of the run's 64x32 costs)
+    assert_eq!(
+        second.eval["market1501@128x64"].input,
+        Some(reid_run::InputSize::new(128, 64))
+    );
+    assert_eq!(second.eval["market1501"].input, None);
 
     // other options: their own entries too
     ok(&eval(&ck, &root, &["--flip", "--metric", "euclidean"]));

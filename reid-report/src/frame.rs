@@ -47,6 +47,10 @@ pub fn results_frame(runs: &[Run], configs: &[Option<RunConfig>]) -> PolarsResul
         for d in datasets {
             let e = d.and_then(|d| m.eval.get(d));
             let cfg = cfg.clone().unwrap_or_default();
+            // an evaluation at another size than the run's: its own size, and none of the
+            // run's costs that depend on the size
+            let other = e.and_then(|e| e.input);
+            let at_size = |v: Option<f64>| v.filter(|_| other.is_none());
             for (col, v) in s.iter_mut().zip([
                 Some(run.id.clone()),
                 Some(m.experiment.clone()),
@@ -56,19 +60,19 @@ pub fn results_frame(runs: &[Run], configs: &[Option<RunConfig>]) -> PolarsResul
                 Some(m.level.clone()),
                 Some(m.backbone.clone()),
                 d.cloned(),
-                cfg.input.clone(),
+                other.map(|i| i.to_string()).or(cfg.input.clone()),
                 cfg.device.clone(),
             ]) {
                 col.push(v);
             }
             let train = m.train.clone().unwrap_or_default();
             for (col, v) in f.iter_mut().zip([
-                Some(run.gflops()),
+                at_size(Some(run.gflops())),
                 Some(run.params_m()),
                 m.kept_channel_fraction,
-                run.latency(false),
-                run.latency(true),
-                speedup(runs, run),
+                at_size(run.latency(false)),
+                at_size(run.latency(true)),
+                at_size(speedup(runs, run)),
                 e.map(|e| e.map),
                 e.map(|e| e.rank1),
                 e.and_then(|e| e.rank5),
@@ -83,7 +87,7 @@ pub fn results_frame(runs: &[Run], configs: &[Option<RunConfig>]) -> PolarsResul
                 col.push(v);
             }
             for (col, v) in i.iter_mut().zip([
-                Some(m.macs),
+                Some(m.macs).filter(|_| other.is_none()),
                 Some(m.params),
                 e.and_then(|e| e.num_valid_queries),
                 train.epochs,

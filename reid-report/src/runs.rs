@@ -39,6 +39,11 @@ impl Run {
     pub fn params_m(&self) -> f64 {
         self.metrics.params as f64 / 1e6
     }
+    /// The input size of the evaluation on `dataset` where it is not the run's own: the run's
+    /// MACs and latency do not describe it.
+    pub fn other_input(&self, dataset: &str) -> Option<reid_run::InputSize> {
+        self.metrics.eval.get(dataset).and_then(|e| e.input)
+    }
     /// Latency in ms on the first device that has it, for batch 1 or 32.
     pub fn latency(&self, batch32: bool) -> Option<f64> {
         self.metrics

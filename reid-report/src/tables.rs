@@ -259,8 +259,21 @@ fn cost_headers(runs: &[Run], latency: bool) -> Vec<String> {
     h
 }
 
-fn cost_cells(runs: &[Run], run: &Run, latency: bool) -> Vec<Option<String>> {
+/// On `dataset` (when the row is about one): an evaluation at another input size than the
+/// run's has no cost but its parameters here (the run's MACs and latency are at its own size).
+fn cost_cells(
+    runs: &[Run],
+    run: &Run,
+    latency: bool,
+    dataset: Option<&str>,
+) -> Vec<Option<String>> {
     let mut c = vec![num(Some(run.params_m()), 2), num(Some(run.gflops()), 3)];
+    if dataset.is_some_and(|d| run.other_input(d).is_some()) {
+        let n = cost_headers(runs, latency).len();
+        c.truncate(1);
+        c.resize(n, None);
+        return c;
+    }
     if latency {
         c.push(num(run.latency(false), 2));
         c.push(num(run.latency(true), 2));
@@ -364,7 +377,7 @@ pub fn table5(runs: &[Run], paper: &PaperResults, level: &str) -> Table {
     }
     for (run, name) in models {
         let mut row = vec![Some(name.clone())];
-        row.extend(cost_cells(runs, run, true));
+        row.extend(cost_cells(runs, run, true, None));
         let m = &run.metrics;
         for d in &datasets {
             let on = find_on(runs, &m.scenario, &m.criterion, &m.level, d);
@@ -409,7 +422,7 @@ pub fn table6(runs: &[Run], paper: &PaperResults, level: &str) -> Table {
                 continue;
             };
             let mut row = vec![Some(s.clone()), Some(c.clone())];
-            row.extend(cost_cells(runs, run, false));
+            row.extend(cost_cells(runs, run, false, None));
             for d in &datasets {
                 row.extend(metric_cells(find_on(runs, &s, &c, level, d), d, seeded));
                 if paper_dataset(d).is_some() {
@@ -457,7 +470,7 @@ pub fn tables789(runs: &[Run], paper: &PaperResults) -> Vec<Table> {
                         continue;
                     };
                     let mut row = vec![Some(l.clone()), Some(s.clone()), Some(c.clone())];
-                    row.extend(cost_cells(runs, run, true));
+                    row.extend(cost_cells(runs, run, true, Some(d)));
                     row.extend(metric_cells(Some(run), d, seeded));
                     if with_paper {
                         row.extend(paper_cells(paper.table789(&s, &l, &c, d)));

@@ -801,3 +801,59 @@ fn cells_left_from_an_earlier_config_of_the_grid_are_skipped_and_named() {
         problems[0].message
     );
 }
+
+/// An evaluation at another input size than the run's (`reid-eval --input`, entry
+/// `<dataset>@HxW`) is shown at its own size, without the run's GFLOPs, MACs, latency and
+/// speed-up, which were measured at the run's size.
+#[test]
+fn an_evaluation_at_another_size_is_not_given_the_runs_cost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut other = eval(0.3, 0.4);
+    other["input"] = json!("128x64");
+    run(
+        root,
+        "exp/S1/l1-C1",
+        "S1",
+        "l1",
+        "C1",
+        "resnet50",
+        2.0,
+        12.0,
+        (5.0, 90.0),
+        json!({"market1501": eval(0.5, 0.6), "market1501@128x64": other}),
+    );
+    let (runs, problems) = reid_report::runs::load_runs(root).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    let configs: Vec<_> = runs
+        .iter()
+        .map(|r| reid_report::frame::read_config(r).unwrap())
+        .collect();
+    let df = reid_report::frame::results_frame(&runs, &configs).unwrap();
+    let col = |name: &str| df.column(name).unwrap().as_materialized_series().clone();
+    let datasets = col("dataset");
+    let row = |d: &str| {
+        (0..df.height())
+            .find(|&i| datasets.str().unwrap().get(i) == Some(d))
+            .unwrap()
+    };
+    let (own, at) = (row("market1501"), row("market1501@128x64"));
+    let input = col("input");
+    assert_eq!(input.str().unwrap().get(own), Some("256x128"));
+    assert_eq!(input.str().unwrap().get(at), Some("128x64"));
+    for c in ["gflops", "latency_b32_ms"] {
+        assert!(col(c).f64().unwrap().get(own).is_some(), "{c}");
+        assert_eq!(col(c).f64().unwrap().get(at), None, "{c}");
+    }
+    assert_eq!(col("macs").u64().unwrap().get(at), None);
+    assert_eq!(col("params").u64().unwrap().get(at), Some(12_000_000));
+    let tables = reid_report::tables::tables789(&runs, &reid_report::paper::PaperResults::load());
+    let t = tables
+        .iter()
+        .find(|t| t.slug.ends_with("market1501@128x64"))
+        .unwrap();
+    let gflops = t.headers.iter().position(|h| h == "GFLOPs").unwrap();
+    let params = t.headers.iter().position(|h| h == "Params (M)").unwrap();
+    assert_eq!(t.rows[0][gflops], None);
+    assert_eq!(t.rows[0][params].as_deref(), Some("12.00"));
+}

@@ -27,6 +27,10 @@ pub struct EvalEntry {
     /// 95 % bootstrap intervals over query identities, by metric name (`mAP`, `rank1`, …).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ci95: BTreeMap<String, crate::stats::Interval>,
+    /// The input size of this evaluation where it is not the size the model was trained at
+    /// (an entry `<dataset>@HxW`): the run's MACs and latency are at its own size, not this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<crate::InputSize>,
 }
 
 fn fraction(what: String, v: f64) -> std::result::Result<(), String> {

@@ -241,8 +241,10 @@ pub fn run(a: Args) -> Result<()> {
     // every option that changes the numbers is part of the entry's name, so an evaluation
     // under other options never replaces the default one
     let mut key = ds.name.clone();
+    let mut entry = m.eval_entry();
     if trained.is_some_and(|t| t != input) {
         key = format!("{key}@{input}");
+        entry.input = Some(input);
     }
     if a.flip {
         key += "+flip";
@@ -269,7 +271,7 @@ pub fn run(a: Args) -> Result<()> {
             ..Default::default()
         },
     };
-    doc.eval.insert(key.clone(), m.eval_entry());
+    doc.eval.insert(key.clone(), entry);
     reid_run::metrics::write_metrics(&out, &doc)?;
     // per-query results beside it: any interval can be recomputed without the model
     let folder = reid_run::folder_of(&out);
