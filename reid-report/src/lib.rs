@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 pub enum ReportError {
     #[error(transparent)]
     Runs(#[from] runs::RunsError),
-    #[error("no usable metrics.json under {0} ({1} skipped)")]
-    NoRuns(PathBuf, usize),
+    /// Every run folder was skipped: why, each (the same lines a report lists when some remain).
+    #[error("no usable metrics.json under {0} ({n} skipped){list}", n = .1.len(), list = skipped_list(.1))]
+    NoRuns(PathBuf, Vec<runs::Problem>),
     #[error("writing {path}: {message}")]
     Write { path: PathBuf, message: String },
     /// A selector (`--level`, `--cmc`) that names nothing in the runs.
@@ -84,6 +85,13 @@ pub fn safe_component(s: &str) -> String {
     out
 }
 
+fn skipped_list(problems: &[runs::Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("\n  skipped {p}"))
+        .collect()
+}
+
 pub fn write_report(
     runs_dir: &Path,
     out: &Path,
@@ -91,7 +99,7 @@ pub fn write_report(
 ) -> Result<ReportSummary, ReportError> {
     let (runs, mut problems) = runs::load_runs(runs_dir)?;
     if runs.is_empty() {
-        return Err(ReportError::NoRuns(runs_dir.to_path_buf(), problems.len()));
+        return Err(ReportError::NoRuns(runs_dir.to_path_buf(), problems));
     }
     // selectors that name nothing are refused before anything is written (a report without the
     // asked-for level or curve would look complete)

@@ -393,6 +393,19 @@ fn missing_or_empty_runs_folder_is_a_clear_error() {
     assert!(e.to_string().contains("does not exist"), "{e}");
     let e = write_report(tmp.path(), &tmp.path().join("r"), &ReportOptions::default()).unwrap_err();
     assert!(e.to_string().contains("no usable metrics.json"), "{e}");
+    // every folder skipped: the error says why, each
+    std::fs::create_dir_all(tmp.path().join("bad")).unwrap();
+    std::fs::write(tmp.path().join("bad/metrics.json"), "{").unwrap();
+    let e = write_report(tmp.path(), &tmp.path().join("r"), &ReportOptions::default()).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("(1 skipped)\n  skipped ")
+            && msg.contains(&format!(
+                "{}: ",
+                tmp.path().join("bad/metrics.json").display()
+            )),
+        "{msg}"
+    );
 }
 
 #[test]
