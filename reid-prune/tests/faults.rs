@@ -394,3 +394,64 @@ fn the_default_run_refuses_a_bad_override_or_preset_before_writing() {
     assert!(err.contains("cannot be used with"), "{err}");
     assert!(!out.exists());
 }
+
+/// A `synth` stopped halfway leaves no dataset a loader would take for a whole one (the images
+/// are generated aside and moved into place at the end); the next `synth` into the folder
+/// removes the unfinished generation and makes the whole dataset.
+#[test]
+fn a_stopped_synth_leaves_no_partial_dataset_and_the_next_one_finishes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("ds");
+    let synth = |ids: &str| {
+        let mut c = Command::new(BIN);
+        c.args([
+            "synth",
+            "--domain",
+            "target",
+            "--cams",
+            "3",
+            "--per-cam",
+            "2",
+        ])
+        .args(["--size", "64x32", "--ids", ids, "--out"])
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        c
+    };
+    let mut child = synth("3000").spawn().unwrap();
+    // stopped once images are being written
+    let staging = out.join(".synth-partial");
+    let start = Instant::now();
+    while !staging.join("bounding_box_train").is_dir() && start.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    assert!(
+        !out.join("bounding_box_train").exists(),
+        "a partial dataset in place"
+    );
+    let err = String::from_utf8_lossy(
+        &Command::new(BIN)
+            .args(["data", "stats", "--dataset", "market1501", "--root"])
+            .arg(&out)
+            .output()
+            .unwrap()
+            .stderr,
+    )
+    .into_owned();
+    assert!(err.contains("bounding_box_train"), "{err}");
+    let o = synth("4").output().unwrap();
+    let err = ok(o, "synth after a stopped one");
+    assert!(err.contains("removing an unfinished generation"), "{err}");
+    assert!(!staging.exists());
+    let ds = reid_data::datasets::load("market1501", &out).unwrap();
+    // half of the 4 identities are the training split
+    assert_eq!(ds.num_train_pids(), 2);
+}

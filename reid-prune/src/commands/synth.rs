@@ -52,6 +52,9 @@ pub struct Args {
     distractors: usize,
 }
 
+/// Where `synth` generates before moving the dataset into `--out` (hidden: no loader reads it).
+const STAGING: &str = ".synth-partial";
+
 pub fn run(a: Args) -> Result<()> {
     let Args {
         out,
@@ -85,8 +88,17 @@ pub fn run(a: Args) -> Result<()> {
         distractors,
     };
     cfg.validate()?;
+    // The images are generated in a staging folder inside `out` and moved into place at the
+    // end: a stopped generator leaves no partial dataset that a loader would take for a whole
+    // one, only the staging folder, which the next run removes.
+    let staging = out.join(STAGING);
     // a new dataset folder: images of another domain under the same names would mix silently
-    if out.is_dir() && !super::holds_only_the_lock(&out) {
+    let unfinished_only = std::fs::read_dir(&out).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .all(|e| e.file_name() == reid_run::lock::LOCK_FILE || e.file_name() == STAGING)
+    });
+    if out.is_dir() && !unfinished_only {
         anyhow::bail!(
             "--out {} is not empty: synth writes a dataset into a new or empty folder (remove \
              the folder first to generate it again)",
@@ -95,6 +107,14 @@ pub fn run(a: Args) -> Result<()> {
     }
     // one writer a dataset folder: two generators would interleave their images
     let _lock = reid_run::lock::claim_folder(&out, "synth")?;
+    if staging.exists() {
+        eprintln!(
+            "{}: removing an unfinished generation left by a stopped synth",
+            staging.display()
+        );
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("removing {}", staging.display()))?;
+    }
     let pb = indicatif::ProgressBar::new(0);
     pb.set_style(
         indicatif::ProgressStyle::with_template(
@@ -106,8 +126,19 @@ pub fn run(a: Args) -> Result<()> {
     let start = std::time::Instant::now();
     let total = reid_data::synth::planned_images(&cfg);
     pb.set_length(total as u64);
-    let summary = reid_data::synth::generate(&cfg, &out, |n| pb.inc(n as u64))
-        .with_context(|| format!("generating into {}", out.display()))?;
+    let summary = reid_data::synth::generate(&cfg, &staging, |n| pb.inc(n as u64))
+        .with_context(|| format!("generating into {}", staging.display()))?;
+    for entry in
+        std::fs::read_dir(&staging).with_context(|| format!("reading {}", staging.display()))?
+    {
+        let from = entry
+            .with_context(|| format!("reading {}", staging.display()))?
+            .path();
+        let to = out.join(from.file_name().unwrap_or_default());
+        std::fs::rename(&from, &to)
+            .with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
+    }
+    std::fs::remove_dir(&staging).with_context(|| format!("removing {}", staging.display()))?;
     pb.finish_and_clear();
     println!(
         "{} images of {} identities ({:?} layout, domain '{}') in {:.1} s -> {}",
