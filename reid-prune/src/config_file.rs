@@ -22,17 +22,61 @@ pub fn read_toml_with<T: DeserializeOwned>(
     sets: &[SetOverride],
 ) -> Result<T> {
     let mut chain = Vec::new();
-    let mut table = read_with_bases(path, &mut chain)?;
-    for s in sets {
-        s.apply(&mut table)?;
-    }
-    let text = toml::to_string(&table).context("re-serialising the merged config")?;
+    let file = read_with_bases(path, &mut chain)?;
     let files = if chain.len() > 1 {
         format!(" (with its base {})", display_list(&chain[1..]))
     } else {
         String::new()
     };
-    parse_toml(&text).with_context(|| format!("{}{files}: not a valid {what}", path.display()))
+    let in_file = || format!("{}{files}: not a valid {what}", path.display());
+    let mut table = file.clone();
+    for s in sets {
+        s.apply(&mut table)?;
+    }
+    let text = toml::to_string(&table).context("re-serialising the merged config")?;
+    let merged_err = match parse_toml::<T>(&text) {
+        Ok(c) => return Ok(c),
+        Err(e) => e,
+    };
+    // The merged text is internal, so its line snippet points at no line the user wrote: a
+    // value that came from --set is named by its flag, one of the file by the file itself.
+    let file_text = toml::to_string(&file).context("re-serialising the merged config")?;
+    if let Err(e) = parse_toml::<T>(&file_text) {
+        if chain.len() == 1 {
+            // the file as written: its own line numbers
+            let original = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            if let Err(e) = parse_toml::<T>(&original) {
+                return Err(e).with_context(in_file);
+            }
+        }
+        return Err(e).with_context(in_file);
+    }
+    // the file alone is valid: the first --set that breaks it is named
+    let mut table = file;
+    for s in sets {
+        s.apply(&mut table)?;
+        let text = toml::to_string(&table).context("re-serialising the merged config")?;
+        if let Err(e) = toml::from_str::<T>(&text) {
+            return Err(set_error(&[s.key()], &e))
+                .with_context(|| format!("{}: not a valid {what} with --set", path.display()));
+        }
+    }
+    Err(merged_err).with_context(in_file)
+}
+
+/// A parse error of a value given with `--set`: the flag and the message, without the line
+/// snippet of the internal text it was parsed from.
+fn set_error(keys: &[String], e: &toml::de::Error) -> anyhow::Error {
+    let msg = e.message().to_string();
+    let hint = did_you_mean(&msg).unwrap_or_default();
+    anyhow::anyhow!("--set {}: {msg}{hint}", keys.join(", "))
+}
+
+/// The keys a config file (with its `base` files) sets, merged as [`read_toml`] merges them,
+/// before any parse into a config: what the file names, as opposed to a default.
+pub fn read_table(path: &Path) -> Result<toml::Table> {
+    read_with_bases(path, &mut Vec::new())
 }
 
 fn display_list(paths: &[PathBuf]) -> String {
@@ -192,11 +236,7 @@ pub fn with_overrides<T: Serialize + DeserializeOwned>(cfg: T, sets: &[SetOverri
     let text = toml::to_string(&table).context("re-serialising the config")?;
     // the merged text is internal: its line numbers and snippet would point nowhere the user
     // wrote, so only the message is shown
-    toml::from_str(&text).map_err(|e| {
-        let msg = e.message().to_string();
-        let hint = did_you_mean(&msg).unwrap_or_default();
-        anyhow::anyhow!("--set {}: {msg}{hint}", keys.join(", "))
-    })
+    toml::from_str(&text).map_err(|e| set_error(&keys, &e))
 }
 
 /// Parse TOML text; an unknown key gets a "did you mean" hint.

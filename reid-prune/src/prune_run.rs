@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::criterion::ScoreData;
 use crate::strategy::{plan_with_groups, Allocation, PruneTarget, TargetKind};
 use crate::surgery::apply;
-use crate::training::{run_training, run_training_with, RunConfig};
+use crate::training::{run_training, run_training_with, RunConfig, DATA_CHANGES};
 
 /// A pruning run. The same type is the `prune` command's flags (clap) and the config saved in the
 /// run folder (serde); the flags' defaults are [`PruneConfig::default`]'s.
@@ -113,6 +113,16 @@ pub struct PruneConfig {
     #[serde(skip)]
     #[arg(long)]
     pub overwrite: bool,
+    /// With --resume: continue the retraining although the dataset changed since its
+    /// checkpoint (refused otherwise, naming what changed); recorded in config.toml and in the
+    /// model's provenance (`resumed_over_changed_data`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    #[arg(long)]
+    pub allow_data_change: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 fn defaults() -> PruneConfig {
@@ -133,6 +143,9 @@ impl PruneConfig {
         };
         let mut drop = Self::FREE_FIELDS.to_vec();
         drop.push(unused);
+        // a permission of the resume, not a setting of the computation: a resume that allows
+        // a data change continues the run it was started as
+        drop.push("allow_data_change");
         let mut v = crate::step_key::view_without(self, &drop)?;
         v["device"] = self.device.kind().into();
         Ok(v)
@@ -169,6 +182,7 @@ impl Default for PruneConfig {
             balance_alpha: 1e-3,
             residual_groups: false,
             overwrite: false,
+            allow_data_change: false,
         }
     }
 }
@@ -253,6 +267,7 @@ fn retrain_config(cfg: &PruneConfig, start: &Path, out: &Path) -> RunConfig {
         augment: cfg.retrain_augment,
         // a prune replacing an earlier one replaces its retraining runs too
         overwrite: cfg.overwrite,
+        allow_data_change: cfg.allow_data_change,
         ..RunConfig::default()
     };
     rc.train.epochs = cfg.retrain_epochs;
@@ -294,6 +309,9 @@ pub struct PruneOutcome {
     pub params_after: u64,
     pub kept_channel_fraction: f64,
 }
+
+/// The provenance entry that says what a pruned model's `epoch` counts.
+pub const EPOCH_IS: &str = "epoch_is";
 
 /// Prune `cfg.checkpoint` into `cfg.out`.
 /// Most steps of an iterative prune (`--step`).
@@ -339,6 +357,13 @@ pub fn run_prune_until(
     cfg.batch_pk
         .validate()
         .map_err(|e| anyhow!("batch_pk: {e}"))?;
+    check_settings(cfg)?;
+    if cfg.allow_data_change && !resume {
+        bail!(
+            "--allow-data-change lets a resumed prune's retraining continue over changed data: \
+             give it with --resume"
+        );
+    }
     if cfg.residual_groups && !method.residual_groups {
         let ok: Vec<&str> = crate::method::methods()
             .iter()
@@ -453,6 +478,10 @@ pub fn run_prune_until(
             cfg.out.display()
         );
     }
+    let existed = cfg.out.exists();
+    // what the folder held before this run wrote into it (one writer a folder): an error takes
+    // back the rest; a replaced run (--overwrite) is put back by its replacement instead
+    let before = (!cfg.overwrite).then(|| folder_entries(&cfg.out));
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
     // nothing of the replaced run (its steps and retraining folders included) stays beside
     // the new one; it waits aside until this run succeeds, and an error puts it back
@@ -468,6 +497,9 @@ pub fn run_prune_until(
         let mut log = std::fs::File::create(cfg.out.join("log.jsonl"))?;
         let parent_hash = file_sha256(&cfg.checkpoint)?;
         let mut current_parent = cfg.checkpoint.clone();
+        // the data changes that resumed retraining runs were allowed to continue over (their
+        // models' provenance), carried into this run's model
+        let mut data_changes: Vec<serde_json::Value> = Vec::new();
         if let (Some(name), Some(root)) = (&cfg.dataset, &cfg.root) {
             // Pruning on a dataset whose classes the classifier was not trained on (e.g. ImageNet
             // weights pruned on re-ID data): give it a fresh classifier over the dataset's identities.
@@ -536,18 +568,24 @@ pub fn run_prune_until(
                 if !o.completed {
                     return Err(stopped());
                 }
-                Ok(load_checkpoint(&o.model, &device, true)?.net)
+                let ck = load_checkpoint(&o.model, &device, true)?;
+                data_changes.extend(ck.provenance.extra.get(DATA_CHANGES).cloned());
+                Ok(ck.net)
             };
             let (before, p) = rule.before_cut(net, &scores, p, &mut retrain)?;
             net = before;
             net = apply(&net, &p)?;
             let mut prov = parent_prov.clone();
             prov.parent = Some(file_sha256(&current_parent)?);
+            // this run's seed (criterion, scoring images, classifier), not the parent's
+            prov.seed = Some(cfg.seed);
             prov.input = Some(cfg.input);
             prov.criterion = Some(cfg.criterion.clone());
             prov.ratio = Some(level);
             prov.target = Some(format!("{:?}", cfg.target).to_lowercase());
+            // cut, not trained by this run
             prov.epoch = None;
+            prov.extra.remove(EPOCH_IS);
             let pruned_path = step_dir.join("pruned.safetensors");
             save_checkpoint(&net, &pruned_path, &prov)?;
             let mut model_path = pruned_path.clone();
@@ -557,7 +595,9 @@ pub fn run_prune_until(
                 if !o.completed {
                     return Err(stopped());
                 }
-                net = load_checkpoint(&o.model, &device, true)?.net;
+                let ck = load_checkpoint(&o.model, &device, true)?;
+                data_changes.extend(ck.provenance.extra.get(DATA_CHANGES).cloned());
+                net = ck.net;
                 model_path = o.model;
             }
             let c = complexity(net.spec(), h, w)?;
@@ -580,10 +620,34 @@ pub fn run_prune_until(
         let mut prov = parent_prov;
         prov.parent = Some(parent_hash.clone());
         prov.input = Some(cfg.input);
+        // the seed this prune (and its retraining) ran with; the parent's is in the parent
+        prov.seed = Some(cfg.seed);
         if cfg.retrain_epochs > 0 {
             // retrained: the data and epochs are this run's, not the parent's
             prov.dataset = cfg.dataset.clone();
             prov.epoch = Some(cfg.retrain_epochs);
+            prov.extra.insert(
+                EPOCH_IS.into(),
+                if steps > 1 {
+                    "retraining epochs of this prune's last step"
+                } else {
+                    "retraining epochs of this prune"
+                }
+                .into(),
+            );
+        } else {
+            // not trained by this run: the parent's epoch count would read as this model's
+            prov.epoch = None;
+            prov.extra.remove(EPOCH_IS);
+        }
+        if !data_changes.is_empty() {
+            // as a training run records them: one change as it is, several in order
+            let all = if data_changes.len() == 1 {
+                data_changes.remove(0)
+            } else {
+                serde_json::Value::Array(data_changes)
+            };
+            prov.extra.insert(DATA_CHANGES.into(), all);
         }
         prov.criterion = Some(cfg.criterion.clone());
         prov.ratio = Some(cfg.level);
@@ -629,10 +693,112 @@ pub fn run_prune_until(
         Err(e) => {
             if e.is::<PruneStopped>() {
                 crate::training::keep_aside(replacement, &cfg.out);
+            } else {
+                // dropping the replacement puts the old run back
+                drop(replacement);
+                if let Some(before) = &before {
+                    take_back_first_files(&cfg.out, before, existed);
+                }
             }
-            // otherwise dropping the replacement puts the old run back
             Err(e)
         }
+    }
+}
+
+/// Counts and rates that must be positive, and the retraining's settings, named by their flags
+/// before anything is written (a count of 0 scored no image and failed only after the run
+/// folder was claimed).
+fn check_settings(cfg: &PruneConfig) -> Result<()> {
+    if cfg.score_images == 0 {
+        bail!(
+            "--score-images 0: expected at least 1 image to score channels on (default {})",
+            defaults().score_images
+        );
+    }
+    if cfg.batch_size == 0 {
+        bail!("--batch-size 0: expected at least 1 image a batch");
+    }
+    // 0 retraining epochs means no retraining: those settings are not read then
+    if cfg.retrain_epochs == 0 {
+        return Ok(());
+    }
+    if cfg.retrain_epochs > crate::training::MAX_EPOCHS {
+        bail!(
+            "--retrain-epochs {}: expected at most {}",
+            cfg.retrain_epochs,
+            crate::training::MAX_EPOCHS
+        );
+    }
+    for (flag, v) in [
+        ("--retrain-lr", cfg.retrain_lr),
+        ("--checkpoint-interval", cfg.checkpoint_interval_s),
+    ] {
+        if !v.is_finite() || v <= 0.0 {
+            bail!("{flag} {v}: expected a finite number > 0");
+        }
+    }
+    // every other check of the training runs the retraining will start
+    retrain_config(cfg, &cfg.checkpoint, &cfg.out)
+        .validate()
+        .context("the retraining settings")
+}
+
+/// The names in `dir` (none when it does not exist).
+fn folder_entries(dir: &Path) -> std::collections::HashSet<std::ffi::OsString> {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default()
+}
+
+/// Whether a retraining checkpoint lies anywhere under `dir` (then `--resume` can go on).
+fn holds_a_retraining_checkpoint(dir: &Path, depth: usize) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let path = e.path();
+        if e.file_name() == "trainer_state.safetensors" {
+            return true;
+        }
+        depth > 0
+            && e.file_type().is_ok_and(|t| t.is_dir())
+            && holds_a_retraining_checkpoint(&path, depth - 1)
+    })
+}
+
+/// A prune that failed takes back what it wrote (config.toml, log.jsonl, its steps), as a
+/// failed training does, so the corrected command is not refused as "holds another run";
+/// unless a retraining checkpoint exists, which `--resume` continues. What the folder held
+/// before stays, and so do the writer's lock (its holder removes it) and a folder that existed.
+fn take_back_first_files(
+    dir: &Path,
+    before: &std::collections::HashSet<std::ffi::OsString>,
+    existed: bool,
+) {
+    if holds_a_retraining_checkpoint(dir, 3) {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if before.contains(&name)
+            || name == reid_run::lock::LOCK_FILE
+            || name == reid_run::metrics::REPLACED_DIR
+        {
+            continue;
+        }
+        let path = e.path();
+        let _ = if e.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+    }
+    if !existed {
+        // fails while a lock is in it: the command that holds the lock removes the folder
+        let _ = std::fs::remove_dir(dir);
     }
 }
 

@@ -662,7 +662,7 @@ struct HeldState {
 }
 
 /// The provenance entry of the data changes a resume was allowed to continue over.
-const DATA_CHANGES: &str = "resumed_over_changed_data";
+pub(crate) const DATA_CHANGES: &str = "resumed_over_changed_data";
 
 /// Provenance entries that describe the run's history, kept by every later checkpoint of it.
 const CARRIED: [&str; 1] = [DATA_CHANGES];
@@ -745,6 +745,7 @@ fn effective_config(cfg: &RunConfig) -> Result<RunConfig> {
             .with_context(|| format!("init checkpoint {}", ck.display()))?;
         c.arch = spec.name();
         c.width_mult = spec.width_mult;
+        c.last_stride = spec.last_stride;
     } else if let Some(src) = &cfg.pretrained {
         let held = pretrained_arch(src, cfg.last_stride)?;
         if held.name() != cfg.arch || cfg.width_mult != held.width_mult {
@@ -992,15 +993,21 @@ pub fn run_training_with(
         }
         // whatever the config says, a resume continues the state's network
         let spec = net.spec();
-        if spec.name() != cfg.arch || spec.width_mult != cfg.width_mult {
+        if spec.name() != cfg.arch
+            || spec.width_mult != cfg.width_mult
+            || spec.last_stride != cfg.last_stride
+        {
             bail!(
-                "cannot resume {}: its checkpoint holds a {} at width_mult = {} and this run's \
-                 config says arch = {}, width_mult = {}; a resume cannot change the network",
+                "cannot resume {}: its checkpoint holds a {} at width_mult = {}, last_stride = \
+                 {} and this run's config says arch = {}, width_mult = {}, last_stride = {}; a \
+                 resume cannot change the network",
                 out.display(),
                 spec.name(),
                 spec.width_mult,
+                spec.last_stride,
                 cfg.arch,
-                cfg.width_mult
+                cfg.width_mult,
+                cfg.last_stride
             );
         }
         // the starting checkpoint replaced since: the recorded parent would not be the start
@@ -1023,7 +1030,7 @@ pub fn run_training_with(
                 bail!(
                     "cannot resume {}: the data under {} changed since its checkpoint ({change}). \
                      Restore the data, start afresh (--overwrite), or continue knowingly \
-                     (train --allow-data-change)",
+                     (--allow-data-change; the change is recorded in the model's provenance)",
                     out.display(),
                     cfg.root.display()
                 );

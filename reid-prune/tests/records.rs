@@ -889,3 +889,349 @@ fn a_state_from_before_the_listed_fingerprint_resumes_on_its_counts() {
             .unwrap(),
     );
 }
+
+/// A checkpoint (ResNet-18/8, 6 classes) at `path` with `last_stride`, trained (its provenance
+/// says) with seed 0 for 3 epochs at 64×32.
+fn checkpoint_of(path: &Path, last_stride: usize) {
+    let spec = ArchSpec::resnet_with(18, 6, 0.125, last_stride, Neck::BnNeck).unwrap();
+    let net = ReidNet::new(&spec, &Device::Cpu, 0).unwrap();
+    let prov = reid_model::checkpoint::Provenance {
+        seed: Some(0),
+        epoch: Some(3),
+        input: Some(reid_run::InputSize::new(64, 32)),
+        ..Default::default()
+    };
+    reid_model::checkpoint::save_checkpoint(&net, path, &prov).unwrap();
+}
+
+fn provenance(model: &Path) -> reid_model::checkpoint::Provenance {
+    reid_model::checkpoint::load_checkpoint(model, &Device::Cpu, false)
+        .unwrap()
+        .provenance
+}
+
+/// A run from `--init` trains the checkpoint's network: every network field given explicitly
+/// (flag, `--set`, config file) that contradicts it is refused naming both values, and one
+/// given nowhere is recorded as the checkpoint's (config.toml said last_stride = 2 beside a
+/// model of last stride 1, or the default 1 beside a model of last stride 2).
+#[test]
+fn a_run_from_a_checkpoint_records_its_network_and_refuses_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data(tmp.path());
+    let init = tmp.path().join("init.safetensors");
+    checkpoint_of(&init, 1);
+    let i = init.to_str().unwrap();
+    let out = tmp.path().join("refused");
+    let err = refused(
+        train(&root, &out, &["--init", i, "--set", "last_stride=2"])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        err.contains("last_stride = 2 (--set last_stride), but --init")
+            && err.contains("holds a resnet18 with last_stride = 1"),
+        "{err}"
+    );
+    let err = refused(
+        train(&root, &out, &["--init", i, "--width-mult", "0.5"])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        err.contains("width_mult = 0.5 (--width-mult), but --init")
+            && err.contains("holds a resnet18 with width_mult = 0.125"),
+        "{err}"
+    );
+    let file = tmp.path().join("run.toml");
+    std::fs::write(&file, "last_stride = 2\n").unwrap();
+    let err = refused(
+        train(
+            &root,
+            &out,
+            &["--init", i, "--config", file.to_str().unwrap()],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert!(
+        err.contains(&format!(
+            "last_stride = 2 (the run config {})",
+            file.display()
+        )),
+        "{err}"
+    );
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
+
+    // the same values as the checkpoint's are accepted
+    ok(train(
+        &root,
+        &tmp.path().join("same"),
+        &[
+            "--init",
+            i,
+            "--width-mult",
+            "0.125",
+            "--set",
+            "last_stride=1",
+        ],
+    )
+    .output()
+    .unwrap());
+    // given nowhere: the checkpoint's, recorded as the model that trained holds them
+    let init2 = tmp.path().join("stride2.safetensors");
+    checkpoint_of(&init2, 2);
+    let out = tmp.path().join("from-stride2");
+    ok(train(&root, &out, &["--init", init2.to_str().unwrap()])
+        .output()
+        .unwrap());
+    let c = config(&out);
+    assert_eq!(c["last_stride"].as_integer(), Some(2));
+    assert_eq!(c["width_mult"].as_float(), Some(0.125));
+    assert_eq!(c["arch"].as_str(), Some("resnet18"));
+    let spec = reid_model::checkpoint::read_arch_spec(&out.join("model.safetensors")).unwrap();
+    assert_eq!((spec.last_stride, spec.width_mult), (2, 0.125));
+}
+
+/// The pruned model's provenance records the seed the prune (and its retraining) ran with, as
+/// config.toml does, not the parent's; its epoch is this run's retraining (said so), or absent
+/// without retraining; the parent reference stays the parent's hash.
+#[test]
+fn a_pruned_model_records_the_prunes_seed_and_epochs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data(tmp.path());
+    let ck = tmp.path().join("parent.safetensors");
+    checkpoint_of(&ck, 1);
+    let parent = reid_model::checkpoint::file_sha256(&ck).unwrap();
+
+    let out = tmp.path().join("random");
+    let o = Command::new(BIN)
+        .args(["prune", "--criterion", "random", "--level", "0.5"])
+        .args(["--input", "64x32", "--seed", "9", "--checkpoint"])
+        .arg(&ck)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    ok(o);
+    assert_eq!(config(&out)["seed"].as_integer(), Some(9));
+    let p = provenance(&out.join("model.safetensors"));
+    assert_eq!(p.seed, Some(9));
+    assert_eq!(p.epoch, None, "not trained by this run");
+    assert_eq!(p.parent.as_deref(), Some(parent.as_str()));
+
+    let out = tmp.path().join("retrained");
+    let root_s = root.to_str().unwrap();
+    ok(prune(
+        &ck,
+        &out,
+        &[
+            "--seed",
+            "9",
+            "--dataset",
+            "market1501",
+            "--root",
+            root_s,
+            "--retrain-epochs",
+            "2",
+            "--batch-pk",
+            "2x2",
+        ],
+    ));
+    assert_eq!(config(&out)["seed"].as_integer(), Some(9));
+    let p = provenance(&out.join("model.safetensors"));
+    assert_eq!((p.seed, p.epoch), (Some(9), Some(2)));
+    assert_eq!(
+        p.extra.get("epoch_is").and_then(|v| v.as_str()),
+        Some("retraining epochs of this prune")
+    );
+    assert_eq!(p.parent.as_deref(), Some(parent.as_str()));
+}
+
+/// `--score-images 0` is refused naming the flag before anything is written (it scored no
+/// image and then claimed "taylor needs data" with a dataset given, leaving a folder that
+/// refused the corrected command); a prune that fails after claiming its fresh folder takes
+/// its first files back.
+#[test]
+fn a_refused_prune_leaves_no_folder_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data(tmp.path());
+    let ck = tmp.path().join("parent.safetensors");
+    checkpoint_of(&ck, 1);
+    let root_s = root.to_str().unwrap();
+    let out = tmp.path().join("pp6");
+    let o = Command::new(BIN)
+        .args(["prune", "--criterion", "taylor", "--level", "0.5"])
+        .args([
+            "--input",
+            "64x32",
+            "--dataset",
+            "market1501",
+            "--root",
+            root_s,
+        ])
+        .args(["--score-images", "0", "--checkpoint"])
+        .arg(&ck)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = refused(o);
+    assert!(
+        err.contains("--score-images 0: expected at least 1 image"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a refused prune left {}", out.display());
+
+    // refused by the retraining, after the folder was claimed and config.toml written
+    let retrain = [
+        "--dataset",
+        "market1501",
+        "--root",
+        root_s,
+        "--retrain-epochs",
+        "1",
+    ];
+    let err = refused(prune(&ck, &out, &args(&retrain, &["--batch-pk", "7x2"])));
+    assert!(err.contains("P = 7 identities a batch"), "{err}");
+    assert!(!out.exists(), "a failed prune left {}", out.display());
+    // the corrected command is not refused as "holds another run"
+    ok(prune(&ck, &out, &args(&retrain, &["--batch-pk", "2x2"])));
+}
+
+/// `plan --config g.toml --set KEY=BAD` names `--set KEY`, not a line of g.toml that holds
+/// something else.
+#[test]
+fn a_bad_set_value_over_a_config_file_names_the_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = tmp.path().join("g.toml");
+    std::fs::write(
+        &g,
+        "name = \"g\"\nseed = 0\n\n# the criteria\ncriteria = [\"l1\"]\n",
+    )
+    .unwrap();
+    let o = Command::new(BIN)
+        .args(["plan", "--config"])
+        .arg(&g)
+        .args(["--set", "criteria=[[[\"l1\"]]]"])
+        .output()
+        .unwrap();
+    let err = refused(o);
+    assert!(
+        err.contains("--set criteria: invalid type: sequence, expected a string"),
+        "{err}"
+    );
+    assert!(!err.contains("line 5") && !err.contains(" | "), "{err}");
+    // an error of the file itself still points at its own line
+    std::fs::write(&g, "name = \"g\"\n\nseed = \"x\"\n").unwrap();
+    let o = Command::new(BIN)
+        .args(["plan", "--config"])
+        .arg(&g)
+        .args(["--set", "criteria=[\"l1\"]"])
+        .output()
+        .unwrap();
+    let err = refused(o);
+    assert!(
+        err.contains("line 3") && err.contains("seed = \"x\""),
+        "{err}"
+    );
+}
+
+/// An interrupted `prune --resume` over changed data is refused naming an option prune has;
+/// `prune --resume --allow-data-change` continues, and config.toml and the model say so.
+#[test]
+fn a_prune_resumes_over_changed_data_only_knowingly_and_records_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data(tmp.path());
+    let ck = tmp.path().join("parent.safetensors");
+    checkpoint_of(&ck, 1);
+    let root_s = root.to_string_lossy().into_owned();
+    let retrain = [
+        "--dataset",
+        "market1501",
+        "--root",
+        root_s.as_str(),
+        "--retrain-epochs",
+        "40",
+        "--batch-pk",
+        "2x2",
+    ];
+    let out = tmp.path().join("cut");
+    let mut c = prune_command(&ck, &out, &retrain);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    assert_eq!(
+        signalled(
+            c,
+            &out.join("retrain/trainer_state.safetensors"),
+            libc::SIGINT
+        ),
+        Some(130)
+    );
+    assert!(!config(&out).contains_key("allow_data_change"));
+    // one more image of an identity already there
+    let train_dir = root.join("bounding_box_train");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&train_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let first = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::copy(
+        &files[0],
+        train_dir.join(format!("{}_c1s9_000099_00.jpg", &first[..4])),
+    )
+    .unwrap();
+    let resume = args(&retrain, &["--resume"]);
+    let err = refused(prune(&ck, &out, &resume));
+    assert!(
+        err.contains("changed since its checkpoint") && err.contains("(--allow-data-change;"),
+        "{err}"
+    );
+    ok(prune(&ck, &out, &args(&resume, &["--allow-data-change"])));
+    assert_eq!(config(&out)["allow_data_change"].as_bool(), Some(true));
+    let p = provenance(&out.join("model.safetensors"));
+    let change = &p.extra["resumed_over_changed_data"];
+    assert!(
+        change["change"]
+            .as_str()
+            .is_some_and(|c| c.contains("training images")),
+        "{change}"
+    );
+    // the option without --resume would allow nothing: refused, naming it
+    let err = refused(prune(
+        &ck,
+        &tmp.path().join("other"),
+        &args(&retrain, &["--allow-data-change"]),
+    ));
+    assert!(err.contains("give it with --resume"), "{err}");
+}
+
+/// `train --epochs 0` from scratch recorded a random network as trained, with metrics:
+/// refused naming the flag; from a starting network 0 epochs keep it as it is (documented).
+#[test]
+fn zero_epochs_from_scratch_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data(tmp.path());
+    let out = tmp.path().join("zero");
+    let err = refused(
+        train(&root, &out, &args(&SMALL, &["--epochs", "0"]))
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        err.contains("--epochs 0: expected at least 1 epoch"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
+    let init = tmp.path().join("init.safetensors");
+    checkpoint_of(&init, 1);
+    ok(train(
+        &root,
+        &out,
+        &["--init", init.to_str().unwrap(), "--epochs", "0"],
+    )
+    .output()
+    .unwrap());
+    assert_eq!(config(&out)["train"]["epochs"].as_integer(), Some(0));
+}

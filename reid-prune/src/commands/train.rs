@@ -87,24 +87,77 @@ pub struct Args {
     sets: Vec<reid_prune::config_file::SetOverride>,
 }
 
-/// Whether `--config` or a `--set` names the architecture (then it is the user's choice, not a
-/// default to fill from `--pretrained`).
-fn config_names_arch(a: &Args) -> Result<bool> {
-    let in_sets = a.sets.iter().any(|s| {
-        let key = s.key();
-        key == "arch" || key == "width_mult"
-    });
-    let in_file = match &a.config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading the run config {}", p.display()))?;
-            let v: toml::Table =
-                toml::from_str(&text).with_context(|| format!("{}: not TOML", p.display()))?;
-            v.contains_key("arch") || v.contains_key("width_mult") || v.contains_key("base")
-        }
-        None => false,
-    };
-    Ok(in_sets || in_file)
+/// The network fields a starting checkpoint decides (what its `ArchSpec` holds and the run
+/// config can also set), each with the flag of [`Args`] that sets it, if any.
+const NETWORK_FIELDS: [(&str, Option<&str>); 3] = [
+    ("arch", Some("--arch")),
+    ("width_mult", Some("--width-mult")),
+    ("last_stride", None),
+];
+
+/// Where the user gave each network field (the flag, `--set`, or the config file, by the
+/// precedence they are applied in); a field given nowhere is absent.
+fn network_fields_given(a: &Args, file: Option<&toml::Table>) -> Vec<(&'static str, String)> {
+    NETWORK_FIELDS
+        .iter()
+        .filter_map(|&(field, flag)| {
+            let by_flag = match field {
+                "arch" => a.arch.is_some(),
+                "width_mult" => a.width_mult.is_some(),
+                _ => false,
+            };
+            let source = if by_flag {
+                flag.map(str::to_string)
+            } else if a.sets.iter().any(|s| s.key() == field) {
+                Some(format!("--set {field}"))
+            } else if file.is_some_and(|t| t.contains_key(field)) {
+                a.config
+                    .as_ref()
+                    .map(|p| format!("the run config {}", p.display()))
+            } else {
+                None
+            };
+            source.map(|s| (field, s))
+        })
+        .collect()
+}
+
+/// A run from a checkpoint trains the checkpoint's network: a network field given explicitly
+/// with another value would be recorded beside a network it does not describe, so it is
+/// refused naming both values (one given nowhere is taken from the checkpoint).
+fn check_against_checkpoint(
+    cfg: &reid_prune::training::RunConfig,
+    init: &std::path::Path,
+    init_source: &str,
+    given: &[(&'static str, String)],
+) -> Result<()> {
+    let held = reid_model::checkpoint::read_arch_spec(init)
+        .with_context(|| format!("{init_source} {}", init.display()))?;
+    for (field, source) in given {
+        let (want, has) = match *field {
+            "arch" => {
+                let want = reid_model::ArchSpec::from_name(&cfg.arch, 0)
+                    .with_context(|| format!("arch = {} ({source})", cfg.arch))?;
+                if want.depth == held.depth {
+                    continue;
+                }
+                (cfg.arch.clone(), held.name())
+            }
+            "width_mult" if cfg.width_mult == held.width_mult => continue,
+            "width_mult" => (cfg.width_mult.to_string(), held.width_mult.to_string()),
+            "last_stride" if cfg.last_stride == held.last_stride => continue,
+            "last_stride" => (cfg.last_stride.to_string(), held.last_stride.to_string()),
+            _ => continue,
+        };
+        anyhow::bail!(
+            "{field} = {want} ({source}), but {init_source} {} holds a {} with {field} = {has}: \
+             a run from a checkpoint trains the checkpoint's network; leave {field} out (it is \
+             taken from the checkpoint) or give {has}",
+            init.display(),
+            held.name()
+        );
+    }
+    Ok(())
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -112,6 +165,11 @@ pub fn run(a: Args) -> Result<()> {
     let cfg: RunConfig = match &a.config {
         Some(p) => reid_prune::config_file::read_toml(p, "run config")?,
         None => RunConfig::default(),
+    };
+    // the keys the file names (its bases included), as opposed to defaults
+    let file_keys = match &a.config {
+        Some(p) => Some(reid_prune::config_file::read_table(p)?),
+        None => None,
     };
     let mut cfg = reid_prune::config_file::with_overrides(cfg, &a.sets)?;
     if let Some(v) = a.task {
@@ -123,8 +181,12 @@ pub fn run(a: Args) -> Result<()> {
             .with_context(|| format!("--init {}", init.display()))?;
         reid_model::weights::check_expected_arch(init, arch, &held)?;
     }
-    let arch_from_weights =
-        a.arch.is_none() && a.width_mult.is_none() && a.init.is_none() && !config_names_arch(&a)?;
+    let given = network_fields_given(&a, file_keys.as_ref());
+    let arch_from_weights = a.init.is_none()
+        && !given
+            .iter()
+            .any(|(f, _)| *f == "arch" || *f == "width_mult");
+    let epochs_given = a.epochs.is_some();
     macro_rules! set {
         ($($f:ident => $field:expr),*) => { $(if let Some(v) = a.$f { $field = v; })* };
     }
@@ -152,7 +214,29 @@ pub fn run(a: Args) -> Result<()> {
         cfg.pretrained = a.pretrained;
     }
     if a.init.is_some() {
-        cfg.init_checkpoint = a.init;
+        cfg.init_checkpoint = a.init.clone();
+    }
+    if let Some(init) = &cfg.init_checkpoint {
+        let source = if a.init.is_some() {
+            "--init"
+        } else {
+            "init_checkpoint ="
+        };
+        check_against_checkpoint(&cfg, init, source, &given)?;
+    }
+    // Zero epochs keep the starting network as it is (ImageNet weights or a checkpoint,
+    // evaluated on this dataset); from scratch they would record a random network as trained.
+    if cfg.train.epochs == 0 && cfg.pretrained.is_none() && cfg.init_checkpoint.is_none() {
+        anyhow::bail!(
+            "{} 0: expected at least 1 epoch (0 epochs from scratch would record the random \
+             initialisation as the trained model; 0 is for a starting network used as it is, \
+             with --pretrained or --init)",
+            if epochs_given {
+                "--epochs"
+            } else {
+                "train.epochs ="
+            }
+        );
     }
     // refused before anything is written, the run folder included
     cfg.resolve()?;
