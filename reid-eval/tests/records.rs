@@ -204,3 +204,57 @@ fn a_negative_batch_norm_variance_is_named_where_it_enters() {
         "{err}"
     );
 }
+
+/// A run's data is told by content, not by the path its config.toml was given: a relative root
+/// names other images from another working directory, and the same images reached by another
+/// path are the run's own.
+#[test]
+fn a_runs_data_is_recognised_by_its_fingerprint_not_its_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = dataset(tmp.path());
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let ck = run.join("model.safetensors");
+    model(&ck, 0);
+    ok(&eval(&ck, &root, &[]));
+    // trained from `tmp` on "ds" (relative), as `reid-prune train --root ds` records it
+    std::fs::write(
+        run.join("config.toml"),
+        "dataset = \"market1501\"\nroot = \"ds\"\n",
+    )
+    .unwrap();
+    let mut m = metrics(&run.join("metrics.json"));
+    let ds = reid_data::datasets::load("market1501", &root).unwrap();
+    m.data.insert(
+        reid_run::metrics::TRAIN_DATA.into(),
+        reid_data::datasets::fingerprint(&ds).unwrap(),
+    );
+    reid_run::metrics::write_metrics(&run.join("metrics.json"), &m).unwrap();
+    let before = std::fs::read(run.join("metrics.json")).unwrap();
+
+    // from another folder whose "ds" holds other images: printed only
+    let elsewhere = tmp.path().join("sub");
+    dataset(&elsewhere);
+    let o = Command::new(env!("CARGO_BIN_EXE_reid-eval"))
+        .current_dir(&elsewhere)
+        .arg("--checkpoint")
+        .arg(&ck)
+        .args(["--dataset", "market1501", "--root", "ds"])
+        .output()
+        .unwrap();
+    let err = ok(&o);
+    assert!(
+        err.contains("is not the data the run")
+            && err.contains("records the listed images' fingerprint")
+            && err.contains("printed only"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(run.join("metrics.json")).unwrap(), before);
+
+    // the run's own images by another path: written
+    let err = ok(&eval(&ck, &tmp.path().join("sub/../ds"), &["--flip"]));
+    assert!(!err.contains("printed only"), "{err}");
+    assert!(metrics(&run.join("metrics.json"))
+        .eval
+        .contains_key("market1501+flip"));
+}

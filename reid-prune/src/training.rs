@@ -1327,6 +1327,13 @@ pub fn run_training_with(
             .map(|m| (ds.name.clone(), m.eval_entry()))
             .collect(),
         tool_version: Some(env!("CARGO_PKG_VERSION").into()),
+        // what it trained on, by content: `reid-eval` tells that data from other data under
+        // the same name whatever path it is given by
+        data: data
+            .fingerprint
+            .iter()
+            .map(|f| (reid_run::metrics::TRAIN_DATA.to_string(), f.clone()))
+            .collect(),
         ..Default::default()
     })?;
     // this model's per-query results only: none of an earlier model's under other labels

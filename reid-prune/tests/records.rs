@@ -137,6 +137,13 @@ fn imagenet_weights_decide_the_recorded_network_and_a_contradiction_is_refused()
     assert_eq!(c["width_mult"].as_float(), Some(0.125));
     let spec = reid_model::checkpoint::read_arch_spec(&out.join("model.safetensors")).unwrap();
     assert_eq!((spec.name(), spec.stem_width), ("resnet18".into(), 8));
+    // and what it trained on, by content (reid-eval tells the run's data by it)
+    let m = reid_run::metrics::read_metrics(&out.join("metrics.json")).unwrap();
+    let ds = reid_data::datasets::load("market1501", &root).unwrap();
+    assert_eq!(
+        m.data.get(reid_run::metrics::TRAIN_DATA),
+        Some(&reid_data::datasets::fingerprint(&ds).unwrap())
+    );
 
     // flops reads the same plain weights (it used to point at an option it does not have)
     let o = Command::new(BIN)

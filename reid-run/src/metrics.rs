@@ -163,9 +163,9 @@ pub struct RunMetrics {
     pub train: Option<TrainSummary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_version: Option<String>,
-    /// A grid cell: the data its steps read, by role (`source`, `target`, `cross`) → the
-    /// fingerprint of the images the dataset lists, as in the experiment's
-    /// [`EXPERIMENT_DATA_FILE`] when the cell was written.
+    /// The data the model was made from, by role → the fingerprint of the images the dataset
+    /// lists: a grid cell's `source`, `target`, `cross` (as in the experiment's
+    /// [`EXPERIMENT_DATA_FILE`] when the cell was written), a training run's [`TRAIN_DATA`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub data: BTreeMap<String, String>,
 }
@@ -289,6 +289,10 @@ pub const CONFIG_FILE: &str = "config.toml";
 /// The experiment config a grid writes at the top of its output folder (each cell's
 /// [`CONFIG_FILE`] is a copy of it when the cell was written).
 pub const EXPERIMENT_FILE: &str = "experiment.toml";
+
+/// The key of a training run's data in [`RunMetrics::data`] (a grid cell's are `source`,
+/// `target`, `cross`).
+pub const TRAIN_DATA: &str = "train";
 
 /// Beside [`EXPERIMENT_FILE`]: the fingerprints of the data the grid read, by role (`source`,
 /// `target`, `cross`), a JSON object. With the config, it says what every current cell was

@@ -140,6 +140,7 @@ fn destination(
             )));
         }
     }
+    let existing = existing_metrics(&out)?;
     // the run's own dataset name on other data: its entry would describe other images
     if let Some((name, root)) = trained_data(folder) {
         let same = |a: &std::path::Path, b: &std::path::Path| {
@@ -148,14 +149,35 @@ fn destination(
                 .zip(b.canonicalize().ok())
                 .is_some_and(|(a, b)| a == b)
         };
-        if name == data.0 && !same(&root, data.1) {
+        // By content where the run recorded it: config.toml's root is as the run was given it
+        // (relative to where it started), so comparing paths from here can take other images
+        // for the run's own. Runs from before that record compare the paths.
+        let recorded = existing
+            .as_ref()
+            .and_then(|m| m.data.get(reid_run::metrics::TRAIN_DATA));
+        let other_data = name == data.0
+            && match recorded {
+                Some(fp) => {
+                    let given = reid_data::datasets::load(data.0, data.1)
+                        .and_then(|ds| reid_data::datasets::fingerprint(&ds))
+                        .with_context(|| format!("reading --root {}", data.1.display()))?;
+                    &given != fp
+                }
+                None => !same(&root, data.1),
+            };
+        if other_data {
             let why = format!(
                 "--root {} is not the data the run in {} was trained on (its config.toml: \
-                 dataset = \"{name}\", root = {}): its \"{name}\" entry would describe other \
-                 images",
+                 dataset = \"{name}\", root = {}{}): its \"{name}\" entry would describe \
+                 other images",
                 data.1.display(),
                 folder.display(),
-                root.display()
+                root.display(),
+                if recorded.is_some() {
+                    "; its metrics.json records the listed images' fingerprint, and these differ"
+                } else {
+                    ""
+                }
             );
             if explicit {
                 bail!("{why}; give --out in another folder");
@@ -163,7 +185,6 @@ fn destination(
             return Ok(Destination::Stdout(format!("{why}; printed only")));
         }
     }
-    let existing = existing_metrics(&out)?;
     if let Some(m) = &existing {
         // parameters, not MACs: they do not depend on the input size, which may be unknown
         if m.backbone != backbone || m.params != params {
