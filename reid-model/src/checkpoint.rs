@@ -71,36 +71,11 @@ pub struct TensorFile {
 /// The tensor shapes of a safetensors file, from its header only (a 100 MB ResNet-50 is not
 /// read to learn its architecture).
 pub fn read_safetensors_shapes(path: &Path) -> Result<HashMap<String, Vec<usize>>> {
-    use std::io::Read;
     refuse_non_regular(path)?;
     let bad = |m: String| ModelError::file(path, m);
-    let mut f =
-        std::fs::File::open(path).map_err(|e| bad(format!("cannot read the weights file: {e}")))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len)
-        .map_err(|_| bad("not a valid safetensors file: shorter than its header length".into()))?;
-    let len = u64::from_le_bytes(len);
-    let file_len = f
-        .metadata()
-        .map_err(|e| bad(format!("cannot read the weights file: {e}")))?
-        .len();
-    // safetensors' own bound on a header, and the file's: nothing is allocated for a header
-    // the file cannot hold
-    if len > 100_000_000 || len > file_len.saturating_sub(8) {
-        return Err(bad(format!(
-            "not a valid safetensors file (truncated?): a header of {len} bytes in a file of \
-             {file_len}"
-        )));
-    }
-    let mut header = vec![0u8; len as usize];
-    f.read_exact(&mut header)
-        .map_err(|_| bad("not a valid safetensors file (truncated header)".into()))?;
-    let v: serde_json::Value = serde_json::from_slice(&header)
-        .map_err(|e| bad(format!("unreadable safetensors header: {e}")))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| bad("unreadable safetensors header: not a JSON object".into()))?;
-    let data_len = file_len - 8 - len;
+    let header = reid_run::header::read_safetensors_header(path).map_err(bad)?;
+    let obj = &header.json;
+    let data_len = header.file_len - 8 - header.header_len;
     obj.iter()
         .filter(|(k, _)| k.as_str() != "__metadata__")
         .map(|(k, t)| {
@@ -389,27 +364,11 @@ pub fn arch_from_metadata(path: &Path, metadata: &HashMap<String, String>) -> Re
 
 /// The architecture of a checkpoint from its header alone (no tensor is read).
 pub fn read_arch_spec(path: &Path) -> Result<ArchSpec> {
-    use std::io::Read;
     refuse_non_regular(path)?;
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len)
-        .map_err(|e| ModelError::file(path, format!("not a safetensors file: {e}")))?;
-    let len = u64::from_le_bytes(len);
-    // safetensors caps headers at 100 MB
-    if len > 100_000_000 {
-        return Err(ModelError::file(
-            path,
-            format!("safetensors header of {len} bytes: corrupt"),
-        ));
-    }
-    let mut header = vec![0u8; len as usize];
-    f.read_exact(&mut header)
-        .map_err(|e| ModelError::file(path, format!("truncated safetensors header: {e}")))?;
-    let json: serde_json::Value = serde_json::from_slice(&header)
-        .map_err(|e| ModelError::file(path, format!("unreadable safetensors header: {e}")))?;
-    let metadata: HashMap<String, String> = json
+    let header =
+        reid_run::header::read_safetensors_header(path).map_err(|m| ModelError::file(path, m))?;
+    let metadata: HashMap<String, String> = header
+        .json
         .get("__metadata__")
         .and_then(|m| serde_json::from_value(m.clone()).ok())
         .unwrap_or_default();

@@ -27,4 +27,13 @@ impl ModelError {
     }
 }
 
+impl From<reid_run::arch::ArchError> for ModelError {
+    fn from(e: reid_run::arch::ArchError) -> Self {
+        match e {
+            reid_run::arch::ArchError::Arch(m) => ModelError::Arch(m),
+            reid_run::arch::ArchError::Input(m) => ModelError::Input(m),
+        }
+    }
+}
+
 pub type Result<T> = std::result::Result<T, ModelError>;

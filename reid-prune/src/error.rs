@@ -11,4 +11,10 @@ pub enum PruneError {
     Candle(#[from] candle_core::Error),
 }
 
+impl From<reid_model::arch::ArchError> for PruneError {
+    fn from(e: reid_model::arch::ArchError) -> Self {
+        PruneError::Model(e.into())
+    }
+}
+
 pub type Result<T> = std::result::Result<T, PruneError>;

@@ -289,14 +289,7 @@ pub fn channel_fraction(spec: &ArchSpec, of: &ArchSpec) -> f64 {
 
 /// The unpruned architecture of `spec`'s depth, width multiplier and last stride.
 pub fn unpruned_arch(spec: &ArchSpec) -> Result<ArchSpec> {
-    let depth = ArchSpec::from_name(&spec.name(), 0)?.depth;
-    Ok(ArchSpec::resnet_with(
-        depth,
-        0,
-        spec.width_mult,
-        spec.last_stride,
-        reid_model::Neck::None,
-    )?)
+    Ok(spec.unpruned()?)
 }
 
 /// Outcome of a pruning run.

@@ -311,26 +311,9 @@ fn read_metrics(path: &Path) -> Result<(Metrics, bool), String> {
 
 /// The `reid.arch` JSON of a checkpoint, from its header only.
 fn read_arch(path: &Path) -> Result<serde_json::Value, String> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len)
-        .map_err(|_| "shorter than a safetensors header".to_string())?;
-    let len = u64::from_le_bytes(len);
-    if len > 100 << 20 {
-        return Err(format!(
-            "safetensors header of {len} bytes is not plausible"
-        ));
-    }
-    let mut header = vec![0u8; len as usize];
-    f.read_exact(&mut header)
-        .map_err(|_| "truncated safetensors header".to_string())?;
-    let header: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|e| format!("safetensors header: {e}"))?;
+    let header = reid_run::header::read_safetensors_header(path)?;
     let arch = header
-        .get("__metadata__")
-        .and_then(|m| m.get("reid.arch"))
-        .and_then(|a| a.as_str())
+        .metadata("reid.arch")
         .ok_or("no reid.arch metadata (not a reid-prune checkpoint)")?;
     serde_json::from_str(arch).map_err(|e| format!("reid.arch: {e}"))
 }
@@ -339,59 +322,39 @@ fn read_arch(path: &Path) -> Result<serde_json::Value, String> {
 /// first of a basic block), named as in the state dict. The original width is the
 /// standard ResNet's at the checkpoint's `width_mult`, as the model crate builds it.
 fn read_widths(path: &Path) -> Result<Vec<LayerWidth>, String> {
-    let arch = read_arch(path)?;
-    let bad = |what: &str| format!("reid.arch: {what}");
-    let bottleneck = match arch.get("block").and_then(|b| b.as_str()) {
-        Some("bottleneck") => true,
-        Some("basic") => false,
-        _ => return Err(bad("block is neither bottleneck nor basic")),
-    };
-    let width_mult = arch
-        .get("width_mult")
-        .and_then(|w| w.as_f64())
-        .unwrap_or(1.0);
-    if !(width_mult > 0.0 && width_mult <= 64.0) {
-        return Err(bad(&format!("width_mult {width_mult} is not in (0, 64]")));
-    }
-    let stages = arch
-        .get("stages")
-        .and_then(|s| s.as_array())
-        .ok_or_else(|| bad("no stages"))?;
-    let mut out = Vec::new();
-    for (si, stage) in stages.iter().enumerate() {
-        let original = ((64.0 * (1u64 << si) as f64 * width_mult).round() as usize).max(1);
-        let blocks = stage.as_array().ok_or_else(|| bad("stage is not a list"))?;
-        for (bi, block) in blocks.iter().enumerate() {
-            let widths: Vec<usize> = block
-                .get("widths")
-                .and_then(|w| w.as_array())
-                .ok_or_else(|| bad("block without widths"))?
-                .iter()
-                .map(|w| w.as_u64().map(|w| w as usize))
-                .collect::<Option<_>>()
-                .ok_or_else(|| bad("width is not an integer"))?;
-            let prunable = if bottleneck { 2 } else { 1 };
-            if widths.len() < prunable + 1 {
-                return Err(bad("block has too few widths"));
+    use reid_run::arch::ArchSpec;
+    let bad = |what: String| format!("reid.arch: {what}");
+    // the schema every checkpoint is written with, checked as the model crate checks it
+    let spec: ArchSpec =
+        serde_json::from_value(read_arch(path)?).map_err(|e| bad(e.to_string()))?;
+    spec.validate().map_err(|e| bad(e.to_string()))?;
+    let original: std::collections::HashMap<String, usize> = spec
+        .unpruned()
+        .map_err(|e| bad(e.to_string()))?
+        .prunable_convs()
+        .into_iter()
+        .map(|c| (c.conv, c.width))
+        .collect();
+    spec.prunable_convs()
+        .into_iter()
+        .map(|c| {
+            let original = *original
+                .get(&c.conv)
+                .ok_or_else(|| bad(format!("{} is not in the unpruned {}", c.conv, spec.name())))?;
+            // pruning only removes channels: a width beyond the architecture's is corrupt
+            if c.width == 0 || c.width > original {
+                return Err(bad(format!(
+                    "{} keeps {} channels of {original}",
+                    c.conv, c.width
+                )));
             }
-            for (ci, &kept) in widths.iter().take(prunable).enumerate() {
-                // pruning only removes channels: a width beyond the architecture's is corrupt
-                if kept == 0 || kept > original {
-                    return Err(bad(&format!(
-                        "layer{}.{bi}.conv{} keeps {kept} channels of {original}",
-                        si + 1,
-                        ci + 1
-                    )));
-                }
-                out.push(LayerWidth {
-                    name: format!("layer{}.{}.conv{}", si + 1, bi, ci + 1),
-                    kept,
-                    original,
-                });
-            }
-        }
-    }
-    Ok(out)
+            Ok(LayerWidth {
+                name: c.conv,
+                kept: c.width,
+                original,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -59,14 +59,15 @@ fn run(
     dir
 }
 
-/// A checkpoint header with `reid.arch` only (no tensors): what the width profile reads.
+/// A checkpoint header with `reid.arch` only (no tensors): what the width profile reads (a
+/// last-stride-1 ResNet-50: `layer4.0` keeps stride 1).
 fn arch_checkpoint(dir: &Path, inner: [usize; 4]) {
     let blocks = [3, 4, 6, 3];
     let stages: Vec<serde_json::Value> = (0..4)
         .map(|s| {
             (0..blocks[s])
                 .map(|b| {
-                    json!({"widths": [inner[s], inner[s], 256 << s], "stride": if s > 0 && b == 0 {2} else {1},
+                    json!({"widths": [inner[s], inner[s], 256 << s], "stride": if s > 0 && s < 3 && b == 0 {2} else {1},
                            "downsample": b == 0})
                 })
                 .collect()

@@ -25,14 +25,21 @@
 //! Checkpoint headers go through [`canonical`] (sorted keys), so the same run writes the same
 //! bytes and a file's sha256 names its content.
 //!
+//! [`arch`] is the schema of the `reid.arch` header every checkpoint carries (every conv's width,
+//! the prunable convs and residual streams), and [`header`] reads a safetensors header without
+//! its tensors: the model crate builds networks from the one, the report reads widths through
+//! both, with the same types.
+//!
 //! [`stats`] holds the bootstrap intervals over query identities (single and paired) and the
 //! spread over seeds; [`claims`] judges the paper's claims on run folders (the grid prints it,
 //! the report opens with it).
 
+pub mod arch;
 pub mod atomic;
 pub mod canonical;
 pub mod claims;
 pub mod deploy;
+pub mod header;
 pub mod lock;
 pub mod metrics;
 pub mod stats;

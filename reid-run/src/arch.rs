@@ -5,7 +5,16 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ModelError, Result};
+/// A description that is no network, or an input the network cannot take.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ArchError {
+    #[error("invalid architecture: {0}")]
+    Arch(String),
+    #[error("invalid input: {0}")]
+    Input(String),
+}
+
+pub type Result<T> = std::result::Result<T, ArchError>;
 
 /// Residual block family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,7 +117,7 @@ pub fn stage_blocks(depth: usize) -> Result<(BlockKind, [usize; 4])> {
         101 => (BlockKind::Bottleneck, [3, 4, 23, 3]),
         152 => (BlockKind::Bottleneck, [3, 8, 36, 3]),
         _ => {
-            return Err(ModelError::Arch(format!(
+            return Err(ArchError::Arch(format!(
                 "unknown ResNet depth {depth}: expected one of 18, 34, 50, 101, 152"
             )))
         }
@@ -176,12 +185,12 @@ impl ArchSpec {
         neck: Neck,
     ) -> Result<Self> {
         if !(width_mult > 0.0 && width_mult.is_finite()) {
-            return Err(ModelError::Arch(format!(
+            return Err(ArchError::Arch(format!(
                 "width_mult must be a positive number, got {width_mult}"
             )));
         }
         if last_stride != 1 && last_stride != 2 {
-            return Err(ModelError::Arch(format!(
+            return Err(ArchError::Arch(format!(
                 "last_stride must be 1 or 2, got {last_stride}"
             )));
         }
@@ -234,7 +243,7 @@ impl ArchSpec {
         let digits = name.trim().to_ascii_lowercase();
         let digits = digits.strip_prefix("resnet").unwrap_or(&digits);
         let depth: usize = digits.parse().map_err(|_| {
-            ModelError::Arch(format!(
+            ArchError::Arch(format!(
                 "unknown architecture '{name}': expected resnet18, resnet34, resnet50, resnet101 or resnet152"
             ))
         })?;
@@ -248,7 +257,7 @@ impl ArchSpec {
 
     /// Check internal consistency: widths per block, residual shapes, strides.
     pub fn validate(&self) -> Result<()> {
-        let err = |m: String| Err(ModelError::Arch(m));
+        let err = |m: String| Err(ArchError::Arch(m));
         let (kind, counts) = stage_blocks(self.depth)?;
         if kind != self.block {
             return err(format!(
@@ -371,6 +380,12 @@ impl ArchSpec {
         out
     }
 
+    /// The unpruned network this one was cut from: the same depth, width multiplier and last
+    /// stride, without a head.
+    pub fn unpruned(&self) -> Result<ArchSpec> {
+        ArchSpec::resnet_with(self.depth, 0, self.width_mult, self.last_stride, Neck::None)
+    }
+
     /// The convs the paper prunes: all but the last conv of every block's branch
     /// (so block output widths, and with them the residual additions, stay intact).
     pub fn prunable_convs(&self) -> Vec<PrunableConv> {
@@ -438,7 +453,7 @@ impl ArchSpec {
         let groups = self.residual_groups();
         for (name, w) in widths {
             let g = groups.iter().find(|g| &g.name == name).ok_or_else(|| {
-                ModelError::Arch(format!(
+                ArchError::Arch(format!(
                     "no residual group '{name}' in this {}",
                     self.name()
                 ))
@@ -492,7 +507,7 @@ impl ArchSpec {
     /// stride-2 conv (candle's conv backward requires it).
     pub fn check_input(&self, h: usize, w: usize, for_training: bool) -> Result<()> {
         if h < 32 || w < 32 {
-            return Err(ModelError::Input(format!(
+            return Err(ArchError::Input(format!(
                 "input {h}x{w} is too small: height and width must be at least 32"
             )));
         }
@@ -503,7 +518,7 @@ impl ArchSpec {
                     continue;
                 }
                 if c.stride == 2 && ch % 2 != cw % 2 {
-                    return Err(ModelError::Input(format!(
+                    return Err(ArchError::Input(format!(
                         "input {h}x{w}: at {} the feature map is {ch}x{cw}; height and width must have \
                          the same parity at every stride-2 conv for training (use multiples of 32, e.g. 256x128)",
                         c.name
@@ -513,7 +528,7 @@ impl ArchSpec {
                 cw = (cw + 2 * c.padding - c.kernel) / c.stride + 1;
                 if c.name == "conv1" {
                     if ch % 2 != cw % 2 {
-                        return Err(ModelError::Input(format!(
+                        return Err(ArchError::Input(format!(
                             "input {h}x{w}: the stem max-pool sees {ch}x{cw}; height and width must have \
                              the same parity (use multiples of 32, e.g. 256x128)"
                         )));
@@ -532,17 +547,17 @@ impl ArchSpec {
         let mut spec = self.clone();
         for (name, w) in widths {
             let loc = parse_branch_conv(name).ok_or_else(|| {
-                ModelError::Arch(format!("'{name}' is not a residual-branch conv name"))
+                ArchError::Arch(format!("'{name}' is not a residual-branch conv name"))
             })?;
             let blk = spec
                 .stages
                 .get_mut(loc.0)
                 .and_then(|s| s.get_mut(loc.1))
-                .ok_or_else(|| ModelError::Arch(format!("no block for '{name}'")))?;
+                .ok_or_else(|| ArchError::Arch(format!("no block for '{name}'")))?;
             let slot = blk
                 .widths
                 .get_mut(loc.2)
-                .ok_or_else(|| ModelError::Arch(format!("no conv '{name}'")))?;
+                .ok_or_else(|| ArchError::Arch(format!("no conv '{name}'")))?;
             *slot = *w;
         }
         spec.validate()?;
