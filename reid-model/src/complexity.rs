@@ -85,8 +85,8 @@ pub fn complexity(spec: &ArchSpec, h: usize, w: usize) -> Result<Complexity> {
     let (mut block_h, mut block_w) = (0, 0);
     let (mut cur_h, mut cur_w) = (h, w);
     for c in spec.convs() {
-        let is_shortcut = c.name.ends_with("downsample.0");
-        let is_first_of_block = c.name.ends_with(".conv1");
+        let is_shortcut = c.role == crate::arch::ConvRole::Shortcut;
+        let is_first_of_block = c.role == crate::arch::ConvRole::Branch(0);
         if is_first_of_block {
             (block_h, block_w) = (cur_h, cur_w);
         }

@@ -63,12 +63,6 @@ pub struct InitOptions {
     pub zero_init_residual: bool,
 }
 
-/// The BN after the last conv of a residual branch (`layerS.B.bn2` basic, `.bn3` bottleneck).
-fn is_last_branch_bn(spec: &ArchSpec, name: &str) -> bool {
-    let last = format!(".bn{}.weight", spec.block.num_convs());
-    name.starts_with("layer") && name.ends_with(&last)
-}
-
 /// Initial value of every tensor of `spec` that `existing` lacks.
 pub fn init_missing(
     spec: &ArchSpec,
@@ -77,27 +71,38 @@ pub fn init_missing(
     device: &Device,
     options: InitOptions,
 ) -> Result<HashMap<String, Tensor>> {
+    use crate::arch::{ConvRole, TensorRole};
     let mut out = HashMap::new();
-    for (name, shape) in spec.expected_tensors() {
+    // the BN after the last conv of a residual branch (`bn2` basic, `bn3` bottleneck)
+    let last_branch = ConvRole::Branch(spec.block.num_convs() - 1);
+    for info in spec.tensors() {
+        let (name, shape) = (info.name, info.shape);
         if existing.contains_key(&name) {
             continue;
         }
-        let t = if options.zero_init_residual && is_last_branch_bn(spec, &name) {
-            Tensor::zeros(shape.as_slice(), candle_core::DType::F32, device)?
-        } else if name == "classifier.weight" {
-            normal_tensor(&shape, 0.001, tensor_seed(seed, &name), device)?
-        } else if shape.len() == 4 {
-            let fan_out = (shape[0] * shape[2] * shape[3]) as f64;
-            normal_tensor(
-                &shape,
-                (2.0 / fan_out).sqrt(),
-                tensor_seed(seed, &name),
-                device,
-            )?
-        } else if name.ends_with(".weight") || name.ends_with("running_var") {
-            Tensor::ones(shape.as_slice(), candle_core::DType::F32, device)?
-        } else {
-            Tensor::zeros(shape.as_slice(), candle_core::DType::F32, device)?
+        let zeros = || Tensor::zeros(shape.as_slice(), candle_core::DType::F32, device);
+        let t = match info.role {
+            TensorRole::BnWeight
+                if options.zero_init_residual && info.follows == Some(last_branch) =>
+            {
+                zeros()?
+            }
+            TensorRole::ClassifierWeight => {
+                normal_tensor(&shape, 0.001, tensor_seed(seed, &name), device)?
+            }
+            TensorRole::ConvWeight(_) => {
+                let fan_out = (shape[0] * shape[2] * shape[3]) as f64;
+                normal_tensor(
+                    &shape,
+                    (2.0 / fan_out).sqrt(),
+                    tensor_seed(seed, &name),
+                    device,
+                )?
+            }
+            TensorRole::BnWeight | TensorRole::BnRunningVar => {
+                Tensor::ones(shape.as_slice(), candle_core::DType::F32, device)?
+            }
+            TensorRole::BnBias | TensorRole::BnRunningMean => zeros()?,
         };
         out.insert(name, t);
     }

@@ -167,36 +167,8 @@ impl Default for ExperimentConfig {
     }
 }
 
-/// The paper's scenarios (Fig. 3): where pruning happens relative to the domain transfer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Scenario {
-    /// Prune on the source, then fine-tune on the target.
-    S1,
-    /// Half the reduction on the source, fine-tune, the other half on the target.
-    S2,
-    /// Fine-tune, then prune on the target.
-    S3,
-    /// Prune the source model on the target (retraining there), without fine-tuning first.
-    S4,
-}
-
-impl Scenario {
-    pub const ALL: [Scenario; 4] = [Scenario::S1, Scenario::S2, Scenario::S3, Scenario::S4];
-    pub fn name(&self) -> &'static str {
-        match self {
-            Scenario::S1 => "S1",
-            Scenario::S2 => "S2",
-            Scenario::S3 => "S3",
-            Scenario::S4 => "S4",
-        }
-    }
-}
-
-impl std::fmt::Display for Scenario {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// The paper's scenarios, a type of the contract crate (the report reads them from metrics).
+pub use reid_run::Scenario;
 
 /// One grid cell's result.
 #[derive(Clone, Debug, Serialize, Deserialize)]

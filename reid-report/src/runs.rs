@@ -39,6 +39,10 @@ impl Run {
     pub fn params_m(&self) -> f64 {
         self.metrics.params as f64 / 1e6
     }
+    /// The paper's scenario of a grid cell (None for baselines, the source model, single runs).
+    pub fn scenario(&self) -> Option<reid_run::Scenario> {
+        self.metrics.scenario.parse().ok()
+    }
     /// The input size of the evaluation on `dataset` where it is not the run's own: the run's
     /// MACs and latency do not describe it.
     pub fn other_input(&self, dataset: &str) -> Option<reid_run::InputSize> {

@@ -105,7 +105,7 @@ pub fn datasets(runs: &[Run]) -> Vec<String> {
 pub fn levels(runs: &[Run]) -> Vec<String> {
     let mut l: Vec<String> = runs
         .iter()
-        .filter(|r| r.metrics.scenario.starts_with('S'))
+        .filter(|r| r.scenario().is_some())
         .map(|r| r.metrics.level.clone())
         .collect();
     l.sort();
@@ -116,7 +116,7 @@ pub fn levels(runs: &[Run]) -> Vec<String> {
 pub fn scenarios(runs: &[Run]) -> Vec<String> {
     let mut s: Vec<String> = runs
         .iter()
-        .filter(|r| r.metrics.scenario.starts_with('S'))
+        .filter(|r| r.scenario().is_some())
         .map(|r| r.metrics.scenario.clone())
         .collect();
     s.sort();
@@ -127,7 +127,7 @@ pub fn scenarios(runs: &[Run]) -> Vec<String> {
 pub fn criteria(runs: &[Run]) -> Vec<String> {
     let mut c: Vec<String> = runs
         .iter()
-        .filter(|r| r.metrics.scenario.starts_with('S'))
+        .filter(|r| r.scenario().is_some())
         .map(|r| r.metrics.criterion.clone())
         .collect();
     c.sort_by_key(|c| criterion_rank(c));
@@ -182,7 +182,7 @@ pub fn find_on<'a>(
 /// The backbone the scenarios prune (the most frequent one among S1–S4 runs).
 pub fn pruned_backbone(runs: &[Run]) -> Option<String> {
     let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
-    for r in runs.iter().filter(|r| r.metrics.scenario.starts_with('S')) {
+    for r in runs.iter().filter(|r| r.scenario().is_some()) {
         *counts.entry(r.metrics.backbone.as_str()).or_default() += 1;
     }
     counts

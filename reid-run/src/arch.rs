@@ -124,9 +124,22 @@ pub fn stage_blocks(depth: usize) -> Result<(BlockKind, [usize; 4])> {
     })
 }
 
+/// Where a conv sits in a ResNet: what its role is follows from the structure, never from its
+/// name's text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvRole {
+    /// The stem's conv (`conv1`).
+    Stem,
+    /// The conv at this 0-based index of a block's residual branch (`layerS.B.conv{k+1}`).
+    Branch(usize),
+    /// A block's projection shortcut (`layerS.B.downsample.0`).
+    Shortcut,
+}
+
 /// Location of one conv in the network (used by pruning and complexity).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConvInfo {
+    pub role: ConvRole,
     /// torchvision module name, e.g. `layer3.2.conv2` or `layer1.0.downsample.0`.
     pub name: String,
     /// Name of the BatchNorm that follows it.
@@ -136,6 +149,37 @@ pub struct ConvInfo {
     pub kernel: usize,
     pub stride: usize,
     pub padding: usize,
+}
+
+/// What a tensor of the network is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TensorRole {
+    ConvWeight(ConvRole),
+    BnWeight,
+    BnBias,
+    BnRunningMean,
+    BnRunningVar,
+    ClassifierWeight,
+}
+
+impl TensorRole {
+    /// Whether weight decay applies: conv and classifier weights; not the BN affine parameters
+    /// (the usual re-ID recipe) nor the running statistics, which are no parameters.
+    pub fn decays(self) -> bool {
+        matches!(self, Self::ConvWeight(_) | Self::ClassifierWeight)
+    }
+}
+
+/// One tensor of the network: its torchvision name, shape and role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub role: TensorRole,
+    /// Part of the re-ID head (BNNeck, classifier) rather than of the backbone.
+    pub head: bool,
+    /// A BN tensor's conv (None for the BNNeck's and for other tensors).
+    pub follows: Option<ConvRole>,
 }
 
 /// A conv whose output channels can be removed without touching the residual path.
@@ -332,6 +376,7 @@ impl ArchSpec {
     /// Every conv of the backbone in forward order, with the BN that follows it.
     pub fn convs(&self) -> Vec<ConvInfo> {
         let mut out = vec![ConvInfo {
+            role: ConvRole::Stem,
             name: "conv1".into(),
             bn: "bn1".into(),
             in_channels: 3,
@@ -353,6 +398,7 @@ impl ArchSpec {
                         1
                     };
                     out.push(ConvInfo {
+                        role: ConvRole::Branch(k),
                         name: format!("{prefix}.conv{}", k + 1),
                         bn: format!("{prefix}.bn{}", k + 1),
                         in_channels: c_in,
@@ -365,6 +411,7 @@ impl ArchSpec {
                 }
                 if blk.downsample {
                     out.push(ConvInfo {
+                        role: ConvRole::Shortcut,
                         name: format!("{prefix}.downsample.0"),
                         bn: format!("{prefix}.downsample.1"),
                         in_channels: in_w,
@@ -478,27 +525,54 @@ impl ArchSpec {
     /// Name and shape of every tensor a checkpoint of this spec holds (torchvision names plus
     /// `bnneck.*` and `classifier.weight`).
     pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        self.tensors()
+            .into_iter()
+            .map(|t| (t.name, t.shape))
+            .collect()
+    }
+
+    /// Every tensor of the network with its shape and role, in checkpoint order: what the
+    /// optimiser decays, what belongs to the re-ID head, what initialisation fills, known from
+    /// the structure.
+    pub fn tensors(&self) -> Vec<TensorInfo> {
         let mut out = Vec::new();
-        let bn = |out: &mut Vec<(String, Vec<usize>)>, name: &str, c: usize| {
-            for t in ["weight", "bias", "running_mean", "running_var"] {
-                out.push((format!("{name}.{t}"), vec![c]));
+        let bn = |out: &mut Vec<TensorInfo>, name: &str, c: usize, follows: Option<ConvRole>| {
+            for (t, role) in [
+                ("weight", TensorRole::BnWeight),
+                ("bias", TensorRole::BnBias),
+                ("running_mean", TensorRole::BnRunningMean),
+                ("running_var", TensorRole::BnRunningVar),
+            ] {
+                out.push(TensorInfo {
+                    name: format!("{name}.{t}"),
+                    shape: vec![c],
+                    role,
+                    head: follows.is_none(),
+                    follows,
+                });
             }
         };
         for c in self.convs() {
-            out.push((
-                format!("{}.weight", c.name),
-                vec![c.out_channels, c.in_channels, c.kernel, c.kernel],
-            ));
-            bn(&mut out, &c.bn, c.out_channels);
+            out.push(TensorInfo {
+                name: format!("{}.weight", c.name),
+                shape: vec![c.out_channels, c.in_channels, c.kernel, c.kernel],
+                role: TensorRole::ConvWeight(c.role),
+                head: false,
+                follows: None,
+            });
+            bn(&mut out, &c.bn, c.out_channels, Some(c.role));
         }
         if self.neck == Neck::BnNeck {
-            bn(&mut out, "bnneck", self.feature_dim);
+            bn(&mut out, "bnneck", self.feature_dim, None);
         }
         if self.num_classes > 0 {
-            out.push((
-                "classifier.weight".into(),
-                vec![self.num_classes, self.feature_dim],
-            ));
+            out.push(TensorInfo {
+                name: "classifier.weight".into(),
+                shape: vec![self.num_classes, self.feature_dim],
+                role: TensorRole::ClassifierWeight,
+                head: true,
+                follows: None,
+            });
         }
         out
     }
@@ -514,7 +588,7 @@ impl ArchSpec {
         if for_training {
             let (mut ch, mut cw) = (h, w);
             for c in self.convs() {
-                if c.name.contains("downsample") {
+                if c.role == ConvRole::Shortcut {
                     continue;
                 }
                 if c.stride == 2 && ch % 2 != cw % 2 {
@@ -581,6 +655,49 @@ pub fn parse_branch_conv(name: &str) -> Option<(usize, usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Roles come from the structure: the BNs (the shortcut's and the neck's included) get no
+    /// decay, every conv weight and the classifier do; the head is the neck and classifier; a
+    /// BN knows its conv (the last branch BN is what zero-init-residual zeroes).
+    #[test]
+    fn tensor_roles_follow_the_structure() {
+        let spec = ArchSpec::resnet(50, 10).unwrap();
+        let t = spec.tensors();
+        let decayed: Vec<&str> = t
+            .iter()
+            .filter(|t| t.role.decays())
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(decayed.len(), spec.convs().len() + 1);
+        assert!(decayed.contains(&"layer1.0.downsample.0.weight"));
+        assert!(decayed.contains(&"classifier.weight"));
+        assert!(!decayed
+            .iter()
+            .any(|n| n.contains("bn") || n.ends_with("downsample.1.weight")));
+        let head: Vec<&str> = t
+            .iter()
+            .filter(|t| t.head)
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(
+            head,
+            [
+                "bnneck.weight",
+                "bnneck.bias",
+                "bnneck.running_mean",
+                "bnneck.running_var",
+                "classifier.weight"
+            ]
+        );
+        let last = t.iter().find(|t| t.name == "layer2.1.bn3.weight").unwrap();
+        assert_eq!(last.follows, Some(ConvRole::Branch(2)));
+        let ds = t
+            .iter()
+            .find(|t| t.name == "layer2.0.downsample.1.weight")
+            .unwrap();
+        assert_eq!(ds.follows, Some(ConvRole::Shortcut));
+        assert_eq!(spec.expected_tensors().len(), t.len());
+    }
 
     #[test]
     fn standard_specs_validate() {

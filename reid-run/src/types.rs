@@ -244,3 +244,47 @@ mod tests {
         assert!(e.contains("64y32") && e.contains("input"), "{e}");
     }
 }
+
+/// The paper's scenarios (Fig. 3): where pruning happens relative to the domain transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Scenario {
+    /// Prune on the source, then fine-tune on the target.
+    S1,
+    /// Half the reduction on the source, fine-tune, the other half on the target.
+    S2,
+    /// Fine-tune, then prune on the target.
+    S3,
+    /// Prune the source model on the target (retraining there), without fine-tuning first.
+    S4,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 4] = [Scenario::S1, Scenario::S2, Scenario::S3, Scenario::S4];
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scenario::S1 => "S1",
+            Scenario::S2 => "S2",
+            Scenario::S3 => "S3",
+            Scenario::S4 => "S4",
+        }
+    }
+}
+
+impl std::str::FromStr for Scenario {
+    type Err = String;
+
+    /// A grid cell's `scenario` (`S1`…`S4`); the other rows of a grid (baseline, source,
+    /// scratch) and single runs are no scenario.
+    fn from_str(s: &str) -> Result<Self, String> {
+        Scenario::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| format!("'{s}' is not a scenario: expected one of S1, S2, S3, S4"))
+    }
+}
+
+impl std::fmt::Display for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

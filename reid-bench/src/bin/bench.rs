@@ -250,17 +250,19 @@ fn per_kind_ms(
 ) -> Result<std::collections::BTreeMap<String, (f64, u64)>> {
     let dev = Device::Cpu;
     let mut out = std::collections::BTreeMap::new();
+    let roles: std::collections::HashMap<String, reid_model::arch::ConvRole> =
+        spec.convs().into_iter().map(|c| (c.name, c.role)).collect();
     for l in complexity(spec, 256, 128)?
         .layers
         .iter()
         .filter(|l| l.kind == "conv")
     {
-        let kind = if l.name == "conv1" {
-            "stem".to_string()
-        } else if l.name.contains("downsample") {
-            "downsample".to_string()
-        } else {
-            l.name.rsplit('.').next().unwrap_or("?").to_string()
+        use reid_model::arch::ConvRole;
+        let kind = match roles.get(&l.name) {
+            Some(ConvRole::Stem) => "stem".to_string(),
+            Some(ConvRole::Shortcut) => "downsample".to_string(),
+            Some(ConvRole::Branch(k)) => format!("conv{}", k + 1),
+            None => "?".to_string(),
         };
         let ih = (l.out_hw[0] - 1) * l.stride + l.kernel - 2 * l.padding;
         let iw = (l.out_hw[1] - 1) * l.stride + l.kernel - 2 * l.padding;

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::net::ReidNet;
-use optim::{default_decay, Optimizer, OptimizerConfig, ParamSlot};
+use optim::{Optimizer, OptimizerConfig, ParamSlot};
 use schedule::Schedule;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,10 +75,6 @@ pub struct StepStats {
     pub images: usize,
 }
 
-fn is_head(name: &str) -> bool {
-    name.starts_with("bnneck.") || name.starts_with("classifier.")
-}
-
 pub struct Trainer {
     pub config: TrainConfig,
     pub optimizer: Optimizer,
@@ -101,20 +97,35 @@ impl Trainer {
                 "training needs a classifier (num_classes > 0)".into(),
             ));
         }
+        // each parameter's role from the network's description: the head learns at the full
+        // rate, and BN affine parameters get no weight decay (the usual re-ID recipe)
+        let roles: HashMap<String, reid_run::arch::TensorInfo> = net
+            .spec()
+            .tensors()
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
         let params = net
             .named_parameters()
             .into_iter()
-            .map(|(name, var)| ParamSlot {
-                lr_mult: if is_head(&name) {
-                    1.0
-                } else {
-                    config.backbone_lr_mult
-                },
-                decay: default_decay(&name),
-                name,
-                var,
+            .map(|(name, var)| {
+                let info = roles.get(&name).ok_or_else(|| {
+                    ModelError::Arch(format!(
+                        "parameter '{name}' is not in the network's description"
+                    ))
+                })?;
+                Ok(ParamSlot {
+                    lr_mult: if info.head {
+                        1.0
+                    } else {
+                        config.backbone_lr_mult
+                    },
+                    decay: info.role.decays(),
+                    name,
+                    var,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         let centers = if config.task == Task::Reid && config.center_loss_weight > 0.0 {
             // Standard-normal start as in Bag of Tricks, from a fixed stream (reproducible runs).
             let (classes, dim) = (net.spec().num_classes, net.spec().feature_dim);

@@ -62,11 +62,6 @@ pub struct ParamSlot {
     pub decay: bool,
 }
 
-/// BN weights/biases and biases get no weight decay (the usual re-ID recipe).
-pub fn default_decay(name: &str) -> bool {
-    !(name.ends_with(".bias") || name.contains("bn") || name.contains("downsample.1"))
-}
-
 pub struct Optimizer {
     pub config: OptimizerConfig,
     pub params: Vec<ParamSlot>,

@@ -125,6 +125,14 @@ pub fn by_name(name: &str, seed: u64) -> Result<Box<dyn Criterion>> {
 /// stream itself where it is read: the output of every block it runs through (and the stem's
 /// pooled output for the first stream), traced as `layerS.B.out` / `stem`.
 fn group_members(criterion: &dyn Criterion, net: &ReidNet) -> Vec<(String, Vec<PrunableConv>)> {
+    // a stream's projection shortcut is read where the block's output is: not a point of its own
+    let shortcuts: std::collections::HashSet<String> = net
+        .spec()
+        .convs()
+        .into_iter()
+        .filter(|c| c.role == reid_model::arch::ConvRole::Shortcut)
+        .map(|c| c.name)
+        .collect();
     net.spec()
         .residual_groups()
         .into_iter()
@@ -141,7 +149,7 @@ fn group_members(criterion: &dyn Criterion, net: &ReidNet) -> Vec<(String, Vec<P
             let members = if criterion.needs_data() {
                 g.producers
                     .iter()
-                    .filter(|(conv, _)| !conv.contains("downsample"))
+                    .filter(|(conv, _)| !shortcuts.contains(conv))
                     .map(|(conv, bn)| {
                         let point = match conv.rsplit_once('.') {
                             Some((block, _)) => format!("{block}.out"),
