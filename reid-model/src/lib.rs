@@ -1,6 +1,7 @@
 //! reid-model: a prunable, self-describing ResNet re-ID network on candle.
 //!
-//! - [`arch::ArchSpec`]: every conv's width, so a pruned net is just another spec;
+//! - [`arch::ArchSpec`] (re-exported from the contract crate reid-run): every conv's width and
+//!   role, so a pruned net is just another spec;
 //! - [`net::ReidNet`]: stem, four stages, GAP, BNNeck, classifier; train/eval BN; activation hooks;
 //! - [`checkpoint`]: `model.safetensors` with `reid.arch` / `reid.provenance` metadata, atomic writes;
 //! - [`hub`]: torchvision/timm ImageNet weights from a path or a hub id;
