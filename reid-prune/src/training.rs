@@ -336,7 +336,7 @@ impl RunConfig {
 
 /// Wider nets than this are refused before any allocation (`--width-mult 100` allocated until
 /// the allocator aborted).
-pub const MAX_WIDTH_MULT: f64 = 4.0;
+pub use reid_model::arch::MAX_WIDTH_MULT;
 /// More epochs than this are a typo.
 pub const MAX_EPOCHS: usize = 100_000;
 /// Images a batch at most (P×K or batch size).

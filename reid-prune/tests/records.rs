@@ -347,6 +347,10 @@ fn unbounded_inputs_are_refused_before_anything_is_written() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--input", "8192x8192"], "1..=2048"),
         (vec!["--width-mult", "100"], "width_mult = 100"),
+        (
+            vec!["--width-mult", "1e-9"],
+            "from 1/64 (a one-channel stem)",
+        ),
         (vec!["--batch-pk", "1x1"], "--batch-pk"),
         (
             vec!["--batch-pk", "4x1"],
@@ -1241,4 +1245,22 @@ fn zero_epochs_from_scratch_are_refused() {
     .output()
     .unwrap());
     assert_eq!(config(&out)["train"]["epochs"].as_integer(), Some(0));
+}
+
+/// `flops` builds the network it counts from the same bounded multiplier as `train`: a
+/// 1000-times-wide ResNet-50 is refused, not counted at 23 T parameters.
+#[test]
+fn flops_refuses_a_width_no_network_is_built_at() {
+    for w in ["1000", "0.001"] {
+        let o = Command::new(BIN)
+            .args(["flops", "--arch", "resnet50", "--width-mult", w])
+            .output()
+            .unwrap();
+        let err = refused(o);
+        assert!(
+            err.contains(&format!("width_mult = {w}"))
+                && err.contains("expected a number from 1/64"),
+            "{err}"
+        );
+    }
 }

@@ -108,6 +108,13 @@ pub struct ArchSpec {
     pub width_mult: f64,
 }
 
+/// The widest network built from a multiplier: a ResNet-50 four times as wide has ~410 M
+/// parameters, more than any re-ID model.
+pub const MAX_WIDTH_MULT: f64 = 4.0;
+/// The narrowest: 64 × 1/64 is a one-channel stem (narrower ones were all clamped to one channel,
+/// a network the multiplier does not describe).
+pub const MIN_WIDTH_MULT: f64 = 1.0 / 64.0;
+
 /// Block counts per stage of the standard depths.
 pub fn stage_blocks(depth: usize) -> Result<(BlockKind, [usize; 4])> {
     Ok(match depth {
@@ -228,9 +235,11 @@ impl ArchSpec {
         last_stride: usize,
         neck: Neck,
     ) -> Result<Self> {
-        if !(width_mult > 0.0 && width_mult.is_finite()) {
+        if !(MIN_WIDTH_MULT..=MAX_WIDTH_MULT).contains(&width_mult) {
             return Err(ArchError::Arch(format!(
-                "width_mult must be a positive number, got {width_mult}"
+                "width_mult = {width_mult}: expected a number from 1/64 (a one-channel stem) to \
+                 {MAX_WIDTH_MULT} (a {MAX_WIDTH_MULT}x-wide ResNet-50 already has ~{} M parameters)",
+                (25.6 * MAX_WIDTH_MULT * MAX_WIDTH_MULT) as u64
             )));
         }
         if last_stride != 1 && last_stride != 2 {
