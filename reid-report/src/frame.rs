@@ -32,113 +32,121 @@ pub fn read_config(run: &Run) -> Result<Option<RunConfig>, String> {
     }))
 }
 
+/// One row of the results: a run on one of its evaluated datasets (or none).
+struct Row<'a> {
+    runs: &'a [Run],
+    run: &'a Run,
+    cfg: &'a RunConfig,
+    dataset: Option<&'a String>,
+    entry: Option<&'a reid_run::EvalEntry>,
+}
+
+impl Row<'_> {
+    fn m(&self) -> &reid_run::RunMetrics {
+        &self.run.metrics
+    }
+    /// A cost that depends on the input size: none for an evaluation at another size than the
+    /// run's (its MACs and latency are at the run's own size).
+    fn at_size<T>(&self, v: Option<T>) -> Option<T> {
+        v.filter(|_| self.entry.and_then(|e| e.input).is_none())
+    }
+    fn train(&self) -> reid_run::TrainSummary {
+        self.m().train.clone().unwrap_or_default()
+    }
+}
+
+/// A column of results.csv: its name and how a row gives its value. Adding a column is one
+/// line of [`COLUMNS`].
+enum ResultColumn {
+    Str(&'static str, fn(&Row) -> Option<String>),
+    U64(&'static str, fn(&Row) -> Option<u64>),
+    F64(&'static str, fn(&Row) -> Option<f64>),
+    I64(&'static str, fn(&Row) -> Option<i64>),
+}
+
+/// The columns in file order.
+const COLUMNS: &[ResultColumn] = &[
+    ResultColumn::Str("run", |r| Some(r.run.id.clone())),
+    ResultColumn::Str("experiment", |r| Some(r.m().experiment.clone())),
+    ResultColumn::Str("target_dataset", |r| r.m().target_dataset.clone()),
+    ResultColumn::Str("scenario", |r| Some(r.m().scenario.clone())),
+    ResultColumn::Str("criterion", |r| Some(r.m().criterion.clone())),
+    ResultColumn::Str("level", |r| Some(r.m().level.clone())),
+    ResultColumn::Str("backbone", |r| Some(r.m().backbone.clone())),
+    ResultColumn::Str("dataset", |r| r.dataset.cloned()),
+    // an evaluation at another size than the run's is at its own size
+    ResultColumn::Str("input", |r| {
+        r.entry
+            .and_then(|e| e.input)
+            .map(|i| i.to_string())
+            .or(r.cfg.input.clone())
+    }),
+    ResultColumn::Str("device", |r| r.cfg.device.clone()),
+    ResultColumn::U64("macs", |r| r.at_size(Some(r.m().macs))),
+    ResultColumn::U64("params", |r| Some(r.m().params)),
+    ResultColumn::U64("num_valid_queries", |r| {
+        r.entry.and_then(|e| e.num_valid_queries)
+    }),
+    ResultColumn::U64("epochs", |r| r.train().epochs),
+    ResultColumn::F64("gflops", |r| r.at_size(Some(r.run.gflops()))),
+    ResultColumn::F64("params_m", |r| Some(r.run.params_m())),
+    ResultColumn::F64("kept_channel_fraction", |r| r.m().kept_channel_fraction),
+    ResultColumn::F64("latency_b1_ms", |r| r.at_size(r.run.latency(false))),
+    ResultColumn::F64("latency_b32_ms", |r| r.at_size(r.run.latency(true))),
+    ResultColumn::F64("speedup_b32", |r| r.at_size(speedup(r.runs, r.run))),
+    ResultColumn::F64("mAP", |r| r.entry.map(|e| e.map)),
+    ResultColumn::F64("rank1", |r| r.entry.map(|e| e.rank1)),
+    ResultColumn::F64("rank5", |r| r.entry.and_then(|e| e.rank5)),
+    ResultColumn::F64("rank10", |r| r.entry.and_then(|e| e.rank10)),
+    ResultColumn::F64("mINP", |r| r.entry.and_then(|e| e.minp)),
+    ResultColumn::F64("train_wall_s", |r| r.train().wall_s),
+    ResultColumn::F64("final_loss", |r| r.train().final_loss),
+    ResultColumn::F64("width_mult", |r| r.cfg.width_mult),
+    ResultColumn::F64("rank20", |r| r.entry.and_then(|e| e.cmc.get(19).copied())),
+    ResultColumn::F64("rank50", |r| r.entry.and_then(|e| e.cmc.get(49).copied())),
+    ResultColumn::I64("seed", |r| r.cfg.seed),
+];
+
 pub fn results_frame(runs: &[Run], configs: &[Option<RunConfig>]) -> PolarsResult<DataFrame> {
-    let mut s: Vec<Vec<Option<String>>> = vec![Vec::new(); 10];
-    let mut f: Vec<Vec<Option<f64>>> = vec![Vec::new(); 16];
-    let mut i: Vec<Vec<Option<u64>>> = vec![Vec::new(); 4];
-    let mut seeds: Vec<Option<i64>> = Vec::new();
-    for (run, cfg) in runs.iter().zip(configs) {
+    let configs: Vec<RunConfig> = configs
+        .iter()
+        .map(|c| c.clone().unwrap_or_default())
+        .collect();
+    let mut rows = Vec::new();
+    for (run, cfg) in runs.iter().zip(&configs) {
         let m = &run.metrics;
         let datasets: Vec<Option<&String>> = if m.eval.is_empty() {
             vec![None]
         } else {
             m.eval.keys().map(Some).collect()
         };
-        for d in datasets {
-            let e = d.and_then(|d| m.eval.get(d));
-            let cfg = cfg.clone().unwrap_or_default();
-            // an evaluation at another size than the run's: its own size, and none of the
-            // run's costs that depend on the size
-            let other = e.and_then(|e| e.input);
-            let at_size = |v: Option<f64>| v.filter(|_| other.is_none());
-            for (col, v) in s.iter_mut().zip([
-                Some(run.id.clone()),
-                Some(m.experiment.clone()),
-                m.target_dataset.clone(),
-                Some(m.scenario.clone()),
-                Some(m.criterion.clone()),
-                Some(m.level.clone()),
-                Some(m.backbone.clone()),
-                d.cloned(),
-                other.map(|i| i.to_string()).or(cfg.input.clone()),
-                cfg.device.clone(),
-            ]) {
-                col.push(v);
-            }
-            let train = m.train.clone().unwrap_or_default();
-            for (col, v) in f.iter_mut().zip([
-                at_size(Some(run.gflops())),
-                Some(run.params_m()),
-                m.kept_channel_fraction,
-                at_size(run.latency(false)),
-                at_size(run.latency(true)),
-                at_size(speedup(runs, run)),
-                e.map(|e| e.map),
-                e.map(|e| e.rank1),
-                e.and_then(|e| e.rank5),
-                e.and_then(|e| e.rank10),
-                e.and_then(|e| e.minp),
-                train.wall_s,
-                train.final_loss,
-                cfg.width_mult,
-                e.and_then(|e| e.cmc.get(19).copied()),
-                e.and_then(|e| e.cmc.get(49).copied()),
-            ]) {
-                col.push(v);
-            }
-            for (col, v) in i.iter_mut().zip([
-                Some(m.macs).filter(|_| other.is_none()),
-                Some(m.params),
-                e.and_then(|e| e.num_valid_queries),
-                train.epochs,
-            ]) {
-                col.push(v);
-            }
-            seeds.push(cfg.seed);
+        for dataset in datasets {
+            rows.push(Row {
+                runs,
+                run,
+                cfg,
+                dataset,
+                entry: dataset.and_then(|d| m.eval.get(d)),
+            });
         }
     }
-    let s_names = [
-        "run",
-        "experiment",
-        "target_dataset",
-        "scenario",
-        "criterion",
-        "level",
-        "backbone",
-        "dataset",
-        "input",
-        "device",
-    ];
-    let f_names = [
-        "gflops",
-        "params_m",
-        "kept_channel_fraction",
-        "latency_b1_ms",
-        "latency_b32_ms",
-        "speedup_b32",
-        "mAP",
-        "rank1",
-        "rank5",
-        "rank10",
-        "mINP",
-        "train_wall_s",
-        "final_loss",
-        "width_mult",
-        "rank20",
-        "rank50",
-    ];
-    let i_names = ["macs", "params", "num_valid_queries", "epochs"];
-    let mut cols: Vec<Column> = Vec::new();
-    for (n, v) in s_names.iter().zip(s) {
-        cols.push(Column::new((*n).into(), v));
-    }
-    for (n, v) in i_names.iter().zip(i) {
-        cols.push(Column::new((*n).into(), v));
-    }
-    for (n, v) in f_names.iter().zip(f) {
-        cols.push(Column::new((*n).into(), v));
-    }
-    cols.push(Column::new("seed".into(), seeds));
+    let cols: Vec<Column> = COLUMNS
+        .iter()
+        .map(|c| match c {
+            ResultColumn::Str(n, get) => {
+                Column::new((*n).into(), rows.iter().map(get).collect::<Vec<_>>())
+            }
+            ResultColumn::U64(n, get) => {
+                Column::new((*n).into(), rows.iter().map(get).collect::<Vec<_>>())
+            }
+            ResultColumn::F64(n, get) => {
+                Column::new((*n).into(), rows.iter().map(get).collect::<Vec<_>>())
+            }
+            ResultColumn::I64(n, get) => {
+                Column::new((*n).into(), rows.iter().map(get).collect::<Vec<_>>())
+            }
+        })
+        .collect();
     DataFrame::new_infer_height(cols)
 }
 
