@@ -1,5 +1,11 @@
-//! reid-data: images to network inputs. This first part holds the image decoding and ImageNet
-//! preprocessing shared by feature extraction and training.
+//! reid-data: re-ID datasets on disk, to network inputs.
+//!
+//! - [`datasets`]: the loaders of Market-1501, DukeMTMC-reID, CUHK03-NP, MSMT17 and image
+//!   folders in their own layouts (names from the contract crate's `DatasetName`), and the
+//!   fingerprint of the images a dataset lists (step keys, resume checks, reid-eval);
+//! - [`loader`]: P×K identity sampling and batch-wise augmentation for training;
+//! - [`transforms`]: image decoding and ImageNet preprocessing shared by extraction and training;
+//! - [`synth`]: the synthetic benchmark's generator (real JPEG files in a real layout).
 
 pub mod datasets;
 pub mod error;

@@ -20,12 +20,7 @@ const PAPER_CSV: &str = include_str!("../data/paper_results.csv");
 /// The paper's datasets under the names our dataset registry uses; CUHK03-NP's labeled and
 /// detected splits both compare with the paper's CUHK03-NP column.
 pub fn paper_dataset(name: &str) -> Option<&'static str> {
-    match name {
-        "market1501" | "market-1501" => Some("market1501"),
-        "dukemtmc-reid" | "dukemtmcreid" | "duke" => Some("dukemtmc-reid"),
-        n if n.starts_with("cuhk03-np") || n.starts_with("cuhk03np") => Some("cuhk03-np"),
-        _ => None,
-    }
+    name.parse::<reid_run::DatasetName>().ok()?.in_paper()
 }
 
 pub struct PaperResults {

@@ -52,7 +52,7 @@ pub use deploy::{
     file_sha256, read_deploy, read_deploy_for_model, DeployLatencies, DeployLatency, DEPLOY_FILE,
 };
 pub use metrics::{EvalEntry, Latency, RunFolder, RunMetrics, TrainSummary};
-pub use types::{DeviceSpec, InputSize, PkBatch, Scenario};
+pub use types::{DatasetName, DeviceSpec, InputSize, PkBatch, Scenario};
 
 use std::path::PathBuf;
 

@@ -201,6 +201,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn dataset_names_parse_with_their_aliases_once() {
+        for (given, canonical) in [
+            ("Market-1501", "market1501"),
+            ("duke", "dukemtmc-reid"),
+            ("cuhk03-np", "cuhk03-np-labeled"),
+            ("CUHK03-NP-DETECTED", "cuhk03-np-detected"),
+            ("imagefolder", "imagefolder"),
+        ] {
+            assert_eq!(given.parse::<DatasetName>().unwrap().canonical(), canonical);
+        }
+        let e = "marked".parse::<DatasetName>().unwrap_err();
+        assert!(
+            e.starts_with("unknown dataset 'marked': expected one of market1501, dukemtmc-reid"),
+            "{e}"
+        );
+        assert_eq!(
+            "cuhk03-np-detected"
+                .parse::<DatasetName>()
+                .unwrap()
+                .in_paper(),
+            Some("cuhk03-np")
+        );
+        assert_eq!("msmt17".parse::<DatasetName>().unwrap().in_paper(), None);
+    }
+
+    #[test]
     fn parse_print_and_refuse() {
         let i: InputSize = " 256 X 128".parse().unwrap();
         assert_eq!((i.hw(), i.to_string()), ((256, 128), "256x128".to_string()));
@@ -286,5 +312,109 @@ impl std::str::FromStr for Scenario {
 impl std::fmt::Display for Scenario {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// A dataset the loaders read, by the canonical name records and reports use. The names users
+/// write (aliases included, any case) are parsed once where they enter; nothing else tests a
+/// dataset name's text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DatasetName {
+    Market1501,
+    DukeMtmcReid,
+    Cuhk03NpLabeled,
+    Cuhk03NpDetected,
+    Msmt17,
+    ImageFolder,
+}
+
+impl DatasetName {
+    pub const ALL: [DatasetName; 6] = [
+        Self::Market1501,
+        Self::DukeMtmcReid,
+        Self::Cuhk03NpLabeled,
+        Self::Cuhk03NpDetected,
+        Self::Msmt17,
+        Self::ImageFolder,
+    ];
+
+    /// The name records and reports use.
+    pub fn canonical(self) -> &'static str {
+        match self {
+            Self::Market1501 => "market1501",
+            Self::DukeMtmcReid => "dukemtmc-reid",
+            Self::Cuhk03NpLabeled => "cuhk03-np-labeled",
+            Self::Cuhk03NpDetected => "cuhk03-np-detected",
+            Self::Msmt17 => "msmt17",
+            Self::ImageFolder => "imagefolder",
+        }
+    }
+
+    /// Other names accepted for it.
+    pub fn aliases(self) -> &'static [&'static str] {
+        match self {
+            Self::Market1501 => &["market-1501", "market"],
+            Self::DukeMtmcReid => &["dukemtmcreid", "duke"],
+            Self::Cuhk03NpLabeled => &["cuhk03-np", "cuhk03np"],
+            _ => &[],
+        }
+    }
+
+    /// One line on its layout.
+    pub fn about(self) -> &'static str {
+        match self {
+            Self::Market1501 => {
+                "Market-1501: bounding_box_train, query, bounding_box_test; 6 cameras"
+            }
+            Self::DukeMtmcReid => "DukeMTMC-reID: same layout as Market-1501; 8 cameras",
+            Self::Cuhk03NpLabeled => {
+                "CUHK03 new protocol, labeled/{bounding_box_train,query,bounding_box_test} \
+                 (also `cuhk03-np`)"
+            }
+            Self::Cuhk03NpDetected => {
+                "CUHK03 new protocol, detected/{bounding_box_train,query,bounding_box_test}"
+            }
+            Self::Msmt17 => {
+                "MSMT17 v1 (train/, test/) or v2 (mask_train_v2/, mask_test_v2/) with list_*.txt"
+            }
+            Self::ImageFolder => {
+                "one folder per class (training only): a pre-training / source set"
+            }
+        }
+    }
+
+    /// The dataset of the paper's tables it is (both CUHK03-NP variants are its `cuhk03-np`).
+    pub fn in_paper(self) -> Option<&'static str> {
+        match self {
+            Self::Market1501 => Some("market1501"),
+            Self::DukeMtmcReid => Some("dukemtmc-reid"),
+            Self::Cuhk03NpLabeled | Self::Cuhk03NpDetected => Some("cuhk03-np"),
+            Self::Msmt17 | Self::ImageFolder => None,
+        }
+    }
+}
+
+impl FromStr for DatasetName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let lower = s.trim().to_ascii_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|d| d.canonical() == lower || d.aliases().contains(&lower.as_str()))
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|d| d.canonical()).collect();
+                format!(
+                    "unknown dataset '{s}': expected one of {} (or an alias: market, duke, \
+                     cuhk03-np)",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+impl fmt::Display for DatasetName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.canonical())
     }
 }

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{DataError, Result};
+use reid_run::DatasetName;
 
 /// One image of a split.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,64 +45,9 @@ impl ReidDataset {
     }
 }
 
-/// What a dataset name maps to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Market1501,
-    Duke,
-    Cuhk03Np { detected: bool },
-    Msmt17,
-    ImageFolder,
-}
-
-/// Registered names, with a one-line description each.
-pub const DATASETS: [(&str, &str); 7] = [
-    (
-        "market1501",
-        "Market-1501: bounding_box_train, query, bounding_box_test; 6 cameras",
-    ),
-    (
-        "dukemtmc-reid",
-        "DukeMTMC-reID: same layout as Market-1501; 8 cameras",
-    ),
-    (
-        "cuhk03-np",
-        "CUHK03 new protocol, labeled boxes (alias of cuhk03-np-labeled)",
-    ),
-    (
-        "cuhk03-np-labeled",
-        "CUHK03 new protocol, labeled/{bounding_box_train,query,bounding_box_test}",
-    ),
-    (
-        "cuhk03-np-detected",
-        "CUHK03 new protocol, detected/{bounding_box_train,query,bounding_box_test}",
-    ),
-    (
-        "msmt17",
-        "MSMT17 v1 (train/, test/) or v2 (mask_train_v2/, mask_test_v2/) with list_*.txt",
-    ),
-    (
-        "imagefolder",
-        "one folder per class (training only): a pre-training / source set",
-    ),
-];
-
-fn kind(name: &str) -> Result<Kind> {
-    Ok(match name.to_ascii_lowercase().as_str() {
-        "market1501" | "market-1501" | "market" => Kind::Market1501,
-        "dukemtmc-reid" | "dukemtmcreid" | "duke" => Kind::Duke,
-        "cuhk03-np" | "cuhk03-np-labeled" | "cuhk03np" => Kind::Cuhk03Np { detected: false },
-        "cuhk03-np-detected" => Kind::Cuhk03Np { detected: true },
-        "msmt17" => Kind::Msmt17,
-        "imagefolder" => Kind::ImageFolder,
-        _ => {
-            let names: Vec<&str> = DATASETS.iter().map(|d| d.0).collect();
-            return Err(DataError::Invalid(format!(
-                "unknown dataset '{name}': expected one of {}",
-                names.join(", ")
-            )));
-        }
-    })
+/// The dataset a name denotes (the registry is the contract crate's [`DatasetName`]).
+fn kind(name: &str) -> Result<DatasetName> {
+    name.parse().map_err(DataError::Invalid)
 }
 
 /// Load dataset `name` from `root`.
@@ -110,7 +56,7 @@ pub fn load(name: &str, root: &Path) -> Result<ReidDataset> {
         return Err(DataError::file(root, "dataset root folder not found"));
     }
     let ds = match kind(name)? {
-        Kind::Market1501 => market1501::load_market_style(
+        DatasetName::Market1501 => market1501::load_market_style(
             "market1501",
             root,
             &[
@@ -120,7 +66,7 @@ pub fn load(name: &str, root: &Path) -> Result<ReidDataset> {
             ],
             1..=6,
         )?,
-        Kind::Duke => market1501::load_market_style(
+        DatasetName::DukeMtmcReid => market1501::load_market_style(
             "dukemtmc-reid",
             root,
             &[
@@ -130,7 +76,8 @@ pub fn load(name: &str, root: &Path) -> Result<ReidDataset> {
             ],
             1..=8,
         )?,
-        Kind::Cuhk03Np { detected } => {
+        d @ (DatasetName::Cuhk03NpLabeled | DatasetName::Cuhk03NpDetected) => {
+            let detected = d == DatasetName::Cuhk03NpDetected;
             let sub = if detected { "detected" } else { "labeled" };
             let candidates = [
                 sub.to_string(),
@@ -143,8 +90,8 @@ pub fn load(name: &str, root: &Path) -> Result<ReidDataset> {
             ds.name = format!("cuhk03-np-{sub}");
             ds
         }
-        Kind::Msmt17 => msmt17::load(root)?,
-        Kind::ImageFolder => load_imagefolder(root)?,
+        DatasetName::Msmt17 => msmt17::load(root)?,
+        DatasetName::ImageFolder => load_imagefolder(root)?,
     };
     Ok(ds)
 }
