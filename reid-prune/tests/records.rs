@@ -1120,13 +1120,15 @@ fn a_bad_set_value_over_a_config_file_names_the_flag() {
         "name = \"g\"\nseed = 0\n\n# the criteria\ncriteria = [\"l1\"]\n",
     )
     .unwrap();
-    let o = Command::new(BIN)
-        .args(["plan", "--config"])
-        .arg(&g)
-        .args(["--set", "criteria=[[[\"l1\"]]]"])
-        .output()
-        .unwrap();
-    let err = refused(o);
+    let plan = |set: &str| {
+        Command::new(BIN)
+            .args(["plan", "--config"])
+            .arg(&g)
+            .args(["--set", set])
+            .output()
+            .unwrap()
+    };
+    let err = refused(plan("criteria=[[[\"l1\"]]]"));
     assert!(
         err.contains("--set criteria: invalid type: sequence, expected a string"),
         "{err}"
@@ -1134,13 +1136,7 @@ fn a_bad_set_value_over_a_config_file_names_the_flag() {
     assert!(!err.contains("line 5") && !err.contains(" | "), "{err}");
     // an error of the file itself still points at its own line
     std::fs::write(&g, "name = \"g\"\n\nseed = \"x\"\n").unwrap();
-    let o = Command::new(BIN)
-        .args(["plan", "--config"])
-        .arg(&g)
-        .args(["--set", "criteria=[\"l1\"]"])
-        .output()
-        .unwrap();
-    let err = refused(o);
+    let err = refused(plan("criteria=[\"l1\"]"));
     assert!(
         err.contains("line 3") && err.contains("seed = \"x\""),
         "{err}"
