@@ -301,6 +301,10 @@ impl UpdateRule {
 
     /// Update `w` in place from its gradient `g` and its state (`m`, `v`; `None` before the first
     /// step); returns the state tensors it created.
+    ///
+    /// `g` is only read, never written: the patched candle-core (vendor/candle-core/PATCHED.md)
+    /// stores a tensor's first gradient as the very buffer backward produced, which may be
+    /// shared with another node's, so an in-place change of a gradient would change others.
     fn step_in_place(
         &self,
         w: &Tensor,
