@@ -473,6 +473,23 @@ impl ExperimentConfig {
 /// writes its own in `out/<label>/`), before any grid runs: the report then tells a cell left
 /// there by a single-target config, or the grid of a target since removed, from the current
 /// ones. Nothing for a single target (its grid writes that file).
+/// Every step of an experiment (all its targets' grids, shared steps once), without running or
+/// writing anything; `silent` keeps the grids' notes off stderr.
+pub fn planned_steps(all: &ExperimentConfig, silent: bool) -> Result<Vec<PlannedStep>> {
+    let shared_steps = all.out.join("steps");
+    let mut seen = std::collections::HashSet::new();
+    let mut steps = Vec::new();
+    for cfg in all.per_target() {
+        let mut runner = Runner::new(cfg)?.with_steps_dir(shared_steps.clone());
+        if silent {
+            runner = runner.silent();
+        }
+        let plan = runner.plan()?;
+        steps.extend(plan.into_iter().filter(|s| seen.insert(s.name.clone())));
+    }
+    Ok(steps)
+}
+
 /// Returns the claim on the folder (hold it while the grids run).
 pub fn record_several_targets(all: &ExperimentConfig) -> Result<Option<reid_run::lock::GridClaim>> {
     if all.targets.is_empty() {
@@ -505,6 +522,11 @@ pub struct Runner {
     data_record: BTreeMap<String, String>,
     /// This process's share of the output folder while the grid runs.
     grid_claim: Option<reid_run::lock::GridClaim>,
+    /// Steps to compute in the whole experiment and how many earlier grids computed: a step's
+    /// line says "step k/N" and the time left at this grid's pace.
+    progress: Option<(usize, usize)>,
+    /// No progress lines (a planning pass before the run).
+    silent: bool,
     /// Compute at most this many steps, then stop with [`StepBudgetSpent`] (a worker's
     /// `--max-steps`: finished steps stay for the next worker).
     max_steps: Option<usize>,
@@ -603,7 +625,22 @@ impl Runner {
             grid_claim: None,
             max_steps: None,
             computed: Vec::new(),
+            progress: None,
+            silent: false,
         })
+    }
+
+    /// Number the steps this runner computes: `total` to compute in the experiment, `offset`
+    /// computed by earlier grids of it.
+    pub fn with_progress(mut self, total: usize, offset: usize) -> Self {
+        self.progress = Some((total, offset));
+        self
+    }
+
+    /// Print nothing (a planning pass whose listing is not shown).
+    pub fn silent(mut self) -> Self {
+        self.silent = true;
+        self
     }
 
     /// Steps this process computed (reused ones not counted).
@@ -686,7 +723,26 @@ impl Runner {
     }
 
     fn log(&self, msg: &str) {
-        eprintln!("[{:>6.0} s] {msg}", self.started.elapsed().as_secs_f64());
+        if !self.silent {
+            eprintln!("[{:>6.0} s] {msg}", self.started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// "step k/N, ~m:ss left" for the step starting now (nothing without a known total): the
+    /// time left is this grid's mean time a computed step so far, times the steps left.
+    fn progress_note(&self) -> String {
+        let Some((total, offset)) = self.progress else {
+            return String::new();
+        };
+        let k = offset + self.computed.len() + 1;
+        let left = total.saturating_sub(k - 1);
+        let eta = if self.computed.is_empty() {
+            String::new()
+        } else {
+            let per = self.started.elapsed().as_secs_f64() / self.computed.len() as f64;
+            format!(", ~{} left", crate::training::clock(per * left as f64))
+        };
+        format!("step {k}/{}{eta}: ", total.max(k))
     }
 
     /// Run `f` in the folder of the step that computes `work` from `parents` unless it finished
@@ -787,13 +843,14 @@ impl Runner {
             &dir.join("step.json"),
             serde_json::to_string_pretty(&key)?.as_bytes(),
         )?;
+        let note = self.progress_note();
         if resuming {
             self.log(&format!(
-                "{what}: resuming the unfinished step in {}",
+                "{note}{what}: resuming the unfinished step in {}",
                 dir.display()
             ));
         } else {
-            self.log(&format!("{what} ({name})"));
+            self.log(&format!("{note}{what} ({name})"));
         }
         f(&dir).with_context(|| format!("step {what} in {}", dir.display()))?;
         write_atomic(&dir.join("DONE"), b"")?;

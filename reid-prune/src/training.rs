@@ -334,6 +334,45 @@ impl RunConfig {
     }
 }
 
+/// `h:mm:ss`, or `m:ss` under an hour (as fast-reid prints its ETA).
+pub fn clock(secs: f64) -> String {
+    let s = if secs.is_finite() {
+        secs.max(0.0).round() as u64
+    } else {
+        0
+    };
+    let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
+    if h > 0 {
+        format!("{h}:{m:02}:{s:02}")
+    } else {
+        format!("{m}:{s:02}")
+    }
+}
+
+/// An epoch's progress line for a person (log.jsonl keeps the full numbers): loss to 4
+/// digits, accuracy in %, speed, learning rate, the epoch's time and the time left at this
+/// run's pace.
+fn epoch_line(
+    (epoch, epochs): (usize, usize),
+    lr: f64,
+    loss: f64,
+    accuracy: f64,
+    images_per_s: f64,
+    wall_s: f64,
+    left_s: f64,
+) -> String {
+    let left = if epoch < epochs {
+        format!(", ~{} left", clock(left_s))
+    } else {
+        String::new()
+    };
+    format!(
+        "epoch {epoch}/{epochs}: loss {loss:.4}, accuracy {:.1} %, {images_per_s:.0} img/s, \
+         lr {lr:.2e}, {wall_s:.1} s{left}",
+        accuracy * 100.0
+    )
+}
+
 /// Wider nets than this are refused before any allocation (`--width-mult 100` allocated until
 /// the allocator aborted).
 pub use reid_model::arch::MAX_WIDTH_MULT;
@@ -1149,6 +1188,8 @@ pub fn run_training_with(
     let epochs = cfg.train.epochs;
     let mut batches_done = 0usize;
     let mut final_loss = f64::NAN;
+    // the epochs this process ran whole, for the time left
+    let (mut timed_epochs, mut timed_s) = (0usize, 0.0f64);
     for epoch in start_epoch..epochs {
         let lr = cfg.train.schedule.lr(epoch, epochs);
         let plan = epoch_batches(&train, sampling, cfg.seed, epoch)?;
@@ -1273,7 +1314,21 @@ pub fn run_training_with(
         )?;
         last_save = Instant::now();
         if show_progress {
-            eprintln!("epoch {}/{epochs}: {line}", epoch + 1);
+            timed_epochs += 1;
+            timed_s += wall;
+            let left = timed_s / timed_epochs as f64 * (epochs - epoch - 1) as f64;
+            eprintln!(
+                "{}",
+                epoch_line(
+                    (epoch + 1, epochs),
+                    lr,
+                    loss_sum / steps.max(1) as f64,
+                    correct as f64 / images.max(1) as f64,
+                    images as f64 / wall,
+                    wall,
+                    left,
+                )
+            );
         }
         let stop = interrupt.load(Ordering::SeqCst)
             || cfg.stop_after_batches.is_some_and(|n| batches_done >= n);
@@ -1352,4 +1407,35 @@ pub fn run_training_with(
         metrics,
         batches: batches_done,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A person reads the epoch line: 4-digit loss, accuracy in %, whole img/s, the time left
+    /// (none after the last epoch), not 17-digit JSON floats.
+    #[test]
+    fn epoch_lines_and_clocks_read_at_a_glance() {
+        assert_eq!(clock(0.4), "0:00");
+        assert_eq!(clock(75.0), "1:15");
+        assert_eq!(clock(3725.0), "1:02:05");
+        assert_eq!(clock(f64::NAN), "0:00");
+        assert_eq!(
+            epoch_line(
+                (3, 10),
+                1e-3,
+                3.2136929750442507,
+                0.55625,
+                280.4964487010809,
+                1.140834408,
+                8.2
+            ),
+            "epoch 3/10: loss 3.2137, accuracy 55.6 %, 280 img/s, lr 1.00e-3, 1.1 s, ~0:08 left"
+        );
+        assert_eq!(
+            epoch_line((10, 10), 3.5e-4, 0.5, 1.0, 99.6, 2.0, 0.0),
+            "epoch 10/10: loss 0.5000, accuracy 100.0 %, 100 img/s, lr 3.50e-4, 2.0 s"
+        );
+    }
 }

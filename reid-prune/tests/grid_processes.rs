@@ -311,3 +311,37 @@ fn a_worker_stops_after_its_max_steps_and_another_finishes() {
     assert!(out.contains("S3") && out.contains("S4"), "{out}");
     assert!(step_dirs(&cfg.out, "").iter().all(done));
 }
+
+/// The grid numbers the steps it computes against what was left to compute ("step k/N"), with
+/// the time left once a step has finished; a rerun has nothing left and prints no step.
+#[test]
+fn a_grid_says_which_step_of_how_many_it_computes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, cfg) = killable_grid(tmp.path(), "progress", vec![Scenario::S1], 1);
+    let left = reid_prune::scenario::planned_steps(&cfg, true)
+        .unwrap()
+        .len();
+    let o = grid_command(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    let steps: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.split_once("] step ").map(|(_, s)| s))
+        .collect();
+    assert_eq!(steps.len(), left, "{err}");
+    assert!(
+        steps[0].starts_with(&format!("1/{left}: pretrain")),
+        "{err}"
+    );
+    assert!(
+        steps[1].starts_with(&format!("2/{left}, ~")) && steps[1].contains(" left: "),
+        "{err}"
+    );
+    assert!(
+        steps[left - 1].starts_with(&format!("{left}/{left}, ~")),
+        "{err}"
+    );
+    let again = grid_command(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&again.stderr).into_owned();
+    assert!(!err.contains("] step "), "{err}");
+}

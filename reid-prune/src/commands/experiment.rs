@@ -141,18 +141,11 @@ pub fn plan(a: PlanArgs) -> Result<()> {
 }
 
 fn plan_experiment(all: reid_prune::scenario::ExperimentConfig, json: bool) -> Result<()> {
-    use reid_prune::scenario::{Runner, StepState};
+    use reid_prune::scenario::StepState;
     all.validate()
         .with_context(|| format!("experiment '{}'", all.name))?;
     let shared_steps = all.out.join("steps");
-    let mut seen = std::collections::HashSet::new();
-    let mut steps = Vec::new();
-    for cfg in all.per_target() {
-        let plan = Runner::new(cfg)?
-            .with_steps_dir(shared_steps.clone())
-            .plan()?;
-        steps.extend(plan.into_iter().filter(|s| seen.insert(s.name.clone())));
-    }
+    let steps = reid_prune::scenario::planned_steps(&all, false)?;
     let mut out = std::io::stdout().lock();
     for s in &steps {
         if json {
@@ -204,6 +197,16 @@ fn run_experiment_as(
     all.check_inputs()
         .with_context(|| format!("experiment '{}'", all.name))?;
     let _claim = reid_prune::scenario::record_several_targets(&all)?;
+    // the steps left to compute, for "step k/N" (a worker shares them with others: no count)
+    let to_compute = match worker {
+        None => Some(
+            reid_prune::scenario::planned_steps(&all, true)?
+                .iter()
+                .filter(|s| s.state != reid_prune::scenario::StepState::Done)
+                .count(),
+        ),
+        Some(_) => None,
+    };
     let grids = all.per_target();
     let shared_steps = all.out.join("steps");
     let mut computed: Vec<String> = Vec::new();
@@ -214,6 +217,9 @@ fn run_experiment_as(
         let mut runner = reid_prune::scenario::Runner::new(cfg.clone())?
             .with_steps_dir(shared_steps.clone())
             .with_max_steps(budget);
+        if let Some(total) = to_compute {
+            runner = runner.with_progress(total, computed.len());
+        }
         let result = runner.run();
         computed.extend(runner.computed.iter().cloned());
         let cells = match result {
