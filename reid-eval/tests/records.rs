@@ -258,3 +258,35 @@ fn a_runs_data_is_recognised_by_its_fingerprint_not_its_path() {
         .eval
         .contains_key("market1501+flip"));
 }
+
+/// `reid-eval bench` refuses counts of zero (`--ids 0` panicked on a division) and sizes whose
+/// features and distance matrix exceed the machine (10⁹ × 10⁹ grew to 24 GB and was killed).
+#[test]
+fn bench_sizes_are_checked_before_anything_is_allocated() {
+    let bench = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_reid-eval"))
+            .arg("bench")
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    let o = bench(&["--ids", "0"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("--ids 0: expected at least 1"), "{err}");
+    let o = bench(&[
+        "--queries",
+        "1000000000",
+        "--gallery",
+        "1000000000",
+        "--ids",
+        "3",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("GB (estimated, with the full distance matrix) and this machine has"),
+        "{err}"
+    );
+}

@@ -711,6 +711,14 @@ fn check_settings(cfg: &PruneConfig) -> Result<()> {
     if cfg.batch_size == 0 {
         bail!("--batch-size 0: expected at least 1 image a batch");
     }
+    // read by auto-balanced only, but recorded in every config.toml: a NaN there is no record
+    if !(cfg.balance_alpha.is_finite() && cfg.balance_alpha >= 0.0) {
+        bail!(
+            "--balance-alpha {}: expected a finite number ≥ 0 (the weight of auto-balanced's \
+             regulariser)",
+            cfg.balance_alpha
+        );
+    }
     // 0 retraining epochs means no retraining: those settings are not read then
     if cfg.retrain_epochs == 0 {
         return Ok(());

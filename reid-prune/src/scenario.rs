@@ -289,6 +289,18 @@ impl ExperimentConfig {
     /// Everything checked before the first step runs; errors name the field.
     pub fn validate(&self) -> Result<()> {
         check_path_name("name", &self.name)?;
+        // each target's grid goes to out/<label>/: two targets with one label would share it
+        let mut labels = std::collections::HashSet::new();
+        for t in &self.targets {
+            if !labels.insert(t.label()) {
+                anyhow::bail!(
+                    "targets: two targets are labelled '{}' (their grids would share \
+                     {}/{0}/); give each a distinct `name`",
+                    t.label(),
+                    self.out.display()
+                );
+            }
+        }
         crate::training::positive("width_mult", self.width_mult)?;
         crate::training::positive("lr", self.lr)?;
         crate::training::positive("checkpoint_interval_s", self.checkpoint_interval_s)?;

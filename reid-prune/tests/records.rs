@@ -1260,3 +1260,39 @@ fn flops_refuses_a_width_no_network_is_built_at() {
         );
     }
 }
+
+/// Flags that cannot apply are refused where they enter: flops' architecture flags beside a
+/// checkpoint (the file decides), train's resume permissions without --resume, a NaN or negative
+/// auto-balanced weight (recorded in every prune's config.toml).
+#[test]
+fn flags_that_cannot_apply_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tmp.path().join("ck.safetensors");
+    checkpoint(&ck, None);
+    let ck_s = ck.to_str().unwrap();
+    for flag in ["--width-mult", "--last-stride", "--num-classes"] {
+        let value = if flag == "--width-mult" { "1000" } else { "2" };
+        let o = Command::new(BIN)
+            .args(["flops", "--checkpoint", ck_s, flag, value])
+            .output()
+            .unwrap();
+        let err = refused(o);
+        assert!(err.contains("cannot be used with"), "{flag}: {err}");
+    }
+    let root = data(tmp.path());
+    let out = tmp.path().join("fresh");
+    for flag in ["--allow-data-change", "--allow-config-change"] {
+        let err = refused(train(&root, &out, &[flag]).output().unwrap());
+        assert!(err.contains("--resume"), "{flag}: {err}");
+        assert!(!out.exists());
+    }
+    for alpha in ["--balance-alpha=nan", "--balance-alpha=-5"] {
+        let out = tmp.path().join("pruned");
+        let err = refused(prune(&ck, &out, &[alpha]));
+        assert!(
+            err.contains("--balance-alpha") && err.contains("expected a finite number ≥ 0"),
+            "{err}"
+        );
+        assert!(!out.exists());
+    }
+}

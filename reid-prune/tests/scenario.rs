@@ -552,3 +552,20 @@ fn a_grid_of_another_config_is_refused_while_one_runs() {
     drop((claim, same));
     assert!(cfg.claim_folder().is_ok());
 }
+
+/// Two targets with one label would write one folder (the second grid's table over the first's):
+/// refused before any step, naming the label.
+#[test]
+fn two_targets_with_one_label_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tiny_config(tmp.path(), None);
+    let twice = ExperimentConfig {
+        targets: vec![base.target.clone(), base.target.clone()],
+        ..base.clone()
+    };
+    let err = format!("{:#}", twice.validate().unwrap_err());
+    assert!(
+        err.contains("two targets are labelled 'market1501'") && err.contains("distinct `name`"),
+        "{err}"
+    );
+}

@@ -112,7 +112,7 @@ pub fn load_runs(root: &Path) -> Result<(Vec<Run>, Vec<Problem>), RunsError> {
             }
         };
         if grid_cell {
-            if let Some(message) = left_from_earlier_run(&dir, root, &metrics.data) {
+            if let Some(message) = left_from_earlier_run(&dir, &metrics.data) {
                 problems.push(Problem {
                     path: dir.join(reid_run::metrics::CONFIG_FILE),
                     message,
@@ -194,14 +194,14 @@ fn collect_metrics(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), RunsError> 
 /// when there is nothing to compare with (a folder from before these records).
 fn left_from_earlier_run(
     dir: &Path,
-    root: &Path,
     data: &std::collections::BTreeMap<String, String>,
 ) -> Option<String> {
     use reid_run::metrics::{CONFIG_FILE, EXPERIMENT_DATA_FILE, EXPERIMENT_FILE};
+    // above the runs folder too: a report on `<out>/S1` is still about the experiment's cells
     let mut experiments = dir
         .ancestors()
         .skip(1)
-        .take_while(|a| a.starts_with(root))
+        .filter(|a| !a.as_os_str().is_empty())
         .filter(|a| a.join(EXPERIMENT_FILE).is_file());
     let exp_dir = experiments.next()?;
     let read = |p: &Path| -> Option<toml::Table> {

@@ -806,6 +806,11 @@ fn cells_left_from_an_earlier_config_of_the_grid_are_skipped_and_named() {
     let (runs, problems) = reid_report::runs::load_runs(root).unwrap();
     let ids: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids, ["exp/S1/l1-C1", "exp/mine"]);
+    // a report on the scenario's folder alone is still about the experiment's cells
+    let (sub, sub_problems) = reid_report::runs::load_runs(&root.join("exp/S1")).unwrap();
+    let sub_ids: Vec<&str> = sub.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(sub_ids, ["l1-C1"]);
+    assert_eq!(sub_problems.len(), 1, "{sub_problems:?}");
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert_eq!(problems[0].path, old.join("config.toml"));
     assert!(

@@ -49,6 +49,57 @@ fn bench_features(centres: &Tensor, n: usize, seed: u64) -> Result<(Tensor, Vec<
     Ok(((centres.index_select(&idx, 0)? + noise)?, pids, cams))
 }
 
+/// Every count at least 1, and the features (with the full distance matrix unless
+/// blockwise) within this machine's memory: refused before anything is allocated.
+fn check_sizes(
+    queries: usize,
+    gallery: usize,
+    dim: usize,
+    ids: usize,
+    blockwise_only: bool,
+) -> Result<()> {
+    for (flag, v) in [
+        ("--queries", queries),
+        ("--gallery", gallery),
+        ("--dim", dim),
+        ("--ids", ids),
+    ] {
+        if v == 0 {
+            anyhow::bail!("{flag} 0: expected at least 1");
+        }
+    }
+    // features and their noise, the identity centres, and the distance matrix
+    let floats = (queries as u128 + gallery as u128) * dim as u128 * 2
+        + ids as u128 * dim as u128
+        + if blockwise_only {
+            0
+        } else {
+            queries as u128 * gallery as u128
+        };
+    let need = floats.saturating_mul(4);
+    if let Some(have) = reid_model::complexity::machine_memory() {
+        if need > have as u128 {
+            anyhow::bail!(
+                "--queries {queries} --gallery {gallery} --dim {dim} --ids {ids} need at least \
+                 {:.1} GB (estimated{}) and this machine has {:.1} GB: use smaller sizes{}",
+                need as f64 / 1e9,
+                if blockwise_only {
+                    ""
+                } else {
+                    ", with the full distance matrix"
+                },
+                have as f64 / 1e9,
+                if blockwise_only {
+                    ""
+                } else {
+                    " or --blockwise-only"
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn run(a: Args) -> Result<()> {
     let Args {
         queries,
@@ -58,6 +109,7 @@ pub fn run(a: Args) -> Result<()> {
         rerank,
         blockwise_only,
     } = a;
+    check_sizes(queries, gallery, dim, ids, blockwise_only)?;
     let mut rng = reid_model::init::SplitMix64::new(0);
     let centres: Vec<f32> = (0..ids * dim).map(|_| rng.normal() as f32 * 0.5).collect();
     let centres = Tensor::from_vec(centres, (ids, dim), &Device::Cpu)?;

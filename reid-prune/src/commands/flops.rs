@@ -21,13 +21,13 @@ pub struct Args {
     #[arg(long, default_value = "256x128")]
     input: reid_run::InputSize,
     /// Width multiplier for --arch.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, conflicts_with = "checkpoint")]
     width_mult: f64,
     /// Classifier outputs for --arch (0 = feature extractor only).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with = "checkpoint")]
     num_classes: usize,
     /// Last stride for --arch (1 or 2).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, conflicts_with = "checkpoint")]
     last_stride: usize,
     /// Print one row per layer.
     #[arg(long)]

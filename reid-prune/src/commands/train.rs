@@ -71,11 +71,11 @@ pub struct Args {
     freeze_backbone: bool,
     /// With --resume: continue although the config differs from the run folder's config.toml
     /// (refused otherwise, naming the changed fields).
-    #[arg(long)]
+    #[arg(long, requires = "resume")]
     allow_config_change: bool,
     /// With --resume: continue although the dataset changed since the checkpoint (refused
     /// otherwise, naming what changed); recorded in the model's provenance.
-    #[arg(long)]
+    #[arg(long, requires = "resume")]
     allow_data_change: bool,
     /// Checkpoint inside an epoch when this many seconds passed since the last checkpoint
     /// (default 300): a crash in a long epoch loses minutes, not the epoch.
