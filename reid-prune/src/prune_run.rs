@@ -388,8 +388,9 @@ pub fn run_prune_until(
             // without retraining the model stays one of its trained size: scores and FLOPs at
             // another size would be recorded beside it
             bail!(
-                "--input {}: {} was trained at {trained} (its provenance); prune it at \
-                 --input {trained}, or retrain it at the new size (--retrain-epochs)",
+                "--input {} (256x128 when not given): {} was trained at {trained} (its \
+                 provenance); prune it at --input {trained}, or retrain it at the new size \
+                 (--retrain-epochs)",
                 cfg.input,
                 cfg.checkpoint.display()
             );
