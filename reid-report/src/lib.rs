@@ -92,6 +92,45 @@ fn skipped_list(problems: &[runs::Problem]) -> String {
         .collect()
 }
 
+/// The files a report wrote in its `--out`, one path relative to it a line: the next report
+/// into the folder removes those it does not write again (a table or figure of a dataset no
+/// longer in the runs), and nothing else.
+pub const MANIFEST: &str = ".report-files";
+
+/// Remove what the earlier report listed in [`MANIFEST`] and this one did not write, then list
+/// this one's. A line that is not one of the names a report writes (a `..`, an absolute path,
+/// an unsafe component) is left alone.
+fn remove_earlier_files(out: &Path, files: &[PathBuf]) -> Result<(), ReportError> {
+    let manifest = out.join(MANIFEST);
+    if let Ok(old) = std::fs::read_to_string(&manifest) {
+        for line in old.lines() {
+            let ours = !line.is_empty()
+                && line
+                    .split('/')
+                    .all(|c| !c.is_empty() && safe_component(c) == c);
+            let p = line.split('/').fold(out.to_path_buf(), |p, c| p.join(c));
+            if ours && !files.contains(&p) && p.is_file() {
+                std::fs::remove_file(&p).map_err(|e| ReportError::Write {
+                    path: p.clone(),
+                    message: format!("cannot remove the earlier report's file: {e}"),
+                })?;
+            }
+        }
+    }
+    let list: String = files
+        .iter()
+        .filter_map(|p| p.strip_prefix(out).ok())
+        .map(|r| {
+            r.components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/")
+                + "\n"
+        })
+        .collect();
+    write_atomic(&manifest, list.as_bytes())
+}
+
 pub fn write_report(
     runs_dir: &Path,
     out: &Path,
@@ -126,6 +165,12 @@ pub fn write_report(
             known: format!("run ids such as {}", ids.join(", ")),
         });
     }
+    // one report writes a folder at a time: two into one `--out` left a mix of both
+    let _lock =
+        reid_run::lock::claim_folder(out, "reid-report").map_err(|e| ReportError::Write {
+            path: out.to_path_buf(),
+            message: e.message(),
+        })?;
     let mut files = Vec::new();
     let mut put = |rel: &str, bytes: &[u8]| -> Result<(), ReportError> {
         // every component sanitised: nothing lands outside `out`
@@ -214,6 +259,7 @@ pub fn write_report(
         &problems,
     );
     put("index.html", page.as_bytes())?;
+    remove_earlier_files(out, &files)?;
     Ok(ReportSummary {
         runs: runs.len(),
         problems,

@@ -876,3 +876,41 @@ fn an_evaluation_at_another_size_is_not_given_the_runs_cost() {
     assert_eq!(t.rows[0][gflops], None);
     assert_eq!(t.rows[0][params].as_deref(), Some("12.00"));
 }
+
+/// A report into the folder of an earlier one leaves nothing of it that it does not write
+/// again (here the second dataset's table and figures), and nothing it did not write is removed.
+#[test]
+fn a_report_replaces_the_earlier_reports_files_only() {
+    let (tmp, out, _) = report();
+    assert!(out.join("tables/table8_synth-b.md").is_file());
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    // the same runs without their second dataset
+    let runs = tmp.path().join("one");
+    run(
+        &runs,
+        "S1/l1-C1",
+        "S1",
+        "l1",
+        "C1",
+        "resnet50",
+        2.0,
+        12.0,
+        (5.0, 90.0),
+        json!({"market1501": eval(0.5, 0.6)}),
+    );
+    let s = write_report(&runs, &out, &ReportOptions::default()).unwrap();
+    assert!(!out.join("tables/table8_synth-b.md").exists());
+    assert!(!out.join("tables/table8_synth-b.csv").exists());
+    let figs: Vec<String> = std::fs::read_dir(out.join("figures"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!figs.iter().any(|f| f.contains("synth-b")), "{figs:?}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+        "mine"
+    );
+    let listed = std::fs::read_to_string(out.join(reid_report::MANIFEST)).unwrap();
+    assert_eq!(listed.lines().count(), s.files.len());
+    assert!(listed.lines().all(|l| out.join(l).is_file()), "{listed}");
+}
