@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use std::mem::MaybeUninit;
 
-use super::conv_gemm::{matmul_uninit, threads, Geom, Mat};
+use super::conv_gemm::{matmul_uninit, threads, Geom, Mat, PARTS};
 
 /// A batch of activations, N×H×W×C in memory.
 #[derive(Clone, Debug, PartialEq)]
@@ -265,7 +265,9 @@ fn epilogue(y: &mut [f32], bias: &[f32], residual: Option<&[f32]>, relu: bool) {
 fn chunk_rows(pixels: usize) -> usize {
     const TARGET: usize = 512;
     const MIN: usize = 64;
-    let t = threads();
+    // PARTS, not the threads: gemm's depth blocking follows its shape, so rows a chunk decide
+    // the sums' order
+    let t = PARTS;
     if pixels < t * MIN {
         return pixels.max(1);
     }

@@ -227,8 +227,9 @@ const WG_PIXELS: usize = 128;
 
 /// dL/dW [cout × cin·k·k] = Σ_images Σ_q gy[o, q] · x_padded[c, shifted q], without im2col:
 /// gy is transposed to pixel-major so 64 output channels at a pixel are one tile row, and the 6
-/// input rows of a tile are broadcast from the padded input in place. Images are split over the
-/// threads; each thread sums gWᵀ [ckk × cout], and the partials are summed and transposed once.
+/// input rows of a tile are broadcast from the padded input in place. Images are split into
+/// [`super::PARTS`] runs whatever the threads; each sums gWᵀ [ckk × cout], and the partials are
+/// summed and transposed once.
 pub(crate) fn weight_grad(x: &[f32], gy: &[f32], g: &Geom) -> Vec<f32> {
     assert!(serves_weight_grad(g));
     let (img, hw, ckk) = (g.cin * g.h * g.w, g.hw_out(), g.ckk());
@@ -239,7 +240,7 @@ pub(crate) fn weight_grad(x: &[f32], gy: &[f32], g: &Geom) -> Vec<f32> {
     let rows: Vec<usize> = (0..ckk)
         .map(|r| (r / (g.k * g.k)) * plan.plane + plan.taps[r % (g.k * g.k)])
         .collect();
-    let per = g.n.div_ceil(super::threads()).max(1);
+    let per = g.n.div_ceil(super::PARTS).max(1);
     let partials: Vec<Vec<f32>> = x
         .par_chunks(per * img)
         .zip(gy.par_chunks(per * g.cout * hw))

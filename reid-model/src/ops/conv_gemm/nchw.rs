@@ -123,7 +123,7 @@ pub(crate) fn conv_forward_keep(
 ) -> (Vec<f32>, Option<Vec<f32>>) {
     let (hw, ckk) = (g.hw_out(), g.ckk());
     let keep = keep_cols && !g.is_pointwise() && ckk * hw * g.n <= KEEP_COLS_MAX_FLOATS;
-    if !keep && g.n >= threads() && direct::serves(g) {
+    if !keep && g.n >= PARTS && direct::serves(g) {
         return (direct::conv_forward(x, wt, g, epi), None);
     }
     conv_forward_gemm(x, wt, g, epi, keep)
@@ -287,7 +287,7 @@ pub(crate) fn conv_input_grad_stride1(gy: &[f32], wt: &[f32], g: &Geom) -> Vec<f
 /// dL/dW of a conv; `cols`: the forward's im2col of all images (see [`conv_forward_keep`]),
 /// when kept. The direct kernel where it serves (no im2col), else gemm.
 pub(crate) fn conv_weight_grad(x: &[f32], gy: &[f32], g: &Geom, cols: Option<&[f32]>) -> Vec<f32> {
-    if cols.is_none() && g.n >= threads() && direct::serves_weight_grad(g) {
+    if cols.is_none() && g.n >= PARTS && direct::serves_weight_grad(g) {
         return direct::weight_grad(x, gy, g);
     }
     conv_weight_grad_gemm(x, gy, g, cols)
@@ -327,74 +327,76 @@ pub(crate) fn conv_weight_grad_oriented(
 ) -> Vec<f32> {
     let (hw, ckk) = (g.hw_out(), g.ckk());
     let img = g.cin * g.h * g.w;
+    if g.n == 0 {
+        return vec![0.0; ckk * g.cout];
+    }
     let gs = group_size(g);
     // Σ over groups of cols_group [ckk × G·hw] × gy_groupᵀ [G·hw × cout], the first group's
     // product written (not added) into fresh memory; `kept`: the im2col of these images, when
     // the forward kept it.
-    let sum_groups = |xs: &[f32], gys: &[f32], kept: Option<&[f32]>, outer| -> Vec<f32> {
-        let mut s = Scratch::default();
-        let par = inner_parallelism(outer);
-        let mut acc: Vec<f32> = Vec::with_capacity(ckk * g.cout);
-        for (j, (xg, gyg)) in xs
-            .chunks(gs * img)
-            .zip(gys.chunks(gs * g.cout * hw))
-            .enumerate()
-        {
-            let ld = (xg.len() / img) * hw;
-            let gy_rows = if ld == hw {
-                gyg
-            } else {
-                // SAFETY: interleave writes all cout × ld elements.
-                unsafe { refill(&mut s.tmp, g.cout * ld, |t| interleave(gyg, g.cout, hw, t)) }
-            };
-            let cols = match kept {
-                Some(k) => &k[ckk * hw * j * gs..ckk * hw * j * gs + ckk * ld],
-                None => group_cols(xg, g, &mut s.col, !outer),
-            };
-            let (dims, lhs, rhs) = if as_is {
-                (
-                    (g.cout, ckk, ld),
-                    Mat::rows(gy_rows, ld),
-                    Mat::transposed(cols, ld),
-                )
-            } else {
-                (
-                    (ckk, g.cout, ld),
-                    Mat::rows(cols, ld),
-                    Mat::transposed(gy_rows, ld),
-                )
-            };
-            if j == 0 {
-                // SAFETY: gemm without accumulation writes all ckk × cout elements.
-                unsafe {
-                    refill(&mut acc, ckk * g.cout, |a| {
-                        matmul_uninit(a, dims, lhs, rhs, par);
-                    })
+    let sum_groups =
+        |xs: &[f32], gys: &[f32], kept: Option<&[f32]>, par: Parallelism| -> Vec<f32> {
+            let mut s = Scratch::default();
+            let mut acc: Vec<f32> = Vec::with_capacity(ckk * g.cout);
+            for (j, (xg, gyg)) in xs
+                .chunks(gs * img)
+                .zip(gys.chunks(gs * g.cout * hw))
+                .enumerate()
+            {
+                let ld = (xg.len() / img) * hw;
+                let gy_rows = if ld == hw {
+                    gyg
+                } else {
+                    // SAFETY: interleave writes all cout × ld elements.
+                    unsafe { refill(&mut s.tmp, g.cout * ld, |t| interleave(gyg, g.cout, hw, t)) }
                 };
-            } else {
-                matmul(&mut acc, dims, lhs, rhs, true, par);
+                let cols = match kept {
+                    Some(k) => &k[ckk * hw * j * gs..ckk * hw * j * gs + ckk * ld],
+                    None => group_cols(xg, g, &mut s.col, matches!(par, Parallelism::Rayon(_))),
+                };
+                let (dims, lhs, rhs) = if as_is {
+                    (
+                        (g.cout, ckk, ld),
+                        Mat::rows(gy_rows, ld),
+                        Mat::transposed(cols, ld),
+                    )
+                } else {
+                    (
+                        (ckk, g.cout, ld),
+                        Mat::rows(cols, ld),
+                        Mat::transposed(gy_rows, ld),
+                    )
+                };
+                if j == 0 {
+                    // SAFETY: gemm without accumulation writes all ckk × cout elements.
+                    unsafe {
+                        refill(&mut acc, ckk * g.cout, |a| {
+                            matmul_uninit(a, dims, lhs, rhs, par);
+                        })
+                    };
+                } else {
+                    matmul(&mut acc, dims, lhs, rhs, true, par);
+                }
             }
-        }
-        // no images: the gradient is zero
-        acc.resize(ckk * g.cout, 0.0);
-        acc
-    };
-    let partials: Vec<Vec<f32>> = if outer_parallel(g) {
-        // contiguous runs of groups per thread, one partial sum each
-        let groups = g.n.div_ceil(gs);
-        let per = groups.div_ceil(threads()) * gs;
-        x.par_chunks(per * img)
-            .zip(gy.par_chunks(per * g.cout * hw))
-            .enumerate()
-            .map(|(t, (xs, gys))| {
-                let n_here = xs.len() / img;
-                let kept = cols.map(|c| &c[ckk * hw * t * per..ckk * hw * (t * per + n_here)]);
-                sum_groups(xs, gys, kept, true)
-            })
-            .collect()
-    } else {
-        vec![sum_groups(x, gy, cols, false)]
-    };
+            // no images: the gradient is zero
+            acc.resize(ckk * g.cout, 0.0);
+            acc
+        };
+    // contiguous runs of groups, one partial sum each, as many as PARTS whatever the threads
+    let groups = g.n.div_ceil(gs);
+    let parts = groups.clamp(1, PARTS);
+    let per = groups.div_ceil(parts) * gs;
+    let par = part_parallelism(parts);
+    let partials: Vec<Vec<f32>> = x
+        .par_chunks((per * img).max(1))
+        .zip(gy.par_chunks((per * g.cout * hw).max(1)))
+        .enumerate()
+        .map(|(t, (xs, gys))| {
+            let n_here = xs.len() / img;
+            let kept = cols.map(|c| &c[ckk * hw * t * per..ckk * hw * (t * per + n_here)]);
+            sum_groups(xs, gys, kept, par)
+        })
+        .collect();
     if as_is {
         return sum_parts(partials);
     }
