@@ -54,8 +54,10 @@ pub struct PruneConfig {
     /// channel blocking of ONNX Runtime, oneDNN and tensor cores; 1 keeps any width.
     #[arg(long, default_value_t = defaults().round_to)]
     pub round_to: usize,
-    /// Input HEIGHTxWIDTH the FLOPs are counted at (and data is scored at).
-    #[arg(long, default_value_t = defaults().input)]
+    /// Input HEIGHTxWIDTH the FLOPs are counted at (and data is scored at). The command line's
+    /// `--input` is the prune command's own flag: when it is not given, the size the checkpoint
+    /// was trained at ([`trained_input`]), else 256x128.
+    #[arg(skip = defaults().input)]
     pub input: reid_run::InputSize,
     /// Dataset for data-driven criteria and retraining.
     #[arg(long)]
@@ -185,6 +187,17 @@ impl Default for PruneConfig {
             allow_data_change: false,
         }
     }
+}
+
+/// The input size a checkpoint records it was trained (or pruned) at, read from its header
+/// alone; `None` where it records none (plain torchvision weights) or cannot be read (loading it
+/// then names what is wrong).
+pub fn trained_input(path: &Path) -> Option<reid_run::InputSize> {
+    let header = reid_run::header::read_safetensors_header(path).ok()?;
+    let prov = header.metadata(reid_model::checkpoint::META_PROVENANCE)?;
+    serde_json::from_str::<reid_model::checkpoint::Provenance>(prov)
+        .ok()?
+        .input
 }
 
 /// Load a reid checkpoint, or plain torchvision/timm weights (any `fc` size becomes the classifier;
@@ -388,9 +401,8 @@ pub fn run_prune_until(
             // without retraining the model stays one of its trained size: scores and FLOPs at
             // another size would be recorded beside it
             bail!(
-                "--input {} (256x128 when not given): {} was trained at {trained} (its \
-                 provenance); prune it at --input {trained}, or retrain it at the new size \
-                 (--retrain-epochs)",
+                "--input {}: {} was trained at {trained} (its provenance); prune it at its \
+                 size (leave --input out), or retrain it at the new size (--retrain-epochs)",
                 cfg.input,
                 cfg.checkpoint.display()
             );
@@ -855,8 +867,6 @@ mod tests {
             "o",
             "--batch-pk",
             "8x4",
-            "--input",
-            "64x32",
             "--criterion",
             "lamp",
             "--checkpoint-interval",
@@ -864,7 +874,6 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.config.batch_pk, reid_run::PkBatch::new(8, 4));
-        assert_eq!(cli.config.input, reid_run::InputSize::new(64, 32));
         assert_eq!(cli.config.criterion, "lamp");
         assert_eq!(cli.config.checkpoint_interval_s, 60.0);
         let e = Cli::try_parse_from([

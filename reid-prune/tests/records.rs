@@ -493,6 +493,56 @@ fn prune(ck: &Path, out: &Path, extra: &[&str]) -> Output {
     prune_command(ck, out, extra).output().unwrap()
 }
 
+/// Without `--input` a prune runs at the size the checkpoint was trained at, and records it;
+/// before, it ran and counted FLOPs at 256x128 (or was refused naming a flag not given).
+#[test]
+fn a_prune_without_input_runs_at_the_trained_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tmp.path().join("m.safetensors");
+    checkpoint(&ck, Some(reid_run::InputSize::new(128, 64)));
+    let out = tmp.path().join("p");
+    let o = Command::new(BIN)
+        .args([
+            "prune",
+            "--criterion",
+            "l1",
+            "--level",
+            "0.5",
+            "--checkpoint",
+        ])
+        .arg(&ck)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    ok(o);
+    assert_eq!(config(&out)["input"].as_str(), Some("128x64"));
+    assert_eq!(
+        provenance(&out.join("model.safetensors")).input,
+        Some(reid_run::InputSize::new(128, 64))
+    );
+    // a checkpoint that records no size keeps the documented default
+    let plain = tmp.path().join("plain.safetensors");
+    checkpoint(&plain, None);
+    let out = tmp.path().join("q");
+    let o = Command::new(BIN)
+        .args([
+            "prune",
+            "--criterion",
+            "l1",
+            "--level",
+            "0.5",
+            "--checkpoint",
+        ])
+        .arg(&plain)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    ok(o);
+    assert_eq!(config(&out)["input"].as_str(), Some("256x128"));
+}
+
 #[test]
 fn a_failing_overwrite_puts_the_old_run_back_and_never_eats_its_input() {
     let tmp = tempfile::tempdir().unwrap();

@@ -10,6 +10,10 @@ use reid_prune::prune_run::PruneStopped;
 pub struct Args {
     #[command(flatten)]
     config: reid_prune::prune_run::PruneConfig,
+    /// Input HEIGHTxWIDTH the FLOPs are counted at and data is scored at [default: the size the
+    /// checkpoint was trained at, else 256x128]
+    #[arg(long)]
+    input: Option<reid_run::InputSize>,
     /// Continue an interrupted prune in --out (same settings): its retraining runs go on from
     /// their last checkpoints; scores and cuts are computed again (they are deterministic)
     #[arg(long)]
@@ -17,7 +21,12 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let cfg = a.config;
+    let mut cfg = a.config;
+    // parsed at the edge: the record says the size the prune ran at, given or the model's own
+    cfg.input = a
+        .input
+        .or_else(|| reid_prune::prune_run::trained_input(&cfg.checkpoint))
+        .unwrap_or(cfg.input);
     let stop = Arc::new(AtomicBool::new(false));
     super::signals::install(stop.clone(), "stopping at the next retraining checkpoint")?;
     if a.resume && !reid_run::RunFolder::new(&cfg.out).config_path().is_file() {
