@@ -115,7 +115,7 @@ pub fn complexity(spec: &ArchSpec, h: usize, w: usize) -> Result<Complexity> {
         if !is_shortcut {
             (cur_h, cur_w) = (oh, ow);
         }
-        if c.name == "conv1" {
+        if c.role == crate::arch::ConvRole::Stem {
             // stem max-pool 3×3 / 2 / 1
             cur_h = out_size(cur_h, 3, 2, 1)?;
             cur_w = out_size(cur_w, 3, 2, 1)?;

@@ -537,6 +537,23 @@ impl ReidNet {
         v
     }
 
+    /// The tensors a new head over other classes keeps: the state dict without the classifier
+    /// (found by its role in the spec).
+    pub fn state_dict_without_classifier(&self) -> Result<HashMap<String, Tensor>> {
+        let classifier: HashSet<String> = self
+            .spec
+            .tensors()
+            .into_iter()
+            .filter(|t| t.role == crate::arch::TensorRole::ClassifierWeight)
+            .map(|t| t.name)
+            .collect();
+        Ok(self
+            .state_dict()?
+            .into_iter()
+            .filter(|(k, _)| !classifier.contains(k))
+            .collect())
+    }
+
     /// Every tensor of the checkpoint, in [`ArchSpec::expected_tensors`] order (BN running stats
     /// included). Folded nets have no BN tensors and cannot be saved as checkpoints.
     pub fn state_dict(&self) -> Result<Vec<(String, Tensor)>> {

@@ -1,7 +1,6 @@
 //! One pruning run on disk: load a model, score its channels, plan, cut, optionally retrain
 //! (prune once, or iteratively in steps), and write a run folder with the pruned checkpoint.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -513,11 +512,7 @@ pub fn run_prune_until(
             if classes != net.spec().num_classes {
                 let mut spec = net.spec().clone();
                 spec.num_classes = classes;
-                let t: HashMap<String, Tensor> = net
-                    .state_dict()?
-                    .into_iter()
-                    .filter(|(k, _)| !k.starts_with("classifier."))
-                    .collect();
+                let t = net.state_dict_without_classifier()?;
                 net = ReidNet::from_tensors_trainable(&spec, &t, &device, cfg.seed)?;
             }
         }

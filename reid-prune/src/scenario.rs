@@ -271,7 +271,10 @@ impl ExperimentConfig {
     /// config runs there ([`reid_run::lock::claim_grid`]).
     pub fn claim_folder(&self) -> Result<reid_run::lock::GridClaim> {
         use sha2::{Digest, Sha256};
-        let text = toml::to_string(self).context("serialising the experiment config")?;
+        // what the config computes: workers on other GPUs or checkpoint intervals join
+        let table = toml::Table::try_from(self).context("serialising the experiment config")?;
+        let text = toml::to_string(&reid_run::metrics::experiment_view(&table))
+            .context("serialising the experiment config")?;
         let digest: String = Sha256::digest(text.as_bytes())
             .iter()
             .take(8)
@@ -481,10 +484,6 @@ impl ExperimentConfig {
     }
 }
 
-/// A several-target experiment's whole config at the top of its folder (each target's grid
-/// writes its own in `out/<label>/`), before any grid runs: the report then tells a cell left
-/// there by a single-target config, or the grid of a target since removed, from the current
-/// ones. Nothing for a single target (its grid writes that file).
 /// Every step of an experiment (all its targets' grids, shared steps once), without running or
 /// writing anything; `silent` keeps the grids' notes off stderr.
 pub fn planned_steps(all: &ExperimentConfig, silent: bool) -> Result<Vec<PlannedStep>> {
@@ -502,6 +501,10 @@ pub fn planned_steps(all: &ExperimentConfig, silent: bool) -> Result<Vec<Planned
     Ok(steps)
 }
 
+/// A several-target experiment's whole config at the top of its folder (each target's grid
+/// writes its own in `out/<label>/`), before any grid runs: the report then tells a cell left
+/// there by a single-target config, or the grid of a target since removed, from the current
+/// ones. Nothing for a single target (its grid writes that file).
 /// Returns the claim on the folder (hold it while the grids run).
 pub fn record_several_targets(all: &ExperimentConfig) -> Result<Option<reid_run::lock::GridClaim>> {
     if all.targets.is_empty() {

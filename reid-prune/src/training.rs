@@ -441,12 +441,7 @@ fn build_net(cfg: &RunConfig, num_classes: usize, device: &Device) -> Result<Rei
         // New task: keep the backbone (and neck), give it a fresh classifier.
         let mut spec = loaded.net.spec().clone();
         spec.num_classes = num_classes;
-        let tensors: HashMap<String, Tensor> = loaded
-            .net
-            .state_dict()?
-            .into_iter()
-            .filter(|(k, _)| !k.starts_with("classifier."))
-            .collect();
+        let tensors = loaded.net.state_dict_without_classifier()?;
         return Ok(ReidNet::from_tensors_trainable(
             &spec, &tensors, device, cfg.seed,
         )?);

@@ -493,6 +493,27 @@ fn prune(ck: &Path, out: &Path, extra: &[&str]) -> Output {
     prune_command(ck, out, extra).output().unwrap()
 }
 
+/// The default command claims its folder before it generates data: with a grid of another
+/// config running there, it is refused and the running grid's images stay as they are (before,
+/// it deleted and regenerated them, then was refused).
+#[test]
+fn a_default_run_over_a_running_grid_of_another_config_leaves_its_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x");
+    let _running = reid_run::lock::claim_grid(&out, "0123456789abcdef", "another").unwrap();
+    let o = Command::new(BIN)
+        .args(["--quick", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = refused(o);
+    assert!(
+        err.contains("a grid with another config is running here"),
+        "{err}"
+    );
+    assert!(!out.join("data").exists(), "data was generated: {err}");
+}
+
 /// Without `--input` a prune runs at the size the checkpoint was trained at, and records it;
 /// before, it ran and counted FLOPs at 256x128 (or was refused naming a flag not given).
 #[test]

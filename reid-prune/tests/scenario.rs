@@ -535,6 +535,7 @@ fn a_grid_of_another_config_is_refused_while_one_runs() {
     let running = ExperimentConfig {
         name: "other".into(),
         criteria: reid_prune::method::MethodName::list(&["taylor"]),
+        device: "cuda:0".parse().unwrap(),
         ..cfg.clone()
     };
     let claim = running.claim_folder().unwrap();
@@ -547,9 +548,17 @@ fn a_grid_of_another_config_is_refused_while_one_runs() {
         "{msg}"
     );
     assert!(!cfg.out.join(reid_run::metrics::EXPERIMENT_FILE).exists());
-    // the same config joins (a second worker)
+    // the same config joins (a second worker), on another GPU, with another checkpoint
+    // interval, naming the folder otherwise: what it computes is the same
     let same = running.claim_folder().unwrap();
-    drop((claim, same));
+    let elsewhere = ExperimentConfig {
+        device: "cuda:1".parse().unwrap(),
+        checkpoint_interval_s: 60.0,
+        out: cfg.out.join("..").join(cfg.out.file_name().unwrap()),
+        ..running.clone()
+    };
+    let worker = elsewhere.claim_folder().unwrap();
+    drop((claim, same, worker));
     assert!(cfg.claim_folder().is_ok());
 }
 

@@ -97,19 +97,37 @@ fn skipped_list(problems: &[runs::Problem]) -> String {
 /// longer in the runs), and nothing else.
 pub const MANIFEST: &str = ".report-files";
 
+/// Whether `line` of a [`MANIFEST`] names a file of the kinds a report writes: `index.html`,
+/// `results.csv`/`.parquet`, `tables.md`, `tables/<slug>.md`/`.csv`, `figures/<slug>.svg`/`.png`.
+/// Anything else (a user's file, `..`, an absolute path, a deeper path) is never removed.
+fn report_file_name(line: &str) -> bool {
+    let safe = |c: &str| !c.is_empty() && safe_component(c) == c;
+    let ext = |c: &str, exts: &[&str]| {
+        c.rsplit_once('.')
+            .is_some_and(|(stem, e)| !stem.is_empty() && exts.contains(&e))
+    };
+    match line.split('/').collect::<Vec<_>>()[..] {
+        [f] => ["index.html", "results.csv", "results.parquet", "tables.md"].contains(&f),
+        ["tables", f] => safe(f) && ext(f, &["md", "csv"]),
+        ["figures", f] => safe(f) && ext(f, &["svg", "png"]),
+        _ => false,
+    }
+}
+
 /// Remove what the earlier report listed in [`MANIFEST`] and this one did not write, then list
-/// this one's. A line that is not one of the names a report writes (a `..`, an absolute path,
-/// an unsafe component) is left alone.
+/// this one's. Only names a report writes ([`report_file_name`]) are removed, and only as
+/// plain files in `out` itself or in its own `tables/` and `figures/` folders (not through a
+/// symbolic link to a folder elsewhere).
 fn remove_earlier_files(out: &Path, files: &[PathBuf]) -> Result<(), ReportError> {
     let manifest = out.join(MANIFEST);
     if let Ok(old) = std::fs::read_to_string(&manifest) {
-        for line in old.lines() {
-            let ours = !line.is_empty()
-                && line
-                    .split('/')
-                    .all(|c| !c.is_empty() && safe_component(c) == c);
+        for line in old.lines().filter(|l| report_file_name(l)) {
             let p = line.split('/').fold(out.to_path_buf(), |p, c| p.join(c));
-            if ours && !files.contains(&p) && p.is_file() {
+            let real_folder = p.parent().is_some_and(|d| {
+                d == out || std::fs::symlink_metadata(d).is_ok_and(|m| m.file_type().is_dir())
+            });
+            let plain_file = std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_file());
+            if real_folder && plain_file && !files.contains(&p) {
                 std::fs::remove_file(&p).map_err(|e| ReportError::Write {
                     path: p.clone(),
                     message: format!("cannot remove the earlier report's file: {e}"),

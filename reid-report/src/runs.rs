@@ -197,20 +197,22 @@ fn left_from_earlier_run(
     data: &std::collections::BTreeMap<String, String>,
 ) -> Option<String> {
     use reid_run::metrics::{CONFIG_FILE, EXPERIMENT_DATA_FILE, EXPERIMENT_FILE};
-    // above the runs folder too: a report on `<out>/S1` is still about the experiment's cells
-    let mut experiments = dir
-        .ancestors()
-        .skip(1)
-        .filter(|a| !a.as_os_str().is_empty())
-        .filter(|a| a.join(EXPERIMENT_FILE).is_file());
-    let exp_dir = experiments.next()?;
+    // A cell is `<out>/<scenario>/<criterion>-<level>`: its experiment is two folders up, and
+    // an enclosing several-target experiment one more (looked up whatever `--runs` names, even
+    // `.` inside `<out>/S1`; never further up, where an unrelated experiment may sit).
+    let dir = dir.canonicalize().ok()?;
+    let exp_dir = dir.parent()?.parent()?;
+    if !exp_dir.join(EXPERIMENT_FILE).is_file() {
+        return None;
+    }
     let read = |p: &Path| -> Option<toml::Table> {
         std::fs::read_to_string(p).ok()?.parse::<toml::Table>().ok()
     };
     let experiment = read(&exp_dir.join(EXPERIMENT_FILE))?;
     let rerun = "not reported. Rerun the grid to refresh it, or delete the folder";
     if let Some(cell) = read(&dir.join(CONFIG_FILE)) {
-        let differ = differing_keys(&experiment, &cell);
+        let view = reid_run::metrics::experiment_view;
+        let differ = differing_keys(&view(&experiment), &view(&cell));
         if !differ.is_empty() {
             return Some(format!(
                 "left from an earlier config of the experiment in {} (its config.toml differs \
@@ -240,7 +242,9 @@ fn left_from_earlier_run(
             ));
         }
     }
-    let outer_dir = experiments.next()?;
+    let outer_dir = exp_dir
+        .parent()
+        .filter(|p| p.join(EXPERIMENT_FILE).is_file())?;
     let outer = read(&outer_dir.join(EXPERIMENT_FILE))?;
     let folder = exp_dir.file_name()?.to_str()?;
     let field = |t: &toml::Table, k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_string);

@@ -770,7 +770,11 @@ fn cells_left_from_an_earlier_config_of_the_grid_are_skipped_and_named() {
         (5.0, 90.0),
         e(),
     );
-    let config = std::fs::read_to_string(kept.join("config.toml")).unwrap();
+    // a grid on GPU 0
+    let config = std::fs::read_to_string(kept.join("config.toml"))
+        .unwrap()
+        .replace("device = \"cpu\"", "device = \"cuda:0\"");
+    std::fs::write(kept.join("config.toml"), &config).unwrap();
     std::fs::write(root.join("exp/experiment.toml"), &config).unwrap();
     let old = run(
         root,
@@ -802,14 +806,67 @@ fn cells_left_from_an_earlier_config_of_the_grid_are_skipped_and_named() {
         e(),
     );
     std::fs::write(single.join("config.toml"), "epochs = 3\n").unwrap();
+    // written by a worker on another GPU, with another checkpoint interval, naming the folder
+    // otherwise: the same computation, kept
+    let worker = run(
+        root,
+        "exp/S1/taylor-C1",
+        "S1",
+        "taylor",
+        "C1",
+        "resnet50",
+        2.0,
+        12.0,
+        (5.0, 90.0),
+        e(),
+    );
+    let mut table: toml::Table = config.parse().unwrap();
+    table.insert("device".into(), "cuda:1".into());
+    table.insert("checkpoint_interval_s".into(), 60.0.into());
+    table.insert("out".into(), "./elsewhere/../exp".into());
+    std::fs::write(worker.join("config.toml"), toml::to_string(&table).unwrap()).unwrap();
+    // an unrelated experiment above is never compared with the cells below it
+    std::fs::write(root.join("experiment.toml"), "seed = 99\n").unwrap();
+    let loose = run(
+        root,
+        "other/S1/l1-C1",
+        "S1",
+        "l1",
+        "C1",
+        "resnet50",
+        2.0,
+        12.0,
+        (5.0, 90.0),
+        e(),
+    );
+    std::fs::write(loose.join("config.toml"), &config).unwrap();
 
     let (runs, problems) = reid_report::runs::load_runs(root).unwrap();
     let ids: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
-    assert_eq!(ids, ["exp/S1/l1-C1", "exp/mine"]);
+    assert_eq!(
+        ids,
+        [
+            "exp/S1/l1-C1",
+            "exp/S1/taylor-C1",
+            "exp/mine",
+            "other/S1/l1-C1"
+        ]
+    );
+    // `--runs .` inside the scenario's folder: the experiment is found all the same
+    let out = root.join("report-of-S1");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_reid-report"))
+        .current_dir(root.join("exp/S1"))
+        .args(["--runs", ".", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert!(csv.contains("taylor") && !csv.contains("psfp"), "{csv}");
     // a report on the scenario's folder alone is still about the experiment's cells
     let (sub, sub_problems) = reid_report::runs::load_runs(&root.join("exp/S1")).unwrap();
     let sub_ids: Vec<&str> = sub.iter().map(|r| r.id.as_str()).collect();
-    assert_eq!(sub_ids, ["l1-C1"]);
+    assert_eq!(sub_ids, ["l1-C1", "taylor-C1"]);
     assert_eq!(sub_problems.len(), 1, "{sub_problems:?}");
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert_eq!(problems[0].path, old.join("config.toml"));
@@ -913,4 +970,29 @@ fn a_report_replaces_the_earlier_reports_files_only() {
     let listed = std::fs::read_to_string(out.join(reid_report::MANIFEST)).unwrap();
     assert_eq!(listed.lines().count(), s.files.len());
     assert!(listed.lines().all(|l| out.join(l).is_file()), "{listed}");
+
+    // A tampered manifest removes nothing that is not a report's file in the folder itself:
+    // not a user's file it names, not one through a symbolic link to a folder elsewhere.
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("thesis.png"), "keep").unwrap();
+    let linked = tmp.path().join("linked");
+    std::fs::create_dir_all(&linked).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, linked.join("figures")).unwrap();
+    std::fs::write(linked.join("notes.md"), "keep").unwrap();
+    std::fs::write(
+        linked.join(reid_report::MANIFEST),
+        "figures/thesis.png\nnotes.md\n../elsewhere/thesis.png\n",
+    )
+    .unwrap();
+    // its figures cannot be written through the link either way: what matters is what stays
+    let _ = write_report(&runs, &linked, &ReportOptions::default());
+    assert_eq!(
+        std::fs::read_to_string(elsewhere.join("thesis.png")).unwrap(),
+        "keep"
+    );
+    assert_eq!(
+        std::fs::read_to_string(linked.join("notes.md")).unwrap(),
+        "keep"
+    );
 }

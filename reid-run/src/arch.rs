@@ -609,7 +609,7 @@ impl ArchSpec {
                 }
                 ch = (ch + 2 * c.padding - c.kernel) / c.stride + 1;
                 cw = (cw + 2 * c.padding - c.kernel) / c.stride + 1;
-                if c.name == "conv1" {
+                if c.role == ConvRole::Stem {
                     if ch % 2 != cw % 2 {
                         return Err(ArchError::Input(format!(
                             "input {h}x{w}: the stem max-pool sees {ch}x{cw}; height and width must have \

@@ -294,6 +294,22 @@ pub const EXPERIMENT_FILE: &str = "experiment.toml";
 /// `target`, `cross`).
 pub const TRAIN_DATA: &str = "train";
 
+/// What an experiment config computes, as a table: without the fields that change no result
+/// (`checkpoint_interval_s`; `out`, the folder it is read in, however it is spelled) and with
+/// the device as its kind (workers on `cuda:0` and `cuda:1` run one grid). The grid's claim on
+/// its folder and the report's stale-cell check compare configs through it.
+pub fn experiment_view(config: &toml::Table) -> toml::Table {
+    let mut v = config.clone();
+    v.remove("checkpoint_interval_s");
+    v.remove("out");
+    if let Some(toml::Value::String(d)) = v.get("device") {
+        if let Ok(spec) = d.parse::<crate::DeviceSpec>() {
+            v.insert("device".into(), toml::Value::String(spec.kind().into()));
+        }
+    }
+    v
+}
+
 /// Beside [`EXPERIMENT_FILE`]: the fingerprints of the data the grid read, by role (`source`,
 /// `target`, `cross`), a JSON object. With the config, it says what every current cell was
 /// computed from: a cell whose `data` differs is left from before the data changed.

@@ -101,6 +101,9 @@ pub fn run_default(a: DefaultArgs) -> Result<()> {
     if let Some(d) = a.device {
         cfg.device = d;
     }
+    // the folder is this config's before its data is generated: a grid of another preset
+    // running there keeps its images (the run below joins this claim)
+    let _grid = cfg.claim_folder()?;
     reid_prune::default_run::generate_data(&out, which)?;
     run_experiment(cfg)
 }
