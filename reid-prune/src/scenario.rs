@@ -271,6 +271,16 @@ impl ExperimentConfig {
     /// config runs there ([`reid_run::lock::claim_grid`]).
     pub fn claim_folder(&self) -> Result<reid_run::lock::GridClaim> {
         use sha2::{Digest, Sha256};
+        // a single run's folder (train, prune, export) is that run's: the grid's files beside
+        // its config.toml would mix two records
+        let run_config = self.out.join(reid_run::metrics::CONFIG_FILE);
+        if run_config.is_file() {
+            anyhow::bail!(
+                "out = {}: the folder holds a single run ({}); give the experiment another `out`",
+                self.out.display(),
+                run_config.display()
+            );
+        }
         // what the config computes: workers on other GPUs or checkpoint intervals join
         let table = toml::Table::try_from(self).context("serialising the experiment config")?;
         let text = toml::to_string(&reid_run::metrics::experiment_view(&table))

@@ -514,6 +514,27 @@ fn a_default_run_over_a_running_grid_of_another_config_leaves_its_data() {
     assert!(!out.join("data").exists(), "data was generated: {err}");
 }
 
+/// A single run into a grid's folder is refused naming it: its config.toml and model would sit
+/// beside the grid's experiment.toml, summary and claims.
+#[test]
+fn a_run_into_a_grids_folder_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data(tmp.path());
+    let grid = tmp.path().join("grid");
+    std::fs::create_dir_all(&grid).unwrap();
+    std::fs::write(grid.join("experiment.toml"), "name = \"g\"\n").unwrap();
+    let err = refused(train(&root, &grid, &SMALL).output().unwrap());
+    assert!(err.contains("is an experiment grid's folder"), "{err}");
+    assert!(!grid.join("config.toml").exists());
+    // a running grid's folder, before its experiment.toml is written
+    let running = tmp.path().join("running");
+    let _claim = reid_run::lock::claim_grid(&running, "0123", "g").unwrap();
+    let ck = tmp.path().join("m.safetensors");
+    checkpoint(&ck, Some(reid_run::InputSize::new(64, 32)));
+    let err = refused(prune(&ck, &running, &[]));
+    assert!(err.contains("is an experiment grid's folder"), "{err}");
+}
+
 /// Without `--input` a prune runs at the size the checkpoint was trained at, and records it;
 /// before, it ran and counted FLOPs at 256x128 (or was refused naming a flag not given).
 #[test]

@@ -562,6 +562,20 @@ fn a_grid_of_another_config_is_refused_while_one_runs() {
     assert!(cfg.claim_folder().is_ok());
 }
 
+/// A grid and a single run never share a folder: a grid over a train run's folder is refused
+/// before it writes anything.
+#[test]
+fn a_grid_over_a_single_runs_folder_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), None);
+    std::fs::create_dir_all(&cfg.out).unwrap();
+    std::fs::write(cfg.out.join("config.toml"), "epochs = 1\n").unwrap();
+    let err = format!("{:#}", Runner::new(cfg.clone()).unwrap().run().unwrap_err());
+    assert!(err.contains("the folder holds a single run"), "{err}");
+    assert!(!cfg.out.join(reid_run::metrics::EXPERIMENT_FILE).exists());
+    assert!(!cfg.out.join(reid_run::lock::GRID_LOCK_FILE).exists());
+}
+
 /// Two targets with one label would write one folder (the second grid's table over the first's):
 /// refused before any step, naming the label.
 #[test]

@@ -29,6 +29,19 @@ pub fn as_folder_writer<T>(
             dir.display()
         );
     }
+    // a grid's folder (running or done) is the grid's: a run written over its top would sit
+    // beside experiment.toml, summary and claims that do not describe it
+    if dir.join(reid_run::metrics::EXPERIMENT_FILE).is_file()
+        || dir.join(reid_run::lock::GRID_LOCK_FILE).exists()
+    {
+        anyhow::bail!(
+            "--out {} is an experiment grid's folder (it holds {} or {}); give {what} a folder \
+             of its own",
+            dir.display(),
+            reid_run::metrics::EXPERIMENT_FILE,
+            reid_run::lock::GRID_LOCK_FILE
+        );
+    }
     let existed = dir.exists();
     let lock = reid_run::lock::claim_folder(dir, what)?;
     let result = work();
