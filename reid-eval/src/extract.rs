@@ -103,6 +103,22 @@ pub fn extract_features_with(
             let rev = Tensor::from_vec((0..w as u32).rev().collect::<Vec<_>>(), w, net.device())?;
             f = (f + pick(&x.index_select(&rev, 3)?)?)?;
         }
+        // finite weights can still overflow on the way through: a NaN feature would reach
+        // the distances (and be blamed there) or a feature file
+        let dim = f.dim(1)?;
+        let values = f.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            let bad = values
+                .chunks(dim.max(1))
+                .filter(|r| r.iter().any(|v| !v.is_finite()));
+            bail!(
+                "{}: the model's feature is NaN or infinite ({} of this batch's {} images): its \
+                 weights overflow on real images (a corrupt or diverged model); nothing was written",
+                chunk[i / dim.max(1)].display(),
+                bad.count(),
+                chunk.len()
+            );
+        }
         rows.push(f);
         pb.inc(chunk.len() as u64);
     }

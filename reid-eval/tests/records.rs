@@ -290,3 +290,55 @@ fn bench_sizes_are_checked_before_anything_is_allocated() {
         "{err}"
     );
 }
+
+/// Finite weights that overflow on real images (±3e38): extraction and evaluation are refused
+/// naming an image and the cause, and no feature file is written (before, the NaN features were
+/// saved, and an evaluation blamed the distance matrix).
+#[test]
+fn features_that_overflow_are_refused_where_they_are_computed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = dataset(tmp.path());
+    let spec = ArchSpec::resnet_with(18, 6, 0.125, 1, Neck::BnNeck).unwrap();
+    let net = ReidNet::new(&spec, &Device::Cpu, 0).unwrap();
+    let mut tensors: std::collections::HashMap<String, Tensor> =
+        net.state_dict().unwrap().into_iter().collect();
+    // the last conv: an overflow in conv1 can end at zero after a ReLU (f32::max drops NaN)
+    let w = &tensors["layer4.1.conv2.weight"];
+    let n = w.elem_count();
+    let huge: Vec<f32> = (0..n)
+        .map(|i| if i % 2 == 0 { 3e38 } else { -3e38 })
+        .collect();
+    let huge = Tensor::from_vec(huge, w.shape(), &Device::Cpu).unwrap();
+    tensors.insert("layer4.1.conv2.weight".into(), huge);
+    let net = ReidNet::from_tensors_trainable(&spec, &tensors, &Device::Cpu, 0).unwrap();
+    let ck = tmp.path().join("big.safetensors");
+    let mut prov = Provenance::new();
+    prov.input = Some(reid_run::InputSize::new(64, 32));
+    save_checkpoint(&net, &ck, &prov).unwrap();
+
+    let out = tmp.path().join("features.safetensors");
+    let o = Command::new(env!("CARGO_BIN_EXE_reid-eval"))
+        .arg("extract")
+        .arg("--weights")
+        .arg(&ck)
+        .arg("--images")
+        .arg(root.join("query"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("the model's feature is NaN or infinite") && err.contains(".jpg"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let o = eval(&ck, &root, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("the model's feature is NaN or infinite"),
+        "{err}"
+    );
+}

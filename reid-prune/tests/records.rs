@@ -1421,3 +1421,51 @@ fn flags_that_cannot_apply_are_refused() {
         assert!(!out.exists());
     }
 }
+
+/// A checkpoint whose `tensor` holds ±3e38: finite, but it overflows on the way through.
+fn overflowing_checkpoint(path: &Path, tensor: &str) {
+    let spec = ArchSpec::resnet_with(18, 6, 0.125, 1, Neck::BnNeck).unwrap();
+    let net = ReidNet::new(&spec, &Device::Cpu, 0).unwrap();
+    let mut tensors: std::collections::HashMap<String, candle_core::Tensor> =
+        net.state_dict().unwrap().into_iter().collect();
+    let w = &tensors[tensor];
+    let huge: Vec<f32> = (0..w.elem_count())
+        .map(|i| if i % 2 == 0 { 3e38 } else { -3e38 })
+        .collect();
+    let huge = candle_core::Tensor::from_vec(huge, w.shape(), &Device::Cpu).unwrap();
+    tensors.insert(tensor.into(), huge);
+    let net = ReidNet::from_tensors_trainable(&spec, &tensors, &Device::Cpu, 0).unwrap();
+    let prov = reid_model::checkpoint::Provenance {
+        input: Some(reid_run::InputSize::new(64, 32)),
+        ..Default::default()
+    };
+    reid_model::checkpoint::save_checkpoint(&net, path, &prov).unwrap();
+}
+
+/// An export whose graph would answer NaN or infinity is never written: checked on the net the
+/// graph holds (BN folded or not) and on a noise image as well as plain ones (a huge layer4 conv
+/// passed plain images, and folded into its BN scale it overflowed where the unfolded net did
+/// not).
+#[test]
+fn an_export_that_overflows_is_refused_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (tensor, extra) in [
+        ("conv1.weight", &[][..]),
+        ("layer4.1.conv2.weight", &["--fold-bn"][..]),
+    ] {
+        let ck = tmp.path().join(format!("{tensor}.safetensors"));
+        overflowing_checkpoint(&ck, tensor);
+        let out = tmp.path().join(format!("{tensor}.onnx"));
+        let o = Command::new(BIN)
+            .args(["export", "--checkpoint"])
+            .arg(&ck)
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = refused(o);
+        assert!(err.contains("NaN or infinite value(s)"), "{tensor}: {err}");
+        assert!(!out.exists(), "{tensor}");
+    }
+}

@@ -241,7 +241,7 @@ impl ConvNhwc {
 /// y = relu?(y + bias (+ residual)), rows of `bias.len()` channels.
 fn epilogue(y: &mut [f32], bias: &[f32], residual: Option<&[f32]>, relu: bool) {
     let c = bias.len();
-    let act = |s: f32| if relu { s.max(0.0) } else { s };
+    let act = |s: f32| if relu { super::relu(s) } else { s };
     match residual {
         Some(r) => {
             for (row, rrow) in y.chunks_mut(c).zip(r.chunks(c)) {

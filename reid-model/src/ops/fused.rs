@@ -201,13 +201,13 @@ pub(crate) fn bn_forward(
                 // same f32 operations, in the same order, as bn(x) then + r then relu
                 Some(r) => {
                     for ((o, &v), &rv) in yo.iter_mut().zip(xi).zip(&r[at]) {
-                        o.write(((v - mu) * sc + b + rv).max(0.0));
+                        o.write(super::relu((v - mu) * sc + b + rv));
                     }
                 }
                 None => {
                     for (o, &v) in yo.iter_mut().zip(xi) {
                         let t = (v - mu) * sc + b;
-                        o.write(if relu { t.max(0.0) } else { t });
+                        o.write(if relu { super::relu(t) } else { t });
                     }
                 }
             }
@@ -395,7 +395,7 @@ impl CustomOp1 for Relu {
         let x = contiguous(s, l, "input")?;
         let y = filled_par(x.len(), 1 << 14, |i, o| {
             for (o, &v) in o.iter_mut().zip(&x[i << 14..]) {
-                o.write(v.max(0.0));
+                o.write(super::relu(v));
             }
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))

@@ -113,6 +113,17 @@ pub(crate) fn filled_by_channel<R: Send>(
     (outs, results)
 }
 
+/// ReLU as PyTorch and ONNX runtimes compute it: a NaN stays NaN (`f32::max(0.0)` returned 0,
+/// so an overflowing model looked finite here and answered NaN once exported), −0 becomes +0.
+#[inline(always)]
+pub(crate) fn relu(v: f32) -> f32 {
+    if v <= 0.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
 /// A vector of `len` elements, each written once by `fill(chunk index, chunk)` over chunks of
 /// `chunk` elements in parallel: no zeroing pass before the real one.
 pub(crate) fn filled_par(

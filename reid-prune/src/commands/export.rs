@@ -139,7 +139,7 @@ pub fn run(a: Args) -> Result<()> {
         ],
     };
     let bytes = export(&net, &opts).context("building the ONNX graph")?;
-    check_finite_features(&net, input, opts.feature)?;
+    check_finite_features(&net, input, opts.feature, opts.fold_bn)?;
     // one writer a folder: the export's own, while it writes
     let folder = reid_run::folder_of(&a.out);
     let _lock = reid_run::lock::claim_folder(folder, "export")?;
@@ -163,13 +163,27 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
+/// `n` values in [−2, 2] from a fixed linear congruential sequence (the same every export).
+fn noise(n: usize) -> Vec<f32> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect()
+}
+
 /// Finite weights can still overflow on the way through (a corrupt or diverged model): the
-/// graph's feature for a neutral and a bright image is computed first, and a NaN or infinite
+/// graph's feature for a neutral, a bright and a noise image is computed first, and a NaN or infinite
 /// one refuses the export instead of writing a model that answers NaN.
 fn check_finite_features(
     net: &reid_model::ReidNet,
     input: reid_run::InputSize,
     feature: OnnxFeature,
+    fold_bn: bool,
 ) -> Result<()> {
     let (h, w) = input.hw();
     let dev = Device::Cpu;
@@ -178,10 +192,20 @@ fn check_finite_features(
             candle_core::Tensor::zeros((1, 3, h, w), candle_core::DType::F32, &dev)?,
             // white in ImageNet normalisation: the largest values a real image gives
             candle_core::Tensor::full(2.6f32, (1, 3, h, w), &dev)?,
+            // seeded noise: plain images can leave late layers at zero, which hides their
+            // overflow (a ±3e38 layer4 conv passed the two plain images)
+            candle_core::Tensor::from_vec(noise(3 * h * w), (1, 3, h, w), &dev)?,
         ],
         0,
     )?;
-    let out = net.inference_copy()?.forward_t(&x, false)?;
+    // the net the graph holds: with BN folded, a huge weight times its BN scale can overflow
+    // where the unfolded net stays finite
+    let inference = net.inference_copy()?;
+    let out = if fold_bn {
+        inference.fold_bn()?.forward_t(&x, false)?
+    } else {
+        inference.forward_t(&x, false)?
+    };
     let f = match feature {
         OnnxFeature::Pool => out.pooled,
         OnnxFeature::Neck => out.neck,
@@ -194,7 +218,7 @@ fn check_finite_features(
         .count();
     if bad > 0 {
         bail!(
-            "the model's feature has {bad} NaN or infinite value(s) on a plain test image: its \
+            "the model's feature has {bad} NaN or infinite value(s) on a test image (plain or noise): its \
              weights overflow (a corrupt or diverged model); nothing was written"
         );
     }

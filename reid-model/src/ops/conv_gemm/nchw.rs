@@ -92,10 +92,10 @@ impl Epilogue<'_> {
                 let r = &r[offset..offset + dst.len()];
                 for (d, &v) in dst.iter_mut().zip(r) {
                     let s = *d + v;
-                    *d = if relu { s.max(0.0) } else { s };
+                    *d = if relu { crate::ops::relu(s) } else { s };
                 }
             }
-            (None, true) => dst.iter_mut().for_each(|v| *v = v.max(0.0)),
+            (None, true) => dst.iter_mut().for_each(|v| *v = crate::ops::relu(*v)),
             (None, false) => {}
         }
     }
