@@ -166,7 +166,12 @@ pub fn write_report(
             return Err(ReportError::Selector {
                 flag: "--level",
                 value: l.clone(),
-                known: levels.join(", "),
+                known: if levels.is_empty() {
+                    "no pruning level: none is a cell of a scenario grid (S1–S4); leave --level out"
+                        .into()
+                } else {
+                    levels.join(", ")
+                },
             });
         }
     }

@@ -435,6 +435,29 @@ fn selectors_that_name_nothing_are_refused_before_anything_is_written() {
         assert!(e.contains(expected), "{e}");
         assert!(!out.exists(), "a refused report wrote {}", out.display());
     }
+    // runs with no grid cell have no level to name (the message ended in "the runs have ")
+    let single = tmp.path().join("single");
+    run(
+        &single,
+        "mine",
+        "",
+        "",
+        "",
+        "resnet50",
+        4.0,
+        25.0,
+        (9.0, 160.0),
+        json!({"market1501": eval(0.5, 0.6)}),
+    );
+    let opts = ReportOptions {
+        level: Some("C1".into()),
+        ..ReportOptions::default()
+    };
+    let e = write_report(&single, &out, &opts).unwrap_err().to_string();
+    assert!(
+        e.ends_with("the runs have no pruning level: none is a cell of a scenario grid (S1–S4); leave --level out"),
+        "{e}"
+    );
 }
 
 /// Names read from metrics.json become file names: a hostile dataset key or level cannot place a

@@ -16,14 +16,14 @@ pub struct RerankArgs {
     /// Re-rank the query × gallery distances (k-reciprocal encoding).
     #[arg(long)]
     pub rerank: bool,
-    /// k1 of the k-reciprocal neighbours.
-    #[arg(long, default_value_t = 20)]
+    /// k1 of the k-reciprocal neighbours (with --rerank: alone it would change nothing).
+    #[arg(long, requires = "rerank", default_value_t = 20)]
     k1: usize,
     /// k2 of the local query expansion.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, requires = "rerank", default_value_t = 6)]
     k2: usize,
     /// Weight of the original distance in the final one.
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, requires = "rerank", default_value_t = 0.3)]
     lambda: f32,
 }
 
@@ -44,4 +44,35 @@ pub fn print_metrics(m: &Metrics, json: bool) -> Result<()> {
         print!("{}", report::table(m));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        rerank: RerankArgs,
+    }
+
+    /// A re-ranking setting without --rerank would be ignored silently: refused.
+    #[test]
+    fn rerank_settings_need_rerank() {
+        for flag in ["--k1", "--k2", "--lambda"] {
+            let e = Cli::try_parse_from(["eval", flag, "5"])
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("--rerank"), "{flag}: {e}");
+        }
+        let cli = Cli::try_parse_from(["eval", "--rerank", "--k1", "5"]).unwrap();
+        assert_eq!(cli.rerank.params().unwrap().k1, 5);
+        assert!(Cli::try_parse_from(["eval"])
+            .unwrap()
+            .rerank
+            .params()
+            .is_none());
+    }
 }
