@@ -199,6 +199,35 @@ pub fn trained_input(path: &Path) -> Option<reid_run::InputSize> {
         .input
 }
 
+/// A resumed prune starts from the checkpoint the interrupted one did: its first cut model
+/// records that file's hash as its parent. Refused naming `--checkpoint` (the retraining's own
+/// check named its internal start file and `--init`).
+fn check_same_start(cfg: &PruneConfig, steps: usize, hash: &str) -> Result<()> {
+    let first = if steps > 1 {
+        cfg.out.join("step01")
+    } else {
+        cfg.out.clone()
+    };
+    let recorded = reid_run::header::read_safetensors_header(&first.join("pruned.safetensors"))
+        .ok()
+        .and_then(|h| {
+            let prov = h
+                .metadata(reid_model::checkpoint::META_PROVENANCE)?
+                .to_string();
+            serde_json::from_str::<reid_model::checkpoint::Provenance>(&prov).ok()
+        })
+        .and_then(|p| p.parent);
+    match recorded {
+        Some(r) if r != hash => bail!(
+            "--checkpoint {} changed since this prune started (the run in {} was cut from \
+             another file): put the original back to resume, or start again with --overwrite",
+            cfg.checkpoint.display(),
+            cfg.out.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Load a reid checkpoint, or plain torchvision/timm weights (any `fc` size becomes the classifier;
 /// its bias, if any, is dropped), trainable.
 pub fn load_any(path: &Path, arch: Option<&str>, device: &Device) -> Result<(ReidNet, Provenance)> {
@@ -501,6 +530,9 @@ pub fn run_prune_until(
         reid_run::RunFolder::new(&cfg.out).write_config(cfg)?;
         let mut log = std::fs::File::create(cfg.out.join("log.jsonl"))?;
         let parent_hash = file_sha256(&cfg.checkpoint)?;
+        if resume {
+            check_same_start(cfg, steps, &parent_hash)?;
+        }
         let mut current_parent = cfg.checkpoint.clone();
         // the data changes that resumed retraining runs were allowed to continue over (their
         // models' provenance), carried into this run's model

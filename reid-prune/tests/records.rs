@@ -465,8 +465,13 @@ fn a_run_that_fails_before_writing_leaves_no_folder() {
 
 /// A tiny checkpoint (ResNet-18/8 with a 6-class head) at `path`, with its provenance.
 fn checkpoint(path: &Path, input: Option<reid_run::InputSize>) {
+    checkpoint_seeded(path, input, 0)
+}
+
+/// [`checkpoint`] initialised from `seed`.
+fn checkpoint_seeded(path: &Path, input: Option<reid_run::InputSize>, seed: u64) {
     let spec = ArchSpec::resnet_with(18, 6, 0.125, 1, Neck::BnNeck).unwrap();
-    let net = ReidNet::new(&spec, &Device::Cpu, 0).unwrap();
+    let net = ReidNet::new(&spec, &Device::Cpu, seed).unwrap();
     let prov = reid_model::checkpoint::Provenance {
         input,
         ..Default::default()
@@ -986,6 +991,22 @@ fn an_interrupted_prune_exits_non_zero_and_resumes_to_the_uninterrupted_model() 
         &args(&retrain, &["--resume"]),
     ));
     assert!(e.contains("no pruning run to continue"), "{e}");
+    // the checkpoint replaced under the run: named as --checkpoint, not as an internal file
+    let original = std::fs::read(&ck).unwrap();
+    checkpoint_seeded(&ck, Some(reid_run::InputSize::new(64, 32)), 9);
+    let e = refused(prune(&ck, &cut, &args(&retrain, &["--resume"])));
+    assert!(
+        e.contains(&format!(
+            "--checkpoint {} changed since this prune started",
+            ck.display()
+        )),
+        "{e}"
+    );
+    assert!(
+        !e.contains("pruned.safetensors") && !e.contains("--init"),
+        "{e}"
+    );
+    std::fs::write(&ck, original).unwrap();
 
     ok(prune(&ck, &cut, &args(&retrain, &["--resume"])));
     assert!(
