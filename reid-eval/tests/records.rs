@@ -342,3 +342,31 @@ fn features_that_overflow_are_refused_where_they_are_computed() {
         "{err}"
     );
 }
+
+/// An unfinished (interrupted, resumable) training folder gets no metrics.json from reid-eval:
+/// one written there would mark the folder as a finished run. Printed without --out, refused
+/// with an --out into it.
+#[test]
+fn an_unfinished_training_gets_no_metrics_from_an_evaluation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = dataset(tmp.path());
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let ck = run.join("model.safetensors");
+    model(&ck, 0);
+    std::fs::write(run.join("trainer_state.safetensors"), b"state").unwrap();
+    let err = ok(&eval(&ck, &root, &[]));
+    assert!(err.contains("holds an unfinished training"), "{err}");
+    assert!(!run.join("metrics.json").exists());
+    let o = eval(
+        &ck,
+        &root,
+        &["--out", run.join("metrics.json").to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("holds an unfinished training"),
+        "{err}"
+    );
+    assert!(!run.join("metrics.json").exists());
+}

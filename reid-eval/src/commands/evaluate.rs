@@ -140,6 +140,21 @@ fn destination(
             )));
         }
     }
+    // an unfinished training (interrupted, resumable): its metrics.json is written when it
+    // ends, and one written now would mark the folder as a finished run
+    let state = folder.join("trainer_state.safetensors");
+    if model.is_file() && state.is_file() && !out.is_file() {
+        let why = format!(
+            "{} holds an unfinished training ({} but no metrics.json yet): its results are not \
+             recorded there; finish it with `reid-prune train --resume`",
+            folder.display(),
+            state.display()
+        );
+        if explicit {
+            bail!("{why}, or give --out in another folder");
+        }
+        return Ok(Destination::Stdout(format!("{why}; printed only")));
+    }
     let existing = existing_metrics(&out)?;
     // the run's own dataset name on other data: its entry would describe other images
     if let Some((name, root)) = trained_data(folder) {
