@@ -369,4 +369,14 @@ fn an_unfinished_training_gets_no_metrics_from_an_evaluation() {
         "{err}"
     );
     assert!(!run.join("metrics.json").exists());
+    // finished (its metrics.json written; the trainer state stays): results go where asked
+    std::fs::remove_file(run.join("trainer_state.safetensors")).unwrap();
+    ok(&eval(&ck, &root, &[]));
+    std::fs::write(run.join("trainer_state.safetensors"), b"state").unwrap();
+    ok(&eval(
+        &ck,
+        &root,
+        &["--out", run.join("other.json").to_str().unwrap()],
+    ));
+    assert!(run.join("other.json").is_file());
 }

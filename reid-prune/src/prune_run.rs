@@ -526,13 +526,14 @@ pub fn run_prune_until(
     };
     reid_run::remove_stale_temp_files(&cfg.out);
     let stopped = || anyhow::Error::new(PruneStopped(cfg.out.clone()));
+    // before anything is written: a refused resume keeps the interrupted run's log
+    let parent_hash = file_sha256(&cfg.checkpoint)?;
+    if resume {
+        check_same_start(cfg, steps, &parent_hash)?;
+    }
     let outcome = (|| -> Result<PruneOutcome> {
         reid_run::RunFolder::new(&cfg.out).write_config(cfg)?;
         let mut log = std::fs::File::create(cfg.out.join("log.jsonl"))?;
-        let parent_hash = file_sha256(&cfg.checkpoint)?;
-        if resume {
-            check_same_start(cfg, steps, &parent_hash)?;
-        }
         let mut current_parent = cfg.checkpoint.clone();
         // the data changes that resumed retraining runs were allowed to continue over (their
         // models' provenance), carried into this run's model

@@ -538,6 +538,19 @@ fn a_run_into_a_grids_folder_is_refused() {
     checkpoint(&ck, Some(reid_run::InputSize::new(64, 32)));
     let err = refused(prune(&ck, &running, &[]));
     assert!(err.contains("is an experiment grid's folder"), "{err}");
+    let err = refused(
+        Command::new(BIN)
+            .args(["export", "--checkpoint"])
+            .arg(&ck)
+            .arg("--out")
+            .arg(running.join("model.onnx"))
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("is an experiment grid's folder"), "{err}");
+    // a grid that stopped before its experiment.toml leaves only its lock file: no grid there
+    drop(_claim);
+    ok(prune(&ck, &running, &[]));
 }
 
 /// Without `--input` a prune runs at the size the checkpoint was trained at, and records it;
@@ -993,8 +1006,10 @@ fn an_interrupted_prune_exits_non_zero_and_resumes_to_the_uninterrupted_model() 
     assert!(e.contains("no pruning run to continue"), "{e}");
     // the checkpoint replaced under the run: named as --checkpoint, not as an internal file
     let original = std::fs::read(&ck).unwrap();
+    let log = std::fs::read(cut.join("log.jsonl")).unwrap();
     checkpoint_seeded(&ck, Some(reid_run::InputSize::new(64, 32)), 9);
     let e = refused(prune(&ck, &cut, &args(&retrain, &["--resume"])));
+    assert_eq!(std::fs::read(cut.join("log.jsonl")).unwrap(), log);
     assert!(
         e.contains(&format!(
             "--checkpoint {} changed since this prune started",

@@ -248,11 +248,10 @@ fn left_from_earlier_run(
     let outer = read(&outer_dir.join(EXPERIMENT_FILE))?;
     let folder = exp_dir.file_name()?.to_str()?;
     let field = |t: &toml::Table, k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_string);
-    // the grid of one target of the enclosing experiment: named and placed as it places them
+    // the grid of one target of the enclosing experiment: named as it names them, in its
+    // folder (however either `out` was spelled)
     let target_grid = exp_dir.parent() == Some(outer_dir)
-        && field(&experiment, "name") == field(&outer, "name").map(|n| format!("{n}-{folder}"))
-        && field(&experiment, "out").map(PathBuf::from)
-            == field(&outer, "out").map(|o| Path::new(&o).join(folder));
+        && field(&experiment, "name") == field(&outer, "name").map(|n| format!("{n}-{folder}"));
     if !target_grid {
         return None;
     }

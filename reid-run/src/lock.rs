@@ -268,6 +268,15 @@ pub struct GridClaim {
     _file: File,
 }
 
+/// Whether a grid runs in `dir` now: a process holds its [`GRID_LOCK_FILE`] (the file itself
+/// stays after the grid ends, so its presence says nothing).
+pub fn grid_running(dir: &Path) -> bool {
+    let Ok(file) = File::open(dir.join(GRID_LOCK_FILE)) else {
+        return false;
+    };
+    matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+}
+
 /// Join the grid in `dir` or start one there: any number of processes may run one experiment
 /// config together (Slurm workers: the step locks share its steps out), but a process with
 /// another config is refused naming the one running, since the folder's `experiment.toml`,

@@ -143,7 +143,7 @@ fn destination(
     // an unfinished training (interrupted, resumable): its metrics.json is written when it
     // ends, and one written now would mark the folder as a finished run
     let state = folder.join("trainer_state.safetensors");
-    if model.is_file() && state.is_file() && !out.is_file() {
+    if model.is_file() && state.is_file() && !folder.join("metrics.json").is_file() {
         let why = format!(
             "{} holds an unfinished training ({} but no metrics.json yet): its results are not \
              recorded there; finish it with `reid-prune train --resume`",

@@ -446,12 +446,13 @@ fn fused_ok(x: &Tensor) -> bool {
     super::fast_cpu(x)
 }
 
-/// ReLU: fused kernel on CPU f32, candle's elsewhere.
+/// ReLU: fused kernel on CPU f32, candle's elsewhere, a NaN kept NaN on both (candle's
+/// `max(0)` turns it into 0, which hides an overflow; see [`super::relu`]).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     if fused_ok(x) {
         x.contiguous()?.apply_op1(Relu)
     } else {
-        x.relu()
+        x.ne(x)?.where_cond(x, &x.relu()?)
     }
 }
 

@@ -142,6 +142,7 @@ pub fn run(a: Args) -> Result<()> {
     check_finite_features(&net, input, opts.feature, opts.fold_bn)?;
     // one writer a folder: the export's own, while it writes
     let folder = reid_run::folder_of(&a.out);
+    super::refuse_grid_folder(folder, "export")?;
     let _lock = reid_run::lock::claim_folder(folder, "export")?;
     reid_run::write_atomic(&a.out, &bytes)?;
     eprintln!(

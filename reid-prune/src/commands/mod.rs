@@ -29,19 +29,7 @@ pub fn as_folder_writer<T>(
             dir.display()
         );
     }
-    // a grid's folder (running or done) is the grid's: a run written over its top would sit
-    // beside experiment.toml, summary and claims that do not describe it
-    if dir.join(reid_run::metrics::EXPERIMENT_FILE).is_file()
-        || dir.join(reid_run::lock::GRID_LOCK_FILE).exists()
-    {
-        anyhow::bail!(
-            "--out {} is an experiment grid's folder (it holds {} or {}); give {what} a folder \
-             of its own",
-            dir.display(),
-            reid_run::metrics::EXPERIMENT_FILE,
-            reid_run::lock::GRID_LOCK_FILE
-        );
-    }
+    refuse_grid_folder(dir, what)?;
     let existed = dir.exists();
     let lock = reid_run::lock::claim_folder(dir, what)?;
     let result = work();
@@ -51,6 +39,21 @@ pub fn as_folder_writer<T>(
         let _ = std::fs::remove_dir(dir);
     }
     result
+}
+
+/// A grid's folder (done, or running before its experiment.toml is written) is the grid's: a
+/// single run written at its top would sit beside an experiment.toml, summary and claims that
+/// do not describe it.
+pub fn refuse_grid_folder(dir: &Path, what: &str) -> anyhow::Result<()> {
+    if dir.join(reid_run::metrics::EXPERIMENT_FILE).is_file() || reid_run::lock::grid_running(dir) {
+        anyhow::bail!(
+            "{} is an experiment grid's folder (it holds {}, or a grid runs there); give {what} \
+             a folder of its own",
+            dir.display(),
+            reid_run::metrics::EXPERIMENT_FILE
+        );
+    }
+    Ok(())
 }
 
 /// Whether `dir` is a folder with nothing in it but (at most) its writer's `.lock`.

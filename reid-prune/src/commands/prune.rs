@@ -23,8 +23,20 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let mut cfg = a.config;
     // parsed at the edge: the record says the size the prune ran at, given or the model's own
+    // (a resume: the size the run was started at)
+    let recorded = || {
+        let text =
+            std::fs::read_to_string(reid_run::RunFolder::new(&cfg.out).config_path()).ok()?;
+        let table: toml::Table = text.parse().ok()?;
+        table
+            .get("input")?
+            .as_str()?
+            .parse::<reid_run::InputSize>()
+            .ok()
+    };
     cfg.input = a
         .input
+        .or_else(|| a.resume.then(recorded).flatten())
         .or_else(|| reid_prune::prune_run::trained_input(&cfg.checkpoint))
         .unwrap_or(cfg.input);
     let stop = Arc::new(AtomicBool::new(false));

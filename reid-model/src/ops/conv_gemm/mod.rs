@@ -549,7 +549,13 @@ mod tests {
             (6, 12, 9, 7, 10, 3, 2),
             (9, 40, 4, 2, 32, 1, 1),
             (3, 64, 8, 8, 64, 3, 1),
+            // served by the direct weight gradient (16-wide rows, 64 channels)
+            (3, 8, 4, 16, 64, 3, 1),
         ] {
+            let g = Geom::new((n, cin, h, w), (cout, cin, k, k), stride, k / 2).unwrap();
+            if (w, cout) == (16, 64) {
+                assert!(!direct::available() || direct::serves_weight_grad(&g));
+            }
             let run = |threads: usize| -> Vec<Vec<f32>> {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
