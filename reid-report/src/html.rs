@@ -1,14 +1,58 @@
 //! `index.html`: every table and figure on one page, viewable from disk (relative links only).
 
+use crate::claims::{MatrixRow, VerdictMatrix};
 use crate::figures::Figure;
 use crate::runs::Problem;
 use crate::tables::Table;
+use reid_run::claims::Verdict;
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+/// The verdict matrix: a coloured cell per claim and model, Δ rank-1 and its interval in the
+/// cell, both models and the verdict on hover.
+fn matrix_html(m: &VerdictMatrix) -> String {
+    let mut s = format!(
+        "<section id=\"verdicts\">\n<h2>{}</h2>\n<p class=\"note\"><span class=\"v holds\">holds</span> \
+         <span class=\"v not\">does not hold</span> <span class=\"v inc\">inconclusive at this \
+         size</span> — Δ rank-1 in points and its 95 % interval; hover a cell for the two models. \
+         <a href=\"tables/verdicts.md\">Markdown</a> · <a href=\"tables/verdicts.csv\">CSV</a></p>\n\
+         <table class=\"matrix\">\n<thead><tr><th>claim</th><th>dataset</th>",
+        esc(&m.title)
+    );
+    for c in &m.columns {
+        s += &format!("<th>{}</th>", esc(c));
+    }
+    s += "</tr></thead>\n<tbody>\n";
+    for r in &m.rows {
+        s += &format!("<tr><td>{}</td><td>{}</td>", esc(&r.claim), esc(&r.dataset));
+        for c in &r.cells {
+            match c {
+                None => s += "<td></td>",
+                Some(j) => {
+                    let class = match j.verdict {
+                        Verdict::Holds => "holds",
+                        Verdict::DoesNotHold => "not",
+                        Verdict::Inconclusive => "inc",
+                        Verdict::Unjudged => "none",
+                    };
+                    s += &format!(
+                        "<td class=\"v {class}\" title=\"{}\">{:+.1}<br><small>{}</small></td>",
+                        esc(&format!("{} vs {}: {}", j.a, j.b, MatrixRow::cell_text(j))),
+                        100.0 * j.delta,
+                        esc(&j.interval_text())
+                    );
+                }
+            }
+        }
+        s += "</tr>\n";
+    }
+    s += "</tbody>\n</table>\n</section>\n";
+    s
 }
 
 fn table_html(t: &Table) -> String {
@@ -43,11 +87,15 @@ fn table_html(t: &Table) -> String {
 
 /// The page. A small script records on `<body>` how many images loaded, so that a headless
 /// browser's DOM dump can tell a broken page from a good one.
+/// `collapsed`: the slugs of tables shown folded (the claims' detail, below their matrix).
+#[allow(clippy::too_many_arguments)]
 pub fn index_html(
     title: &str,
     runs_dir: &str,
     num_runs: usize,
+    matrix: Option<&VerdictMatrix>,
     tables: &[Table],
+    collapsed: &[&str],
     figures: &[Figure],
     problems: &[Problem],
 ) -> String {
@@ -67,6 +115,14 @@ figure {{ margin: 1em 0 2.5em; }}
 figure img {{ max-width: 100%; border: 1px solid #ddd; }}
 .note, .files {{ color: #555; font-size: 0.9em; }}
 .problems {{ color: #a00; }}
+.v {{ text-align: center; font-variant-numeric: tabular-nums; }}
+span.v {{ padding: 0 0.4em; }}
+.v.holds {{ background: #b8e0b0; }}
+.v.not {{ background: #f2b5b0; }}
+.v.inc {{ background: #f3e3a6; }}
+.v.none {{ background: #e4e4e4; }}
+table.matrix td:first-child {{ max-width: 28em; }}
+details > summary {{ cursor: pointer; font-weight: bold; margin: 0.5em 0; }}
 </style>
 </head>
 <body data-images-total="0" data-images-loaded="0">
@@ -83,6 +139,9 @@ figure img {{ max-width: 100%; border: 1px solid #ddd; }}
             s += &format!("<li>{}</li>\n", esc(&p.to_string()));
         }
         s += "</ul>\n";
+    }
+    if let Some(m) = matrix {
+        s += &matrix_html(m);
     }
     s += "<nav><h2>Contents</h2>\n<ul>\n";
     for t in tables {
@@ -101,7 +160,15 @@ figure img {{ max-width: 100%; border: 1px solid #ddd; }}
     }
     s += "</ul></nav>\n";
     for t in tables {
-        s += &table_html(t);
+        if collapsed.contains(&t.slug.as_str()) {
+            s += &format!(
+                "<details><summary>{} (every comparison)</summary>\n{}</details>\n",
+                esc(&t.title),
+                table_html(t)
+            );
+        } else {
+            s += &table_html(t);
+        }
     }
     for f in figures {
         s += &format!(

@@ -246,7 +246,15 @@ pub fn write_report(
     for t in &mut tables {
         t.slug = safe_component(&t.slug);
     }
+    let matrix = claims::verdict_matrix(&runs, &level);
     let mut all_md = format!("# {}\n\n", opts.title);
+    if let Some(m) = &matrix {
+        let t = m.as_table();
+        put(&format!("tables/{}.md", t.slug), t.to_markdown().as_bytes())?;
+        put(&format!("tables/{}.csv", t.slug), t.to_csv().as_bytes())?;
+        all_md += &t.to_markdown();
+        all_md += "\n";
+    }
     for t in &tables {
         put(&format!("tables/{}.md", t.slug), t.to_markdown().as_bytes())?;
         put(&format!("tables/{}.csv", t.slug), t.to_csv().as_bytes())?;
@@ -277,7 +285,10 @@ pub fn write_report(
         &opts.title,
         &runs_dir.display().to_string(),
         runs.len(),
+        matrix.as_ref(),
         &tables,
+        // the claims' every comparison, folded below their matrix
+        if matrix.is_some() { &["claims"] } else { &[] },
         &figures,
         &problems,
     );

@@ -1019,3 +1019,74 @@ fn a_report_replaces_the_earlier_reports_files_only() {
         "keep"
     );
 }
+
+/// The report opens with the verdict matrix: a claim a row, the judged model a column, each
+/// cell coloured by its verdict with Δ rank-1 and its interval, the detailed claims table folded
+/// below; the same matrix as Markdown and CSV.
+#[test]
+fn the_report_opens_with_the_verdict_matrix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    // 200 query identities; `misses` of them lose their first-rank match
+    let cell = |folder: &str,
+                scenario: &str,
+                criterion: &str,
+                level: &str,
+                backbone: &str,
+                misses: usize| {
+        let r1 = 1.0 - misses as f64 / 200.0;
+        let dir = run(
+            &runs,
+            folder,
+            scenario,
+            criterion,
+            level,
+            backbone,
+            2.0,
+            12.0,
+            (5.0, 90.0),
+            json!({"market1501": eval(0.8, r1)}),
+        );
+        let q = reid_run::stats::PerQuery {
+            pid: (0..200).collect(),
+            ap: vec![0.8; 200],
+            first_rank: (0..200).map(|i| if i < misses { 3 } else { 1 }).collect(),
+            inp: vec![0.5; 200],
+        };
+        reid_run::RunFolder::new(&dir)
+            .write_per_query("market1501", &q)
+            .unwrap();
+    };
+    cell(
+        "baseline/resnet50-full",
+        "baseline",
+        "",
+        "full",
+        "resnet50",
+        10,
+    );
+    cell("S1/l1-C1", "S1", "l1", "C1", "resnet50", 10);
+    cell("S1/taylor-C1", "S1", "taylor", "C1", "resnet50", 50);
+    cell("S2/l1-C1", "S2", "l1", "C1", "resnet50", 12);
+    let out = tmp.path().join("report");
+    write_report(&runs, &out, &ReportOptions::default()).unwrap();
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    let matrix = html.find("<section id=\"verdicts\">").expect("no matrix");
+    assert!(
+        matrix < html.find("<nav>").unwrap(),
+        "the matrix is not first"
+    );
+    let cells = |class: &str| html.matches(&format!("<td class=\"v {class}\"")).count();
+    // S1: l1 ties the unpruned model (holds), taylor loses 20 points (does not hold); S2 l1
+    // loses 1 point, its interval holds the bound (inconclusive); (5) L1 beats taylor (holds)
+    assert_eq!(
+        (cells("holds"), cells("not"), cells("inc")),
+        (2, 1, 1),
+        "{html}"
+    );
+    assert!(html.contains("<details><summary>The paper's claims at C1, judged"));
+    let md = std::fs::read_to_string(out.join("tables/verdicts.md")).unwrap();
+    assert!(md.contains("| claim | dataset | l1 | taylor |"), "{md}");
+    assert!(md.contains("does not hold -20.0"), "{md}");
+    assert!(out.join("tables/verdicts.csv").is_file());
+}

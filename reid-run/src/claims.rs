@@ -36,18 +36,91 @@ pub enum Test {
     Above,
 }
 
+/// What a claim's interval says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Holds,
+    DoesNotHold,
+    /// The interval holds the bound: more seeds or queries would decide it.
+    Inconclusive,
+    /// A model has no per-query results to resample.
+    Unjudged,
+}
+
+impl Verdict {
+    pub fn text(self) -> &'static str {
+        match self {
+            Self::Holds => "holds",
+            Self::DoesNotHold => "does not hold",
+            Self::Inconclusive => "inconclusive at this size",
+            Self::Unjudged => "no per-query results to judge",
+        }
+    }
+}
+
 /// The verdict of `test` on the interval [lo, hi] of a − b.
-pub fn verdict(test: Test, lo: f64, hi: f64) -> &'static str {
+pub fn judge_interval(test: Test, lo: f64, hi: f64) -> Verdict {
     let bound = match test {
         Test::NotBelow { margin } => -margin,
         Test::Above => 0.0,
     };
     if lo > bound {
-        "holds"
+        Verdict::Holds
     } else if hi < bound {
-        "does not hold"
+        Verdict::DoesNotHold
     } else {
-        "inconclusive at this size"
+        Verdict::Inconclusive
+    }
+}
+
+/// [`judge_interval`]'s verdict as the tables print it.
+pub fn verdict(test: Test, lo: f64, hi: f64) -> &'static str {
+    judge_interval(test, lo, hi).text()
+}
+
+/// One comparison judged: a claim on model A against model B, on one dataset.
+#[derive(Clone, Debug)]
+pub struct Judgement {
+    pub claim: String,
+    pub dataset: String,
+    /// A's scenario, model (criterion or backbone) and level, as recorded.
+    pub scenario: String,
+    pub model: String,
+    pub level: String,
+    pub a: String,
+    pub b: String,
+    /// A − B in rank-1 fractions (the mean over seeds where there are several).
+    pub delta: f64,
+    pub interval: Option<(f64, f64)>,
+    pub seeds: usize,
+    pub verdict: Verdict,
+}
+
+impl Judgement {
+    /// The table's cells (see [`headers`]).
+    pub fn cells(&self) -> Vec<String> {
+        vec![
+            self.claim.clone(),
+            self.dataset.clone(),
+            self.a.clone(),
+            self.b.clone(),
+            format!("{:+.1}", 100.0 * self.delta),
+            self.interval_text(),
+            if self.seeds >= 2 {
+                format!("{} seeds + queries", self.seeds)
+            } else {
+                "queries only".to_string()
+            },
+            self.verdict.text().to_string(),
+        ]
+    }
+
+    /// The 95 % interval in points, e.g. `[-2.7, +3.8]` ("–" when unjudged).
+    pub fn interval_text(&self) -> String {
+        match self.interval {
+            Some((lo, hi)) => format!("[{:+.1}, {:+.1}]", 100.0 * lo, 100.0 * hi),
+            None => "–".into(),
+        }
     }
 }
 
@@ -58,6 +131,20 @@ pub struct ClaimsTable {
     pub note: String,
     pub headers: Vec<String>,
     pub rows: Vec<Vec<String>>,
+    /// The rows as values (the verdict matrix reads them).
+    pub judged: Vec<Judgement>,
+}
+
+impl ClaimsTable {
+    fn new(title: String, note: String, what: &str, judged: Vec<Judgement>) -> Self {
+        Self {
+            title,
+            note,
+            headers: headers(what),
+            rows: judged.iter().map(Judgement::cells).collect(),
+            judged,
+        }
+    }
 }
 
 impl ClaimsTable {
@@ -120,10 +207,10 @@ fn seed_pairs(a: &ClaimRun, b: &ClaimRun, label: &str) -> Vec<(PerQuery, PerQuer
     pairs
 }
 
-/// One row: the claim, the dataset, the two models, Δ rank-1 in points (the mean over seeds
-/// where there are several), its interval, the seeds it rests on and the verdict (None when
-/// either model lacks `label`).
-fn row(claim: &str, a: &ClaimRun, b: &ClaimRun, label: &str, test: Test) -> Option<Vec<String>> {
+/// One comparison: the claim, the dataset, the two models, Δ rank-1 (the mean over seeds where
+/// there are several), its interval, the seeds it rests on and the verdict (None when either
+/// model lacks `label`).
+fn row(claim: &str, a: &ClaimRun, b: &ClaimRun, label: &str, test: Test) -> Option<Judgement> {
     let ea = a.metrics.eval.get(label)?;
     let eb = b.metrics.eval.get(label)?;
     let pairs = seed_pairs(a, b, label);
@@ -138,27 +225,19 @@ fn row(claim: &str, a: &ClaimRun, b: &ClaimRun, label: &str, test: Test) -> Opti
             .and_then(|(qa, qb)| paired_bootstrap(qa, qb, "rank1", RESAMPLES, 0).ok());
         (ea.rank1 - eb.rank1, i, 1)
     };
-    let (ci, v) = match interval {
-        Some(i) => (
-            format!("[{:+.1}, {:+.1}]", 100.0 * i.lo, 100.0 * i.hi),
-            verdict(test, i.lo, i.hi),
-        ),
-        None => ("–".into(), "no per-query results to judge"),
-    };
-    Some(vec![
-        claim.to_string(),
-        label.to_string(),
-        name(a),
-        name(b),
-        format!("{:+.1}", 100.0 * delta),
-        ci,
-        if seeds >= 2 {
-            format!("{seeds} seeds + queries")
-        } else {
-            "queries only".to_string()
-        },
-        v.to_string(),
-    ])
+    Some(Judgement {
+        claim: claim.to_string(),
+        dataset: label.to_string(),
+        scenario: a.metrics.scenario.clone(),
+        model: a.metrics.model_name(),
+        level: a.metrics.level.clone(),
+        a: name(a),
+        b: name(b),
+        delta,
+        interval: interval.map(|i| (i.lo, i.hi)),
+        seeds,
+        verdict: interval.map_or(Verdict::Unjudged, |i| judge_interval(test, i.lo, i.hi)),
+    })
 }
 
 const ONE_POINT: Test = Test::NotBelow { margin: 0.01 };
@@ -168,8 +247,8 @@ const ONE_POINT: Test = Test::NotBelow { margin: 0.01 };
 /// prefixed with its experiment.
 fn per_experiment(
     runs: &[ClaimRun],
-    judge: impl Fn(&[ClaimRun]) -> Vec<Vec<String>>,
-) -> Vec<Vec<String>> {
+    judge: impl Fn(&[ClaimRun]) -> Vec<Judgement>,
+) -> Vec<Judgement> {
     let mut experiments: Vec<&str> = runs.iter().map(|r| r.metrics.experiment.as_str()).collect();
     experiments.sort();
     experiments.dedup();
@@ -182,7 +261,7 @@ fn per_experiment(
             .collect();
         for mut row in judge(&group) {
             if experiments.len() > 1 {
-                row[1] = format!("{e}: {}", row[1]);
+                row.dataset = format!("{e}: {}", row.dataset);
             }
             rows.push(row);
         }
@@ -209,17 +288,17 @@ pub fn judge(runs: &[ClaimRun], level: &str) -> Option<ClaimsTable> {
     if rows.is_empty() {
         return None;
     }
-    Some(ClaimsTable {
-        title: format!("The paper's claims at {level}, judged"),
-        note: NOTE.into(),
-        headers: headers("claim"),
+    Some(ClaimsTable::new(
+        format!("The paper's claims at {level}, judged"),
+        NOTE.into(),
+        "claim",
         rows,
-    })
+    ))
 }
 
 /// The claims of one experiment's runs.
-fn judge_experiment(runs: &[ClaimRun], level: &str) -> Vec<Vec<String>> {
-    let mut rows: Vec<Option<Vec<String>>> = Vec::new();
+fn judge_experiment(runs: &[ClaimRun], level: &str) -> Vec<Judgement> {
+    let mut rows: Vec<Option<Judgement>> = Vec::new();
     let is_baseline = |r: &ClaimRun| r.metrics.scenario == "baseline";
     let pruned = runs
         .iter()
@@ -346,19 +425,18 @@ pub fn judge_benchmark(runs: &[ClaimRun]) -> Option<ClaimsTable> {
     if rows.is_empty() {
         return None;
     }
-    Some(ClaimsTable {
-        title: "Does the benchmark behave like re-ID? (its design, not the paper's claims)".into(),
-        note: "Judged as the claims: a check holds when the whole interval of A − B is above \
-               0, does not hold when it is below, and is inconclusive when it holds 0 (a tie \
-               at this size)."
+    Some(ClaimsTable::new(
+        "Does the benchmark behave like re-ID? (its design, not the paper's claims)".into(),
+        "Judged as the claims: a check holds when the whole interval of A − B is above 0, does \
+         not hold when it is below, and is inconclusive when it holds 0 (a tie at this size)."
             .into(),
-        headers: headers("check"),
+        "check",
         rows,
-    })
+    ))
 }
 
 /// The benchmark checks of one experiment's runs.
-fn benchmark_experiment(group: &[ClaimRun]) -> Vec<Vec<String>> {
+fn benchmark_experiment(group: &[ClaimRun]) -> Vec<Judgement> {
     let mut rows = Vec::new();
     let mut baselines: Vec<&ClaimRun> = group
         .iter()
