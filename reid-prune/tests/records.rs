@@ -558,25 +558,29 @@ fn a_run_into_a_grids_folder_is_refused() {
 #[test]
 fn a_prune_without_input_runs_at_the_trained_size() {
     let tmp = tempfile::tempdir().unwrap();
+    // `prune` with no --input (prune_command adds one)
+    let prune_at_default = |ck: &Path, out: &Path| {
+        let o = Command::new(BIN)
+            .args([
+                "prune",
+                "--criterion",
+                "l1",
+                "--level",
+                "0.5",
+                "--checkpoint",
+            ])
+            .arg(ck)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap();
+        ok(o);
+        config(out)["input"].as_str().map(str::to_string)
+    };
     let ck = tmp.path().join("m.safetensors");
     checkpoint(&ck, Some(reid_run::InputSize::new(128, 64)));
     let out = tmp.path().join("p");
-    let o = Command::new(BIN)
-        .args([
-            "prune",
-            "--criterion",
-            "l1",
-            "--level",
-            "0.5",
-            "--checkpoint",
-        ])
-        .arg(&ck)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    ok(o);
-    assert_eq!(config(&out)["input"].as_str(), Some("128x64"));
+    assert_eq!(prune_at_default(&ck, &out).as_deref(), Some("128x64"));
     assert_eq!(
         provenance(&out.join("model.safetensors")).input,
         Some(reid_run::InputSize::new(128, 64))
@@ -584,23 +588,8 @@ fn a_prune_without_input_runs_at_the_trained_size() {
     // a checkpoint that records no size keeps the documented default
     let plain = tmp.path().join("plain.safetensors");
     checkpoint(&plain, None);
-    let out = tmp.path().join("q");
-    let o = Command::new(BIN)
-        .args([
-            "prune",
-            "--criterion",
-            "l1",
-            "--level",
-            "0.5",
-            "--checkpoint",
-        ])
-        .arg(&plain)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    ok(o);
-    assert_eq!(config(&out)["input"].as_str(), Some("256x128"));
+    let q = tmp.path().join("q");
+    assert_eq!(prune_at_default(&plain, &q).as_deref(), Some("256x128"));
 }
 
 #[test]
