@@ -192,11 +192,14 @@ impl Default for PruneConfig {
 /// alone; `None` where it records none (plain torchvision weights) or cannot be read (loading it
 /// then names what is wrong).
 pub fn trained_input(path: &Path) -> Option<reid_run::InputSize> {
+    header_provenance(path)?.input
+}
+
+/// A checkpoint's provenance from its header alone (`None` where unreadable or absent).
+fn header_provenance(path: &Path) -> Option<reid_model::checkpoint::Provenance> {
     let header = reid_run::header::read_safetensors_header(path).ok()?;
     let prov = header.metadata(reid_model::checkpoint::META_PROVENANCE)?;
-    serde_json::from_str::<reid_model::checkpoint::Provenance>(prov)
-        .ok()?
-        .input
+    serde_json::from_str(prov).ok()
 }
 
 /// A resumed prune starts from the checkpoint the interrupted one did: its first cut model
@@ -208,15 +211,7 @@ fn check_same_start(cfg: &PruneConfig, steps: usize, hash: &str) -> Result<()> {
     } else {
         cfg.out.clone()
     };
-    let recorded = reid_run::header::read_safetensors_header(&first.join("pruned.safetensors"))
-        .ok()
-        .and_then(|h| {
-            let prov = h
-                .metadata(reid_model::checkpoint::META_PROVENANCE)?
-                .to_string();
-            serde_json::from_str::<reid_model::checkpoint::Provenance>(&prov).ok()
-        })
-        .and_then(|p| p.parent);
+    let recorded = header_provenance(&first.join("pruned.safetensors")).and_then(|p| p.parent);
     match recorded {
         Some(r) if r != hash => bail!(
             "--checkpoint {} changed since this prune started (the run in {} was cut from \
