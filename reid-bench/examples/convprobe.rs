@@ -1,6 +1,6 @@
 use candle_core::{Device, Tensor, Var};
 use reid_model::complexity::complexity;
-use reid_model::ops::conv_gemm::conv2d;
+use reid_model::kernels::{conv2d, Kernels};
 use reid_model::{ArchSpec, Neck};
 use std::time::Instant;
 reid_process::use_fast_allocator!();
@@ -31,11 +31,23 @@ fn main() -> anyhow::Result<()> {
             (n, l.out_channels, l.out_hw[0], l.out_hw[1]),
             &dev,
         )?;
-        let _ = (conv2d(x.as_tensor(), wt.as_tensor(), l.stride, l.padding)? * &r)?
+        let _ = (conv2d(
+            Kernels::Native,
+            x.as_tensor(),
+            wt.as_tensor(),
+            l.stride,
+            l.padding,
+        )? * &r)?
             .sum_all()?
             .backward()?;
         let t = Instant::now();
-        let y = conv2d(x.as_tensor(), wt.as_tensor(), l.stride, l.padding)?;
+        let y = conv2d(
+            Kernels::Native,
+            x.as_tensor(),
+            wt.as_tensor(),
+            l.stride,
+            l.padding,
+        )?;
         let t1 = t.elapsed().as_secs_f64();
         let loss = (y * &r)?.sum_all()?;
         let t = Instant::now();

@@ -9,9 +9,10 @@
 //! - [`complexity`]: MACs / FLOPs / parameters per layer, backbone and head apart;
 //! - [`train`]: losses, checkpointable optimisers, schedules;
 //! - `onnx` (feature `onnx`): any net as a standard ONNX graph, image tensor to re-ID feature;
-//! - [`ops`]: the layers and this crate's CPU kernels; `ops::with_generic_ops` runs candle's
-//!   generic ops instead (the path of every other device), so that it is tested on the CPU;
-//!   with `cudnn`, `ops::cudnn_conv` runs a CUDA conv's forward and both gradients on cuDNN.
+//! - [`layers`]: conv and BN layers over the kernel crate (reid-kernels), which picks each op's
+//!   implementation; a net's [`layers::Kernels`] value (`ReidNet::with_kernels`) selects
+//!   candle's generic ops instead (the path of every other device), so that it is tested on the
+//!   CPU; with `cudnn`, the kernel crate runs a CUDA conv's forward and both gradients on cuDNN.
 //!
 //! Features: `hub` (default; hub ids through hf-hub, otherwise local files only), `cli`
 //! (clap value enums for front ends), `onnx` (ONNX export), `cuda` / `cudnn`. The allocator and
@@ -29,7 +30,10 @@ pub mod init;
 pub mod net;
 #[cfg(feature = "onnx")]
 pub mod onnx;
-pub mod ops;
+/// The kernels under the layers (for benchmarks and pooled features; the crate graph keeps
+/// reid-kernels a dependency of this crate alone).
+pub use reid_kernels as kernels;
+pub mod layers;
 pub mod train;
 pub mod weights;
 

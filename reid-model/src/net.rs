@@ -9,8 +9,8 @@ use candle_nn::{VarBuilder, VarMap};
 
 use crate::arch::{ArchSpec, ConvInfo, Neck, PrunableConv};
 use crate::error::{ModelError, Result};
-use crate::ops::channels_last::{ActNhwc, ConvNhwc};
-use crate::ops::{global_avg_pool, max_pool_3x3_s2_p1, BatchNorm, BatchNormConfig, Conv2d};
+use crate::layers::{BatchNorm, BatchNormConfig, Conv2d, Kernels};
+use reid_kernels::{global_avg_pool, max_pool_3x3_s2_p1, ActNhwc, ConvNhwc};
 
 /// Standard deviation of the classifier's initial weights (Bag of Tricks).
 const CLASSIFIER_INIT_STD: f64 = 0.001;
@@ -43,24 +43,30 @@ impl ConvBn {
         })
     }
 
-    fn forward_t(&self, x: &Tensor, train: bool, relu: bool) -> candle_core::Result<Tensor> {
+    fn forward_t(
+        &self,
+        k: Kernels,
+        x: &Tensor,
+        train: bool,
+        relu: bool,
+    ) -> candle_core::Result<Tensor> {
         if let (None, Some(b)) = (&self.bn, &self.conv.bias) {
             let c = &self.conv;
-            if let Some(y) = crate::ops::conv_gemm::conv2d_bias_inference(
-                x, &c.weight, b, c.stride, c.padding, relu,
-            )? {
+            if let Some(y) =
+                reid_kernels::conv2d_bias_inference(k, x, &c.weight, b, c.stride, c.padding, relu)?
+            {
                 return Ok(y);
             }
         }
         if let (true, Some(bn)) = (train, &self.bn) {
-            if let Some(y) = bn.forward_conv_train(x, &self.conv, relu)? {
+            if let Some(y) = bn.forward_conv_train(k, x, &self.conv, relu)? {
                 return Ok(y);
             }
         }
-        let y = self.conv.forward(x)?;
+        let y = self.conv.forward(k, x)?;
         match &self.bn {
-            Some(bn) => bn.forward_t_relu(&y, train, relu),
-            None if relu => crate::ops::fused::relu(&y),
+            Some(bn) => bn.forward_t_relu(k, &y, train, relu),
+            None if relu => reid_kernels::relu(k, &y),
             None => Ok(y),
         }
     }
@@ -69,13 +75,15 @@ impl ConvBn {
     /// is folded (inference) or in train mode (CPU f32), composed otherwise.
     fn forward_residual_relu(
         &self,
+        k: Kernels,
         x: &Tensor,
         residual: &Tensor,
         train: bool,
     ) -> candle_core::Result<Tensor> {
         match (&self.bn, &self.conv.bias) {
             (None, Some(b)) => {
-                if let Some(y) = crate::ops::conv_gemm::conv2d_bias_residual_inference(
+                if let Some(y) = reid_kernels::conv2d_bias_residual_inference(
+                    k,
                     x,
                     &self.conv.weight,
                     b,
@@ -86,10 +94,12 @@ impl ConvBn {
                     return Ok(y);
                 }
             }
-            (Some(bn), _) => return bn.forward_t_add_relu(&self.conv.forward(x)?, residual, train),
+            (Some(bn), _) => {
+                return bn.forward_t_add_relu(k, &self.conv.forward(k, x)?, residual, train)
+            }
             (None, None) => {}
         }
-        crate::ops::fused::relu(&(self.forward_t(x, train, false)? + residual)?)
+        reid_kernels::relu(k, &(self.forward_t(k, x, train, false)? + residual)?)
     }
 
     /// Conv with the eval-mode BN folded in: w' = w·γ/σ, b' = β − μ·γ/σ.
@@ -156,7 +166,7 @@ pub struct Block {
 pub enum InferenceLayout {
     /// candle's N×C×H×W tensors and the NCHW gemm conv op.
     Nchw,
-    /// Channels-last buffers: one gemm per block of pixels (`ops::channels_last`).
+    /// Channels-last buffers: one gemm per block of pixels (`reid_kernels::channels_last`).
     #[default]
     Nhwc,
 }
@@ -317,6 +327,9 @@ impl ActivationTrace {
     }
 }
 
+/// A clone shares its parameters with the original (candle tensors share storage), as a view
+/// of the same network: e.g. the same weights through other kernels (`with_kernels`).
+#[derive(Clone)]
 pub struct ReidNet {
     spec: ArchSpec,
     stem: ConvBn,
@@ -329,6 +342,9 @@ pub struct ReidNet {
     /// Set on folded CPU nets: the same convs in channels-last layout.
     channels_last: Option<std::sync::Arc<ChannelsLastBackbone>>,
     layout: InferenceLayout,
+    /// Which implementation the layers' ops run (the generic one is how the path every other
+    /// device runs is tested on the CPU).
+    kernels: Kernels,
     device: Device,
 }
 
@@ -341,6 +357,7 @@ impl std::fmt::Debug for ReidNet {
             .field("trainable", &self.is_trainable())
             .field("folded", &self.folded)
             .field("layout", &self.layout)
+            .field("kernels", &self.kernels)
             .finish()
     }
 }
@@ -479,6 +496,7 @@ impl ReidNet {
             folded: false,
             channels_last: None,
             layout: InferenceLayout::default(),
+            kernels: Kernels::default(),
             device: device.clone(),
         })
     }
@@ -600,7 +618,7 @@ impl ReidNet {
             .into_iter()
             .map(|(n, t)| (n, t.detach()))
             .collect();
-        Self::from_tensors_frozen(&self.spec, &map, &self.device)
+        Self::from_tensors_frozen(&self.spec, &map, &self.device)?.with_kernels(self.kernels)
     }
 
     /// Eval-only copy with every BatchNorm2d folded into its conv (fewer passes over memory).
@@ -631,7 +649,7 @@ impl ReidNet {
             .iter()
             .map(|s| s.iter().map(fold_block).collect::<candle_core::Result<_>>())
             .collect::<candle_core::Result<_>>()?;
-        let channels_last = if crate::ops::fast_cpu_device(&self.device) {
+        let channels_last = if self.kernels.native_on(&self.device) {
             Some(std::sync::Arc::new(ChannelsLastBackbone::new(
                 &stem, &stages,
             )?))
@@ -648,6 +666,7 @@ impl ReidNet {
             folded: true,
             channels_last,
             layout: self.layout,
+            kernels: self.kernels,
             device: self.device.clone(),
         })
     }
@@ -660,6 +679,24 @@ impl ReidNet {
 
     pub fn inference_layout(&self) -> InferenceLayout {
         self.layout
+    }
+
+    /// The same net running `kernels`' implementation of every op; a folded net gains or loses
+    /// its channels-last copy accordingly (it exists only where the native CPU kernels run).
+    pub fn with_kernels(mut self, kernels: Kernels) -> Result<Self> {
+        self.kernels = kernels;
+        self.channels_last = match (self.folded, kernels.native_on(&self.device)) {
+            (true, true) => Some(std::sync::Arc::new(ChannelsLastBackbone::new(
+                &self.stem,
+                &self.stages,
+            )?)),
+            _ => None,
+        };
+        Ok(self)
+    }
+
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<ReidOutput> {
@@ -692,8 +729,7 @@ impl ReidNet {
         }
         // candle's stock conv backward (used off the CPU) needs equal H/W parity at stride-2
         // convs; our CPU gemm conv does not. Check before any work.
-        let stock_backward =
-            !crate::ops::fast_cpu_device(&self.device) && (train || trace.with_grad);
+        let stock_backward = !self.kernels.native_on(&self.device) && (train || trace.with_grad);
         self.spec.check_input(h, w, stock_backward)?;
         let x = x.to_dtype(DType::F32)?;
         let pooled = match &self.channels_last {
@@ -703,7 +739,7 @@ impl ReidNet {
             _ => self.backbone_nchw(&x, train, trace)?,
         };
         let neck = match &self.neck {
-            Some(bn) => bn.forward_t(&pooled, train)?,
+            Some(bn) => bn.forward_t(self.kernels, &pooled, train)?,
             None => pooled.clone(),
         };
         let logits = match &self.classifier {
@@ -724,22 +760,23 @@ impl ReidNet {
         train: bool,
         trace: &mut ActivationTrace,
     ) -> Result<Tensor> {
-        let stem = self.stem.forward_t(x, train, true)?;
-        let mut y = trace.hook("stem", max_pool_3x3_s2_p1(&stem)?)?;
+        let k = self.kernels;
+        let stem = self.stem.forward_t(k, x, train, true)?;
+        let mut y = trace.hook("stem", max_pool_3x3_s2_p1(k, &stem)?)?;
         for (s, blocks) in self.stages.iter().enumerate() {
             for blk in blocks {
                 let mut h = y.clone();
                 let last = blk.convs.len() - 1;
                 for unit in blk.convs.iter().take(last) {
-                    h = unit.forward_t(&h, train, true)?;
+                    h = unit.forward_t(k, &h, train, true)?;
                     h = trace.hook(&unit.name, h)?;
                 }
                 let shortcut = match &blk.downsample {
-                    Some(ds) => ds.forward_t(&y, train, false)?,
+                    Some(ds) => ds.forward_t(k, &y, train, false)?,
                     None => y,
                 };
                 let unit = &blk.convs[last];
-                y = unit.forward_residual_relu(&h, &shortcut, train)?;
+                y = unit.forward_residual_relu(k, &h, &shortcut, train)?;
                 // the block's output: what a residual stream carries (`layer2.1.out`)
                 y = trace.hook(&blk.out_name, y)?;
             }

@@ -1,4 +1,4 @@
-//! The code path CUDA runs, checked on the CPU: with `ops::with_generic_ops` every layer uses
+//! The code path CUDA runs, checked on the CPU: with `Kernels::Generic` every layer uses
 //! candle's generic ops (conv2d and its stock backward, composed BN, ReLU and pools) instead of
 //! this crate's CPU kernels. Forward, gradients, a few training steps and inference must agree
 //! with the fast CPU path, so that a GPU runs code already known to be right.
@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use common::{randn, rel_diff};
-use reid_model::ops::with_generic_ops;
+use reid_model::layers::Kernels;
 use reid_model::train::{TrainConfig, Trainer};
 use reid_model::{ArchSpec, Neck, ReidNet};
 
@@ -63,6 +63,8 @@ fn nudged(x: &Tensor) -> Tensor {
 fn forward_and_every_gradient_agree_with_the_cpu_kernels() {
     for depth in [18, 50] {
         let net = ReidNet::new(&spec(depth), &Device::Cpu, 3).unwrap();
+        // the same parameters through candle's generic ops
+        let generic = net.clone().with_kernels(Kernels::Generic).unwrap();
         // 8 images at 128×64, so that every train-mode BN has 32+ values a channel: at 64×32 a
         // channel of ResNet-50's layer4.2.bn1 has a tiny batch variance, and there finite
         // differences (which agree with both forward paths) disagree with *both* backward
@@ -70,7 +72,7 @@ fn forward_and_every_gradient_agree_with_the_cpu_kernels() {
         let x = randn(&[8, 3, 128, 64], 5);
         // Eval mode (running statistics): well conditioned, every gradient to 1e-4.
         let (fast_out, fast_grads) = forward_backward(&net, &x, false);
-        let (gen_out, gen_grads) = with_generic_ops(|| forward_backward(&net, &x, false));
+        let (gen_out, gen_grads) = forward_backward(&generic, &x, false);
         for (i, (a, b)) in gen_out.iter().zip(&fast_out).enumerate() {
             let d = rel_diff(a, b);
             assert!(d < 1e-4, "resnet{depth} eval output {i}: relative diff {d}");
@@ -91,7 +93,7 @@ fn forward_and_every_gradient_agree_with_the_cpu_kernels() {
         // Train mode (batch statistics): within 10× the fast path's own noise floor.
         let (fast_out, fast_grads) = forward_backward(&net, &x, true);
         let (_, floor_grads) = forward_backward(&net, &nudged(&x), true);
-        let (gen_out, gen_grads) = with_generic_ops(|| forward_backward(&net, &x, true));
+        let (gen_out, gen_grads) = forward_backward(&generic, &x, true);
         for (i, (a, b)) in gen_out.iter().zip(&fast_out).enumerate() {
             let d = rel_diff(a, b);
             assert!(
@@ -124,7 +126,8 @@ fn forward_and_every_gradient_agree_with_the_cpu_kernels() {
 fn training_steps_agree_with_the_cpu_kernels() {
     for depth in [18, 50] {
         let fresh = || ReidNet::new(&spec(depth), &Device::Cpu, 7).unwrap();
-        let (fast, floor, generic) = (fresh(), fresh(), fresh());
+        let (fast, floor) = (fresh(), fresh());
+        let generic = fresh().with_kernels(Kernels::Generic).unwrap();
         // ID + triplet as Bag of Tricks, with SGD: its update is proportional to the gradient,
         // so the weights compare as the gradients do (Adam divides each element by its own
         // gradient's size, which turns float noise in a near-zero gradient into a full step)
@@ -144,7 +147,7 @@ fn training_steps_agree_with_the_cpu_kernels() {
                 .step(&floor, &nudged(&x), &pids, 0.01, None)
                 .unwrap()
                 .loss;
-            let b = with_generic_ops(|| t_gen.step(&generic, &x, &pids, 0.01, None).unwrap()).loss;
+            let b = t_gen.step(&generic, &x, &pids, 0.01, None).unwrap().loss;
             let bound = 10.0 * (f - a).abs() + 1e-5 * a.abs();
             assert!(
                 (b - a).abs() <= bound,
@@ -181,12 +184,26 @@ fn inference_agrees_unfolded_and_folded() {
         let x = randn(&[3, 3, 64, 32], 30);
         let fast = net.forward_t(&x, false).unwrap().neck;
         let fast_folded = net.fold_bn().unwrap().forward_t(&x, false).unwrap().neck;
-        let (generic, generic_folded) = with_generic_ops(|| {
-            (
-                net.forward_t(&x, false).unwrap().neck,
-                net.fold_bn().unwrap().forward_t(&x, false).unwrap().neck,
-            )
-        });
+        let gen_net = net.clone().with_kernels(Kernels::Generic).unwrap();
+        let generic = gen_net.forward_t(&x, false).unwrap().neck;
+        let generic_folded = gen_net
+            .fold_bn()
+            .unwrap()
+            .forward_t(&x, false)
+            .unwrap()
+            .neck;
+        // a net folded natively and switched to generic kernels runs the generic path too
+        let switched = net
+            .fold_bn()
+            .unwrap()
+            .with_kernels(Kernels::Generic)
+            .unwrap();
+        let switched = switched.forward_t(&x, false).unwrap().neck;
+        assert_eq!(
+            switched.to_vec2::<f32>().unwrap(),
+            generic_folded.to_vec2::<f32>().unwrap(),
+            "resnet{depth}: with_kernels after fold_bn"
+        );
         for (what, a, b) in [
             ("unfolded", &generic, &fast),
             ("folded", &generic_folded, &fast_folded),

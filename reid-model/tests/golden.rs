@@ -56,7 +56,7 @@ fn check_arch(arch: &str, tol: [f32; 6]) {
     assert!(d <= tol[0], "{arch} stem: {d}");
     for (l, &t) in tol.iter().enumerate().take(5).skip(1) {
         let gap =
-            reid_model::ops::global_avg_pool(&trace.activations[&format!("layer{l}")]).unwrap();
+            reid_model::kernels::global_avg_pool(&trace.activations[&format!("layer{l}")]).unwrap();
         let d = max_abs_diff(&gap, &o(&format!("gap_layer{l}")));
         assert!(d <= t, "{arch} gap_layer{l}: {d} > {t}");
     }

@@ -42,6 +42,7 @@ pub mod deploy;
 pub mod header;
 pub mod lock;
 pub mod metrics;
+pub mod rng;
 pub mod stats;
 #[cfg(feature = "fault-injection")]
 pub mod testing;

@@ -7,6 +7,7 @@
 //! Per-query results are stored in the run folder ([`PER_QUERY_FILE`]) so that any interval can
 //! be recomputed without the models.
 
+use crate::rng::SplitMix64;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -141,23 +142,6 @@ impl SeedSpread {
     }
 }
 
-/// SplitMix64: seeded, the same on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        // Lemire's multiply-shift: unbiased enough for n ≪ 2^64
-        ((self.next() as u128 * n as u128) >> 64) as usize
-    }
-}
-
 /// The 2.5 % and 97.5 % percentiles of `v` (sorted in place).
 fn percentile_interval(v: &mut [f64]) -> Interval {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -179,7 +163,7 @@ pub fn bootstrap(q: &PerQuery, metric: &str, resamples: usize, seed: u64) -> Opt
     if clusters.is_empty() || resamples == 0 {
         return None;
     }
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut stats = Vec::with_capacity(resamples);
     for _ in 0..resamples {
         let (mut s, mut n) = (0.0, 0.0);
@@ -229,7 +213,7 @@ pub fn paired_bootstrap(
     if clusters.is_empty() || resamples == 0 {
         return Err("no queries".into());
     }
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut stats = Vec::with_capacity(resamples);
     for _ in 0..resamples {
         let (mut sa, mut sb, mut n) = (0.0, 0.0, 0.0);
@@ -375,7 +359,7 @@ pub fn seeds_and_queries(
         .map(|v| v.iter().sum::<f64>() / total)
         .collect();
     let spread = SeedSpread::of(&d).ok_or("fewer than 2 seeds")?;
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     let k = counts.len();
     let mut stats = Vec::with_capacity(resamples);
     for _ in 0..resamples {
@@ -432,11 +416,11 @@ mod tests {
     use super::*;
 
     fn sample(n_ids: usize, per_id: usize, p_hit: f64, seed: u64) -> PerQuery {
-        let mut rng = Rng(seed);
+        let mut rng = SplitMix64::new(seed);
         let mut q = PerQuery::default();
         for id in 0..n_ids {
             for _ in 0..per_id {
-                let u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+                let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
                 let hit = u < p_hit;
                 q.pid.push(id as i64);
                 q.first_rank
@@ -498,14 +482,14 @@ mod tests {
     /// `delta`, each seed moving a model's hit probability by N(0, sd_seed), evaluated on
     /// `ids` identities of 2 queries with their own difficulty.
     fn experiment(
-        rng: &mut Rng,
+        rng: &mut SplitMix64,
         seeds: usize,
         ids: usize,
         delta: f64,
         sd_seed: f64,
     ) -> Vec<(PerQuery, PerQuery)> {
-        let uniform = |rng: &mut Rng| (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
-        let normal = |rng: &mut Rng| {
+        let uniform = |rng: &mut SplitMix64| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let normal = |rng: &mut SplitMix64| {
             // Box-Muller
             let (u, v) = (uniform(rng).max(1e-12), uniform(rng));
             (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
@@ -536,7 +520,7 @@ mod tests {
     fn the_seeds_and_queries_interval_covers_the_true_difference() {
         // training variance larger than the query variance, as the default run measured
         let (delta, runs) = (0.02, 300);
-        let mut rng = Rng(11);
+        let mut rng = SplitMix64::new(11);
         let (mut covered, mut query_only_covered) = (0, 0);
         for r in 0..runs {
             let pairs = experiment(&mut rng, 3, 150, delta, 0.03);
@@ -555,7 +539,7 @@ mod tests {
         assert!((0.92..=0.995).contains(&c), "coverage {c}");
         assert!(qc < 0.85, "a one-seed query-only interval covered {qc}");
         // no training variance: about as wide as the query interval of the seed average
-        let mut rng = Rng(5);
+        let mut rng = SplitMix64::new(5);
         let pairs = experiment(&mut rng, 3, 400, 0.0, 0.0);
         let i = seeds_and_queries(&pairs, "rank1", 400, 1).unwrap();
         assert!(i.interval.half_width() < 0.08, "{i:?}");

@@ -276,13 +276,19 @@ fn per_kind_ms(
         let b = Tensor::zeros(l.out_channels, candle_core::DType::F32, &dev)?;
         let secs = match layout {
             reid_model::InferenceLayout::Nchw => median_secs(iters, || {
-                reid_model::ops::conv_gemm::conv2d_bias_inference(
-                    &x, &w, &b, l.stride, l.padding, true,
+                reid_model::kernels::conv2d_bias_inference(
+                    reid_model::kernels::Kernels::Native,
+                    &x,
+                    &w,
+                    &b,
+                    l.stride,
+                    l.padding,
+                    true,
                 )?;
                 Ok(())
             })?,
             reid_model::InferenceLayout::Nhwc => {
-                use reid_model::ops::channels_last::{ActNhwc, ConvNhwc};
+                use reid_model::kernels::channels_last::{ActNhwc, ConvNhwc};
                 let conv = ConvNhwc::new(&w, &b, l.stride, l.padding)?;
                 let x = ActNhwc::from_nchw(&x)?;
                 median_secs(iters, || {

@@ -138,7 +138,8 @@ impl Trainer {
             None
         };
         Ok(Self {
-            optimizer: Optimizer::new(config.optimizer, params),
+            // the update runs the implementation the net's ops run
+            optimizer: Optimizer::new(config.optimizer, params).with_kernels(net.kernels()),
             config,
             centers,
         })

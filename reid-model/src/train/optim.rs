@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, InplaceOp3, Layout, Result, Tensor, Var};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::ops::{f32_slice, fast_cpu};
+use reid_kernels::{f32_slice, Kernels};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -69,6 +69,9 @@ pub struct Optimizer {
     m: HashMap<String, Tensor>,
     v: HashMap<String, Tensor>,
     pub step_count: usize,
+    /// Native: one fused in-place pass per tensor where every tensor is CPU f32; generic:
+    /// candle's composed ops, the update every other device runs.
+    kernels: Kernels,
 }
 
 impl Optimizer {
@@ -79,7 +82,14 @@ impl Optimizer {
             m: HashMap::new(),
             v: HashMap::new(),
             step_count: 0,
+            kernels: Kernels::default(),
         }
+    }
+
+    /// The same optimiser updating through `kernels`' implementation.
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        self
     }
 
     /// One update at learning rate `lr` with the gradients in `grads`.
@@ -100,7 +110,7 @@ impl Optimizer {
             let in_place = [Some(p.var.as_tensor()), Some(g), m, v]
                 .into_iter()
                 .flatten()
-                .all(|t| fast_cpu(t) && t.is_contiguous());
+                .all(|t| self.kernels.native_for(t) && t.is_contiguous());
             if in_place {
                 let rule = UpdateRule::new(self.config.kind, decay, lr, t);
                 let (m, v) = rule.step_in_place(p.var.as_tensor(), g, m, v)?;
@@ -562,8 +572,8 @@ mod tests {
         let r: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
         for kind in kinds {
             for wd in [0.0, 5e-4] {
-                let run = |generic: bool| {
-                    let body = || {
+                let run = |kernels: Kernels| {
+                    {
                         let dev = Device::Cpu;
                         let w = Var::new(w0.as_slice(), &dev).unwrap();
                         let r = Tensor::new(r.as_slice(), &dev).unwrap();
@@ -577,7 +587,8 @@ mod tests {
                             kind,
                             weight_decay: wd,
                         };
-                        let mut opt = Optimizer::new(config, vec![slot("w", true)]);
+                        let mut opt =
+                            Optimizer::new(config, vec![slot("w", true)]).with_kernels(kernels);
                         for step in 0..3 {
                             // loss = Σ r·w² → grad 2·r·w
                             let loss = (w.as_tensor().sqr().unwrap() * &r).unwrap();
@@ -589,14 +600,9 @@ mod tests {
                         out.into_iter()
                             .map(|(k, t)| (k, t.to_vec1::<f32>().unwrap()))
                             .collect::<Vec<_>>()
-                    };
-                    if generic {
-                        crate::ops::with_generic_ops(body)
-                    } else {
-                        body()
                     }
                 };
-                let (fused, composed) = (run(false), run(true));
+                let (fused, composed) = (run(Kernels::Native), run(Kernels::Generic));
                 assert_eq!(fused.len(), composed.len(), "{kind:?} wd {wd}");
                 for ((name, a), (_, b)) in fused.iter().zip(&composed) {
                     let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());

@@ -107,7 +107,7 @@ impl Criterion for Entropy {
             let mut trace = ActivationTrace::new(layers.iter().map(|l| l.conv.clone()), false);
             eval.forward_traced(x, false, &mut trace)?;
             for l in layers {
-                let gap = reid_model::ops::global_avg_pool(&trace.activations[&l.conv])?;
+                let gap = reid_model::kernels::global_avg_pool(&trace.activations[&l.conv])?;
                 let v: Vec<f64> = gap.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
                 gaps.get_mut(&l.conv).expect("layer present").extend(v);
             }

@@ -14,6 +14,8 @@
 
 use candle_core::{Result, Tensor};
 
+use crate::Kernels;
+
 use ::gemm::Parallelism;
 
 mod custom_ops;
@@ -24,7 +26,7 @@ mod nchw;
 
 #[allow(unused_imports)] // each file uses part of the others'
 pub(crate) use custom_ops::*;
-pub use custom_ops::{Conv2dBiasInference, Conv2dGemm};
+pub use custom_ops::{conv2d_bias_residual_inference, Conv2dBiasInference, Conv2dGemm};
 #[allow(unused_imports)]
 pub(crate) use im2col::*;
 #[allow(unused_imports)]
@@ -161,13 +163,9 @@ pub(crate) fn part_parallelism(parts: usize) -> Parallelism {
     }
 }
 
-pub(crate) fn cpu_f32(t: &Tensor) -> bool {
-    super::fast_cpu(t)
-}
-
 /// Convolution through [`Conv2dGemm`] (CPU, f32); other devices and dtypes use candle's conv2d.
-pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    if cpu_f32(x) && cpu_f32(w) {
+pub fn conv2d(k: Kernels, x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    if k.native_for(x) && k.native_for(w) {
         x.contiguous()?.apply_op2(&w.contiguous()?, {
             let op = Conv2dGemm::new(stride, padding);
             if w.track_op() {
@@ -178,8 +176,10 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
         })
     } else {
         #[cfg(feature = "cudnn")]
-        if let Some(y) = super::cudnn_conv::conv2d(x, w, stride, padding)? {
-            return Ok(y);
+        if k == Kernels::Native {
+            if let Some(y) = super::cudnn_conv::conv2d(x, w, stride, padding)? {
+                return Ok(y);
+            }
         }
         x.conv2d(w, padding, stride, 1, 1)
     }
@@ -187,6 +187,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
 
 /// conv + bias (+ ReLU) fused when nothing needs a gradient (CPU f32); `None` otherwise.
 pub fn conv2d_bias_inference(
+    k: Kernels,
     x: &Tensor,
     w: &Tensor,
     bias: &Tensor,
@@ -194,7 +195,7 @@ pub fn conv2d_bias_inference(
     padding: usize,
     relu: bool,
 ) -> Result<Option<Tensor>> {
-    if !(cpu_f32(x) && cpu_f32(w) && cpu_f32(bias))
+    if ![x, w, bias].iter().all(|t| k.native_for(t))
         || x.track_op()
         || w.track_op()
         || bias.track_op()
@@ -215,8 +216,8 @@ pub fn conv2d_bias_inference(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::init::SplitMix64;
     use candle_core::{Device, Var};
+    use reid_run::rng::SplitMix64;
 
     /// The gradient of `t` in `grads`, flattened.
     fn grad_vec(grads: &candle_core::backprop::GradStore, t: &Tensor) -> Vec<f32> {
@@ -293,7 +294,14 @@ mod tests {
         let xv = Var::from_vec(to32(&x64), (n, cin, h, w), &dev).unwrap();
         let wv = Var::from_vec(to32(&w64), (cout, cin, k, k), &dev).unwrap();
         let r = Tensor::from_vec(to32(&r64), (n, cout, g.ho, g.wo), &dev).unwrap();
-        let y = conv2d(xv.as_tensor(), wv.as_tensor(), stride, pad).unwrap();
+        let y = conv2d(
+            crate::Kernels::Native,
+            xv.as_tensor(),
+            wv.as_tensor(),
+            stride,
+            pad,
+        )
+        .unwrap();
         let grads = (y.clone() * &r)
             .unwrap()
             .sum_all()
@@ -420,7 +428,7 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::ones((2, 3, 8, 8), candle_core::DType::F32, &dev).unwrap();
         let w = Var::ones((4, 3, 3, 3), candle_core::DType::F32, &dev).unwrap();
-        let y = conv2d(&x, w.as_tensor(), 2, 1).unwrap();
+        let y = conv2d(crate::Kernels::Native, &x, w.as_tensor(), 2, 1).unwrap();
         let g = y.sum_all().unwrap().backward().unwrap();
         assert!(g.get(&x).is_none());
         assert!(g.get(w.as_tensor()).is_some());
@@ -445,9 +453,17 @@ mod tests {
             let wt = t(rand_vec(cout * cin * k * k, 2), &[cout, cin, k, k]);
             let b = t(rand_vec(cout, 3), &[cout]);
             let r = t(rand_vec(n * cout * ho * wo, 4), &[n, cout, ho, wo]);
-            let fused = conv2d_bias_residual_inference(&x, &wt, &b, &r, stride, k / 2)
-                .unwrap()
-                .unwrap();
+            let fused = conv2d_bias_residual_inference(
+                crate::Kernels::Native,
+                &x,
+                &wt,
+                &b,
+                &r,
+                stride,
+                k / 2,
+            )
+            .unwrap()
+            .unwrap();
             let reference = (x
                 .conv2d(&wt, k / 2, stride, 1, 1)
                 .unwrap()
@@ -571,7 +587,14 @@ mod tests {
                         &dev,
                     )
                     .unwrap();
-                    let y = conv2d(x.as_tensor(), wt.as_tensor(), stride, k / 2).unwrap();
+                    let y = conv2d(
+                        crate::Kernels::Native,
+                        x.as_tensor(),
+                        wt.as_tensor(),
+                        stride,
+                        k / 2,
+                    )
+                    .unwrap();
                     let r = Tensor::from_vec(to32(rand_vec(y.elem_count(), 7)), y.shape(), &dev)
                         .unwrap();
                     let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();

@@ -454,7 +454,7 @@ mod tests {
             eprintln!("no AVX-512F here: the direct kernel is not used on this CPU");
             return;
         }
-        let mut rng = crate::init::SplitMix64::new(11);
+        let mut rng = reid_run::rng::SplitMix64::new(11);
         let mut r =
             |len: usize| -> Vec<f32> { (0..len).map(|_| rng.next_f64() as f32 - 0.5).collect() };
         // (n, cin, h, w, cout, k, pad): rows of one to three vectors, channel counts off the
@@ -510,7 +510,7 @@ mod tests {
         if !available() {
             return;
         }
-        let mut rng = crate::init::SplitMix64::new(12);
+        let mut rng = reid_run::rng::SplitMix64::new(12);
         let mut r =
             |len: usize| -> Vec<f32> { (0..len).map(|_| rng.next_f64() as f32 - 0.5).collect() };
         // (n, cin, h, w, cout, k, pad): images not a multiple of the threads, a last pixel block

@@ -2,6 +2,7 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
+use reid_kernels::Kernels;
 
 #[derive(Clone, Debug)]
 pub struct Conv2d {
@@ -39,8 +40,8 @@ impl Conv2d {
         self.weight.dim(0).unwrap_or(0)
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = super::conv_gemm::conv2d(x, &self.weight, self.stride, self.padding)?;
+    pub fn forward(&self, k: Kernels, x: &Tensor) -> Result<Tensor> {
+        let y = reid_kernels::conv2d(k, x, &self.weight, self.stride, self.padding)?;
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
             None => Ok(y),

@@ -14,7 +14,7 @@ use super::conv_gemm::{
     conv_forward, conv_forward_keep, conv_input_grad, conv_weight_grad, dims4, Epilogue, Geom,
 };
 use super::fused::{bn_backward, bn_forward, with_f32s, BatchStats};
-use super::{f32_slice, fast_cpu};
+use super::{f32_slice, Kernels};
 
 /// `(x, w, γ‖β) → relu?(bn(conv(x, w)))` with batch statistics; γ and β packed in one tensor of
 /// 2·Cout (a candle custom op takes at most three inputs).
@@ -124,6 +124,7 @@ impl CustomOp3 for ConvBnTrain {
 /// than two values per channel (the composed path gives that error).
 #[allow(clippy::too_many_arguments)]
 pub fn conv_bn_train(
+    k: Kernels,
     x: &Tensor,
     w: &Tensor,
     (stride, padding): (usize, usize),
@@ -132,7 +133,7 @@ pub fn conv_bn_train(
     eps: f64,
     relu: bool,
 ) -> Result<Option<(Tensor, BatchStats)>> {
-    if !(fast_cpu(x) && fast_cpu(w) && fast_cpu(gamma) && fast_cpu(beta)) {
+    if ![x, w, gamma, beta].iter().all(|t| k.native_for(t)) {
         return Ok(None);
     }
     let g = Geom::new(x.dims4()?, w.dims4()?, stride, padding)?;
@@ -158,9 +159,9 @@ pub fn conv_bn_train(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::conv_gemm::conv2d;
-    use crate::ops::fused::{batch_norm_train, BnTail};
-    use crate::ops::max_abs_diff;
+    use crate::conv_gemm::conv2d;
+    use crate::fused::{batch_norm_train, BnTail};
+    use crate::max_abs_diff;
     use candle_core::{DType, Device, Var};
 
     /// One node gives what the conv node followed by the BN node gives: the output, the batch
@@ -182,6 +183,7 @@ mod tests {
                 let (x, wt) = (v(&[n, cin, h, w], 0.0), v(&[cout, cin, k, k], 0.0));
                 let (gamma, beta) = (v(&[cout], 1.0), v(&[cout], 0.0));
                 let (fused, stats) = conv_bn_train(
+                    crate::Kernels::Native,
                     x.as_tensor(),
                     wt.as_tensor(),
                     (stride, k / 2),
@@ -192,12 +194,26 @@ mod tests {
                 )
                 .unwrap()
                 .unwrap();
-                let z = conv2d(x.as_tensor(), wt.as_tensor(), stride, k / 2).unwrap();
+                let z = conv2d(
+                    crate::Kernels::Native,
+                    x.as_tensor(),
+                    wt.as_tensor(),
+                    stride,
+                    k / 2,
+                )
+                .unwrap();
                 let tail = if relu { BnTail::Relu } else { BnTail::None };
-                let (composed, stats_ref) =
-                    batch_norm_train(&z, gamma.as_tensor(), beta.as_tensor(), 1e-5, tail, None)
-                        .unwrap()
-                        .unwrap();
+                let (composed, stats_ref) = batch_norm_train(
+                    crate::Kernels::Native,
+                    &z,
+                    gamma.as_tensor(),
+                    beta.as_tensor(),
+                    1e-5,
+                    tail,
+                    None,
+                )
+                .unwrap()
+                .unwrap();
                 let tag = format!("n{n} {cin}->{cout} {h}x{w} k{k} s{stride} relu={relu}");
                 assert!(max_abs_diff(&fused, &composed) <= 1e-6, "forward {tag}");
                 assert_eq!(stats.mean, stats_ref.mean, "{tag}");

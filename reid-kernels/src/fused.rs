@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::f32_slice as contiguous;
-use super::{filled_by_channel, filled_par};
+use super::{filled_by_channel, filled_par, Kernels};
 
 /// (N, C, spatial) of an NC or NCHW tensor.
 fn ncs(dims: &[usize]) -> Result<(usize, usize, usize)> {
@@ -201,13 +201,13 @@ pub(crate) fn bn_forward(
                 // same f32 operations, in the same order, as bn(x) then + r then relu
                 Some(r) => {
                     for ((o, &v), &rv) in yo.iter_mut().zip(xi).zip(&r[at]) {
-                        o.write(super::relu((v - mu) * sc + b + rv));
+                        o.write(crate::relu_f32((v - mu) * sc + b + rv));
                     }
                 }
                 None => {
                     for (o, &v) in yo.iter_mut().zip(xi) {
                         let t = (v - mu) * sc + b;
-                        o.write(if relu { super::relu(t) } else { t });
+                        o.write(if relu { crate::relu_f32(t) } else { t });
                     }
                 }
             }
@@ -395,7 +395,7 @@ impl CustomOp1 for Relu {
         let x = contiguous(s, l, "input")?;
         let y = filled_par(x.len(), 1 << 14, |i, o| {
             for (o, &v) in o.iter_mut().zip(&x[i << 14..]) {
-                o.write(super::relu(v));
+                o.write(crate::relu_f32(v));
             }
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))
@@ -442,14 +442,10 @@ impl CustomOp2 for ReluBackward {
     }
 }
 
-fn fused_ok(x: &Tensor) -> bool {
-    super::fast_cpu(x)
-}
-
 /// ReLU: fused kernel on CPU f32, candle's elsewhere, a NaN kept NaN on both (candle's
-/// `max(0)` turns it into 0, which hides an overflow; see [`super::relu`]).
-pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if fused_ok(x) {
+/// `max(0)` turns it into 0, which hides an overflow; see `relu_f32`).
+pub fn relu(k: Kernels, x: &Tensor) -> Result<Tensor> {
+    if k.native_for(x) {
         x.contiguous()?.apply_op1(Relu)
     } else {
         x.ne(x)?.where_cond(x, &x.relu()?)
@@ -460,6 +456,7 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 /// batch statistics (for the running-stat update). `residual` is required by
 /// [`BnTail::AddRelu`] and ignored otherwise. `None` when the fused path does not apply.
 pub fn batch_norm_train(
+    k: Kernels,
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
@@ -467,7 +464,7 @@ pub fn batch_norm_train(
     tail: BnTail,
     residual: Option<&Tensor>,
 ) -> Result<Option<(Tensor, BatchStats)>> {
-    if !fused_ok(x) || gamma.dtype() != candle_core::DType::F32 {
+    if !k.native_for(x) || gamma.dtype() != candle_core::DType::F32 {
         return Ok(None);
     }
     let stats = Arc::new(Mutex::new(BatchStats::default()));
@@ -478,7 +475,7 @@ pub fn batch_norm_train(
     };
     let x = x.contiguous()?;
     let y = if tail == BnTail::AddRelu {
-        let Some(r) = residual.filter(|r| fused_ok(r)) else {
+        let Some(r) = residual.filter(|r| k.native_for(r)) else {
             return Ok(None);
         };
         let params = Tensor::cat(&[gamma, beta], 0)?;
@@ -496,7 +493,7 @@ pub fn batch_norm_train(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::max_abs_diff;
+    use crate::max_abs_diff;
     use candle_core::{DType, Device, Var};
 
     /// Composed train-mode BN (+ReLU) in f64 with candle autograd: the reference.
@@ -547,6 +544,7 @@ mod tests {
             let (x32, g32, b32) = (f(&x64), f(&g64), f(&b64));
             let tail = if relu { BnTail::Relu } else { BnTail::None };
             let (y, stats) = batch_norm_train(
+                crate::Kernels::Native,
                 x32.as_tensor(),
                 g32.as_tensor(),
                 b32.as_tensor(),
@@ -576,7 +574,7 @@ mod tests {
         }
     }
 
-    /// relu(bn(x) + r) fused against the composed f64 reference: output, running statistics'
+    /// relu(crate::Kernels::Native, bn(x) + r) fused against the composed f64 reference: output, running statistics'
     /// inputs, and the gradients of x, γ, β and the residual.
     #[test]
     fn batch_norm_add_relu_matches_composed_f64() {
@@ -600,6 +598,7 @@ mod tests {
         let f = |t: &Tensor| Var::from_tensor(&t.to_dtype(DType::F32).unwrap()).unwrap();
         let (x32, g32, b32, res32) = (f(&x64), f(&g64), f(&b64), f(&res64));
         let (y, stats) = batch_norm_train(
+            crate::Kernels::Native,
             x32.as_tensor(),
             g32.as_tensor(),
             b32.as_tensor(),
@@ -635,6 +634,7 @@ mod tests {
         // a residual of another shape is an error, not a wrong broadcast
         let bad = Tensor::zeros((4, 3, 5, 5), DType::F32, &dev).unwrap();
         let err = batch_norm_train(
+            crate::Kernels::Native,
             x32.as_tensor(),
             g32.as_tensor(),
             b32.as_tensor(),
@@ -651,7 +651,7 @@ mod tests {
     /// order, then f64 over the planes in order), for batches that leave 0–3 planes over.
     #[test]
     fn channel_sums_equal_the_plane_by_plane_lane_sums() {
-        let mut rng = crate::init::SplitMix64::new(5);
+        let mut rng = reid_run::rng::SplitMix64::new(5);
         for (n, c, s) in [(1, 2, 37), (4, 3, 64), (7, 2, 21), (9, 1, 8), (6, 2, 5)] {
             let mut r =
                 || -> Vec<f32> { (0..n * c * s).map(|_| rng.normal() as f32 * 3.0).collect() };
@@ -690,7 +690,7 @@ mod tests {
     fn relu_backward_is_zero_at_and_below_zero() {
         let dev = Device::Cpu;
         let x = Var::new(&[-1f32, 0.0, 2.0], &dev).unwrap();
-        let y = relu(x.as_tensor()).unwrap();
+        let y = relu(crate::Kernels::Native, x.as_tensor()).unwrap();
         assert_eq!(y.to_vec1::<f32>().unwrap(), vec![0.0, 0.0, 2.0]);
         let g = (y * 3.0).unwrap().sum_all().unwrap().backward().unwrap();
         assert_eq!(

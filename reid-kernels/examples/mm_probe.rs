@@ -1,5 +1,5 @@
 //! Probe: the gemm crate's f32 GFLOP/s at the conv shapes of a ResNet-18 step (row-major output, as
-//! `ops::conv_gemm` calls it), one and two threads: `cargo run --release -p reid-model --example mm_probe`.
+//! `conv_gemm` calls it), one and two threads: `cargo run --release -p reid-kernels --example mm_probe`.
 //! BENCHMARKS.md sets them beside MKL's (PyTorch) on the same shapes.
 fn main() {
     // (m, n, k, label): row-major dst [m×n] = lhs [m×k] × rhs [k×n], one thread

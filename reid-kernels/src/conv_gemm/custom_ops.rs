@@ -4,7 +4,7 @@
 use super::*;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use crate::ops::f32_slice;
+use crate::f32_slice;
 
 pub(crate) fn dims4(l: &Layout) -> Result<(usize, usize, usize, usize)> {
     l.shape().dims4()
@@ -273,6 +273,7 @@ impl CustomOp3 for Conv2dBiasInference {
 /// relu(conv(x) + bias + residual) fused when nothing needs a gradient (CPU f32); `None`
 /// otherwise.
 pub fn conv2d_bias_residual_inference(
+    k: Kernels,
     x: &Tensor,
     w: &Tensor,
     bias: &Tensor,
@@ -280,7 +281,7 @@ pub fn conv2d_bias_residual_inference(
     stride: usize,
     padding: usize,
 ) -> Result<Option<Tensor>> {
-    if !(cpu_f32(x) && cpu_f32(w) && cpu_f32(bias) && cpu_f32(residual))
+    if ![x, w, bias, residual].iter().all(|t| k.native_for(t))
         || x.track_op()
         || w.track_op()
         || bias.track_op()

@@ -3,7 +3,7 @@
 
 use std::mem::MaybeUninit;
 
-use crate::ops::filled_par;
+use crate::filled_par;
 use rayon::prelude::*;
 
 use super::*;
@@ -92,10 +92,10 @@ impl Epilogue<'_> {
                 let r = &r[offset..offset + dst.len()];
                 for (d, &v) in dst.iter_mut().zip(r) {
                     let s = *d + v;
-                    *d = if relu { crate::ops::relu(s) } else { s };
+                    *d = if relu { crate::relu_f32(s) } else { s };
                 }
             }
-            (None, true) => dst.iter_mut().for_each(|v| *v = crate::ops::relu(*v)),
+            (None, true) => dst.iter_mut().for_each(|v| *v = crate::relu_f32(*v)),
             (None, false) => {}
         }
     }

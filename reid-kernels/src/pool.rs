@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::f32_slice;
+use super::{f32_slice, Kernels};
 
 fn out_len(len: usize) -> usize {
     (len - 1) / 2 + 1
@@ -247,8 +247,8 @@ fn max3_s2_p1_along(x: &Tensor, dim: usize) -> Result<Tensor> {
 }
 
 /// The ResNet stem pool: 3×3 window, stride 2, padding 1, on an NCHW post-ReLU tensor.
-pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
-    if super::fast_cpu(x) {
+pub fn max_pool_3x3_s2_p1(k: Kernels, x: &Tensor) -> Result<Tensor> {
+    if k.native_for(x) {
         return x.contiguous()?.apply_op1(MaxPool3x3S2P1);
     }
     composed_max_pool_3x3_s2_p1(x)
@@ -300,7 +300,7 @@ mod tests {
                 .map(|i| ((i * 7919 % 31) as f32 * 0.37).sin().abs())
                 .collect();
             let x = Tensor::from_vec(data.clone(), (1, 1, h, w), &dev).unwrap();
-            let y = max_pool_3x3_s2_p1(&x).unwrap();
+            let y = max_pool_3x3_s2_p1(crate::Kernels::Native, &x).unwrap();
             let got: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
             assert_eq!(got, naive(&data, h, w), "{h}x{w}");
             // the composed fallback (GPU) computes the same
@@ -312,7 +312,7 @@ mod tests {
         let mut data = vec![1f32; 36];
         data[2 * 6 + 3] = f32::NAN;
         let x = Tensor::from_vec(data, (1, 1, 6, 6), &dev).unwrap();
-        let got: Vec<f32> = max_pool_3x3_s2_p1(&x)
+        let got: Vec<f32> = max_pool_3x3_s2_p1(crate::Kernels::Native, &x)
             .unwrap()
             .flatten_all()
             .unwrap()
@@ -360,7 +360,7 @@ mod tests {
         // distinct values: each output's gradient lands on exactly one input
         let data: Vec<f32> = (0..36).map(|i| ((i * 17) % 36) as f32).collect();
         let x = Var::from_vec(data.clone(), (1, 1, 6, 6), &dev).unwrap();
-        let y = max_pool_3x3_s2_p1(x.as_tensor()).unwrap();
+        let y = max_pool_3x3_s2_p1(crate::Kernels::Native, x.as_tensor()).unwrap();
         let g = y.sum_all().unwrap().backward().unwrap();
         let gx: Vec<f32> = g.get(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let mut expect = vec![0f32; 36];
@@ -391,7 +391,7 @@ mod tests {
             &dev,
         )
         .unwrap();
-        let y = max_pool_3x3_s2_p1(x.as_tensor()).unwrap();
+        let y = max_pool_3x3_s2_p1(crate::Kernels::Native, x.as_tensor()).unwrap();
         assert_eq!(y.dims(), &[2, 3, 4, 3]);
         let g = (y.sqr().unwrap().sum_all().unwrap()).backward().unwrap();
         let gx = g.get(&x).unwrap();

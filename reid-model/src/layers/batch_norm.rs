@@ -8,7 +8,7 @@
 use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::VarBuilder;
 
-use super::fused::{batch_norm_train, BnTail};
+use reid_kernels::{batch_norm_train, BatchStats, BnTail, Kernels};
 
 #[derive(Clone, Copy, Debug)]
 pub struct BatchNormConfig {
@@ -72,12 +72,18 @@ impl BatchNorm {
     }
 
     /// `train`: batch statistics + running-stat update; otherwise running statistics.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_t_relu(x, train, false)
+    pub fn forward_t(&self, k: Kernels, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_t_relu(k, x, train, false)
     }
 
     /// As [`BatchNorm::forward_t`], followed by ReLU when `relu` (fused on the CPU).
-    pub fn forward_t_relu(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+    pub fn forward_t_relu(
+        &self,
+        k: Kernels,
+        x: &Tensor,
+        train: bool,
+        relu: bool,
+    ) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         if dims.len() < 2 || dims[1] != self.channels() {
             candle_core::bail!(
@@ -86,7 +92,13 @@ impl BatchNorm {
                 dims
             );
         }
-        let relu_after = |y: Tensor| if relu { super::fused::relu(&y) } else { Ok(y) };
+        let relu_after = |y: Tensor| {
+            if relu {
+                reid_kernels::relu(k, &y)
+            } else {
+                Ok(y)
+            }
+        };
         let shape = self.view_shape(x);
         if !train {
             let (scale, shift) = self.eval_affine()?;
@@ -106,7 +118,7 @@ impl BatchNorm {
         }
         let tail = if relu { BnTail::Relu } else { BnTail::None };
         if let Some((y, stats)) =
-            batch_norm_train(x, &self.weight, &self.bias, self.config.eps, tail, None)?
+            batch_norm_train(k, x, &self.weight, &self.bias, self.config.eps, tail, None)?
         {
             self.update_running_from(stats, count, x.device())?;
             return Ok(y);
@@ -130,11 +142,18 @@ impl BatchNorm {
 
     /// relu(bn(x) + residual): a residual block's end. In train mode on the CPU (f32) one fused
     /// op, whose backward gives the residual its gradient in the same pass; elsewhere composed.
-    pub fn forward_t_add_relu(&self, x: &Tensor, residual: &Tensor, train: bool) -> Result<Tensor> {
+    pub fn forward_t_add_relu(
+        &self,
+        k: Kernels,
+        x: &Tensor,
+        residual: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
         if train && x.rank() >= 2 && x.dim(1)? == self.channels() && x.dims() == residual.dims() {
             let count = x.elem_count() / self.channels();
             if count >= 2 {
                 let fused = batch_norm_train(
+                    k,
                     x,
                     &self.weight,
                     &self.bias,
@@ -149,13 +168,14 @@ impl BatchNorm {
             }
         }
         // checks and error messages of the plain forward
-        super::fused::relu(&(self.forward_t(x, train)? + residual)?)
+        reid_kernels::relu(k, &(self.forward_t(k, x, train)? + residual)?)
     }
 
     /// relu?(self(conv(x))) in train mode as one autograd node (CPU f32, a conv without bias):
-    /// see [`super::conv_bn`]. `None` where that does not apply; the caller composes the two.
+    /// see `reid_kernels::conv_bn`. `None` where that does not apply; the caller composes the two.
     pub fn forward_conv_train(
         &self,
+        k: Kernels,
         x: &Tensor,
         conv: &super::Conv2d,
         relu: bool,
@@ -163,7 +183,8 @@ impl BatchNorm {
         if conv.bias.is_some() || conv.out_channels() != self.channels() {
             return Ok(None);
         }
-        let fused = super::conv_bn::conv_bn_train(
+        let fused = reid_kernels::conv_bn_train(
+            k,
             x,
             &conv.weight,
             (conv.stride, conv.padding),
@@ -182,7 +203,7 @@ impl BatchNorm {
 
     fn update_running_from(
         &self,
-        stats: super::fused::BatchStats,
+        stats: BatchStats,
         count: usize,
         dev: &candle_core::Device,
     ) -> Result<()> {
@@ -221,7 +242,7 @@ mod tests {
         // N=2, C=2, H=1, W=2: channel 0 values 1,2,3,4 ; channel 1 values 0,0,0,4
         let x =
             Tensor::from_vec(vec![1f32, 2., 0., 0., 3., 4., 0., 4.], (2, 2, 1, 2), &dev).unwrap();
-        let y = bn.forward_t(&x, true).unwrap();
+        let y = bn.forward_t(Kernels::Native, &x, true).unwrap();
         let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
         // channel 0: mean 2.5, biased var 1.25
         let s0 = (1.25f32 + 1e-5).sqrt();
@@ -250,7 +271,11 @@ mod tests {
             .set(&Tensor::new(&[4f32], &dev).unwrap())
             .unwrap();
         let x = Tensor::new(&[[6f32]], &dev).unwrap();
-        let y: Vec<Vec<f32>> = bn.forward_t(&x, false).unwrap().to_vec2().unwrap();
+        let y: Vec<Vec<f32>> = bn
+            .forward_t(Kernels::Native, &x, false)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
         assert!((y[0][0] - 4.0 / (4.0f32 + 1e-5).sqrt()).abs() < 1e-6);
     }
 }

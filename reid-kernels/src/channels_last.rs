@@ -241,7 +241,7 @@ impl ConvNhwc {
 /// y = relu?(y + bias (+ residual)), rows of `bias.len()` channels.
 fn epilogue(y: &mut [f32], bias: &[f32], residual: Option<&[f32]>, relu: bool) {
     let c = bias.len();
-    let act = |s: f32| if relu { super::relu(s) } else { s };
+    let act = |s: f32| if relu { crate::relu_f32(s) } else { s };
     match residual {
         Some(r) => {
             for (row, rrow) in y.chunks_mut(c).zip(r.chunks(c)) {
@@ -305,8 +305,8 @@ fn im2col_rows(x: &[f32], g: &Geom, p0: usize, col: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::init::SplitMix64;
-    use crate::ops::max_abs_diff;
+    use crate::max_abs_diff;
+    use reid_run::rng::SplitMix64;
 
     fn randn(shape: &[usize], seed: u64) -> Tensor {
         let mut r = SplitMix64::new(seed);
@@ -388,11 +388,11 @@ mod tests {
             let x = randn(&[2, 3, h, w], (h * w) as u64);
             let a = ActNhwc::from_nchw(&x).unwrap();
             let got = a.max_pool_3x3_s2_p1().to_nchw(&Device::Cpu).unwrap();
-            let want = crate::ops::max_pool_3x3_s2_p1(&x).unwrap();
+            let want = crate::max_pool_3x3_s2_p1(crate::Kernels::Native, &x).unwrap();
             assert_eq!(got.dims(), want.dims());
             assert!(max_abs_diff(&got, &want) < 1e-6, "{h}x{w}");
             let got = Tensor::from_vec(a.global_avg_pool(), (2, 3), &Device::Cpu).unwrap();
-            let want = crate::ops::global_avg_pool(&x).unwrap();
+            let want = crate::global_avg_pool(&x).unwrap();
             assert!(max_abs_diff(&got, &want) < 1e-5, "{h}x{w}");
         }
     }

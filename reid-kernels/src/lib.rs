@@ -1,8 +1,17 @@
-//! Layer families of the ResNet, one file each (as in candle-nn).
+//! reid-kernels: the CPU kernels under the model's layers, and the cuDNN conv.
+//!
+//! The model calls a small set of ops — [`conv2d`], [`conv2d_bias_inference`] and its residual
+//! form, [`conv_bn_train`], [`batch_norm_train`], [`relu`], [`max_pool_3x3_s2_p1`],
+//! [`global_avg_pool`] and the channels-last inference path ([`ActNhwc`], [`ConvNhwc`]) — with a
+//! [`Kernels`] value, and each op picks its implementation from that value, the device and the
+//! dtype: this crate's gemm/direct convs and fused BN/ReLU/pool kernels for f32 on the CPU, the
+//! cuDNN conv on CUDA (feature `cudnn`), candle's generic ops everywhere else. Every choice is
+//! made from the problem alone, never from the thread count (`conv_gemm::PARTS`), so a run writes
+//! the same bits on any number of threads.
+//!
+//! Dependencies: candle-core, gemm and rayon only (no model, no run-folder types).
 
-pub mod batch_norm;
 pub mod channels_last;
-pub mod conv;
 pub mod conv_bn;
 pub mod conv_gemm;
 #[cfg(feature = "cudnn")]
@@ -10,47 +19,44 @@ pub mod cudnn_conv;
 pub mod fused;
 pub mod pool;
 
-use std::cell::Cell;
 use std::mem::MaybeUninit;
 
-use candle_core::{CpuStorage, Device, Layout, Tensor};
+use candle_core::{CpuStorage, DType, Device, Layout, Tensor};
 use rayon::prelude::*;
 
-thread_local! {
-    static GENERIC_OPS: Cell<bool> = const { Cell::new(false) };
+pub use channels_last::{ActNhwc, ConvNhwc};
+pub use conv_bn::conv_bn_train;
+pub use conv_gemm::{conv2d, conv2d_bias_inference, conv2d_bias_residual_inference};
+pub use fused::{batch_norm_train, relu, BatchStats, BnTail};
+pub use pool::{global_avg_pool, max_pool_3x3_s2_p1};
+
+/// Which implementation the ops run: a value the caller holds (a net, an optimiser), so two nets
+/// in one thread can run different paths and nothing depends on where a value was built.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Kernels {
+    /// This crate's kernels where they serve (f32 on the CPU; the cuDNN conv on CUDA with
+    /// `cudnn`), candle's ops elsewhere.
+    #[default]
+    Native,
+    /// candle's generic ops on every device — the code path CUDA and every other device runs for
+    /// all but the conv — so that it can be checked on the CPU against the native kernels.
+    Generic,
 }
 
-/// Whether this thread runs this crate's CPU kernels on `device` (gemm convs, fused BN/ReLU,
-/// pools, channels-last inference): on the CPU, unless [`with_generic_ops`] is in effect.
-pub fn fast_cpu_device(device: &Device) -> bool {
-    device.is_cpu() && !GENERIC_OPS.with(Cell::get)
-}
-
-/// [`fast_cpu_device`] for an f32 tensor (the kernels are f32 only).
-pub fn fast_cpu(t: &Tensor) -> bool {
-    fast_cpu_device(t.device()) && t.dtype() == candle_core::DType::F32
-}
-
-/// Run `f` with candle's generic ops on this thread — exactly the code path CUDA and every
-/// other device executes — so that it can be checked on the CPU against the fast kernels.
-/// Nets built inside `f` (`fold_bn`) keep the path they were built with.
-pub fn with_generic_ops<R>(f: impl FnOnce() -> R) -> R {
-    struct Reset(bool);
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            GENERIC_OPS.with(|g| g.set(self.0));
-        }
+impl Kernels {
+    /// Whether this crate's CPU kernels run on `device` (those tensors that are f32).
+    pub fn native_on(self, device: &Device) -> bool {
+        self == Kernels::Native && device.is_cpu()
     }
-    let _reset = Reset(GENERIC_OPS.with(|g| g.replace(true)));
-    f()
+
+    /// Whether this crate's CPU kernels take `t` (the kernels are f32 only).
+    pub fn native_for(self, t: &Tensor) -> bool {
+        self.native_on(t.device()) && t.dtype() == DType::F32
+    }
 }
 
 /// The f32 data of a CPU storage under a contiguous layout (custom ops require contiguous inputs).
-pub(crate) fn f32_slice<'a>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a [f32]> {
+pub fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
@@ -73,10 +79,6 @@ pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         .to_scalar::<f64>()
         .unwrap()
 }
-
-pub use batch_norm::{BatchNorm, BatchNormConfig};
-pub use conv::Conv2d;
-pub use pool::{global_avg_pool, max_pool_3x3_s2_p1};
 
 /// `k` N×C×S tensors (`dims`) filled one channel at a time, channels in parallel:
 /// `fill(ch, outs)` gets, for each output, channel `ch`'s N planes in image order and writes them
@@ -116,7 +118,7 @@ pub(crate) fn filled_by_channel<R: Send>(
 /// ReLU as PyTorch and ONNX runtimes compute it: a NaN stays NaN (`f32::max(0.0)` returned 0,
 /// so an overflowing model looked finite here and answered NaN once exported), −0 becomes +0.
 #[inline(always)]
-pub(crate) fn relu(v: f32) -> f32 {
+pub(crate) fn relu_f32(v: f32) -> f32 {
     if v <= 0.0 {
         0.0
     } else {
