@@ -293,7 +293,7 @@ pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::ExperimentConfig;
+    use crate::grid::ExperimentConfig;
     use crate::training::RunConfig;
 
     #[test]

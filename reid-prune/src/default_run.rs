@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use reid_data::synth::{generate, planned_images, SynthConfig, SynthLayout};
 
 use crate::config_file::{with_overrides, SetOverride};
-use crate::scenario::{DataRef, ExperimentConfig};
+use crate::grid::{DataRef, ExperimentConfig};
 
 /// The synthetic experiments the command runs with no subcommand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -1,22 +1,26 @@
-//! reid-prune: pruning criteria (`criterion`, a registry: one file and one line a criterion) and
+//! reid-prune: a pruning library and the experiment application built on it.
+//!
+//! The library: pruning criteria (`criterion`, a registry: one file and one line a criterion),
 //! methods (`method`: each criterion as cut-then-retrain, plus training-time rules that own their
-//! retraining hooks), strategies, channel surgery, resumable training and pruning runs, and the
-//! experiment grid (`scenario`: steps keyed by the hash of their resolved config and parents'
-//! keys — `step_key` —, resumed mid-step after a crash, claimed by one process at a time through
-//! `reid_run::lock`, so that many workers share one grid; `slurm` writes it as a Slurm job array).
-//! Config files are parsed and checked at the edge (`config_file`, `ExperimentConfig::validate` /
-//! `check_inputs`, `RunConfig::validate`); run folders are written through `reid-run`.
+//! retraining hooks), strategies (`strategy`: allocation, targets), channel surgery (`surgery`),
+//! and resumable training and pruning runs (`training`, `prune_run`).
+//!
+//! The application: the experiment grid (`grid`: the config schema, one file per scenario, steps
+//! keyed by the hash of their resolved config and parents' keys, resumed mid-step after a crash,
+//! claimed by one process at a time through `reid_run::lock` so that many workers share one grid,
+//! the claims and the summary table, the Slurm job array), the default run (`default_run`) and
+//! the `reid-prune` commands. Config files are parsed and checked at the edge (`config_file`,
+//! `ExperimentConfig::validate` / `check_inputs`, `RunConfig::validate`); run folders are written
+//! through `reid-run`.
 
 pub mod config_file;
 pub mod criterion;
 pub mod default_run;
 pub mod error;
 pub mod flops;
+pub mod grid;
 pub mod method;
 pub mod prune_run;
-pub mod scenario;
-pub mod slurm;
-pub mod step_key;
 pub mod strategy;
 pub mod surgery;
 pub mod training;

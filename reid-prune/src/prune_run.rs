@@ -134,7 +134,7 @@ impl PruneConfig {
     /// Fields that do not change what a prune computes.
     pub const FREE_FIELDS: [&'static str; 2] = ["out", "checkpoint_interval_s"];
 
-    /// What this prune computes (see [`crate::step_key`]): the config without
+    /// What this prune computes (see [`crate::grid::step_key`]): the config without
     /// [`Self::FREE_FIELDS`], the device as its kind, and without the batch setting its
     /// retraining task does not read.
     pub fn result_view(&self) -> Result<serde_json::Value> {
@@ -147,7 +147,7 @@ impl PruneConfig {
         // a permission of the resume, not a setting of the computation: a resume that allows
         // a data change continues the run it was started as
         drop.push("allow_data_change");
-        let mut v = crate::step_key::view_without(self, &drop)?;
+        let mut v = crate::grid::step_key::view_without(self, &drop)?;
         v["device"] = self.device.kind().into();
         Ok(v)
     }
@@ -849,7 +849,8 @@ fn check_resumed_config(cfg: &PruneConfig) -> Result<()> {
     };
     let stored: PruneConfig = toml::from_str(&text)
         .with_context(|| format!("{}: not a valid prune config", path.display()))?;
-    let changed = crate::step_key::changed_fields(&stored.result_view()?, &cfg.result_view()?);
+    let changed =
+        crate::grid::step_key::changed_fields(&stored.result_view()?, &cfg.result_view()?);
     if !changed.is_empty() {
         bail!(
             "--resume: the run in {} was started with other settings ({}); resume it with \

@@ -123,7 +123,7 @@ impl RunConfig {
         "zero_init_residual",
     ];
 
-    /// What this run computes (see [`crate::step_key`]): the config without
+    /// What this run computes (see [`crate::grid::step_key`]): the config without
     /// [`Self::FREE_FIELDS`], the device as its kind, without the batch setting its task does
     /// not read (`batch_pk` for classification, `batch_size` for re-ID) and, when it starts from
     /// a checkpoint, without [`Self::FROM_CHECKPOINT_UNREAD`].
@@ -137,7 +137,7 @@ impl RunConfig {
         if self.init_checkpoint.is_some() {
             drop.extend(Self::FROM_CHECKPOINT_UNREAD);
         }
-        let mut v = crate::step_key::view_without(self, &drop)?;
+        let mut v = crate::grid::step_key::view_without(self, &drop)?;
         v["device"] = self.device.kind().into();
         Ok(v)
     }
@@ -839,7 +839,7 @@ fn check_same_config(
             (stored.result_view()?, "its config.toml")
         }
     };
-    let changed = crate::step_key::changed_fields(&stored, &cfg.result_view()?);
+    let changed = crate::grid::step_key::changed_fields(&stored, &cfg.result_view()?);
     if !changed.is_empty() {
         bail!(
             "cannot resume {}: this run's config differs from {source}'s in {}. Resume with \

@@ -3,7 +3,7 @@
 
 use reid_model::init::SplitMix64;
 use reid_prune::config_file::parse_toml;
-use reid_prune::scenario::ExperimentConfig;
+use reid_prune::grid::ExperimentConfig;
 
 const PIECES: [&str; 14] = [
     "-1",

@@ -136,7 +136,7 @@ fn lamp_from_the_cli_and_the_grid_config() {
     assert!(e.contains("lmap") && e.contains("lamp"), "{e}");
 
     // the grid accepts it by name
-    let cfg: reid_prune::scenario::ExperimentConfig = reid_prune::config_file::parse_toml(
+    let cfg: reid_prune::grid::ExperimentConfig = reid_prune::config_file::parse_toml(
         "criteria = [\"lamp\", \"psfp\"]\n[levels]\nC1 = 0.5\n",
     )
     .unwrap();

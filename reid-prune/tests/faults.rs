@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::{assert_same_weights, grid_command, killable_grid, synth, temp_files_under};
 
 use reid_data::synth::SynthLayout;
-use reid_prune::scenario::{ExperimentConfig, Scenario};
+use reid_prune::grid::{ExperimentConfig, Scenario};
 
 mod common;
 

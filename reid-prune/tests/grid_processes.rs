@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{assert_same_weights, grid_command, killable_grid, temp_files_under};
 use reid_model::checkpoint::read_safetensors;
-use reid_prune::scenario::{ExperimentConfig, Scenario};
+use reid_prune::grid::{ExperimentConfig, Scenario};
 
 mod common;
 
@@ -318,9 +318,7 @@ fn a_worker_stops_after_its_max_steps_and_another_finishes() {
 fn a_grid_says_which_step_of_how_many_it_computes() {
     let tmp = tempfile::tempdir().unwrap();
     let (config, cfg) = killable_grid(tmp.path(), "progress", vec![Scenario::S1], 1);
-    let left = reid_prune::scenario::planned_steps(&cfg, true)
-        .unwrap()
-        .len();
+    let left = reid_prune::grid::planned_steps(&cfg, true).unwrap().len();
     let o = grid_command(&config).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{err}");

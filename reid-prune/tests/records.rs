@@ -904,7 +904,7 @@ fn a_starting_checkpoint_replaced_under_a_run_is_refused_on_resume() {
 
 #[test]
 fn a_grid_checks_its_training_settings_before_any_step() {
-    use reid_prune::scenario::ExperimentConfig;
+    use reid_prune::grid::ExperimentConfig;
     let base = ExperimentConfig::default();
     assert!(base.validate().is_ok(), "{:?}", base.validate());
     let mut nan = base.clone();

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use common::{synth, tiny_experiment};
 use reid_data::synth::SynthLayout;
-use reid_prune::scenario::{DataRef, ExperimentConfig, Runner, Scenario};
+use reid_prune::grid::{DataRef, ExperimentConfig, Runner, Scenario};
 
 mod common;
 
@@ -62,7 +62,7 @@ fn tiny_grid_runs_and_resumes_without_repeating_steps() {
         );
     }
     // the table: every pruned row's paired difference to the unpruned model, with its interval
-    let table = reid_prune::scenario::render_table(&cells, None);
+    let table = reid_prune::grid::render_table(&cells, None);
     assert!(table.contains("ΔR-1 vs row 1"), "{table}");
     for line in table.lines().skip(2) {
         assert!(
@@ -71,7 +71,7 @@ fn tiny_grid_runs_and_resumes_without_repeating_steps() {
         );
     }
     // the paper's claims at C1, judged on the cells: (1) S1 vs unpruned, (3) S1 vs S3
-    let claims = reid_prune::scenario::judge_claims(&cfg, &cells)
+    let claims = reid_prune::grid::judge_claims(&cfg, &cells)
         .unwrap()
         .expect("claims");
     let which: Vec<&str> = claims.rows.iter().map(|r| &r[0][..3]).collect();
@@ -99,7 +99,7 @@ fn tiny_grid_runs_and_resumes_without_repeating_steps() {
     let bytes = std::fs::read(&images[0]).unwrap();
     std::fs::write(&images[0], [bytes.as_slice(), &[0u8; 16]].concat()).unwrap();
     let plan = Runner::new(cfg.clone()).unwrap().plan().unwrap();
-    use reid_prune::scenario::StepState;
+    use reid_prune::grid::StepState;
     for s in &plan {
         let source_only = s.kind == "pretrain" || s.what.ends_with("on source");
         if source_only {
@@ -418,7 +418,7 @@ fn cells_left_by_another_target_list_or_other_data_are_told_apart() {
     };
     let out = single.out.clone();
     let run = |cfg: &ExperimentConfig, max_steps: Option<usize>| {
-        reid_prune::scenario::record_several_targets(cfg).unwrap();
+        reid_prune::grid::record_several_targets(cfg).unwrap();
         for g in cfg.per_target() {
             let r = Runner::new(g)
                 .unwrap()
@@ -591,4 +591,23 @@ fn two_targets_with_one_label_are_refused() {
         err.contains("two targets are labelled 'market1501'") && err.contains("distinct `name`"),
         "{err}"
     );
+}
+
+#[test]
+fn every_scenario_has_one_recipe_and_is_reachable_from_a_config() {
+    use reid_prune::grid::scenarios::{recipe, RECIPES};
+    assert_eq!(
+        RECIPES.len(),
+        Scenario::ALL.len(),
+        "a recipe without a name or a name without one"
+    );
+    for s in Scenario::ALL {
+        assert_eq!(recipe(s).unwrap().scenario(), s);
+        let n = RECIPES.iter().filter(|r| r.scenario() == s).count();
+        assert_eq!(n, 1, "{s}: {n} recipes");
+        // the name a user writes in experiment.toml
+        let cfg: ExperimentConfig = toml::from_str(&format!("scenarios = [\"{s}\"]")).unwrap();
+        assert_eq!(cfg.scenarios, [s]);
+        cfg.validate().unwrap();
+    }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use common::tiny_experiment;
-use reid_prune::scenario::{ExperimentConfig, Runner, Scenario};
+use reid_prune::grid::{ExperimentConfig, Runner, Scenario};
 
 mod common;
 
@@ -64,7 +64,7 @@ fn key_cells_run_under_every_seed_and_equal_a_grid_run_with_that_seed() {
             assert!((spread.mean - (c.target.rank1 + r1) / 2.0).abs() < 1e-12);
         }
     }
-    let table = reid_prune::scenario::render_table(&cells, None);
+    let table = reid_prune::grid::render_table(&cells, None);
     assert!(table.contains("R-1 over seeds"), "{table}");
     assert_eq!(table.matches("(2 seeds)").count(), 4, "{table}");
     // the scratch row starts from no model: its training step has no parent

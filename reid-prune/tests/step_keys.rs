@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
+use reid_prune::grid::{DataRef, ExperimentConfig, PlannedStep, Runner, Scenario};
 use reid_prune::prune_run::PruneConfig;
-use reid_prune::scenario::{DataRef, ExperimentConfig, PlannedStep, Runner, Scenario};
 use reid_prune::strategy::Allocation;
 use reid_prune::training::RunConfig;
 use serde_json::Value;

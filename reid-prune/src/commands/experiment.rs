@@ -74,9 +74,9 @@ pub struct DefaultArgs {
 
 /// `--seeds N`: the experiment's seed and the N − 1 after it.
 fn with_seeds(
-    cfg: reid_prune::scenario::ExperimentConfig,
+    cfg: reid_prune::grid::ExperimentConfig,
     n: Option<u64>,
-) -> reid_prune::scenario::ExperimentConfig {
+) -> reid_prune::grid::ExperimentConfig {
     match n {
         Some(n) => cfg.with_seed_count(n),
         None => cfg,
@@ -143,12 +143,12 @@ pub fn plan(a: PlanArgs) -> Result<()> {
     )
 }
 
-fn plan_experiment(all: reid_prune::scenario::ExperimentConfig, json: bool) -> Result<()> {
-    use reid_prune::scenario::StepState;
+fn plan_experiment(all: reid_prune::grid::ExperimentConfig, json: bool) -> Result<()> {
+    use reid_prune::grid::StepState;
     all.validate()
         .with_context(|| format!("experiment '{}'", all.name))?;
     let shared_steps = all.out.join("steps");
-    let steps = reid_prune::scenario::planned_steps(&all, false)?;
+    let steps = reid_prune::grid::planned_steps(&all, false)?;
     let mut out = std::io::stdout().lock();
     for s in &steps {
         if json {
@@ -185,12 +185,12 @@ fn plan_experiment(all: reid_prune::scenario::ExperimentConfig, json: bool) -> R
     Ok(())
 }
 
-fn run_experiment(all: reid_prune::scenario::ExperimentConfig) -> Result<()> {
+fn run_experiment(all: reid_prune::grid::ExperimentConfig) -> Result<()> {
     run_experiment_as(all, None, None)
 }
 
 fn run_experiment_as(
-    all: reid_prune::scenario::ExperimentConfig,
+    all: reid_prune::grid::ExperimentConfig,
     worker: Option<String>,
     max_steps: Option<usize>,
 ) -> Result<()> {
@@ -199,13 +199,13 @@ fn run_experiment_as(
     // every target's data before the first grid runs, not after it
     all.check_inputs()
         .with_context(|| format!("experiment '{}'", all.name))?;
-    let _claim = reid_prune::scenario::record_several_targets(&all)?;
+    let _claim = reid_prune::grid::record_several_targets(&all)?;
     // the steps left to compute, for "step k/N" (a worker shares them with others: no count)
     let to_compute = match worker {
         None => Some(
-            reid_prune::scenario::planned_steps(&all, true)?
+            reid_prune::grid::planned_steps(&all, true)?
                 .iter()
-                .filter(|s| s.state != reid_prune::scenario::StepState::Done)
+                .filter(|s| s.state != reid_prune::grid::StepState::Done)
                 .count(),
         ),
         Some(_) => None,
@@ -217,7 +217,7 @@ fn run_experiment_as(
         let start = std::time::Instant::now();
         let cross = cfg.cross.as_ref().map(|c| c.label().to_string());
         let budget = max_steps.map(|m| m.saturating_sub(computed.len()));
-        let mut runner = reid_prune::scenario::Runner::new(cfg.clone())?
+        let mut runner = reid_prune::grid::Runner::new(cfg.clone())?
             .with_steps_dir(shared_steps.clone())
             .with_max_steps(budget);
         if let Some(total) = to_compute {
@@ -227,7 +227,7 @@ fn run_experiment_as(
         computed.extend(runner.computed.iter().cloned());
         let cells = match result {
             Err(e)
-                if e.downcast_ref::<reid_prune::scenario::StepBudgetSpent>()
+                if e.downcast_ref::<reid_prune::grid::StepBudgetSpent>()
                     .is_some() =>
             {
                 report_worker(worker.as_deref(), &computed);
@@ -236,7 +236,7 @@ fn run_experiment_as(
             }
             r => r?,
         };
-        let table = reid_prune::scenario::render_table(&cells, cross.as_deref());
+        let table = reid_prune::grid::render_table(&cells, cross.as_deref());
         reid_model::checkpoint::write_atomic(&cfg.out.join("summary.txt"), table.as_bytes())?;
         println!(
             "\n{} on {} ({}), mAP and R-1 in %{}; speed-up = measured batch-32 latency of the first row / this row:",
@@ -251,8 +251,8 @@ fn run_experiment_as(
         print!("{table}");
         let mut text = String::new();
         for table in [
-            reid_prune::scenario::judge_claims(&cfg, &cells)?,
-            reid_prune::scenario::judge_benchmark(&cells)?,
+            reid_prune::grid::judge_claims(&cfg, &cells)?,
+            reid_prune::grid::judge_benchmark(&cells)?,
         ]
         .into_iter()
         .flatten()

@@ -42,13 +42,13 @@ pub fn run(a: Args) -> Result<()> {
         .iter()
         .map(|s| s.parse().map_err(anyhow::Error::msg))
         .collect::<Result<_>>()?;
-    let cfg: reid_prune::scenario::ExperimentConfig =
+    let cfg: reid_prune::grid::ExperimentConfig =
         reid_prune::config_file::read_toml_with(&a.config, "experiment config", &overrides)?;
     cfg.validate()
         .with_context(|| format!("experiment '{}'", cfg.name))?;
     let exe = std::env::current_exe().context("locating the reid-prune binary")?;
     let bin_dir = exe.parent().unwrap_or(Path::new("/"));
-    let job = reid_prune::slurm::SlurmJob {
+    let job = reid_prune::grid::slurm::SlurmJob {
         name: cfg.name.clone(),
         workers: a.workers,
         cpus_per_task: a.cpus_per_task,

@@ -12,6 +12,7 @@ pub mod psfp;
 
 use anyhow::Result;
 use reid_model::ReidNet;
+use reid_run::Scenario;
 
 use crate::criterion::{criterion_entry, ChannelScores, CriterionEntry, CRITERIA};
 use crate::prune_run::PruneConfig;
@@ -69,9 +70,9 @@ pub struct MethodEntry {
     pub ranks_by: &'static str,
     /// Whether it acts while retraining (it then needs retraining epochs and data).
     pub training_time: bool,
-    /// Whether it applies to the paper's S4 (pruning the source model on the target without
-    /// fine-tuning first); the paper's Table 6 marks PSFP N/A there.
-    pub in_s4: bool,
+    /// The scenarios it does not apply to (the paper's Table 6 marks PSFP N/A in S4: pruning
+    /// the source model on the target without fine-tuning first).
+    pub not_in: &'static [Scenario],
     /// Whether it can also prune residual groups (training-time rules act on branch convs).
     pub residual_groups: bool,
     /// Its rule for a run's settings.
@@ -96,7 +97,7 @@ pub const TRAINING_METHODS: &[MethodEntry] = &[
         about: "Ding et al.: L1 ranking + balanced L2 regulariser while retraining",
         ranks_by: "l1",
         training_time: true,
-        in_s4: true,
+        not_in: &[],
         residual_groups: false,
         rule: auto_balanced::rule,
     },
@@ -105,7 +106,7 @@ pub const TRAINING_METHODS: &[MethodEntry] = &[
         about: "He et al.: progressive soft filter pruning on the L2 norm",
         ranks_by: "l2",
         training_time: true,
-        in_s4: false,
+        not_in: &[Scenario::S4],
         residual_groups: false,
         rule: psfp::rule,
     },
@@ -120,7 +121,7 @@ pub fn methods() -> Vec<MethodEntry> {
             about: c.about,
             ranks_by: c.name,
             training_time: false,
-            in_s4: true,
+            not_in: &[],
             residual_groups: true,
             rule: cut_then_retrain,
         })

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use reid_data::synth::{generate, SynthConfig, SynthLayout};
-use reid_prune::scenario::{DataRef, ExperimentConfig};
+use reid_prune::grid::{DataRef, ExperimentConfig};
 
 /// A tiny synthetic domain (12 identities, 3 cameras, 64×32) in `dir`.
 #[allow(dead_code)] // each test binary includes this module and uses part of it
@@ -110,7 +110,7 @@ pub fn temp_files_under(dir: &Path) -> Vec<std::path::PathBuf> {
 pub fn killable_grid(
     tmp: &Path,
     name: &str,
-    scenarios: Vec<reid_prune::scenario::Scenario>,
+    scenarios: Vec<reid_prune::grid::Scenario>,
     finetune_epochs: usize,
 ) -> (std::path::PathBuf, ExperimentConfig) {
     let cfg = ExperimentConfig {
