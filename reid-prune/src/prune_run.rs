@@ -587,13 +587,12 @@ pub fn run_prune_until(
             // the method's rule before the cut (training-time methods retrain here)
             let mut retrain = |start: &ReidNet,
                                folder: &str,
-                               penalty: Option<&reid_model::train::Regularizer>,
-                               hook: Option<&crate::training::EpochHook>|
+                               hooks: &dyn crate::training::TrainHook|
              -> Result<ReidNet> {
                 let path = step_dir.join("unpruned.safetensors");
                 save_checkpoint(start, &path, &parent_prov)?;
                 let rc = retrain_config(cfg, &path, &step_dir.join(folder));
-                let o = run_training_with(&rc, resume, stop.clone(), show_progress, penalty, hook)?;
+                let o = run_training_with(&rc, resume, stop.clone(), show_progress, hooks)?;
                 if !o.completed {
                     return Err(stopped());
                 }

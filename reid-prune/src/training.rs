@@ -900,20 +900,37 @@ pub fn run_training(
     interrupt: Arc<AtomicBool>,
     show_progress: bool,
 ) -> Result<TrainOutcome> {
-    run_training_with(cfg, resume, interrupt, show_progress, None, None)
+    run_training_with(cfg, resume, interrupt, show_progress, &NoHooks)
 }
 
-/// Called after every finished epoch (0-based) before its checkpoint: soft pruning zeroes filters here.
-pub type EpochHook = dyn Fn(&ReidNet, usize) -> Result<()>;
+/// Code that runs at fixed points of a training, so that the loop stays small and a method
+/// brings its own (fast-reid's `HookBase`): a term added to every step's loss, work after each
+/// epoch. Every point has a default that does nothing.
+pub trait TrainHook {
+    /// An extra term of every step's loss (the auto-balanced regulariser).
+    fn regularizer(&self) -> Option<&reid_model::train::Regularizer> {
+        None
+    }
 
-/// [`run_training`] with an extra loss term (e.g. the auto-balanced pruning regulariser).
+    /// After every finished epoch (0-based), before its checkpoint: soft pruning zeroes
+    /// filters here, so the checkpoint holds what the next epoch starts from.
+    fn after_epoch(&self, _net: &ReidNet, _epoch: usize) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A training with nothing hooked in.
+pub struct NoHooks;
+
+impl TrainHook for NoHooks {}
+
+/// [`run_training`] with `hooks` at their points (e.g. a training-time pruning method's).
 pub fn run_training_with(
     cfg: &RunConfig,
     resume: bool,
     interrupt: Arc<AtomicBool>,
     show_progress: bool,
-    regularizer: Option<&reid_model::train::Regularizer>,
-    epoch_hook: Option<&EpochHook>,
+    hooks: &dyn TrainHook,
 ) -> Result<TrainOutcome> {
     // What is recorded (config.toml) and compared on resume is the run as it happens.
     let cfg = &cfg.resolve()?;
@@ -1233,7 +1250,7 @@ pub fn run_training_with(
                 &device,
             )?;
             let s = trainer
-                .step(&net, &x, &batch.pids, lr, regularizer)
+                .step(&net, &x, &batch.pids, lr, hooks.regularizer())
                 .with_context(|| {
                     // only a checkpoint that exists is promised
                     let kept = if state_path.is_file() {
@@ -1295,9 +1312,7 @@ pub fn run_training_with(
             "accuracy": correct as f64 / images.max(1) as f64, "images_per_s": images as f64 / wall, "wall_s": wall,
         });
         writeln!(log, "{line}").with_context(|| "writing log.jsonl")?;
-        if let Some(hook) = epoch_hook {
-            hook(&net, epoch)?;
-        }
+        hooks.after_epoch(&net, epoch)?;
         save_state(
             out,
             &net,

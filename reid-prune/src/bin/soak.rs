@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use reid_data::synth::{generate, SynthConfig, SynthLayout};
-use reid_prune::training::{run_training_with, RunConfig};
+use reid_prune::training::{run_training_with, RunConfig, TrainHook};
 
 reid_process::use_fast_allocator!();
 
@@ -44,6 +44,22 @@ struct Args {
 fn memory_mb() -> (f64, f64) {
     use reid_process::status_mb;
     (status_mb("VmRSS:"), status_mb("VmHWM:"))
+}
+
+/// Records (epoch, seconds, RSS MB) after every epoch.
+struct MemoryProbe {
+    samples: Arc<Mutex<Vec<(usize, f64, f64)>>>,
+    started: Instant,
+}
+
+impl TrainHook for MemoryProbe {
+    fn after_epoch(&self, _: &reid_model::ReidNet, epoch: usize) -> Result<()> {
+        let (rss, _) = memory_mb();
+        if let Ok(mut s) = self.samples.lock() {
+            s.push((epoch + 1, self.started.elapsed().as_secs_f64(), rss));
+        }
+        Ok(())
+    }
 }
 
 fn main() -> Result<()> {
@@ -106,19 +122,15 @@ fn main() -> Result<()> {
     }
     // (epoch, seconds, RSS MB) after every epoch
     let samples: Arc<Mutex<Vec<(usize, f64, f64)>>> = Arc::default();
-    let hook_samples = samples.clone();
-    let hook = move |_: &reid_model::ReidNet, epoch: usize| -> Result<()> {
-        let (rss, _) = memory_mb();
-        if let Ok(mut s) = hook_samples.lock() {
-            s.push((epoch + 1, started.elapsed().as_secs_f64(), rss));
-        }
-        Ok(())
+    let hook = MemoryProbe {
+        samples: samples.clone(),
+        started,
     };
     eprintln!(
         "soak: {} x{} at {} for {} min",
         a.arch, a.width_mult, a.input, a.minutes
     );
-    let outcome = run_training_with(&cfg, false, interrupt, false, None, Some(&hook))?;
+    let outcome = run_training_with(&cfg, false, interrupt, false, &hook)?;
     let (rss_end, peak) = memory_mb();
     let wall = started.elapsed().as_secs_f64();
     let samples = samples.lock().map(|s| s.clone()).unwrap_or_default();

@@ -99,6 +99,15 @@ impl BalancedRegularizer {
     }
 }
 
+/// Retraining hook: the balanced regulariser in every step's loss.
+struct Regularised(Box<reid_model::train::Regularizer>);
+
+impl crate::training::TrainHook for Regularised {
+    fn regularizer(&self) -> Option<&reid_model::train::Regularizer> {
+        Some(&*self.0)
+    }
+}
+
 /// The method's rule: retrain the unpruned network with the balanced regulariser of the plan,
 /// then cut (no retraining after the cut).
 pub struct AutoBalanced {
@@ -120,8 +129,11 @@ impl super::TrainingRule for AutoBalanced {
         retrain: &mut super::Retrain<'_>,
     ) -> anyhow::Result<(ReidNet, PrunePlan)> {
         let reg = BalancedRegularizer::new(&net, scores, &plan, self.alpha)?;
-        let penalty = move |n: &ReidNet| reg.loss(n);
-        let net = retrain(&net, "regularised", Some(&penalty), None)?;
+        let net = retrain(
+            &net,
+            "regularised",
+            &Regularised(Box::new(move |n| reg.loss(n))),
+        )?;
         Ok((net, plan))
     }
 

@@ -17,17 +17,11 @@ use reid_run::Scenario;
 use crate::criterion::{criterion_entry, ChannelScores, CriterionEntry, CRITERIA};
 use crate::prune_run::PruneConfig;
 use crate::strategy::PrunePlan;
-use crate::training::EpochHook;
+use crate::training::TrainHook;
 
-/// Retrains a network before the cut: `(start, folder, regulariser, epoch hook)` → the
-/// retrained network. `folder` names the run's subfolder (`regularised`, `soft`).
-pub type Retrain<'a> = dyn FnMut(
-        &ReidNet,
-        &str,
-        Option<&reid_model::train::Regularizer>,
-        Option<&EpochHook>,
-    ) -> Result<ReidNet>
-    + 'a;
+/// Retrains a network before the cut: `(start, folder, the rule's hooks)` → the retrained
+/// network. `folder` names the run's subfolder (`regularised`, `soft`).
+pub type Retrain<'a> = dyn FnMut(&ReidNet, &str, &dyn TrainHook) -> Result<ReidNet> + 'a;
 
 /// What a method does around the cut of one pruning step.
 pub trait TrainingRule {

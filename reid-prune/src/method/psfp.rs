@@ -105,6 +105,20 @@ pub fn soft_prune(
 /// The method's rule: retrain the unpruned network while soft-zeroing each layer's weakest
 /// filters on the schedule (up to the plan's rate), then rank again by L2 on the trained
 /// weights and cut (no retraining after the cut).
+/// Retraining hook: after every epoch, the lowest-L2 filters of each layer zeroed at that
+/// epoch's rate.
+struct SoftZeroing {
+    rates: BTreeMap<String, f64>,
+    epochs: usize,
+}
+
+impl crate::training::TrainHook for SoftZeroing {
+    fn after_epoch(&self, net: &ReidNet, epoch: usize) -> anyhow::Result<()> {
+        soft_prune(net, &self.rates, epoch, self.epochs)?;
+        Ok(())
+    }
+}
+
 pub struct Psfp {
     pub epochs: usize,
 }
@@ -131,12 +145,11 @@ impl super::TrainingRule for Psfp {
                 (l.conv.clone(), 1.0 - kept as f64 / l.width as f64)
             })
             .collect();
-        let epochs = self.epochs;
-        let hook = move |n: &ReidNet, e: usize| -> anyhow::Result<()> {
-            soft_prune(n, &rates, e, epochs)?;
-            Ok(())
+        let hook = SoftZeroing {
+            rates,
+            epochs: self.epochs,
         };
-        let net = retrain(&net, "soft", None, Some(&hook))?;
+        let net = retrain(&net, "soft", &hook)?;
         let fresh = crate::criterion::magnitude::L2.scores(&net, &net.prunable_convs(), None)?;
         let keep = plan
             .keep
