@@ -8,7 +8,7 @@
 #   bash scripts/gpu-device.sh            # runs it there, writes $OUT/gpu-check.{log,json}
 #
 # The bundle: the CUDA builds of reid-prune, the bench and the device tests
-# (reid-model/tests/cuda_device.rs, plus generic_path.rs), each xz-compressed (the device tool
+# (reid-train/tests/cuda_device.rs, plus generic_path.rs), each xz-compressed (the device tool
 # carries 64 MiB in all: the binaries are ~65 MB each, mostly embedded PTX, ~9 MB compressed),
 # and a libcurand.so.10 shim for devices without cuRAND (candle opens a cuRAND generator when it
 # opens a device; our code makes no random numbers on the GPU: its shim creates the generator
@@ -32,7 +32,7 @@ cd "$ROOT"
 # the bench and the device tests, same target folder and features
 CARGO_TARGET_DIR="$TARGET" cargo build --release -p reid-bench --features "$FEATURES" \
   --bin bench >&2
-TESTS="$(CARGO_TARGET_DIR="$TARGET" cargo test --release -p reid-model --features "$FEATURES" \
+TESTS="$(CARGO_TARGET_DIR="$TARGET" cargo test --release -p reid-train --features "$FEATURES" \
   --test cuda_device --test generic_path --no-run --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys
 for l in sys.stdin:

@@ -5,7 +5,7 @@
 #
 #   device tool: command "bash scripts/gpu-device.sh", carry ["gpu-bundle"], timeout_s 600
 #
-# 1. CUDA vs CPU numerics (reid-model/tests/cuda_device.rs, ignored elsewhere): the full
+# 1. CUDA vs CPU numerics (reid-train/tests/cuda_device.rs, ignored elsewhere): the full
 #    ResNet-50's features at 256×128 (trainable and BN-folded) and three re-ID training steps;
 # 2. train and inference img/s of our CUDA build beside PyTorch's on the same GPU (bench
 #    --train-case/--infer-batch and bench/pytorch_reference.py, same shapes);

@@ -7,15 +7,13 @@
 //! - [`hub`]: torchvision/timm ImageNet weights from a path or a hub id;
 //! - [`weights`]: the one loader of any weights file (checkpoint or plain state dict), strict;
 //! - [`complexity`]: MACs / FLOPs / parameters per layer, backbone and head apart;
-//! - [`train`]: losses, checkpointable optimisers, schedules;
 //! - `onnx` (feature `onnx`): any net as a standard ONNX graph, image tensor to re-ID feature;
 //! - [`layers`]: conv and BN layers over the kernel crate (reid-kernels), which picks each op's
 //!   implementation; a net's [`layers::Kernels`] value (`ReidNet::with_kernels`) selects
 //!   candle's generic ops instead (the path of every other device), so that it is tested on the
 //!   CPU; with `cudnn`, the kernel crate runs a CUDA conv's forward and both gradients on cuDNN.
 //!
-//! Features: `hub` (default; hub ids through hf-hub, otherwise local files only), `cli`
-//! (clap value enums for front ends), `onnx` (ONNX export), `cuda` / `cudnn`. The allocator and
+//! Features: `hub` (default; hub ids through hf-hub, otherwise local files only), `onnx` (ONNX export), `cuda` / `cudnn`. The allocator and
 //! the process's thread pools are the binaries' (reid-process), the speed benchmark is
 //! reid-bench's.
 
@@ -34,7 +32,6 @@ pub mod onnx;
 /// reid-kernels a dependency of this crate alone).
 pub use reid_kernels as kernels;
 pub mod layers;
-pub mod train;
 pub mod weights;
 
 pub use arch::{ArchSpec, BlockKind, BlockSpec, Neck, PrunableConv, ResidualGroup};

@@ -294,7 +294,7 @@ pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
 mod tests {
     use super::*;
     use crate::grid::ExperimentConfig;
-    use crate::training::RunConfig;
+    use reid_train::RunConfig;
 
     #[test]
     fn misspelt_keys_are_refused_with_the_nearest_valid_one() {

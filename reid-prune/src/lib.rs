@@ -23,4 +23,3 @@ pub mod method;
 pub mod prune_run;
 pub mod strategy;
 pub mod surgery;
-pub mod training;

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::criterion::ScoreData;
 use crate::strategy::{plan_with_groups, Allocation, PruneTarget, TargetKind};
 use crate::surgery::apply;
-use crate::training::{run_training, run_training_with, RunConfig, DATA_CHANGES};
+use reid_train::{run_training, run_training_with, RunConfig, DATA_CHANGES};
 
 /// A pruning run. The same type is the `prune` command's flags (clap) and the config saved in the
 /// run folder (serde); the flags' defaults are [`PruneConfig::default`]'s.
@@ -84,7 +84,7 @@ pub struct PruneConfig {
     pub batch_pk: reid_run::PkBatch,
     /// Retraining task: reid on a re-ID dataset, classify on a source (imagefolder) set.
     #[arg(long, value_enum, default_value_t = defaults().retrain_task)]
-    pub retrain_task: reid_model::train::Task,
+    pub retrain_task: reid_train::Task,
     /// Images a batch of classification retraining.
     #[arg(long, default_value_t = defaults().batch_size)]
     pub batch_size: usize,
@@ -134,20 +134,20 @@ impl PruneConfig {
     /// Fields that do not change what a prune computes.
     pub const FREE_FIELDS: [&'static str; 2] = ["out", "checkpoint_interval_s"];
 
-    /// What this prune computes (see [`crate::grid::step_key`]): the config without
+    /// What this prune computes (see [`reid_run::step_key`]): the config without
     /// [`Self::FREE_FIELDS`], the device as its kind, and without the batch setting its
     /// retraining task does not read.
     pub fn result_view(&self) -> Result<serde_json::Value> {
         let unused = match self.retrain_task {
-            reid_model::train::Task::Classify => "batch_pk",
-            reid_model::train::Task::Reid => "batch_size",
+            reid_train::Task::Classify => "batch_pk",
+            reid_train::Task::Reid => "batch_size",
         };
         let mut drop = Self::FREE_FIELDS.to_vec();
         drop.push(unused);
         // a permission of the resume, not a setting of the computation: a resume that allows
         // a data change continues the run it was started as
         drop.push("allow_data_change");
-        let mut v = crate::grid::step_key::view_without(self, &drop)?;
+        let mut v = reid_run::step_key::view_without(self, &drop)?;
         v["device"] = self.device.kind().into();
         Ok(v)
     }
@@ -173,7 +173,7 @@ impl Default for PruneConfig {
             retrain_epochs: 0,
             retrain_lr: 3.5e-4,
             batch_pk: reid_run::PkBatch::new(16, 4),
-            retrain_task: reid_model::train::Task::Reid,
+            retrain_task: reid_train::Task::Reid,
             batch_size: 64,
             retrain_augment: Augment::default(),
             seed: 0,
@@ -310,7 +310,7 @@ fn retrain_config(cfg: &PruneConfig, start: &Path, out: &Path) -> RunConfig {
     rc.train.task = cfg.retrain_task;
     rc.train.schedule.base_lr = cfg.retrain_lr;
     rc.train.schedule.warmup_epochs = 0;
-    rc.train.schedule.decay = reid_model::train::schedule::Decay::Step {
+    rc.train.schedule.decay = reid_train::schedule::Decay::Step {
         milestones: vec![],
         gamma: 1.0,
     };
@@ -587,7 +587,7 @@ pub fn run_prune_until(
             // the method's rule before the cut (training-time methods retrain here)
             let mut retrain = |start: &ReidNet,
                                folder: &str,
-                               hooks: &dyn crate::training::TrainHook|
+                               hooks: &dyn reid_train::TrainHook|
              -> Result<ReidNet> {
                 let path = step_dir.join("unpruned.safetensors");
                 save_checkpoint(start, &path, &parent_prov)?;
@@ -720,7 +720,7 @@ pub fn run_prune_until(
         }
         Err(e) => {
             if e.is::<PruneStopped>() {
-                crate::training::keep_aside(replacement, &cfg.out);
+                reid_train::keep_aside(replacement, &cfg.out);
             } else {
                 // dropping the replacement puts the old run back
                 drop(replacement);
@@ -758,11 +758,11 @@ fn check_settings(cfg: &PruneConfig) -> Result<()> {
     if cfg.retrain_epochs == 0 {
         return Ok(());
     }
-    if cfg.retrain_epochs > crate::training::MAX_EPOCHS {
+    if cfg.retrain_epochs > reid_train::MAX_EPOCHS {
         bail!(
             "--retrain-epochs {}: expected at most {}",
             cfg.retrain_epochs,
-            crate::training::MAX_EPOCHS
+            reid_train::MAX_EPOCHS
         );
     }
     for (flag, v) in [
@@ -848,8 +848,7 @@ fn check_resumed_config(cfg: &PruneConfig) -> Result<()> {
     };
     let stored: PruneConfig = toml::from_str(&text)
         .with_context(|| format!("{}: not a valid prune config", path.display()))?;
-    let changed =
-        crate::grid::step_key::changed_fields(&stored.result_view()?, &cfg.result_view()?);
+    let changed = reid_run::step_key::changed_fields(&stored.result_view()?, &cfg.result_view()?);
     if !changed.is_empty() {
         bail!(
             "--resume: the run in {} was started with other settings ({}); resume it with \

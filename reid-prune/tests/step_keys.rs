@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use reid_prune::grid::{DataRef, ExperimentConfig, PlannedStep, Runner, Scenario};
 use reid_prune::prune_run::PruneConfig;
 use reid_prune::strategy::Allocation;
-use reid_prune::training::RunConfig;
+use reid_train::RunConfig;
 use serde_json::Value;
 
 fn data(dataset: &str, root: &str, name: Option<&str>) -> DataRef {
@@ -426,7 +426,7 @@ fn every_field_of_a_training_config_is_in_its_key_except_where_it_writes() {
         &["train.optimizer.kind", "train.schedule.decay"],
     );
     let mut classify = cfg.clone();
-    classify.train.task = reid_model::train::Task::Classify;
+    classify.train.task = reid_train::Task::Classify;
     check_every_leaf(
         &classify,
         |c| c.result_view().unwrap(),
@@ -441,13 +441,13 @@ fn every_field_of_a_training_config_is_in_its_key_except_where_it_writes() {
     );
     // the serde-tagged variants: another optimiser or decay is another key
     let mut sgd = cfg.clone();
-    sgd.train.optimizer.kind = reid_model::train::optim::OptimizerKind::Sgd {
+    sgd.train.optimizer.kind = reid_train::optim::OptimizerKind::Sgd {
         momentum: 0.9,
         nesterov: false,
     };
     assert_ne!(sgd.result_view().unwrap(), cfg.result_view().unwrap());
     let mut step = cfg.clone();
-    step.train.schedule.decay = reid_model::train::schedule::Decay::Cosine { min_lr: 0.0 };
+    step.train.schedule.decay = reid_train::schedule::Decay::Cosine { min_lr: 0.0 };
     assert_ne!(step.result_view().unwrap(), cfg.result_view().unwrap());
     // which of two equal GPUs ran a step does not change it; the kind of device does
     let on = |d: &str| {

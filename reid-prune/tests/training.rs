@@ -8,8 +8,8 @@ use std::sync::Arc;
 use common::assert_same_weights;
 use reid_data::synth::{generate, SynthConfig, SynthLayout};
 use reid_model::checkpoint::load_checkpoint;
-use reid_model::train::schedule::{Decay, Schedule};
-use reid_prune::training::{run_training, RunConfig};
+use reid_train::schedule::{Decay, Schedule};
+use reid_train::{run_training, RunConfig};
 
 mod common;
 

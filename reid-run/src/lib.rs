@@ -44,6 +44,7 @@ pub mod lock;
 pub mod metrics;
 pub mod rng;
 pub mod stats;
+pub mod step_key;
 #[cfg(feature = "fault-injection")]
 pub mod testing;
 pub mod types;

@@ -168,7 +168,7 @@ fn paired_img_s(a: &ReidNet, b: &ReidNet, batch: usize, iters: usize) -> Result<
 fn train_r18_img_s(dev: &Device, iters: usize) -> Result<f64> {
     let spec = ArchSpec::resnet_with(18, 751, 1.0, 2, Neck::None)?;
     let net = ReidNet::new(&spec, dev, 0)?;
-    use reid_model::train::optim::{Optimizer, OptimizerConfig, OptimizerKind, ParamSlot};
+    use reid_train::optim::{Optimizer, OptimizerConfig, OptimizerKind, ParamSlot};
     // torch.optim.SGD(lr=0.01): no momentum, no weight decay
     let sgd = OptimizerConfig {
         kind: OptimizerKind::Sgd {
@@ -211,7 +211,7 @@ fn train_reid_img_s(
     dev: &Device,
     iters: usize,
 ) -> Result<f64> {
-    use reid_model::train::{TrainConfig, Trainer};
+    use reid_train::{TrainConfig, Trainer};
     let spec = ArchSpec::resnet_with(depth, classes, width, 1, Neck::BnNeck)?;
     let net = ReidNet::new(&spec, dev, 0)?;
     let mut trainer = Trainer::new(&net, TrainConfig::default())?;

@@ -19,10 +19,10 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use reid_data::synth::{generate, SynthConfig, SynthLayout};
-use reid_model::train::Task;
 use reid_process::status_mb;
 use reid_prune::prune_run::{run_prune, PruneConfig};
-use reid_prune::training::{evaluate_on, run_training, RunConfig};
+use reid_train::Task;
+use reid_train::{evaluate_on, run_training, RunConfig};
 
 reid_process::use_fast_allocator!();
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use reid_data::synth::{generate, SynthConfig, SynthLayout};
-use reid_prune::training::{run_training_with, RunConfig, TrainHook};
+use reid_train::{run_training_with, RunConfig, TrainHook};
 
 reid_process::use_fast_allocator!();
 

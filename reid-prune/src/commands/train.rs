@@ -13,7 +13,7 @@ pub struct Args {
     config: Option<PathBuf>,
     /// reid (ID + triplet on P×K batches) or classify (source pre-training).
     #[arg(long, value_enum)]
-    task: Option<reid_model::train::Task>,
+    task: Option<reid_train::Task>,
     /// Dataset name (market1501, dukemtmc-reid, cuhk03-np, msmt17, imagefolder).
     #[arg(long)]
     dataset: Option<String>,
@@ -126,7 +126,7 @@ fn network_fields_given(a: &Args, file: Option<&toml::Table>) -> Vec<(&'static s
 /// with another value would be recorded beside a network it does not describe, so it is
 /// refused naming both values (one given nowhere is taken from the checkpoint).
 fn check_against_checkpoint(
-    cfg: &reid_prune::training::RunConfig,
+    cfg: &reid_train::RunConfig,
     init: &std::path::Path,
     init_source: &str,
     given: &[(&'static str, String)],
@@ -161,7 +161,7 @@ fn check_against_checkpoint(
 }
 
 pub fn run(a: Args) -> Result<()> {
-    use reid_prune::training::{run_training, RunConfig};
+    use reid_train::{run_training, RunConfig};
     let cfg: RunConfig = match &a.config {
         Some(p) => reid_prune::config_file::read_toml(p, "run config")?,
         None => RunConfig::default(),
@@ -201,7 +201,7 @@ pub fn run(a: Args) -> Result<()> {
     if arch_from_weights {
         if let Some(src) = &a.pretrained {
             // the network is the weights': record theirs rather than the default
-            let held = reid_prune::training::pretrained_arch(src, cfg.last_stride)
+            let held = reid_train::pretrained_arch(src, cfg.last_stride)
                 .with_context(|| format!("--pretrained {src}"))?;
             cfg.arch = held.name();
             cfg.width_mult = held.width_mult;

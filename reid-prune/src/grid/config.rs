@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use reid_model::train::schedule::{Decay, Schedule};
-use reid_model::train::Task;
+use reid_train::schedule::{Decay, Schedule};
+use reid_train::Task;
 use serde::{Deserialize, Serialize};
 
 use crate::strategy::Allocation;
-use crate::training::RunConfig;
 use reid_run::Scenario;
+use reid_train::RunConfig;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -255,10 +255,10 @@ impl ExperimentConfig {
                 );
             }
         }
-        crate::training::positive("width_mult", self.width_mult)?;
-        crate::training::positive("lr", self.lr)?;
-        crate::training::positive("checkpoint_interval_s", self.checkpoint_interval_s)?;
-        crate::training::check_batching(self.input, self.batch_pk, self.batch_size)?;
+        reid_train::positive("width_mult", self.width_mult)?;
+        reid_train::positive("lr", self.lr)?;
+        reid_train::positive("checkpoint_interval_s", self.checkpoint_interval_s)?;
+        reid_train::check_batching(self.input, self.batch_pk, self.batch_size)?;
         for arch in std::iter::once(&self.arch).chain(&self.baselines) {
             reid_model::ArchSpec::from_name(arch, 0)
                 .with_context(|| format!("arch/baselines: '{arch}'"))?;
@@ -386,7 +386,7 @@ impl ExperimentConfig {
         }
         if let Some(src) = &self.pretrained {
             // the grid's arch and width are recorded in every cell: they must be the weights'
-            let held = crate::training::pretrained_arch(src, 1)
+            let held = reid_train::pretrained_arch(src, 1)
                 .with_context(|| format!("pretrained = {src}"))?;
             if held.name() != self.arch || held.width_mult != self.width_mult {
                 anyhow::bail!(

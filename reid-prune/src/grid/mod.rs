@@ -19,7 +19,6 @@
 pub mod config;
 pub mod scenarios;
 pub mod slurm;
-pub mod step_key;
 pub mod summary;
 
 pub use config::{check_path_name, DataRef, ExperimentConfig};
@@ -36,13 +35,13 @@ use candle_core::{Device, Tensor};
 use reid_model::checkpoint::{file_sha256, load_checkpoint, write_atomic};
 use reid_model::complexity::complexity;
 
-use reid_model::train::Task;
+use reid_train::Task;
 use serde::{Deserialize, Serialize};
 
 use crate::prune_run::{run_prune_resumable, PruneConfig};
 use crate::strategy::TargetKind;
-use crate::training::{evaluate_on, run_training, RunConfig};
 use reid_run::lock::{try_claim, Claim};
+use reid_train::{evaluate_on, run_training, RunConfig};
 
 /// The paper's scenarios, a type of the contract crate (the report reads them from metrics).
 pub use reid_run::Scenario;
@@ -360,13 +359,13 @@ impl Runner {
             String::new()
         } else {
             let per = self.started.elapsed().as_secs_f64() / self.computed.len() as f64;
-            format!(", ~{} left", crate::training::clock(per * left as f64))
+            format!(", ~{} left", reid_train::clock(per * left as f64))
         };
         format!("step {k}/{}{eta}: ", total.max(k))
     }
 
     /// Run `f` in the folder of the step that computes `work` from `parents` unless it finished
-    /// before. Its key is the hash of `work` (a result view, [`crate::grid::step_key`]), the parents'
+    /// before. Its key is the hash of `work` (a result view, [`reid_run::step_key`]), the parents'
     /// keys and [`STEP_ENGINE`]. The folder is claimed first ([`reid_run::lock`]): while
     /// another process holds it, this waits for it (or, when `wait_for_others` is off, returns
     /// [`StepBusy`] so that the caller can do other work). An unfinished folder (a killed run) is
@@ -385,7 +384,7 @@ impl Runner {
             "parents": parents.iter().map(|p| p.key.clone()).collect::<Vec<_>>(),
             "engine": STEP_ENGINE,
         });
-        let hash = crate::grid::step_key::key_hash(&key);
+        let hash = reid_run::step_key::key_hash(&key);
         let name = format!("{kind}-{hash}");
         let dir = self.steps_dir.join(&name);
         let out = StepOut {

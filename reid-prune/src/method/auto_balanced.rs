@@ -100,10 +100,10 @@ impl BalancedRegularizer {
 }
 
 /// Retraining hook: the balanced regulariser in every step's loss.
-struct Regularised(Box<reid_model::train::Regularizer>);
+struct Regularised(Box<reid_train::Regularizer>);
 
-impl crate::training::TrainHook for Regularised {
-    fn regularizer(&self) -> Option<&reid_model::train::Regularizer> {
+impl reid_train::TrainHook for Regularised {
+    fn regularizer(&self) -> Option<&reid_train::Regularizer> {
         Some(&*self.0)
     }
 }

@@ -17,7 +17,7 @@ use reid_run::Scenario;
 use crate::criterion::{criterion_entry, ChannelScores, CriterionEntry, CRITERIA};
 use crate::prune_run::PruneConfig;
 use crate::strategy::PrunePlan;
-use crate::training::TrainHook;
+use reid_train::TrainHook;
 
 /// Retrains a network before the cut: `(start, folder, the rule's hooks)` → the retrained
 /// network. `folder` names the run's subfolder (`regularised`, `soft`).

@@ -112,7 +112,7 @@ struct SoftZeroing {
     epochs: usize,
 }
 
-impl crate::training::TrainHook for SoftZeroing {
+impl reid_train::TrainHook for SoftZeroing {
     fn after_epoch(&self, net: &ReidNet, epoch: usize) -> anyhow::Result<()> {
         soft_prune(net, &self.rates, epoch, self.epochs)?;
         Ok(())

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use common::{randn, rel_diff};
 use reid_model::layers::Kernels;
-use reid_model::train::{TrainConfig, Trainer};
 use reid_model::{ArchSpec, Neck, ReidNet};
+use reid_train::{TrainConfig, Trainer};
 
 mod common;
 
@@ -132,7 +132,7 @@ fn training_steps_agree_with_the_cpu_kernels() {
         // so the weights compare as the gradients do (Adam divides each element by its own
         // gradient's size, which turns float noise in a near-zero gradient into a full step)
         let mut config = TrainConfig::default();
-        config.optimizer.kind = reid_model::train::optim::OptimizerKind::Sgd {
+        config.optimizer.kind = reid_train::optim::OptimizerKind::Sgd {
             momentum: 0.9,
             nesterov: false,
         };

@@ -6,8 +6,8 @@
 //! This file holds a single test, so no other test's allocations move its process's memory.
 
 use candle_core::{Device, Tensor};
-use reid_model::train::{Task, TrainConfig, Trainer};
 use reid_model::{ArchSpec, Neck, ReidNet};
+use reid_train::{Task, TrainConfig, Trainer};
 
 /// Resident set size of this process in bytes (`/proc/self/statm`, second field, in pages).
 fn rss_bytes() -> u64 {

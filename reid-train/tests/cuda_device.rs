@@ -8,8 +8,8 @@
 
 use candle_core::Device;
 use common::{randn, rel_diff};
-use reid_model::train::{TrainConfig, Trainer};
 use reid_model::{ArchSpec, Neck, ReidNet};
+use reid_train::{TrainConfig, Trainer};
 
 mod common;
 

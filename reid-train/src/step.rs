@@ -2,19 +2,15 @@
 //! classification (cross-entropy) with our checkpointable optimisers. The epoch loop, data and
 //! run folder live with the caller (the `train` command), which hands batches in.
 
-pub mod loss;
-pub mod optim;
-pub mod schedule;
-
 use std::collections::HashMap;
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ModelError, Result};
-use crate::net::ReidNet;
-use optim::{Optimizer, OptimizerConfig, ParamSlot};
-use schedule::Schedule;
+use crate::loss;
+use crate::optim::{Optimizer, OptimizerConfig, ParamSlot};
+use crate::schedule::Schedule;
+use reid_model::{ModelError, ReidNet, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
@@ -129,7 +125,7 @@ impl Trainer {
         let centers = if config.task == Task::Reid && config.center_loss_weight > 0.0 {
             // Standard-normal start as in Bag of Tricks, from a fixed stream (reproducible runs).
             let (classes, dim) = (net.spec().num_classes, net.spec().feature_dim);
-            let mut rng = crate::init::SplitMix64::new(0x5eed_c0de);
+            let mut rng = reid_run::rng::SplitMix64::new(0x5eed_c0de);
             let v: Vec<f32> = (0..classes * dim).map(|_| rng.normal() as f32).collect();
             let t = Tensor::from_vec(v, (classes, dim), &candle_core::Device::Cpu)?
                 .to_device(net.device())?;

@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, InplaceOp3, Layout, Result, Tensor, Var};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use reid_kernels::{f32_slice, Kernels};
+use reid_model::kernels::{f32_slice, Kernels};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -567,7 +567,7 @@ mod tests {
     fn in_place_update_equals_composed_update() {
         let kinds = every_rule();
         let n = 2 * UPDATE_CHUNK + 1001;
-        let mut rng = crate::init::SplitMix64::new(7);
+        let mut rng = reid_run::rng::SplitMix64::new(7);
         let w0: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
         let r: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
         for kind in kinds {

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::{Task, TrainConfig, Trainer};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -23,7 +24,6 @@ use reid_model::checkpoint::{
 };
 use reid_model::complexity::complexity;
 use reid_model::hub::{load_imagenet, HeadOptions};
-use reid_model::train::{Task, TrainConfig, Trainer};
 use reid_model::{ArchSpec, Neck, ReidNet};
 use serde::{Deserialize, Serialize};
 
@@ -123,7 +123,7 @@ impl RunConfig {
         "zero_init_residual",
     ];
 
-    /// What this run computes (see [`crate::grid::step_key`]): the config without
+    /// What this run computes (see [`reid_run::step_key`]): the config without
     /// [`Self::FREE_FIELDS`], the device as its kind, without the batch setting its task does
     /// not read (`batch_pk` for classification, `batch_size` for re-ID) and, when it starts from
     /// a checkpoint, without [`Self::FROM_CHECKPOINT_UNREAD`].
@@ -137,7 +137,7 @@ impl RunConfig {
         if self.init_checkpoint.is_some() {
             drop.extend(Self::FROM_CHECKPOINT_UNREAD);
         }
-        let mut v = crate::grid::step_key::view_without(self, &drop)?;
+        let mut v = reid_run::step_key::view_without(self, &drop)?;
         v["device"] = self.device.kind().into();
         Ok(v)
     }
@@ -259,7 +259,7 @@ impl RunConfig {
             0.0..=1.0,
             "a probability in [0, 1]",
         )?;
-        use reid_model::train::optim::OptimizerKind;
+        use crate::optim::OptimizerKind;
         match t.optimizer.kind {
             OptimizerKind::Sgd { momentum, .. } => in_range(
                 "train.optimizer.momentum",
@@ -297,13 +297,13 @@ impl RunConfig {
             "a factor in (0, 1] of the base rate",
         )?;
         match &sch.decay {
-            reid_model::train::schedule::Decay::Step { gamma, .. } => in_range(
+            crate::schedule::Decay::Step { gamma, .. } => in_range(
                 "train.schedule.decay.gamma",
                 *gamma,
                 f64::MIN_POSITIVE..=1.0,
                 "a factor in (0, 1]",
             )?,
-            reid_model::train::schedule::Decay::Cosine { min_lr } => in_range(
+            crate::schedule::Decay::Cosine { min_lr } => in_range(
                 "train.schedule.decay.min_lr",
                 *min_lr,
                 0.0..=sch.base_lr,
@@ -496,7 +496,7 @@ fn commit(replacement: Option<reid_run::metrics::Replacement>, out: &Path) -> Re
 }
 
 /// The new run stopped unfinished but resumable: the run it replaces stays aside.
-pub(crate) fn keep_aside(replacement: Option<reid_run::metrics::Replacement>, out: &Path) {
+pub fn keep_aside(replacement: Option<reid_run::metrics::Replacement>, out: &Path) {
     if let Some(r) = replacement {
         eprintln!(
             "{}: the replaced run stays in {}/ until this one is resumed to its end",
@@ -696,7 +696,7 @@ struct HeldState {
 }
 
 /// The provenance entry of the data changes a resume was allowed to continue over.
-pub(crate) const DATA_CHANGES: &str = "resumed_over_changed_data";
+pub const DATA_CHANGES: &str = "resumed_over_changed_data";
 
 /// Provenance entries that describe the run's history, kept by every later checkpoint of it.
 const CARRIED: [&str; 1] = [DATA_CHANGES];
@@ -839,7 +839,7 @@ fn check_same_config(
             (stored.result_view()?, "its config.toml")
         }
     };
-    let changed = crate::grid::step_key::changed_fields(&stored, &cfg.result_view()?);
+    let changed = reid_run::step_key::changed_fields(&stored, &cfg.result_view()?);
     if !changed.is_empty() {
         bail!(
             "cannot resume {}: this run's config differs from {source}'s in {}. Resume with \
@@ -908,7 +908,7 @@ pub fn run_training(
 /// epoch. Every point has a default that does nothing.
 pub trait TrainHook {
     /// An extra term of every step's loss (the auto-balanced regulariser).
-    fn regularizer(&self) -> Option<&reid_model::train::Regularizer> {
+    fn regularizer(&self) -> Option<&crate::Regularizer> {
         None
     }
 
