@@ -1494,3 +1494,33 @@ fn an_export_that_overflows_is_refused_and_writes_nothing() {
         assert!(!out.exists(), "{tensor}");
     }
 }
+
+/// What the report reads typed from a `config.toml` (`reid_run::config::RecordedSettings`) is
+/// what each writer's config holds: a training's, a prune's and a grid's.
+#[test]
+fn every_config_toml_reads_back_through_the_reports_type() {
+    use reid_run::config::RecordedSettings;
+    use reid_run::{DeviceSpec, InputSize};
+    let read = |text: String| RecordedSettings::from_toml(&text).unwrap();
+    let input: InputSize = "96x48".parse().unwrap();
+
+    let mut train = reid_train::RunConfig::default();
+    (train.input, train.seed, train.width_mult) = (input, 11, 0.5);
+    let got = read(toml::to_string_pretty(&train).unwrap());
+    assert_eq!(got.input, Some(input));
+    assert_eq!(got.seed, Some(11));
+    assert_eq!(got.width_mult, Some(0.5));
+    assert_eq!(got.device, Some(DeviceSpec::Cpu));
+
+    let mut prune = reid_prune::prune_run::PruneConfig::default();
+    (prune.input, prune.seed) = (input, 12);
+    let got = read(toml::to_string_pretty(&prune).unwrap());
+    assert_eq!((got.input, got.seed), (Some(input), Some(12)));
+    assert_eq!(got.device, Some(prune.device));
+
+    let mut grid = reid_prune::grid::ExperimentConfig::default();
+    (grid.input, grid.seed, grid.width_mult) = (input, 13, 0.25);
+    let got = read(toml::to_string_pretty(&grid).unwrap());
+    assert_eq!(got.input, Some(input));
+    assert_eq!((got.seed, got.width_mult), (Some(13), Some(0.25)));
+}

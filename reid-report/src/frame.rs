@@ -5,31 +5,18 @@ use crate::runs::Run;
 use crate::tables::speedup;
 use polars::prelude::*;
 
-/// Settings of a run's `config.toml` that the metrics do not repeat.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct RunConfig {
-    pub input: Option<String>,
-    pub seed: Option<i64>,
-    pub width_mult: Option<f64>,
-    pub device: Option<String>,
-}
+/// Settings of a run's `config.toml` that the metrics do not repeat, through the contract's type.
+pub use reid_run::config::RecordedSettings as RunConfig;
 
-/// Reads `config.toml` beside the metrics; a missing file is `None`, a malformed one an error.
+/// Reads `config.toml` beside the metrics; a missing file is `None`, a malformed one an error
+/// naming the field.
 pub fn read_config(run: &Run) -> Result<Option<RunConfig>, String> {
-    let path = run.dir.join("config.toml");
+    let path = run.dir.join(reid_run::metrics::CONFIG_FILE);
     if !path.is_file() {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read: {e}"))?;
-    let v: toml::Table = text.parse().map_err(|e| format!("not TOML: {e}"))?;
-    Ok(Some(RunConfig {
-        input: v.get("input").and_then(|x| x.as_str()).map(String::from),
-        seed: v.get("seed").and_then(|x| x.as_integer()),
-        width_mult: v
-            .get("width_mult")
-            .and_then(|x| x.as_float().or_else(|| x.as_integer().map(|i| i as f64))),
-        device: v.get("device").and_then(|x| x.as_str()).map(String::from),
-    }))
+    RunConfig::from_toml(&text).map(Some)
 }
 
 /// One row of the results: a run on one of its evaluated datasets (or none).
@@ -79,9 +66,9 @@ const COLUMNS: &[ResultColumn] = &[
         r.entry
             .and_then(|e| e.input)
             .map(|i| i.to_string())
-            .or(r.cfg.input.clone())
+            .or(r.cfg.input.map(|i| i.to_string()))
     }),
-    ResultColumn::Str("device", |r| r.cfg.device.clone()),
+    ResultColumn::Str("device", |r| r.cfg.device.map(|d| d.to_string())),
     ResultColumn::U64("macs", |r| r.at_size(Some(r.m().macs))),
     ResultColumn::U64("params", |r| Some(r.m().params)),
     ResultColumn::U64("num_valid_queries", |r| {
@@ -104,7 +91,7 @@ const COLUMNS: &[ResultColumn] = &[
     ResultColumn::F64("width_mult", |r| r.cfg.width_mult),
     ResultColumn::F64("rank20", |r| r.entry.and_then(|e| e.cmc.get(19).copied())),
     ResultColumn::F64("rank50", |r| r.entry.and_then(|e| e.cmc.get(49).copied())),
-    ResultColumn::I64("seed", |r| r.cfg.seed),
+    ResultColumn::I64("seed", |r| r.cfg.seed.and_then(|s| i64::try_from(s).ok())),
 ];
 
 pub fn results_frame(runs: &[Run], configs: &[Option<RunConfig>]) -> PolarsResult<DataFrame> {

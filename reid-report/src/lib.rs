@@ -210,7 +210,7 @@ pub fn write_report(
         .map(|r| {
             frame::read_config(r).unwrap_or_else(|message| {
                 problems.push(runs::Problem {
-                    path: r.dir.join("config.toml"),
+                    path: r.dir.join(reid_run::metrics::CONFIG_FILE),
                     message,
                 });
                 None

@@ -38,6 +38,7 @@ pub mod arch;
 pub mod atomic;
 pub mod canonical;
 pub mod claims;
+pub mod config;
 pub mod deploy;
 pub mod header;
 pub mod lock;

@@ -1,0 +1,68 @@
+//! The settings every run's `config.toml` records under the same names — a training's
+//! (`RunConfig`), a prune's (`PruneConfig`) and a grid cell's (its experiment's config) — read
+//! typed by the report. Each writer's config keeps its own schema; the writers' tests check
+//! that what they write reads back through [`RecordedSettings`] with their values.
+
+use serde::Deserialize;
+
+use crate::{DeviceSpec, InputSize};
+
+/// What a `config.toml` says about the run that the metrics do not repeat (each absent where a
+/// config has no such setting).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct RecordedSettings {
+    /// The input size it trained or pruned at.
+    #[serde(default)]
+    pub input: Option<InputSize>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub width_mult: Option<f64>,
+    #[serde(default)]
+    pub device: Option<DeviceSpec>,
+}
+
+impl RecordedSettings {
+    /// The settings of a `config.toml`'s text; other fields are the writer's and are skipped.
+    /// A malformed value is an error naming its field.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.message().trim().to_string() + &span_field(text, &e))
+    }
+}
+
+/// " (field `name`)" for the key on the line a TOML error points at, when there is one.
+fn span_field(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return String::new();
+    };
+    let line_start = text[..span.start.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    match line.split_once('=') {
+        Some((key, _)) if !key.trim().is_empty() => format!(" (field `{}`)", key.trim()),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shared_settings_read_typed_and_a_bad_one_is_named() {
+        let s = RecordedSettings::from_toml(
+            "arch = \"resnet50\"\ninput = \"64x32\"\nseed = 5\nwidth_mult = 1\ndevice = \"cpu\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.input.unwrap().to_string(), "64x32");
+        assert_eq!((s.seed, s.width_mult), (Some(5), Some(1.0)));
+        assert_eq!(s.device, Some(DeviceSpec::Cpu));
+        assert_eq!(
+            RecordedSettings::from_toml("").unwrap(),
+            RecordedSettings::default()
+        );
+        let e = RecordedSettings::from_toml("seed = 1\ninput = \"big\"\n").unwrap_err();
+        assert!(e.contains("input"), "{e}");
+    }
+}
