@@ -14,7 +14,7 @@ use std::sync::Once;
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 static REGISTER: Once = Once::new();
 
-fn register_font() {
+pub(crate) fn register_font() {
     REGISTER.call_once(|| {
         // The embedded file is a valid TTF; a failure here would only lose PNG text.
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
@@ -281,21 +281,31 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> Resul
 }
 
 pub fn render_svg(fig: &Figure) -> Result<String, String> {
-    let mut s = String::new();
-    {
-        let root = SVGBackend::with_string(&mut s, fig.size()).into_drawing_area();
-        draw(root, fig)?;
-    }
-    Ok(s)
+    svg_of(fig.size(), |root| draw(root, fig))
 }
 
 pub fn render_png(fig: &Figure) -> Result<Vec<u8>, String> {
-    let (w, h) = fig.size();
+    png_of(fig.size(), |root| draw(root, fig))
+}
+
+/// An SVG of `size` drawn by `draw`.
+pub(crate) fn svg_of(
+    size: (u32, u32),
+    draw: impl FnOnce(DrawingArea<SVGBackend<'_>, Shift>) -> Result<(), String>,
+) -> Result<String, String> {
+    let mut s = String::new();
+    draw(SVGBackend::with_string(&mut s, size).into_drawing_area())?;
+    Ok(s)
+}
+
+/// A PNG of `size` drawn by `draw` (text in the embedded font).
+pub(crate) fn png_of(
+    (w, h): (u32, u32),
+    draw: impl FnOnce(DrawingArea<BitMapBackend<'_>, Shift>) -> Result<(), String>,
+) -> Result<Vec<u8>, String> {
+    register_font();
     let mut buf = vec![255u8; (w * h * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        draw(root, fig)?;
-    }
+    draw(BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area())?;
     let img = image::RgbImage::from_raw(w, h, buf).ok_or("bitmap size mismatch")?;
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png)

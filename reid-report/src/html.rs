@@ -20,7 +20,8 @@ fn matrix_html(m: &VerdictMatrix) -> String {
         "<section id=\"verdicts\">\n<h2>{}</h2>\n<p class=\"note\"><span class=\"v holds\">holds</span> \
          <span class=\"v not\">does not hold</span> <span class=\"v inc\">inconclusive at this \
          size</span> — Δ rank-1 in points and its 95 % interval; hover a cell for the two models. \
-         <a href=\"tables/verdicts.md\">Markdown</a> · <a href=\"tables/verdicts.csv\">CSV</a></p>\n\
+         <a href=\"tables/verdicts.md\">Markdown</a> · <a href=\"tables/verdicts.csv\">CSV</a> · \
+         as a figure: <a href=\"figures/verdicts.svg\">SVG</a> · <a href=\"figures/verdicts.png\">PNG</a></p>\n\
          <table class=\"matrix\">\n<thead><tr><th>claim</th><th>dataset</th>",
         esc(&m.title)
     );

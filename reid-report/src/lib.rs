@@ -6,6 +6,7 @@ pub mod claims;
 pub mod figures;
 pub mod frame;
 pub mod html;
+pub mod matrix_figure;
 pub mod paper;
 pub mod runs;
 pub mod tables;
@@ -279,6 +280,21 @@ pub fn write_report(
         put(
             &format!("figures/{}.png", f.slug),
             &figures::render_png(f).map_err(fig_err)?,
+        )?;
+    }
+    if let Some(m) = &matrix {
+        // the matrix as a figure for papers, beside the report's other figures
+        let fig_err = |message: String| ReportError::Write {
+            path: out.join("figures").join("verdicts"),
+            message,
+        };
+        put(
+            "figures/verdicts.svg",
+            matrix_figure::render_svg(m).map_err(fig_err)?.as_bytes(),
+        )?;
+        put(
+            "figures/verdicts.png",
+            &matrix_figure::render_png(m).map_err(fig_err)?,
         )?;
     }
     let page = html::index_html(

@@ -1089,4 +1089,32 @@ fn the_report_opens_with_the_verdict_matrix() {
     assert!(md.contains("| claim | dataset | l1 | taylor |"), "{md}");
     assert!(md.contains("does not hold -20.0"), "{md}");
     assert!(out.join("tables/verdicts.csv").is_file());
+    // the same matrix as a figure: a swatch of each verdict's colour per cell (and one in the
+    // legend), every model's column and every cell's numbers
+    let svg = std::fs::read_to_string(out.join("figures/verdicts.svg")).unwrap();
+    let swatches = |rgb: (u8, u8, u8)| {
+        let hex = format!("#{:02X}{:02X}{:02X}", rgb.0, rgb.1, rgb.2);
+        svg.matches(&format!("fill=\"{hex}\"")).count()
+            + svg
+                .matches(&format!("fill=\"{}\"", hex.to_lowercase()))
+                .count()
+    };
+    assert_eq!(
+        (
+            swatches((0xb8, 0xe0, 0xb0)),
+            swatches((0xf2, 0xb5, 0xb0)),
+            swatches((0xf3, 0xe3, 0xa6))
+        ),
+        (2 + 1, 1 + 1, 1 + 1),
+        "{svg}"
+    );
+    for text in ["l1", "taylor", "-20.0", "+0.0"] {
+        assert!(
+            svg.contains(&format!(">\n{text}\n<")),
+            "{text} not in the figure"
+        );
+    }
+    let png = image::open(out.join("figures/verdicts.png")).unwrap();
+    assert!(png.width() >= 520 && png.height() > 100);
+    assert!(html.contains("href=\"figures/verdicts.svg\""));
 }
