@@ -347,11 +347,16 @@ fn every_figure_is_a_valid_png_and_svg() {
             "fig4_market1501",
             "fig4_synth-b",
             "latency_vs_gflops",
+            "verdicts",
             "width_profile_C1",
         ]
     );
     assert_eq!(stems("png"), stems("svg"));
-    for p in &figs {
+    // the plots (the verdict matrix, a coloured grid, has its own test)
+    for p in figs
+        .iter()
+        .filter(|p| !p.ends_with("verdicts.png") && !p.ends_with("verdicts.svg"))
+    {
         if p.extension().unwrap() == "png" {
             let img = image::open(p).unwrap().to_rgb8();
             assert!(img.width() >= 500 && img.height() >= 400);
