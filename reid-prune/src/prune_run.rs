@@ -211,7 +211,11 @@ fn check_same_start(cfg: &PruneConfig, steps: usize, hash: &str) -> Result<()> {
     } else {
         cfg.out.clone()
     };
-    let recorded = header_provenance(&first.join("pruned.safetensors")).and_then(|p| p.parent);
+    // the cut records its start; a training-time method stopped before its cut, the start of
+    // its retraining (`unpruned.safetensors`)
+    let recorded = ["pruned.safetensors", "unpruned.safetensors"]
+        .iter()
+        .find_map(|f| header_provenance(&first.join(f)).and_then(|p| p.parent));
     match recorded {
         Some(r) if r != hash => bail!(
             "--checkpoint {} changed since this prune started (the run in {} was cut from \
@@ -584,13 +588,17 @@ pub fn run_prune_until(
             };
             std::fs::create_dir_all(&step_dir)?;
             reid_run::remove_stale_temp_files(&step_dir);
+            // the file this step starts from: the parent of what it writes, checked on --resume
+            let start_hash = file_sha256(&current_parent)?;
             // the method's rule before the cut (training-time methods retrain here)
             let mut retrain = |start: &ReidNet,
                                folder: &str,
                                hooks: &dyn reid_train::TrainHook|
              -> Result<ReidNet> {
                 let path = step_dir.join("unpruned.safetensors");
-                save_checkpoint(start, &path, &parent_prov)?;
+                let mut start_prov = parent_prov.clone();
+                start_prov.parent = Some(start_hash.clone());
+                save_checkpoint(start, &path, &start_prov)?;
                 let rc = retrain_config(cfg, &path, &step_dir.join(folder));
                 let o = run_training_with(&rc, resume, stop.clone(), show_progress, hooks)?;
                 if !o.completed {
@@ -604,7 +612,7 @@ pub fn run_prune_until(
             net = before;
             net = apply(&net, &p)?;
             let mut prov = parent_prov.clone();
-            prov.parent = Some(file_sha256(&current_parent)?);
+            prov.parent = Some(start_hash);
             // this run's seed (criterion, scoring images, classifier), not the parent's
             prov.seed = Some(cfg.seed);
             prov.input = Some(cfg.input);

@@ -1020,6 +1020,73 @@ fn an_interrupted_prune_exits_non_zero_and_resumes_to_the_uninterrupted_model() 
     );
 }
 
+/// A training-time method stopped in its retraining before the cut, resumed after the
+/// checkpoint was replaced: refused naming `--checkpoint`, before anything is written (it was
+/// refused as `--init …/unpruned.safetensors changed`, a file the user never named).
+#[test]
+fn a_replaced_checkpoint_under_an_interrupted_training_time_prune_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data(tmp.path());
+    let ck = tmp.path().join("ck.safetensors");
+    checkpoint(&ck, Some(reid_run::InputSize::new(64, 32)));
+    let root_s = root.to_string_lossy().into_owned();
+    let out = tmp.path().join("cut");
+    let balanced = |extra: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.args(["prune", "--criterion", "auto-balanced", "--level", "0.5"])
+            .args(["--input", "64x32", "--dataset", "market1501", "--root"])
+            .arg(&root_s)
+            .args([
+                "--retrain-epochs",
+                "40",
+                "--batch-pk",
+                "2x2",
+                "--checkpoint",
+            ])
+            .arg(&ck)
+            .arg("--out")
+            .arg(&out)
+            .args(extra);
+        c
+    };
+    let mut c = balanced(&[]);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    assert_eq!(
+        signalled(
+            c,
+            &out.join("regularised/trainer_state.safetensors"),
+            libc::SIGINT
+        ),
+        Some(130)
+    );
+    assert!(
+        !out.join("pruned.safetensors").exists(),
+        "stopped after the cut"
+    );
+    let original = std::fs::read(&ck).unwrap();
+    let log = std::fs::read(out.join("log.jsonl")).ok();
+    let start = std::fs::read(out.join("unpruned.safetensors")).unwrap();
+    checkpoint_seeded(&ck, Some(reid_run::InputSize::new(64, 32)), 9);
+    let e = refused(balanced(&["--resume"]).output().unwrap());
+    assert!(
+        e.contains(&format!(
+            "--checkpoint {} changed since this prune started",
+            ck.display()
+        )),
+        "{e}"
+    );
+    assert!(!e.contains("--init") && !e.contains("unpruned"), "{e}");
+    assert_eq!(std::fs::read(out.join("log.jsonl")).ok(), log);
+    // refused before anything is written: the retraining's start is the one it began from
+    assert_eq!(
+        std::fs::read(out.join("unpruned.safetensors")).unwrap(),
+        start
+    );
+    std::fs::write(&ck, original).unwrap();
+}
+
 /// A trainer state written before the listed-images fingerprint (session 17) holds the older
 /// fingerprint of every file under the root under another key: a resume compares its counts
 /// and goes on, where comparing the two fingerprints refused every such resume as "data changed".
