@@ -3,7 +3,7 @@
 //! The library: pruning criteria (`criterion`, a registry: one file and one line a criterion),
 //! methods (`method`: each criterion as cut-then-retrain, plus training-time rules that own their
 //! retraining hooks), strategies (`strategy`: allocation, targets), channel surgery (`surgery`),
-//! and resumable training and pruning runs (`training`, `prune_run`).
+//! and resumable pruning runs (`prune_run`; training runs are reid-train's).
 //!
 //! The application: the experiment grid (`grid`: the config schema, one file per scenario, steps
 //! keyed by the hash of their resolved config and parents' keys, resumed mid-step after a crash,

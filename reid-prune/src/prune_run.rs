@@ -196,6 +196,10 @@ pub fn trained_input(path: &Path) -> Option<reid_run::InputSize> {
 }
 
 /// A checkpoint's provenance from its header alone (`None` where unreadable or absent).
+/// Provenance key of a training-time method's retraining start (`unpruned.safetensors`): the
+/// sha256 of the file the pruning step started from (its `parent` stays the start's own).
+const PRUNE_START: &str = "prune_start";
+
 fn header_provenance(path: &Path) -> Option<reid_model::checkpoint::Provenance> {
     let header = reid_run::header::read_safetensors_header(path).ok()?;
     let prov = header.metadata(reid_model::checkpoint::META_PROVENANCE)?;
@@ -211,11 +215,14 @@ fn check_same_start(cfg: &PruneConfig, steps: usize, hash: &str) -> Result<()> {
     } else {
         cfg.out.clone()
     };
-    // the cut records its start; a training-time method stopped before its cut, the start of
-    // its retraining (`unpruned.safetensors`)
-    let recorded = ["pruned.safetensors", "unpruned.safetensors"]
-        .iter()
-        .find_map(|f| header_provenance(&first.join(f)).and_then(|p| p.parent));
+    // the cut records its start as its parent; a training-time method stopped before its cut,
+    // in its retraining's start (`unpruned.safetensors`, PRUNE_START)
+    let recorded = header_provenance(&first.join("pruned.safetensors"))
+        .and_then(|p| p.parent)
+        .or_else(|| {
+            header_provenance(&first.join("unpruned.safetensors"))
+                .and_then(|p| p.extra.get(PRUNE_START)?.as_str().map(String::from))
+        });
     match recorded {
         Some(r) if r != hash => bail!(
             "--checkpoint {} changed since this prune started (the run in {} was cut from \
@@ -597,7 +604,15 @@ pub fn run_prune_until(
              -> Result<ReidNet> {
                 let path = step_dir.join("unpruned.safetensors");
                 let mut start_prov = parent_prov.clone();
-                start_prov.parent = Some(start_hash.clone());
+                // a run begun by an earlier version (no PRUNE_START) resumes with the file as it
+                // began: rewritten otherwise, its retraining would see another start
+                let legacy = resume
+                    && header_provenance(&path).is_some_and(|p| !p.extra.contains_key(PRUNE_START));
+                if !legacy {
+                    start_prov
+                        .extra
+                        .insert(PRUNE_START.into(), start_hash.clone().into());
+                }
                 save_checkpoint(start, &path, &start_prov)?;
                 let rc = retrain_config(cfg, &path, &step_dir.join(folder));
                 let o = run_training_with(&rc, resume, stop.clone(), show_progress, hooks)?;

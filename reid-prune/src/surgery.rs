@@ -110,10 +110,9 @@ pub fn apply(net: &ReidNet, plan: &PrunePlan) -> Result<ReidNet> {
             "surgery produced inconsistent tensors:\n{report}"
         )));
     }
-    Ok(ReidNet::from_tensors_trainable(
-        &new_spec,
-        &cut.tensors,
-        &cut.device,
-        0,
-    )?)
+    // the pruned net runs the ops the net it was cut from ran
+    Ok(
+        ReidNet::from_tensors_trainable(&new_spec, &cut.tensors, &cut.device, 0)?
+            .with_kernels(net.kernels())?,
+    )
 }

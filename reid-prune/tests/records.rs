@@ -1085,6 +1085,36 @@ fn a_replaced_checkpoint_under_an_interrupted_training_time_prune_is_named() {
         start
     );
     std::fs::write(&ck, original).unwrap();
+
+    // the original back: the retraining resumes (its state moves on), its start the same bytes
+    let mut child = balanced(&["--resume"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let state = out.join("regularised/trainer_state.safetensors");
+    let before = std::fs::read(&state).unwrap();
+    let t0 = Instant::now();
+    while std::fs::read(&state).map_or(true, |now| now == before) {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            assert!(status.success(), "the resume failed: {err}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the resume made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        std::fs::read(out.join("unpruned.safetensors")).unwrap(),
+        start
+    );
 }
 
 /// A trainer state written before the listed-images fingerprint (session 17) holds the older

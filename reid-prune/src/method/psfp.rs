@@ -102,9 +102,6 @@ pub fn soft_prune(
     Ok(())
 }
 
-/// The method's rule: retrain the unpruned network while soft-zeroing each layer's weakest
-/// filters on the schedule (up to the plan's rate), then rank again by L2 on the trained
-/// weights and cut (no retraining after the cut).
 /// Retraining hook: after every epoch, the lowest-L2 filters of each layer zeroed at that
 /// epoch's rate.
 struct SoftZeroing {
@@ -119,6 +116,9 @@ impl reid_train::TrainHook for SoftZeroing {
     }
 }
 
+/// The method's rule: retrain the unpruned network while soft-zeroing each layer's weakest
+/// filters on the schedule (up to the plan's rate), then rank again by L2 on the trained
+/// weights and cut (no retraining after the cut).
 pub struct Psfp {
     pub epochs: usize,
 }
