@@ -286,3 +286,24 @@ fn fingerprint_covers_the_listed_images_only() {
     .unwrap();
     assert_ne!(f("market1501"), added);
 }
+
+/// The dataset registry (`reid_run::DatasetName`): every canonical name and alias parses to its
+/// dataset and reaches that dataset's loader (which then names what the folder lacks), where an
+/// unregistered name is refused as unknown.
+#[test]
+fn every_registered_dataset_is_reachable_by_each_of_its_names() {
+    use reid_run::DatasetName;
+    let tmp = tempfile::tempdir().unwrap();
+    let unknown = "no-such-set".parse::<DatasetName>().unwrap_err();
+    let refused = load("no-such-set", tmp.path()).err().unwrap().to_string();
+    assert!(refused.contains(&unknown), "{refused}");
+    for d in DatasetName::ALL {
+        for name in std::iter::once(d.canonical()).chain(d.aliases().iter().copied()) {
+            assert_eq!(name.parse::<DatasetName>(), Ok(d), "{name}");
+            // an empty folder: the loader's own complaint, not an unknown name
+            let e = load(name, tmp.path()).err().map(|e| e.to_string());
+            let e = e.unwrap_or_else(|| panic!("{name}: an empty folder loaded"));
+            assert!(!e.contains(&unknown), "{name}: {e}");
+        }
+    }
+}
