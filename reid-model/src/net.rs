@@ -649,14 +649,8 @@ impl ReidNet {
             .iter()
             .map(|s| s.iter().map(fold_block).collect::<candle_core::Result<_>>())
             .collect::<candle_core::Result<_>>()?;
-        let channels_last = if self.kernels.native_on(&self.device) {
-            Some(std::sync::Arc::new(ChannelsLastBackbone::new(
-                &stem, &stages,
-            )?))
-        } else {
-            None
-        };
-        Ok(Self {
+        // the channels-last copy where the native kernels run (`with_kernels` decides)
+        Self {
             spec: self.spec.clone(),
             stem,
             stages,
@@ -664,11 +658,12 @@ impl ReidNet {
             classifier: self.classifier.as_ref().map(|c| c.detach()),
             varmap: None,
             folded: true,
-            channels_last,
+            channels_last: None,
             layout: self.layout,
             kernels: self.kernels,
             device: self.device.clone(),
-        })
+        }
+        .with_kernels(self.kernels)
     }
 
     /// Memory layout a folded CPU net runs inference in (others always run NCHW).

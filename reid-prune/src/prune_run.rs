@@ -596,7 +596,11 @@ pub fn run_prune_until(
             std::fs::create_dir_all(&step_dir)?;
             reid_run::remove_stale_temp_files(&step_dir);
             // the file this step starts from: the parent of what it writes, checked on --resume
-            let start_hash = file_sha256(&current_parent)?;
+            let start_hash = if step == 0 {
+                parent_hash.clone() // `--checkpoint`, hashed once above
+            } else {
+                file_sha256(&current_parent)?
+            };
             // the method's rule before the cut (training-time methods retrain here)
             let mut retrain = |start: &ReidNet,
                                folder: &str,

@@ -64,9 +64,9 @@ fn every_relative_link_names_a_file() {
     }
 }
 
-/// `(package, bin, arguments)` of every `cargo run … -p PKG [--bin B] [--] ARGS` in a code
-/// block, continuation lines joined and `# comments` dropped.
-fn documented_commands(text: &str) -> Vec<(String, String, Vec<String>)> {
+/// `(bin, arguments)` of every `cargo run … -p PKG [--bin B] [--] ARGS` in a code block (the
+/// binary is PKG's unless `--bin` names one), continuation lines joined and `# comments` dropped.
+fn documented_commands(text: &str) -> Vec<(String, Vec<String>)> {
     let mut out = Vec::new();
     let mut in_code = false;
     let mut pending = String::new();
@@ -96,16 +96,15 @@ fn documented_commands(text: &str) -> Vec<(String, String, Vec<String>)> {
         let Some(p) = words.iter().position(|w| *w == "-p") else {
             continue;
         };
-        let package = words[p + 1].to_string();
         let bin = match words.iter().position(|w| *w == "--bin") {
             Some(b) if b < words.len() - 1 => words[b + 1].to_string(),
-            _ => package.clone(),
+            _ => words[p + 1].to_string(),
         };
         let args = match words.iter().position(|w| w.trim_start_matches('[') == "--") {
             Some(d) => words[d + 1..].iter().map(|w| w.to_string()).collect(),
             None => Vec::new(),
         };
-        out.push((package, bin, args));
+        out.push((bin, args));
     }
     out
 }
@@ -125,7 +124,7 @@ fn every_documented_command_and_flag_exists() {
     let mut checked = 0;
     for doc in docs() {
         let text = std::fs::read_to_string(&doc).unwrap();
-        for (_package, bin, args) in documented_commands(&text) {
+        for (bin, args) in documented_commands(&text) {
             // the words of the line, without the usage brackets and alternatives
             let words: Vec<String> = args
                 .iter()

@@ -573,34 +573,32 @@ mod tests {
         for kind in kinds {
             for wd in [0.0, 5e-4] {
                 let run = |kernels: Kernels| {
-                    {
-                        let dev = Device::Cpu;
-                        let w = Var::new(w0.as_slice(), &dev).unwrap();
-                        let r = Tensor::new(r.as_slice(), &dev).unwrap();
-                        let slot = |name: &str, decay| ParamSlot {
-                            name: name.into(),
-                            var: w.clone(),
-                            lr_mult: 0.5,
-                            decay,
-                        };
-                        let config = OptimizerConfig {
-                            kind,
-                            weight_decay: wd,
-                        };
-                        let mut opt =
-                            Optimizer::new(config, vec![slot("w", true)]).with_kernels(kernels);
-                        for step in 0..3 {
-                            // loss = Σ r·w² → grad 2·r·w
-                            let loss = (w.as_tensor().sqr().unwrap() * &r).unwrap();
-                            let g = loss.sum_all().unwrap().backward().unwrap();
-                            opt.step(&g, 0.01 * (step + 1) as f64).unwrap();
-                        }
-                        let mut out = vec![("w".to_string(), w.as_tensor().clone())];
-                        out.extend(opt.state_tensors().unwrap());
-                        out.into_iter()
-                            .map(|(k, t)| (k, t.to_vec1::<f32>().unwrap()))
-                            .collect::<Vec<_>>()
+                    let dev = Device::Cpu;
+                    let w = Var::new(w0.as_slice(), &dev).unwrap();
+                    let r = Tensor::new(r.as_slice(), &dev).unwrap();
+                    let slot = |name: &str, decay| ParamSlot {
+                        name: name.into(),
+                        var: w.clone(),
+                        lr_mult: 0.5,
+                        decay,
+                    };
+                    let config = OptimizerConfig {
+                        kind,
+                        weight_decay: wd,
+                    };
+                    let mut opt =
+                        Optimizer::new(config, vec![slot("w", true)]).with_kernels(kernels);
+                    for step in 0..3 {
+                        // loss = Σ r·w² → grad 2·r·w
+                        let loss = (w.as_tensor().sqr().unwrap() * &r).unwrap();
+                        let g = loss.sum_all().unwrap().backward().unwrap();
+                        opt.step(&g, 0.01 * (step + 1) as f64).unwrap();
                     }
+                    let mut out = vec![("w".to_string(), w.as_tensor().clone())];
+                    out.extend(opt.state_tensors().unwrap());
+                    out.into_iter()
+                        .map(|(k, t)| (k, t.to_vec1::<f32>().unwrap()))
+                        .collect::<Vec<_>>()
                 };
                 let (fused, composed) = (run(Kernels::Native), run(Kernels::Generic));
                 assert_eq!(fused.len(), composed.len(), "{kind:?} wd {wd}");
