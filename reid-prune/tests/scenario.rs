@@ -27,11 +27,19 @@ fn tiny_config(tmp: &Path, target_name: Option<&str>) -> ExperimentConfig {
 fn tiny_grid_runs_and_resumes_without_repeating_steps() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tiny_config(tmp.path(), Some("tiny-target"));
+    // the run computes the plan's steps, each once, in the plan's order: one graph for both
+    let planned: Vec<String> = Runner::new(cfg.clone())
+        .unwrap()
+        .plan()
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
     let mut first = Runner::new(cfg.clone()).unwrap();
     let cells = first.run().unwrap();
     assert_eq!(cells.len(), 4, "baseline + source-only + S1 + S3");
     assert_eq!(cells[1].scenario, "source");
-    assert!(first.steps_run() > 0);
+    assert_eq!(first.computed, planned);
     let base = &cells[0];
     for c in &cells[2..] {
         let ratio = c.macs as f64 / base.macs as f64;
@@ -87,6 +95,16 @@ fn tiny_grid_runs_and_resumes_without_repeating_steps() {
     let cells2 = again.run().unwrap();
     assert_eq!(again.steps_run(), 0);
     assert_eq!(cells2.len(), 4);
+    // a finished step needs nothing above it: with S1's source-pruned model gone (a user
+    // freeing space; S1 fine-tunes it on the target), a rerun computes nothing
+    let plan = Runner::new(cfg.clone()).unwrap().plan().unwrap();
+    let pruned = plan.iter().find(|s| s.what.ends_with("on source")).unwrap();
+    let aside = tmp.path().join("aside");
+    std::fs::rename(cfg.out.join("steps").join(&pruned.name), &aside).unwrap();
+    let mut third = Runner::new(cfg.clone()).unwrap();
+    third.run().unwrap();
+    assert_eq!(third.computed, Vec::<String>::new());
+    std::fs::rename(&aside, cfg.out.join("steps").join(&pruned.name)).unwrap();
 
     // one training image of the target replaced under the same path: every step that reads the
     // target is planned again, the source steps stay done

@@ -5,8 +5,11 @@
 //!
 //! - [`config`]: the experiment's schema (`experiment.toml`), its validation and input checks;
 //! - [`scenarios`]: one file per scenario (how a cell's model is made), registered in a list;
-//! - [`step_key`]: what a step computes, hashed into its folder name;
-//! - this module: the [`Runner`] (step cache, locks, seeds, planning, cells' run folders);
+//! - [`graph`]: the grid as a graph of steps (what each computes, its key and parents, the
+//!   cells' models and evaluations), built from the config alone; a plan is the graph read
+//!   against the step folders;
+//! - this module: the [`Runner`], which executes the graph (step cache, locks, workers, the
+//!   cells' run folders);
 //! - [`summary`]: the claims judged on the cells and the text table;
 //! - [`slurm`]: the grid as a Slurm job array.
 //!
@@ -17,6 +20,7 @@
 //! Each grid cell gets a run folder `<out>/<scenario>/<criterion>-<level>/` (its format: the `reid-run` crate).
 
 pub mod config;
+pub mod graph;
 pub mod scenarios;
 pub mod slurm;
 pub mod summary;
@@ -24,7 +28,7 @@ pub mod summary;
 pub use config::{check_path_name, DataRef, ExperimentConfig};
 pub use summary::{judge_benchmark, judge_claims, render_table};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -32,14 +36,15 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
-use reid_model::checkpoint::{file_sha256, load_checkpoint, write_atomic};
+use reid_model::checkpoint::{load_checkpoint, write_atomic};
 use reid_model::complexity::complexity;
 
-use reid_train::Task;
 use serde::{Deserialize, Serialize};
 
+use graph::{Action, Evals, Fingerprints, Row, Step};
+pub use graph::{PlannedStep, StepGraph, StepOut, StepState};
+
 use crate::prune_run::{run_prune_resumable, PruneConfig};
-use crate::strategy::TargetKind;
 use reid_run::lock::{try_claim, Claim};
 use reid_train::{evaluate_on, run_training, RunConfig};
 
@@ -122,6 +127,7 @@ pub fn record_several_targets(all: &ExperimentConfig) -> Result<Option<reid_run:
     Ok(Some(claim))
 }
 
+/// Executes a grid's [`StepGraph`]: claims, computes or reuses its steps, writes its cells.
 pub struct Runner {
     pub cfg: ExperimentConfig,
     /// Where finished steps are kept (shared by the grids of several targets).
@@ -129,15 +135,14 @@ pub struct Runner {
     /// Opened when the grid runs (planning needs no device).
     device: Option<Device>,
     started: Instant,
+    /// Finished steps this process found done (each counted once).
     pub steps_reused: usize,
     /// Wait for steps another process is computing (otherwise [`StepBusy`] is returned).
     wait_for_others: bool,
-    /// Planning: steps are listed here instead of being run.
-    plan: Option<Vec<PlannedStep>>,
-    /// Data fingerprints by dataset and root, read once a run.
-    fingerprints: HashMap<(String, PathBuf), String>,
+    /// The graph's steps this process saw finished (computed or reused).
+    finished: HashSet<usize>,
     /// The fingerprints of the experiment's data by role, recorded beside its config and in
-    /// every cell (empty while planning).
+    /// every cell.
     data_record: BTreeMap<String, String>,
     /// This process's share of the output folder while the grid runs.
     grid_claim: Option<reid_run::lock::GridClaim>,
@@ -153,57 +158,10 @@ pub struct Runner {
     pub computed: Vec<String>,
 }
 
-/// A step's folder and key (the hash in its folder name).
-#[derive(Clone, Debug)]
-pub struct StepOut {
-    pub dir: PathBuf,
-    pub key: String,
-}
-
-impl StepOut {
-    /// The model a training or pruning step writes.
-    pub fn model(&self) -> PathBuf {
-        self.dir.join("model.safetensors")
-    }
-}
-
-/// Where a step stands, as `plan` sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StepState {
-    /// Finished (`DONE`): reused.
-    Done,
-    /// Being computed now (its lock is held: see [`PlannedStep::owner`]).
-    Running,
-    /// Started by a run that did not finish and nobody holds: the next worker resumes it from
-    /// its checkpoint.
-    Started,
-    /// Not started, every parent finished: a worker can take it now.
-    Ready,
-    /// Not started, waiting for a parent.
-    Waiting,
-}
-
-/// One step of a grid, listed without running it.
-#[derive(Clone, Debug, Serialize)]
-pub struct PlannedStep {
-    /// Folder name under `steps/`: `<kind>-<key>`.
-    pub name: String,
-    pub kind: String,
-    /// What it computes, in words (`prune l1 0.500 on source`).
-    pub what: String,
-    /// Folder names of the steps whose models it starts from.
-    pub parents: Vec<String>,
-    pub state: StepState,
-    /// Who computes it, when it is running (`pid 123 on node7 (claimed 40 s ago)`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub owner: Option<String>,
-}
-
 /// Label of the per-query results in an eval step's folder.
 const EVAL_QUERIES: &str = "queries";
 
-/// A step another process is computing (see [`Runner::step`]).
+/// A step another process is computing (see [`Runner::run`]).
 #[derive(Debug, thiserror::Error)]
 #[error("step {step} is being computed by {holder}")]
 pub struct StepBusy {
@@ -219,15 +177,41 @@ pub struct StepBudgetSpent(pub usize);
 /// How often a waiting process looks at a step another one is computing.
 const BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Version of what the steps compute: bump it when a change alters a step's result (training
-/// numerics, pruning rules), so that old finished steps are not reused. 2: the stem max pool's
-/// gradient goes to the first maximum (session 2). 3: stride-1 conv input gradients as a
-/// flipped-kernel conv, lane-wise BN reductions (float rounding), channels-last latency (session 3).
-/// 4: Taylor scores from chunks of 8 images (float rounding can reorder near-ties; session 4).
-/// 5: keys are the hash of each step's full resolved config and its parents' keys (session 5).
-/// 6: keys hold the fingerprint of the data each step reads (session 6). 7: that fingerprint
-/// covers the images the dataset lists, not every file under its root (session 17).
-const STEP_ENGINE: u32 = 7;
+/// The fingerprint of each dataset `cfg` reads ([`reid_data::datasets::fingerprint`]), read
+/// once. A root that is not there is `absent` (a plan of a grid whose data is not made yet; a
+/// run checks its inputs first); a dataset that does not load is an error, or `unreadable`
+/// when `for_plan` (a plan lists the steps over a dataset being made or unpacked).
+fn fingerprints(cfg: &ExperimentConfig, for_plan: bool) -> Result<Fingerprints> {
+    let mut out = Fingerprints::new();
+    for d in [&cfg.source, &cfg.target]
+        .into_iter()
+        .chain(cfg.cross.as_ref())
+    {
+        let key = (d.dataset.clone(), d.root.clone());
+        if out.contains_key(&key) {
+            continue;
+        }
+        let f = if !d.root.exists() {
+            "absent".to_string()
+        } else {
+            match reid_data::datasets::load(&d.dataset, &d.root)
+                .and_then(|ds| reid_data::datasets::fingerprint(&ds))
+            {
+                Ok(f) => f,
+                Err(_) if for_plan => "unreadable".into(),
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "reading the {} dataset in {}",
+                        d.dataset,
+                        d.root.display()
+                    )))
+                }
+            }
+        };
+        out.insert(key, f);
+    }
+    Ok(out)
+}
 
 impl Runner {
     pub fn new(cfg: ExperimentConfig) -> Result<Self> {
@@ -238,8 +222,7 @@ impl Runner {
             started: Instant::now(),
             steps_reused: 0,
             wait_for_others: true,
-            plan: None,
-            fingerprints: HashMap::new(),
+            finished: HashSet::new(),
             data_record: BTreeMap::new(),
             grid_claim: None,
             max_steps: None,
@@ -273,66 +256,29 @@ impl Runner {
         self
     }
 
-    /// The fingerprint of the images dataset `name` lists under `root`
-    /// ([`reid_data::datasets::fingerprint`]; cached: the grid reads each dataset once).
-    fn fingerprint(&mut self, name: &str, root: &Path) -> Result<String> {
-        let key = (name.to_string(), root.to_path_buf());
-        if let Some(f) = self.fingerprints.get(&key) {
-            return Ok(f.clone());
-        }
-        if !root.exists() {
-            // planning a grid whose data is not there yet (a run checks its inputs first)
-            return Ok("absent".into());
-        }
-        let f = match reid_data::datasets::load(name, root)
-            .and_then(|ds| reid_data::datasets::fingerprint(&ds))
-        {
-            Ok(f) => f,
-            // a plan lists steps over a dataset being made or unpacked (a run refuses it first)
-            Err(_) if self.plan.is_some() => return Ok("unreadable".into()),
-            Err(e) => {
-                return Err(anyhow::Error::new(e)
-                    .context(format!("reading the {name} dataset in {}", root.display())))
-            }
-        };
-        self.fingerprints.insert(key, f.clone());
-        Ok(f)
-    }
-
-    /// The fingerprint of each dataset the grid reads, by role (`source`, `target`, `cross`).
-    fn data_fingerprints(&mut self) -> Result<BTreeMap<String, String>> {
-        let cfg = self.cfg.clone();
-        let mut record = BTreeMap::new();
-        for (role, d) in [("source", Some(&cfg.source)), ("target", Some(&cfg.target))]
-            .into_iter()
-            .chain([("cross", cfg.cross.as_ref())])
-        {
-            if let Some(d) = d {
-                record.insert(role.to_string(), self.fingerprint(&d.dataset, &d.root)?);
-            }
-        }
-        Ok(record)
-    }
-
-    /// The grid's steps with their keys, parents and state, without running anything (the
-    /// same walk as [`Runner::run`]; nothing is written).
-    pub fn plan(&mut self) -> Result<Vec<PlannedStep>> {
-        self.plan = Some(Vec::new());
-        let r = self.run();
-        let plan = self.plan.take().unwrap_or_default();
-        r?;
-        // a step shared by several cells is listed once
-        let mut seen = std::collections::HashSet::new();
-        Ok(plan
-            .into_iter()
-            .filter(|s| seen.insert(s.name.clone()))
-            .collect())
-    }
-
     /// Keep finished steps in `dir` instead of `out/steps` (grids of one experiment share it).
     pub fn with_steps_dir(mut self, dir: PathBuf) -> Self {
         self.steps_dir = dir;
         self
+    }
+
+    /// The grid's graph, its notes logged.
+    fn graph(&self, fingerprints: &Fingerprints) -> Result<StepGraph> {
+        let graph = StepGraph::build(&self.cfg, fingerprints, &self.steps_dir)?;
+        for note in &graph.notes {
+            self.log(note);
+        }
+        Ok(graph)
+    }
+
+    /// The grid's steps with their keys, parents and state, without running anything: the
+    /// graph [`Runner::run`] executes, read against the step folders (nothing is written).
+    pub fn plan(&mut self) -> Result<Vec<PlannedStep>> {
+        self.cfg
+            .validate()
+            .with_context(|| format!("experiment '{}'", self.cfg.name))?;
+        let graph = self.graph(&fingerprints(&self.cfg, true)?)?;
+        Ok(graph.planned())
     }
 
     fn device(&self) -> Result<Device> {
@@ -364,73 +310,38 @@ impl Runner {
         format!("step {k}/{}{eta}: ", total.max(k))
     }
 
-    /// Run `f` in the folder of the step that computes `work` from `parents` unless it finished
-    /// before. Its key is the hash of `work` (a result view, [`reid_run::step_key`]), the parents'
-    /// keys and [`STEP_ENGINE`]. The folder is claimed first ([`reid_run::lock`]): while
-    /// another process holds it, this waits for it (or, when `wait_for_others` is off, returns
-    /// [`StepBusy`] so that the caller can do other work). An unfinished folder (a killed run) is
-    /// not cleared: `f` resumes from its last checkpoint.
-    fn step(
-        &mut self,
-        kind: &str,
-        what: String,
-        work: serde_json::Value,
-        parents: &[&StepOut],
-        f: impl FnOnce(&Path) -> Result<()>,
-    ) -> Result<StepOut> {
-        let key = serde_json::json!({
-            "kind": kind,
-            "work": work,
-            "parents": parents.iter().map(|p| p.key.clone()).collect::<Vec<_>>(),
-            "engine": STEP_ENGINE,
-        });
-        let hash = reid_run::step_key::key_hash(&key);
-        let name = format!("{kind}-{hash}");
-        let dir = self.steps_dir.join(&name);
-        let out = StepOut {
-            dir: dir.clone(),
-            key: hash,
-        };
-        if let Some(plan) = &mut self.plan {
-            let done = dir.join("DONE").is_file();
-            let owner = (!done)
-                .then(|| reid_run::lock::running_holder(&dir))
-                .flatten();
-            let state = if done {
-                StepState::Done
-            } else if owner.is_some() {
-                StepState::Running
-            } else if dir.join("step.json").is_file() {
-                StepState::Started
-            } else if parents.iter().all(|p| p.dir.join("DONE").is_file()) {
-                StepState::Ready
-            } else {
-                StepState::Waiting
-            };
-            plan.push(PlannedStep {
-                name,
-                kind: kind.to_string(),
-                what,
-                parents: parents
-                    .iter()
-                    .filter_map(|p| p.dir.file_name())
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .collect(),
-                state,
-                owner: owner.map(|h| h.to_string()),
-            });
-            return Ok(out);
+    /// Step `node` finished: reused when done before, otherwise its parents first, then itself.
+    fn ensure(&mut self, g: &StepGraph, node: usize) -> Result<()> {
+        if self.finished.contains(&node) {
+            return Ok(());
         }
+        // a finished step needs nothing above it (its parents' folders may be gone)
+        if !g.steps[node].out.dir.join("DONE").is_file() {
+            for &p in &g.steps[node].parents {
+                self.ensure(g, p)?;
+            }
+        }
+        self.step(&g.steps[node])?;
+        self.finished.insert(node);
+        Ok(())
+    }
+
+    /// Run `s` in its folder unless it finished before. The folder is claimed first
+    /// ([`reid_run::lock`]): while another process holds it, this waits for it (or, when
+    /// `wait_for_others` is off, returns [`StepBusy`] so that the caller can do other work). An
+    /// unfinished folder (a killed run) is not cleared: the step resumes from its last checkpoint.
+    fn step(&mut self, s: &Step) -> Result<()> {
+        let dir = &s.out.dir;
         let mut announced = false;
         let _lock = loop {
             if dir.join("DONE").is_file() {
                 self.steps_reused += 1;
-                return Ok(out);
+                return Ok(());
             }
             if let Some(max) = self.max_steps.filter(|&m| self.computed.len() >= m) {
                 return Err(StepBudgetSpent(max).into());
             }
-            match try_claim(&dir)? {
+            match try_claim(dir)? {
                 Claim::Held(lock) => break lock,
                 Claim::Busy(holder) => {
                     let who = holder
@@ -438,13 +349,13 @@ impl Runner {
                         .unwrap_or_else(|| "another process".into());
                     if !self.wait_for_others {
                         return Err(StepBusy {
-                            step: name,
+                            step: s.name.clone(),
                             holder: who,
                         }
                         .into());
                     }
                     if !announced {
-                        self.log(&format!("{name}: waiting for {who}, which computes it"));
+                        self.log(&format!("{}: waiting for {who}, which computes it", s.name));
                         announced = true;
                     }
                     std::thread::sleep(BUSY_POLL);
@@ -454,221 +365,98 @@ impl Runner {
         // Finished by another process between the check and the claim.
         if dir.join("DONE").is_file() {
             self.steps_reused += 1;
-            return Ok(out);
+            return Ok(());
         }
-        reid_run::remove_stale_temp_files(&dir);
+        reid_run::remove_stale_temp_files(dir);
         let resuming = dir.join("step.json").is_file();
         write_atomic(
             &dir.join("step.json"),
-            serde_json::to_string_pretty(&key)?.as_bytes(),
+            serde_json::to_string_pretty(&s.key)?.as_bytes(),
         )?;
         let note = self.progress_note();
         if resuming {
             self.log(&format!(
-                "{note}{what}: resuming the unfinished step in {}",
+                "{note}{}: resuming the unfinished step in {}",
+                s.what,
                 dir.display()
             ));
         } else {
-            self.log(&format!("{note}{what} ({name})"));
+            self.log(&format!("{note}{} ({})", s.what, s.name));
         }
-        f(&dir).with_context(|| format!("step {what} in {}", dir.display()))?;
+        self.act(&s.action, dir)
+            .with_context(|| format!("step {} in {}", s.what, dir.display()))?;
         write_atomic(&dir.join("DONE"), b"")?;
-        self.computed.push(name);
-        Ok(out)
+        self.computed.push(s.name.clone());
+        Ok(())
     }
 
-    fn train_config(&self, data: &DataRef, task: Task, epochs: usize, out: &Path) -> RunConfig {
-        self.cfg.run_config(data, task, epochs, out)
-    }
-
-    /// A training step: `rc` resolved, its starting model (if any) the parent's.
-    fn train(
-        &mut self,
-        kind: &str,
-        what: String,
-        mut rc: RunConfig,
-        parent: Option<&StepOut>,
-        extra: Option<serde_json::Value>,
-    ) -> Result<StepOut> {
-        rc.init_checkpoint = parent.map(StepOut::model);
-        let mut work = rc.result_view()?;
-        let data = self.fingerprint(&rc.dataset, &rc.root)?;
-        if let serde_json::Value::Object(m) = &mut work {
-            m.insert("data_fingerprint".into(), data.into());
-            // the starting model is known by its parent's key (its path is where the steps live)
-            m.remove("init_checkpoint");
-            if let Some(e) = extra {
-                m.insert("inputs".into(), e);
-            }
-        }
-        let parents: Vec<&StepOut> = parent.into_iter().collect();
-        self.step(kind, what, work, &parents, |dir| {
-            rc.out = dir.to_path_buf();
-            run_training(&rc, true, Arc::new(AtomicBool::new(false)), true)?;
-            Ok(())
-        })
-    }
-
-    /// Pre-train `arch` on the source (classification), or load ImageNet weights.
-    pub fn pretrain(&mut self, arch: &str) -> Result<StepOut> {
-        let mut rc = self.train_config(
-            &self.cfg.source.clone(),
-            Task::Classify,
-            self.cfg.pretrain_epochs,
-            Path::new(""),
-        );
-        rc.arch = arch.to_string();
-        rc.seed = self.cfg.pretrain_seed.unwrap_or(self.cfg.seed);
-        rc.pretrained = self
-            .cfg
-            .pretrained
-            .clone()
-            .filter(|_| arch == self.cfg.arch);
-        // weights given as a file are known by their content, not their path
-        let extra = match rc.pretrained.as_deref().map(Path::new) {
-            Some(p) if p.is_file() => {
-                Some(serde_json::json!({"pretrained_sha256": file_sha256(p)?}))
-            }
-            _ => None,
-        };
-        self.train("pretrain", format!("pretrain {arch}"), rc, None, extra)
-    }
-
-    /// Fine-tune `parent` on the target (re-ID).
-    pub fn finetune(&mut self, parent: &StepOut) -> Result<StepOut> {
-        self.train_on_target("finetune", "finetune on", Some(parent))
-    }
-
-    /// Train `arch` on the target from random initialisation, as long as a fine-tuning.
-    pub fn from_scratch(&mut self) -> Result<StepOut> {
-        self.train_on_target("scratch", "train from scratch on", None)
-    }
-
-    /// A fine-tuning-length re-ID training step on the target, from `parent` or from scratch.
-    fn train_on_target(
-        &mut self,
-        kind: &str,
-        what: &str,
-        parent: Option<&StepOut>,
-    ) -> Result<StepOut> {
-        let rc = self.train_config(
-            &self.cfg.target.clone(),
-            Task::Reid,
-            self.cfg.finetune_epochs,
-            Path::new(""),
-        );
-        let what = format!("{what} {}", self.cfg.target.label());
-        self.train(kind, what, rc, parent, None)
-    }
-
-    /// Prune `parent` to `level` on the source (classification retraining) or the target.
-    pub fn prune(
-        &mut self,
-        parent: &StepOut,
-        criterion: &str,
-        level: f64,
-        on_source: bool,
-    ) -> Result<StepOut> {
-        let data = if on_source {
-            self.cfg.source.clone()
-        } else {
-            self.cfg.target.clone()
-        };
-        let pc = PruneConfig {
-            checkpoint: parent.model(),
-            criterion: criterion.to_string(),
-            level,
-            target: TargetKind::Flops,
-            allocation: self.cfg.allocation,
-            round_to: self.cfg.round_to,
-            residual_groups: self.cfg.residual_groups,
-            input: self.cfg.input,
-            dataset: Some(data.dataset.clone()),
-            root: Some(data.root.clone()),
-            score_images: 128,
-            step: self.cfg.prune_step,
-            retrain_epochs: self.cfg.retrain_epochs,
-            retrain_lr: self.cfg.lr,
-            batch_pk: self.cfg.batch_pk,
-            retrain_task: if on_source {
-                Task::Classify
-            } else {
-                Task::Reid
-            },
-            batch_size: self.cfg.batch_size,
-            retrain_augment: self.cfg.augment,
-            seed: self.cfg.seed,
-            device: self.cfg.device,
-            checkpoint_interval_s: self.cfg.checkpoint_interval_s,
-            ..PruneConfig::default()
-        };
-        let mut work = pc.result_view()?;
-        let fingerprint = self.fingerprint(&data.dataset, &data.root)?;
-        if let serde_json::Value::Object(m) = &mut work {
-            m.insert("data_fingerprint".into(), fingerprint.into());
-            m.remove("checkpoint"); // the parent's key stands for it
-            if let Some(fixed) = (crate::method::method(criterion)?.rule)(&pc).fixed_settings() {
-                m.insert("method_settings".into(), fixed);
-            }
-        }
-        let what = format!(
-            "prune {criterion} {level:.3} on {}",
-            if on_source { "source" } else { "target" }
-        );
-        self.step("prune", what, work, &[parent], |dir| {
-            run_prune_resumable(
-                &PruneConfig {
+    /// What a step does, in its folder `dir`.
+    fn act(&self, action: &Action, dir: &Path) -> Result<()> {
+        match action {
+            Action::Train(rc) => {
+                let rc = RunConfig {
                     out: dir.to_path_buf(),
-                    ..pc
-                },
-                true,
-                true,
-            )?;
-            Ok(())
-        })
+                    ..(**rc).clone()
+                };
+                run_training(&rc, true, Arc::new(AtomicBool::new(false)), true)?;
+            }
+            Action::Prune(pc) => {
+                let pc = PruneConfig {
+                    out: dir.to_path_buf(),
+                    ..(**pc).clone()
+                };
+                run_prune_resumable(&pc, true, true)?;
+            }
+            Action::Eval { model, data } => {
+                let (h, w) = self.cfg.input.hw();
+                let net = load_checkpoint(model, &self.device()?, false)?.net;
+                let ds = reid_data::datasets::load(&data.dataset, &data.root)?;
+                let m = evaluate_on(&net, &ds, &reid_data::Preprocess::imagenet(h, w), false)?;
+                reid_run::RunFolder::new(dir).write_per_query(EVAL_QUERIES, &m.per_query)?;
+                write_atomic(
+                    &dir.join("eval.json"),
+                    serde_json::to_string_pretty(&m.eval_entry())?.as_bytes(),
+                )?;
+            }
+        }
+        Ok(())
     }
 
-    /// Evaluate a model on a re-ID set (cached beside the step).
-    pub fn evaluate(
+    /// An evaluation step's results, computed or reused.
+    fn evaluation(
         &mut self,
-        model: &StepOut,
-        data: &DataRef,
+        g: &StepGraph,
+        node: usize,
     ) -> Result<(reid_run::EvalEntry, reid_run::stats::PerQuery)> {
-        let work = serde_json::json!({
-            "data": data.identity(),
-            "data_fingerprint": self.fingerprint(&data.dataset, &data.root)?,
-            "input": self.cfg.input,
-        });
-        let (h, w) = self.cfg.input.hw();
-        let device = self.device.clone();
-        let path = model.model();
-        let data2 = data.clone();
-        let what = format!("evaluate on {}", data.label());
-        let dir = self.step("eval", what, work, &[model], move |dir| {
-            let device = device.context("the grid's device is not open")?;
-            let net = load_checkpoint(&path, &device, false)?.net;
-            let ds = reid_data::datasets::load(&data2.dataset, &data2.root)?;
-            let m = evaluate_on(&net, &ds, &reid_data::Preprocess::imagenet(h, w), false)?;
-            reid_run::RunFolder::new(dir).write_per_query(EVAL_QUERIES, &m.per_query)?;
-            write_atomic(
-                &dir.join("eval.json"),
-                serde_json::to_string_pretty(&m.eval_entry())?.as_bytes(),
-            )?;
-            Ok(())
-        })?;
-        if self.plan.is_some() {
-            return Ok(Default::default());
-        }
-        let path = dir.dir.join("eval.json");
+        self.ensure(g, node)?;
+        let dir = &g.steps[node].out.dir;
+        let path = dir.join("eval.json");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         let entry = serde_json::from_str(&text)
             .with_context(|| format!("{}: not an eval entry", path.display()))?;
-        let queries = reid_run::RunFolder::new(&dir.dir)
+        let queries = reid_run::RunFolder::new(dir)
             .read_per_query()?
             .remove(EVAL_QUERIES)
-            .with_context(|| format!("{}: no per-query results", dir.dir.display()))?;
+            .with_context(|| format!("{}: no per-query results", dir.display()))?;
         Ok((entry, queries))
+    }
+
+    /// A model's evaluations on the target and the cross set.
+    fn evaluations(&mut self, g: &StepGraph, e: Evals) -> Result<SeedEval> {
+        let (target, target_queries) = self.evaluation(g, e.target)?;
+        let (cross, cross_queries) = match e.cross {
+            Some(c) => {
+                let (e, q) = self.evaluation(g, c)?;
+                (Some(e), Some(q))
+            }
+            None => (None, None),
+        };
+        Ok(SeedEval {
+            target,
+            cross,
+            queries: (target_queries, cross_queries),
+        })
     }
 
     /// Measured inference latency (ms per batch) with BN folded, batch 1 and 32.
@@ -695,45 +483,20 @@ impl Runner {
         Ok((out[0], out[1]))
     }
 
-    /// Evaluate a final model and write its grid-cell run folder.
-    fn cell(
-        &mut self,
-        scenario: &str,
-        criterion: &str,
-        level: &str,
-        step: &StepOut,
-    ) -> Result<CellResult> {
-        let (target, target_queries) = self.evaluate(step, &self.cfg.target.clone())?;
-        let (cross, cross_queries) = match self.cfg.cross.clone() {
-            Some(c) => {
-                let (e, q) = self.evaluate(step, &c)?;
-                (Some(e), Some(q))
-            }
-            None => (None, None),
-        };
+    /// A row's model and evaluations computed (or reused), and its grid-cell run folder written.
+    fn cell(&mut self, g: &StepGraph, row: &Row) -> Result<CellResult> {
+        self.ensure(g, row.model)?;
+        let SeedEval {
+            target,
+            cross,
+            queries: (target_queries, cross_queries),
+        } = self.evaluations(g, row.evals)?;
         let folder = self
             .cfg
             .out
-            .join(scenario)
-            .join(format!("{criterion}-{level}"));
-        if self.plan.is_some() {
-            return Ok(CellResult {
-                scenario: scenario.into(),
-                criterion: criterion.into(),
-                level: level.into(),
-                backbone: String::new(),
-                macs: 0,
-                params: 0,
-                target,
-                cross,
-                target_queries,
-                latency_ms_batch1: f64::NAN,
-                latency_ms_batch32: f64::NAN,
-                folder,
-                seed_evals: BTreeMap::new(),
-            });
-        }
-        let model = &step.model();
+            .join(&row.scenario)
+            .join(format!("{}-{}", row.criterion, row.level));
+        let model = &g.steps[row.model].out.model();
         let ck = load_checkpoint(model, &Device::Cpu, false)?;
         let (h, w) = self.cfg.input.hw();
         let c = complexity(ck.net.spec(), h, w)?;
@@ -753,9 +516,9 @@ impl Runner {
         run.write_metrics(&reid_run::RunMetrics {
             experiment: self.cfg.name.clone(),
             target_dataset: Some(self.cfg.target.label().to_string()),
-            scenario: scenario.into(),
-            criterion: criterion.into(),
-            level: level.into(),
+            scenario: row.scenario.clone(),
+            criterion: row.criterion.clone(),
+            level: row.level.clone(),
             backbone: ck.net.spec().name(),
             parent: ck.provenance.parent.clone(),
             macs: c.backbone.macs,
@@ -784,9 +547,9 @@ impl Runner {
             run.write_per_query(&format!("{}-cross", cd.label()), q)?;
         }
         Ok(CellResult {
-            scenario: scenario.into(),
-            criterion: criterion.into(),
-            level: level.into(),
+            scenario: row.scenario.clone(),
+            criterion: row.criterion.clone(),
+            level: row.level.clone(),
             backbone: ck.net.spec().name(),
             macs: c.backbone.macs,
             params: c.backbone.params,
@@ -811,67 +574,44 @@ impl Runner {
         // Every name and number is checked before the first step runs.
         cfg.validate()
             .with_context(|| format!("experiment '{}'", cfg.name))?;
-        if self.plan.is_none() {
-            self.device = Some(
-                reid_model::device::open_device(cfg.device)
-                    .with_context(|| format!("device = \"{}\"", cfg.device))?,
-            );
-            cfg.check_inputs()
-                .with_context(|| format!("experiment '{}'", cfg.name))?;
-            self.grid_claim = Some(cfg.claim_folder()?);
-            reid_run::remove_stale_temp_files(&cfg.out);
-            self.data_record = self.data_fingerprints()?;
-            write_atomic(
-                &cfg.out.join(reid_run::metrics::EXPERIMENT_FILE),
-                toml::to_string_pretty(&cfg)?.as_bytes(),
-            )?;
-            write_atomic(
-                &cfg.out.join(reid_run::metrics::EXPERIMENT_DATA_FILE),
-                serde_json::to_string_pretty(&self.data_record)?.as_bytes(),
-            )?;
-        }
+        self.device = Some(
+            reid_model::device::open_device(cfg.device)
+                .with_context(|| format!("device = \"{}\"", cfg.device))?,
+        );
+        cfg.check_inputs()
+            .with_context(|| format!("experiment '{}'", cfg.name))?;
+        self.grid_claim = Some(cfg.claim_folder()?);
+        reid_run::remove_stale_temp_files(&cfg.out);
+        let fingerprints = fingerprints(&cfg, false)?;
+        // the fingerprints of the data by role
+        self.data_record = [("source", Some(&cfg.source)), ("target", Some(&cfg.target))]
+            .into_iter()
+            .chain([("cross", cfg.cross.as_ref())])
+            .filter_map(|(role, d)| {
+                let d = d?;
+                let f = fingerprints.get(&(d.dataset.clone(), d.root.clone()))?;
+                Some((role.to_string(), f.clone()))
+            })
+            .collect();
+        write_atomic(
+            &cfg.out.join(reid_run::metrics::EXPERIMENT_FILE),
+            toml::to_string_pretty(&cfg)?.as_bytes(),
+        )?;
+        write_atomic(
+            &cfg.out.join(reid_run::metrics::EXPERIMENT_DATA_FILE),
+            serde_json::to_string_pretty(&self.data_record)?.as_bytes(),
+        )?;
+        let g = self.graph(&fingerprints)?;
         self.wait_for_others = true;
-        let pre = self.pretrain(&cfg.arch)?;
-        let tuned = self.finetune(&pre)?;
-        let mut jobs = vec![Job::Source];
-        jobs.extend(cfg.baselines.iter().cloned().map(Job::Baseline));
-        if cfg.scratch {
-            jobs.push(Job::Scratch);
-        }
-        for scenario in &cfg.scenarios {
-            for criterion in &cfg.criteria {
-                let method = criterion.entry();
-                if method.not_in.contains(scenario) {
-                    self.log(&format!(
-                        "{scenario} {criterion}: not applicable (the paper's Table 6 marks it N/A)"
-                    ));
-                    continue;
-                }
-                if cfg.residual_groups && !method.residual_groups {
-                    self.log(&format!(
-                        "{scenario} {criterion}: skipped (its training-time rule acts on branch convs, not residual groups)"
-                    ));
-                    continue;
-                }
-                for (lname, &level) in &cfg.levels {
-                    jobs.push(Job::Cell {
-                        scenario: *scenario,
-                        criterion: criterion.to_string(),
-                        level_name: lname.clone(),
-                        level,
-                    });
-                }
-            }
-        }
-        let mut cells = vec![self.cell("baseline", &cfg.arch, "full", &tuned)?];
-        let mut done: Vec<Option<CellResult>> = vec![None; jobs.len()];
+        let mut cells = vec![self.cell(&g, &g.rows[0])?];
+        let mut done: Vec<Option<CellResult>> = vec![None; g.rows.len() - 1];
         for wait in [false, true] {
             self.wait_for_others = wait;
-            for (i, job) in jobs.iter().enumerate() {
+            for (i, row) in g.rows[1..].iter().enumerate() {
                 if done[i].is_some() {
                     continue;
                 }
-                match self.job(job, &pre, &tuned) {
+                match self.cell(&g, row) {
                     Ok(c) => done[i] = Some(c),
                     Err(e) if !wait && e.downcast_ref::<StepBusy>().is_some() => {
                         self.log(&format!("{e}: put off, going on with other cells"));
@@ -882,59 +622,22 @@ impl Runner {
         }
         self.wait_for_others = true;
         cells.extend(done.into_iter().flatten());
-        self.other_seeds(&jobs, &mut cells)?;
+        self.other_seeds(&g, &mut cells)?;
         Ok(cells)
     }
 
-    /// The key cells again under each of `seeds` (besides `seed`): the unpruned model, the
-    /// baselines and every scenario × criterion at the smallest level. Their evaluations go
-    /// into the cells' results and `metrics.json` (`seed_evals`).
-    fn other_seeds(&mut self, jobs: &[Job], cells: &mut [CellResult]) -> Result<()> {
-        let cfg = self.cfg.clone();
-        let seeds: Vec<u64> = cfg
-            .seeds
-            .iter()
-            .copied()
-            .filter(|&s| s != cfg.seed)
-            .collect();
-        if seeds.is_empty() {
-            return Ok(());
-        }
-        let smallest = cfg.levels.values().copied().fold(f64::INFINITY, f64::min);
-        // cells[0] is the unpruned model, cells[i + 1] is jobs[i]
-        let key_jobs: Vec<(usize, &Job)> = jobs
-            .iter()
-            .enumerate()
-            .filter(|(_, j)| match j {
-                Job::Source => false,
-                Job::Baseline(_) | Job::Scratch => true,
-                Job::Cell { level, .. } => *level == smallest,
-            })
-            .map(|(i, j)| (i + 1, j))
-            .collect();
+    /// The key cells' evaluations under the experiment's other seeds, into the cells' results
+    /// and `metrics.json` (`seed_evals`).
+    fn other_seeds(&mut self, g: &StepGraph, cells: &mut [CellResult]) -> Result<()> {
+        let seeds: Vec<u64> = g.rows[0].seed_evals.keys().copied().collect();
         for seed in seeds {
             self.log(&format!("seed {seed}: the key cells again"));
-            self.cfg.seed = seed;
-            // from the one pre-trained model of the experiment
-            self.cfg.pretrain_seed = Some(cfg.pretrain_seed.unwrap_or(cfg.seed));
-            let result = (|| -> Result<()> {
-                let pre = self.pretrain(&cfg.arch)?;
-                let tuned = self.finetune(&pre)?;
-                let unpruned = self.seed_eval(&tuned)?;
-                cells[0].seed_evals.insert(seed, unpruned);
-                for &(i, job) in &key_jobs {
-                    let model = self.job_model(job, &pre, &tuned)?;
-                    let evals = self.seed_eval(&model)?;
-                    cells[i].seed_evals.insert(seed, evals);
+            for (row, cell) in g.rows.iter().zip(cells.iter_mut()) {
+                if let Some(&e) = row.seed_evals.get(&seed) {
+                    let evals = self.evaluations(g, e)?;
+                    cell.seed_evals.insert(seed, evals);
                 }
-                Ok(())
-            })();
-            self.cfg.seed = cfg.seed;
-            self.cfg.pretrain_seed = cfg.pretrain_seed;
-            result?;
-        }
-        if self.plan.is_some() {
-            return Ok(());
+            }
         }
         for c in cells.iter().filter(|c| !c.seed_evals.is_empty()) {
             let run = reid_run::RunFolder::new(&c.folder);
@@ -966,109 +669,4 @@ impl Runner {
         }
         Ok(())
     }
-
-    /// A model's evaluations on the target and the cross set.
-    fn seed_eval(&mut self, step: &StepOut) -> Result<SeedEval> {
-        let target = self.cfg.target.clone();
-        let (target, target_queries) = self.evaluate(step, &target)?;
-        let (cross, cross_queries) = match self.cfg.cross.clone() {
-            Some(cd) => {
-                let (e, q) = self.evaluate(step, &cd)?;
-                (Some(e), Some(q))
-            }
-            None => (None, None),
-        };
-        Ok(SeedEval {
-            target,
-            cross,
-            queries: (target_queries, cross_queries),
-        })
-    }
-
-    fn job(&mut self, job: &Job, pre: &StepOut, tuned: &StepOut) -> Result<CellResult> {
-        let arch = self.cfg.arch.clone();
-        let model = self.job_model(job, pre, tuned)?;
-        match job {
-            // the source model before fine-tuning: how much the domain shift costs
-            Job::Source => self.cell("source", &arch, "full", &model),
-            Job::Baseline(b) => self.cell("baseline", b, "full", &model),
-            Job::Scratch => self.cell("scratch", &arch, "full", &model),
-            Job::Cell {
-                scenario,
-                criterion,
-                level_name,
-                ..
-            } => self.cell(scenario.name(), criterion, level_name, &model),
-        }
-    }
-
-    /// The final model of a row: its steps run (or reused).
-    fn job_model(&mut self, job: &Job, pre: &StepOut, tuned: &StepOut) -> Result<StepOut> {
-        Ok(match job {
-            Job::Source => pre.clone(),
-            Job::Scratch => self.from_scratch()?,
-            Job::Baseline(b) => {
-                let p = self.pretrain(b)?;
-                self.finetune(&p)?
-            }
-            Job::Cell {
-                scenario,
-                criterion,
-                level,
-                ..
-            } => {
-                let mut steps = CellRun {
-                    runner: self,
-                    source: pre,
-                    tuned,
-                };
-                scenarios::recipe(*scenario)?.model(&mut steps, criterion, *level)?
-            }
-        })
-    }
-}
-
-/// A cell's steps as its scenario's recipe sees them.
-struct CellRun<'a> {
-    runner: &'a mut Runner,
-    source: &'a StepOut,
-    tuned: &'a StepOut,
-}
-
-impl scenarios::CellSteps for CellRun<'_> {
-    fn source(&self) -> &StepOut {
-        self.source
-    }
-
-    fn tuned(&self) -> &StepOut {
-        self.tuned
-    }
-
-    fn prune(
-        &mut self,
-        from: &StepOut,
-        criterion: &str,
-        level: f64,
-        on_source: bool,
-    ) -> Result<StepOut> {
-        self.runner.prune(from, criterion, level, on_source)
-    }
-
-    fn finetune(&mut self, from: &StepOut) -> Result<StepOut> {
-        self.runner.finetune(from)
-    }
-}
-
-/// One row of the grid after the unpruned model.
-enum Job {
-    Source,
-    Baseline(String),
-    /// `arch` trained on the target alone.
-    Scratch,
-    Cell {
-        scenario: Scenario,
-        criterion: String,
-        level_name: String,
-        level: f64,
-    },
 }
