@@ -94,3 +94,23 @@ pub fn evaluate_query_gallery(
         }
     })
 }
+
+/// The ranked lists of an evaluation of `ds` ([`Metrics::top`]), its images named relative to
+/// the dataset's root (the folder a report finds them under again).
+pub fn ranks_of(m: &Metrics, ds: &ReidDataset) -> reid_run::ranks::Ranks {
+    let name = |s: &Sample| {
+        s.path
+            .strip_prefix(&ds.root)
+            .unwrap_or(&s.path)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let gallery: Vec<String> = ds.gallery.iter().map(name).collect();
+    reid_run::ranks::Ranks::from_indices(
+        |j| (gallery[j].as_str(), ds.gallery[j].pid),
+        m.valid_queries.iter().zip(&m.top).map(|(&i, top)| {
+            let q = &ds.query[i];
+            (name(q), q.pid, top.clone())
+        }),
+    )
+}

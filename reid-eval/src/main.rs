@@ -1,4 +1,5 @@
-//! `reid-eval`: feature extraction, scoring of features or distance matrices, and a speed bench;
+//! `reid-eval`: feature extraction, scoring of features or distance matrices, ranked lists as
+//! pictures, and a speed bench;
 //! each subcommand lives in `commands/`.
 
 mod commands;
@@ -30,6 +31,9 @@ enum Command {
     Score(commands::score::Args),
     /// Time distance + CMC + mAP + mINP on random features at Market-1501 scale.
     Bench(commands::bench::Args),
+    /// Draw ranked lists: queries and their nearest gallery images, one row per model, and the
+    /// queries two models disagree on at rank 1.
+    Ranks(commands::ranks::Args),
 }
 
 fn main() -> Result<()> {
@@ -42,5 +46,6 @@ fn main() -> Result<()> {
         Some(Command::Extract(a)) => commands::extract::run(a),
         Some(Command::Score(a)) => commands::score::run(a),
         Some(Command::Bench(a)) => commands::bench::run(a),
+        Some(Command::Ranks(a)) => commands::ranks::run(a),
     }
 }

@@ -82,7 +82,7 @@ pub enum ApKind {
 }
 
 /// Result of one query.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct QueryResult {
     /// 1-based rank of the first true match.
     pub first_rank: usize,
@@ -91,6 +91,36 @@ pub struct QueryResult {
     pub num_pos: usize,
     pub ap: f64,
     pub inp: f64,
+    /// Gallery indices of its nearest valid entries, nearest first (at most
+    /// [`reid_run::ranks::DEFAULT_TOP_K`]; empty when not asked for).
+    pub top: Vec<u32>,
+}
+
+/// The gallery indices of the `k` entries nearest to one query (distance, then index), leaving
+/// out what the protocol ignores: junk (identity −1) and the query's identity under its own
+/// camera.
+pub fn top_k(
+    row: &[f32],
+    q_pid: i64,
+    q_cam: i64,
+    g_pids: &[i64],
+    g_cams: &[i64],
+    k: usize,
+) -> Vec<u32> {
+    // a sorted list of at most k (distance, index): one pass, an insertion only when nearer
+    let mut best: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
+    for (j, (&d, (&p, &c))) in row.iter().zip(g_pids.iter().zip(g_cams)).enumerate() {
+        if p == -1 || (p == q_pid && c == q_cam) {
+            continue;
+        }
+        if best.len() == k && best.last().is_some_and(|&(w, _)| d.total_cmp(&w).is_ge()) {
+            continue;
+        }
+        let at = best.partition_point(|&(bd, _)| bd.total_cmp(&d).is_le());
+        best.insert(at, (d, j));
+        best.truncate(k);
+    }
+    best.into_iter().map(|(_, j)| j as u32).collect()
 }
 
 /// Ranks (1-based, within the valid gallery) of the true matches of one query, in rank order.
@@ -171,6 +201,7 @@ pub fn query_result(ranks: &[usize], ap_kind: ApKind) -> QueryResult {
         num_pos: ranks.len(),
         ap,
         inp: p / last as f64,
+        top: Vec::new(),
     }
 }
 
@@ -188,6 +219,12 @@ pub struct Metrics {
     /// The valid queries' own results, for confidence intervals ([`reid_run::stats`]).
     #[serde(skip)]
     pub per_query: reid_run::stats::PerQuery,
+    /// The index of each valid query among all queries (the order of `per_query`).
+    #[serde(skip)]
+    pub valid_queries: Vec<usize>,
+    /// Each valid query's nearest gallery indices ([`QueryResult::top`]).
+    #[serde(skip)]
+    pub top: Vec<Vec<u32>>,
 }
 
 impl Metrics {
@@ -243,8 +280,11 @@ impl Metrics {
             cmc.push(acc as f64 / n);
         }
         let mut per_query = reid_run::stats::PerQuery::default();
-        for (r, &pid) in results.iter().zip(q_pids) {
+        let (mut valid_queries, mut top) = (Vec::new(), Vec::new());
+        for (i, (r, &pid)) in results.iter().zip(q_pids).enumerate() {
             if let Some(q) = r {
+                valid_queries.push(i);
+                top.push(q.top.clone());
                 per_query.pid.push(pid);
                 per_query.ap.push(q.ap);
                 per_query
@@ -260,6 +300,8 @@ impl Metrics {
             num_valid_queries: valid.len(),
             num_queries: results.len(),
             per_query,
+            valid_queries,
+            top,
         })
     }
 }
@@ -314,7 +356,17 @@ pub fn evaluate_rows(
                 &labels.g_camids,
                 q,
             )?
-            .map(|r| query_result(&r, ap_kind)))
+            .map(|r| QueryResult {
+                top: top_k(
+                    row,
+                    labels.q_pids[q],
+                    labels.q_camids[q],
+                    &labels.g_pids,
+                    &labels.g_camids,
+                    reid_run::ranks::DEFAULT_TOP_K,
+                ),
+                ..query_result(&r, ap_kind)
+            }))
         })
         .collect()
 }
@@ -356,6 +408,22 @@ mod tests {
             let (qp, qc) = ((next() % 4) as i64, (next() % 3) as i64);
             let got = positive_ranks(&row, qp, qc, &gp, &gc, 0).unwrap();
             assert_eq!(got, ranks_by_sort(&row, qp, qc, &gp, &gc));
+            // the ranked list is the head of the same stable sort of the valid entries, and a
+            // true match's place in it is its rank
+            let mut valid: Vec<usize> = (0..g)
+                .filter(|&j| gp[j] != -1 && !(gp[j] == qp && gc[j] == qc))
+                .collect();
+            valid.sort_by(|&a, &b| row[a].total_cmp(&row[b]));
+            let k = 1 + (next() % 6) as usize;
+            let top = top_k(&row, qp, qc, &gp, &gc, k);
+            let want: Vec<u32> = valid.iter().take(k).map(|&j| j as u32).collect();
+            assert_eq!(top, want);
+            if let (Some(r), Some(&first)) = (
+                &got,
+                top.iter().position(|&j| gp[j as usize] == qp).as_ref(),
+            ) {
+                assert_eq!(r[0], first + 1);
+            }
         }
     }
 
@@ -394,7 +462,13 @@ mod tests {
             .flat_map(|q| perm.iter().map(move |&j| (q, j)))
             .map(|(q, j)| d[q * 8 + j])
             .collect();
-        let (b, _) = evaluate_distmat(&pd, &pl, 50, ApKind::Exact).unwrap();
+        let (mut b, _) = evaluate_distmat(&pd, &pl, 50, ApKind::Exact).unwrap();
+        // the lists name the same images (ties apart: these distances have none)
+        for t in &mut b.top {
+            for j in t.iter_mut() {
+                *j = perm[*j as usize] as u32;
+            }
+        }
         assert_eq!(a, b);
     }
 
@@ -408,7 +482,7 @@ mod tests {
         };
         // equal distances: the negative (index 0) ranks first
         let (m, per) = evaluate_distmat(&[0.5, 0.5], &labels, 50, ApKind::Exact).unwrap();
-        assert_eq!(per[0].unwrap().first_rank, 2);
+        assert_eq!(per[0].as_ref().unwrap().first_rank, 2);
         assert_eq!(m.rank(1), 0.0);
     }
 

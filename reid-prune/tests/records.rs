@@ -1621,3 +1621,32 @@ fn every_config_toml_reads_back_through_the_reports_type() {
     assert_eq!(got.input, Some(input));
     assert_eq!((got.seed, got.width_mult), (Some(13), Some(0.25)));
 }
+
+/// What the report reads typed from an `experiment.toml` (`RecordedExperiment`: the name and
+/// the targets' labels) is what the grid writes, and each target's grid is named as the report
+/// expects it: the stale-grid check depends on both.
+#[test]
+fn an_experiment_toml_reads_back_through_the_reports_type() {
+    use reid_prune::grid::{DataRef, ExperimentConfig};
+    use reid_run::config::{target_grid_name, RecordedExperiment};
+    let data = |dataset: &str, name: Option<&str>| DataRef {
+        dataset: dataset.into(),
+        root: "/d".into(),
+        name: name.map(str::to_string),
+    };
+    let all = ExperimentConfig {
+        name: "paper".into(),
+        targets: vec![data("market1501", Some("m")), data("dukemtmc", None)],
+        ..ExperimentConfig::default()
+    };
+    let got = RecordedExperiment::from_toml(&toml::to_string_pretty(&all).unwrap()).unwrap();
+    assert_eq!(got.name, "paper");
+    assert_eq!(got.target_labels(), ["m", "dukemtmc"]);
+    let grids = all.per_target();
+    for (g, label) in grids.iter().zip(got.target_labels()) {
+        assert_eq!(g.name, target_grid_name(&got.name, label));
+        assert_eq!(g.out.file_name().unwrap().to_str(), Some(label));
+    }
+    let e = RecordedExperiment::from_toml("name = 3\n").unwrap_err();
+    assert!(e.contains("(field `name`)"), "{e}");
+}

@@ -245,27 +245,21 @@ fn left_from_earlier_run(
     let outer_dir = exp_dir
         .parent()
         .filter(|p| p.join(EXPERIMENT_FILE).is_file())?;
-    let outer = read(&outer_dir.join(EXPERIMENT_FILE))?;
+    let recorded = |p: &Path| -> Option<reid_run::config::RecordedExperiment> {
+        reid_run::config::RecordedExperiment::from_toml(&std::fs::read_to_string(p).ok()?).ok()
+    };
+    let outer = recorded(&outer_dir.join(EXPERIMENT_FILE))?;
+    let inner = recorded(&exp_dir.join(EXPERIMENT_FILE))?;
     let folder = exp_dir.file_name()?.to_str()?;
-    let field = |t: &toml::Table, k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_string);
     // the grid of one target of the enclosing experiment: named as it names them, in its
     // folder (however either `out` was spelled)
     let target_grid = exp_dir.parent() == Some(outer_dir)
-        && field(&experiment, "name") == field(&outer, "name").map(|n| format!("{n}-{folder}"));
+        && inner.name == reid_run::config::target_grid_name(&outer.name, folder);
     if !target_grid {
         return None;
     }
-    let labels: Vec<String> = outer
-        .get("targets")
-        .and_then(|t| t.as_array())
-        .map(|ts| {
-            ts.iter()
-                .filter_map(|t| t.as_table())
-                .filter_map(|t| field(t, "name").or_else(|| field(t, "dataset")))
-                .collect()
-        })
-        .unwrap_or_default();
-    if labels.iter().any(|l| l == folder) {
+    let labels = outer.target_labels();
+    if labels.contains(&folder) {
         return None;
     }
     Some(format!(

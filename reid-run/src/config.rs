@@ -30,6 +30,50 @@ impl RecordedSettings {
     }
 }
 
+/// What the report reads of an `experiment.toml` (the grid's full schema lives with the grid):
+/// its name and its targets, to tell a several-target experiment's current grids from those of
+/// targets it no longer lists.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct RecordedExperiment {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub targets: Vec<RecordedData>,
+}
+
+/// A dataset an experiment names: its loader and its label.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct RecordedData {
+    pub dataset: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl RecordedData {
+    /// The label results are filed under (the dataset's name when it has none).
+    pub fn label(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.dataset)
+    }
+}
+
+impl RecordedExperiment {
+    /// The experiment of an `experiment.toml`'s text; other fields are skipped.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.message().trim().to_string() + &span_field(text, &e))
+    }
+
+    /// The labels of its targets, in order (empty for a single-target experiment).
+    pub fn target_labels(&self) -> Vec<&str> {
+        self.targets.iter().map(RecordedData::label).collect()
+    }
+}
+
+/// The name of the grid a several-target experiment `experiment` runs for its target `label`
+/// (in its folder `<out>/<label>/`).
+pub fn target_grid_name(experiment: &str, label: &str) -> String {
+    format!("{experiment}-{label}")
+}
+
 /// " (field `name`)" for the key on the line a TOML error points at, when there is one.
 fn span_field(text: &str, e: &toml::de::Error) -> String {
     let Some(span) = e.span() else {

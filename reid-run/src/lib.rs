@@ -9,6 +9,8 @@
 //! | `trainer_state.safetensors` | train (while it runs) | network + optimiser state + position, one file committed atomically; resume reads it |
 //! | `config.toml` | train, prune, the grid | the resolved config the run used (serde of its config type) |
 //! | `metrics.json` | train, prune, the grid, reid-eval | [`RunMetrics`]: complexity, latency, one [`EvalEntry`] per dataset |
+//! | `per_query.json` | the grid, reid-eval | [`stats::PerQuery`]: each valid query's AP, first-match rank, INP, by evaluation label |
+//! | `ranks.json` | the grid, reid-eval | [`ranks::Ranks`]: each valid query's nearest gallery images, by evaluation label |
 //! | `log.jsonl` | train, prune | one JSON object per epoch (train) or pruning step (prune) |
 //! | `deploy.json` | `bench/onnx_check.py --runs` | [`DeployLatencies`]: the model's latency in a deployment runtime (ONNX Runtime) |
 //! | `.lock` | every writer | [`lock`]: who writes the folder now (pid, host, heartbeat); one writer a folder |
@@ -43,6 +45,7 @@ pub mod deploy;
 pub mod header;
 pub mod lock;
 pub mod metrics;
+pub mod ranks;
 pub mod rng;
 pub mod stats;
 pub mod step_key;

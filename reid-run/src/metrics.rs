@@ -317,8 +317,9 @@ pub const EXPERIMENT_DATA_FILE: &str = "experiment-data.json";
 
 /// The files a run writes in its folder (train, prune, export, reid-eval, the ONNX check, and a
 /// grid step's markers).
-pub const RUN_FILES: [&str; 13] = [
+pub const RUN_FILES: [&str; 14] = [
     CONFIG_FILE,
+    crate::ranks::RANKS_FILE,
     "model.safetensors",
     "trainer_state.safetensors",
     "metrics.json",
@@ -429,16 +430,19 @@ impl RunFolder {
         Ok(())
     }
 
-    /// Per-query results start afresh (a new model's evaluations must not sit beside an
-    /// earlier model's under other labels).
+    /// Per-query results and ranked lists start afresh (a new model's evaluations must not sit
+    /// beside an earlier model's under other labels).
     pub fn reset_per_query(&self) -> Result<()> {
-        let path = self.dir.join(crate::stats::PER_QUERY_FILE);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(RunFileError::Write { path, source: e })
+        for file in [crate::stats::PER_QUERY_FILE, crate::ranks::RANKS_FILE] {
+            let path = self.dir.join(file);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(RunFileError::Write { path, source: e })
+                }
+                _ => {}
             }
-            _ => Ok(()),
         }
+        Ok(())
     }
 
     pub fn begin_replace(&self) -> Result<Replacement> {
@@ -504,6 +508,46 @@ impl RunFolder {
         })?;
         let mut all = self.read_per_query()?;
         all.insert(label.to_string(), q.clone());
+        let text = serde_json::to_string(&all).map_err(|e| RunFileError::Invalid {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        write_atomic(&path, text.as_bytes())
+    }
+
+    /// The ranked lists by evaluation label (empty when the folder has none).
+    pub fn read_ranks(&self) -> Result<BTreeMap<String, crate::ranks::Ranks>> {
+        let path = self.dir.join(crate::ranks::RANKS_FILE);
+        if !path.exists() {
+            return Ok(BTreeMap::new());
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| RunFileError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let m: BTreeMap<String, crate::ranks::Ranks> =
+            serde_json::from_str(&text).map_err(|e| RunFileError::Invalid {
+                path: path.clone(),
+                message: format!("not ranked lists: {e}"),
+            })?;
+        for (label, r) in &m {
+            r.validate().map_err(|e| RunFileError::Invalid {
+                path: path.clone(),
+                message: format!("{label}: {e}"),
+            })?;
+        }
+        Ok(m)
+    }
+
+    /// Store ranked lists under `label`, keeping the other labels'.
+    pub fn write_ranks(&self, label: &str, r: &crate::ranks::Ranks) -> Result<()> {
+        let path = self.dir.join(crate::ranks::RANKS_FILE);
+        r.validate().map_err(|e| RunFileError::Invalid {
+            path: path.clone(),
+            message: format!("refusing to write {label}: {e}"),
+        })?;
+        let mut all = self.read_ranks()?;
+        all.insert(label.to_string(), r.clone());
         let text = serde_json::to_string(&all).map_err(|e| RunFileError::Invalid {
             path: path.clone(),
             message: e.to_string(),

@@ -1404,7 +1404,9 @@ pub fn run_training_with(
     // this model's per-query results only: none of an earlier model's under other labels
     reid_run::RunFolder::new(out).reset_per_query()?;
     if let Some(m) = &metrics {
-        reid_run::RunFolder::new(out).write_per_query(&ds.name, &m.per_query)?;
+        let run = reid_run::RunFolder::new(out);
+        run.write_per_query(&ds.name, &m.per_query)?;
+        run.write_ranks(&ds.name, &reid_eval::dataset_eval::ranks_of(m, &ds))?;
     }
     commit(replacement, out)?;
     drop(fresh);

@@ -61,22 +61,18 @@ fn existing_metrics(path: &std::path::Path) -> Result<Option<reid_run::RunMetric
 
 /// The input size the model at `ck` was trained at: its provenance, else the run config beside
 /// it (`input = "HxW"`), else unknown.
-fn trained_input(
+pub(crate) fn trained_input(
     ck: &std::path::Path,
     prov: &reid_model::checkpoint::Provenance,
 ) -> Option<reid_run::InputSize> {
     prov.input.or_else(|| {
-        config_beside(reid_run::folder_of(ck))?
-            .get("input")?
-            .as_str()?
-            .parse()
-            .ok()
+        let text =
+            std::fs::read_to_string(reid_run::folder_of(ck).join(reid_run::metrics::CONFIG_FILE))
+                .ok()?;
+        reid_run::config::RecordedSettings::from_toml(&text)
+            .ok()?
+            .input
     })
-}
-
-/// The run config in `folder` (config.toml) as a plain table, when there is a readable one.
-fn config_beside(folder: &std::path::Path) -> Option<toml::Table> {
-    toml::from_str(&std::fs::read_to_string(folder.join("config.toml")).ok()?).ok()
 }
 
 /// Where the results go, decided before the (long) extraction: a folder's metrics.json belongs
@@ -86,6 +82,11 @@ enum Destination {
     File(PathBuf, Option<Box<reid_run::RunMetrics>>),
     /// Printed only: a checkpoint that is not its folder's model, without --out.
     Stdout(String),
+}
+
+/// The run config in `folder` (config.toml) as a plain table, when there is a readable one.
+fn config_beside(folder: &std::path::Path) -> Option<toml::Table> {
+    toml::from_str(&std::fs::read_to_string(folder.join("config.toml")).ok()?).ok()
 }
 
 /// The dataset a run folder's config says it trained on (`dataset`, `root`), when it says.
@@ -314,10 +315,12 @@ pub fn run(a: Args) -> Result<()> {
     // ... only beside a folder's metrics.json: the folder's per_query.json goes with that file,
     // and results written elsewhere must not change it
     if out.file_name().is_some_and(|n| n == "metrics.json") {
-        reid_run::RunFolder::new(folder).write_per_query(&key, &m.per_query)?;
+        let run = reid_run::RunFolder::new(folder);
+        run.write_per_query(&key, &m.per_query)?;
+        run.write_ranks(&key, &reid_eval::dataset_eval::ranks_of(&m, &ds))?;
     } else {
         eprintln!(
-            "per-query results not stored: they go beside a metrics.json (--out {} has another \
+            "per-query results and ranked lists not stored: they go beside a metrics.json (--out {} has another \
              name)",
             out.display()
         );

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod evaluate;
 pub mod extract;
+pub mod ranks;
 pub mod score;
 
 use anyhow::Result;

@@ -421,7 +421,7 @@ impl ExperimentConfig {
             .iter()
             .enumerate()
             .map(|(i, t)| ExperimentConfig {
-                name: format!("{}-{}", self.name, t.label()),
+                name: reid_run::config::target_grid_name(&self.name, t.label()),
                 out: self.out.join(t.label()),
                 target: t.clone(),
                 cross: self

@@ -412,7 +412,9 @@ impl Runner {
                 let net = load_checkpoint(model, &self.device()?, false)?.net;
                 let ds = reid_data::datasets::load(&data.dataset, &data.root)?;
                 let m = evaluate_on(&net, &ds, &reid_data::Preprocess::imagenet(h, w), false)?;
-                reid_run::RunFolder::new(dir).write_per_query(EVAL_QUERIES, &m.per_query)?;
+                let run = reid_run::RunFolder::new(dir);
+                run.write_per_query(EVAL_QUERIES, &m.per_query)?;
+                run.write_ranks(EVAL_QUERIES, &reid_eval::dataset_eval::ranks_of(&m, &ds))?;
                 write_atomic(
                     &dir.join("eval.json"),
                     serde_json::to_string_pretty(&m.eval_entry())?.as_bytes(),
@@ -545,6 +547,24 @@ impl Runner {
         run.write_per_query(self.cfg.target.label(), &target_queries)?;
         if let (Some(cd), Some(q)) = (&self.cfg.cross, &cross_queries) {
             run.write_per_query(&format!("{}-cross", cd.label()), q)?;
+        }
+        // the ranked lists beside them (an eval step finished before they were kept has none)
+        let labelled = [(Some(row.evals.target), self.cfg.target.label().to_string())]
+            .into_iter()
+            .chain(
+                self.cfg
+                    .cross
+                    .as_ref()
+                    .map(|cd| (row.evals.cross, format!("{}-cross", cd.label()))),
+            );
+        for (node, label) in labelled {
+            let Some(node) = node else { continue };
+            if let Some(r) = reid_run::RunFolder::new(&g.steps[node].out.dir)
+                .read_ranks()?
+                .remove(EVAL_QUERIES)
+            {
+                run.write_ranks(&label, &r)?;
+            }
         }
         Ok(CellResult {
             scenario: row.scenario.clone(),
