@@ -1646,6 +1646,11 @@ fn an_experiment_toml_reads_back_through_the_reports_type() {
     for (g, label) in grids.iter().zip(got.target_labels()) {
         assert_eq!(g.name, target_grid_name(&got.name, label));
         assert_eq!(g.out.file_name().unwrap().to_str(), Some(label));
+        // each grid's config (its cells' config.toml) says where its target's images are
+        let cell = RecordedExperiment::from_toml(&toml::to_string_pretty(g).unwrap()).unwrap();
+        let target = cell.target.unwrap();
+        assert_eq!(target.label(), label);
+        assert_eq!(target.root, Some("/d".into()));
     }
     let e = RecordedExperiment::from_toml("name = 3\n").unwrap_err();
     assert!(e.contains("(field `name`)"), "{e}");

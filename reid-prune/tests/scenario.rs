@@ -629,3 +629,55 @@ fn every_scenario_has_one_recipe_and_is_reachable_from_a_config() {
         cfg.validate().unwrap();
     }
 }
+
+/// The report's "What pruning changed" counts, for each S1 cell, the queries its unpruned model
+/// answers at rank 1 and it does not (and the reverse) exactly as the two cells' per_query.json
+/// imply, and draws the first of each from the cells' ranked lists.
+#[test]
+fn the_report_shows_the_queries_pruning_lost_and_gained() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = ExperimentConfig {
+        scenarios: vec![Scenario::S1],
+        ..tiny_config(tmp.path(), Some("tiny-target"))
+    };
+    let cells = Runner::new(cfg.clone()).unwrap().run().unwrap();
+    let report = tmp.path().join("report");
+    reid_report::write_report(&cfg.out, &report, &Default::default()).unwrap();
+    let table = std::fs::read_to_string(report.join("tables/pruning-changes.csv")).unwrap();
+    let per_query = |dir: &Path| {
+        reid_run::RunFolder::new(dir)
+            .read_per_query()
+            .unwrap()
+            .remove("tiny-target")
+            .unwrap()
+    };
+    let unpruned = per_query(&cells[0].folder);
+    let s1: Vec<_> = cells.iter().filter(|c| c.scenario == "S1").collect();
+    assert!(!s1.is_empty());
+    for c in s1 {
+        let f = reid_run::ranks::flips(&unpruned, &per_query(&c.folder)).unwrap();
+        let row = format!(
+            "tiny-target,{},{},{},{},",
+            c.criterion,
+            unpruned.len(),
+            f.lost.len(),
+            f.gained.len()
+        );
+        assert!(table.contains(&row), "{row} not in\n{table}");
+        for (kind, n) in [("lost", f.lost.len()), ("gained", f.gained.len())] {
+            for i in 1..=4 {
+                let png = report.join(format!(
+                    "figures/ranks-S1-{}-C1-{kind}-{i}.png",
+                    c.criterion
+                ));
+                assert_eq!(png.is_file(), i <= n.min(3), "{}", png.display());
+                if png.is_file() {
+                    // two rows: the unpruned model's list above the pruned one's
+                    let img = image::open(&png).unwrap();
+                    let (_, h) = reid_data::ranklist::CELL;
+                    assert!(img.height() > 2 * h && img.height() < 3 * h);
+                }
+            }
+        }
+    }
+}

@@ -56,6 +56,50 @@ fn matrix_html(m: &VerdictMatrix) -> String {
     s
 }
 
+/// The first lost and gained queries of each pruned cell, as ranked lists.
+fn changes_html(changes: &[crate::changes::Changes]) -> String {
+    if !changes
+        .iter()
+        .any(|c| !c.pictures.is_empty() || c.note.is_some())
+    {
+        return String::new();
+    }
+    let mut s = String::from(
+        "<h2 id=\"ranked-lists\">What pruning changed: ranked lists</h2>\n<p class=\"note\">Each \
+         picture: a query (grey) and its 10 nearest gallery images, framed green when they show \
+         the query's identity and red when not; top row the unpruned model, bottom row the \
+         pruned one. Lost: the unpruned model's first image is a match and the pruned one's is \
+         not; gained: the reverse.</p>\n",
+    );
+    for c in changes {
+        if c.pictures.is_empty() && c.note.is_none() {
+            continue;
+        }
+        s += &format!(
+            "<h3>{} on {}: {} lost, {} gained of {} queries</h3>\n",
+            esc(&c.criterion),
+            esc(&c.dataset),
+            c.flips.lost.len(),
+            c.flips.gained.len(),
+            c.queries
+        );
+        if let Some(n) = &c.note {
+            s += &format!("<p class=\"note\">{}</p>\n", esc(n));
+        }
+        for p in &c.pictures {
+            s += &format!(
+                "<figure id=\"{0}\"><img src=\"figures/{0}.png\" alt=\"{1} query {2}\"><figcaption>{1}: query <code>{2}</code>; rows: {3} (unpruned), {4} (pruned)</figcaption></figure>\n",
+                esc(&crate::safe_component(&p.slug)),
+                p.kind,
+                esc(&p.query),
+                esc(&c.unpruned),
+                esc(&c.cell)
+            );
+        }
+    }
+    s
+}
+
 fn table_html(t: &Table) -> String {
     let mut s = format!(
         "<section id=\"{}\">\n<h2>{}</h2>\n",
@@ -98,6 +142,7 @@ pub fn index_html(
     tables: &[Table],
     collapsed: &[&str],
     figures: &[Figure],
+    changes: &[crate::changes::Changes],
     problems: &[Problem],
 ) -> String {
     let mut s = format!(
@@ -152,6 +197,12 @@ details > summary {{ cursor: pointer; font-weight: bold; margin: 0.5em 0; }}
             esc(&t.title)
         );
     }
+    if changes
+        .iter()
+        .any(|c| !c.pictures.is_empty() || c.note.is_some())
+    {
+        s += "<li><a href=\"#ranked-lists\">What pruning changed: ranked lists</a></li>\n";
+    }
     for f in figures {
         s += &format!(
             "<li><a href=\"#{}\">{}</a></li>\n",
@@ -171,6 +222,7 @@ details > summary {{ cursor: pointer; font-weight: bold; margin: 0.5em 0; }}
             s += &table_html(t);
         }
     }
+    s += &changes_html(changes);
     for f in figures {
         s += &format!(
             "<figure id=\"{0}\"><img src=\"figures/{0}.png\" alt=\"{1}\"><figcaption>{1} (<a href=\"figures/{0}.svg\">SVG</a>)</figcaption></figure>\n",

@@ -1,7 +1,10 @@
-//! reid-report: reads run folders (`metrics.json`, `config.toml`, the `reid.arch` of
-//! `model.safetensors`) and writes the paper's tables and figures. No tensor library: run
-//! folders are the only interface (their format and types: the `reid-run` crate).
+//! reid-report: reads run folders (`metrics.json`, `config.toml`, `per_query.json`,
+//! `ranks.json`, the `reid.arch` of `model.safetensors`) and writes the paper's tables and
+//! figures, the claims' verdict matrix and what pruning changed query by query (ranked lists
+//! drawn by `reid-data`). No tensor library: run folders are the only interface (their format
+//! and types: the `reid-run` crate).
 
+pub mod changes;
 pub mod claims;
 pub mod figures;
 pub mod frame;
@@ -243,6 +246,15 @@ pub fn write_report(
     if let Some(c) = claims::claims_table(&runs, &level) {
         tables.insert(0, c);
     }
+    // what pruning changed, query by query: after the claims, before the paper's tables
+    let changes = changes::pruning_changes(&runs, &level);
+    if let Some(t) = changes::changes_table(&changes, &level) {
+        let at = tables
+            .iter()
+            .take_while(|t| ["claims", "benchmark"].contains(&t.slug.as_str()))
+            .count();
+        tables.insert(at, t);
+    }
     // slugs name files and anchors: made safe once here, so files and links agree
     for t in &mut tables {
         t.slug = safe_component(&t.slug);
@@ -282,6 +294,11 @@ pub fn write_report(
             &figures::render_png(f).map_err(fig_err)?,
         )?;
     }
+    for c in &changes {
+        for p in &c.pictures {
+            put(&format!("figures/{}.png", safe_component(&p.slug)), &p.png)?;
+        }
+    }
     if let Some(m) = &matrix {
         // the matrix as a figure for papers, beside the report's other figures
         let fig_err = |message: String| ReportError::Write {
@@ -306,6 +323,7 @@ pub fn write_report(
         // the claims' every comparison, folded below their matrix
         if matrix.is_some() { &["claims"] } else { &[] },
         &figures,
+        &changes,
         &problems,
     );
     put("index.html", page.as_bytes())?;

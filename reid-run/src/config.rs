@@ -30,21 +30,26 @@ impl RecordedSettings {
     }
 }
 
-/// What the report reads of an `experiment.toml` (the grid's full schema lives with the grid):
-/// its name and its targets, to tell a several-target experiment's current grids from those of
-/// targets it no longer lists.
+/// What the report reads of an `experiment.toml` or a grid cell's `config.toml` (the grid's full
+/// schema lives with the grid): its name and its targets, to tell a several-target experiment's
+/// current grids from those of targets it no longer lists, and where a cell's target images are.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct RecordedExperiment {
     #[serde(default)]
     pub name: String,
+    /// The re-ID target of a grid (each target's grid of a several-target experiment has its own).
+    #[serde(default)]
+    pub target: Option<RecordedData>,
     #[serde(default)]
     pub targets: Vec<RecordedData>,
 }
 
-/// A dataset an experiment names: its loader and its label.
+/// A dataset an experiment names: its loader, its folder and its label.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct RecordedData {
     pub dataset: String,
+    #[serde(default)]
+    pub root: Option<std::path::PathBuf>,
     #[serde(default)]
     pub name: Option<String>,
 }
