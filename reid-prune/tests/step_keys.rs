@@ -607,3 +607,62 @@ fn keys_follow_the_images_a_dataset_lists_not_other_files_under_its_root() {
         );
     }
 }
+
+/// Each step names the first cell it is computed for (the grid's progress lines show it): the
+/// steps of the unpruned model are the first row's, a pruned cell's own steps are its own, and
+/// a step shared with an earlier cell keeps that cell's name.
+#[test]
+fn every_step_names_the_first_cell_it_is_computed_for() {
+    use reid_prune::grid::graph::{Fingerprints, StepGraph};
+    let mut b = base();
+    b.seeds = vec![0, 7];
+    let fingerprints: Fingerprints = [&b.source, &b.target, b.cross.as_ref().unwrap()]
+        .into_iter()
+        .map(|d| ((d.dataset.clone(), d.root.clone()), "f".to_string()))
+        .collect();
+    let g = StepGraph::build(
+        &b,
+        &fingerprints,
+        std::path::Path::new("/nonexistent/steps"),
+    )
+    .unwrap();
+    let names: Vec<String> = g
+        .rows
+        .iter()
+        .map(|r| format!("{}/{}-{}", r.scenario, r.criterion, r.level))
+        .collect();
+    assert_eq!(names[0], "baseline/resnet18-full");
+    for s in &g.steps {
+        assert!(!s.cell.is_empty(), "{}: no cell", s.what);
+    }
+    let first_pretrain = g.steps.iter().find(|s| s.kind == "pretrain").unwrap();
+    assert_eq!(first_pretrain.cell, names[0]);
+    for (i, r) in g.rows.iter().enumerate() {
+        let model = &g.steps[r.model].cell;
+        // its own name, or a cell before it (a shared step: S3's fine-tuned model is the
+        // unpruned one's)
+        let at = names.iter().position(|n| n == model);
+        assert!(
+            at.is_some_and(|a| a <= i),
+            "{}: model step for {model}",
+            names[i]
+        );
+        assert_eq!(
+            g.steps[r.evals.target].cell, names[i],
+            "evaluations are the cell's own"
+        );
+    }
+    let s1_prune = g
+        .steps
+        .iter()
+        .find(|s| s.what == "prune l1 0.500 on source")
+        .unwrap();
+    assert_eq!(s1_prune.cell, "S1/l1-C1");
+    // the other seed's steps are named with it
+    let seeded = g
+        .steps
+        .iter()
+        .filter(|s| s.cell.ends_with(" seed 7"))
+        .count();
+    assert!(seeded > 0);
+}

@@ -66,6 +66,9 @@ pub struct Step {
     /// Indices of the steps whose results it reads.
     pub parents: Vec<usize>,
     pub action: Action,
+    /// The first cell it is computed for (`S1/l1-C1`, `baseline/resnet18-full seed 1`); a step
+    /// shared by several cells runs once, for the first.
+    pub cell: String,
 }
 
 /// A model's evaluation steps: on the target, and on the cross set when there is one.
@@ -73,6 +76,12 @@ pub struct Step {
 pub struct Evals {
     pub target: usize,
     pub cross: Option<usize>,
+}
+
+impl Evals {
+    fn nodes(&self) -> impl Iterator<Item = usize> {
+        std::iter::once(self.target).chain(self.cross)
+    }
 }
 
 /// One row of the grid: a cell's names, the step of its model and its evaluations.
@@ -84,6 +93,13 @@ pub struct Row {
     pub evals: Evals,
     /// The same cell under the experiment's other seeds (key cells only).
     pub seed_evals: BTreeMap<u64, Evals>,
+}
+
+impl Row {
+    /// The steps its cell reads under the experiment's seed: its model and evaluations.
+    fn needs(&self) -> impl Iterator<Item = usize> + '_ {
+        std::iter::once(self.model).chain(self.evals.nodes())
+    }
 }
 
 /// Every step of one target's grid, shared steps once, parents before children; the rows in
@@ -125,6 +141,8 @@ pub struct PlannedStep {
     pub what: String,
     /// Folder names of the steps whose models it starts from.
     pub parents: Vec<String>,
+    /// The first cell it is computed for.
+    pub cell: String,
     pub state: StepState,
     /// Who computes it, when it is running (`pid 123 on node7 (claimed 40 s ago)`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -178,11 +196,32 @@ impl StepGraph {
                 }
             }
         }
-        Ok(StepGraph {
-            steps: b.steps,
-            rows,
-            notes,
-        })
+        let mut steps = b.steps;
+        // each step's first cell, in the order the runner makes them: every row's own seed,
+        // then the other seeds' rows
+        let mut claims: Vec<(usize, String)> = Vec::new();
+        for r in &rows {
+            let name = format!("{}/{}-{}", r.scenario, r.criterion, r.level);
+            claims.extend(r.needs().map(|n| (n, name.clone())));
+        }
+        for seed in rows[0].seed_evals.keys() {
+            for r in rows.iter() {
+                if let Some(e) = r.seed_evals.get(seed) {
+                    let name = format!("{}/{}-{} seed {seed}", r.scenario, r.criterion, r.level);
+                    claims.extend(e.nodes().map(|n| (n, name.clone())));
+                }
+            }
+        }
+        for (node, name) in claims {
+            let mut stack = vec![node];
+            while let Some(n) = stack.pop() {
+                if steps[n].cell.is_empty() {
+                    steps[n].cell = name.clone();
+                    stack.extend(steps[n].parents.iter().copied());
+                }
+            }
+        }
+        Ok(StepGraph { steps, rows, notes })
     }
 
     /// Every step with its state on disk now (nothing is written).
@@ -219,6 +258,7 @@ impl StepGraph {
                         .iter()
                         .map(|&p| self.steps[p].name.clone())
                         .collect(),
+                    cell: s.cell.clone(),
                     state,
                     owner: owner.map(|h| h.to_string()),
                 }
@@ -353,6 +393,7 @@ impl Builder<'_> {
             key,
             parents: parents.iter().map(|p| p.node).collect(),
             action,
+            cell: String::new(),
         });
         out
     }

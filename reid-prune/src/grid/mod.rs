@@ -41,7 +41,7 @@ use reid_model::complexity::complexity;
 
 use serde::{Deserialize, Serialize};
 
-use graph::{Action, Evals, Fingerprints, Row, Step};
+use graph::{Action, Evals, Fingerprints, Row};
 pub use graph::{PlannedStep, StepGraph, StepOut, StepState};
 
 use crate::prune_run::{run_prune_resumable, PruneConfig};
@@ -156,6 +156,10 @@ pub struct Runner {
     max_steps: Option<usize>,
     /// Folder names of the steps this process computed, in order.
     pub computed: Vec<String>,
+    /// Seconds spent computing steps of each kind, and how many (for the time left).
+    kind_cost: BTreeMap<&'static str, (f64, usize)>,
+    /// The graph's steps not finished when the run began and not reached since.
+    pending: HashSet<usize>,
 }
 
 /// Label of the per-query results in an eval step's folder.
@@ -229,6 +233,8 @@ impl Runner {
             computed: Vec::new(),
             progress: None,
             silent: false,
+            kind_cost: BTreeMap::new(),
+            pending: HashSet::new(),
         })
     }
 
@@ -293,19 +299,40 @@ impl Runner {
         }
     }
 
-    /// "step k/N, ~m:ss left" for the step starting now (nothing without a known total): the
-    /// time left is this grid's mean time a computed step so far, times the steps left.
-    fn progress_note(&self) -> String {
+    /// "step k/N, ~m:ss left" for step `node` starting now (nothing without a known total). The
+    /// time left: each step still to compute in this grid (this one included) at the mean time
+    /// of the steps of its kind computed so far (of all kinds when none of its kind is), and
+    /// the experiment's other grids' steps at the mean of all.
+    fn progress_note(&self, g: &StepGraph, node: usize) -> String {
         let Some((total, offset)) = self.progress else {
             return String::new();
         };
         let k = offset + self.computed.len() + 1;
-        let left = total.saturating_sub(k - 1);
-        let eta = if self.computed.is_empty() {
+        let (spent, n) = self
+            .kind_cost
+            .values()
+            .fold((0.0, 0), |(s, c), &(t, m)| (s + t, c + m));
+        let eta = if n == 0 {
             String::new()
         } else {
-            let per = self.started.elapsed().as_secs_f64() / self.computed.len() as f64;
-            format!(", ~{} left", reid_train::clock(per * left as f64))
+            let mean_all = spent / n as f64;
+            let mean = |kind: &str| {
+                self.kind_cost
+                    .get(kind)
+                    .map_or(mean_all, |&(t, m)| t / m as f64)
+            };
+            let here: f64 = self
+                .pending
+                .iter()
+                .chain((!self.pending.contains(&node)).then_some(&node))
+                .map(|&p| mean(g.steps[p].kind))
+                .sum();
+            let here_n = self.pending.len() + usize::from(!self.pending.contains(&node));
+            let elsewhere = total.saturating_sub(k - 1).saturating_sub(here_n);
+            format!(
+                ", ~{} left",
+                reid_train::clock(here + elsewhere as f64 * mean_all)
+            )
         };
         format!("step {k}/{}{eta}: ", total.max(k))
     }
@@ -321,8 +348,9 @@ impl Runner {
                 self.ensure(g, p)?;
             }
         }
-        self.step(&g.steps[node])?;
+        self.step(g, node)?;
         self.finished.insert(node);
+        self.pending.remove(&node);
         Ok(())
     }
 
@@ -330,7 +358,8 @@ impl Runner {
     /// ([`reid_run::lock`]): while another process holds it, this waits for it (or, when
     /// `wait_for_others` is off, returns [`StepBusy`] so that the caller can do other work). An
     /// unfinished folder (a killed run) is not cleared: the step resumes from its last checkpoint.
-    fn step(&mut self, s: &Step) -> Result<()> {
+    fn step(&mut self, g: &StepGraph, node: usize) -> Result<()> {
+        let s = &g.steps[node];
         let dir = &s.out.dir;
         let mut announced = false;
         let _lock = loop {
@@ -373,7 +402,7 @@ impl Runner {
             &dir.join("step.json"),
             serde_json::to_string_pretty(&s.key)?.as_bytes(),
         )?;
-        let note = self.progress_note();
+        let note = self.progress_note(g, node);
         if resuming {
             self.log(&format!(
                 "{note}{}: resuming the unfinished step in {}",
@@ -381,11 +410,17 @@ impl Runner {
                 dir.display()
             ));
         } else {
-            self.log(&format!("{note}{} ({})", s.what, s.name));
+            self.log(&format!("{note}{}, for {} ({})", s.what, s.cell, s.name));
         }
+        let started = Instant::now();
         self.act(&s.action, dir)
             .with_context(|| format!("step {} in {}", s.what, dir.display()))?;
         write_atomic(&dir.join("DONE"), b"")?;
+        // a resumed step's time is part of one: it does not stand for its kind
+        if !resuming {
+            let c = self.kind_cost.entry(s.kind).or_insert((0.0, 0));
+            *c = (c.0 + started.elapsed().as_secs_f64(), c.1 + 1);
+        }
         self.computed.push(s.name.clone());
         Ok(())
     }
@@ -622,6 +657,9 @@ impl Runner {
             serde_json::to_string_pretty(&self.data_record)?.as_bytes(),
         )?;
         let g = self.graph(&fingerprints)?;
+        self.pending = (0..g.steps.len())
+            .filter(|&n| !g.steps[n].out.dir.join("DONE").is_file())
+            .collect();
         self.wait_for_others = true;
         let mut cells = vec![self.cell(&g, &g.rows[0])?];
         let mut done: Vec<Option<CellResult>> = vec![None; g.rows.len() - 1];
