@@ -367,10 +367,26 @@ fn epoch_line(
         String::new()
     };
     format!(
-        "epoch {epoch}/{epochs}: loss {loss:.4}, accuracy {:.1} %, {images_per_s:.0} img/s, \
-         lr {lr:.2e}, {wall_s:.1} s{left}",
-        accuracy * 100.0
+        "epoch {epoch}/{epochs}: loss {}, accuracy {:.1} %, {} img/s, lr {lr:.2e}, {} s{left}",
+        significant(loss),
+        accuracy * 100.0,
+        significant(images_per_s),
+        significant(wall_s)
     )
+}
+
+/// `x` with 4 significant digits, no exponent (`3.214`, `12.35`, `280.5`, `98770`, `0.5000`).
+pub fn significant(x: f64) -> String {
+    if !x.is_finite() || x == 0.0 {
+        return format!("{x}");
+    }
+    let digits = x.abs().log10().floor() as i32 + 1;
+    if digits > 4 {
+        let unit = 10f64.powi(digits - 4);
+        return format!("{:.0}", (x / unit).round() * unit);
+    }
+    let decimals = (4 - digits).clamp(0, 8) as usize;
+    format!("{x:.decimals$}")
 }
 
 /// Wider nets than this are refused before any allocation (`--width-mult 100` allocated until
@@ -1425,7 +1441,7 @@ pub fn run_training_with(
 mod tests {
     use super::*;
 
-    /// A person reads the epoch line: 4-digit loss, accuracy in %, whole img/s, the time left
+    /// A person reads the epoch line: 4 significant digits, accuracy in %, the time left
     /// (none after the last epoch), not 17-digit JSON floats.
     #[test]
     fn epoch_lines_and_clocks_read_at_a_glance() {
@@ -1443,11 +1459,20 @@ mod tests {
                 1.140834408,
                 8.2
             ),
-            "epoch 3/10: loss 3.2137, accuracy 55.6 %, 280 img/s, lr 1.00e-3, 1.1 s, ~0:08 left"
+            "epoch 3/10: loss 3.214, accuracy 55.6 %, 280.5 img/s, lr 1.00e-3, 1.141 s, ~0:08 left"
         );
         assert_eq!(
             epoch_line((10, 10), 3.5e-4, 0.5, 1.0, 99.6, 2.0, 0.0),
-            "epoch 10/10: loss 0.5000, accuracy 100.0 %, 100 img/s, lr 3.50e-4, 2.0 s"
+            "epoch 10/10: loss 0.5000, accuracy 100.0 %, 99.60 img/s, lr 3.50e-4, 2.000 s"
         );
+        // no number of an epoch line shows more than 4 significant digits, whatever its size
+        for (x, want) in [
+            (12.3456, "12.35"),
+            (1234.56, "1235"),
+            (98765.4, "98770"),
+            (0.012345, "0.01235"),
+        ] {
+            assert_eq!(significant(x), want);
+        }
     }
 }
