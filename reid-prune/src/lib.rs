@@ -3,7 +3,9 @@
 //! The library: pruning criteria (`criterion`, a registry: one file and one line a criterion),
 //! methods (`method`: each criterion as cut-then-retrain, plus training-time rules that own their
 //! retraining hooks), strategies (`strategy`: allocation, targets), channel surgery (`surgery`),
-//! and resumable pruning runs (`prune_run`; training runs are reid-train's).
+//! and resumable pruning runs (`prune_run`; training runs are reid-train's), with one error type
+//! (`error::PruneError`: a refused request names its flag, a stop is its own variant, a failed
+//! retraining keeps the training engine's causes).
 //!
 //! The application: the experiment grid (`grid`: the config schema, one file per scenario, steps
 //! keyed by the hash of their resolved config and parents' keys, resumed mid-step after a crash,

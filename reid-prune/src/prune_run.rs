@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{refuse, Context, PruneError, Result, RetrainFailure};
 use candle_core::{Device, Tensor};
 use reid_data::datasets::load as load_dataset;
 use reid_data::loader::{epoch_batches, Augment, Sampling};
@@ -147,7 +147,8 @@ impl PruneConfig {
         // a permission of the resume, not a setting of the computation: a resume that allows
         // a data change continues the run it was started as
         drop.push("allow_data_change");
-        let mut v = reid_run::step_key::view_without(self, &drop)?;
+        let mut v = reid_run::step_key::view_without(self, &drop)
+            .context("the prune config as a step's work")?;
         v["device"] = self.device.kind().into();
         Ok(v)
     }
@@ -224,7 +225,7 @@ fn check_same_start(cfg: &PruneConfig, steps: usize, hash: &str) -> Result<()> {
                 .and_then(|p| p.extra.get(PRUNE_START)?.as_str().map(String::from))
         });
     match recorded {
-        Some(r) if r != hash => bail!(
+        Some(r) if r != hash => refuse!(
             "--checkpoint {} changed since this prune started (the run in {} was cut from \
              another file): put the original back to resume, or start again with --overwrite",
             cfg.checkpoint.display(),
@@ -372,14 +373,9 @@ pub fn run_prune_resumable(
     run_prune_until(cfg, show_progress, resume, Arc::new(AtomicBool::new(false)))
 }
 
-/// A prune stopped by `stop` (Ctrl-C, SIGTERM): its retraining runs saved their checkpoints and
+/// [`run_prune_resumable`], stopping at the next retraining checkpoint once `stop` is set (Ctrl-C,
+/// SIGTERM) with [`PruneError::Stopped`]: its retraining runs saved their checkpoints and
 /// `prune --resume` with the same config continues it; a run it replaces stays aside until then.
-#[derive(Debug, thiserror::Error)]
-#[error("stopped before the end: continue the prune in {0} with prune --resume and the same settings (its retraining goes on from its last checkpoint; scores and cuts are computed again)")]
-pub struct PruneStopped(pub PathBuf);
-
-/// [`run_prune_resumable`], stopping at the next retraining checkpoint once `stop` is set
-/// (with the error [`PruneStopped`]).
 pub fn run_prune_until(
     cfg: &PruneConfig,
     show_progress: bool,
@@ -388,18 +384,20 @@ pub fn run_prune_until(
 ) -> Result<PruneOutcome> {
     let method = crate::method::method(&cfg.criterion)?;
     if cfg.out.exists() && !cfg.out.is_dir() {
-        bail!(
+        refuse!(
             "--out {} is a file; expected the run folder to write",
             cfg.out.display()
         );
     }
-    cfg.input.validate().map_err(|e| anyhow!("--input: {e}"))?;
+    cfg.input
+        .validate()
+        .map_err(|e| PruneError::Request(format!("--input: {e}")))?;
     cfg.batch_pk
         .validate()
-        .map_err(|e| anyhow!("batch_pk: {e}"))?;
+        .map_err(|e| PruneError::Request(format!("batch_pk: {e}")))?;
     check_settings(cfg)?;
     if cfg.allow_data_change && !resume {
-        bail!(
+        refuse!(
             "--allow-data-change lets a resumed prune's retraining continue over changed data: \
              give it with --resume"
         );
@@ -410,7 +408,7 @@ pub fn run_prune_until(
             .filter(|m| m.residual_groups)
             .map(|m| m.name)
             .collect();
-        bail!(
+        refuse!(
             "--residual-groups is not combined with '{}' (its training-time rule acts on branch convs): \
              use {}",
             cfg.criterion,
@@ -418,7 +416,7 @@ pub fn run_prune_until(
         );
     }
     if method.training_time && cfg.retrain_epochs == 0 {
-        bail!(
+        refuse!(
             "{} prunes during retraining: give --dataset, --root and --retrain-epochs",
             cfg.criterion
         );
@@ -434,7 +432,7 @@ pub fn run_prune_until(
         if cfg.retrain_epochs == 0 {
             // without retraining the model stays one of its trained size: scores and FLOPs at
             // another size would be recorded beside it
-            bail!(
+            refuse!(
                 "--input {}: {} was trained at {trained} (its provenance); prune it at its \
                  size (leave --input out), or retrain it at the new size (--retrain-epochs)",
                 cfg.input,
@@ -452,11 +450,11 @@ pub fn run_prune_until(
     };
     target.validate()?;
     if cfg.retrain_epochs > 0 && (cfg.dataset.is_none() || cfg.root.is_none()) {
-        bail!("--retrain-epochs needs --dataset and --root");
+        refuse!("--retrain-epochs needs --dataset and --root");
     }
     let has_data = (cfg.dataset.is_some() && cfg.root.is_some()) || cfg.batch.is_some();
     if criterion.needs_data() && !has_data {
-        bail!(
+        refuse!(
             "criterion '{}' needs data: give --dataset and --root, or --batch",
             cfg.criterion
         );
@@ -473,7 +471,7 @@ pub fn run_prune_until(
         }),
     ) {
         if out == src {
-            bail!(
+            refuse!(
                 "--out {} is the folder of the checkpoint being pruned ({}): its model would be \
                  replaced; give another output folder",
                 cfg.out.display(),
@@ -483,11 +481,11 @@ pub fn run_prune_until(
     }
     let steps = match cfg.step {
         Some(s) if s > 0.0 && s < cfg.level => (cfg.level / s).ceil(),
-        Some(s) if s.is_nan() || s <= 0.0 => bail!("--step {s} must be positive"),
+        Some(s) if s.is_nan() || s <= 0.0 => refuse!("--step {s} must be positive"),
         _ => 1.0,
     };
     if steps > MAX_STEPS as f64 {
-        bail!(
+        refuse!(
             "--step {}: {steps} pruning steps to reach --level {}; at most {MAX_STEPS} (each \
              step is a folder and, with retraining, a training run)",
             cfg.step.unwrap_or_default(),
@@ -498,7 +496,7 @@ pub fn run_prune_until(
     // nor read a file of the output folder's run (through a link too): --overwrite or the
     // new run's own files would replace it while it is read
     if reid_run::RunFolder::new(&cfg.out).owns(&cfg.checkpoint) {
-        bail!(
+        refuse!(
             "--checkpoint {} is a file of the run in --out {}: the pruned run would replace it; \
              copy it elsewhere first, or give another --out",
             cfg.checkpoint.display(),
@@ -507,12 +505,12 @@ pub fn run_prune_until(
     }
     if resume {
         if cfg.overwrite {
-            bail!("--resume continues the run in --out and --overwrite replaces it: give one");
+            refuse!("--resume continues the run in --out and --overwrite replaces it: give one");
         }
         check_resumed_config(cfg)?;
     }
     if !resume && !cfg.overwrite && reid_run::RunFolder::new(&cfg.out).holds_run() {
-        bail!(
+        refuse!(
             "--out {} holds another run (config.toml, model or metrics): pass --overwrite to \
              replace it, or give another --out",
             cfg.out.display()
@@ -531,7 +529,7 @@ pub fn run_prune_until(
         None
     };
     reid_run::remove_stale_temp_files(&cfg.out);
-    let stopped = || anyhow::Error::new(PruneStopped(cfg.out.clone()));
+    let stopped = || PruneError::Stopped(cfg.out.clone());
     // before anything is written: a refused resume keeps the interrupted run's log
     let parent_hash = file_sha256(&cfg.checkpoint)?;
     if resume {
@@ -539,7 +537,9 @@ pub fn run_prune_until(
     }
     let outcome = (|| -> Result<PruneOutcome> {
         reid_run::RunFolder::new(&cfg.out).write_config(cfg)?;
-        let mut log = std::fs::File::create(cfg.out.join("log.jsonl"))?;
+        let log_path = cfg.out.join("log.jsonl");
+        let mut log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
         let mut current_parent = cfg.checkpoint.clone();
         // the data changes that resumed retraining runs were allowed to continue over (their
         // models' provenance), carried into this run's model
@@ -566,7 +566,7 @@ pub fn run_prune_until(
                 None
             };
             if criterion.needs_data() && data.is_none() {
-                bail!(
+                refuse!(
                     "criterion '{}' needs data: give --dataset and --root, or --batch",
                     cfg.criterion
                 );
@@ -593,7 +593,8 @@ pub fn run_prune_until(
             } else {
                 cfg.out.clone()
             };
-            std::fs::create_dir_all(&step_dir)?;
+            std::fs::create_dir_all(&step_dir)
+                .with_context(|| format!("creating {}", step_dir.display()))?;
             reid_run::remove_stale_temp_files(&step_dir);
             // the file this step starts from: the parent of what it writes, checked on --resume
             let start_hash = if step == 0 {
@@ -619,7 +620,8 @@ pub fn run_prune_until(
                 }
                 save_checkpoint(start, &path, &start_prov)?;
                 let rc = retrain_config(cfg, &path, &step_dir.join(folder));
-                let o = run_training_with(&rc, resume, stop.clone(), show_progress, hooks)?;
+                let o = run_training_with(&rc, resume, stop.clone(), show_progress, hooks)
+                    .map_err(RetrainFailure)?;
                 if !o.completed {
                     return Err(stopped());
                 }
@@ -646,7 +648,8 @@ pub fn run_prune_until(
             let mut model_path = pruned_path.clone();
             if cfg.retrain_epochs > 0 && rule.retrains_after_cut() {
                 let rc = retrain_config(cfg, &pruned_path, &step_dir.join("retrain"));
-                let o = run_training(&rc, resume, stop.clone(), show_progress)?;
+                let o = run_training(&rc, resume, stop.clone(), show_progress)
+                    .map_err(RetrainFailure)?;
                 if !o.completed {
                     return Err(stopped());
                 }
@@ -661,7 +664,8 @@ pub fn run_prune_until(
                 "{}",
                 serde_json::json!({"step": step + 1, "level": level, "macs": c.backbone.macs, "params": c.backbone.params,
                                "widths": p.widths().into_iter().collect::<std::collections::BTreeMap<_, _>>()})
-            )?;
+            )
+            .with_context(|| format!("writing {}", log_path.display()))?;
             if show_progress {
                 eprintln!(
                     "step {}/{steps}: level {level:.3}, backbone GFLOPs {:.3}",
@@ -746,7 +750,7 @@ pub fn run_prune_until(
             Ok(o)
         }
         Err(e) => {
-            if e.is::<PruneStopped>() {
+            if e.is_stopped() {
                 reid_train::keep_aside(replacement, &cfg.out);
             } else {
                 // dropping the replacement puts the old run back
@@ -765,17 +769,17 @@ pub fn run_prune_until(
 /// folder was claimed).
 fn check_settings(cfg: &PruneConfig) -> Result<()> {
     if cfg.score_images == 0 {
-        bail!(
+        refuse!(
             "--score-images 0: expected at least 1 image to score channels on (default {})",
             defaults().score_images
         );
     }
     if cfg.batch_size == 0 {
-        bail!("--batch-size 0: expected at least 1 image a batch");
+        refuse!("--batch-size 0: expected at least 1 image a batch");
     }
     // read by auto-balanced only, but recorded in every config.toml: a NaN there is no record
     if !(cfg.balance_alpha.is_finite() && cfg.balance_alpha >= 0.0) {
-        bail!(
+        refuse!(
             "--balance-alpha {}: expected a finite number ≥ 0 (the weight of auto-balanced's \
              regulariser)",
             cfg.balance_alpha
@@ -786,7 +790,7 @@ fn check_settings(cfg: &PruneConfig) -> Result<()> {
         return Ok(());
     }
     if cfg.retrain_epochs > reid_train::MAX_EPOCHS {
-        bail!(
+        refuse!(
             "--retrain-epochs {}: expected at most {}",
             cfg.retrain_epochs,
             reid_train::MAX_EPOCHS
@@ -797,12 +801,13 @@ fn check_settings(cfg: &PruneConfig) -> Result<()> {
         ("--checkpoint-interval", cfg.checkpoint_interval_s),
     ] {
         if !v.is_finite() || v <= 0.0 {
-            bail!("{flag} {v}: expected a finite number > 0");
+            refuse!("{flag} {v}: expected a finite number > 0");
         }
     }
     // every other check of the training runs the retraining will start
     retrain_config(cfg, &cfg.checkpoint, &cfg.out)
         .validate()
+        .map_err(RetrainFailure)
         .context("the retraining settings")
 }
 
@@ -877,7 +882,7 @@ fn check_resumed_config(cfg: &PruneConfig) -> Result<()> {
         .with_context(|| format!("{}: not a valid prune config", path.display()))?;
     let changed = reid_run::step_key::changed_fields(&stored.result_view()?, &cfg.result_view()?);
     if !changed.is_empty() {
-        bail!(
+        refuse!(
             "--resume: the run in {} was started with other settings ({}); resume it with \
              its settings, or start a new run elsewhere",
             cfg.out.display(),

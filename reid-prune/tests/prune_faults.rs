@@ -32,7 +32,10 @@ fn failing_prune_into_an_existing_run_folder_changes_nothing() {
         out: out.clone(),
         ..PruneConfig::default()
     };
-    let e = format!("{:#}", run_prune(&cfg, false).unwrap_err());
+    let e = format!(
+        "{:#}",
+        anyhow::Error::new(run_prune(&cfg, false).unwrap_err())
+    );
     assert!(e.contains("taylor") && e.contains("needs data"), "{e}");
     for (f, text) in files {
         assert_eq!(std::fs::read_to_string(out.join(f)).unwrap(), text, "{f}");
@@ -51,7 +54,10 @@ fn prune_into_the_checkpoints_own_folder_is_refused() {
         out: tmp.path().to_path_buf(),
         ..PruneConfig::default()
     };
-    let e = format!("{:#}", run_prune(&cfg, false).unwrap_err());
+    let e = format!(
+        "{:#}",
+        anyhow::Error::new(run_prune(&cfg, false).unwrap_err())
+    );
     assert!(e.contains("folder of the checkpoint"), "{e}");
     assert_eq!(
         std::fs::read(&ck).unwrap(),
@@ -97,7 +103,10 @@ fn arch_flag_contradicting_the_checkpoint_is_refused() {
         out: tmp.path().join("out"),
         ..PruneConfig::default()
     };
-    let e = format!("{:#}", run_prune(&cfg, false).unwrap_err());
+    let e = format!(
+        "{:#}",
+        anyhow::Error::new(run_prune(&cfg, false).unwrap_err())
+    );
     assert!(
         e.contains("--arch resnet50") && e.contains("resnet18"),
         "{e}"
@@ -139,7 +148,10 @@ fn a_second_prune_with_retraining_needs_overwrite_and_replaces_the_first() {
         ..PruneConfig::default()
     };
     run_prune(&cfg, false).unwrap();
-    let e = format!("{:#}", run_prune(&cfg, false).unwrap_err());
+    let e = format!(
+        "{:#}",
+        anyhow::Error::new(run_prune(&cfg, false).unwrap_err())
+    );
     assert!(
         e.contains("holds another run") && e.contains("--overwrite"),
         "{e}"

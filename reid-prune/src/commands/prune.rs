@@ -4,7 +4,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::Result;
-use reid_prune::prune_run::PruneStopped;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -50,10 +49,15 @@ pub fn run(a: Args) -> Result<()> {
     }
     // one writer a run folder, for the whole command
     let o = super::as_folder_writer(&cfg.out, "prune", || {
-        reid_prune::prune_run::run_prune_until(&cfg, true, a.resume, stop)
+        Ok(reid_prune::prune_run::run_prune_until(
+            &cfg, true, a.resume, stop,
+        )?)
     });
     let o = match o {
-        Err(e) if e.is::<PruneStopped>() => {
+        Err(e)
+            if e.downcast_ref::<reid_prune::error::PruneError>()
+                .is_some_and(|e| e.is_stopped()) =>
+        {
             eprintln!("{e}");
             // an unfinished prune is not a success: `prune && export` must not go on
             std::process::exit(super::signals::exit_status().unwrap_or(1));

@@ -116,7 +116,7 @@ pub fn criterion_entry(name: &str) -> Option<&'static CriterionEntry> {
 /// The criterion that ranks channels for the method `name` (for a training-time method, its
 /// ranking rule: L1 for auto-balanced, L2 for psfp; see [`crate::method`]).
 pub fn by_name(name: &str, seed: u64) -> Result<Box<dyn Criterion>> {
-    let m = crate::method::method(name).map_err(|e| PruneError::Request(e.to_string()))?;
+    let m = crate::method::method(name)?;
     Ok((m.criterion().build)(seed))
 }
 

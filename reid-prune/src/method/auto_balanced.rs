@@ -127,7 +127,7 @@ impl super::TrainingRule for AutoBalanced {
         scores: &ChannelScores,
         plan: PrunePlan,
         retrain: &mut super::Retrain<'_>,
-    ) -> anyhow::Result<(ReidNet, PrunePlan)> {
+    ) -> Result<(ReidNet, PrunePlan)> {
         let reg = BalancedRegularizer::new(&net, scores, &plan, self.alpha)?;
         let net = retrain(
             &net,

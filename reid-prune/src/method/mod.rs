@@ -10,7 +10,7 @@
 pub mod auto_balanced;
 pub mod psfp;
 
-use anyhow::Result;
+use crate::error::{PruneError, Result};
 use reid_model::ReidNet;
 use reid_run::Scenario;
 
@@ -147,10 +147,10 @@ pub fn method(name: &str) -> Result<MethodEntry> {
             let hint = crate::config_file::nearest(name, &names)
                 .map(|n| format!(" (did you mean '{n}'?)"))
                 .unwrap_or_default();
-            anyhow::anyhow!(
+            PruneError::Request(format!(
                 "unknown criterion '{name}'{hint}: expected one of {}",
                 names.join(", ")
-            )
+            ))
         })
 }
 

@@ -136,7 +136,7 @@ impl super::TrainingRule for Psfp {
         _scores: &ChannelScores,
         plan: crate::strategy::PrunePlan,
         retrain: &mut super::Retrain<'_>,
-    ) -> anyhow::Result<(ReidNet, crate::strategy::PrunePlan)> {
+    ) -> Result<(ReidNet, crate::strategy::PrunePlan)> {
         let rates: BTreeMap<String, f64> = net
             .prunable_convs()
             .iter()
