@@ -477,47 +477,53 @@ impl RunFolder {
     /// Per-query results by evaluation label ([`crate::stats::PER_QUERY_FILE`]); empty when
     /// the folder has none.
     pub fn read_per_query(&self) -> Result<BTreeMap<String, crate::stats::PerQuery>> {
-        let path = self.dir.join(crate::stats::PER_QUERY_FILE);
-        if !path.exists() {
-            return Ok(BTreeMap::new());
-        }
-        let text = std::fs::read_to_string(&path).map_err(|source| RunFileError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let m: BTreeMap<String, crate::stats::PerQuery> =
-            serde_json::from_str(&text).map_err(|e| RunFileError::Invalid {
-                path: path.clone(),
-                message: format!("not per-query results: {e}"),
-            })?;
-        for (label, q) in &m {
-            q.validate().map_err(|e| RunFileError::Invalid {
-                path: path.clone(),
-                message: format!("{label}: {e}"),
-            })?;
-        }
-        Ok(m)
+        self.read_labelled(
+            crate::stats::PER_QUERY_FILE,
+            "per-query results",
+            crate::stats::PerQuery::validate,
+        )
     }
 
     /// Store per-query results under `label`, keeping the other labels'.
     pub fn write_per_query(&self, label: &str, q: &crate::stats::PerQuery) -> Result<()> {
-        let path = self.dir.join(crate::stats::PER_QUERY_FILE);
-        q.validate().map_err(|e| RunFileError::Invalid {
-            path: path.clone(),
-            message: format!("refusing to write {label}: {e}"),
-        })?;
-        let mut all = self.read_per_query()?;
-        all.insert(label.to_string(), q.clone());
-        let text = serde_json::to_string(&all).map_err(|e| RunFileError::Invalid {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        write_atomic(&path, text.as_bytes())
+        self.write_labelled(
+            crate::stats::PER_QUERY_FILE,
+            "per-query results",
+            crate::stats::PerQuery::validate,
+            label,
+            q,
+        )
     }
 
-    /// The ranked lists by evaluation label (empty when the folder has none).
+    /// The ranked lists by evaluation label ([`crate::ranks::RANKS_FILE`]); empty when the
+    /// folder has none.
     pub fn read_ranks(&self) -> Result<BTreeMap<String, crate::ranks::Ranks>> {
-        let path = self.dir.join(crate::ranks::RANKS_FILE);
+        self.read_labelled(
+            crate::ranks::RANKS_FILE,
+            "ranked lists",
+            crate::ranks::Ranks::validate,
+        )
+    }
+
+    /// Store ranked lists under `label`, keeping the other labels'.
+    pub fn write_ranks(&self, label: &str, r: &crate::ranks::Ranks) -> Result<()> {
+        self.write_labelled(
+            crate::ranks::RANKS_FILE,
+            "ranked lists",
+            crate::ranks::Ranks::validate,
+            label,
+            r,
+        )
+    }
+
+    /// A JSON object of `what` by evaluation label in `file`, each checked by `validate`.
+    fn read_labelled<T: serde::de::DeserializeOwned>(
+        &self,
+        file: &str,
+        what: &str,
+        validate: fn(&T) -> std::result::Result<(), String>,
+    ) -> Result<BTreeMap<String, T>> {
+        let path = self.dir.join(file);
         if !path.exists() {
             return Ok(BTreeMap::new());
         }
@@ -525,13 +531,13 @@ impl RunFolder {
             path: path.clone(),
             source,
         })?;
-        let m: BTreeMap<String, crate::ranks::Ranks> =
+        let m: BTreeMap<String, T> =
             serde_json::from_str(&text).map_err(|e| RunFileError::Invalid {
                 path: path.clone(),
-                message: format!("not ranked lists: {e}"),
+                message: format!("not {what}: {e}"),
             })?;
-        for (label, r) in &m {
-            r.validate().map_err(|e| RunFileError::Invalid {
+        for (label, v) in &m {
+            validate(v).map_err(|e| RunFileError::Invalid {
                 path: path.clone(),
                 message: format!("{label}: {e}"),
             })?;
@@ -539,15 +545,22 @@ impl RunFolder {
         Ok(m)
     }
 
-    /// Store ranked lists under `label`, keeping the other labels'.
-    pub fn write_ranks(&self, label: &str, r: &crate::ranks::Ranks) -> Result<()> {
-        let path = self.dir.join(crate::ranks::RANKS_FILE);
-        r.validate().map_err(|e| RunFileError::Invalid {
+    /// `value` under `label` in `file` (checked first), keeping the other labels'.
+    fn write_labelled<T: serde::de::DeserializeOwned + Serialize + Clone>(
+        &self,
+        file: &str,
+        what: &str,
+        validate: fn(&T) -> std::result::Result<(), String>,
+        label: &str,
+        value: &T,
+    ) -> Result<()> {
+        let path = self.dir.join(file);
+        validate(value).map_err(|e| RunFileError::Invalid {
             path: path.clone(),
             message: format!("refusing to write {label}: {e}"),
         })?;
-        let mut all = self.read_ranks()?;
-        all.insert(label.to_string(), r.clone());
+        let mut all = self.read_labelled(file, what, validate)?;
+        all.insert(label.to_string(), value.clone());
         let text = serde_json::to_string(&all).map_err(|e| RunFileError::Invalid {
             path: path.clone(),
             message: e.to_string(),
