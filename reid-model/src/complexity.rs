@@ -237,6 +237,36 @@ pub fn parse_hw(s: &str) -> Result<(usize, usize)> {
 mod tests {
     use super::*;
 
+    /// The model graph's conv multiply-adds (its own shape inference) are this module's, conv
+    /// by conv, for ResNet-18/34/50 at the re-ID and the default run's sizes.
+    #[test]
+    fn the_model_graph_counts_the_same_conv_macs() {
+        for depth in [18, 34, 50] {
+            for last_stride in [1, 2] {
+                let spec =
+                    ArchSpec::resnet_with(depth, 751, 0.5, last_stride, crate::arch::Neck::BnNeck)
+                        .unwrap();
+                for (h, w) in [(256, 128), (64, 32)] {
+                    let c = complexity(&spec, h, w).unwrap();
+                    let ours: Vec<(String, u64)> = c
+                        .layers
+                        .iter()
+                        .filter(|l| l.kind == "conv")
+                        .map(|l| (l.name.clone(), l.macs))
+                        .collect();
+                    let graph = reid_run::graph::ModelGraph::of_resnet(&spec)
+                        .conv_macs(h, w)
+                        .unwrap();
+                    let mut sorted = graph.clone();
+                    sorted.sort();
+                    let mut want = ours.clone();
+                    want.sort();
+                    assert_eq!(sorted, want, "R{depth} stride {last_stride} at {h}x{w}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn memory_estimate_is_below_the_measured_peak_and_refuses_the_impossible() {
         let r50 = ArchSpec::resnet_with(50, 751, 1.0, 1, Neck::BnNeck).unwrap();

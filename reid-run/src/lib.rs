@@ -32,6 +32,9 @@
 //! its tensors: the model crate builds networks from the one, the report reads widths through
 //! both, with the same types.
 //!
+//! [`graph`] describes a network as a graph of operations and computes its channel-dependency
+//! groups from it (so far built from the ResNet schema; issue #37 makes it the one description).
+//!
 //! [`stats`] holds the bootstrap intervals over query identities (single and paired) and the
 //! spread over seeds; [`claims`] judges the paper's claims on run folders (the grid prints it,
 //! the report opens with it).
@@ -42,6 +45,7 @@ pub mod canonical;
 pub mod claims;
 pub mod config;
 pub mod deploy;
+pub mod graph;
 pub mod header;
 pub mod lock;
 pub mod metrics;
