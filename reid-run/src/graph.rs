@@ -425,8 +425,8 @@ mod tests {
                 assert_eq!(own.len(), prunable.len(), "R{depth}");
                 for (g, p) in own.iter().zip(&prunable) {
                     assert_eq!(g.producers, [(p.conv.clone(), Some(p.bn.clone()))]);
-                    assert_eq!(g.readers, [p.consumer.clone()]);
-                    assert_eq!(g.norms, [p.bn.clone()]);
+                    assert_eq!(g.readers, std::slice::from_ref(&p.consumer));
+                    assert_eq!(g.norms, std::slice::from_ref(&p.bn));
                     assert_eq!(g.width, p.width);
                     assert!(!g.feeds_head);
                 }
