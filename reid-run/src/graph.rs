@@ -5,9 +5,11 @@
 //! input channels (through BN, activations, additions, depthwise convs and the head), as
 //! Torch-Pruning's `DependencyGraph` traces them from a model run — here the graph is the model.
 //!
-//! Today [`ModelGraph::of_resnet`] builds it from the ResNet schema ([`crate::arch::ArchSpec`]),
-//! and the test checks that its groups are the schema's hand-written prunable convs and residual
-//! streams for ResNet-18/34/50.
+//! Today [`ModelGraph::of_resnet`] builds it from the ResNet schema ([`crate::arch::ArchSpec`])
+//! and [`ModelGraph::mobilenet_v2`] builds torchvision's MobileNetV2. The tests check the ResNet
+//! groups against the schema's hand-written prunable convs and residual streams (ResNet-18/34/50)
+//! and MobileNetV2's against torch-pruning's 25 groups and fvcore's MACs (the golden files).
+//! Not yet: the forward pass, checkpoints (`reid.arch`) and pruning read the graph.
 
 use std::collections::BTreeMap;
 
@@ -217,6 +219,136 @@ impl ModelGraph {
                     bias: false,
                 },
                 vec![feature],
+            ));
+        }
+        g
+    }
+
+    /// torchvision's MobileNetV2 (`features.K…`, `classifier.1`) at `width_mult`, with
+    /// `num_classes` outputs (0: none) and each inverted-residual block's expanded width taken
+    /// from `expanded` (by its expand conv's name, `features.K.conv.0.0`) where given — a
+    /// pruned network's widths.
+    pub fn mobilenet_v2(
+        width_mult: f64,
+        num_classes: usize,
+        expanded: &BTreeMap<String, usize>,
+    ) -> ModelGraph {
+        // torchvision's `_make_divisible`: the nearest multiple of 8, never 10 % below
+        let divisible = |v: f64| {
+            let d = 8.0;
+            let mut n = ((v + d / 2.0) / d).floor() * d;
+            n = n.max(d);
+            if n < 0.9 * v {
+                n += d;
+            }
+            n as usize
+        };
+        let mut g = ModelGraph {
+            nodes: Vec::new(),
+            feature: 0,
+            logits: None,
+        };
+        let conv = |name: String, i: usize, o: usize, k: usize, s: usize, groups: usize| Op::Conv {
+            name,
+            in_channels: i,
+            out_channels: o,
+            kernel: k,
+            stride: s,
+            padding: (k - 1) / 2,
+            groups,
+        };
+        // conv → BN (→ ReLU6)
+        let conv_bn_relu6 = |g: &mut ModelGraph, from: usize, c: Op, bn: String, act: bool| {
+            let b = g.conv_bn(from, c, &bn, false);
+            if act {
+                g.push(Op::Relu6, vec![b])
+            } else {
+                b
+            }
+        };
+        let x = g.push(Op::Input { channels: 3 }, vec![]);
+        let mut in_c = divisible(32.0 * width_mult);
+        let mut cur = conv_bn_relu6(
+            &mut g,
+            x,
+            conv("features.0.0".into(), 3, in_c, 3, 2, 1),
+            "features.0.1".into(),
+            true,
+        );
+        // (expand ratio, channels, blocks, stride)
+        let settings = [
+            (1, 16, 1, 1),
+            (6, 24, 2, 2),
+            (6, 32, 3, 2),
+            (6, 64, 4, 2),
+            (6, 96, 3, 1),
+            (6, 160, 3, 2),
+            (6, 320, 1, 1),
+        ];
+        let mut k = 1;
+        for (t, c, n, s) in settings {
+            let out_c = divisible(c as f64 * width_mult);
+            for i in 0..n {
+                let stride = if i == 0 { s } else { 1 };
+                let p = format!("features.{k}.conv");
+                let mut h = cur;
+                let mut j = 0;
+                let hidden = if t == 1 {
+                    in_c
+                } else {
+                    let name = format!("{p}.0.0");
+                    let hidden = expanded.get(&name).copied().unwrap_or(in_c * t);
+                    h = conv_bn_relu6(
+                        &mut g,
+                        h,
+                        conv(name, in_c, hidden, 1, 1, 1),
+                        format!("{p}.0.1"),
+                        true,
+                    );
+                    j = 1;
+                    hidden
+                };
+                h = conv_bn_relu6(
+                    &mut g,
+                    h,
+                    conv(format!("{p}.{j}.0"), hidden, hidden, 3, stride, hidden),
+                    format!("{p}.{j}.1"),
+                    true,
+                );
+                h = conv_bn_relu6(
+                    &mut g,
+                    h,
+                    conv(format!("{p}.{}", j + 1), hidden, out_c, 1, 1, 1),
+                    format!("{p}.{}", j + 2),
+                    false,
+                );
+                cur = if stride == 1 && in_c == out_c {
+                    g.push(Op::Add, vec![cur, h])
+                } else {
+                    h
+                };
+                in_c = out_c;
+                k += 1;
+            }
+        }
+        let last = divisible(1280.0 * width_mult.max(1.0));
+        cur = conv_bn_relu6(
+            &mut g,
+            cur,
+            conv(format!("features.{k}.0"), in_c, last, 1, 1, 1),
+            format!("features.{k}.1"),
+            true,
+        );
+        g.feature = g.push(Op::GlobalAvgPool, vec![cur]);
+        if num_classes > 0 {
+            g.logits = Some(g.push(
+                Op::Linear {
+                    name: "classifier.1".into(),
+                    in_features: last,
+                    out_features: num_classes,
+                    bias: true,
+                },
+                vec![g.feature],
             ));
         }
         g
@@ -458,6 +590,101 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn golden_mobilenet() -> serde_json::Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/golden/mobilenet/mobilenet_v2.json");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (the golden files are needed)", path.display()));
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// A group as torch-pruning lists it: `conv:out`, `bn:out` of what loses output channels,
+    /// `conv:in` of what loses input channels (the classifier left out, as the golden does).
+    fn as_torch_pruning(g: &ChannelGroup) -> Vec<String> {
+        let mut v: Vec<String> = g
+            .producers
+            .iter()
+            .map(|(c, _)| format!("{c}:out"))
+            .chain(g.norms.iter().map(|b| format!("{b}:out")))
+            .chain(
+                g.readers
+                    .iter()
+                    .filter(|r| !r.starts_with("classifier"))
+                    .map(|r| format!("{r}:in")),
+            )
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// MobileNetV2's graph: torch-pruning's 25 dependency groups (through depthwise convs and
+    /// the residual additions), and fvcore's MACs conv by conv and in total, unpruned and with
+    /// every expansion halved.
+    #[test]
+    fn mobilenet_v2_groups_and_macs_are_torch_prunings_and_fvcores() {
+        let golden = golden_mobilenet();
+        let g = ModelGraph::mobilenet_v2(1.0, 1000, &BTreeMap::new());
+        let mut ours: Vec<Vec<String>> = g.channel_groups().iter().map(as_torch_pruning).collect();
+        let mut want: Vec<Vec<String>> = golden["dependency_groups"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|grp| {
+                let mut v: Vec<String> = grp
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s.as_str().unwrap().to_string())
+                    .collect();
+                v.sort();
+                v
+            })
+            .collect();
+        ours.sort();
+        want.sort();
+        assert_eq!(want.len(), 25);
+        assert_eq!(ours, want);
+
+        let macs = |g: &ModelGraph| {
+            let convs = g.conv_macs(256, 128).unwrap();
+            let linear = g.nodes.iter().find_map(|n| match &n.op {
+                Op::Linear {
+                    in_features,
+                    out_features,
+                    ..
+                } => Some((in_features * out_features) as u64),
+                _ => None,
+            });
+            (convs, linear.unwrap_or(0))
+        };
+        let (convs, linear) = macs(&g);
+        let mut matched = 0;
+        for layer in golden["per_layer_256x128"].as_array().unwrap() {
+            let name = layer["name"].as_str().unwrap();
+            if let Some((_, m)) = convs.iter().find(|(n, _)| n == name) {
+                assert_eq!(*m, layer["macs"].as_u64().unwrap(), "{name}");
+                matched += 1;
+            }
+        }
+        assert_eq!(
+            matched,
+            convs.len(),
+            "every conv of the graph is one of torchvision's"
+        );
+        let total: u64 = convs.iter().map(|(_, m)| m).sum::<u64>() + linear;
+        assert_eq!(total, golden["macs_256x128"]["macs"].as_u64().unwrap());
+
+        let half: BTreeMap<String, usize> = golden["half_expansion"]["kept_expansion"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_u64().unwrap() as usize))
+            .collect();
+        let (convs, linear) = macs(&ModelGraph::mobilenet_v2(1.0, 1000, &half));
+        let total: u64 = convs.iter().map(|(_, m)| m).sum::<u64>() + linear;
+        assert_eq!(total, golden["half_expansion"]["macs"].as_u64().unwrap());
     }
 
     /// A depthwise conv keeps its input's channels: the conv before it, the depthwise conv and
