@@ -7,6 +7,8 @@
 //! - [`hub`]: torchvision/timm ImageNet weights from a path or a hub id;
 //! - [`weights`]: the one loader of any weights file (checkpoint or plain state dict), strict;
 //! - [`complexity`]: MACs / FLOPs / parameters per layer, backbone and head apart;
+//! - [`graph_net`]: any model graph (`reid_run::graph`, e.g. MobileNetV2) run on candle's ops,
+//!   inference only, for checks against references;
 //! - `onnx` (feature `onnx`): any net as a standard ONNX graph, image tensor to re-ID feature;
 //! - [`layers`]: conv and BN layers over the kernel crate (reid-kernels), which picks each op's
 //!   implementation; a net's [`layers::Kernels`] value (`ReidNet::with_kernels`) selects
@@ -23,6 +25,7 @@ pub mod checkpoint;
 pub mod complexity;
 pub mod device;
 pub mod error;
+pub mod graph_net;
 pub mod hub;
 pub mod init;
 pub mod net;

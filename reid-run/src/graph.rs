@@ -74,6 +74,9 @@ pub struct ModelGraph {
     pub feature: usize,
     /// The classifier's node, when there is one.
     pub logits: Option<usize>,
+    /// torchvision's module outputs by name (`features.3`, `layer2.1`), for checks against
+    /// references.
+    pub outputs: BTreeMap<String, usize>,
 }
 
 /// Channels that must be removed together: one channel space of the network.
@@ -128,6 +131,7 @@ impl ModelGraph {
             nodes: Vec::new(),
             feature: 0,
             logits: None,
+            outputs: BTreeMap::new(),
         };
         let conv = |name: String, i: usize, o: usize, k: usize, s: usize| Op::Conv {
             name,
@@ -196,6 +200,7 @@ impl ModelGraph {
                 };
                 let sum = g.push(Op::Add, vec![h, shortcut]);
                 cur = g.push(Op::Relu, vec![sum]);
+                g.outputs.insert(prefix.clone(), cur);
                 in_w = blk.out_width();
             }
         }
@@ -247,6 +252,7 @@ impl ModelGraph {
             nodes: Vec::new(),
             feature: 0,
             logits: None,
+            outputs: BTreeMap::new(),
         };
         let conv = |name: String, i: usize, o: usize, k: usize, s: usize, groups: usize| Op::Conv {
             name,
@@ -275,6 +281,7 @@ impl ModelGraph {
             "features.0.1".into(),
             true,
         );
+        g.outputs.insert("features.0".into(), cur);
         // (expand ratio, channels, blocks, stride)
         let settings = [
             (1, 16, 1, 1),
@@ -327,6 +334,7 @@ impl ModelGraph {
                 } else {
                     h
                 };
+                g.outputs.insert(format!("features.{k}"), cur);
                 in_c = out_c;
                 k += 1;
             }
@@ -339,6 +347,7 @@ impl ModelGraph {
             format!("features.{k}.1"),
             true,
         );
+        g.outputs.insert(format!("features.{k}"), cur);
         g.feature = g.push(Op::GlobalAvgPool, vec![cur]);
         if num_classes > 0 {
             g.logits = Some(g.push(
@@ -695,6 +704,7 @@ mod tests {
             nodes: Vec::new(),
             feature: 0,
             logits: None,
+            outputs: BTreeMap::new(),
         };
         let conv = |name: &str, i: usize, o: usize, k: usize, groups: usize| Op::Conv {
             name: name.into(),
