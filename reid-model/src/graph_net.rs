@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Tensor, D};
-use reid_run::graph::{ModelGraph, Op};
+use reid_run::graph::{ChannelGroup, ModelGraph, Op};
 
 use crate::error::{ModelError, Result};
 
@@ -74,6 +74,52 @@ impl GraphNet {
             graph,
             tensors: kept,
         })
+    }
+
+    /// The weights by name (torchvision's), as f32.
+    pub fn tensors(&self) -> &HashMap<String, Tensor> {
+        &self.tensors
+    }
+
+    /// This network with only the channels `keep` (sorted, distinct indices) of `group` (one of
+    /// [`ModelGraph::channel_groups`]): its producers' filters and BN entries, a depthwise
+    /// conv's filters, its norms' entries and its readers' input weights are cut together.
+    pub fn prune(&self, group: &ChannelGroup, keep: &[usize]) -> Result<GraphNet> {
+        if keep.is_empty()
+            || keep.windows(2).any(|w| w[0] >= w[1])
+            || keep[keep.len() - 1] >= group.width
+        {
+            return Err(ModelError::Arch(format!(
+                "channels to keep must be sorted, distinct and below the group's width {}",
+                group.width
+            )));
+        }
+        let idx = Tensor::from_vec(
+            keep.iter().map(|&k| k as u32).collect::<Vec<_>>(),
+            keep.len(),
+            &candle_core::Device::Cpu,
+        )?;
+        let mut tensors = self.tensors.clone();
+        let mut cut = |name: String, dim: usize| -> Result<()> {
+            let t = &tensors[&name];
+            let i = idx.to_device(t.device())?;
+            let v = t.index_select(&i, dim)?;
+            tensors.insert(name, v);
+            Ok(())
+        };
+        for (conv, _) in &group.producers {
+            cut(format!("{conv}.weight"), 0)?;
+        }
+        for bn in &group.norms {
+            for t in ["weight", "bias", "running_mean", "running_var"] {
+                cut(format!("{bn}.{t}"), 0)?;
+            }
+        }
+        for reader in &group.readers {
+            // a conv's weight is [out, in, k, k], a linear layer's [out, in]
+            cut(format!("{reader}.weight"), 1)?;
+        }
+        GraphNet::new(self.graph.with_group_width(group, keep.len()), &tensors)
     }
 
     fn t(&self, name: &str) -> &Tensor {

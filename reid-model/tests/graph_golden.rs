@@ -87,3 +87,73 @@ fn resnet50_from_its_graph_gives_torchvisions_features() {
         assert!(r < 1e-4, "{key}: {r:.2e}");
     }
 }
+
+/// MobileNetV2 pruned from its graph's groups: every expansion halved by the L1 norm of its
+/// expand conv's filters (torch-pruning's recipe of the golden `half_expansion`) has the golden
+/// widths, MACs and parameters, and computes what the unpruned network computes with the cut
+/// channels masked (their readers' input weights zeroed).
+#[test]
+fn mobilenet_v2_pruned_from_its_groups_equals_the_masked_network() {
+    let dev = Device::Cpu;
+    let g = golden();
+    let weights = read_safetensors(&g.join("mobilenet/mobilenet_v2.safetensors"), &dev).unwrap();
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(g.join("mobilenet/mobilenet_v2.json")).unwrap(),
+    )
+    .unwrap();
+    let half = &json["half_expansion"];
+    let graph = ModelGraph::mobilenet_v2(1.0, 1000, &BTreeMap::new());
+    let full = GraphNet::new(graph.clone(), &weights.tensors).unwrap();
+    let mut pruned = GraphNet::new(graph.clone(), &weights.tensors).unwrap();
+    let mut masked = full.tensors().clone();
+    for group in graph.channel_groups() {
+        let expand = &group.producers[0].0;
+        let Some(kept) = half["kept_expansion"][expand.as_str()].as_u64() else {
+            continue;
+        };
+        // L1 norm of each expand filter; the largest `kept`, in channel order
+        let w = &full.tensors()[&format!("{expand}.weight")];
+        let l1: Vec<f32> = w.abs().unwrap().sum((1, 2, 3)).unwrap().to_vec1().unwrap();
+        let mut order: Vec<usize> = (0..l1.len()).collect();
+        order.sort_by(|&a, &b| l1[b].total_cmp(&l1[a]).then(a.cmp(&b)));
+        let mut keep: Vec<usize> = order[..kept as usize].to_vec();
+        keep.sort();
+        // the group as it stands in the network pruned so far (its readers' names are the same)
+        let current = pruned
+            .graph
+            .channel_groups()
+            .into_iter()
+            .find(|c| c.producers == group.producers)
+            .unwrap();
+        pruned = pruned.prune(&current, &keep).unwrap();
+        for reader in &group.readers {
+            let name = format!("{reader}.weight");
+            let t = &masked[&name];
+            let mask: Vec<f32> = (0..group.width)
+                .map(|c| f32::from(u8::from(keep.contains(&c))))
+                .collect();
+            let mask = Tensor::from_vec(mask, (1, group.width, 1, 1), &dev).unwrap();
+            masked.insert(name, t.broadcast_mul(&mask).unwrap());
+        }
+    }
+    let (convs, linear): (Vec<(String, u64)>, u64) =
+        (pruned.graph.conv_macs(256, 128).unwrap(), 1280 * 1000);
+    let macs: u64 = convs.iter().map(|(_, m)| m).sum::<u64>() + linear;
+    assert_eq!(macs, half["macs"].as_u64().unwrap());
+    assert_eq!(pruned.graph.params(), half["params"].as_u64().unwrap());
+
+    let masked = GraphNet::new(graph, &masked).unwrap();
+    let x = read_safetensors(&g.join("resnet/input.safetensors"), &dev)
+        .unwrap()
+        .tensors["input"]
+        .to_dtype(DType::F32)
+        .unwrap();
+    let a = pruned.forward_all(&x).unwrap();
+    let b = masked.forward_all(&x).unwrap();
+    let r = relative(
+        &a[pruned.graph.logits.unwrap()],
+        &b[masked.graph.logits.unwrap()],
+    );
+    eprintln!("pruned vs masked logits: relative max difference {r:.2e}");
+    assert!(r < 1e-5, "{r:.2e}");
+}

@@ -427,6 +427,66 @@ impl ModelGraph {
         Some(macs)
     }
 
+    /// Learned parameters, as torchvision counts them: conv and linear weights (and biases),
+    /// BN weights and biases (not the running statistics).
+    pub fn params(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|n| match &n.op {
+                Op::Conv {
+                    in_channels,
+                    out_channels,
+                    kernel,
+                    groups,
+                    ..
+                } => (out_channels * (in_channels / groups) * kernel * kernel) as u64,
+                Op::BatchNorm { channels, .. } => 2 * *channels as u64,
+                Op::Linear {
+                    in_features,
+                    out_features,
+                    bias,
+                    ..
+                } => (out_features * (in_features + usize::from(*bias))) as u64,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// This graph with `group`'s channels cut to `width`: its producers' outputs (a depthwise
+    /// conv's inputs and groups too), its norms, its readers' inputs.
+    pub fn with_group_width(&self, group: &ChannelGroup, width: usize) -> ModelGraph {
+        let mut g = self.clone();
+        let producer = |name: &str| group.producers.iter().any(|(c, _)| c == name);
+        for n in &mut g.nodes {
+            match &mut n.op {
+                Op::Conv {
+                    name,
+                    in_channels,
+                    out_channels,
+                    groups,
+                    ..
+                } => {
+                    if producer(name) {
+                        if *groups > 1 && *groups == *in_channels {
+                            (*in_channels, *groups) = (width, width);
+                        }
+                        *out_channels = width;
+                    } else if group.readers.contains(name) {
+                        *in_channels = width;
+                    }
+                }
+                Op::BatchNorm { name, channels } if group.norms.contains(name) => {
+                    *channels = width;
+                }
+                Op::Linear {
+                    name, in_features, ..
+                } if group.readers.contains(name) => *in_features = width,
+                _ => {}
+            }
+        }
+        g
+    }
+
     /// The channel-dependency groups: every channel space some conv produces, with the convs
     /// and norms that must lose the same channels and the layers whose inputs go with them. In
     /// order of their first node.
@@ -684,6 +744,7 @@ mod tests {
         );
         let total: u64 = convs.iter().map(|(_, m)| m).sum::<u64>() + linear;
         assert_eq!(total, golden["macs_256x128"]["macs"].as_u64().unwrap());
+        assert_eq!(g.params(), golden["params"].as_u64().unwrap());
 
         let half: BTreeMap<String, usize> = golden["half_expansion"]["kept_expansion"]
             .as_object()
@@ -691,9 +752,23 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.clone(), v.as_u64().unwrap() as usize))
             .collect();
-        let (convs, linear) = macs(&ModelGraph::mobilenet_v2(1.0, 1000, &half));
+        let halved = ModelGraph::mobilenet_v2(1.0, 1000, &half);
+        let (convs, linear) = macs(&halved);
         let total: u64 = convs.iter().map(|(_, m)| m).sum::<u64>() + linear;
         assert_eq!(total, golden["half_expansion"]["macs"].as_u64().unwrap());
+        assert_eq!(
+            halved.params(),
+            golden["half_expansion"]["params"].as_u64().unwrap()
+        );
+        // the same network by cutting each expansion group of the full graph
+        let mut cut = g.clone();
+        for group in g.channel_groups() {
+            let expand = &group.producers[0].0;
+            if let Some(&w) = half.get(expand) {
+                cut = cut.with_group_width(&group, w);
+            }
+        }
+        assert_eq!(cut, halved);
     }
 
     /// A depthwise conv keeps its input's channels: the conv before it, the depthwise conv and
