@@ -152,6 +152,63 @@ fn lost_and_gained_queries_are_the_rank1_flips_of_the_two_evaluations() {
     );
     assert!(img.width() > 11 * cw, "{}", img.width());
 
+    // --queries bounds the pictures in all: half lost, the rest gained
+    let three = tmp.path().join("three");
+    ok(reid_eval(
+        &[
+            &["ranks".as_ref(), "--checkpoint".as_ref(), a.as_os_str()][..],
+            &["--compare".as_ref(), b.as_os_str()],
+            &data[..],
+            &[root.as_os_str(), "--out".as_ref(), three.as_os_str()],
+            &["--flips", "--queries", "3"].map(std::ffi::OsStr::new),
+        ]
+        .concat(),
+    ));
+    let pngs = std::fs::read_dir(&three)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "png")
+        })
+        .count();
+    let lost = want.lost.len().min(2);
+    assert_eq!(pngs, lost + want.gained.len().min(3 - lost));
+
+    // a run that fails after claiming a new folder leaves no folder behind
+    let failed = tmp.path().join("failed");
+    let not_a_model = tmp.path().join("not-a-model.safetensors");
+    std::fs::write(&not_a_model, b"not a model").unwrap();
+    let o = reid_eval(
+        &[
+            &[
+                "ranks".as_ref(),
+                "--checkpoint".as_ref(),
+                not_a_model.as_os_str(),
+            ][..],
+            &data[..],
+            &[root.as_os_str(), "--out".as_ref(), failed.as_os_str()],
+        ]
+        .concat(),
+    );
+    assert!(!o.status.success());
+    assert!(!failed.exists(), "the failed run's folder stays");
+    // a link to nothing is named before anything is evaluated
+    let dangling = tmp.path().join("dangling");
+    std::os::unix::fs::symlink(tmp.path().join("nowhere"), &dangling).unwrap();
+    let o = reid_eval(
+        &[
+            &["ranks".as_ref(), "--checkpoint".as_ref(), a.as_os_str()][..],
+            &data[..],
+            &[root.as_os_str(), "--out".as_ref(), dangling.as_os_str()],
+        ]
+        .concat(),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("a symbolic link to nothing"), "{err}");
+
     // the folder now holds pictures: a second run is refused before it evaluates anything
     let o = reid_eval(
         &[

@@ -680,4 +680,43 @@ fn the_report_shows_the_queries_pruning_lost_and_gained() {
             }
         }
     }
+
+    // lists that are not of the cell's evaluation, or that name files outside the dataset's
+    // folder, are never drawn; unreadable per-query results are named, never counted as zeros
+    let cell = cells.iter().find(|c| c.scenario == "S1").unwrap();
+    let ranks_path = cell.folder.join("ranks.json");
+    let original = std::fs::read_to_string(&ranks_path).unwrap();
+    let mut doc: serde_json::Value = serde_json::from_str(&original).unwrap();
+    let queries = doc["tiny-target"]["queries"].as_array_mut().unwrap();
+    queries.reverse();
+    let tampered = [
+        (doc.to_string(), "ranks.json is not of its per_query.json"),
+        (
+            original.replacen("\"bounding_box_test/", "\"/etc/", 1),
+            "not a path inside the dataset",
+        ),
+    ];
+    for (text, note) in tampered {
+        std::fs::write(&ranks_path, text).unwrap();
+        reid_report::write_report(&cfg.out, &report, &Default::default()).unwrap();
+        let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+        assert!(html.contains(note), "{note}");
+        let stem = format!("figures/ranks-S1-{}-C1-", cell.criterion);
+        assert!(
+            !html.contains(&stem),
+            "{note}: a picture of {stem} is shown"
+        );
+    }
+    std::fs::write(&ranks_path, &original).unwrap();
+    std::fs::write(cell.folder.join("per_query.json"), "{\"tiny-target\": [").unwrap();
+    let summary = reid_report::write_report(&cfg.out, &report, &Default::default()).unwrap();
+    assert!(summary
+        .problems
+        .iter()
+        .any(|p| p.path == cell.folder.join("per_query.json")));
+    let table = std::fs::read_to_string(report.join("tables/pruning-changes.csv")).unwrap();
+    assert!(
+        table.contains(&format!("tiny-target,{},0,not compared", cell.criterion)),
+        "{table}"
+    );
 }

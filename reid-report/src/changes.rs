@@ -24,7 +24,8 @@ pub struct Changes {
     pub unpruned: String,
     /// Queries both were evaluated on.
     pub queries: usize,
-    pub flips: Flips,
+    /// The rank-1 flips; `None` when the two evaluations could not be compared (see `note`).
+    pub flips: Option<Flips>,
     pub pictures: Vec<Picture>,
     /// Why some or all pictures are missing.
     pub note: Option<String>,
@@ -41,8 +42,13 @@ pub struct Picture {
     pub png: Vec<u8>,
 }
 
-/// Every S1 cell at `level` with per-query results beside its experiment's unpruned model's.
-pub fn pruning_changes(runs: &[Run], level: &str) -> Vec<Changes> {
+/// Every S1 cell at `level` with per-query results beside its experiment's unpruned model's. A
+/// `per_query.json` that cannot be read is named in `problems` and its row says so.
+pub fn pruning_changes(
+    runs: &[Run],
+    level: &str,
+    problems: &mut Vec<crate::runs::Problem>,
+) -> Vec<Changes> {
     let mut out = Vec::new();
     for cell in runs
         .iter()
@@ -60,30 +66,51 @@ pub fn pruning_changes(runs: &[Run], level: &str) -> Vec<Changes> {
             continue;
         };
         let label = target.label().to_string();
-        let per_query = |r: &Run| RunFolder::new(&r.dir).read_per_query().ok()?.remove(&label);
-        let (Some(a), Some(b)) = (per_query(unpruned), per_query(cell)) else {
-            continue;
-        };
         let mut c = Changes {
             experiment: m.experiment.clone(),
             dataset: label.clone(),
             criterion: m.criterion.clone(),
             cell: cell.id.clone(),
             unpruned: unpruned.id.clone(),
-            queries: a.len(),
-            flips: Flips::default(),
+            queries: 0,
+            flips: None,
             pictures: Vec::new(),
             note: None,
         };
+        let mut per_query = |r: &Run| match RunFolder::new(&r.dir).read_per_query() {
+            Ok(mut all) => all.remove(&label),
+            Err(e) => {
+                problems.push(crate::runs::Problem {
+                    path: r.dir.join(reid_run::stats::PER_QUERY_FILE),
+                    message: e.to_string(),
+                });
+                c.note = Some(format!("not compared: {}", e));
+                None
+            }
+        };
+        let (a, b) = (per_query(unpruned), per_query(cell));
+        let (Some(a), Some(b)) = (a, b) else {
+            if c.note.is_some() {
+                out.push(c);
+            }
+            continue;
+        };
+        c.queries = a.len();
         match flips(&a, &b) {
-            Ok(f) => c.flips = f,
+            Ok(f) => c.flips = Some(f),
             Err(e) => {
                 c.note = Some(format!("not compared: {e}"));
                 out.push(c);
                 continue;
             }
         }
-        if let Err(why) = draw(&mut c, unpruned, cell, &label, target.root.as_deref()) {
+        if let Err(why) = draw(
+            &mut c,
+            (unpruned, &a),
+            (cell, &b),
+            &label,
+            target.root.as_deref(),
+        ) {
             c.note = Some(format!("pictures left out: {why}"));
         }
         out.push(c);
@@ -99,44 +126,60 @@ fn cell_target(cell: &Run) -> Option<reid_run::config::RecordedData> {
         .target
 }
 
-/// The first lost and gained queries of `c` as pictures.
+/// The first lost and gained queries of `c` as pictures, from each model's ranked lists when
+/// they are of the same evaluation as its per-query results. A picture that cannot be drawn (an
+/// image gone) is left out and the next one tried; the first such error is returned.
 fn draw(
     c: &mut Changes,
-    unpruned: &Run,
-    cell: &Run,
+    (unpruned, a_queries): (&Run, &reid_run::stats::PerQuery),
+    (cell, b_queries): (&Run, &reid_run::stats::PerQuery),
     label: &str,
     root: Option<&std::path::Path>,
 ) -> Result<(), String> {
     let root = root.ok_or("the cell's config.toml names no target folder")?;
-    let ranks = |r: &Run| {
-        RunFolder::new(&r.dir)
+    let ranks = |r: &Run, q: &reid_run::stats::PerQuery| {
+        let ranks = RunFolder::new(&r.dir)
             .read_ranks()
             .map_err(|e| e.to_string())?
             .remove(label)
-            .ok_or_else(|| format!("{} has no ranked lists (ranks.json) of {label}", r.id))
+            .ok_or_else(|| format!("{} has no ranked lists (ranks.json) of {label}", r.id))?;
+        reid_run::ranks::check_against(&ranks, q)
+            .map_err(|e| format!("{}: ranks.json is not of its per_query.json: {e}", r.id))?;
+        Ok::<_, String>(ranks)
     };
-    let (a, b) = (ranks(unpruned)?, ranks(cell)?);
-    if a.queries.len() != c.queries || b.queries.len() != c.queries {
-        return Err("ranks.json does not list the queries of per_query.json".into());
-    }
+    let (a, b) = (ranks(unpruned, a_queries)?, ranks(cell, b_queries)?);
+    let Some(flips) = &c.flips else {
+        return Ok(());
+    };
     let stem = crate::safe_component(&c.cell.replace('/', "-"));
-    let picked = [("lost", &c.flips.lost), ("gained", &c.flips.gained)];
-    for (kind, queries) in picked {
-        for (n, &q) in queries.iter().take(PICTURES_EACH).enumerate() {
+    let mut first_error = None;
+    for (kind, queries) in [("lost", &flips.lost), ("gained", &flips.gained)] {
+        let mut n = 0;
+        for &q in queries {
+            if n == PICTURES_EACH {
+                break;
+            }
             let rows = [
                 RankRow::of(&a, q, DEFAULT_TOP_K),
                 RankRow::of(&b, q, DEFAULT_TOP_K),
             ];
-            let png = draw_png(root, &rows).map_err(|e| e.to_string())?;
-            c.pictures.push(Picture {
-                slug: format!("ranks-{stem}-{kind}-{}", n + 1),
-                kind,
-                query: a.queries[q].file.clone(),
-                png,
-            });
+            match draw_png(root, &rows) {
+                Ok(png) => {
+                    n += 1;
+                    c.pictures.push(Picture {
+                        slug: format!("ranks-{stem}-{kind}-{n}"),
+                        kind,
+                        query: a.queries[q].file.clone(),
+                        png,
+                    });
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e.to_string());
+                }
+            }
         }
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
 }
 
 /// The counts as a table (one row a cell).
@@ -169,20 +212,32 @@ pub fn changes_table(changes: &[Changes], level: &str) -> Option<Table> {
         rows: changes
             .iter()
             .map(|c| {
-                let net = 100.0 * (c.flips.gained.len() as f64 - c.flips.lost.len() as f64)
-                    / c.queries.max(1) as f64;
                 let dataset = if several {
                     format!("{}: {}", c.experiment, c.dataset)
                 } else {
                     c.dataset.clone()
                 };
+                let counts = match &c.flips {
+                    Some(f) => {
+                        let net = 100.0 * (f.gained.len() as f64 - f.lost.len() as f64)
+                            / c.queries.max(1) as f64;
+                        [
+                            Some(f.lost.len().to_string()),
+                            Some(f.gained.len().to_string()),
+                            Some(format!("{net:+.1}")),
+                        ]
+                    }
+                    // never zeros for what was not compared
+                    None => [Some("not compared".into()), None, None],
+                };
+                let [lost, gained, net] = counts;
                 vec![
                     Some(dataset),
                     Some(c.criterion.clone()),
                     Some(c.queries.to_string()),
-                    Some(c.flips.lost.len().to_string()),
-                    Some(c.flips.gained.len().to_string()),
-                    Some(format!("{net:+.1}")),
+                    lost,
+                    gained,
+                    net,
                 ]
             })
             .collect(),

@@ -75,14 +75,21 @@ fn changes_html(changes: &[crate::changes::Changes]) -> String {
         if c.pictures.is_empty() && c.note.is_none() {
             continue;
         }
-        s += &format!(
-            "<h3>{} on {}: {} lost, {} gained of {} queries</h3>\n",
-            esc(&c.criterion),
-            esc(&c.dataset),
-            c.flips.lost.len(),
-            c.flips.gained.len(),
-            c.queries
-        );
+        s += &match &c.flips {
+            Some(f) => format!(
+                "<h3>{} on {}: {} lost, {} gained of {} queries</h3>\n",
+                esc(&c.criterion),
+                esc(&c.dataset),
+                f.lost.len(),
+                f.gained.len(),
+                c.queries
+            ),
+            None => format!(
+                "<h3>{} on {}: not compared</h3>\n",
+                esc(&c.criterion),
+                esc(&c.dataset)
+            ),
+        };
         if let Some(n) = &c.note {
             s += &format!("<p class=\"note\">{}</p>\n", esc(n));
         }

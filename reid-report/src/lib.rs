@@ -247,7 +247,7 @@ pub fn write_report(
         tables.insert(0, c);
     }
     // what pruning changed, query by query: after the claims, before the paper's tables
-    let changes = changes::pruning_changes(&runs, &level);
+    let changes = changes::pruning_changes(&runs, &level, &mut problems);
     if let Some(t) = changes::changes_table(&changes, &level) {
         let at = tables
             .iter()

@@ -334,6 +334,9 @@ pub const RUN_FILES: [&str; 14] = [
     "step.json",
 ];
 
+/// The largest per-query or ranked-list file read (MSMT17's 11 659 queries take a few MiB).
+const MAX_LABELLED_FILE: u64 = 256 << 20;
+
 /// Where `--overwrite` keeps the replaced run until the new one has succeeded.
 pub const REPLACED_DIR: &str = ".replaced";
 
@@ -526,6 +529,20 @@ impl RunFolder {
         let path = self.dir.join(file);
         if !path.exists() {
             return Ok(BTreeMap::new());
+        }
+        // a FIFO would block the reader, a device or a huge file exhaust its memory
+        let meta = std::fs::metadata(&path).map_err(|source| RunFileError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        if !meta.is_file() || meta.len() > MAX_LABELLED_FILE {
+            return Err(RunFileError::Invalid {
+                path: path.clone(),
+                message: format!(
+                    "not {what}: expected a regular file of at most {} MiB",
+                    MAX_LABELLED_FILE >> 20
+                ),
+            });
         }
         let text = std::fs::read_to_string(&path).map_err(|source| RunFileError::Read {
             path: path.clone(),

@@ -35,7 +35,8 @@ pub struct RankedQuery {
 }
 
 impl Ranks {
-    /// Every index in range, one identity per image.
+    /// Every index in range, one identity per image, every image a path inside the dataset's
+    /// folder (relative, without `..`: a list never shows a file from elsewhere).
     pub fn validate(&self) -> Result<(), String> {
         if self.images.len() != self.image_pids.len() {
             return Err(format!(
@@ -43,6 +44,13 @@ impl Ranks {
                 self.images.len(),
                 self.image_pids.len()
             ));
+        }
+        for file in self
+            .images
+            .iter()
+            .chain(self.queries.iter().map(|q| &q.file))
+        {
+            inside_root(file)?;
         }
         for (i, q) in self.queries.iter().enumerate() {
             if let Some(&j) = q.top.iter().find(|&&j| j as usize >= self.images.len()) {
@@ -86,6 +94,56 @@ impl Ranks {
         }
         ranks
     }
+}
+
+/// `file` names a path under a dataset's folder: relative, no `..`, no root or prefix.
+fn inside_root(file: &str) -> Result<(), String> {
+    use std::path::Component;
+    let ok = !file.is_empty()
+        && std::path::Path::new(file)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "image '{file}' is not a path inside the dataset's folder (relative, without '..')"
+        ))
+    }
+}
+
+/// Whether `ranks` lists the queries of `per_query` (the same evaluation): the same number,
+/// each query's identity, and each list's first true match at the query's first-match rank
+/// (or, when the list shows none, a rank beyond it). The error names the first query that
+/// disagrees.
+pub fn check_against(ranks: &Ranks, per_query: &crate::stats::PerQuery) -> Result<(), String> {
+    if ranks.queries.len() != per_query.len() {
+        return Err(format!(
+            "ranked lists of {} queries beside per-query results of {}",
+            ranks.queries.len(),
+            per_query.len()
+        ));
+    }
+    for (i, q) in ranks.queries.iter().enumerate() {
+        let first = per_query.first_rank[i] as usize;
+        let hit = (0..q.top.len()).find(|&r| ranks.is_match(i, r));
+        let agrees = q.pid == per_query.pid[i]
+            && match hit {
+                Some(r) => r + 1 == first,
+                None => first > q.top.len(),
+            };
+        if !agrees {
+            return Err(format!(
+                "query {i} ({}): its ranked list disagrees with its per-query result (identity {} \
+                 vs {}, first match at {} vs rank {first})",
+                q.file,
+                q.pid,
+                per_query.pid[i],
+                hit.map_or("none shown".to_string(), |r| format!("{}", r + 1))
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The queries model `a` answers at rank 1 and model `b` does not (`lost`), and the reverse
@@ -171,5 +229,67 @@ mod tests {
         let mut bad = r.clone();
         bad.queries[0].top.push(7);
         assert!(bad.validate().unwrap_err().contains("lists image 7 of 3"));
+        // no file outside the dataset's folder
+        for outside in ["/etc/passwd", "../x.jpg", "a/../../b.jpg", ""] {
+            let mut bad = r.clone();
+            bad.images[0] = outside.into();
+            let e = bad.validate().unwrap_err();
+            assert!(
+                e.contains("not a path inside the dataset's folder"),
+                "{outside}: {e}"
+            );
+            let mut bad = r.clone();
+            bad.queries[1].file = outside.into();
+            assert!(bad.validate().is_err(), "{outside}");
+        }
+    }
+
+    /// Ranked lists that are not of the per-query results' evaluation (reordered, of another
+    /// model, with other identities) are told apart.
+    #[test]
+    fn lists_are_checked_against_their_per_query_results() {
+        let gallery = ["g0.jpg", "g1.jpg", "g2.jpg"];
+        let r = Ranks::from_indices(
+            |j| (gallery[j], [5, 6, 5][j]),
+            [
+                ("q0.jpg".to_string(), 5, vec![1, 0]),
+                ("q1.jpg".to_string(), 6, vec![1, 2]),
+            ],
+        );
+        let pq = PerQuery {
+            pid: vec![5, 6],
+            ap: vec![0.5, 1.0],
+            first_rank: vec![2, 1],
+            inp: vec![0.5, 1.0],
+        };
+        check_against(&r, &pq).unwrap();
+        // a first match beyond the list is fine
+        let mut far = r.clone();
+        far.queries[0].top = vec![0];
+        let mut pq_far = pq.clone();
+        pq_far.first_rank[0] = 7;
+        check_against(&far, &pq_far).unwrap();
+        // reordered queries, another identity, another first rank, another count
+        let mut swapped = r.clone();
+        swapped.queries.reverse();
+        assert!(check_against(&swapped, &pq)
+            .unwrap_err()
+            .contains("query 0"));
+        let mut other = pq.clone();
+        other.first_rank[1] = 2;
+        assert!(check_against(&r, &other)
+            .unwrap_err()
+            .contains("query 1 (q1.jpg)"));
+        let mut near = pq.clone();
+        near.first_rank[0] = 1;
+        assert!(check_against(&far, &near).is_err());
+        let mut fewer = pq.clone();
+        fewer.pid.pop();
+        fewer.ap.pop();
+        fewer.first_rank.pop();
+        fewer.inp.pop();
+        assert!(check_against(&r, &fewer)
+            .unwrap_err()
+            .contains("of 2 queries beside"));
     }
 }

@@ -106,25 +106,59 @@ pub fn run(a: Args) -> Result<()> {
     if a.queries == 0 {
         bail!("--queries 0: expected at least one query to draw");
     }
-    // the folder is checked before the long evaluation, and nothing in it is replaced
-    if a.out.exists() {
-        let empty = a.out.is_dir()
-            && std::fs::read_dir(&a.out)
-                .with_context(|| format!("--out {}: cannot read it", a.out.display()))?
-                .next()
-                .is_none();
-        if !empty {
-            bail!(
-                "--out {}: exists and is not an empty folder; give a new or empty folder",
-                a.out.display()
-            );
+    // the folder is claimed and checked before the long evaluation, and nothing in it is
+    // replaced: a new folder, or an empty one (but for an earlier run's released lock)
+    if a.out.is_symlink() && !a.out.exists() {
+        bail!(
+            "--out {}: a symbolic link to nothing; give a new or empty folder",
+            a.out.display()
+        );
+    }
+    if a.out.exists() && !a.out.is_dir() {
+        bail!(
+            "--out {}: exists and is not a folder; give a new or empty folder",
+            a.out.display()
+        );
+    }
+    let created = !a.out.exists();
+    let _lock = reid_run::lock::claim_folder(&a.out, "reid-eval ranks")
+        .with_context(|| format!("--out {}", a.out.display()))?;
+    let holds_something = std::fs::read_dir(&a.out)
+        .with_context(|| format!("--out {}: cannot read it", a.out.display()))?
+        .flatten()
+        .any(|e| e.file_name() != reid_run::lock::LOCK_FILE);
+    if holds_something {
+        bail!(
+            "--out {}: exists and is not an empty folder; give a new or empty folder",
+            a.out.display()
+        );
+    }
+    let result = draw_all(&a);
+    if result.is_err() {
+        // a failed run leaves the folder as it found it: what it wrote goes
+        if let Ok(entries) = std::fs::read_dir(&a.out) {
+            for e in entries.flatten() {
+                if e.file_name() != reid_run::lock::LOCK_FILE {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        if created {
+            drop(_lock);
+            let _ = std::fs::remove_file(a.out.join(reid_run::lock::LOCK_FILE));
+            let _ = std::fs::remove_dir(&a.out);
         }
     }
+    result
+}
+
+/// Evaluate, pick the queries, write ranks.json and the pictures into the claimed `--out`.
+fn draw_all(a: &Args) -> Result<()> {
     let device = reid_model::device::open_device(a.device)?;
     let ds = reid_data::datasets::load(&a.dataset, &a.root)?;
-    let first = evaluate(&a.checkpoint, &ds, &a, &device)?;
+    let first = evaluate(&a.checkpoint, &ds, a, &device)?;
     let second = match &a.compare {
-        Some(b) => Some(evaluate(b, &ds, &a, &device)?),
+        Some(b) => Some(evaluate(b, &ds, a, &device)?),
         None => None,
     };
     // which queries, under which name
@@ -141,12 +175,14 @@ pub fn run(a: Args) -> Result<()> {
             a.checkpoint.display()
         );
         if a.flips {
-            let half = a.queries.div_ceil(2);
-            picked.extend(f.lost.iter().take(half).map(|&q| ("lost".to_string(), q)));
+            // at most --queries in all: half lost, the rest gained
+            let lost = f.lost.len().min(a.queries.div_ceil(2));
+            let gained = f.gained.len().min(a.queries - lost);
+            picked.extend(f.lost.iter().take(lost).map(|&q| ("lost".to_string(), q)));
             picked.extend(
                 f.gained
                     .iter()
-                    .take(half)
+                    .take(gained)
                     .map(|&q| ("gained".to_string(), q)),
             );
         }
@@ -155,7 +191,6 @@ pub fn run(a: Args) -> Result<()> {
         let n = first.ranks.queries.len().min(a.queries);
         picked.extend((0..n).map(|q| ("query".to_string(), q)));
     }
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let run = reid_run::RunFolder::new(&a.out);
     run.write_ranks("checkpoint", &first.ranks)?;
     if let Some(b) = &second {
