@@ -380,3 +380,44 @@ fn an_unfinished_training_gets_no_metrics_from_an_evaluation() {
     ));
     assert!(run.join("other.json").is_file());
 }
+
+/// A metrics file outside any run folder (`--out` elsewhere) names the model its results are
+/// of: a second model of the same shape is refused, not merged beside the first one's results
+/// (before, only the architecture and parameter count were compared).
+#[test]
+fn a_loose_metrics_file_holds_one_models_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = dataset(tmp.path());
+    let (a, b) = (
+        tmp.path().join("a.safetensors"),
+        tmp.path().join("b.safetensors"),
+    );
+    model(&a, 1);
+    model(&b, 2);
+    let out = tmp.path().join("results").join("metrics.json");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let out_flag = ["--out", out.to_str().unwrap()];
+    ok(&eval(&a, &root, &out_flag));
+    let first = metrics(&out);
+    assert_eq!(
+        first.model_sha256.as_deref(),
+        Some(reid_run::file_sha256(&a).unwrap().as_str())
+    );
+    // the same model under other options: merged
+    ok(&eval(&a, &root, &[&out_flag[..], &["--flip"]].concat()));
+    assert_eq!(metrics(&out).eval.len(), 2);
+    // another model of the same shape: refused, the file as it was
+    let before = std::fs::read(&out).unwrap();
+    let o = eval(
+        &b,
+        &root,
+        &[&out_flag[..], &["--flip", "--metric", "euclidean"]].concat(),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("holds the results of another model") && err.contains("b.safetensors"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+}

@@ -168,6 +168,10 @@ pub struct RunMetrics {
     /// [`EXPERIMENT_DATA_FILE`] when the cell was written), a training run's [`TRAIN_DATA`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub data: BTreeMap<String, String>,
+    /// The sha256 of the model every evaluation here is of, where the folder holds no model of
+    /// its own (`reid-eval --out` elsewhere): results of another model are refused, not merged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_sha256: Option<String>,
 }
 
 fn string_or_number<'de, D: serde::Deserializer<'de>>(

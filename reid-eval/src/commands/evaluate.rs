@@ -202,6 +202,22 @@ fn destination(
         }
     }
     if let Some(m) = &existing {
+        // a file of another model's results (by content, where it records one)
+        if let Some(recorded) = m.model_sha256.as_deref().filter(|_| !model.is_file()) {
+            let this =
+                reid_run::file_sha256(ck).with_context(|| format!("reading {}", ck.display()))?;
+            if recorded != this {
+                bail!(
+                    "{} holds the results of another model (sha256 {}…), and {} is not it \
+                     (sha256 {}…): results of two models do not go into one file; give --out \
+                     elsewhere",
+                    out.display(),
+                    &recorded[..recorded.len().min(12)],
+                    ck.display(),
+                    &this[..this.len().min(12)]
+                );
+            }
+        }
         // parameters, not MACs: they do not depend on the input size, which may be unknown
         if m.backbone != backbone || m.params != params {
             bail!(
@@ -305,6 +321,13 @@ pub fn run(a: Args) -> Result<()> {
             macs: c.backbone.macs,
             params: c.backbone.params,
             tool_version: Some(env!("CARGO_PKG_VERSION").into()),
+            // a file outside the model's own run folder names the model it describes
+            model_sha256: (!reid_run::folder_of(&out)
+                .join("model.safetensors")
+                .is_file())
+            .then(|| reid_run::file_sha256(&ck))
+            .transpose()
+            .with_context(|| format!("reading {}", ck.display()))?,
             ..Default::default()
         },
     };
