@@ -444,3 +444,245 @@ pub fn export(net: &ReidNet, opts: &OnnxOptions) -> Result<Vec<u8>> {
         .write_to_bytes()
         .map_err(|e| ModelError::Arch(format!("encoding the ONNX model: {e}")))
 }
+
+/// The ONNX model of any model graph with its weights ([`crate::graph_net::GraphNet`]: e.g.
+/// MobileNetV2), from the image tensor to the re-ID feature (`OnnxFeature::Pool`: the pooled
+/// map, before any neck): one ONNX node per graph node (ReLU6 as `Clip`, a depthwise conv as a
+/// grouped `Conv`; `fold_bn` folds a BN into the conv it follows when that conv feeds it alone).
+pub fn export_graph(net: &crate::graph_net::GraphNet, opts: &OnnxOptions) -> Result<Vec<u8>> {
+    use reid_run::graph::Op;
+    if !(13..=MAX_OPSET).contains(&opts.opset) {
+        return Err(ModelError::Input(format!(
+            "--opset {}: expected 13..={MAX_OPSET}",
+            opts.opset
+        )));
+    }
+    if let OnnxBatch::Fixed(0) = opts.batch {
+        return Err(ModelError::Input("batch 0: at least 1".into()));
+    }
+    let g = &net.graph;
+    let (h, w) = opts.input;
+    if g.conv_macs(h, w).is_none() {
+        return Err(ModelError::Input(format!(
+            "{h}x{w}: too small an image for this network"
+        )));
+    }
+    let pool = g
+        .nodes
+        .iter()
+        .position(|n| n.op == Op::GlobalAvgPool)
+        .ok_or_else(|| ModelError::Arch("the graph has no global pool".into()))?;
+    let output = match opts.feature {
+        OnnxFeature::Pool => pool,
+        OnnxFeature::Neck => g.feature,
+    };
+    let sd: Vec<(String, candle_core::Tensor)> = net
+        .tensors()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let readers = |i: usize| g.nodes.iter().filter(|n| n.inputs.contains(&i)).count();
+    // a BN folded into the conv before it: BN node → conv node
+    let mut folded_into: std::collections::HashMap<usize, usize> = Default::default();
+    if opts.fold_bn {
+        for (i, n) in g.nodes.iter().enumerate() {
+            if let (Op::BatchNorm { .. }, [c]) = (&n.op, n.inputs.as_slice()) {
+                if matches!(g.nodes[*c].op, Op::Conv { .. }) && readers(*c) == 1 {
+                    folded_into.insert(i, *c);
+                }
+            }
+        }
+    }
+    let folding: std::collections::HashMap<usize, usize> =
+        folded_into.iter().map(|(&bn, &c)| (c, bn)).collect();
+    let mut b = Builder {
+        nodes: Vec::new(),
+        inits: Vec::new(),
+    };
+    let mut names: Vec<String> = Vec::with_capacity(g.nodes.len());
+    for (i, n) in g.nodes.iter().enumerate() {
+        let input = |k: usize| names[n.inputs[k]].clone();
+        let out = format!("n{i}");
+        let name = match &n.op {
+            Op::Input { .. } => {
+                let mut x = "input".to_string();
+                if opts.bake_normalisation {
+                    let scale: Vec<f32> = STD.iter().map(|s| 1.0 / (255.0 * s)).collect();
+                    let shift: Vec<f32> = MEAN.iter().zip(&STD).map(|(m, s)| -m / s).collect();
+                    let s = b.init("normalise.scale", &[1, 3, 1, 1], scale);
+                    let t = b.init("normalise.shift", &[1, 3, 1, 1], shift);
+                    let y = b.node(
+                        "Mul",
+                        "normalise.mul",
+                        &[&x, &s],
+                        "normalise.scaled",
+                        vec![],
+                    );
+                    x = b.node("Add", "normalise.add", &[&y, &t], "normalised", vec![]);
+                }
+                x
+            }
+            Op::Conv {
+                name,
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+                groups,
+            } => {
+                let wname = format!("{name}.weight");
+                let mut weight = tensor(&sd, &wname)?;
+                let dims = [*out_channels, in_channels / groups, *kernel, *kernel];
+                let p = *padding as i64;
+                let attrs = vec![
+                    attr_ints("kernel_shape", &[*kernel as i64, *kernel as i64]),
+                    attr_ints("strides", &[*stride as i64, *stride as i64]),
+                    attr_ints("pads", &[p, p, p, p]),
+                    attr_int("group", *groups as i64),
+                ];
+                let mut inputs = vec![input(0)];
+                if let Some(&bn) = folding.get(&i) {
+                    let Op::BatchNorm { name: bn_name, .. } = &g.nodes[bn].op else {
+                        unreachable!("a folded node is a BN")
+                    };
+                    let (scale, shift) = bn_affine(&sd, bn_name)?;
+                    let per = weight.len() / out_channels;
+                    for (k, v) in weight.iter_mut().enumerate() {
+                        *v *= scale[k / per];
+                    }
+                    inputs.push(b.init(&wname, &dims, weight));
+                    inputs.push(b.init(&format!("{name}.bias"), &[*out_channels], shift));
+                } else {
+                    inputs.push(b.init(&wname, &dims, weight));
+                }
+                let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+                b.node("Conv", name, &refs, &out, attrs)
+            }
+            Op::BatchNorm { name, channels } => {
+                if folded_into.contains_key(&i) {
+                    input(0)
+                } else {
+                    let t: Vec<String> = ["weight", "bias", "running_mean", "running_var"]
+                        .iter()
+                        .map(|t| {
+                            let n = format!("{name}.{t}");
+                            tensor(&sd, &n).map(|v| b.init(&n, &[*channels], v))
+                        })
+                        .collect::<Result<_>>()?;
+                    let x = input(0);
+                    b.node(
+                        "BatchNormalization",
+                        name,
+                        &[&x, &t[0], &t[1], &t[2], &t[3]],
+                        &out,
+                        vec![attr_float("epsilon", BN_EPS)],
+                    )
+                }
+            }
+            Op::Relu => {
+                let x = input(0);
+                b.node("Relu", &out, &[&x], &out, vec![])
+            }
+            Op::Relu6 => {
+                let lo = b.init(&format!("{out}.min"), &[], vec![0.0]);
+                let hi = b.init(&format!("{out}.max"), &[], vec![6.0]);
+                let x = input(0);
+                b.node("Clip", &out, &[&x, &lo, &hi], &out, vec![])
+            }
+            Op::Add => {
+                let xs: Vec<String> = (0..n.inputs.len()).map(input).collect();
+                let refs: Vec<&str> = xs.iter().map(String::as_str).collect();
+                b.node(
+                    if refs.len() == 2 { "Add" } else { "Sum" },
+                    &out,
+                    &refs,
+                    &out,
+                    vec![],
+                )
+            }
+            Op::MaxPool {
+                kernel,
+                stride,
+                padding,
+            } => {
+                let p = *padding as i64;
+                let x = input(0);
+                b.node(
+                    "MaxPool",
+                    &out,
+                    &[&x],
+                    &out,
+                    vec![
+                        attr_ints("kernel_shape", &[*kernel as i64, *kernel as i64]),
+                        attr_ints("strides", &[*stride as i64, *stride as i64]),
+                        attr_ints("pads", &[p, p, p, p]),
+                    ],
+                )
+            }
+            Op::GlobalAvgPool => {
+                let x = input(0);
+                let gap = b.node(
+                    "GlobalAveragePool",
+                    &out,
+                    &[&x],
+                    &format!("{out}.map"),
+                    vec![],
+                );
+                b.node(
+                    "Flatten",
+                    &format!("{out}.flatten"),
+                    &[&gap],
+                    &out,
+                    vec![attr_int("axis", 1)],
+                )
+            }
+            // the classifier is not part of the re-ID feature's graph
+            Op::Linear { .. } => String::new(),
+        };
+        names.push(name);
+        if i == output {
+            break;
+        }
+    }
+    // the output is named `feature`: an Identity from the node it is
+    let last = names[output].clone();
+    b.node("Identity", "feature", &[&last], "feature", vec![]);
+    let channels = g.channels()[output];
+    let n = match opts.batch {
+        OnnxBatch::Fixed(n) => Some(n),
+        OnnxBatch::Dynamic => None,
+    };
+    let graph = GraphProto {
+        name: "model-graph".into(),
+        node: b.nodes,
+        initializer: b.inits,
+        input: vec![value_info("input", &[n, Some(3), Some(h), Some(w)])],
+        output: vec![value_info("feature", &[n, Some(channels)])],
+        ..Default::default()
+    };
+    let model = ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: opts.opset,
+            ..Default::default()
+        }],
+        producer_name: "reid-prune".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        graph: Some(graph).into(),
+        metadata_props: opts
+            .metadata
+            .iter()
+            .map(|(k, v)| StringStringEntryProto {
+                key: k.clone(),
+                value: v.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    model
+        .write_to_bytes()
+        .map_err(|e| ModelError::Arch(format!("encoding the ONNX model: {e}")))
+}

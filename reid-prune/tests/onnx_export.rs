@@ -280,3 +280,71 @@ fn broken_checkpoints_and_bad_options_leave_no_onnx_file() {
     assert!(!o.status.success());
     assert_eq!(std::fs::read(&out).unwrap(), b"old");
 }
+
+/// Any model graph exports: torchvision's MobileNetV2 (grouped depthwise convs, ReLU6 as Clip,
+/// residual additions) built from its graph and the golden weights, run in tract, gives the
+/// graph's own pooled features, BN as nodes and folded into its convs; ResNet-50's graph gives
+/// torchvision's golden features.
+#[test]
+fn a_model_graph_exports_mobilenet_v2_to_its_own_features() {
+    use reid_model::graph_net::GraphNet;
+    use reid_model::onnx::{export_graph, OnnxBatch, OnnxFeature, OnnxOptions};
+    let dev = Device::Cpu;
+    let g = golden();
+    let weights = read_safetensors(&g.join("mobilenet/mobilenet_v2.safetensors"), &dev).unwrap();
+    let graph =
+        reid_run::graph::ModelGraph::mobilenet_v2(1.0, 1000, &std::collections::BTreeMap::new());
+    let net = GraphNet::new(graph, &weights.tensors).unwrap();
+    let x = read_safetensors(&g.join("resnet/input.safetensors"), &dev)
+        .unwrap()
+        .tensors["input"]
+        .to_dtype(candle_core::DType::F32)
+        .unwrap();
+    let all = net.forward_all(&x).unwrap();
+    let want = &all[net.graph.feature];
+    let tmp = tempfile::tempdir().unwrap();
+    for fold_bn in [false, true] {
+        let bytes = export_graph(
+            &net,
+            &OnnxOptions {
+                feature: OnnxFeature::Pool,
+                batch: OnnxBatch::Dynamic,
+                input: (256, 128),
+                fold_bn,
+                ..OnnxOptions::default()
+            },
+        )
+        .unwrap();
+        let file = tmp.path().join(format!("mnv2-{fold_bn}.onnx"));
+        std::fs::write(&file, bytes).unwrap();
+        let (shape, got, _) = run_onnx(&file, &x);
+        assert_eq!(shape, [2, 1280]);
+        let d = rel_diff(&got, want);
+        eprintln!("fold_bn {fold_bn}: relative max difference {d:.2e}");
+        assert!(d < 1e-4, "fold_bn {fold_bn}: {d}");
+    }
+    // the ResNet graph exports the same way: torchvision's ResNet-50 to its golden features
+    let weights = read_safetensors(&g.join("resnet/resnet50.safetensors"), &dev).unwrap();
+    let outputs = read_safetensors(&g.join("resnet/resnet50_outputs.safetensors"), &dev).unwrap();
+    let spec = ArchSpec::resnet_with(50, 0, 1.0, 2, reid_model::Neck::None).unwrap();
+    let net = GraphNet::new(
+        reid_run::graph::ModelGraph::of_resnet(&spec),
+        &weights.tensors,
+    )
+    .unwrap();
+    let bytes = export_graph(
+        &net,
+        &OnnxOptions {
+            feature: OnnxFeature::Pool,
+            fold_bn: true,
+            ..OnnxOptions::default()
+        },
+    )
+    .unwrap();
+    let file = tmp.path().join("r50.onnx");
+    std::fs::write(&file, bytes).unwrap();
+    let (_, got, _) = run_onnx(&file, &x);
+    let d = rel_diff(&got, &outputs.tensors["input.features"]);
+    eprintln!("resnet50 graph export: relative max difference {d:.2e}");
+    assert!(d < 1e-4, "{d}");
+}
