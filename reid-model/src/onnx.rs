@@ -1,8 +1,9 @@
-//! ONNX export of a [`ReidNet`] (any width profile: unpruned, pruned branch convs, pruned
-//! residual groups): a standard opset-13 graph from the image tensor to the re-ID feature,
-//! built from the net's [`ArchSpec`] with initializers named as the checkpoint's tensors
-//! (`layer2.0.conv1.weight`, `layer2.0.bn1.running_mean`, …). The protobuf types are the
-//! maintained `onnx-protobuf` crate's.
+//! ONNX export of any model graph ([`export_graph`]: MobileNetV2, …) and of a [`ReidNet`] (any
+//! width profile: unpruned, pruned branch convs, pruned residual groups) through its graph: a
+//! standard opset-13 graph from the image tensor to the re-ID feature, one ONNX node per graph
+//! node, with initializers named as the checkpoint's tensors (`layer2.0.conv1.weight`,
+//! `layer2.0.bn1.running_mean`, …). The protobuf types are the maintained `onnx-protobuf`
+//! crate's.
 
 use onnx_protobuf::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
@@ -10,7 +11,6 @@ use onnx_protobuf::{
     StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
-use crate::arch::Neck;
 use crate::error::{ModelError, Result};
 use crate::ReidNet;
 
@@ -216,233 +216,17 @@ pub fn is_onnx_model(bytes: &[u8]) -> bool {
 /// accepts up to ONNX 1.17's opset 22.
 pub const MAX_OPSET: i64 = 22;
 
-/// The ONNX model of `net` as protobuf bytes.
+/// The ONNX model of `net` as protobuf bytes: its architecture's model graph
+/// ([`reid_run::graph::ModelGraph::of_resnet`]) with its weights, through [`export_graph`].
 pub fn export(net: &ReidNet, opts: &OnnxOptions) -> Result<Vec<u8>> {
-    if !(13..=MAX_OPSET).contains(&opts.opset) {
-        return Err(ModelError::Input(format!(
-            "--opset {}: expected 13..={MAX_OPSET} (the graph uses opset-13 operators, whose \
-             meaning for these f32 graphs is unchanged up to opset {MAX_OPSET})",
-            opts.opset
-        )));
-    }
     let (h, w) = opts.input;
     let spec = net.spec();
     spec.check_input(h, w, false)?;
-    if let OnnxBatch::Fixed(0) = opts.batch {
-        return Err(ModelError::Input("batch 0: at least 1".into()));
-    }
-    let sd = net.state_dict()?;
-    let mut b = Builder {
-        nodes: Vec::new(),
-        inits: Vec::new(),
-    };
-    let mut x = "input".to_string();
-    if opts.bake_normalisation {
-        // (x / 255 − mean) / std = x · 1/(255 std) − mean/std
-        let scale: Vec<f32> = STD.iter().map(|s| 1.0 / (255.0 * s)).collect();
-        let shift: Vec<f32> = MEAN.iter().zip(&STD).map(|(m, s)| -m / s).collect();
-        let s = b.init("normalise.scale", &[1, 3, 1, 1], scale);
-        let t = b.init("normalise.shift", &[1, 3, 1, 1], shift);
-        let y = b.node(
-            "Mul",
-            "normalise.mul",
-            &[&x, &s],
-            "normalise.scaled",
-            vec![],
-        );
-        x = b.node("Add", "normalise.add", &[&y, &t], "normalised", vec![]);
-    }
-    // conv + BN (+ ReLU) of one ConvInfo
-    let conv_bn =
-        |b: &mut Builder, x: &str, c: &crate::arch::ConvInfo, relu: bool| -> Result<String> {
-            let wname = format!("{}.weight", c.name);
-            let weight = tensor(&sd, &wname)?;
-            let dims = [c.out_channels, c.in_channels, c.kernel, c.kernel];
-            let p = c.padding as i64;
-            let attrs = || {
-                vec![
-                    attr_ints("kernel_shape", &[c.kernel as i64, c.kernel as i64]),
-                    attr_ints("strides", &[c.stride as i64, c.stride as i64]),
-                    attr_ints("pads", &[p, p, p, p]),
-                ]
-            };
-            let y = if opts.fold_bn {
-                let (scale, shift) = bn_affine(&sd, &c.bn)?;
-                let per = c.in_channels * c.kernel * c.kernel;
-                let folded: Vec<f32> = weight
-                    .iter()
-                    .enumerate()
-                    .map(|(i, w)| w * scale[i / per])
-                    .collect();
-                let wn = b.init(&wname, &dims, folded);
-                let bn = b.init(&format!("{}.bias", c.name), &[c.out_channels], shift);
-                b.node(
-                    "Conv",
-                    &c.name,
-                    &[x, &wn, &bn],
-                    &format!("{}.out", c.name),
-                    attrs(),
-                )
-            } else {
-                let wn = b.init(&wname, &dims, weight);
-                let y = b.node(
-                    "Conv",
-                    &c.name,
-                    &[x, &wn],
-                    &format!("{}.out", c.name),
-                    attrs(),
-                );
-                let names: Vec<String> = ["weight", "bias", "running_mean", "running_var"]
-                    .iter()
-                    .map(|t| {
-                        let n = format!("{}.{t}", c.bn);
-                        tensor(&sd, &n).map(|v| b.init(&n, &[c.out_channels], v))
-                    })
-                    .collect::<Result<_>>()?;
-                b.node(
-                    "BatchNormalization",
-                    &c.bn,
-                    &[&y, &names[0], &names[1], &names[2], &names[3]],
-                    &format!("{}.out", c.bn),
-                    vec![attr_float("epsilon", BN_EPS)],
-                )
-            };
-            Ok(if relu {
-                b.node(
-                    "Relu",
-                    &format!("{}.relu", c.name),
-                    &[&y],
-                    &format!("{}.relu", c.name),
-                    vec![],
-                )
-            } else {
-                y
-            })
-        };
-    let convs = spec.convs();
-    let find = |name: &str| {
-        convs
-            .iter()
-            .find(|c| c.name == name)
-            .ok_or_else(|| ModelError::Arch(format!("the architecture has no conv {name}")))
-    };
-    x = conv_bn(&mut b, &x, find("conv1")?, true)?;
-    x = b.node(
-        "MaxPool",
-        "maxpool",
-        &[&x],
-        "maxpool.out",
-        vec![
-            attr_ints("kernel_shape", &[3, 3]),
-            attr_ints("strides", &[2, 2]),
-            attr_ints("pads", &[1, 1, 1, 1]),
-        ],
-    );
-    for (s, blocks) in spec.stages.iter().enumerate() {
-        for (i, blk) in blocks.iter().enumerate() {
-            let prefix = format!("layer{}.{i}", s + 1);
-            let k = blk.widths.len();
-            let mut y = x.clone();
-            for j in 0..k {
-                y = conv_bn(
-                    &mut b,
-                    &y,
-                    find(&format!("{prefix}.conv{}", j + 1))?,
-                    j + 1 < k,
-                )?;
-            }
-            let shortcut = if blk.downsample {
-                conv_bn(&mut b, &x, find(&format!("{prefix}.downsample.0"))?, false)?
-            } else {
-                x.clone()
-            };
-            let sum = b.node(
-                "Add",
-                &format!("{prefix}.add"),
-                &[&y, &shortcut],
-                &format!("{prefix}.sum"),
-                vec![],
-            );
-            x = b.node(
-                "Relu",
-                &format!("{prefix}.relu"),
-                &[&sum],
-                &format!("{prefix}.out"),
-                vec![],
-            );
-        }
-    }
-    let gap = b.node("GlobalAveragePool", "avgpool", &[&x], "avgpool.out", vec![]);
-    let with_neck = opts.feature == OnnxFeature::Neck && spec.neck == Neck::BnNeck;
-    let pooled_name = if with_neck { "pool" } else { "feature" };
-    let pooled = b.node(
-        "Flatten",
-        "flatten",
-        &[&gap],
-        pooled_name,
-        vec![attr_int("axis", 1)],
-    );
-    if with_neck {
-        let c = spec.feature_dim;
-        if opts.fold_bn {
-            let (scale, shift) = bn_affine(&sd, "bnneck")?;
-            let s = b.init("bnneck.scale", &[c], scale);
-            let t = b.init("bnneck.shift", &[c], shift);
-            let y = b.node("Mul", "bnneck.mul", &[&pooled, &s], "bnneck.scaled", vec![]);
-            b.node("Add", "bnneck", &[&y, &t], "feature", vec![]);
-        } else {
-            let names: Vec<String> = ["weight", "bias", "running_mean", "running_var"]
-                .iter()
-                .map(|t| {
-                    let n = format!("bnneck.{t}");
-                    tensor(&sd, &n).map(|v| b.init(&n, &[c], v))
-                })
-                .collect::<Result<_>>()?;
-            b.node(
-                "BatchNormalization",
-                "bnneck",
-                &[&pooled, &names[0], &names[1], &names[2], &names[3]],
-                "feature",
-                vec![attr_float("epsilon", BN_EPS)],
-            );
-        }
-    }
-    let n = match opts.batch {
-        OnnxBatch::Fixed(n) => Some(n),
-        OnnxBatch::Dynamic => None,
-    };
-    let graph = GraphProto {
-        name: spec.name(),
-        node: b.nodes,
-        initializer: b.inits,
-        input: vec![value_info("input", &[n, Some(3), Some(h), Some(w)])],
-        output: vec![value_info("feature", &[n, Some(spec.feature_dim)])],
-        ..Default::default()
-    };
-    let model = ModelProto {
-        ir_version: 8,
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: opts.opset,
-            ..Default::default()
-        }],
-        producer_name: "reid-prune".into(),
-        producer_version: env!("CARGO_PKG_VERSION").into(),
-        graph: Some(graph).into(),
-        metadata_props: opts
-            .metadata
-            .iter()
-            .map(|(k, v)| StringStringEntryProto {
-                key: k.clone(),
-                value: v.clone(),
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    };
-    model
-        .write_to_bytes()
-        .map_err(|e| ModelError::Arch(format!("encoding the ONNX model: {e}")))
+    let tensors: std::collections::HashMap<String, candle_core::Tensor> =
+        net.state_dict()?.into_iter().collect();
+    let graph = reid_run::graph::ModelGraph::of_resnet(spec);
+    let net = crate::graph_net::GraphNet::new(graph, &tensors)?;
+    export_graph_named(&net, opts, &spec.name())
 }
 
 /// The ONNX model of any model graph with its weights ([`crate::graph_net::GraphNet`]: e.g.
@@ -450,10 +234,20 @@ pub fn export(net: &ReidNet, opts: &OnnxOptions) -> Result<Vec<u8>> {
 /// map, before any neck): one ONNX node per graph node (ReLU6 as `Clip`, a depthwise conv as a
 /// grouped `Conv`; `fold_bn` folds a BN into the conv it follows when that conv feeds it alone).
 pub fn export_graph(net: &crate::graph_net::GraphNet, opts: &OnnxOptions) -> Result<Vec<u8>> {
+    export_graph_named(net, opts, "model-graph")
+}
+
+/// [`export_graph`], the ONNX graph named `name`.
+fn export_graph_named(
+    net: &crate::graph_net::GraphNet,
+    opts: &OnnxOptions,
+    name: &str,
+) -> Result<Vec<u8>> {
     use reid_run::graph::Op;
     if !(13..=MAX_OPSET).contains(&opts.opset) {
         return Err(ModelError::Input(format!(
-            "--opset {}: expected 13..={MAX_OPSET}",
+            "--opset {}: expected 13..={MAX_OPSET} (the graph uses opset-13 operators, whose \
+             meaning for these f32 graphs is unchanged up to opset {MAX_OPSET})",
             opts.opset
         )));
     }
@@ -500,7 +294,14 @@ pub fn export_graph(net: &crate::graph_net::GraphNet, opts: &OnnxOptions) -> Res
         inits: Vec::new(),
     };
     let mut names: Vec<String> = Vec::with_capacity(g.nodes.len());
+    // whether a node's output is a pooled [N, C] feature rather than a map
+    let mut flat: Vec<bool> = Vec::with_capacity(g.nodes.len());
     for (i, n) in g.nodes.iter().enumerate() {
+        flat.push(match n.op {
+            Op::GlobalAvgPool | Op::Linear { .. } => true,
+            Op::Input { .. } => false,
+            _ => n.inputs.first().is_some_and(|&j| flat[j]),
+        });
         let input = |k: usize| names[n.inputs[k]].clone();
         let out = format!("n{i}");
         let name = match &n.op {
@@ -562,6 +363,25 @@ pub fn export_graph(net: &crate::graph_net::GraphNet, opts: &OnnxOptions) -> Res
             Op::BatchNorm { name, channels } => {
                 if folded_into.contains_key(&i) {
                     input(0)
+                } else if opts.fold_bn {
+                    // a BN after no conv of its own (the BNNeck): one multiply and one add
+                    let (scale, shift) = bn_affine(&sd, name)?;
+                    let dims = if flat[i] {
+                        vec![*channels]
+                    } else {
+                        vec![1, *channels, 1, 1]
+                    };
+                    let sc = b.init(&format!("{name}.scale"), &dims, scale);
+                    let sh = b.init(&format!("{name}.shift"), &dims, shift);
+                    let x = input(0);
+                    let y = b.node(
+                        "Mul",
+                        &format!("{name}.mul"),
+                        &[&x, &sc],
+                        &format!("{out}.scaled"),
+                        vec![],
+                    );
+                    b.node("Add", name, &[&y, &sh], &out, vec![])
                 } else {
                     let t: Vec<String> = ["weight", "bias", "running_mean", "running_var"]
                         .iter()
@@ -654,7 +474,7 @@ pub fn export_graph(net: &crate::graph_net::GraphNet, opts: &OnnxOptions) -> Res
         OnnxBatch::Dynamic => None,
     };
     let graph = GraphProto {
-        name: "model-graph".into(),
+        name: name.into(),
         node: b.nodes,
         initializer: b.inits,
         input: vec![value_info("input", &[n, Some(3), Some(h), Some(w)])],
