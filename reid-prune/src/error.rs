@@ -17,9 +17,10 @@ pub enum PruneError {
     RunFile(#[from] reid_run::RunFileError),
     #[error(transparent)]
     Data(#[from] reid_data::DataError),
-    /// A retraining run that failed (the training engine's error, its causes kept).
+    /// A retraining run or an evaluation that failed (the training and evaluation engines'
+    /// error, its causes kept).
     #[error(transparent)]
-    Retrain(#[from] RetrainFailure),
+    Engine(#[from] EngineFailure),
     /// Stopped by a signal before the end: `prune --resume` with the same settings continues
     /// the run in this folder.
     #[error("stopped before the end: continue the prune in {} with prune --resume and the same settings (its retraining goes on from its last checkpoint; scores and cuts are computed again)", .0.display())]
@@ -52,18 +53,19 @@ impl From<reid_model::arch::ArchError> for PruneError {
     }
 }
 
-/// The training engine's error (it reports with context chains): its message and causes.
+/// The training or evaluation engine's error (they report with context chains): its message
+/// and causes.
 #[derive(Debug)]
-pub struct RetrainFailure(pub anyhow::Error);
+pub struct EngineFailure(pub anyhow::Error);
 
-impl std::fmt::Display for RetrainFailure {
+impl std::fmt::Display for EngineFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // the outermost message; the causes follow through `source`
         write!(f, "{}", self.0)
     }
 }
 
-impl std::error::Error for RetrainFailure {
+impl std::error::Error for EngineFailure {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.0.source()
     }
@@ -130,7 +132,7 @@ mod tests {
             "writing runs/p/log.jsonl: disk full"
         );
         let train = anyhow::anyhow!("no image").context("loading the dataset");
-        let e = PruneError::from(RetrainFailure(train));
+        let e = PruneError::from(EngineFailure(train));
         assert_eq!(
             format!("{:#}", anyhow::Error::new(e)),
             "loading the dataset: no image"

@@ -23,5 +23,6 @@ pub mod flops;
 pub mod grid;
 pub mod method;
 pub mod prune_run;
+pub mod sensitivity;
 pub mod strategy;
 pub mod surgery;

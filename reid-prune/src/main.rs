@@ -34,6 +34,9 @@ enum Command {
     Prune(commands::prune::Args),
     /// Per-channel importance scores of the prunable convs.
     Scores(commands::scores::Args),
+    /// Each prunable conv pruned alone at several ratios, evaluated without retraining on
+    /// held-out training identities: which layers are prunable.
+    Sensitivity(commands::sensitivity::Args),
     /// Train a re-ID model (or a source classifier) and write a run folder.
     Train(commands::train::Args),
     /// Generate a synthetic re-ID domain as real JPEG files (Market-1501 layout or imagefolder).
@@ -61,6 +64,7 @@ fn main() -> Result<()> {
         Some(Command::Slurm(a)) => commands::slurm::run(a),
         Some(Command::Prune(a)) => commands::prune::run(a),
         Some(Command::Scores(a)) => commands::scores::run(a),
+        Some(Command::Sensitivity(a)) => commands::sensitivity::run(a),
         Some(Command::Train(a)) => commands::train::run(a),
         Some(Command::Synth(a)) => commands::synth::run(a),
         Some(Command::Data { command }) => commands::data::run(command),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::error::{refuse, Context, PruneError, Result, RetrainFailure};
+use crate::error::{refuse, Context, EngineFailure, PruneError, Result};
 use candle_core::{Device, Tensor};
 use reid_data::datasets::load as load_dataset;
 use reid_data::loader::{epoch_batches, Augment, Sampling};
@@ -242,7 +242,11 @@ pub fn load_any(path: &Path, arch: Option<&str>, device: &Device) -> Result<(Rei
     Ok((loaded.net, loaded.provenance))
 }
 
-fn score_data(cfg: &PruneConfig, net: &ReidNet, device: &Device) -> Result<Option<ScoreData>> {
+pub(crate) fn score_data(
+    cfg: &PruneConfig,
+    net: &ReidNet,
+    device: &Device,
+) -> Result<Option<ScoreData>> {
     if let Some(b) = &cfg.batch {
         let f = read_safetensors(b, device)?;
         let x = f
@@ -621,7 +625,7 @@ pub fn run_prune_until(
                 save_checkpoint(start, &path, &start_prov)?;
                 let rc = retrain_config(cfg, &path, &step_dir.join(folder));
                 let o = run_training_with(&rc, resume, stop.clone(), show_progress, hooks)
-                    .map_err(RetrainFailure)?;
+                    .map_err(EngineFailure)?;
                 if !o.completed {
                     return Err(stopped());
                 }
@@ -649,7 +653,7 @@ pub fn run_prune_until(
             if cfg.retrain_epochs > 0 && rule.retrains_after_cut() {
                 let rc = retrain_config(cfg, &pruned_path, &step_dir.join("retrain"));
                 let o = run_training(&rc, resume, stop.clone(), show_progress)
-                    .map_err(RetrainFailure)?;
+                    .map_err(EngineFailure)?;
                 if !o.completed {
                     return Err(stopped());
                 }
@@ -807,7 +811,7 @@ fn check_settings(cfg: &PruneConfig) -> Result<()> {
     // every other check of the training runs the retraining will start
     retrain_config(cfg, &cfg.checkpoint, &cfg.out)
         .validate()
-        .map_err(RetrainFailure)
+        .map_err(EngineFailure)
         .context("the retraining settings")
 }
 

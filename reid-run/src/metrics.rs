@@ -321,8 +321,9 @@ pub const EXPERIMENT_DATA_FILE: &str = "experiment-data.json";
 
 /// The files a run writes in its folder (train, prune, export, reid-eval, the ONNX check, and a
 /// grid step's markers).
-pub const RUN_FILES: [&str; 14] = [
+pub const RUN_FILES: [&str; 15] = [
     CONFIG_FILE,
+    "sensitivity.json",
     crate::ranks::RANKS_FILE,
     "model.safetensors",
     "trainer_state.safetensors",

@@ -6,6 +6,7 @@ pub mod export;
 pub mod flops;
 pub mod prune;
 pub mod scores;
+pub mod sensitivity;
 pub mod signals;
 pub mod slurm;
 pub mod synth;
