@@ -105,7 +105,7 @@ fn changing_a_field_reruns_the_steps_that_read_it_and_those_below_nothing_else()
         ),
         (
             "input",
-            Box::new(|c| c.input = reid_run::InputSize::new(32, 16)),
+            Box::new(|c| c.input = reid_run::InputSize::new(96, 48)),
             Expect::Reruns(all),
         ),
         (

@@ -201,6 +201,20 @@ impl RunConfig {
         positive("train.schedule.base_lr", self.train.schedule.base_lr)?;
         positive("checkpoint_interval_s", self.checkpoint_interval_s)?;
         check_batching(self.input, self.batch_pk, self.batch_size)?;
+        // an input the network cannot train on is named here, not at the first batch (an unknown
+        // architecture is named where the network is built)
+        if let Ok(named) = reid_model::ArchSpec::from_name(&self.arch, 0) {
+            let spec = reid_model::ArchSpec::resnet_with(
+                named.depth,
+                0,
+                self.width_mult,
+                self.last_stride,
+                reid_model::Neck::None,
+            )?;
+            let (h, w) = self.input.hw();
+            spec.check_input(h, w, true)
+                .map_err(|e| anyhow::anyhow!("input = \"{}\" (--input): {e}", self.input))?;
+        }
         let t = &self.train;
         for (name, v) in [
             ("train.label_smoothing", t.label_smoothing),
@@ -1440,6 +1454,23 @@ pub fn run_training_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An input the network cannot train on is refused by the config's check, naming the flag
+    /// (it failed at the first batch, after the run folder was claimed).
+    #[test]
+    fn an_input_too_small_to_train_is_refused_by_the_config_check() {
+        let rc = RunConfig {
+            input: reid_run::InputSize::new(32, 16),
+            ..RunConfig::default()
+        };
+        let e = format!("{:#}", rc.validate().unwrap_err());
+        assert!(e.contains("--input") && e.contains("too small"), "{e}");
+        let ok = RunConfig {
+            input: reid_run::InputSize::new(64, 32),
+            ..RunConfig::default()
+        };
+        ok.validate().unwrap();
+    }
 
     /// A person reads the epoch line: 4 significant digits, accuracy in %, the time left
     /// (none after the last epoch), not 17-digit JSON floats.
