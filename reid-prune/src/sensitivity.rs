@@ -2,71 +2,24 @@
 //! criterion, and the network evaluated without retraining on held-out training identities
 //! (never the test split). Which layers lose least is what "prunability" means per layer. The
 //! held-out identities are the last of the training split, which the checkpoint may have been
-//! trained on: the drop from the unpruned network, not the level, is the measure. Not yet: a
-//! figure, the report's section, and `allocation = "sensitivity"`.
+//! trained on: the drop from the unpruned network, not the level, is the measure. The record's
+//! types are the contract crate's (`reid_run::sensitivity`); the report shows each as a table.
+//! Not yet: a figure and `allocation = "sensitivity"`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use candle_core::Device;
 use reid_data::datasets::{ReidDataset, Sample};
 use reid_data::Preprocess;
 use reid_model::ReidNet;
-use serde::{Deserialize, Serialize};
 
 use crate::error::{refuse, Context, PruneError, Result};
 use crate::prune_run::PruneConfig;
 use crate::strategy::{top_channels, PrunePlan};
 
-/// The file a sensitivity run writes in its folder.
-pub const SENSITIVITY_FILE: &str = "sensitivity.json";
-
-/// What to measure.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SensitivityConfig {
-    pub checkpoint: PathBuf,
-    /// The re-ID dataset whose training identities are held out for the evaluation.
-    pub dataset: String,
-    pub root: PathBuf,
-    /// A criterion of the registry (a training-time method: the criterion it ranks by).
-    pub criterion: String,
-    /// Fractions of a layer's channels removed, each in (0, 1).
-    pub ratios: Vec<f64>,
-    /// Fraction of the training identities held out (the last ones in identity order).
-    pub held_out: f64,
-    pub input: reid_run::InputSize,
-    pub seed: u64,
-}
-
-/// One measurement: a ratio, the channels kept, and the held-out rank-1 and mAP (fractions).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Point {
-    pub ratio: f64,
-    pub kept: usize,
-    pub rank1: f64,
-    #[serde(rename = "mAP")]
-    pub map: f64,
-}
-
-/// One prunable conv and its measurements, in the order of `ratios`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LayerSensitivity {
-    pub conv: String,
-    pub width: usize,
-    pub points: Vec<Point>,
-}
-
-/// A sensitivity run's record (`sensitivity.json`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Sensitivity {
-    pub config: SensitivityConfig,
-    /// The held-out identities (their training labels) and the evaluation's valid queries.
-    pub held_out_ids: Vec<i64>,
-    pub queries: usize,
-    /// The unpruned network on the same split.
-    pub unpruned: Point,
-    pub layers: Vec<LayerSensitivity>,
-}
+pub use reid_run::sensitivity::{
+    LayerSensitivity, Point, Sensitivity, SensitivityConfig, SENSITIVITY_FILE,
+};
 
 /// An evaluation split of `ds`'s training images: the last `fraction` of its identities (at
 /// least 2), each identity's first image under each camera a query, its other images the

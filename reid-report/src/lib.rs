@@ -12,6 +12,7 @@ pub mod html;
 pub mod matrix_figure;
 pub mod paper;
 pub mod runs;
+pub mod sensitivity;
 pub mod tables;
 
 use std::path::{Path, PathBuf};
@@ -255,6 +256,8 @@ pub fn write_report(
             .count();
         tables.insert(at, t);
     }
+    // per-layer sensitivity records found beside the runs, after the paper's tables
+    tables.extend(sensitivity::sensitivity_tables(runs_dir, &mut problems));
     // slugs name files and anchors: made safe once here, so files and links agree
     for t in &mut tables {
         t.slug = safe_component(&t.slug);

@@ -161,6 +161,18 @@ pub fn load_runs(root: &Path) -> Result<(Vec<Run>, Vec<Problem>), RunsError> {
 }
 
 fn collect_metrics(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), RunsError> {
+    collect_named(dir, "metrics.json", out)
+}
+
+/// Every file named `file` under `root`, where run folders are looked for (sorted).
+pub fn find_files(root: &Path, file: &str) -> Result<Vec<PathBuf>, RunsError> {
+    let mut out = Vec::new();
+    collect_named(root, file, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+fn collect_named(dir: &Path, file: &str, out: &mut Vec<PathBuf>) -> Result<(), RunsError> {
     let io = |source| RunsError::Io {
         path: dir.to_path_buf(),
         source,
@@ -175,8 +187,8 @@ fn collect_metrics(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), RunsError> 
         let is_dir = entry.file_type().map_err(io)?.is_dir();
         // hidden folders (`.replaced/`: a run being replaced) are no results either
         if is_dir && name != "steps" && name != "data" && !name.to_string_lossy().starts_with('.') {
-            collect_metrics(&path, out)?;
-        } else if name == "metrics.json" {
+            collect_named(&path, file, out)?;
+        } else if name == file {
             out.push(path);
         }
     }

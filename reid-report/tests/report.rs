@@ -1123,3 +1123,60 @@ fn the_report_opens_with_the_verdict_matrix() {
     assert!(png.width() >= 520 && png.height() > 100);
     assert!(html.contains("href=\"figures/verdicts.svg\""));
 }
+
+/// A `sensitivity.json` beside the runs becomes a table of each layer's change at each ratio
+/// (in points against the unpruned network); an unreadable one is named and skipped.
+#[test]
+fn sensitivity_records_become_tables_and_bad_ones_are_named() {
+    use reid_run::sensitivity::{LayerSensitivity, Point, Sensitivity, SensitivityConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    fixture(&runs);
+    let point = |ratio: f64, kept: usize, rank1: f64, map: f64| Point {
+        ratio,
+        kept,
+        rank1,
+        map,
+    };
+    let s = Sensitivity {
+        config: SensitivityConfig {
+            checkpoint: "runs/r50/model.safetensors".into(),
+            dataset: "market1501".into(),
+            root: "/data/market".into(),
+            criterion: "l1".into(),
+            ratios: vec![0.25, 0.5],
+            held_out: 0.2,
+            input: reid_run::InputSize::new(256, 128),
+            seed: 0,
+        },
+        held_out_ids: vec![1, 2, 3],
+        queries: 9,
+        unpruned: point(0.0, 0, 0.9, 0.8),
+        layers: vec![LayerSensitivity {
+            conv: "layer1.0.conv1".into(),
+            width: 64,
+            points: vec![point(0.25, 48, 0.9, 0.79), point(0.5, 32, 0.8, 0.7)],
+        }],
+    };
+    let dir = runs.join("sens");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("sensitivity.json"),
+        serde_json::to_string(&s).unwrap(),
+    )
+    .unwrap();
+    let bad = runs.join("bad-sens");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("sensitivity.json"), "{\"config\": 3}").unwrap();
+    let out = tmp.path().join("report");
+    let summary = write_report(&runs, &out, &ReportOptions::default()).unwrap();
+    let csv = std::fs::read_to_string(out.join("tables/sensitivity_sens.csv")).unwrap();
+    assert!(
+        csv.contains("layer1.0.conv1,64,-1.0,+0.0,-10.0,-10.0"),
+        "{csv}"
+    );
+    assert!(summary
+        .problems
+        .iter()
+        .any(|p| p.path == bad.join("sensitivity.json")));
+}

@@ -51,6 +51,7 @@ pub mod lock;
 pub mod metrics;
 pub mod ranks;
 pub mod rng;
+pub mod sensitivity;
 pub mod stats;
 pub mod step_key;
 #[cfg(feature = "fault-injection")]
