@@ -162,6 +162,26 @@ pub struct Runner {
     pending: HashSet<usize>,
 }
 
+/// Seconds left: each step still to compute in this grid (of the kinds `kinds`) at the measured
+/// mean time of its kind, and `elsewhere` steps of the experiment's other grids at the mean of
+/// all. `None` until every kind still to run has been timed once: a pre-training's time stands
+/// for no evaluation's, and an estimate from it read 20 minutes for a one-minute grid.
+fn time_left(
+    kinds: &[&str],
+    elsewhere: usize,
+    cost: &BTreeMap<&'static str, (f64, usize)>,
+) -> Option<f64> {
+    let mean = |kind: &str| cost.get(kind).map(|&(t, n)| t / n as f64);
+    let here = kinds.iter().map(|k| mean(k)).sum::<Option<f64>>()?;
+    let (spent, n) = cost
+        .values()
+        .fold((0.0, 0), |(s, c), &(t, m)| (s + t, c + m));
+    if n == 0 {
+        return None;
+    }
+    Some(here + elsewhere as f64 * spent / n as f64)
+}
+
 /// Label of the per-query results in an eval step's folder.
 const EVAL_QUERIES: &str = "queries";
 
@@ -299,41 +319,23 @@ impl Runner {
         }
     }
 
-    /// "step k/N, ~m:ss left" for step `node` starting now (nothing without a known total). The
-    /// time left: each step still to compute in this grid (this one included) at the mean time
-    /// of the steps of its kind computed so far (of all kinds when none of its kind is), and
-    /// the experiment's other grids' steps at the mean of all.
+    /// "step k/N, ~m:ss left" for step `node` starting now (nothing without a known total):
+    /// see [`time_left`].
     fn progress_note(&self, g: &StepGraph, node: usize) -> String {
         let Some((total, offset)) = self.progress else {
             return String::new();
         };
         let k = offset + self.computed.len() + 1;
-        let (spent, n) = self
-            .kind_cost
-            .values()
-            .fold((0.0, 0), |(s, c), &(t, m)| (s + t, c + m));
-        let eta = if n == 0 {
-            String::new()
-        } else {
-            let mean_all = spent / n as f64;
-            let mean = |kind: &str| {
-                self.kind_cost
-                    .get(kind)
-                    .map_or(mean_all, |&(t, m)| t / m as f64)
-            };
-            let here: f64 = self
-                .pending
-                .iter()
-                .chain((!self.pending.contains(&node)).then_some(&node))
-                .map(|&p| mean(g.steps[p].kind))
-                .sum();
-            let here_n = self.pending.len() + usize::from(!self.pending.contains(&node));
-            let elsewhere = total.saturating_sub(k - 1).saturating_sub(here_n);
-            format!(
-                ", ~{} left",
-                reid_train::clock(here + elsewhere as f64 * mean_all)
-            )
-        };
+        let kinds: Vec<&str> = self
+            .pending
+            .iter()
+            .chain((!self.pending.contains(&node)).then_some(&node))
+            .map(|&p| g.steps[p].kind)
+            .collect();
+        let elsewhere = total.saturating_sub(k - 1).saturating_sub(kinds.len());
+        let eta = time_left(&kinds, elsewhere, &self.kind_cost)
+            .map(|s| format!(", ~{} left", reid_train::clock(s)))
+            .unwrap_or_default();
         format!("step {k}/{}{eta}: ", total.max(k))
     }
 
@@ -726,5 +728,27 @@ impl Runner {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_left_waits_for_every_kind_and_sums_each_at_its_own_mean() {
+        let mut cost = BTreeMap::new();
+        cost.insert("pretrain", (60.0, 1));
+        // an evaluation not timed yet: no estimate rather than one at the pre-training's pace
+        assert_eq!(time_left(&["eval", "pretrain"], 0, &cost), None);
+        cost.insert("eval", (4.0, 2));
+        assert_eq!(
+            time_left(&["eval", "eval", "pretrain"], 0, &cost),
+            Some(64.0)
+        );
+        // other grids' steps at the mean of all: (60 + 4) / 3 each
+        let t = time_left(&["eval"], 3, &cost).unwrap();
+        assert!((t - (2.0 + 64.0)).abs() < 1e-9, "{t}");
+        assert_eq!(time_left(&[], 0, &BTreeMap::new()), None);
     }
 }
