@@ -342,6 +342,28 @@ pub const RUN_FILES: [&str; 15] = [
 /// The largest per-query or ranked-list file read (MSMT17's 11 659 queries take a few MiB).
 const MAX_LABELLED_FILE: u64 = 256 << 20;
 
+/// The text of `path` when it is a regular file of at most `max` bytes: a FIFO would block the
+/// reader, a device or a huge file exhaust its memory (`what` names the content in the error).
+pub(crate) fn read_regular_file(path: &Path, max: u64, what: &str) -> Result<String> {
+    let meta = std::fs::metadata(path).map_err(|source| RunFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_file() || meta.len() > max {
+        return Err(RunFileError::Invalid {
+            path: path.to_path_buf(),
+            message: format!(
+                "not {what}: expected a regular file of at most {} MiB",
+                max >> 20
+            ),
+        });
+    }
+    std::fs::read_to_string(path).map_err(|source| RunFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Where `--overwrite` keeps the replaced run until the new one has succeeded.
 pub const REPLACED_DIR: &str = ".replaced";
 
@@ -535,24 +557,7 @@ impl RunFolder {
         if !path.exists() {
             return Ok(BTreeMap::new());
         }
-        // a FIFO would block the reader, a device or a huge file exhaust its memory
-        let meta = std::fs::metadata(&path).map_err(|source| RunFileError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        if !meta.is_file() || meta.len() > MAX_LABELLED_FILE {
-            return Err(RunFileError::Invalid {
-                path: path.clone(),
-                message: format!(
-                    "not {what}: expected a regular file of at most {} MiB",
-                    MAX_LABELLED_FILE >> 20
-                ),
-            });
-        }
-        let text = std::fs::read_to_string(&path).map_err(|source| RunFileError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let text = read_regular_file(&path, MAX_LABELLED_FILE, what)?;
         let m: BTreeMap<String, T> =
             serde_json::from_str(&text).map_err(|e| RunFileError::Invalid {
                 path: path.clone(),

@@ -94,19 +94,7 @@ impl Sensitivity {
             path: path.to_path_buf(),
             message,
         };
-        let meta = std::fs::metadata(path).map_err(|source| RunFileError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        if !meta.is_file() || meta.len() > 64 << 20 {
-            return Err(invalid(
-                "not a sensitivity record: expected a regular file of at most 64 MiB".into(),
-            ));
-        }
-        let text = std::fs::read_to_string(path).map_err(|source| RunFileError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::metrics::read_regular_file(path, 64 << 20, "a sensitivity record")?;
         let s: Sensitivity = serde_json::from_str(&text)
             .map_err(|e| invalid(format!("not a sensitivity record: {e}")))?;
         s.validate().map_err(invalid)?;
